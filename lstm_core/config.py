@@ -1,0 +1,247 @@
+"""The one configuration object: defaults <- YAML file <- environment <- flags.
+
+Everything a run needs is here and validated before any work starts, so a bad
+value stops the run with a message naming the setting.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pandas.tseries.frequencies import to_offset
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "LSTM_FORECAST_"
+SECRET_KEY_PARTS = ("secret", "token", "password", "key", "credential", "session")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or invalid; the message names it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    units: list[int] = Field(default_factory=lambda: [64], description="LSTM units per stacked layer")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    bidirectional: bool = False
+    level_normalization: bool = Field(True, description="subtract each window's last value before the LSTM")
+    seasonal_skip: bool = Field(True, description="predict the residual over the value one season earlier")
+
+    @field_validator("units")
+    @classmethod
+    def _units_positive(cls, v: list[int]) -> list[int]:
+        if not v or any(u <= 0 for u in v):
+            raise ValueError("must be a non-empty list of positive integers")
+        return v
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(256, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    loss: Literal["mse", "mae", "huber"] = "mae"
+    patience: int = Field(8, ge=1)
+    windows_per_series: int = Field(64, ge=1, description="random training windows per series per epoch")
+    validation_steps: int | None = Field(None, ge=1, description="validation targets per series (default: horizon)")
+    max_train_minutes: float | None = Field(None, gt=0, description="wall-clock training budget")
+    ensemble_size: int = Field(1, ge=1, description="models trained with consecutive seeds and averaged")
+
+
+class ForecastConfig(_Strict):
+    """Settings of one batch forecasting job."""
+
+    input_url: str = "data/demo/series.parquet"
+    output_url: str = "data/demo/output"
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (secrets allowed)")
+    columns: list[str] | None = Field(None, description="covariate columns to read (series_id, ds, y always)")
+    filters: list[list[Any]] | None = Field(None, description="pyarrow filters, e.g. [['region', '==', 'eu']]")
+
+    freq: str = "h"
+    horizon: int = Field(24, ge=1)
+    season_length: int = Field(24, ge=1)
+    window: int = Field(48, ge=2)
+    scaler: Literal["standard", "minmax", "naive"] = "standard"
+    gap_policy: Literal["fill", "skip", "error"] = "fill"
+    max_gap: int = Field(3, ge=0, description="longest run of missing steps that 'fill' interpolates")
+    mode: Literal["global", "per_series"] = "global"
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    retrain: Literal["auto", "always", "never"] = "auto"
+    max_model_age: timedelta = Field(timedelta(days=7), description="older models are retrained under 'auto'")
+    degradation_tolerance: float = Field(
+        0.5, ge=0, description="retrain when holdout error exceeds recorded validation error by this share"
+    )
+    refit: bool = Field(False, description="retrain on all data (no holdout) before the final forecast")
+    seed: int = 42
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
+
+    @field_validator("freq")
+    @classmethod
+    def _known_freq(cls, v: str) -> str:
+        try:
+            to_offset(v)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"unknown pandas frequency {v!r}") from exc
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ForecastConfig":
+        if self.model.seasonal_skip and self.season_length > 1 and self.season_length > self.window:
+            raise ValueError(
+                f"window ({self.window}) must be at least season_length ({self.season_length}) "
+                "when model.seasonal_skip is on"
+            )
+        return self
+
+    # --- derived values -------------------------------------------------
+    @property
+    def validation_steps(self) -> int:
+        return self.training.validation_steps or self.horizon
+
+    @property
+    def skip_lag(self) -> int:
+        """Lag the network's output is added to: one season, or 1 (last value) without seasonality."""
+        return self.season_length if (self.model.seasonal_skip and self.season_length > 1) else 0
+
+    def model_key(self) -> str:
+        """Stable hash of everything that makes two trained models interchangeable."""
+        fields = {
+            "freq": self.freq,
+            "horizon": self.horizon,
+            "season_length": self.season_length,
+            "window": self.window,
+            "scaler": self.scaler,
+            "mode": self.mode,
+            "model": self.model.model_dump(),
+            "training": self.training.model_dump(exclude={"max_train_minutes", "epochs", "patience"}),
+            "seed": self.seed,
+        }
+        blob = json.dumps(fields, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def public_dict(self) -> dict[str, Any]:
+        """The resolved configuration with secrets removed (for manifests, logs, artifacts)."""
+        data = self.model_dump(mode="json")
+        data["storage_options"] = redact(data["storage_options"])
+        data["input_url"] = redact_url(data["input_url"])
+        data["output_url"] = redact_url(data["output_url"])
+        return data
+
+
+def redact(options: Any) -> Any:
+    """Replace values whose key looks secret with '***', recursively."""
+    if isinstance(options, Mapping):
+        return {
+            k: ("***" if any(p in str(k).lower() for p in SECRET_KEY_PARTS) and not isinstance(v, Mapping) else redact(v))
+            for k, v in options.items()
+        }
+    if isinstance(options, list):
+        return [redact(v) for v in options]
+    return options
+
+
+def redact_url(url: str) -> str:
+    """Drop credentials embedded in a URL (scheme://user:pass@host/...)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+# --- loading ------------------------------------------------------------
+def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = target
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"setting {dotted!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _parse_value(raw: str) -> Any:
+    # YAML scalars give ints, floats, bools, null and lists ("[32, 32]") for free.
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """LSTM_FORECAST_HORIZON=13, LSTM_FORECAST_TRAINING__EPOCHS=5 -> nested dict."""
+    environ = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
+            dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
+            _set_dotted(out, dotted, _parse_value(raw))
+    return out
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    sets: list[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ForecastConfig:
+    """Build and validate the configuration: defaults <- YAML <- environment <- overrides <- --set."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of settings")
+        data = _merge(data, loaded)
+    data = _merge(data, env_overrides(environ))
+    if overrides:
+        data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        flat: dict[str, Any] = {}
+        _set_dotted(flat, key.strip(), _parse_value(raw))
+        data = _merge(data, flat)
+    return validate_config(data)
+
+
+def validate_config(data: Mapping[str, Any]) -> ForecastConfig:
+    try:
+        return ForecastConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        parts.append(f"setting {where!r}: {msg}")
+    return "invalid configuration: " + "; ".join(parts)

@@ -1,0 +1,157 @@
+"""The modelling job end to end on a Panel: fit, forecast, evaluate against a holdout.
+
+This is what a notebook user calls; the Prefect tasks wrap these functions.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from lstm_core.config import ForecastConfig
+from lstm_core.forecasting import ensemble_forecast
+from lstm_core.frequency import dates_after
+from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
+from lstm_core.model import build_lstm
+from lstm_core.panel import Panel
+from lstm_core.scaling import SeriesScaler
+from lstm_core.training import EpochHook, TrainingResult, train
+from lstm_core.validation import ValidationResult, validate
+
+log = logging.getLogger("lstm_core.engine")
+
+
+@dataclass
+class Forecaster:
+    """A trained model: one or more Keras members (an ensemble) and how they were made."""
+
+    members: list[keras.Model]
+    window: int
+    feature_names: tuple[str, ...]
+    scaler_kind: str
+    training: dict[str, Any] = field(default_factory=dict)
+    scaler: SeriesScaler | None = None  # fitted on the training part; kept for the record
+    per_series: dict[str, "Forecaster"] | None = None  # mode 'per_series'
+
+    def forecast(self, panel: Panel, horizon: int, future_covariates: np.ndarray | None = None) -> np.ndarray:
+        """(S, H) forecasts in original units for each series of `panel` (its whole history is the input).
+
+        Scaling is refitted on the history given, so a loaded model forecasts any series.
+        """
+        if tuple(panel.feature_names) != tuple(self.feature_names):
+            raise ValueError(f"model expects features {self.feature_names}, data has {panel.feature_names}")
+        if self.per_series is not None:
+            out = np.zeros((panel.n_series, horizon))
+            for i, sid in enumerate(panel.series_ids):
+                sub = panel.select(panel.series_ids == sid)
+                fc = None if future_covariates is None else future_covariates[i:i + 1]
+                out[i] = self.per_series[sid].forecast(sub, horizon, fc)[0]
+            return out
+        scaler = SeriesScaler.fit(panel, self.scaler_kind)
+        scaled = scaler.transform(panel)
+        windows = scaled.last_values(self.window).astype(np.float32)
+        fut = None
+        if future_covariates is not None:
+            rows = np.arange(panel.n_series)
+            fut = (future_covariates - scaler.loc[rows, None, 1:]) / scaler.scale[rows, None, 1:]
+        z = ensemble_forecast(self.members, windows, horizon, fut)
+        return scaler.inverse_y(z.astype(np.float64), panel.series_ids)
+
+
+def prepare(df: pd.DataFrame, config: ForecastConfig, source: str | None = None,
+            errors: str = "skip") -> tuple[Panel, ValidationResult]:
+    """Validate a long frame and pack it into a Panel."""
+    result = validate(df, config.freq, window=config.window, horizon=config.horizon,
+                      gap_policy=config.gap_policy, max_gap=config.max_gap, source=source, errors=errors)
+    return Panel.from_frame(result.frame, config.freq, result.covariates), result
+
+
+def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = None,
+        on_epoch: EpochHook | None = None, time_budget_s: float | None = None) -> Forecaster:
+    """Train on every point of `panel` (pass `panel.drop_last(H)` to keep a holdout)."""
+    if config.mode == "per_series":
+        return _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s)
+    scaler = SeriesScaler.fit(panel, config.scaler)
+    scaled = scaler.transform(panel)
+    members, results = [], []
+    n = config.training.ensemble_size
+    budget = time_budget_s if time_budget_s is not None else (
+        config.training.max_train_minutes * 60 if config.training.max_train_minutes else None)
+    for i in range(n):
+        seed = config.seed + i
+        keras.utils.set_random_seed(seed)
+        model = build_lstm(config.window, panel.n_features, config.model.units, config.model.dropout,
+                           config.model.bidirectional, config.model.level_normalization, config.skip_lag)
+        member_budget = None if budget is None else budget / n
+        results.append(train(model, scaled, window=config.window, config=config.training,
+                             validation_steps=config.validation_steps, seed=seed, checkpoint_dir=checkpoint_dir,
+                             time_budget_s=member_budget, on_epoch=on_epoch))
+        members.append(model)
+    summary = {
+        "members": [r.summary() for r in results],
+        "best_val_loss": float(np.mean([r.best_val_loss for r in results])),
+        "seconds": float(sum(r.seconds for r in results)),
+        "device": results[0].device,
+        "cudnn": results[0].cudnn,
+        "series": int(panel.n_series),
+    }
+    return Forecaster(members, config.window, tuple(panel.feature_names), config.scaler, summary, scaler)
+
+
+def _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s) -> Forecaster:
+    each = {}
+    global_cfg = config.model_copy(update={"mode": "global"})
+    budget = None if time_budget_s is None else time_budget_s / max(panel.n_series, 1)
+    for sid in panel.series_ids:
+        each[sid] = fit(panel.select(panel.series_ids == sid), global_cfg, checkpoint_dir=checkpoint_dir,
+                        on_epoch=on_epoch, time_budget_s=budget)
+    losses = [f.training["best_val_loss"] for f in each.values()]
+    summary = {"best_val_loss": float(np.mean(losses)), "series": int(panel.n_series),
+               "seconds": float(sum(f.training["seconds"] for f in each.values())),
+               "device": next(iter(each.values())).training["device"] if each else "CPU"}
+    return Forecaster([], config.window, tuple(panel.feature_names), config.scaler, summary, None, each)
+
+
+@dataclass
+class Evaluation:
+    series_ids: np.ndarray
+    actual: np.ndarray  # (S, H)
+    forecasts: dict[str, np.ndarray]  # model name -> (S, H)
+    metrics: pd.DataFrame
+
+    def overall(self, model: str, metric: str) -> float:
+        m = self.metrics
+        row = m[(m["model"] == model) & (m["metric"] == metric) & m["series_id"].isna()]
+        return float(row["value"].iloc[0])
+
+
+def evaluate(forecaster: Forecaster, panel: Panel, config: ForecastConfig, model_name: str = "lstm",
+             future_covariates: np.ndarray | None = None) -> Evaluation:
+    """Forecast the last H points of each series from what precedes them; score it and seasonal naive."""
+    h = config.horizon
+    history = panel.drop_last(h)
+    actual = panel.last_values(h)[:, :, 0]
+    fut = panel.last_values(h)[:, :, 1:] if panel.n_features > 1 else future_covariates
+    forecasts = {
+        model_name: forecaster.forecast(history, h, fut),
+        "seasonal_naive": seasonal_naive(history, h, config.season_length),
+    }
+    scale = mase_scale(history, config.season_length)
+    return Evaluation(history.series_ids, actual, forecasts, metrics_frame(history.series_ids, actual, forecasts, scale))
+
+
+def predictions_frame(panel: Panel, yhat: np.ndarray, freq: str) -> pd.DataFrame:
+    """Long frame of forecasts past each series' end: series_id, ds, step, yhat, cutoff."""
+    s, h = yhat.shape
+    ds = dates_after(panel.last_ds, freq, h)
+    return pd.DataFrame({
+        "series_id": pd.Series(np.repeat(panel.series_ids, h), dtype="string"),
+        "ds": pd.Series(ds.reshape(-1)).astype(pd.Series(panel.last_ds).dtype) if s else pd.Series([], dtype="datetime64[ns]"),
+        "step": np.tile(np.arange(1, h + 1, dtype=np.int64), s),
+        "yhat": yhat.reshape(-1).astype(np.float64),
+        "cutoff": pd.Series(np.repeat(panel.last_ds, h)).astype(pd.Series(panel.last_ds).dtype),
+    })

@@ -1,0 +1,32 @@
+"""Exceptions the engine raises; each message names the file, series and field at fault."""
+from __future__ import annotations
+
+
+class LstmForecastError(Exception):
+    """Base class: a failure the user can act on, with a one-line reason."""
+
+
+class DataValidationError(LstmForecastError):
+    """The dataset as a whole cannot be used (missing column, wrong dtype, unreadable file...)."""
+
+    def __init__(self, message: str, *, source: str | None = None, column: str | None = None,
+                 series_id: str | None = None, row: int | None = None) -> None:
+        self.source, self.column, self.series_id, self.row = source, column, series_id, row
+        where = []
+        if source:
+            where.append(f"file {source}")
+        if column:
+            where.append(f"column {column!r}")
+        if series_id is not None:
+            where.append(f"series {series_id!r}")
+        if row is not None:
+            where.append(f"row {row}")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class ArtifactError(LstmForecastError):
+    """A saved model is missing, corrupt or incompatible with this configuration."""
+
+
+class StorageError(LstmForecastError):
+    """Reading or writing object storage failed."""

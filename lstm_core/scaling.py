@@ -1,0 +1,96 @@
+"""Per-series scaling fitted on each series' training part only, with an exact inverse.
+
+Fitting on the whole series would leak the future into training (the seed
+tutorial's MinMaxScaler did); callers pass the training panel to `fit`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lstm_core.panel import Panel
+
+KINDS = ("standard", "minmax", "naive")
+
+
+@dataclass(frozen=True)
+class SeriesScaler:
+    """z = (y - loc) / scale for each series; covariates are scaled the same way, per column."""
+
+    kind: str
+    series_ids: np.ndarray  # (S,)
+    loc: np.ndarray  # (S, F)
+    scale: np.ndarray  # (S, F)
+
+    @classmethod
+    def fit(cls, panel: Panel, kind: str = "standard") -> "SeriesScaler":
+        if kind not in KINDS:
+            raise ValueError(f"scaler must be one of {KINDS}, not {kind!r}")
+        codes, v, n = panel.codes(), panel.values, panel.lengths[:, None]
+        s, f = panel.n_series, panel.n_features
+        sums = _group_sum(codes, v, s)
+        mean = sums / n
+        if kind == "standard":
+            loc = mean
+            scale = np.sqrt(_group_sum(codes, (v - mean[codes]) ** 2, s) / n)
+        elif kind == "minmax":
+            lo = np.full((s, f), np.inf)
+            hi = np.full((s, f), -np.inf)
+            np.minimum.at(lo, codes, v)
+            np.maximum.at(hi, codes, v)
+            loc, scale = lo, hi - lo
+        else:  # naive: errors measured in units of the one-step naive forecast's error (MASE-like loss)
+            diff = np.abs(np.diff(v, axis=0))
+            same = codes[1:] == codes[:-1]
+            loc = mean
+            scale = _group_sum(codes[1:][same], diff[same], s) / np.maximum(n - 1, 1)
+        scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        return cls(kind, panel.series_ids.copy(), loc, scale)
+
+    def _rows(self, panel: Panel) -> np.ndarray:
+        if panel.n_series == len(self.series_ids) and np.array_equal(panel.series_ids, self.series_ids):
+            return np.arange(len(self.series_ids))
+        pos = np.searchsorted(self.series_ids, panel.series_ids)
+        pos = np.clip(pos, 0, max(len(self.series_ids) - 1, 0))
+        if len(self.series_ids) == 0 or not np.array_equal(self.series_ids[pos], panel.series_ids):
+            missing = [s for s in panel.series_ids if s not in set(self.series_ids)]
+            raise KeyError(f"scaler was not fitted on series {missing[:5]}")
+        return pos
+
+    def transform(self, panel: Panel) -> Panel:
+        from dataclasses import replace
+
+        rows = self._rows(panel)[panel.codes()]
+        return replace(panel, values=(panel.values - self.loc[rows]) / self.scale[rows])
+
+    def inverse_y(self, z: np.ndarray, series_ids: np.ndarray) -> np.ndarray:
+        """Unscale target values `z` of shape (S, ...) belonging to `series_ids`."""
+        rows = self._rows_for(series_ids)
+        shape = (-1,) + (1,) * (z.ndim - 1)
+        return z * self.scale[rows, 0].reshape(shape) + self.loc[rows, 0].reshape(shape)
+
+    def _rows_for(self, series_ids: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(self.series_ids, series_ids)
+        pos = np.clip(pos, 0, max(len(self.series_ids) - 1, 0))
+        if not np.array_equal(self.series_ids[pos], series_ids):
+            raise KeyError("scaler was not fitted on some of these series")
+        return pos
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "series_ids": [str(s) for s in self.series_ids],
+                "loc": self.loc.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SeriesScaler":
+        return cls(d["kind"], np.array(d["series_ids"], dtype=object),
+                   np.asarray(d["loc"], dtype=np.float64).reshape(len(d["series_ids"]), -1),
+                   np.asarray(d["scale"], dtype=np.float64).reshape(len(d["series_ids"]), -1))
+
+
+def _group_sum(codes: np.ndarray, v: np.ndarray, s: int) -> np.ndarray:
+    out = np.zeros((s, v.shape[1]))
+    for j in range(v.shape[1]):
+        out[:, j] = np.bincount(codes, weights=v[:, j], minlength=s)
+    return out

@@ -1,0 +1,173 @@
+"""Training wiring beside the model: sampled windows, Adam, early stopping, checkpoint, time budget."""
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+from lstm_core.config import TrainingConfig
+from lstm_core.model import cudnn_eligible
+from lstm_core.panel import Panel
+from lstm_core.windows import sample_windows, tail_windows
+
+log = logging.getLogger("lstm_core.training")
+
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainingResult:
+    history: dict[str, list[float]]
+    best_epoch: int  # 1-based
+    best_val_loss: float
+    epochs_run: int
+    stopped_by: str  # early_stopping | time_budget | max_epochs
+    seconds: float
+    device: str
+    cudnn: bool
+    samples_per_epoch: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "history"} | {"history": self.history}
+
+
+def device_info() -> dict[str, Any]:
+    """The accelerator training will use: GPU name(s), or CPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        return {"device": "CPU", "gpus": []}
+    names = []
+    for g in gpus:
+        try:
+            names.append(tf.config.experimental.get_device_details(g).get("device_name", g.name))
+        except Exception:  # details are best effort; the device itself is what matters
+            names.append(g.name)
+    return {"device": f"GPU ({', '.join(names)})", "gpus": names}
+
+
+class WindowBatches(keras.utils.PyDataset):
+    """A fresh bounded random sample of windows per series each epoch."""
+
+    def __init__(self, panel: Panel, window: int, per_series: int, holdout: int, batch_size: int, seed: int) -> None:
+        super().__init__()
+        self.panel, self.window, self.per_series, self.holdout = panel, window, per_series, holdout
+        self.batch_size = batch_size
+        self.rng = np.random.default_rng(seed)
+        self.values = panel.values.astype(np.float32)
+        self._resample()
+
+    def _resample(self) -> None:
+        x, y = sample_windows(self.panel, self.window, self.per_series, self.rng, self.holdout, values=self.values)
+        order = self.rng.permutation(len(y))
+        self.x, self.y = x[order], y[order, None]
+
+    def __len__(self) -> int:
+        return max(1, math.ceil(len(self.y) / self.batch_size))
+
+    def __getitem__(self, i: int):
+        s = slice(i * self.batch_size, (i + 1) * self.batch_size)
+        return self.x[s], self.y[s]
+
+    def on_epoch_end(self) -> None:
+        self._resample()
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training once a wall-clock budget is spent; the best weights are kept by the caller."""
+
+    def __init__(self, seconds: float | None) -> None:
+        super().__init__()
+        self.seconds, self.triggered, self.start = seconds, False, 0.0
+
+    def on_train_begin(self, logs=None) -> None:
+        self.start = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        if self.seconds is not None and time.monotonic() - self.start > self.seconds:
+            self.triggered = True
+            self.model.stop_training = True
+
+
+class EpochLog(keras.callbacks.Callback):
+    def __init__(self, epochs: int, hook: EpochHook | None) -> None:
+        super().__init__()
+        self.epochs, self.hook, self.t0 = epochs, hook, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None) -> None:
+        self.t0 = time.monotonic()
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        log.info("epoch %d/%d loss=%.4f val_loss=%.4f (%.1f s)", epoch + 1, self.epochs, logs.get("loss", float("nan")),
+                 logs.get("val_loss", float("nan")), time.monotonic() - self.t0)
+        if self.hook:
+            self.hook(epoch + 1, logs)
+
+
+def make_loss(name: str):
+    return {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber()}[name]
+
+
+def train(
+    model: keras.Model,
+    panel: Panel,
+    *,
+    window: int,
+    config: TrainingConfig,
+    validation_steps: int,
+    seed: int,
+    checkpoint_dir: str | Path | None = None,
+    time_budget_s: float | None = None,
+    on_epoch: EpochHook | None = None,
+) -> TrainingResult:
+    """Fit `model` on scaled windows of `panel`; validation = the last `validation_steps` targets per series."""
+    info = device_info()
+    cudnn = cudnn_eligible(model)
+    log.info("training on %s; cuDNN LSTM kernel %s", info["device"],
+             "on" if cudnn and info["gpus"] else ("eligible (no GPU)" if cudnn else "off: layer settings not eligible"))
+    x_val, y_val = tail_windows(panel, window, validation_steps)
+    if len(y_val) == 0:
+        raise ValueError("no validation windows: series are too short for window + validation steps")
+    batches = WindowBatches(panel, window, config.windows_per_series, validation_steps, config.batch_size, seed)
+    if len(batches.y) == 0:
+        raise ValueError("no training windows: series are too short for window + validation steps")
+
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=make_loss(config.loss), jit_compile=False)
+    budget = TimeBudget(time_budget_s if time_budget_s is not None else
+                        (config.max_train_minutes * 60 if config.max_train_minutes else None))
+    early = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    tmp = None
+    if checkpoint_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="lstm-ckpt-")
+        checkpoint_dir = tmp.name
+    ckpt = Path(checkpoint_dir) / "best.weights.h5"
+    checkpoint = keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True,
+                                                 save_weights_only=True)
+    t0 = time.monotonic()
+    try:
+        hist = model.fit(batches, validation_data=(x_val, y_val[:, None]), epochs=config.epochs, verbose=0,
+                         callbacks=[early, checkpoint, budget, EpochLog(config.epochs, on_epoch)], shuffle=False)
+        if ckpt.exists():
+            model.load_weights(str(ckpt))  # best epoch, whatever stopped training
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
+    val = history.get("val_loss", [float("nan")])
+    best = int(np.nanargmin(val)) if val else 0
+    stopped = "time_budget" if budget.triggered else ("early_stopping" if early.stopped_epoch > 0 else "max_epochs")
+    result = TrainingResult(history, best + 1, float(val[best]), len(val), stopped, time.monotonic() - t0,
+                            info["device"], cudnn, len(batches.y))
+    log.info("trained %d epochs in %.1f s (stopped by %s); best epoch %d val_loss=%.4f", result.epochs_run,
+             result.seconds, stopped, result.best_epoch, result.best_val_loss)
+    return result
