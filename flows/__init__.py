@@ -1,0 +1,7 @@
+"""Prefect flows of lstm-forecast."""
+import os
+
+# Route the engine's own log records (epochs, device, decisions) into Prefect run logs.
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lstm_core")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

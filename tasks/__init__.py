@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over `lstm_core` adding retries, logging and progress."""

@@ -1,0 +1,117 @@
+"""The nightly batch forecasting flow.
+
+load_series -> validate_series -> prepare_windows -> train_or_load_model -> forecast -> evaluate -> write_outputs
+"""
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from lstm_core.artifacts import package_versions
+from lstm_core.config import ForecastConfig, load_config, redact_url
+from lstm_core.outputs import RunWriter, new_run_id
+from tasks.data import load_series, prepare_windows, validate_series
+from tasks.modelling import evaluate, forecast, train_or_load_model
+from tasks.outputs import write_outputs
+
+
+@flow(name="batch-forecast", log_prints=True)
+def batch_forecast(config_path: str | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Forecast every series at `input_url` and commit predictions and metrics to `output_url`.
+
+    `config_path` is a YAML file; `settings` overrides it (nested keys, as in the file).
+    Secrets belong in the environment or the config file, not in `settings`: flow
+    parameters are stored by the Prefect server.
+    """
+    config = load_config(config_path, overrides=settings)  # stops here on a bad setting, before any work
+    return run_pipeline(config)
+
+
+def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
+    logger = get_run_logger()
+    run_id = config.run_id or new_run_id()
+    writer = RunWriter.open(config.output_url, run_id, config.storage_options)
+    logger.info("run %s: %s -> %s", run_id, redact_url(config.input_url), redact_url(config.output_url))
+    started = datetime.now(timezone.utc)
+    timings: dict[str, float] = {}
+    manifest: dict[str, Any] = {
+        "run_id": run_id,
+        "input_url": redact_url(config.input_url),
+        "output_url": redact_url(config.output_url),
+        "config": config.public_dict(),
+        "started_at": started.isoformat(),
+        "versions": package_versions(),
+    }
+
+    def timed(name, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        timings[name] = round(time.perf_counter() - t0, 3)
+        return out
+
+    try:
+        frame = timed("load_series", load_series, config)
+        validated = timed("validate_series", validate_series, frame, config)
+        prepared = timed("prepare_windows", prepare_windows, validated, config)
+        choice = timed("train_or_load_model", train_or_load_model, prepared, config)
+        forecasts = timed("forecast", forecast, choice, prepared, config)
+        evaluation = timed("evaluate", evaluate, forecasts, choice, prepared, config)
+        manifest.update({
+            "input_fingerprint": prepared.fingerprint,
+            "model_version": choice.version,
+            "model_key": config.model_key(),
+            "retrain": choice.decision.as_dict(),
+            "training": _training_summary(choice),
+            "counts": {
+                "series_read": int(frame["series_id"].nunique()),
+                "rows_read": int(len(frame)),
+                "series_forecast": int(prepared.panel.n_series),
+                "series_skipped": len(validated.skipped),
+                "prediction_rows": int(len(forecasts.future)),
+                "points_filled": int(validated.filled_points),
+            },
+            "skipped": [s.__dict__ for s in validated.skipped],
+            "overall_metrics": _overall(evaluation),
+        })
+        t0 = time.perf_counter()
+        timings["write_outputs"] = 0.0
+        manifest["timings_s"] = timings
+        manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
+        committed = write_outputs(writer, forecasts.future, evaluation, validated, manifest)
+        timings["write_outputs"] = round(time.perf_counter() - t0, 3)
+        return committed
+    except BaseException as exc:
+        _record_failure(writer, manifest, timings, exc, logger)
+        raise
+
+
+def _training_summary(choice) -> dict[str, Any]:
+    t = choice.forecaster.training or {}
+    return {k: t.get(k) for k in ("device", "cudnn", "seconds", "best_val_loss", "series")} | {
+        "epochs": [m.get("epochs_run") for m in t.get("members", [])],
+        "stopped_by": [m.get("stopped_by") for m in t.get("members", [])],
+    }
+
+
+def _overall(evaluation) -> dict[str, dict[str, float]]:
+    m = evaluation.metrics
+    overall = m[m["series_id"].isna()]
+    return {model: dict(zip(g["metric"], g["value"].astype(float))) for model, g in overall.groupby("model")}
+
+
+def _record_failure(writer: RunWriter, manifest: dict[str, Any], timings, exc: BaseException, logger) -> None:
+    """Leave a manifest that says the run failed and why; never one that says succeeded."""
+    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    try:
+        previous = writer.read_manifest()
+        if previous and previous.get("status") == "succeeded" and "write_outputs" not in timings:
+            # An earlier attempt of this run id committed and nothing of it was touched: keep it.
+            logger.error("run %s failed before writing; the earlier committed attempt stays: %s", writer.run_id, reason)
+            return
+        writer.commit({**manifest, "status": "failed", "error": reason, "timings_s": timings,
+                       "finished_at": datetime.now(timezone.utc).isoformat()})
+    except Exception as write_exc:  # noqa: BLE001 - storage may be what failed
+        logger.error("could not record the failure in the manifest: %s", write_exc)

@@ -1,0 +1,134 @@
+"""The output contract and its commit protocol.
+
+Under the output URL, hive-partitioned by run (`run=<run_id>`), each file also
+carrying a `run_id` column so a single file stands on its own:
+
+    predictions/run=<id>/part-0.parquet   series_id, ds, step, yhat, model_version, run_id, cutoff
+    metrics/run=<id>/part-0.parquet       series_id (null = overall), metric, value, model, run_id
+    quarantine/run=<id>/part-0.parquet    series_id, field, reason, run_id
+    runs/<id>/manifest.json               written last; readers trust status == "succeeded"
+    models/                               the model store
+
+A re-run of a run id first removes that run's manifest, then its partitions, so
+a half-replaced run is never marked succeeded.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import fsspec
+import pandas as pd
+import pyarrow as pa
+
+from lstm_core.storage import filesystem, join, read_json, remove_tree, write_json, write_parquet
+
+TABLES = ("predictions", "metrics", "quarantine")
+MANIFEST = "manifest.json"
+
+
+def _ts(tz: str | None) -> pa.DataType:
+    return pa.timestamp("ns", tz=tz)
+
+
+def predictions_schema(tz: str | None = None) -> pa.Schema:
+    return pa.schema([
+        ("series_id", pa.string()), ("ds", _ts(tz)), ("step", pa.int64()), ("yhat", pa.float64()),
+        ("model_version", pa.string()), ("run_id", pa.string()), ("cutoff", _ts(tz)),
+    ])
+
+
+METRICS_SCHEMA = pa.schema([
+    ("series_id", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("model", pa.string()),
+    ("run_id", pa.string()),
+])
+QUARANTINE_SCHEMA = pa.schema([
+    ("series_id", pa.string()), ("field", pa.string()), ("reason", pa.string()), ("run_id", pa.string()),
+])
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    import os
+
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(3).hex()
+
+
+@dataclass
+class RunWriter:
+    """Writes one run's files under its own partitions, then commits with the manifest."""
+
+    fs: fsspec.AbstractFileSystem
+    root: str
+    run_id: str
+
+    @classmethod
+    def open(cls, output_url: str, run_id: str, storage_options: dict | None = None) -> "RunWriter":
+        fs, root = filesystem(output_url, storage_options)
+        return cls(fs, root, run_id)
+
+    def part_path(self, table: str) -> str:
+        return join(self.root, table, f"run={self.run_id}", "part-0.parquet")
+
+    @property
+    def manifest_path(self) -> str:
+        return join(self.root, "runs", self.run_id, MANIFEST)
+
+    def begin(self) -> None:
+        """Clear any earlier attempt of this run id: manifest first, so readers stop trusting it."""
+        remove_tree(self.fs, join(self.root, "runs", self.run_id))
+        for table in TABLES:
+            remove_tree(self.fs, join(self.root, table, f"run={self.run_id}"))
+
+    def write(self, table: str, df: pd.DataFrame) -> str:
+        schema = {"metrics": METRICS_SCHEMA, "quarantine": QUARANTINE_SCHEMA}.get(table)
+        if table == "predictions":
+            tz = getattr(df["ds"].dtype, "tz", None)
+            schema = predictions_schema(str(tz) if tz is not None else None)
+        df = df.assign(run_id=self.run_id)[schema.names]
+        path = self.part_path(table)
+        write_parquet(self.fs, path, df, schema)
+        return path
+
+    def commit(self, manifest: dict[str, Any]) -> str:
+        write_json(self.fs, self.manifest_path, {**manifest, "run_id": self.run_id})
+        return self.manifest_path
+
+    def read_manifest(self) -> dict[str, Any] | None:
+        try:
+            return read_json(self.fs, self.manifest_path)
+        except FileNotFoundError:
+            return None
+
+
+def committed_runs(output_url: str, storage_options: dict | None = None) -> list[str]:
+    """Run ids whose manifest says succeeded: the runs a reader may trust."""
+    fs, root = filesystem(output_url, storage_options)
+    base = join(root, "runs")
+    fs.invalidate_cache(base)
+    try:
+        entries = fs.ls(base, detail=False)
+    except FileNotFoundError:
+        return []
+    ok = []
+    for e in entries:
+        rid = e.rstrip("/").rsplit("/", 1)[-1]
+        try:
+            if read_json(fs, join(base, rid, MANIFEST)).get("status") == "succeeded":
+                ok.append(rid)
+        except FileNotFoundError:
+            continue
+    return sorted(ok)
+
+
+def read_committed(output_url: str, table: str, storage_options: dict | None = None) -> pd.DataFrame:
+    """A table's rows from committed runs only (what a careful downstream reader does)."""
+    fs, root = filesystem(output_url, storage_options)
+    frames = []
+    for rid in committed_runs(output_url, storage_options):
+        path = join(root, table, f"run={rid}", "part-0.parquet")
+        if fs.exists(path):
+            with fs.open(path, "rb") as fh:
+                frames.append(pd.read_parquet(fh))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,66 @@
+"""Tasks that read and shape data."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lstm_core.artifacts import data_fingerprint
+from lstm_core.config import ForecastConfig, redact_url
+from lstm_core.panel import Panel
+from lstm_core.storage import read_series
+from lstm_core.validation import ValidationResult, validate
+from lstm_core.windows import target_bounds
+from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
+
+
+@task(name="load_series", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
+      retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def load_series(config: ForecastConfig) -> pd.DataFrame:
+    logger = get_run_logger()
+    frame = read_series(config.input_url, config.storage_options, config.columns, config.filters)
+    logger.info("read %d rows, %d series from %s", len(frame), frame["series_id"].nunique(),
+                redact_url(config.input_url))
+    return frame
+
+
+@task(name="validate_series", cache_policy=NO_CACHE)
+def validate_series(frame: pd.DataFrame, config: ForecastConfig) -> ValidationResult:
+    logger = get_run_logger()
+    result = validate(frame, config.freq, window=config.window, horizon=config.horizon,
+                      gap_policy=config.gap_policy, max_gap=config.max_gap, source=redact_url(config.input_url))
+    kept = result.frame["series_id"].nunique()
+    logger.info("%d series valid, %d skipped, %d missing points filled", kept, len(result.skipped),
+                result.filled_points)
+    for s in result.skipped[:20]:
+        logger.warning("skipped series %r (%s): %s", s.series_id, s.field, s.reason)
+    if len(result.skipped) > 20:
+        logger.warning("... and %d more skipped series (all listed in the manifest)", len(result.skipped) - 20)
+    return result
+
+
+@dataclass
+class Prepared:
+    panel: Panel  # full history of every valid series
+    train_panel: Panel  # history up to T - H: what the model trains on before the holdout
+    fingerprint: str
+    train_windows: int
+    validation_windows: int
+
+
+@task(name="prepare_windows", cache_policy=NO_CACHE)
+def prepare_windows(validated: ValidationResult, config: ForecastConfig) -> Prepared:
+    logger = get_run_logger()
+    if validated.frame.empty:
+        raise ValueError("no valid series left to forecast (all were skipped; see the manifest for reasons)")
+    panel = Panel.from_frame(validated.frame, config.freq, validated.covariates)
+    train_panel = panel.drop_last(config.horizon)
+    lo, hi = target_bounds(train_panel, config.window, config.validation_steps)
+    train_windows = int((hi - lo).clip(min=0).sum())
+    val_windows = int((train_panel.lengths - config.window).clip(min=0, max=config.validation_steps).sum())
+    logger.info("%d series, %d features; %d training windows available (%d sampled per series per epoch), "
+                "%d validation windows", panel.n_series, panel.n_features, train_windows,
+                config.training.windows_per_series, val_windows)
+    return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows)

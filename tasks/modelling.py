@@ -1,0 +1,104 @@
+"""Tasks that train or load the model, forecast and evaluate."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lstm_core import artifacts
+from lstm_core.config import ForecastConfig
+from lstm_core.engine import Evaluation, Forecaster, fit, predictions_frame
+from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
+from lstm_core.model_store import Decision, decide
+from lstm_core.storage import join
+from tasks.data import Prepared
+
+
+def model_store_url(config: ForecastConfig) -> str:
+    return join(config.output_url, "models")
+
+
+@dataclass
+class ModelChoice:
+    forecaster: Forecaster  # scores the holdout (trained up to T - H)
+    final: Forecaster  # forecasts past T (the same model unless refit)
+    decision: Decision
+    version: str
+
+
+def _epoch_logger(logger, total: int):
+    def hook(epoch: int, logs: dict) -> None:
+        logger.info("epoch %d/%d loss=%.4f val_loss=%.4f", epoch, total, logs.get("loss", float("nan")),
+                    logs.get("val_loss", float("nan")))
+    return hook
+
+
+@task(name="train_or_load_model", cache_policy=NO_CACHE)
+def train_or_load_model(prepared: Prepared, config: ForecastConfig) -> ModelChoice:
+    logger = get_run_logger()
+    store = model_store_url(config)
+    key = config.model_key()
+    if config.mode == "per_series":
+        decision = Decision("train", "mode 'per_series' trains one model per series on every run")
+    else:
+        decision = decide(config.retrain, store, key, prepared.train_panel, window=config.window,
+                          validation_steps=config.validation_steps, loss=config.training.loss,
+                          max_age=config.max_model_age, tolerance=config.degradation_tolerance,
+                          storage_options=config.storage_options)
+    logger.info("model decision: %s (%s)", decision.action, decision.reason)
+    if decision.action == "load":
+        loaded = decision.loaded
+        return ModelChoice(loaded.forecaster, loaded.forecaster, decision, loaded.metadata["version"])
+
+    hook = _epoch_logger(logger, config.training.epochs)
+    forecaster = fit(prepared.train_panel, config, on_epoch=hook)
+    logger.info("trained on %s (cuDNN eligible: %s) in %.1f s, best validation loss %.4f",
+                forecaster.training["device"], forecaster.training.get("cudnn"), forecaster.training["seconds"],
+                forecaster.training["best_val_loss"])
+    final = forecaster
+    if config.refit:
+        logger.info("refitting on all data before the final forecast")
+        final = fit(prepared.panel, config, on_epoch=hook)
+    if config.mode == "per_series":
+        return ModelChoice(forecaster, final, decision, f"per-series-{prepared.fingerprint[:12]}")
+    version = artifacts.save(final, store, key, config=config.public_dict(), fingerprint=prepared.fingerprint,
+                             storage_options=config.storage_options)
+    logger.info("saved model %s/%s/%s", "models", key, version)
+    return ModelChoice(forecaster, final, decision, version)
+
+
+@dataclass
+class Forecasts:
+    holdout: np.ndarray  # (S, H) forecasts of the last H points, from T - H
+    future: pd.DataFrame  # predictions past T, long format
+
+
+@task(name="forecast", cache_policy=NO_CACHE)
+def forecast(choice: ModelChoice, prepared: Prepared, config: ForecastConfig) -> Forecasts:
+    logger = get_run_logger()
+    h = config.horizon
+    panel = prepared.panel
+    holdout_cov = panel.last_values(h)[:, :, 1:] if panel.n_features > 1 else None
+    holdout = choice.forecaster.forecast(prepared.train_panel, h, holdout_cov)
+    future = choice.final.forecast(panel, h)
+    frame = predictions_frame(panel, future, config.freq).assign(model_version=choice.version)
+    logger.info("forecast %d series x %d steps", panel.n_series, h)
+    return Forecasts(holdout, frame)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(forecasts: Forecasts, choice: ModelChoice, prepared: Prepared, config: ForecastConfig) -> Evaluation:
+    logger = get_run_logger()
+    h, history = config.horizon, prepared.train_panel
+    actual = prepared.panel.last_values(h)[:, :, 0]
+    fc = {choice.version: forecasts.holdout, "seasonal_naive": seasonal_naive(history, h, config.season_length)}
+    metrics = metrics_frame(history.series_ids, actual, fc, mase_scale(history, config.season_length))
+    ev = Evaluation(history.series_ids, actual, fc, metrics)
+    for name in fc:
+        logger.info("holdout %s: MAE %.4f sMAPE %.3f MASE %.4f", "lstm" if name == choice.version else name,
+                    ev.overall(name, "mae"), ev.overall(name, "smape"), ev.overall(name, "mase"))
+    return ev
+
