@@ -1,0 +1,101 @@
+"""Shared fixtures: a real S3-speaking server (moto) on loopback, a Prefect test server, small data."""
+from __future__ import annotations
+
+import os
+import socket
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lstm_core.config import ForecastConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1, as s3fs's own test suite uses; AWS_* point at it."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
+                                             "AWS_ENDPOINT_URL")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint})
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint, request):
+    """A fresh, empty bucket per test; returns its s3:// URL."""
+    import s3fs
+
+    name = "t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-") + \
+        f"-{os.getpid() % 1000}-{np.random.default_rng().integers(1e6)}"
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint)
+    fs.mkdir(name)
+    yield f"s3://{name}"
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """A real (temporary) Prefect API for flow runs."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def make_frame(n_series: int = 6, length: int = 160, freq: str = "h", season: int = 24, seed: int = 0,
+               start: str = "2026-01-01") -> pd.DataFrame:
+    """Seasonal series with trend and noise at different levels, long format."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    frames = []
+    for i in range(n_series):
+        level = 10.0 * (i + 1)
+        y = level + 0.3 * level * np.sin(2 * np.pi * t / season + i) + 0.01 * level * t / season \
+            + rng.normal(0, 0.03 * level, length)
+        frames.append(pd.DataFrame({"series_id": f"s{i:02d}", "ds": pd.date_range(start, periods=length, freq=freq),
+                                    "y": y}))
+    out = pd.concat(frames, ignore_index=True)
+    out["series_id"] = out["series_id"].astype("string")
+    return out
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    return make_frame()
+
+
+def fast_config(**overrides) -> ForecastConfig:
+    """A configuration that trains in seconds on 2 CPU cores."""
+    base = {
+        "freq": "h", "horizon": 12, "season_length": 24, "window": 24,
+        "model": {"units": [8]},
+        "training": {"epochs": 3, "patience": 2, "windows_per_series": 16, "batch_size": 64},
+    }
+    for k, v in overrides.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
+        else:
+            base[k] = v
+    return ForecastConfig.model_validate(base)
