@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _, resolved = _resolve(args.config, settings_from_args(args), args.sets)
     from flows.batch_forecast import batch_forecast
 
+    quiet_console_tracebacks()
     manifest = batch_forecast(config_path=args.config, settings=resolved)
     _report(manifest)
     return 0
@@ -76,6 +78,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _, resolved = _resolve(None, settings, args.sets)
     from flows.batch_forecast import batch_forecast
 
+    quiet_console_tracebacks()
     print(f"demo dataset: {data} (24 hourly series, 4 weeks)")
     manifest = batch_forecast(config_path=None, settings=resolved)
     _report(manifest)
@@ -83,6 +86,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"outputs under {out}/: predictions/, metrics/, quarantine/, runs/{manifest['run_id']}/manifest.json, models/")
     print(f"read them with: python -c \"import pandas as pd; print(pd.read_parquet('{out}/predictions'))\"")
     return 0
+
+
+class _NoTraceback(logging.Filter):
+    """Console shows the one-line reason; full tracebacks stay in the Prefect API logs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or record.exc_text:
+            record.exc_info, record.exc_text = None, None
+        if isinstance(record.msg, str) and "Traceback (most recent call last)" in record.msg:
+            record.msg = record.msg.split("Traceback (most recent call last)")[0].rstrip()
+        return True
+
+
+def quiet_console_tracebacks() -> None:
+    if os.environ.get("LSTM_FORECAST_DEBUG"):
+        return
+    seen = set()
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and id(handler) not in seen:
+                seen.add(id(handler))
+                handler.addFilter(_NoTraceback())
 
 
 def _report(manifest: dict[str, Any]) -> None:

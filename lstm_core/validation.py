@@ -96,7 +96,7 @@ def validate(
     if len(frame) == 0:
         return ValidationResult(_finish(frame), list(skipped.values()), covariates, future)
 
-    frame, filled = _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip)
+    frame = _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip)
     frame = frame[~frame["series_id"].isin(list(skipped))].reset_index(drop=True)
 
     # Length, constant and scale checks on the regular series.
@@ -116,6 +116,7 @@ def validate(
     frame = frame[~frame["series_id"].isin(list(skipped))].reset_index(drop=True)
     if future is not None:
         future = future[future["series_id"].isin(frame["series_id"].unique())].reset_index(drop=True)
+    filled = int((frame["_row"] < 0).sum())  # interpolated rows of the series kept
     return ValidationResult(_finish(frame), list(skipped.values()), covariates, future, filled)
 
 
@@ -231,16 +232,18 @@ def _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip):
     first = frame.groupby("series_id", sort=False)["ds"].transform("min")
     pos, on_grid = step_positions(frame["ds"], first, freq)
     off = ~on_grid
-    if off.all():
-        r = 0
+    codes = pd.factorize(frame["series_id"])[0]
+    # A frequency that no series follows is a wrong setting, not bad series (each series' first
+    # timestamp anchors a fixed grid, so count series with an off-grid point, not points).
+    if off.any() and np.bincount(codes[off], minlength=codes.max() + 1).all():
+        r = int(np.argmax(off))
         raise DataValidationError(
-            f"frequency {freq!r} does not match the data: timestamp {frame['ds'].iloc[r]} is off the grid",
+            f"frequency {freq!r} matches no series: timestamp {frame['ds'].iloc[r]} is off the grid",
             source=source, column="ds", series_id=str(sid.iloc[r]), row=int(frame["_row"].iloc[r]))
     for r in np.flatnonzero(off):
         skip(str(sid.iloc[r]), "ds", f"timestamp {frame['ds'].iloc[r]} is off frequency {freq!r} (row {int(frame['_row'].iloc[r])})")
 
     frame = frame.assign(_pos=pos)
-    codes = pd.factorize(frame["series_id"])[0]
     step = np.diff(pos)
     same = codes[1:] == codes[:-1]
     gap = np.where(same, step - 1, 0)
@@ -253,8 +256,8 @@ def _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip):
         if gap_policy == "skip" or missing > max_gap:
             skip(s, "ds", f"gap of {missing} missing steps before {at} (max_gap {max_gap if gap_policy == 'fill' else 0})")
     if not (gap > 0).any():
-        return frame, 0
-    return _fill(frame, freq, covariates), int(gap[gap > 0].sum())
+        return frame
+    return _fill(frame, freq, covariates)
 
 
 def _fill(frame: pd.DataFrame, freq: str, covariates: list[str]) -> pd.DataFrame:
@@ -280,5 +283,6 @@ def _fill(frame: pd.DataFrame, freq: str, covariates: list[str]) -> pd.DataFrame
     out = pd.DataFrame({"series_id": pd.Series(np.asarray(uniques, dtype=object)[out_codes], dtype="string"), "ds": ds})
     for c in ["y", *covariates]:
         out[c] = np.interp(glob_all, glob_known, frame[c].to_numpy())
-    out["_row"] = -1
+    out["_row"] = -1  # interpolated rows; known rows keep their input row number
+    out.loc[glob_known, "_row"] = frame["_row"].to_numpy()
     return out

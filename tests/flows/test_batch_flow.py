@@ -1,0 +1,105 @@
+"""End to end: Parquet in S3 (moto server) -> Prefect flow (test server) -> outputs in S3."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import s3fs
+
+from flows.batch_forecast import batch_forecast
+from tests.conftest import make_frame
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+H = 12
+FAST = {
+    "freq": "h", "horizon": H, "season_length": 24, "window": 24,
+    "model": {"units": [8]},
+    "training": {"epochs": 3, "patience": 2, "windows_per_series": 16, "batch_size": 64},
+}
+
+
+def _fs(endpoint: str) -> s3fs.S3FileSystem:
+    return s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
+
+
+def _read(fs: s3fs.S3FileSystem, path: str) -> pd.DataFrame:
+    with fs.open(path, "rb") as fh:
+        return pd.read_parquet(fh)
+
+
+@pytest.fixture
+def s3_input(s3_bucket, s3_endpoint):
+    frame = make_frame(n_series=5, length=150)
+    fs = _fs(s3_endpoint)
+    with fs.open(f"{s3_bucket}/input/series.parquet", "wb") as fh:
+        frame.to_parquet(fh, index=False)
+    return frame, f"{s3_bucket}/input/series.parquet", f"{s3_bucket}/output"
+
+
+def test_flow_reads_s3_and_commits_predictions_metrics_manifest(s3_input, s3_endpoint):
+    frame, input_url, output_url = s3_input
+    manifest = batch_forecast(settings={**FAST, "input_url": input_url, "output_url": output_url})
+    fs = _fs(s3_endpoint)
+    run_id = manifest["run_id"]
+
+    stored = json.loads(fs.cat(f"{output_url}/runs/{run_id}/manifest.json"))
+    assert stored["status"] == "succeeded"
+    assert stored["retrain"]["action"] == "train" and stored["retrain"]["reason"]
+    assert stored["counts"]["series_forecast"] == 5 and stored["counts"]["series_skipped"] == 0
+
+    preds = _read(fs, f"{output_url}/predictions/run={run_id}/part-0.parquet")
+    assert len(preds) == 5 * H
+    assert list(preds.columns) == ["series_id", "ds", "step", "yhat", "model_version", "run_id", "cutoff"]
+    assert np.isfinite(preds["yhat"]).all()
+    last = frame.groupby("series_id")["ds"].max()
+    for sid, g in preds.groupby("series_id"):
+        g = g.sort_values("step")
+        assert g["step"].tolist() == list(range(1, H + 1))
+        expected = pd.date_range(last[sid], periods=H + 1, freq="h")[1:]
+        assert (g["ds"].to_numpy() == expected.to_numpy()).all(), sid
+        assert (g["cutoff"] == last[sid]).all()
+    assert (preds["run_id"] == run_id).all() and (preds["model_version"] == stored["model_version"]).all()
+
+    metrics = _read(fs, f"{output_url}/metrics/run={run_id}/part-0.parquet")
+    overall = metrics[metrics["series_id"].isna()]
+    assert set(overall["model"]) == {stored["model_version"], "seasonal_naive"}
+    assert set(overall["metric"]) == {"mae", "rmse", "smape", "mase"}
+    assert np.isfinite(metrics["value"]).all()
+    assert len(metrics) == 2 * 4 * (5 + 1)
+
+    # Secrets from the environment never reach the manifest.
+    assert "testing" not in json.dumps(stored)
+
+
+def test_second_run_loads_model_and_changed_config_retrains(s3_input, s3_endpoint):
+    _, input_url, output_url = s3_input
+    settings = {**FAST, "input_url": input_url, "output_url": output_url}
+    first = batch_forecast(settings=settings)
+    second = batch_forecast(settings=settings)
+    assert second["retrain"]["action"] == "load", second["retrain"]
+    assert first["model_version"] in second["retrain"]["reason"]
+    assert second["model_version"] == first["model_version"]
+
+    changed = {**settings, "model": {"units": [6]}}
+    third = batch_forecast(settings=changed)
+    assert third["retrain"]["action"] == "train"
+    assert "no saved model for this configuration" in third["retrain"]["reason"]
+    assert third["model_version"] != first["model_version"]
+
+
+def test_bad_input_fails_before_writing_anything(s3_bucket, s3_endpoint):
+    from lstm_core.errors import DataValidationError
+
+    fs = _fs(s3_endpoint)
+    bad = make_frame(n_series=2, length=80).drop(columns=["y"])
+    with fs.open(f"{s3_bucket}/in/bad.parquet", "wb") as fh:
+        bad.to_parquet(fh, index=False)
+    with pytest.raises(DataValidationError, match="column 'y'"):
+        batch_forecast(settings={**FAST, "input_url": f"{s3_bucket}/in/bad.parquet",
+                                 "output_url": f"{s3_bucket}/out", "run_id": "bad-run"})
+    assert not fs.exists(f"{s3_bucket}/out/predictions")
+    manifest = json.loads(fs.cat(f"{s3_bucket}/out/runs/bad-run/manifest.json"))
+    assert manifest["status"] == "failed" and "column 'y'" in manifest["error"]

@@ -1,0 +1,91 @@
+"""The `lstm-forecast` console script, run as a user runs it (a subprocess)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import make_frame
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = str(Path(sys.executable).with_name("lstm-forecast"))
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([CLI, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_for_each_command():
+    for args in (["--help"], ["run", "--help"], ["demo", "--help"]):
+        out = run_cli(*args)
+        assert out.returncode == 0, out.stderr
+        assert "usage: lstm-forecast" in out.stdout
+    assert "--max-train-minutes" in run_cli("run", "--help").stdout
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--horizon", "0"], "setting 'horizon'"),
+        (["--freq", "fortnightly"], "setting 'freq'"),
+        (["--set", "window=1"], "setting 'window'"),
+        (["--set", "training.nonsense=3"], "setting 'training.nonsense': unknown setting"),
+    ],
+)
+def test_bad_configuration_is_refused_with_one_line(tmp_path, flags, message):
+    out = run_cli("run", "--input", str(tmp_path / "none.parquet"), "--output", str(tmp_path / "out"), *flags)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_input_is_one_line_error(tmp_path):
+    out = run_cli("run", "--input", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "out"),
+                  "--freq", "h", "--horizon", "12", "--season", "24")
+    assert out.returncode != 0
+    assert "does not exist" in out.stderr and "nope.parquet" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_run_command_writes_outputs(tmp_path):
+    data = tmp_path / "series.parquet"
+    make_frame(n_series=4, length=150).to_parquet(data, index=False)
+    out = run_cli("run", "--input", str(data), "--output", str(tmp_path / "out"), "--freq", "h",
+                  "--horizon", "12", "--season", "24", "--max-train-minutes", "1",
+                  "--set", "window=24", "--set", "model.units=[8]", "--set", "training.epochs=2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    runs = list((tmp_path / "out" / "runs").iterdir())
+    manifest = json.loads((runs[0] / "manifest.json").read_text())
+    assert manifest["status"] == "succeeded"
+    assert manifest["config"]["training"]["max_train_minutes"] == 1
+    preds = pd.read_parquet(tmp_path / "out" / "predictions")
+    assert len(preds) == 4 * 12
+
+
+@pytest.mark.slow
+def test_demo_works_in_a_fresh_clone_after_make_setup(tmp_path):
+    """`make demo` in a fresh clone: set-up from the lock file, then the demo's outputs appear."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout")
+    clone = tmp_path / "fresh"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+    env = {**os.environ, "PYTHON": sys.executable.replace(str(ROOT / ".venv"), "") if False else "python3"}
+    env.pop("VIRTUAL_ENV", None)
+    out = subprocess.run(["make", "demo"], cwd=clone, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
+    assert "outputs under data/demo/output" in out.stdout
+    runs = list((clone / "data/demo/output/runs").iterdir())
+    assert len(runs) == 1
+    assert json.loads((runs[0] / "manifest.json").read_text())["status"] == "succeeded"
+    preds = pd.read_parquet(clone / "data/demo/output/predictions")
+    assert len(preds) == 24 * 24 and preds["yhat"].notna().all()
