@@ -83,7 +83,7 @@ def read_series(
             wanted = next(iter(dataset.get_fragments())).physical_schema.names
         except (pa.ArrowInvalid, OSError) as exc:
             raise _explain_read_failure(url, fs, files, list(REQUIRED), exc) from None
-    missing = [c for c in wanted if c not in dataset.schema.names]
+    missing = [c for c in dict.fromkeys([*REQUIRED, *wanted]) if c not in dataset.schema.names]
     if missing:
         raise DataValidationError(f"missing required column (have {dataset.schema.names})", source=url,
                                   column=missing[0])
