@@ -15,12 +15,15 @@ import tensorflow as tf
 _LOOPS: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
 
 
-def _compiled_loop(model: keras.Model, horizon: int, n_cov: int):
+def _compiled_loop(model: keras.Model, window_len: int, horizon: int, n_cov: int):
     cache = _LOOPS.setdefault(model, {})
-    key = (horizon, n_cov)
+    key = (window_len, horizon, n_cov)
     if key not in cache:
+        # An open batch dimension: one trace serves every batch size.
+        signature = [tf.TensorSpec([None, window_len, n_cov + 1], tf.float32),
+                     tf.TensorSpec([None, horizon, n_cov], tf.float32)]
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(input_signature=signature)
         def loop(window, future):
             out = tf.TensorArray(tf.float32, size=horizon)
             for h in tf.range(horizon):
@@ -59,7 +62,7 @@ def recursive_forecast(
             raise ValueError(f"future covariates must have shape {(s, horizon, n_cov)}, got {future.shape}")
     else:
         future = np.zeros((s, horizon, 0), dtype=np.float32)
-    loop = _compiled_loop(model, horizon, n_cov)
+    loop = _compiled_loop(model, windows.shape[1], horizon, n_cov)
     parts = [loop(tf.constant(windows[i:i + batch_size]), tf.constant(future[i:i + batch_size])).numpy()
              for i in range(0, s, batch_size)]
     return np.concatenate(parts, axis=0) if parts else np.zeros((0, horizon), np.float32)

@@ -29,14 +29,22 @@ def target_bounds(panel: Panel, window: int, holdout: int) -> tuple[np.ndarray, 
 
 
 def all_windows(panel: Panel, window: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Every (input, next value) pair of every series."""
-    lo, hi = target_bounds(panel, window, 0)
-    counts = np.maximum(hi - lo, 0)
-    series = np.repeat(np.arange(panel.n_series), counts)
-    first = np.cumsum(counts) - counts
-    local_t = lo[series] + (np.arange(counts.sum()) - first[series])
-    starts = panel.offsets[series] + local_t - window
-    return gather(panel.values.astype(dtype, copy=False), starts, window)
+    """Every (input, next value) pair of every series.
+
+    A series' windows are one contiguous run of the sliding view, so each is
+    copied with a single slice into the preallocated result (no index arrays).
+    """
+    values = panel.values.astype(dtype, copy=False)
+    counts = np.maximum(panel.lengths - window, 0)
+    pos = np.concatenate([[0], np.cumsum(counts)])
+    view = sliding_window_view(values, window, axis=0).transpose(0, 2, 1)  # (N - window + 1, window, F)
+    x = np.empty((int(pos[-1]), window, values.shape[1]), dtype)
+    y = np.empty(int(pos[-1]), dtype)
+    for i in np.flatnonzero(counts):
+        o, a, b = panel.offsets[i], pos[i], pos[i + 1]
+        x[a:b] = view[o:o + counts[i]]
+        y[a:b] = values[o + window:o + window + counts[i], 0]
+    return x, y
 
 
 def sample_windows(
