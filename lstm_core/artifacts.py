@@ -1,7 +1,8 @@
 """Versioned model artifacts: Keras `.keras` members + scaler + config + metadata, via fsspec.
 
 Layout: `<store>/<model_key>/<version>/{member-0.keras, ..., scaler.json, metadata.json}`;
-`metadata.json` is written last, so a version without it is incomplete and ignored.
+`metadata.json` is written last, so a version without it is incomplete and ignored; it records
+each member's sha256, checked before Keras reads the file.
 Models load only through Keras safe mode (no arbitrary code, no pickle).
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib.metadata
 import json
 import os
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -70,12 +72,15 @@ def save(forecaster: Forecaster, store_url: str, model_key: str, *, config: dict
     version = version or new_version()
     fs, root = filesystem(store_url, storage_options)
     base = join(root, model_key, version)
+    checksums = {}
     with tempfile.TemporaryDirectory(prefix="lstm-artifact-") as tmp:
         for i, member in enumerate(forecaster.members):
             local = os.path.join(tmp, f"member-{i}.keras")
             member.save(local)
             with open(local, "rb") as fh:
-                put_bytes(fs, join(base, f"member-{i}.keras"), fh.read())
+                data = fh.read()
+            checksums[f"member-{i}.keras"] = hashlib.sha256(data).hexdigest()
+            put_bytes(fs, join(base, f"member-{i}.keras"), data)
     if forecaster.scaler is not None:
         write_json(fs, join(base, "scaler.json"), forecaster.scaler.to_dict())
     metadata = {
@@ -91,6 +96,7 @@ def save(forecaster: Forecaster, store_url: str, model_key: str, *, config: dict
         "data_fingerprint": fingerprint,
         "training": forecaster.training,
         "versions": package_versions(),
+        "sha256": checksums,
         **(extra or {}),
     }
     write_json(fs, join(base, "metadata.json"), metadata)  # last: marks the version complete
@@ -138,16 +144,27 @@ def load(store_url: str, model_key: str, version: str, storage_options: dict | N
     if expect_window is not None and meta.get("window") != expect_window:
         raise ArtifactError(f"model {url}: window {meta.get('window')} differs from the configured {expect_window}")
     members = []
+    checksums = meta.get("sha256") or {}
     with tempfile.TemporaryDirectory(prefix="lstm-artifact-") as tmp:
         for i in range(int(meta.get("members", 0))):
-            local = os.path.join(tmp, f"member-{i}.keras")
+            name = f"member-{i}.keras"
+            local = os.path.join(tmp, name)
             try:
-                fs.get(join(base, f"member-{i}.keras"), local)
-                members.append(keras.saving.load_model(local, compile=False, safe_mode=True))
+                fs.get(join(base, name), local)
             except FileNotFoundError:
-                raise ArtifactError(f"model {url}: member-{i}.keras missing") from None
+                raise ArtifactError(f"model {url}: {name} missing") from None
+            # Check the bytes before Keras parses them: a damaged file gets a plain message.
+            with open(local, "rb") as fh:
+                digest = hashlib.sha256(fh.read()).hexdigest()
+            if name in checksums and digest != checksums[name]:
+                raise ArtifactError(f"model {url}: {name} is corrupt: its sha256 {digest[:12]}... differs from "
+                                    f"the {checksums[name][:12]}... recorded when it was saved")
+            if not zipfile.is_zipfile(local):
+                raise ArtifactError(f"model {url}: {name} is corrupt: not a .keras (zip) archive")
+            try:
+                members.append(keras.saving.load_model(local, compile=False, safe_mode=True))
             except Exception as exc:  # noqa: BLE001 - Keras raises many types for a broken file
-                raise ArtifactError(f"model {url}: member-{i}.keras is corrupt or unsafe: "
+                raise ArtifactError(f"model {url}: {name} is corrupt or unsafe: "
                                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     if not members:
         raise ArtifactError(f"model {url}: no model members recorded")

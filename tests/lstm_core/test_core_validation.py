@@ -299,7 +299,8 @@ def test_weekly_gap_is_filled_on_mondays():
     assert r.filled_points == 2 and len(s00) == 50
     assert (s00["ds"].dt.dayofweek == 0).all()
     assert (s00["ds"].diff().dropna() == pd.Timedelta("7D")).all()
-    np.testing.assert_allclose(s00["y"].iloc[10:12], df["y"].iloc[9] + (df["y"].iloc[12] - df["y"].iloc[9]) * np.array([1, 2]) / 3)
+    y9, y12 = df["y"].iloc[9], df["y"].iloc[12]
+    np.testing.assert_allclose(s00["y"].iloc[10:12], y9 + (y12 - y9) * np.array([1, 2]) / 3)
 
 
 def test_numeric_extra_columns_are_covariates_and_future_rows_are_split(base):

@@ -1,0 +1,133 @@
+"""The one configuration: validation, precedence (YAML < env < overrides < --set), secret redaction."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lstm_core.config import ConfigError, ForecastConfig, load_config, redact, redact_url, validate_config
+
+
+def test_defaults_are_valid():
+    cfg = load_config(environ={})
+    assert isinstance(cfg, ForecastConfig) and cfg.freq == "h" and cfg.horizon == 24 and cfg.gap_policy == "fill"
+
+
+@pytest.mark.parametrize("data, where", [
+    ({"horizn": 3}, "'horizn'"),
+    ({"training": {"epoch": 3}}, "'training.epoch'"),
+    ({"model": {"layers": [8]}}, "'model.layers'"),
+])
+def test_unknown_keys_are_refused_by_name(data, where):
+    with pytest.raises(ConfigError, match=f"setting {where}: unknown setting"):
+        validate_config(data)
+
+
+@pytest.mark.parametrize("data, where", [
+    ({"horizon": 0}, "horizon"), ({"horizon": -3}, "horizon"), ({"window": 1}, "window"),
+    ({"freq": "fortnightly"}, "freq"), ({"scaler": "robust"}, "scaler"), ({"gap_policy": "drop"}, "gap_policy"),
+    ({"model": {"units": []}}, "model.units"), ({"model": {"dropout": 1.0}}, "model.dropout"),
+    ({"training": {"loss": "mape"}}, "training.loss"), ({"run_id": "../x"}, "run_id"),
+])
+def test_bad_values_are_refused_by_name(data, where):
+    with pytest.raises(ConfigError, match=f"setting '{where}'"):
+        validate_config(data)
+
+
+def test_unknown_frequency_message():
+    with pytest.raises(ConfigError, match="unknown pandas frequency 'fortnightly'"):
+        validate_config({"freq": "fortnightly"})
+
+
+def test_window_shorter_than_season_is_refused_with_seasonal_skip():
+    with pytest.raises(ConfigError, match=r"window \(12\) must be at least season_length \(24\)"):
+        validate_config({"window": 12, "season_length": 24})
+    assert validate_config({"window": 12, "season_length": 24, "model": {"seasonal_skip": False}}).skip_lag == 0
+
+
+def test_precedence_yaml_env_overrides_set(tmp_path, monkeypatch):
+    path = tmp_path / "job.yaml"
+    path.write_text("horizon: 10\nwindow: 30\nfreq: D\nseason_length: 7\ntraining:\n  epochs: 5\n  patience: 4\n")
+    cfg = load_config(path, environ={})
+    assert (cfg.horizon, cfg.window, cfg.freq, cfg.training.epochs, cfg.training.patience) == (10, 30, "D", 5, 4)
+
+    env = {"LSTM_FORECAST_TRAINING__EPOCHS": "7", "LSTM_FORECAST_WINDOW": "32", "LSTM_FORECAST_MODEL__UNITS": "[16, 8]",
+           "OTHER_TRAINING__EPOCHS": "99"}
+    cfg = load_config(path, environ=env)
+    assert (cfg.training.epochs, cfg.window, cfg.model.units) == (7, 32, [16, 8])
+    assert cfg.training.patience == 4 and cfg.horizon == 10  # untouched YAML values stay
+
+    cfg = load_config(path, overrides={"window": 40, "horizon": None}, environ=env)
+    assert cfg.window == 40 and cfg.horizon == 10  # None means "flag not given"
+
+    cfg = load_config(path, overrides={"window": 40}, sets=["window=44", "training.epochs=9"], environ=env)
+    assert (cfg.window, cfg.training.epochs, cfg.training.patience) == (44, 9, 4)
+
+    # the process environment is read when none is passed
+    monkeypatch.setenv("LSTM_FORECAST_TRAINING__EPOCHS", "3")
+    assert load_config(path).training.epochs == 3
+
+
+@pytest.mark.parametrize("item", ["window", "=3", "  =3"])
+def test_malformed_set_is_refused(item):
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(sets=[item], environ={})
+
+
+def test_unknown_key_from_environment_is_refused():
+    with pytest.raises(ConfigError, match="'training.epoch': unknown setting"):
+        load_config(environ={"LSTM_FORECAST_TRAINING__EPOCH": "3"})
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml", environ={})
+    (tmp_path / "bad.yaml").write_text("horizon: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml", environ={})
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(tmp_path / "list.yaml", environ={})
+
+
+def test_public_dict_redacts_secrets():
+    cfg = validate_config({
+        "input_url": "s3://AKIAUSER:hunter2@minio.local:9000/bucket/in.parquet",
+        "output_url": "https://user:pw@example.com/out",
+        "storage_options": {
+            "key": "AKIAEXAMPLE", "secret": "s3cr3t", "token": "TOKVALUE", "endpoint_url": "http://minio:9000",
+            "client_kwargs": {"region_name": "eu-west-1", "aws_session_token": "SESSVALUE",
+                              "aws_secret_access_key": "SAKVALUE"},
+            "password": "PWVALUE", "anon": False,
+        },
+    })
+    pub = cfg.public_dict()
+    assert pub["input_url"] == "s3://***@minio.local:9000/bucket/in.parquet"
+    assert pub["output_url"] == "https://***@example.com/out"
+    so = pub["storage_options"]
+    assert so["key"] == so["secret"] == so["token"] == so["password"] == "***"
+    assert so["client_kwargs"] == {"region_name": "eu-west-1", "aws_session_token": "***",
+                                   "aws_secret_access_key": "***"}
+    assert so["endpoint_url"] == "http://minio:9000" and so["anon"] is False
+    text = json.dumps(pub)
+    for secret in ("AKIAEXAMPLE", "s3cr3t", "TOKVALUE", "SESSVALUE", "SAKVALUE", "PWVALUE", "hunter2", "AKIAUSER",
+                   ":pw@"):
+        assert secret not in text
+    # the live object still has the real values for the storage layer
+    assert cfg.storage_options["secret"] == "s3cr3t"
+
+
+def test_redact_helpers():
+    assert redact_url("s3://bucket/key") == "s3://bucket/key"
+    assert redact_url("data/local.parquet") == "data/local.parquet"
+    assert redact_url("s3://bucket/path@v2/x") == "s3://bucket/path@v2/x"  # '@' past the host is not a credential
+    assert redact([{"api_key": 1}, {"name": "x"}]) == [{"api_key": "***"}, {"name": "x"}]
+
+
+def test_model_key_tracks_what_makes_models_interchangeable():
+    base = validate_config({})
+    assert base.model_key() == validate_config({}).model_key()
+    assert base.model_key() == validate_config({"training": {"epochs": 3, "patience": 1}}).model_key()
+    assert base.model_key() != validate_config({"window": 72}).model_key()
+    assert base.model_key() != validate_config({"model": {"units": [32]}}).model_key()
+    assert base.model_key() != validate_config({"seed": 1}).model_key()

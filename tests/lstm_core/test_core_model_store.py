@@ -1,0 +1,112 @@
+"""model_store.decide: train or load, with a reason a person can read."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pytest
+
+from lstm_core import artifacts, engine
+from lstm_core.errors import ArtifactError
+from lstm_core.model_store import decide, validation_loss
+from lstm_core.panel import Panel
+from tests.conftest import fast_config, make_frame
+
+H = 12
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return fast_config(training={"epochs": 2})
+
+
+@pytest.fixture(scope="module")
+def train_panel(cfg):
+    return engine.prepare(make_frame(n_series=4, length=120), cfg)[0].drop_last(H)
+
+
+@pytest.fixture(scope="module")
+def forecaster(cfg, train_panel):
+    return engine.fit(train_panel, cfg)
+
+
+def run_decide(cfg, store, panel, policy="auto", **kw):
+    args = dict(window=cfg.window, validation_steps=cfg.validation_steps, loss=cfg.training.loss,
+                max_age=cfg.max_model_age, tolerance=cfg.degradation_tolerance)
+    args.update(kw)
+    return decide(policy, str(store), cfg.model_key(), panel, **args)
+
+
+def save(forecaster, cfg, store, panel, **kw):
+    return artifacts.save(forecaster, str(store), cfg.model_key(), config=cfg.public_dict(),
+                          fingerprint=artifacts.data_fingerprint(panel), **kw)
+
+
+def test_no_model_means_train(cfg, train_panel, tmp_path):
+    d = run_decide(cfg, tmp_path, train_panel)
+    assert d.action == "train" and "no saved model" in d.reason and cfg.model_key() in d.reason
+    assert d.loaded is None and d.as_dict() == {"action": "train", "reason": d.reason}
+
+
+def test_always_means_train_even_with_a_model(forecaster, cfg, train_panel, tmp_path):
+    save(forecaster, cfg, tmp_path, train_panel)
+    d = run_decide(cfg, tmp_path, train_panel, policy="always")
+    assert d.action == "train" and "'always'" in d.reason
+
+
+def test_never_without_a_model_is_an_error(cfg, train_panel, tmp_path):
+    with pytest.raises(ArtifactError, match="'never' but the model store .* has no model"):
+        run_decide(cfg, tmp_path, train_panel, policy="never")
+
+
+def test_never_loads_the_newest_model(forecaster, cfg, train_panel, tmp_path):
+    save(forecaster, cfg, tmp_path, train_panel, version="20260101T000000000000Z-aaaaaa")
+    newest = save(forecaster, cfg, tmp_path, train_panel, version="20260301T000000000000Z-bbbbbb")
+    d = run_decide(cfg, tmp_path, train_panel, policy="never", now=datetime(2099, 1, 1, tzinfo=timezone.utc))
+    assert d.action == "load" and d.loaded.metadata["version"] == newest
+    assert d.as_dict()["model_version"] == newest
+
+
+def test_fresh_model_is_loaded(forecaster, cfg, train_panel, tmp_path):
+    version = save(forecaster, cfg, tmp_path, train_panel)
+    d = run_decide(cfg, tmp_path, train_panel)
+    assert d.action == "load" and f"model {version} is current" in d.reason
+    np.testing.assert_array_equal(d.loaded.forecaster.forecast(train_panel, H), forecaster.forecast(train_panel, H))
+
+
+def test_validation_loss_on_training_data_matches_what_training_recorded(forecaster, cfg, train_panel):
+    current = validation_loss(forecaster, train_panel, cfg.validation_steps, cfg.training.loss)
+    assert current == pytest.approx(forecaster.training["best_val_loss"], rel=1e-4)
+
+
+def test_too_old_model_is_retrained(forecaster, cfg, train_panel, tmp_path):
+    version = save(forecaster, cfg, tmp_path, train_panel)
+    later = datetime.now(timezone.utc) + cfg.max_model_age + timedelta(days=1)
+    d = run_decide(cfg, tmp_path, train_panel, now=later)
+    assert d.action == "train" and version in d.reason and "older than max_model_age 7.0d" in d.reason
+
+
+def test_degraded_model_is_retrained(forecaster, cfg, train_panel, tmp_path):
+    version = save(forecaster, cfg, tmp_path, train_panel)
+    # new data with no trace of the learned daily season: pure noise
+    noise = np.random.default_rng(0).normal(size=train_panel.values.shape)
+    changed = Panel(train_panel.series_ids, train_panel.offsets, noise, train_panel.feature_names,
+                    train_panel.last_ds, train_panel.freq)
+    d = run_decide(cfg, tmp_path, changed, tolerance=0.0)
+    assert d.action == "train" and f"model {version} degraded" in d.reason and "mae" in d.reason
+
+
+def test_broken_newest_model_means_train_not_an_older_one(forecaster, cfg, train_panel, tmp_path):
+    save(forecaster, cfg, tmp_path, train_panel, version="20260101T000000000000Z-aaaaaa")
+    newest = save(forecaster, cfg, tmp_path, train_panel, version="20260301T000000000000Z-bbbbbb")
+    (tmp_path / cfg.model_key() / newest / "member-0.keras").write_bytes(b"garbage")
+    d = run_decide(cfg, tmp_path, train_panel)
+    assert d.action == "train" and "newest saved model cannot be used" in d.reason and "corrupt" in d.reason
+
+
+def test_incompatible_window_means_train(forecaster, cfg, train_panel, tmp_path):
+    save(forecaster, cfg, tmp_path, train_panel)
+    d = run_decide(cfg, tmp_path, train_panel, window=48)
+    assert d.action == "train" and "no loadable model" in d.reason and "window" in d.reason
+    with pytest.raises(ArtifactError, match="no saved model can be loaded"):
+        run_decide(cfg, tmp_path, train_panel, policy="never", window=48)
