@@ -5,3 +5,5 @@ import os
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "lstm_core")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Engine code also runs outside flow runs (notebooks, tests); its records then stay local.
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
