@@ -299,3 +299,28 @@ def test_manual_deployment_runs_from_the_prefect_cli(stack):
     assert manifest["config"]["training"]["epochs"] == 1 and manifest["config"]["horizon"] == H
     assert manifest["config"]["model"]["units"] == [8]
     assert len(_rows_of(stack, "predictions", "manual-e2e")) == N_SERIES * H
+
+
+def test_infra_prefect_yaml_registers_on_the_server(stack):
+    """`prefect deploy` takes infra/prefect.yaml as it is (last: it replaces the served deployments' records)."""
+    root = Path(__file__).resolve().parents[2]
+    steps = [
+        ["work-pool", "create", "forecast-pool", "--type", "process", "--overwrite"],
+        ["work-queue", "create", "batch-forecast", "--pool", "forecast-pool", "--limit", "1"],
+        ["--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml"],
+    ]
+    for args in steps:
+        out = subprocess.run([str(BIN / "prefect"), *args], cwd=root, env=stack["env"], capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, (args, out.stdout[-3000:], out.stderr[-3000:])
+    scheduled, manual = _deployment(stack, "scheduled"), _deployment(stack, "manual")
+    for d in (scheduled, manual):
+        assert d.work_pool_name == "forecast-pool" and d.work_queue_name == "batch-forecast"
+        assert d.entrypoint == "flows/batch_forecast.py:batch_forecast"
+        assert d.parameters == {"config_path": "infra/job.yaml", "settings": {}}
+        assert d.global_concurrency_limit.limit == 1
+        assert d.concurrency_options.collision_strategy.value == "ENQUEUE"
+        assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(root)}}]
+    [schedule] = scheduled.schedules
+    assert schedule.schedule.cron == "0 2 * * *" and schedule.schedule.timezone == "UTC" and schedule.active
+    assert manual.schedules == []
