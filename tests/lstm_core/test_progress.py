@@ -32,7 +32,7 @@ def test_draws_in_place_on_a_terminal_and_clears_before_log_lines(monkeypatch):
             p.update("epoch 2/3", 5, 10, "batches")
             assert term.getvalue().startswith(CLEAR) and "epoch 2/3 [##########----------] 5/10" in term.getvalue()
             assert "\n" not in term.getvalue()
-            logging.getLogger("lstm_core.test").warning("a log line")
+            logging.getLogger("tests.progress").warning("a log line")
             assert term.getvalue().endswith(CLEAR + "a log line\n")
             p.update("epoch 3/3", 10, 10)
         assert term.getvalue().endswith(CLEAR)  # closing removes the line
