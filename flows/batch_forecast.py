@@ -1,6 +1,7 @@
 """The nightly batch forecasting flow.
 
 load_series -> validate_series -> prepare_windows -> train_or_load_model -> forecast -> evaluate -> write_outputs
+(render_plots draws the run's plots before write_outputs; publish_artifacts shows the committed run in the UI)
 """
 from __future__ import annotations
 
@@ -8,14 +9,16 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_client, get_run_logger
+from prefect.context import FlowRunContext
 
 from lstm_core.artifacts import package_versions
-from lstm_core.config import ForecastConfig, load_config, redact_url
-from lstm_core.outputs import RunWriter, new_run_id
+from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
+from lstm_core.outputs import RunWriter, new_run_id, slot_run_id
 from tasks.data import load_series, prepare_windows, validate_series
 from tasks.modelling import evaluate, forecast, train_or_load_model
 from tasks.outputs import write_outputs
+from tasks.reporting import publish_artifacts, render_plots
 
 
 @flow(name="batch-forecast", log_prints=True)
@@ -25,20 +28,66 @@ def batch_forecast(config_path: str | None = None, settings: dict[str, Any] | No
     `config_path` is a YAML file; `settings` overrides it (nested keys, as in the file).
     Secrets belong in the environment or the config file, not in `settings`: flow
     parameters are stored by the Prefect server.
+
+    In a deployment run, `settings` are merged over the deployment's own `settings`, so a manual
+    run passes only what changes. A run the scheduler created gets the run id of its slot
+    (`sched-<UTC start>-<config hash>`) unless `run_id` is set.
     """
+    settings = merge_settings(_deployment_settings(), settings or {})
     config = load_config(config_path, overrides=settings)  # stops here on a bad setting, before any work
     return run_pipeline(config)
 
 
+def _flow_run():
+    ctx = FlowRunContext.get()
+    return ctx.flow_run if ctx is not None else None
+
+
+def _deployment_settings() -> dict[str, Any]:
+    """The `settings` parameter the deployment of this run was created with ({} outside deployments)."""
+    run = _flow_run()
+    if run is None or run.deployment_id is None:
+        return {}
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment(run.deployment_id)
+    return dict((deployment.parameters or {}).get("settings") or {})
+
+
+def scheduled_slot() -> datetime | None:
+    """The scheduled start of this flow run when the scheduler created it; None for manual runs.
+
+    Prefect keeps `expected_start_time` when a run is retried or rescheduled, so it names the slot.
+    """
+    run = _flow_run()
+    if run is None or not run.auto_scheduled or run.expected_start_time is None:
+        return None
+    return run.expected_start_time
+
+
+def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tuple[str, str]:
+    """(run id, where it came from): the configured one, the scheduled slot's, or a fresh one."""
+    if config.run_id:
+        return config.run_id, "configured"
+    if slot is not None:
+        return slot_run_id(slot, config.config_hash()), "schedule"
+    return new_run_id(), "new"
+
+
 def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     logger = get_run_logger()
-    run_id = config.run_id or new_run_id()
+    slot = scheduled_slot()
+    run_id, run_id_source = resolve_run_id(config, slot)
     writer = RunWriter.open(config.output_url, run_id, config.storage_options)
-    logger.info("run %s: %s -> %s", run_id, redact_url(config.input_url), redact_url(config.output_url))
+    logger.info("run %s (%s): %s -> %s", run_id, f"scheduled slot {slot.isoformat()}" if slot else run_id_source,
+                redact_url(config.input_url), redact_url(config.output_url))
     started = datetime.now(timezone.utc)
     timings: dict[str, float] = {}
+    flow_run = _flow_run()
     manifest: dict[str, Any] = {
         "run_id": run_id,
+        "run_id_source": run_id_source,
+        "scheduled_start": slot.isoformat() if slot else None,
+        "flow_run_id": str(flow_run.id) if flow_run is not None else None,
         "input_url": redact_url(config.input_url),
         "output_url": redact_url(config.output_url),
         "config": config.public_dict(),
@@ -59,6 +108,7 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
         choice = timed("train_or_load_model", train_or_load_model, prepared, config)
         forecasts = timed("forecast", forecast, choice, prepared, config)
         evaluation = timed("evaluate", evaluate, forecasts, choice, prepared, config)
+        plots = timed("render_plots", render_plots, choice, evaluation, prepared, config)
         manifest.update({
             "input_fingerprint": prepared.fingerprint,
             "model_version": choice.version,
@@ -80,12 +130,16 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
         timings["write_outputs"] = 0.0
         manifest["timings_s"] = timings
         manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
-        committed = write_outputs(writer, forecasts.future, evaluation, validated, manifest)
+        committed = write_outputs(writer, forecasts.future, evaluation, validated, manifest, plots.files)
         timings["write_outputs"] = round(time.perf_counter() - t0, 3)
-        return committed
     except BaseException as exc:
         _record_failure(writer, manifest, timings, exc, logger)
         raise
+    try:
+        publish_artifacts(committed, plots.notes)
+    except Exception as exc:  # noqa: BLE001 - the run is committed; the UI summary is a view of it
+        logger.error("run %s committed, but its Prefect artifacts could not be published: %s", run_id, exc)
+    return committed
 
 
 def _training_summary(choice) -> dict[str, Any]:

@@ -1,17 +1,21 @@
-"""`lstm-forecast`: run the batch flow by hand, or the bundled demo."""
+"""`lstm-forecast`: run the batch flow by hand, serve it as scheduled and manual deployments, or the demo."""
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import logging
 import os
 import sys
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import flows  # noqa: F401 - sets logging and analytics environment before Prefect loads
 
 DEMO_DIR = Path("data/demo")
+DEFAULT_CRON = "0 2 * * *"
+SERVE_TAGS = ["lstm-forecast", "batch-forecast"]
 
 
 def _common_flags(p: argparse.ArgumentParser, required: bool) -> None:
@@ -31,6 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one manual flow run", description="Run the batch-forecast flow once.")
     _common_flags(run, required=True)
+    serve = sub.add_parser(
+        "serve", help="serve the flow as deployments 'scheduled' (cron) and 'manual' until stopped",
+        description="Serve the batch-forecast flow from this process as two deployments: 'scheduled', run by "
+                    "its cron schedule, and 'manual', run on demand (prefect deployment run "
+                    "'batch-forecast/manual', or the Prefect UI). Needs PREFECT_API_URL pointing at a server. "
+                    "The flags become the deployments' parameters; the config file is re-read at each run.")
+    _common_flags(serve, required=False)
+    serve.add_argument("--cron", default=DEFAULT_CRON, help=f"schedule of the 'scheduled' deployment "
+                       f"(default {DEFAULT_CRON!r}: every night at 02:00)")
+    serve.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule (default UTC)")
     demo = sub.add_parser("demo", help="run the flow on the bundled sample dataset (local, no server)",
                           description="Write a small sample dataset under ./data/demo and forecast it.")
     demo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
@@ -64,6 +78,69 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_console_tracebacks()
     manifest = batch_forecast(config_path=args.config, settings=resolved)
     _report(manifest)
+    return 0
+
+
+def serve_parameters(args: argparse.Namespace) -> dict[str, Any]:
+    """The deployments' parameters: the config file's absolute path and the flags, checked now."""
+    from lstm_core.config import ConfigError, load_config, merge_settings, parse_sets
+
+    config_path = str(Path(args.config).resolve()) if args.config else None
+    settings = merge_settings(settings_from_args(args), parse_sets(args.sets))
+    config = load_config(config_path, overrides=settings)
+    if config.run_id:
+        raise ConfigError("setting 'run_id': not allowed when serving: scheduled runs derive theirs from the "
+                          "slot, manual ones get a fresh one unless the run passes settings={\"run_id\": ...}")
+    return {"config_path": config_path, "settings": settings}
+
+
+def build_deployments(args: argparse.Namespace, parameters: dict[str, Any]):
+    """`batch-forecast/scheduled` (cron) and `batch-forecast/manual` (no schedule), one run at a time each."""
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.schedules import Cron
+    from pydantic import ValidationError
+
+    from lstm_core.config import ConfigError
+
+    try:
+        ZoneInfo(args.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"--timezone {args.timezone!r}: not an IANA time zone (e.g. UTC, Europe/Paris)") from None
+    try:
+        schedule = Cron(args.cron, timezone=args.timezone)
+    except (ValidationError, ValueError) as exc:
+        detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        raise ConfigError(f"--cron {args.cron!r}: {detail}") from None
+    # ENQUEUE: a run that arrives while another of the same deployment is running waits for it, so a
+    # slow night or a re-run slot delays the next run instead of dropping it or writing beside it.
+    limit = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
+    version = importlib.metadata.version("lstm-forecast")
+    from flows.batch_forecast import batch_forecast  # imports TensorFlow: after the cheap checks
+
+    common = {"parameters": parameters, "version": version, "concurrency_limit": limit}
+    scheduled = batch_forecast.to_deployment(
+        "scheduled", schedules=[schedule], tags=[*SERVE_TAGS, "scheduled"],
+        description=f"Nightly batch forecast on cron {args.cron!r} ({args.timezone}); each slot writes run "
+                    "sched-<UTC slot>-<config hash>, so a re-run slot replaces its own outputs.", **common)
+    manual = batch_forecast.to_deployment(
+        "manual", tags=[*SERVE_TAGS, "manual"],
+        description="Batch forecast on demand. Pass only what changes: settings are merged over these defaults; "
+                    "settings.run_id names (or replaces) a run.", **common)
+    return scheduled, manual
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    parameters = serve_parameters(args)
+    deployments = build_deployments(args, parameters)
+    from prefect import serve
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        print("lstm-forecast: note: PREFECT_API_URL is not set; serving against a temporary local API that "
+              "stops with this process", file=sys.stderr)
+    quiet_console_tracebacks()
+    # limit=1: this process runs one flow run at a time, across both deployments.
+    serve(*deployments, pause_on_shutdown=False, limit=1)
     return 0
 
 
@@ -130,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        return {"run": cmd_run, "demo": cmd_demo}[args.command](args)
+        return {"run": cmd_run, "serve": cmd_serve, "demo": cmd_demo}[args.command](args)
     except (ConfigError, LstmForecastError) as exc:
         print(f"lstm-forecast: error: {exc}", file=sys.stderr)
         return 2

@@ -32,3 +32,20 @@ def write_demo_dataset(path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     make_series().to_parquet(path, index=False)
     return path
+
+
+def seed(url: str) -> str:
+    """Write the demo dataset to any fsspec URL (s3://bucket/series/demo.parquet...) unless it is there."""
+    from lstm_core.storage import filesystem, write_parquet
+
+    fs, path = filesystem(url)
+    if fs.exists(path):
+        return f"{url} exists; left as it is"
+    write_parquet(fs, path, make_series())
+    return f"wrote the demo dataset (24 hourly series, 4 weeks) to {url}"
+
+
+if __name__ == "__main__":  # python -m flows.demo_data s3://lake/series/demo.parquet (docker-compose seed-data)
+    import sys
+
+    print(seed(sys.argv[1] if len(sys.argv) > 1 else "data/demo/series.parquet"))

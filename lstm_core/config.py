@@ -129,6 +129,12 @@ class ForecastConfig(_Strict):
         blob = json.dumps(fields, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
+    def config_hash(self) -> str:
+        """Stable hash of the resolved public configuration (secrets redacted, run_id left out)."""
+        data = self.public_dict()
+        data.pop("run_id", None)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
     def public_dict(self) -> dict[str, Any]:
         """The resolved configuration with secrets removed (for manifests, logs, artifacts)."""
         data = self.model_dump(mode="json")
@@ -198,6 +204,11 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
+def merge_settings(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested settings: `override` wins key by key, sections merge."""
+    return _merge(dict(base), override)
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: Mapping[str, Any] | None = None,
@@ -219,6 +230,13 @@ def load_config(
     data = _merge(data, env_overrides(environ))
     if overrides:
         data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    data = _merge(data, parse_sets(sets))
+    return validate_config(data)
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    """`--set key=value` items (dotted keys for sections) as nested settings."""
+    data: dict[str, Any] = {}
     for item in sets or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -226,7 +244,7 @@ def load_config(
         flat: dict[str, Any] = {}
         _set_dotted(flat, key.strip(), _parse_value(raw))
         data = _merge(data, flat)
-    return validate_config(data)
+    return data
 
 
 def validate_config(data: Mapping[str, Any]) -> ForecastConfig:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import keras
 import numpy as np
@@ -19,10 +19,12 @@ from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
 from lstm_core.model import build_lstm
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
-from lstm_core.training import EpochHook, TrainingResult, train
+from lstm_core.training import BatchHook, EpochHook, TrainingResult, train
 from lstm_core.validation import ValidationResult, validate
 
 log = logging.getLogger("lstm_core.engine")
+
+SeriesHook = Callable[[int, int, str], None]  # (series done, series total, next series id)
 
 
 @dataclass
@@ -71,10 +73,15 @@ def prepare(df: pd.DataFrame, config: ForecastConfig, source: str | None = None,
 
 
 def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = None,
-        on_epoch: EpochHook | None = None, time_budget_s: float | None = None) -> Forecaster:
-    """Train on every point of `panel` (pass `panel.drop_last(H)` to keep a holdout)."""
+        on_epoch: EpochHook | None = None, time_budget_s: float | None = None,
+        on_batch: BatchHook | None = None, on_series: SeriesHook | None = None) -> Forecaster:
+    """Train on every point of `panel` (pass `panel.drop_last(H)` to keep a holdout).
+
+    Hooks report progress: `on_epoch(epoch, logs)`, `on_batch(epoch, done, per_epoch)` and, in
+    mode 'per_series', `on_series(done, total, series_id)` before each series' model.
+    """
     if config.mode == "per_series":
-        return _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s)
+        return _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch, on_series)
     scaler = SeriesScaler.fit(panel, config.scaler)
     scaled = scaler.transform(panel)
     members, results = [], []
@@ -89,7 +96,7 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         member_budget = None if budget is None else budget / n
         results.append(train(model, scaled, window=config.window, config=config.training,
                              validation_steps=config.validation_steps, seed=seed, checkpoint_dir=checkpoint_dir,
-                             time_budget_s=member_budget, on_epoch=on_epoch))
+                             time_budget_s=member_budget, on_epoch=on_epoch, on_batch=on_batch))
         members.append(model)
     summary = {
         "members": [r.summary() for r in results],
@@ -102,13 +109,16 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     return Forecaster(members, config.window, tuple(panel.feature_names), config.scaler, summary, scaler)
 
 
-def _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s) -> Forecaster:
+def _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch=None,
+                    on_series=None) -> Forecaster:
     each = {}
     global_cfg = config.model_copy(update={"mode": "global"})
     budget = None if time_budget_s is None else time_budget_s / max(panel.n_series, 1)
-    for sid in panel.series_ids:
+    for i, sid in enumerate(panel.series_ids):
+        if on_series:
+            on_series(i, panel.n_series, str(sid))
         each[sid] = fit(panel.select(panel.series_ids == sid), global_cfg, checkpoint_dir=checkpoint_dir,
-                        on_epoch=on_epoch, time_budget_s=budget)
+                        on_epoch=on_epoch, time_budget_s=budget, on_batch=on_batch)
     losses = [f.training["best_val_loss"] for f in each.values()]
     summary = {"best_val_loss": float(np.mean(losses)), "series": int(panel.n_series),
                "seconds": float(sum(f.training["seconds"] for f in each.values())),

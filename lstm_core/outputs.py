@@ -6,6 +6,7 @@ carrying a `run_id` column so a single file stands on its own:
     predictions/run=<id>/part-0.parquet   series_id, ds, step, yhat, model_version, run_id, cutoff
     metrics/run=<id>/part-0.parquet       series_id (null = overall), metric, value, model, run_id
     quarantine/run=<id>/part-0.parquet    series_id, field, reason, run_id
+    runs/<id>/plots/*.png                 the run's plots (written before the manifest)
     runs/<id>/manifest.json               written last; readers trust status == "succeeded"
     models/                               the model store
 
@@ -22,7 +23,7 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
-from lstm_core.storage import filesystem, join, read_json, remove_tree, write_json, write_parquet
+from lstm_core.storage import filesystem, join, put_bytes, read_json, remove_tree, write_json, write_parquet
 
 TABLES = ("predictions", "metrics", "quarantine")
 MANIFEST = "manifest.json"
@@ -53,6 +54,17 @@ def new_run_id(now: datetime | None = None) -> str:
 
     now = now or datetime.now(timezone.utc)
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(3).hex()
+
+
+def slot_run_id(scheduled: datetime, config_hash: str) -> str:
+    """The run id of a scheduled slot: its start time in UTC and the configuration's hash.
+
+    The same slot with the same configuration always gets the same id, so a retried or
+    re-run slot replaces its own outputs instead of adding a second set of rows.
+    """
+    if scheduled.tzinfo is None:
+        scheduled = scheduled.replace(tzinfo=timezone.utc)
+    return "sched-" + scheduled.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + config_hash
 
 
 @dataclass
@@ -89,6 +101,14 @@ class RunWriter:
         df = df.assign(run_id=self.run_id)[schema.names]
         path = self.part_path(table)
         write_parquet(self.fs, path, df, schema)
+        return path
+
+    def write_file(self, name: str, data: bytes) -> str:
+        """Store a file that belongs to the run (a plot, a report) under `runs/<run_id>/`."""
+        if name.startswith("/") or ".." in name.split("/") or name == MANIFEST:
+            raise ValueError(f"run file name {name!r} must be a relative path other than the manifest")
+        path = join(self.root, "runs", self.run_id, name)
+        put_bytes(self.fs, path, data)
         return path
 
     def commit(self, manifest: dict[str, Any]) -> str:

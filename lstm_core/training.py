@@ -20,6 +20,7 @@ from lstm_core.windows import sample_windows, tail_windows
 log = logging.getLogger("lstm_core.training")
 
 EpochHook = Callable[[int, dict[str, float]], None]
+BatchHook = Callable[[int, int, int], None]  # (epoch, batches done, batches per epoch), 1-based
 
 
 @dataclass
@@ -99,12 +100,18 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    def __init__(self, epochs: int, hook: EpochHook | None) -> None:
+    def __init__(self, epochs: int, hook: EpochHook | None, batch_hook: BatchHook | None = None) -> None:
         super().__init__()
-        self.epochs, self.hook, self.t0 = epochs, hook, 0.0
+        self.epochs, self.hook, self.batch_hook, self.t0 = epochs, hook, batch_hook, 0.0
+        self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
         self.t0 = time.monotonic()
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        if self.batch_hook:
+            self.batch_hook(self.epoch, batch + 1, int(self.params.get("steps") or 0))
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         logs = {k: float(v) for k, v in (logs or {}).items()}
@@ -129,6 +136,7 @@ def train(
     checkpoint_dir: str | Path | None = None,
     time_budget_s: float | None = None,
     on_epoch: EpochHook | None = None,
+    on_batch: BatchHook | None = None,
 ) -> TrainingResult:
     """Fit `model` on scaled windows of `panel`; validation = the last `validation_steps` targets per series."""
     info = device_info()
@@ -156,7 +164,7 @@ def train(
     t0 = time.monotonic()
     try:
         hist = model.fit(batches, validation_data=(x_val, y_val[:, None]), epochs=config.epochs, verbose=0,
-                         callbacks=[early, checkpoint, budget, EpochLog(config.epochs, on_epoch)], shuffle=False)
+                         callbacks=[early, checkpoint, budget, EpochLog(config.epochs, on_epoch, on_batch)], shuffle=False)
         if ckpt.exists():
             model.load_weights(str(ckpt))  # best epoch, whatever stopped training
     finally:

@@ -13,6 +13,7 @@ from lstm_core.config import ForecastConfig
 from lstm_core.engine import Evaluation, Forecaster, fit, predictions_frame
 from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
 from lstm_core.model_store import Decision, decide
+from lstm_core.progress import Progress
 from lstm_core.storage import join
 from tasks.data import Prepared
 
@@ -36,6 +37,20 @@ def _epoch_logger(logger, total: int):
     return hook
 
 
+class _TrainingProgress:
+    """Feeds the engine's batch and series hooks to a terminal progress line (silent when not a terminal)."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs, self.series = epochs, ""
+        self.line = Progress()
+
+    def on_series(self, done: int, total: int, series_id: str) -> None:
+        self.series = f"series {done + 1}/{total} {series_id} "
+
+    def on_batch(self, epoch: int, done: int, per_epoch: int) -> None:
+        self.line.update(f"{self.series}epoch {epoch}/{self.epochs}", done, per_epoch, "batches")
+
+
 @task(name="train_or_load_model", cache_policy=NO_CACHE)
 def train_or_load_model(prepared: Prepared, config: ForecastConfig) -> ModelChoice:
     logger = get_run_logger()
@@ -54,14 +69,19 @@ def train_or_load_model(prepared: Prepared, config: ForecastConfig) -> ModelChoi
         return ModelChoice(loaded.forecaster, loaded.forecaster, decision, loaded.metadata["version"])
 
     hook = _epoch_logger(logger, config.training.epochs)
-    forecaster = fit(prepared.train_panel, config, on_epoch=hook)
+    progress = _TrainingProgress(config.training.epochs)
+    with progress.line:
+        forecaster = fit(prepared.train_panel, config, on_epoch=hook, on_batch=progress.on_batch,
+                         on_series=progress.on_series)
     logger.info("trained on %s (cuDNN eligible: %s) in %.1f s, best validation loss %.4f",
                 forecaster.training["device"], forecaster.training.get("cudnn"), forecaster.training["seconds"],
                 forecaster.training["best_val_loss"])
     final = forecaster
     if config.refit:
         logger.info("refitting on all data before the final forecast")
-        final = fit(prepared.panel, config, on_epoch=hook)
+        with progress.line:
+            final = fit(prepared.panel, config, on_epoch=hook, on_batch=progress.on_batch,
+                        on_series=progress.on_series)
     if config.mode == "per_series":
         return ModelChoice(forecaster, final, decision, f"per-series-{prepared.fingerprint[:12]}")
     version = artifacts.save(final, store, key, config=config.public_dict(), fingerprint=prepared.fingerprint,

@@ -16,8 +16,9 @@ from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 @task(name="write_outputs", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def write_outputs(writer: RunWriter, predictions: pd.DataFrame, evaluation: Evaluation,
-                  validated: ValidationResult, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write predictions, metrics and quarantine under the run's partition, then the manifest."""
+                  validated: ValidationResult, manifest: dict[str, Any],
+                  plots: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """Write predictions, metrics and quarantine under the run's partition, the plots, then the manifest."""
     logger = get_run_logger()
     writer.begin()  # a retry or re-run starts from a clean partition
     paths = {
@@ -25,6 +26,8 @@ def write_outputs(writer: RunWriter, predictions: pd.DataFrame, evaluation: Eval
         "metrics": writer.write("metrics", evaluation.metrics),
         "quarantine": writer.write("quarantine", validated.skipped_frame()),
     }
+    if plots:
+        paths["plots"] = {name: writer.write_file(f"plots/{name}", png) for name, png in plots.items()}
     manifest = {**manifest, "status": "succeeded", "outputs": paths}
     writer.commit(manifest)
     logger.info("committed run %s: %d prediction rows, %d metric rows, %d quarantined series",

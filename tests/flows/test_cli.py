@@ -23,11 +23,32 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
 
 def test_help_for_each_command():
-    for args in (["--help"], ["run", "--help"], ["demo", "--help"]):
+    for args in (["--help"], ["run", "--help"], ["serve", "--help"], ["demo", "--help"]):
         out = run_cli(*args)
         assert out.returncode == 0, out.stderr
         assert "usage: lstm-forecast" in out.stdout
     assert "--max-train-minutes" in run_cli("run", "--help").stdout
+    serve_help = run_cli("serve", "--help").stdout
+    for flag in ("--cron", "--timezone", "--config", "--input", "--output", "--freq", "--horizon", "--season",
+                 "--max-train-minutes", "--set"):
+        assert flag in serve_help
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--cron", "61 * * * *"], "--cron '61 * * * *'"),
+        (["--timezone", "Mars/Olympus"], "--timezone 'Mars/Olympus': not an IANA time zone"),
+        (["--set", "run_id=fixed"], "setting 'run_id': not allowed when serving"),
+        (["--horizon", "0"], "setting 'horizon'"),
+    ],
+)
+def test_serve_refuses_bad_schedules_and_settings_with_one_line(tmp_path, flags, message):
+    out = run_cli("serve", "--input", str(tmp_path / "in.parquet"), "--output", str(tmp_path / "out"), *flags,
+                  timeout=120)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], out.stderr
 
 
 @pytest.mark.parametrize(
@@ -64,6 +85,7 @@ def test_run_command_writes_outputs(tmp_path):
                   "--horizon", "12", "--season", "24", "--max-train-minutes", "1",
                   "--set", "window=24", "--set", "model.units=[8]", "--set", "training.epochs=2")
     assert out.returncode == 0, out.stderr[-2000:]
+    assert "\x1b[K" not in out.stderr + out.stdout  # not a terminal: no progress line in the logs
     runs = list((tmp_path / "out" / "runs").iterdir())
     manifest = json.loads((runs[0] / "manifest.json").read_text())
     assert manifest["status"] == "succeeded"
@@ -89,3 +111,38 @@ def test_demo_works_in_a_fresh_clone_after_make_setup(tmp_path):
     assert json.loads((runs[0] / "manifest.json").read_text())["status"] == "succeeded"
     preds = pd.read_parquet(clone / "data/demo/output/predictions")
     assert len(preds) == 24 * 24 and preds["yhat"].notna().all()
+
+
+@pytest.mark.slow
+def test_run_shows_training_progress_on_a_terminal(tmp_path):
+    """Under a pseudo-terminal the CLI redraws a progress line (epochs and batches) in place."""
+    import pty
+    import select
+
+    data = tmp_path / "series.parquet"
+    make_frame(n_series=3, length=150).to_parquet(data, index=False)
+    master, slave = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "LSTM_FORECAST_PROGRESS"}
+    proc = subprocess.Popen([CLI, "run", "--input", str(data), "--output", str(tmp_path / "out"), "--freq", "h",
+                             "--horizon", "12", "--season", "24", "--set", "window=24", "--set", "model.units=[8]",
+                             "--set", "training.epochs=2", "--set", "training.batch_size=8"],
+                            stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        ready, _, _ = select.select([master], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=300)
+    os.close(master)
+    text = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, text[-3000:]
+    assert "\r\x1b[K" in text and "epoch 1/2 [" in text and "batches" in text, text[-3000:]

@@ -1,0 +1,158 @@
+"""Run plots as PNG bytes, from plain data (lists, arrays, dicts).
+
+Drawn with matplotlib's object API on the Agg canvas, so nothing here touches
+pyplot's global state or needs a display; the caller decides where the bytes go.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+LSTM_COLOR = "#1f77b4"
+NAIVE_COLOR = "#ff7f0e"
+ACTUAL_COLOR = "#222222"
+
+
+def _png(fig: Figure) -> bytes:
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def loss_curves(histories: Sequence[dict[str, Sequence[float]]], *, title: str, loss_name: str = "loss",
+                best_epochs: Sequence[int] | None = None, note: str | None = None) -> bytes:
+    """Training and validation loss by epoch, one pair of lines per ensemble member."""
+    fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    styles = ["-", "--", ":", "-."]
+    for i, hist in enumerate(histories):
+        suffix = f" (member {i})" if len(histories) > 1 else ""
+        ls = styles[i % len(styles)]
+        train = np.asarray(hist.get("loss", []), dtype=float)
+        val = np.asarray(hist.get("val_loss", []), dtype=float)
+        if len(train):
+            ax.plot(np.arange(1, len(train) + 1), train, color=LSTM_COLOR, ls=ls, marker="o", ms=3,
+                    label="training" + suffix)
+        if len(val):
+            ax.plot(np.arange(1, len(val) + 1), val, color=NAIVE_COLOR, ls=ls, marker="o", ms=3,
+                    label="validation" + suffix)
+        if best_epochs is not None and i < len(best_epochs) and 0 < best_epochs[i] <= len(val):
+            b = best_epochs[i]
+            ax.axvline(b, color="grey", ls=":", lw=1)
+            right = b > len(val) / 2
+            ax.annotate(f"best epoch {b}", (b, val[b - 1]), textcoords="offset points", xytext=(-4 if right else 4, 8),
+                        ha="right" if right else "left", fontsize=8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{loss_name} (scaled units)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title, fontsize=10)
+    if note:
+        ax.set_title(note, fontsize=8, color="#555555")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no training history recorded", ha="center", va="center", transform=ax.transAxes)
+    return _png(fig)
+
+
+@dataclass
+class SeriesExample:
+    """One series around its holdout: recent history, actual holdout and each model's forecast."""
+
+    label: str  # e.g. "best", "median", "worst"
+    series_id: str
+    history_ds: np.ndarray
+    history_y: np.ndarray
+    holdout_ds: np.ndarray
+    actual: np.ndarray
+    forecasts: dict[str, np.ndarray] = field(default_factory=dict)  # model label -> (H,)
+    mase: dict[str, float] = field(default_factory=dict)  # model label -> MASE
+
+
+def pick_examples(mase: np.ndarray) -> dict[str, int]:
+    """Indices of the best, median and worst series by MASE (finite values only; may repeat when few)."""
+    mase = np.asarray(mase, dtype=float)
+    finite = np.flatnonzero(np.isfinite(mase))
+    if len(finite) == 0:
+        return {}
+    order = finite[np.argsort(mase[finite], kind="stable")]
+    return {"best": int(order[0]), "median": int(order[(len(order) - 1) // 2]), "worst": int(order[-1])}
+
+
+def holdout_examples(examples: Sequence[SeriesExample], *, title: str = "Forecast vs actual on the holdout") -> bytes:
+    """One panel per example: history, the actual holdout and each model's forecast of it."""
+    n = max(1, len(examples))
+    fig = Figure(figsize=(8.5, 2.7 * n), layout="constrained")
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    colors = [LSTM_COLOR, NAIVE_COLOR, "#2ca02c", "#9467bd"]
+    for ax, ex in zip(axes, examples):
+        ax.plot(ex.history_ds, ex.history_y, color="#999999", lw=1, label="history")
+        ax.plot(ex.holdout_ds, ex.actual, color=ACTUAL_COLOR, lw=1.6, marker=".", ms=4, label="actual")
+        for (name, fc), color in zip(ex.forecasts.items(), colors):
+            ax.plot(ex.holdout_ds, fc, color=color, lw=1.4, ls="--" if name == "seasonal naive" else "-",
+                    label=name)
+        if len(ex.holdout_ds):
+            ax.axvline(ex.holdout_ds[0], color="grey", ls=":", lw=1)
+        scores = ", ".join(f"{k} {v:.3g}" for k, v in ex.mase.items())
+        ax.set_title(f"{ex.label}: series {ex.series_id}  (MASE {scores})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        for lab in ax.get_xticklabels():
+            lab.set_rotation(15)
+    if examples:
+        axes[0].legend(fontsize=8, ncol=4, loc="upper left")
+    else:
+        axes[0].text(0.5, 0.5, "no series with a finite MASE", ha="center", va="center",
+                     transform=axes[0].transAxes)
+    fig.suptitle(title, fontsize=11)
+    return _png(fig)
+
+
+def error_distribution(model_mase: np.ndarray, baseline_mase: np.ndarray, *, model_label: str = "LSTM",
+                       baseline_label: str = "seasonal naive") -> bytes:
+    """Per-series MASE of the model against the baseline: both distributions, and series by series."""
+    a = np.asarray(model_mase, dtype=float)
+    b = np.asarray(baseline_mase, dtype=float)
+    both = np.isfinite(a) & np.isfinite(b)
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    if both.any():
+        values = np.concatenate([a[both], b[both]])
+        lo, hi = float(np.min(values)), float(np.percentile(values, 99))  # the top 1% is clipped into the last bin
+        pad = 0.05 * (hi - lo) or 0.05 * max(abs(hi), 1.0)
+        bins = np.linspace(max(0.0, lo - pad), hi + pad, 25)
+        left.hist(np.clip(a[both], bins[0], bins[-1]), bins=bins, alpha=0.6, color=LSTM_COLOR,
+                  label=f"{model_label} (median {np.median(a[both]):.3g})")
+        left.hist(np.clip(b[both], bins[0], bins[-1]), bins=bins, alpha=0.6, color=NAIVE_COLOR,
+                  label=f"{baseline_label} (median {np.median(b[both]):.3g})")
+        left.legend(fontsize=8)
+        left.yaxis.set_major_locator(MaxNLocator(integer=True))
+        right.scatter(b[both], a[both], s=12, alpha=0.7, color=LSTM_COLOR)
+        top = float(np.max(values))
+        lim = (max(0.0, lo - pad), top + pad)
+        right.plot(lim, lim, color="grey", ls="--", lw=1)
+        right.set_xlim(*lim)
+        right.set_ylim(*lim)
+        wins = int(np.sum(a[both] < b[both]))
+        right.set_title(f"{model_label} better on {wins} of {int(both.sum())} series (below the line)", fontsize=9)
+    else:
+        for ax in (left, right):
+            ax.text(0.5, 0.5, "no series with a finite MASE", ha="center", va="center", transform=ax.transAxes)
+    left.set_xlabel("MASE per series")
+    left.set_ylabel("series")
+    excluded = int((~both).sum())
+    left.set_title("Distribution of per-series error" +
+                   (f" ({excluded} series without a finite MASE left out)" if excluded else ""), fontsize=9)
+    right.set_xlabel(f"{baseline_label} MASE")
+    right.set_ylabel(f"{model_label} MASE")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    return _png(fig)

@@ -1,0 +1,191 @@
+"""What people see of a run: plots written beside its outputs, and Prefect artifacts in the UI."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from lstm_core import plots
+from lstm_core.config import ForecastConfig
+from lstm_core.engine import Evaluation
+from lstm_core.frequency import dates_after
+from lstm_core.metrics import METRICS
+from tasks.data import Prepared
+from tasks.modelling import ModelChoice
+
+METRICS_KEY = "batch-forecast-metrics"
+SUMMARY_KEY = "batch-forecast-summary"
+PLOT_TITLES = {
+    "loss.png": "training and validation loss by epoch",
+    "holdout.png": "forecast vs actual on the holdout: best, median and worst series by MASE",
+    "error_distribution.png": "per-series MASE, LSTM against seasonal naive",
+}
+MAX_SKIPPED_LISTED = 50
+
+
+@dataclass
+class RunPlots:
+    files: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG bytes
+    notes: dict[str, str] = field(default_factory=dict)  # file name -> why it is missing or how to read it
+
+
+def _series_mase(evaluation: Evaluation, model: str) -> np.ndarray:
+    m = evaluation.metrics
+    rows = m[(m["model"] == model) & (m["metric"] == "mase") & m["series_id"].notna()]
+    by_id = dict(zip(rows["series_id"].astype(str), rows["value"].astype(float)))
+    return np.array([by_id.get(str(s), np.nan) for s in evaluation.series_ids], dtype=float)
+
+
+def _loss_plot(choice: ModelChoice, config: ForecastConfig, out: RunPlots) -> None:
+    training = choice.forecaster.training or {}
+    members = training.get("members") or []
+    histories = [m.get("history") or {} for m in members]
+    if not any(h.get("loss") for h in histories):
+        reason = ("mode 'per_series' trains one small model per series; their curves are not drawn"
+                  if config.mode == "per_series" else "the model carries no training history")
+        out.notes["loss.png"] = f"no loss plot: {reason}"
+        return
+    if choice.decision.action == "load":
+        created = (choice.decision.loaded.metadata.get("created_at", "?") if choice.decision.loaded else "?")
+        title = f"model {choice.version} (loaded, not trained in this run)"
+        note = f"curves from the training that made this model ({created[:19]})"
+        out.notes["loss.png"] = f"the model was loaded, so the curves are those of its training on {created[:19]}"
+    else:
+        stopped = ", ".join(str(m.get("stopped_by")) for m in members)
+        title = f"model {choice.version} trained in this run"
+        note = f"stopped by: {stopped}" + ("; the final model was then refit on all data" if config.refit else "")
+    out.files["loss.png"] = plots.loss_curves(histories, title=title, loss_name=config.training.loss,
+                                              best_epochs=[int(m.get("best_epoch", 0)) for m in members], note=note)
+
+
+def _holdout_plot(choice: ModelChoice, evaluation: Evaluation, prepared: Prepared, config: ForecastConfig,
+                  out: RunPlots) -> None:
+    lstm_mase = _series_mase(evaluation, choice.version)
+    naive_mase = _series_mase(evaluation, "seasonal_naive")
+    picks = plots.pick_examples(lstm_mase)
+    history = prepared.train_panel
+    h = config.horizon
+    holdout_ds = dates_after(history.last_ds, config.freq, h)
+    context = max(config.window, 2 * config.season_length, 2 * h)
+    examples = []
+    for label, i in picks.items():
+        start, end = history.offsets[i], history.offsets[i + 1]
+        k = int(min(context, end - start))
+        ds = pd.date_range(end=pd.Timestamp(history.last_ds[i]), periods=k, freq=config.freq)
+        examples.append(plots.SeriesExample(
+            label=label, series_id=str(history.series_ids[i]), history_ds=ds.to_numpy(),
+            history_y=history.values[end - k:end, 0], holdout_ds=pd.DatetimeIndex(holdout_ds[i]).to_numpy(),
+            actual=evaluation.actual[i],
+            forecasts={"LSTM": evaluation.forecasts[choice.version][i],
+                       "seasonal naive": evaluation.forecasts["seasonal_naive"][i]},
+            mase={"LSTM": float(lstm_mase[i]), "naive": float(naive_mase[i])},
+        ))
+    if not examples:
+        out.notes["holdout.png"] = "no holdout plot: no series has a finite MASE"
+        return
+    out.files["holdout.png"] = plots.holdout_examples(examples)
+    out.files["error_distribution.png"] = plots.error_distribution(lstm_mase, naive_mase)
+
+
+@task(name="render_plots", cache_policy=NO_CACHE)
+def render_plots(choice: ModelChoice, evaluation: Evaluation, prepared: Prepared, config: ForecastConfig) -> RunPlots:
+    """Draw the run's plots in memory; `write_outputs` stores them with the run, before the manifest.
+
+    A plot that cannot be drawn is left out with the reason; it never fails the run.
+    """
+    logger = get_run_logger()
+    out = RunPlots()
+    for name, draw in (("loss.png", lambda: _loss_plot(choice, config, out)),
+                       ("holdout.png", lambda: _holdout_plot(choice, evaluation, prepared, config, out))):
+        try:
+            draw()
+        except Exception as exc:  # noqa: BLE001 - plots are a view of the run, not part of its result
+            out.notes[name] = f"could not draw {name}: {type(exc).__name__}: {exc}"
+            logger.warning(out.notes[name])
+    logger.info("drew %d plots: %s", len(out.files), ", ".join(out.files) or "none")
+    return out
+
+
+def metrics_table(overall: dict[str, dict[str, float]], model_version: str | None) -> list[dict[str, Any]]:
+    """One row per model: its overall holdout metrics (mean over series)."""
+    rows = []
+    for model, values in sorted(overall.items(), key=lambda kv: kv[0] != model_version):
+        rows.append({"model": "lstm" if model == model_version else model, "version": model,
+                     **{m: values.get(m) for m in METRICS}})
+    return rows
+
+
+def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None = None) -> str:
+    """The run in a page: decision and reason, counts, skipped series, where the outputs and plots are."""
+    counts = manifest.get("counts", {})
+    retrain = manifest.get("retrain", {})
+    outputs = manifest.get("outputs", {})
+    plot_names = set(outputs.get("plots", {}))
+    plot_notes = plot_notes or {}
+    lines = [
+        f"# Run `{manifest['run_id']}`: {manifest.get('status')}",
+        "",
+        f"Input `{manifest.get('input_url')}` (fingerprint `{str(manifest.get('input_fingerprint'))[:16]}`), "
+        f"output `{manifest.get('output_url')}`.",
+        "",
+        "## Model",
+        f"- version `{manifest.get('model_version')}` (key `{manifest.get('model_key')}`)",
+        f"- decision: **{retrain.get('action')}**: {retrain.get('reason')}",
+        "",
+        "## Counts",
+        "| what | count |",
+        "|---|---|",
+        *[f"| {k.replace('_', ' ')} | {v} |" for k, v in counts.items()],
+        "",
+    ]
+    overall = manifest.get("overall_metrics", {})
+    if overall:
+        lines += ["## Holdout metrics (mean over series)", "| model | " + " | ".join(METRICS) + " |",
+                  "|---|" + "---|" * len(METRICS)]
+        for row in metrics_table(overall, manifest.get("model_version")):
+            vals = " | ".join("n/a" if row[m] is None or not np.isfinite(row[m]) else f"{row[m]:.4g}" for m in METRICS)
+            lines.append(f"| {row['model']} | {vals} |")
+        lines.append("")
+    skipped = manifest.get("skipped", [])
+    lines.append(f"## Skipped series ({len(skipped)})")
+    if skipped:
+        lines += ["| series | field | reason |", "|---|---|---|"]
+        for s in skipped[:MAX_SKIPPED_LISTED]:
+            reason = str(s.get("reason", "")).replace("|", "\\|")
+            lines.append(f"| `{s.get('series_id')}` | {s.get('field')} | {reason} |")
+        if len(skipped) > MAX_SKIPPED_LISTED:
+            lines.append(f"\n... and {len(skipped) - MAX_SKIPPED_LISTED} more: all are in the quarantine table.")
+    else:
+        lines.append("None: every series passed validation.")
+    base = str(manifest.get("output_url", "")).rstrip("/")
+    run_id = manifest["run_id"]
+    lines += ["", "## Outputs"]
+    lines += [f"- {table}: `{base}/{table}/run={run_id}/`" for table in ("predictions", "metrics", "quarantine")
+              if table in outputs]
+    lines += [f"- manifest (the commit marker): `{base}/runs/{run_id}/manifest.json`", "", "## Plots"]
+    for name, title in PLOT_TITLES.items():
+        if name in plot_names:
+            url = f"{base}/runs/{run_id}/plots/{name}"
+            lines.append(f"- [{title}]({url}): `{url}`")
+        if name in plot_notes:
+            lines.append(f"- {plot_notes[name]}")
+    return "\n".join(lines) + "\n"
+
+
+@task(name="publish_artifacts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
+def publish_artifacts(manifest: dict[str, Any], plot_notes: dict[str, str]) -> dict[str, str]:
+    """A table artifact with the overall metrics of both models and a markdown summary of the run."""
+    logger = get_run_logger()
+    run_id = manifest["run_id"]
+    table = metrics_table(manifest.get("overall_metrics", {}), manifest.get("model_version"))
+    table_id = create_table_artifact(table, key=METRICS_KEY,
+                                     description=f"Overall holdout metrics of run {run_id}: LSTM and seasonal naive")
+    md_id = create_markdown_artifact(summary_markdown(manifest, plot_notes), key=SUMMARY_KEY,
+                                     description=f"Run {run_id}: decision, counts, skipped series, outputs, plots")
+    logger.info("published artifacts %s and %s for run %s", METRICS_KEY, SUMMARY_KEY, run_id)
+    return {"metrics": str(table_id), "summary": str(md_id)}
