@@ -92,6 +92,7 @@ def save(forecaster: Forecaster, store_url: str, model_key: str, *, config: dict
         "window": forecaster.window,
         "feature_names": list(forecaster.feature_names),
         "scaler_kind": forecaster.scaler_kind,
+        "target_transform": forecaster.target_transform,
         "config": config,
         "data_fingerprint": fingerprint,
         "training": forecaster.training,
@@ -176,5 +177,5 @@ def load(store_url: str, model_key: str, version: str, storage_options: dict | N
     except Exception as exc:  # noqa: BLE001
         raise ArtifactError(f"model {url}: scaler.json is corrupt: {exc}") from None
     forecaster = Forecaster(members, int(meta["window"]), tuple(meta["feature_names"]), meta["scaler_kind"],
-                            meta.get("training", {}), scaler)
+                            meta.get("training", {}), scaler, target_transform=meta.get("target_transform", "none"))
     return LoadedModel(forecaster, meta, url)

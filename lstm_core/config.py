@@ -33,7 +33,9 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     bidirectional: bool = False
     level_normalization: bool = Field(True, description="subtract each window's last value before the LSTM")
-    seasonal_skip: bool = Field(True, description="predict the residual over the value one season earlier")
+    seasonal_skip: bool | Literal["auto"] = Field(
+        "auto", description="predict the residual over the value one season earlier; 'auto': when seasonal "
+        "naive beats naive on the training data's validation tail")
 
     @field_validator("units")
     @classmethod
@@ -44,15 +46,16 @@ class ModelConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(60, ge=1)
+    epochs: int = Field(50, ge=1)
     batch_size: int = Field(256, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
     loss: Literal["mse", "mae", "huber"] = "mae"
-    patience: int = Field(8, ge=1)
-    windows_per_series: int = Field(64, ge=1, description="random training windows per series per epoch")
+    patience: int = Field(10, ge=1)
+    windows_per_series: int = Field(128, ge=1, description="random training windows per series per epoch")
     validation_steps: int | None = Field(None, ge=1, description="validation targets per series (default: horizon)")
     max_train_minutes: float | None = Field(None, gt=0, description="wall-clock training budget")
     ensemble_size: int = Field(1, ge=1, description="models trained with consecutive seeds and averaged")
+    snapshots: int = Field(5, ge=1, description="weights of the best epochs kept and averaged as an ensemble")
 
 
 class ForecastConfig(_Strict):
@@ -67,8 +70,10 @@ class ForecastConfig(_Strict):
     freq: str = "h"
     horizon: int = Field(24, ge=1)
     season_length: int = Field(24, ge=1)
-    window: int = Field(48, ge=2)
-    scaler: Literal["standard", "minmax", "naive"] = "standard"
+    window: int = Field(None, ge=2, description="input steps; default: a multiple of the season >= 2 horizons")
+    scaler: Literal["standard", "minmax", "naive"] = "naive"
+    target_transform: Literal["auto", "log", "none"] = Field(
+        "auto", description="model log(y): 'auto' for series whose training values are all positive")
     gap_policy: Literal["fill", "skip", "error"] = "fill"
     max_gap: int = Field(3, ge=0, description="longest run of missing steps that 'fill' interpolates")
     mode: Literal["global", "per_series"] = "global"
@@ -94,9 +99,17 @@ class ForecastConfig(_Strict):
             raise ValueError(f"unknown pandas frequency {v!r}") from exc
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_window(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("window") is None:
+            data = dict(data)
+            data["window"] = default_window(data.get("season_length", 24), data.get("horizon", 24))
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> "ForecastConfig":
-        if self.model.seasonal_skip and self.season_length > 1 and self.season_length > self.window:
+        if self.model.seasonal_skip is True and self.season_length > 1 and self.season_length > self.window:
             raise ValueError(
                 f"window ({self.window}) must be at least season_length ({self.season_length}) "
                 "when model.seasonal_skip is on"
@@ -109,9 +122,14 @@ class ForecastConfig(_Strict):
         return self.training.validation_steps or self.horizon
 
     @property
-    def skip_lag(self) -> int:
-        """Lag the network's output is added to: one season, or 1 (last value) without seasonality."""
-        return self.season_length if (self.model.seasonal_skip and self.season_length > 1) else 0
+    def skip_lag(self) -> int | None:
+        """Lag whose value the network's output is added to: one season, 0 (the last value), or None
+        when 'auto' leaves the choice to the training data."""
+        if self.season_length <= 1 or self.model.seasonal_skip is False:
+            return 0
+        if self.model.seasonal_skip == "auto":
+            return None if self.season_length <= self.window else 0
+        return self.season_length
 
     def model_key(self) -> str:
         """Stable hash of everything that makes two trained models interchangeable."""
@@ -121,6 +139,7 @@ class ForecastConfig(_Strict):
             "season_length": self.season_length,
             "window": self.window,
             "scaler": self.scaler,
+            "target_transform": self.target_transform,
             "mode": self.mode,
             "model": self.model.model_dump(),
             "training": self.training.model_dump(exclude={"max_train_minutes", "epochs", "patience"}),
@@ -142,6 +161,15 @@ class ForecastConfig(_Strict):
         data["input_url"] = redact_url(data["input_url"])
         data["output_url"] = redact_url(data["output_url"])
         return data
+
+
+def default_window(season_length: Any, horizon: Any) -> int:
+    """The smallest multiple of the season that covers two horizons (and at least one season)."""
+    try:
+        m, h = max(1, int(season_length)), max(1, int(horizon))
+    except (TypeError, ValueError):
+        return 48  # the field validators report the bad value itself
+    return max(2, m * -(-max(2 * h, m) // m))
 
 
 def redact(options: Any) -> Any:

@@ -18,7 +18,7 @@ from lstm_core.frequency import dates_after
 from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
 from lstm_core.model import build_lstm
 from lstm_core.panel import Panel
-from lstm_core.scaling import SeriesScaler
+from lstm_core.scaling import SeriesScaler, TargetTransform
 from lstm_core.training import BatchHook, EpochHook, TrainingResult, train
 from lstm_core.validation import ValidationResult, validate
 
@@ -38,6 +38,17 @@ class Forecaster:
     training: dict[str, Any] = field(default_factory=dict)
     scaler: SeriesScaler | None = None  # fitted on the training part; kept for the record
     per_series: dict[str, "Forecaster"] | None = None  # mode 'per_series'
+    target_transform: str = "none"
+
+    def model_space(self, panel: Panel) -> tuple[Panel, SeriesScaler, TargetTransform]:
+        """`panel` as the network sees it: transformed (log where chosen), then scaled per series.
+
+        Both are fitted on the history given, so a loaded model forecasts any series.
+        """
+        transform = TargetTransform.fit(panel, self.target_transform)
+        shaped = transform.apply(panel)
+        scaler = SeriesScaler.fit(shaped, self.scaler_kind)
+        return scaler.transform(shaped), scaler, transform
 
     def forecast(self, panel: Panel, horizon: int, future_covariates: np.ndarray | None = None) -> np.ndarray:
         """(S, H) forecasts in original units for each series of `panel` (its whole history is the input).
@@ -53,15 +64,14 @@ class Forecaster:
                 fc = None if future_covariates is None else future_covariates[i:i + 1]
                 out[i] = self.per_series[sid].forecast(sub, horizon, fc)[0]
             return out
-        scaler = SeriesScaler.fit(panel, self.scaler_kind)
-        scaled = scaler.transform(panel)
+        scaled, scaler, transform = self.model_space(panel)
         windows = scaled.last_values(self.window).astype(np.float32)
         fut = None
         if future_covariates is not None:
             rows = np.arange(panel.n_series)
             fut = (future_covariates - scaler.loc[rows, None, 1:]) / scaler.scale[rows, None, 1:]
         z = ensemble_forecast(self.members, windows, horizon, fut)
-        return scaler.inverse_y(z.astype(np.float64), panel.series_ids)
+        return transform.inverse(scaler.inverse_y(z.astype(np.float64), panel.series_ids))
 
 
 def prepare(df: pd.DataFrame, config: ForecastConfig, source: str | None = None,
@@ -82,8 +92,13 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     """
     if config.mode == "per_series":
         return _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch, on_series)
-    scaler = SeriesScaler.fit(panel, config.scaler)
-    scaled = scaler.transform(panel)
+    shaper = Forecaster([], config.window, tuple(panel.feature_names), config.scaler,
+                        target_transform=config.target_transform)
+    scaled, scaler, _ = shaper.model_space(panel)
+    skip_lag = config.skip_lag
+    if skip_lag is None:
+        skip_lag = choose_skip_lag(scaled, config.season_length, config.validation_steps)
+        log.info("seasonal skip: %s", f"lag {skip_lag}" if skip_lag else "off (naive beats seasonal naive)")
     members, results = [], []
     n = config.training.ensemble_size
     budget = time_budget_s if time_budget_s is not None else (
@@ -92,12 +107,13 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         seed = config.seed + i
         keras.utils.set_random_seed(seed)
         model = build_lstm(config.window, panel.n_features, config.model.units, config.model.dropout,
-                           config.model.bidirectional, config.model.level_normalization, config.skip_lag)
+                           config.model.bidirectional, config.model.level_normalization, skip_lag)
         member_budget = None if budget is None else budget / n
-        results.append(train(model, scaled, window=config.window, config=config.training,
-                             validation_steps=config.validation_steps, seed=seed, checkpoint_dir=checkpoint_dir,
-                             time_budget_s=member_budget, on_epoch=on_epoch, on_batch=on_batch))
-        members.append(model)
+        result = train(model, scaled, window=config.window, config=config.training,
+                       validation_steps=config.validation_steps, seed=seed, checkpoint_dir=checkpoint_dir,
+                       time_budget_s=member_budget, on_epoch=on_epoch, on_batch=on_batch)
+        results.append(result)
+        members.extend(_snapshot_members(model, result))
     summary = {
         "members": [r.summary() for r in results],
         "best_val_loss": float(np.mean([r.best_val_loss for r in results])),
@@ -105,8 +121,45 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         "device": results[0].device,
         "cudnn": results[0].cudnn,
         "series": int(panel.n_series),
+        "skip_lag": int(skip_lag),
+        "log_series": int(TargetTransform.fit(panel, config.target_transform).log_mask.sum()),
     }
-    return Forecaster(members, config.window, tuple(panel.feature_names), config.scaler, summary, scaler)
+    return Forecaster(members, config.window, tuple(panel.feature_names), config.scaler, summary, scaler,
+                      target_transform=config.target_transform)
+
+
+def _snapshot_members(model: keras.Model, result: TrainingResult) -> list[keras.Model]:
+    """The trained model (best weights) plus copies holding the other best epochs' weights."""
+    members = [model]
+    for _, _, weights in result.snapshots[1:]:
+        twin = keras.models.clone_model(model)
+        twin.set_weights(weights)
+        members.append(twin)
+    return members
+
+
+def choose_skip_lag(scaled: Panel, season_length: int, steps: int) -> int:
+    """Season length if seasonal naive beats naive on the series' last `steps` points, else 0.
+
+    A data-driven choice: strong regular seasonality (hourly, daily) gains from the seasonal
+    base; weak or shifting seasonality (weekly retail) loses to the last value.
+    """
+    m = season_length
+    if m <= 1:
+        return 0
+    usable = scaled.lengths >= m + steps + 1
+    if not usable.any():
+        return 0
+    panel = scaled.select(usable)
+    history = panel.drop_last(steps)
+    actual = panel.last_values(steps)[:, :, 0]
+    scale = mase_scale(history, 1)
+    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+
+    def error(fc: np.ndarray) -> float:
+        return float(np.nanmean(np.mean(np.abs(actual - fc), axis=1) / scale))
+
+    return m if error(seasonal_naive(history, steps, m)) < error(seasonal_naive(history, steps, 1)) else 0
 
 
 def _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch=None,

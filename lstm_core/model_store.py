@@ -11,7 +11,6 @@ from lstm_core.artifacts import LoadedModel, list_versions, load
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError
 from lstm_core.panel import Panel
-from lstm_core.scaling import SeriesScaler
 from lstm_core.windows import tail_windows
 
 log = logging.getLogger("lstm_core.model_store")
@@ -31,12 +30,13 @@ class Decision:
 
 
 def validation_loss(forecaster: Forecaster, panel: Panel, steps: int, loss: str) -> float:
-    """One-step loss on each series' last `steps` points, in the units training reported."""
-    scaler = SeriesScaler.fit(panel, forecaster.scaler_kind)
-    x, y = tail_windows(scaler.transform(panel), forecaster.window, steps)
+    """One-step loss on each series' last `steps` points, in the units training reported
+    (of the best member: training records the best epoch's loss, not the snapshot ensemble's)."""
+    scaled, _, _ = forecaster.model_space(panel)
+    x, y = tail_windows(scaled, forecaster.window, steps)
     if len(y) == 0:
         return float("nan")
-    pred = np.mean([m.predict(x, verbose=0, batch_size=8192)[:, 0] for m in forecaster.members], axis=0)
+    pred = forecaster.members[0].predict(x, verbose=0, batch_size=8192)[:, 0]
     err = pred - y
     if loss == "mse":
         return float(np.mean(err**2))

@@ -94,3 +94,44 @@ def _group_sum(codes: np.ndarray, v: np.ndarray, s: int) -> np.ndarray:
     for j in range(v.shape[1]):
         out[:, j] = np.bincount(codes, weights=v[:, j], minlength=s)
     return out
+
+
+@dataclass(frozen=True)
+class TargetTransform:
+    """log(y) for the series whose history is all positive (kind 'auto' or 'log'), identity otherwise.
+
+    Errors on a log scale are relative errors: one global model then treats series of very
+    different levels alike, and a multiplicative trend becomes additive.
+    """
+
+    kind: str
+    log_mask: np.ndarray  # (S,) True where the series is modelled as log(y)
+
+    @classmethod
+    def fit(cls, panel: Panel, kind: str = "auto") -> "TargetTransform":
+        if kind not in ("auto", "log", "none"):
+            raise ValueError(f"target_transform must be auto, log or none, not {kind!r}")
+        if kind == "none" or panel.n_series == 0:
+            return cls(kind, np.zeros(panel.n_series, dtype=bool))
+        positive = np.minimum.reduceat(panel.y, panel.offsets[:-1]) > 0
+        if kind == "log" and not positive.all():
+            bad = [str(s) for s in panel.series_ids[~positive][:3]]
+            raise ValueError(f"target_transform 'log' needs positive values; series {bad} have values <= 0")
+        return cls(kind, positive)
+
+    def apply(self, panel: Panel) -> Panel:
+        if not self.log_mask.any():
+            return panel
+        from dataclasses import replace
+
+        rows = np.repeat(self.log_mask, panel.lengths)
+        values = panel.values.copy()
+        values[rows, 0] = np.log(values[rows, 0])
+        return replace(panel, values=values)
+
+    def inverse(self, y: np.ndarray) -> np.ndarray:
+        """Back to original units for (S, ...) arrays in model space."""
+        out = np.array(y, dtype=np.float64, copy=True)
+        with np.errstate(over="ignore"):
+            out[self.log_mask] = np.exp(np.minimum(out[self.log_mask], 700.0))
+        return out

@@ -35,9 +35,11 @@ class TrainingResult:
     cudnn: bool
     samples_per_epoch: int
     extra: dict[str, Any] = field(default_factory=dict)
+    snapshots: list[tuple[int, float, list]] = field(default_factory=list, repr=False)  # (epoch, val_loss, weights)
 
     def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "history"} | {"history": self.history}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("history", "snapshots")}
+        return out | {"history": self.history, "snapshot_epochs": [e for e, _, _ in self.snapshots]}
 
 
 def device_info() -> dict[str, Any]:
@@ -81,6 +83,23 @@ class WindowBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self._resample()
+
+
+class BestSnapshots(keras.callbacks.Callback):
+    """Keep the weights of the `k` epochs with the lowest validation loss (a free ensemble)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k, self.kept = k, []
+
+    def on_epoch_end(self, epoch, logs=None) -> None:
+        loss = float((logs or {}).get("val_loss", np.nan))
+        if not np.isfinite(loss):
+            return
+        if len(self.kept) < self.k or loss < self.kept[-1][1]:
+            self.kept.append((epoch + 1, loss, self.model.get_weights()))
+            self.kept.sort(key=lambda item: item[1])
+            del self.kept[self.k:]
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -161,10 +180,12 @@ def train(
     ckpt = Path(checkpoint_dir) / "best.weights.h5"
     checkpoint = keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True,
                                                  save_weights_only=True)
+    snapshots = BestSnapshots(config.snapshots)
     t0 = time.monotonic()
     try:
         hist = model.fit(batches, validation_data=(x_val, y_val[:, None]), epochs=config.epochs, verbose=0,
-                         callbacks=[early, checkpoint, budget, EpochLog(config.epochs, on_epoch, on_batch)], shuffle=False)
+                         callbacks=[early, checkpoint, budget, snapshots,
+                                    EpochLog(config.epochs, on_epoch, on_batch)], shuffle=False)
         if ckpt.exists():
             model.load_weights(str(ckpt))  # best epoch, whatever stopped training
     finally:
@@ -175,7 +196,7 @@ def train(
     best = int(np.nanargmin(val)) if val else 0
     stopped = "time_budget" if budget.triggered else ("early_stopping" if early.stopped_epoch > 0 else "max_epochs")
     result = TrainingResult(history, best + 1, float(val[best]), len(val), stopped, time.monotonic() - t0,
-                            info["device"], cudnn, len(batches.y))
+                            info["device"], cudnn, len(batches.y), snapshots=snapshots.kept)
     log.info("trained %d epochs in %.1f s (stopped by %s); best epoch %d val_loss=%.4f", result.epochs_run,
              result.seconds, stopped, result.best_epoch, result.best_val_loss)
     return result

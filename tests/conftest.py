@@ -91,7 +91,7 @@ def fast_config(**overrides) -> ForecastConfig:
     base = {
         "freq": "h", "horizon": 12, "season_length": 24, "window": 24,
         "model": {"units": [8]},
-        "training": {"epochs": 3, "patience": 2, "windows_per_series": 16, "batch_size": 64},
+        "training": {"epochs": 3, "patience": 2, "windows_per_series": 16, "batch_size": 64, "snapshots": 1},
     }
     for k, v in overrides.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):

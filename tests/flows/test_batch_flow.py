@@ -17,7 +17,7 @@ H = 12
 FAST = {
     "freq": "h", "horizon": H, "season_length": 24, "window": 24,
     "model": {"units": [8]},
-    "training": {"epochs": 3, "patience": 2, "windows_per_series": 16, "batch_size": 64},
+    "training": {"epochs": 3, "patience": 2, "windows_per_series": 16, "batch_size": 64, "snapshots": 1},
 }
 
 

@@ -41,8 +41,18 @@ def test_unknown_frequency_message():
 
 def test_window_shorter_than_season_is_refused_with_seasonal_skip():
     with pytest.raises(ConfigError, match=r"window \(12\) must be at least season_length \(24\)"):
-        validate_config({"window": 12, "season_length": 24})
+        validate_config({"window": 12, "season_length": 24, "model": {"seasonal_skip": True}})
     assert validate_config({"window": 12, "season_length": 24, "model": {"seasonal_skip": False}}).skip_lag == 0
+    # 'auto' cannot use a season longer than the window, so it falls back to the last value.
+    assert validate_config({"window": 12, "season_length": 24}).skip_lag == 0
+    assert validate_config({"window": 48, "season_length": 24}).skip_lag is None
+
+
+@pytest.mark.parametrize("season, horizon, window", [(24, 24, 48), (24, 48, 96), (52, 13, 52), (7, 14, 28), (1, 13, 26)])
+def test_default_window_is_a_multiple_of_the_season_covering_two_horizons(season, horizon, window):
+    cfg = validate_config({"season_length": season, "horizon": horizon})
+    assert cfg.window == window
+    assert validate_config({"season_length": season, "horizon": horizon, "window": 10}).window == 10
 
 
 def test_precedence_yaml_env_overrides_set(tmp_path, monkeypatch):

@@ -43,7 +43,7 @@ def test_fit_records_training_summary(trained, cfg):
     t = trained.training
     assert len(trained.members) == 1 and trained.window == cfg.window and trained.feature_names == ("y",)
     assert t["series"] == 6 and np.isfinite(t["best_val_loss"]) and t["device"] and "cudnn" in t
-    assert trained.scaler is not None and trained.scaler.kind == "standard"
+    assert trained.scaler is not None and trained.scaler.kind == "naive"
 
 
 def test_fit_evaluate_forecast_gives_finite_forecasts_on_each_series_scale(trained, data, cfg):
