@@ -150,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data = write_demo_dataset(DEMO_DIR / "series.parquet")
     settings = {
         "input_url": str(data), "output_url": str(DEMO_DIR / "output"), "freq": "h", "horizon": 24,
-        "season_length": 24, "window": 48, "training": {"epochs": 15, "patience": 4},
+        "season_length": 24, "window": 48, "training": {"epochs": 30, "patience": 6},
     }
     _, resolved = _resolve(None, settings, args.sets)
     from flows.batch_forecast import batch_forecast
