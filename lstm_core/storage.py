@@ -134,7 +134,7 @@ def read_series(
     if columns:
         wanted = list(dict.fromkeys([*REQUIRED, *columns]))
     else:  # the files' own columns; partition keys are read only when asked for
-        wanted = schemas[0][1].names if schemas else list(REQUIRED)
+        wanted = list(dict.fromkeys([*REQUIRED, *(schemas[0][1].names if schemas else [])]))
     missing = [c for c in wanted if c not in dataset.schema.names]
     if missing:
         raise DataValidationError(f"missing required column (have {dataset.schema.names})", source=shown,
