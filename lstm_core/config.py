@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lstm_core.secrets import MASK, is_secret_name, scrub
 
 ENV_PREFIX = "LSTM_FORECAST_"
+NOT_SETTINGS = {"LSTM_FORECAST_DEBUG"}  # variables with the prefix that are not settings
 
 
 class ConfigError(ValueError):
@@ -186,6 +187,8 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     environ = os.environ if environ is None else environ
     out: dict[str, Any] = {}
     for key, raw in environ.items():
+        if key in NOT_SETTINGS:
+            continue
         if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
             dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
             _set_dotted(out, dotted, _parse_value(raw))

@@ -62,7 +62,10 @@ def _proc_start(pid: int) -> str | None:
     stat = _read_text(f"/proc/{pid}/stat")
     if not stat:
         return None
-    return stat.rsplit(")", 1)[-1].split()[19]
+    fields = stat.rsplit(")", 1)[-1].split()
+    if fields[0] in ("Z", "X"):  # exited, not yet reaped: as good as gone
+        return None
+    return fields[19]
 
 
 def process_identity() -> dict[str, Any]:
