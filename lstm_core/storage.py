@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from lstm_core.errors import DataValidationError, LstmForecastError, StorageError
-from lstm_core.secrets import scrub
+from lstm_core.secrets import scrub, url_userinfo
 
 REQUIRED = ("series_id", "ds", "y")
 
@@ -30,6 +30,7 @@ REQUIRED = ("series_id", "ds", "y")
 # SlowDown; its class attribute S3FileSystem.retries, 5); what still fails surfaces as
 # StorageError and the Prefect storage tasks retry it with backoff.
 S3_RETRIES = {"mode": "standard", "total_max_attempts": 5}  # 1 try + 4 retries
+PERMANENT_ERROR_NAMES = {"ParamValidationError", "InvalidBucketName", "NoCredentialsError", "PartialCredentialsError"}
 
 
 def resolve_options(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -86,14 +87,20 @@ def is_storage_failure(exc: BaseException) -> bool:
     return module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs", "urllib3", "requests", "fsspec", "asyncio"))
 
 
-def storage_error(action: str, exc: BaseException) -> StorageError:
-    """A one-line StorageError for a failed `action`, marked permanent for permission problems."""
+def storage_error(action: str, exc: BaseException, hide: tuple[str, ...] | list[str] = ()) -> StorageError:
+    """A one-line StorageError for a failed `action`, marked permanent for permission problems.
+
+    The library's message is kept whole (on one line) but scrubbed of URL credentials and `hide`.
+    """
     if isinstance(exc, StorageError):
         return exc
-    permanent = isinstance(exc, PermissionError)
-    detail = _first_line(exc)
-    kind = "permission denied" if permanent else type(exc).__name__
-    return StorageError(scrub(f"{action}: {kind}: {detail}"), transient=not permanent)
+    # Retrying cannot fix a denied permission or a request botocore refuses to send (a bad bucket name).
+    permanent = isinstance(exc, PermissionError) or type(exc).__name__ in PERMANENT_ERROR_NAMES
+    detail = " ".join(line.strip() for line in str(exc).strip().splitlines() if line.strip()) or type(exc).__name__
+    if len(detail) > 400:
+        detail = detail[:400] + "..."
+    kind = "permission denied" if isinstance(exc, PermissionError) else type(exc).__name__
+    return StorageError(scrub(f"{action}: {kind}: {detail}", hide), transient=not permanent)
 
 
 # --- reading ------------------------------------------------------------
@@ -109,11 +116,12 @@ def read_series(
     raise StorageError (transient unless permissions are at fault), which callers may retry.
     """
     shown = scrub(url)  # what messages may say: the URL without credentials
+    hide = url_userinfo(url)  # ... and libraries may quote them without the scheme around them
     fs, path = filesystem(url, storage_options)
     try:
         exists = fs.exists(path)
     except Exception as exc:  # noqa: BLE001 - anything here is about reaching storage
-        raise storage_error(f"input {shown}: cannot reach storage", exc) from None
+        raise storage_error(f"input {shown}: cannot reach storage", exc, hide) from None
     if not exists:
         raise DataValidationError("input path does not exist", source=shown)
     try:
@@ -121,7 +129,7 @@ def read_series(
                                exclude_invalid_files=False)
     except Exception as exc:  # noqa: BLE001
         if is_storage_failure(exc):
-            raise storage_error(f"input {shown}: cannot list the dataset", exc) from None
+            raise storage_error(f"input {shown}: cannot list the dataset", exc, hide) from None
         raise DataValidationError(f"not a readable Parquet dataset: {_arrow_reason(exc)}", source=shown) from None
     expr = pq.filters_to_expression(filters) if filters else None
     try:
@@ -147,7 +155,7 @@ def read_series(
         table = dataset.to_table(columns=wanted, filter=expr)
     except Exception as exc:  # noqa: BLE001
         if is_storage_failure(exc):
-            raise storage_error(f"input {shown}: read failed", exc) from None
+            raise storage_error(f"input {shown}: read failed", exc, hide) from None
         raise _explain_read_failure(shown, fs, list(dataset.files), wanted, exc) from None
     return table.to_pandas()
 
