@@ -44,7 +44,10 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     try:
         lease = RunLease.acquire(writer.fs, writer.root, run_id, config.lease_ttl.total_seconds())
     except Exception as exc:  # noqa: BLE001
-        raise _scrubbed(exc, secrets) from None
+        safe = _scrubbed(exc, secrets)
+        if safe is exc:
+            raise
+        raise safe from None
     if lease.took_over:
         logger.warning("run %s: %s", run_id, lease.took_over)
     writer.lease = lease
@@ -105,7 +108,10 @@ def _run(config: ForecastConfig, run_id: str, writer: RunWriter, logger, secrets
         return committed
     except BaseException as exc:
         _record_failure(writer, manifest, timings, exc, logger, secrets)
-        raise _scrubbed(exc, secrets) from None
+        safe = _scrubbed(exc, secrets)
+        if safe is exc:
+            raise
+        raise safe from None
 
 
 def _scrubbed(exc: BaseException, secrets: set[str]) -> BaseException:

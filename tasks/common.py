@@ -17,6 +17,7 @@ from prefect.tasks import exponential_backoff
 from lstm_core.config import ConfigError
 from lstm_core.errors import (ArtifactError, DataValidationError, LeaseLostError, RunLockedError,
                               StorageError)
+from lstm_core.storage import is_storage_failure
 
 STORAGE_RETRIES = 4
 STORAGE_RETRY_DELAYS = exponential_backoff(backoff_factor=1)
@@ -27,16 +28,19 @@ log = logging.getLogger("lstm_core.retries")
 
 
 def is_transient(exc: BaseException) -> bool:
+    """Storage hiccups only: a bug, bad input or a permanent storage error fails the same way again."""
     if isinstance(exc, StorageError):
         return exc.transient
-    return not isinstance(exc, PERMANENT)
+    if isinstance(exc, PERMANENT):
+        return False
+    return is_storage_failure(exc)
 
 
 def retry_transient(task, task_run, state) -> bool:
     """Retry storage hiccups (connection errors, 5xx); never bad input, which fails the same way again."""
     try:
         state.result()
-    except Exception as exc:  # noqa: BLE001 - anything not known permanent may be transient
+    except Exception as exc:  # noqa: BLE001
         return is_transient(exc)
     return False
 
