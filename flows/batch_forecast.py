@@ -14,7 +14,10 @@ from prefect.context import FlowRunContext
 
 from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
+from lstm_core.errors import LeaseLostError, LstmForecastError
+from lstm_core.lease import RunLease
 from lstm_core.outputs import RunWriter, new_run_id, slot_run_id
+from lstm_core.secrets import install_log_scrubber, scrub, secret_values
 from tasks.data import load_series, prepare_windows, validate_series
 from tasks.modelling import evaluate, forecast, train_or_load_model
 from tasks.outputs import write_outputs
@@ -75,11 +78,32 @@ def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tupl
 
 def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     logger = get_run_logger()
+    secrets = secret_values(config.storage_options, [config.input_url, config.output_url])
+    install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential
     slot = scheduled_slot()
     run_id, run_id_source = resolve_run_id(config, slot)
     writer = RunWriter.open(config.output_url, run_id, config.storage_options)
     logger.info("run %s (%s): %s -> %s", run_id, f"scheduled slot {slot.isoformat()}" if slot else run_id_source,
                 redact_url(config.input_url), redact_url(config.output_url))
+    # One process per run id: refused here, before any work, if another live process holds it.
+    try:
+        lease = RunLease.acquire(writer.fs, writer.root, run_id, config.lease_ttl.total_seconds())
+    except Exception as exc:  # noqa: BLE001
+        safe = _scrubbed(exc, secrets)
+        if safe is exc:
+            raise
+        raise safe from None
+    if lease.took_over:
+        logger.warning("run %s: %s", run_id, lease.took_over)
+    writer.lease = lease
+    try:
+        return _run(config, run_id, run_id_source, slot, writer, logger, secrets)
+    finally:
+        lease.release()
+
+
+def _run(config: ForecastConfig, run_id: str, run_id_source: str, slot: datetime | None, writer: RunWriter,
+         logger, secrets: set[str]) -> dict[str, Any]:
     started = datetime.now(timezone.utc)
     timings: dict[str, float] = {}
     flow_run = _flow_run()
@@ -133,13 +157,26 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
         committed = write_outputs(writer, forecasts.future, evaluation, validated, manifest, plots.files)
         timings["write_outputs"] = round(time.perf_counter() - t0, 3)
     except BaseException as exc:
-        _record_failure(writer, manifest, timings, exc, logger)
-        raise
+        _record_failure(writer, manifest, timings, exc, logger, secrets)
+        safe = _scrubbed(exc, secrets)
+        if safe is exc:
+            raise
+        raise safe from None
     try:
         publish_artifacts(committed, plots.notes)
     except Exception as exc:  # noqa: BLE001 - the run is committed; the UI summary is a view of it
-        logger.error("run %s committed, but its Prefect artifacts could not be published: %s", run_id, exc)
+        logger.error("run %s committed, but its Prefect artifacts could not be published: %s", run_id,
+                     scrub(str(exc), secrets))
     return committed
+
+
+def _scrubbed(exc: BaseException, secrets: set[str]) -> BaseException:
+    """`exc` itself, or a one-line copy without the credentials a library quoted in it."""
+    text = str(exc)
+    clean = scrub(text, secrets)
+    if clean == text:
+        return exc
+    return LstmForecastError(f"{type(exc).__name__}: {clean.splitlines()[0] if clean else ''}")
 
 
 def _training_summary(choice) -> dict[str, Any]:
@@ -156,9 +193,14 @@ def _overall(evaluation) -> dict[str, dict[str, float]]:
     return {model: dict(zip(g["metric"], g["value"].astype(float))) for model, g in overall.groupby("model")}
 
 
-def _record_failure(writer: RunWriter, manifest: dict[str, Any], timings, exc: BaseException, logger) -> None:
+def _record_failure(writer: RunWriter, manifest: dict[str, Any], timings, exc: BaseException, logger,
+                    secrets: set[str]) -> None:
     """Leave a manifest that says the run failed and why; never one that says succeeded."""
-    reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    reason = scrub(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", secrets)
+    if isinstance(exc, LeaseLostError) or (writer.lease is not None and writer.lease.lost):
+        # Another process runs this run id now: its manifest is not ours to touch.
+        logger.error("run %s stopped without committing: %s", writer.run_id, reason)
+        return
     try:
         previous = writer.read_manifest()
         if previous and previous.get("status") == "succeeded" and "write_outputs" not in timings:
@@ -168,4 +210,4 @@ def _record_failure(writer: RunWriter, manifest: dict[str, Any], timings, exc: B
         writer.commit({**manifest, "status": "failed", "error": reason, "timings_s": timings,
                        "finished_at": datetime.now(timezone.utc).isoformat()})
     except Exception as write_exc:  # noqa: BLE001 - storage may be what failed
-        logger.error("could not record the failure in the manifest: %s", write_exc)
+        logger.error("could not record the failure in the manifest: %s", scrub(str(write_exc), secrets))

@@ -62,12 +62,29 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+_SECRETS: set[str] = set()  # credential values seen by this process, scrubbed from what it prints
+
+
 def _resolve(config_path: str | None, settings: dict[str, Any], sets: list[str]):
-    from lstm_core.config import load_config
+    """Validate the configuration; split it into flow parameters and what must not become one.
+
+    Flow parameters are stored by the Prefect server, so storage options and URLs that carry
+    credentials reach the flow through this process's environment (LSTM_FORECAST_*) instead.
+    """
+    from lstm_core.config import ENV_PREFIX, load_config
+    from lstm_core.secrets import secret_values, url_userinfo
 
     config = load_config(config_path, overrides=settings, sets=sets)
-    # Hand the flow the resolved, validated settings (not secrets: those stay in file/env).
+    _SECRETS.update(secret_values(config.storage_options, [config.input_url, config.output_url]))
     resolved = config.model_dump(mode="json", exclude={"storage_options"}, exclude_defaults=True)
+    private: dict[str, str] = {}
+    if config.storage_options:
+        private["STORAGE_OPTIONS"] = json.dumps(config.storage_options)
+    for key in ("input_url", "output_url"):
+        if url_userinfo(getattr(config, key)):
+            private[key.upper()] = getattr(config, key)
+            resolved.pop(key, None)
+    os.environ.update({ENV_PREFIX + k: v for k, v in private.items()})
     return config, resolved
 
 
@@ -202,24 +219,28 @@ def _report(manifest: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lstm_core.config import ConfigError
-    from lstm_core.errors import LstmForecastError
+    from lstm_core.errors import LstmForecastError, RunLockedError
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    from lstm_core.secrets import scrub, secret_values
+
+    def fail(message: str, code: int) -> int:
+        line = message.strip().splitlines()[0] if message.strip() else "failed"
+        print(f"lstm-forecast: error: {scrub(line, _SECRETS | secret_values())}", file=sys.stderr)
+        return code
+
     try:
         return {"run": cmd_run, "serve": cmd_serve, "demo": cmd_demo}[args.command](args)
+    except RunLockedError as exc:
+        return fail(str(exc), 3)
     except (ConfigError, LstmForecastError) as exc:
-        print(f"lstm-forecast: error: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc), 2)
     except KeyboardInterrupt:
         print("lstm-forecast: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one line, no traceback, for any other failure
-        from lstm_core.config import redact_url  # noqa: F401
-
-        print(f"lstm-forecast: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
-        return 1
+        return fail(f"{type(exc).__name__}: {exc}", 1)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
-from lstm_core.storage import filesystem, join, put_bytes, read_json, write_json
+from lstm_core.secrets import scrub
+from lstm_core.storage import filesystem, is_storage_failure, join, put_bytes, read_json, storage_error, write_json
 
 FORMAT_VERSION = 1
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
@@ -111,13 +112,15 @@ def list_versions(store_url: str, model_key: str, storage_options: dict | None =
     fs.invalidate_cache(base)
     try:
         entries = fs.ls(base, detail=False)
+        versions = []
+        for e in entries:
+            name = e.rstrip("/").rsplit("/", 1)[-1]
+            if fs.exists(join(base, name, "metadata.json")):
+                versions.append(name)
     except FileNotFoundError:
         return []
-    versions = []
-    for e in entries:
-        name = e.rstrip("/").rsplit("/", 1)[-1]
-        if fs.exists(join(base, name, "metadata.json")):
-            versions.append(name)
+    except Exception as exc:  # noqa: BLE001
+        raise storage_error(f"cannot list the model store {store_url}/{model_key}", exc) from None
     return sorted(versions, reverse=True)
 
 
@@ -126,13 +129,17 @@ def load(store_url: str, model_key: str, version: str, storage_options: dict | N
     """Load one version; refuse a corrupt or incompatible artifact with a clear ArtifactError."""
     fs, root = filesystem(store_url, storage_options)
     base = join(root, model_key, version)
-    url = f"{store_url.rstrip('/')}/{model_key}/{version}"
+    url = scrub(f"{store_url.rstrip('/')}/{model_key}/{version}")  # named in messages: no credentials
     try:
         meta = read_json(fs, join(base, "metadata.json"))
     except FileNotFoundError:
         raise ArtifactError(f"model {url}: metadata.json missing (incomplete artifact)") from None
     except (ValueError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"model {url}: metadata.json is corrupt: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - could not reach it: say so, do not call the model corrupt
+        raise storage_error(f"model {url}: cannot read metadata.json", exc) from None
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"model {url}: metadata.json is corrupt: not an object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"model {url}: artifact format {meta.get('format_version')} is not supported "
                             f"(expected {FORMAT_VERSION})")
@@ -151,9 +158,12 @@ def load(store_url: str, model_key: str, version: str, storage_options: dict | N
             name = f"member-{i}.keras"
             local = os.path.join(tmp, name)
             try:
-                fs.get(join(base, name), local)
+                with open(local, "wb") as fh:
+                    fh.write(fs.cat_file(join(base, name)))
             except FileNotFoundError:
                 raise ArtifactError(f"model {url}: {name} missing") from None
+            except Exception as exc:  # noqa: BLE001
+                raise storage_error(f"model {url}: cannot read {name}", exc) from None
             # Check the bytes before Keras parses them: a damaged file gets a plain message.
             with open(local, "rb") as fh:
                 digest = hashlib.sha256(fh.read()).hexdigest()
@@ -163,6 +173,7 @@ def load(store_url: str, model_key: str, version: str, storage_options: dict | N
             if not zipfile.is_zipfile(local):
                 raise ArtifactError(f"model {url}: {name} is corrupt: not a .keras (zip) archive")
             try:
+                # Safe mode: no Lambda layers or other arbitrary code, no pickle, from any artifact.
                 members.append(keras.saving.load_model(local, compile=False, safe_mode=True))
             except Exception as exc:  # noqa: BLE001 - Keras raises many types for a broken file
                 raise ArtifactError(f"model {url}: {name} is corrupt or unsafe: "
@@ -175,6 +186,8 @@ def load(store_url: str, model_key: str, version: str, storage_options: dict | N
     except FileNotFoundError:
         pass
     except Exception as exc:  # noqa: BLE001
+        if is_storage_failure(exc):
+            raise storage_error(f"model {url}: cannot read scaler.json", exc) from None
         raise ArtifactError(f"model {url}: scaler.json is corrupt: {exc}") from None
     forecaster = Forecaster(members, int(meta["window"]), tuple(meta["feature_names"]), meta["scaler_kind"],
                             meta.get("training", {}), scaler, target_transform=meta.get("target_transform", "none"))

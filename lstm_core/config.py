@@ -16,8 +16,10 @@ import yaml
 from pandas.tseries.frequencies import to_offset
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lstm_core.secrets import MASK, is_secret_name, scrub
+
 ENV_PREFIX = "LSTM_FORECAST_"
-SECRET_KEY_PARTS = ("secret", "token", "password", "key", "credential", "session")
+NOT_SETTINGS = {"LSTM_FORECAST_DEBUG"}  # variables with the prefix that are not settings
 
 
 class ConfigError(ValueError):
@@ -89,6 +91,10 @@ class ForecastConfig(_Strict):
     refit: bool = Field(False, description="retrain on all data (no holdout) before the final forecast")
     seed: int = 42
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
+    lease_ttl: timedelta = Field(
+        timedelta(minutes=5), gt=timedelta(0),
+        description="a run's lease on its run id expires this long after its last heartbeat",
+    )
 
     @field_validator("freq")
     @classmethod
@@ -173,23 +179,22 @@ def default_window(season_length: Any, horizon: Any) -> int:
 
 
 def redact(options: Any) -> Any:
-    """Replace values whose key looks secret with '***', recursively."""
+    """Replace values whose key looks secret with '***' and credentials inside URLs, recursively."""
     if isinstance(options, Mapping):
         return {
-            k: ("***" if any(p in str(k).lower() for p in SECRET_KEY_PARTS) and not isinstance(v, Mapping) else redact(v))
+            k: (MASK if is_secret_name(k) and not isinstance(v, Mapping) else redact(v))
             for k, v in options.items()
         }
     if isinstance(options, list):
         return [redact(v) for v in options]
+    if isinstance(options, str):
+        return redact_url(options)
     return options
 
 
 def redact_url(url: str) -> str:
     """Drop credentials embedded in a URL (scheme://user:pass@host/...)."""
-    scheme, sep, rest = url.partition("://")
-    if sep and "@" in rest.split("/", 1)[0]:
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    return scrub(url) if isinstance(url, str) else url
 
 
 # --- loading ------------------------------------------------------------
@@ -216,6 +221,8 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     environ = os.environ if environ is None else environ
     out: dict[str, Any] = {}
     for key, raw in environ.items():
+        if key in NOT_SETTINGS:
+            continue
         if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
             dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
             _set_dotted(out, dotted, _parse_value(raw))
@@ -251,7 +258,11 @@ def load_config(
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+            # Name the place, never quote the line: it may hold a credential.
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"config file {path} is not valid YAML{where}: "
+                              f"{getattr(exc, 'problem', None) or type(exc).__name__}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of settings")
         data = _merge(data, loaded)

@@ -29,4 +29,16 @@ class ArtifactError(LstmForecastError):
 
 
 class StorageError(LstmForecastError):
-    """Reading or writing object storage failed."""
+    """Reading or writing object storage failed; `transient` says whether trying again may help."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        self.transient = transient
+        super().__init__(message)
+
+
+class RunLockedError(LstmForecastError):
+    """Another live process holds this run id's lease: the run is refused before any work."""
+
+
+class LeaseLostError(LstmForecastError):
+    """This run's lease was taken over (it expired); the run stops without committing."""

@@ -11,6 +11,7 @@ from lstm_core.artifacts import LoadedModel, list_versions, load
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError
 from lstm_core.panel import Panel
+from lstm_core.secrets import scrub
 from lstm_core.windows import tail_windows
 
 log = logging.getLogger("lstm_core.model_store")
@@ -66,7 +67,7 @@ def decide(
     versions = list_versions(store_url, model_key, storage_options)
     if not versions:
         if policy == "never":
-            raise ArtifactError(f"retrain policy is 'never' but the model store {store_url} has no model for "
+            raise ArtifactError(f"retrain policy is 'never' but the model store {scrub(store_url)} has no model for "
                                 f"this configuration (key {model_key})")
         return Decision("train", f"no saved model for this configuration (key {model_key})")
     problems = []

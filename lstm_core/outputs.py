@@ -8,6 +8,7 @@ carrying a `run_id` column so a single file stands on its own:
     quarantine/run=<id>/part-0.parquet    series_id, field, reason, run_id
     runs/<id>/plots/*.png                 the run's plots (written before the manifest)
     runs/<id>/manifest.json               written last; readers trust status == "succeeded"
+    runs/<id>/lease.json                  held while a process runs this run id (lstm_core.lease)
     models/                               the model store
 
 A re-run of a run id first removes that run's manifest, then its partitions, so
@@ -23,7 +24,7 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
-from lstm_core.storage import filesystem, join, put_bytes, read_json, remove_tree, write_json, write_parquet
+from lstm_core.storage import filesystem, join, put_bytes, read_json, remove_file, remove_tree, write_json, write_parquet
 
 TABLES = ("predictions", "metrics", "quarantine")
 MANIFEST = "manifest.json"
@@ -74,6 +75,7 @@ class RunWriter:
     fs: fsspec.AbstractFileSystem
     root: str
     run_id: str
+    lease: Any = None  # a lstm_core.lease.RunLease; checked before clearing and before committing
 
     @classmethod
     def open(cls, output_url: str, run_id: str, storage_options: dict | None = None) -> "RunWriter":
@@ -88,8 +90,13 @@ class RunWriter:
         return join(self.root, "runs", self.run_id, MANIFEST)
 
     def begin(self) -> None:
-        """Clear any earlier attempt of this run id: manifest first, so readers stop trusting it."""
-        remove_tree(self.fs, join(self.root, "runs", self.run_id))
+        """Clear any earlier attempt of this run id: manifest first, so readers stop trusting it.
+
+        (The run's lease beside the manifest stays: the process calling this holds it.)
+        """
+        if self.lease is not None:
+            self.lease.check()
+        remove_file(self.fs, self.manifest_path)
         for table in TABLES:
             remove_tree(self.fs, join(self.root, table, f"run={self.run_id}"))
 
@@ -112,6 +119,8 @@ class RunWriter:
         return path
 
     def commit(self, manifest: dict[str, Any]) -> str:
+        if self.lease is not None:
+            self.lease.check()  # a run that lost its run id to another process never commits
         write_json(self.fs, self.manifest_path, {**manifest, "run_id": self.run_id})
         return self.manifest_path
 

@@ -15,6 +15,7 @@ from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
 from lstm_core.model_store import Decision, decide
 from lstm_core.progress import Progress
 from lstm_core.storage import join
+from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, call_with_retries, retry_transient
 from tasks.data import Prepared
 
 
@@ -51,7 +52,10 @@ class _TrainingProgress:
         self.line.update(f"{self.series}epoch {epoch}/{self.epochs}", done, per_epoch, "batches")
 
 
-@task(name="train_or_load_model", cache_policy=NO_CACHE)
+# Retried for storage failures while deciding (listing or loading the model store); the save after
+# training retries in place, so a storage hiccup never repeats the training.
+@task(name="train_or_load_model", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
+      retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def train_or_load_model(prepared: Prepared, config: ForecastConfig) -> ModelChoice:
     logger = get_run_logger()
     store = model_store_url(config)
@@ -84,8 +88,10 @@ def train_or_load_model(prepared: Prepared, config: ForecastConfig) -> ModelChoi
                         on_series=progress.on_series)
     if config.mode == "per_series":
         return ModelChoice(forecaster, final, decision, f"per-series-{prepared.fingerprint[:12]}")
-    version = artifacts.save(final, store, key, config=config.public_dict(), fingerprint=prepared.fingerprint,
-                             storage_options=config.storage_options)
+    version = artifacts.new_version()  # fixed across retries: a retry rewrites the same objects
+    call_with_retries(artifacts.save, final, store, key, config=config.public_dict(),
+                      fingerprint=prepared.fingerprint, storage_options=config.storage_options, version=version,
+                      what="saving the model")
     logger.info("saved model %s/%s/%s", "models", key, version)
     return ModelChoice(forecaster, final, decision, version)
 

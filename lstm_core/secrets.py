@@ -1,0 +1,113 @@
+"""Keep credentials out of everything a run prints or writes.
+
+`redact` (config) removes secrets from the structures we write on purpose (manifest,
+model metadata). This module is the second line: it collects the secret *values* a
+run knows about (storage options, credentials embedded in URLs, the standard
+credential variables of the environment) and scrubs them from free text such as
+exception messages and log records, where a library may have quoted them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Iterable, Mapping
+
+MASK = "***"
+# Names whose values are credentials: storage option keys and environment variables.
+SECRET_NAME_PARTS = ("secret", "token", "password", "passwd", "key", "credential", "session", "signature")
+NOT_SECRET_NAMES = {"key_prefix", "keep_alive"}
+# Shorter values are not scrubbed from free text: they would mask ordinary words.
+MIN_SECRET_LENGTH = 8
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+
+
+def is_secret_name(name: str) -> bool:
+    low = str(name).lower()
+    return low not in NOT_SECRET_NAMES and any(p in low for p in SECRET_NAME_PARTS)
+
+
+def url_userinfo(url: str) -> list[str]:
+    """Credentials embedded in a URL (`scheme://user:password@host/...`): ['user', 'password']."""
+    out = []
+    for m in _URL_USERINFO.finditer(url or ""):
+        user, _, password = m.group("userinfo").partition(":")
+        out.extend(v for v in (user, password) if v)
+    return out
+
+
+def _walk(options: Any, into: set[str]) -> None:
+    if isinstance(options, Mapping):
+        for k, v in options.items():
+            if isinstance(v, (Mapping, list, tuple)):
+                _walk(v, into)
+            elif isinstance(v, str):
+                if is_secret_name(k):
+                    into.add(v)
+                into.update(url_userinfo(v))
+    elif isinstance(options, (list, tuple)):
+        for v in options:
+            _walk(v, into)
+
+
+def secret_values(storage_options: Mapping[str, Any] | None = None, urls: Iterable[str] = (),
+                  environ: Mapping[str, str] | None = None) -> set[str]:
+    """Every credential value this run can see, long enough to scrub safely."""
+    environ = os.environ if environ is None else environ
+    found: set[str] = set()
+    _walk(storage_options or {}, found)
+    for url in urls:
+        found.update(url_userinfo(url))
+    for name, value in environ.items():
+        if is_secret_name(name) and name.upper().startswith(("AWS_", "LSTM_FORECAST_", "AZURE_", "GOOGLE_", "GCS_",
+                                                              "R2_", "MINIO_", "PREFECT_API_KEY")):
+            found.add(value)
+    return {v for v in found if isinstance(v, str) and len(v) >= MIN_SECRET_LENGTH}
+
+
+def scrub(text: str, values: Iterable[str] = ()) -> str:
+    """`text` with every known secret value, and any URL user-info, replaced by ***."""
+    if not text:
+        return text
+    for v in sorted(set(values), key=len, reverse=True):
+        if v in text:
+            text = text.replace(v, MASK)
+    return _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+
+
+class ScrubFilter(logging.Filter):
+    """A handler filter that scrubs secrets from each record's final message."""
+
+    def __init__(self) -> None:
+        super().__init__("lstm-forecast-scrub")
+        self.values: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a broken record is not ours to fix
+            return True
+        clean = scrub(message, self.values)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            clean_exc = scrub(text, self.values)
+            if clean_exc != text:
+                record.exc_info, record.exc_text = None, clean_exc
+        return True
+
+
+_FILTER = ScrubFilter()
+
+
+def install_log_scrubber(values: Iterable[str]) -> ScrubFilter:
+    """Scrub `values` from every record that any current handler emits (console, file, Prefect API)."""
+    _FILTER.values.update(values)
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for handler in lg.handlers:
+            if _FILTER not in handler.filters:
+                handler.addFilter(_FILTER)
+    return _FILTER
