@@ -24,6 +24,7 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
+from lstm_core.lease import LEASE
 from lstm_core.storage import filesystem, join, put_bytes, read_json, remove_file, remove_tree, write_json, write_parquet
 
 TABLES = ("predictions", "metrics", "quarantine")
@@ -97,6 +98,15 @@ class RunWriter:
         if self.lease is not None:
             self.lease.check()
         remove_file(self.fs, self.manifest_path)
+        run_dir = join(self.root, "runs", self.run_id)
+        self.fs.invalidate_cache(run_dir)
+        try:
+            entries = self.fs.ls(run_dir, detail=False)
+        except FileNotFoundError:
+            entries = []
+        for entry in entries:  # the run's own files (plots...), all but the lease
+            if entry.rstrip("/").rsplit("/", 1)[-1] not in (LEASE, MANIFEST):
+                remove_tree(self.fs, entry)
         for table in TABLES:
             remove_tree(self.fs, join(self.root, table, f"run={self.run_id}"))
 

@@ -38,4 +38,4 @@ def test_run_files_live_under_the_run_and_begin_clears_them(tmp_path):
         with pytest.raises(ValueError):
             writer.write_file(bad, b"x")
     writer.begin()
-    assert not (tmp_path / "runs/r1").exists()
+    assert not (tmp_path / "runs/r1/plots").exists()  # the run's files go; a lease would stay
