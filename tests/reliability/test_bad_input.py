@@ -7,6 +7,8 @@ and come back unchanged; bad configuration is refused before any work.
 """
 from __future__ import annotations
 
+import re
+
 import io
 import json
 
@@ -211,7 +213,8 @@ def test_hostile_series_ids_never_reach_a_path_and_come_back_unchanged(series_le
         assert (metrics["series_id"] == sid).sum() == 8, sid  # 4 metrics x 2 models
     # Every object the run wrote is one of the contract's paths, under the output URL.
     allowed = ("predictions/run=mixed/part-0.parquet", "metrics/run=mixed/part-0.parquet",
-               "quarantine/run=mixed/part-0.parquet", "runs/mixed/manifest.json")
+               "quarantine/run=mixed/part-0.parquet", "runs/mixed/manifest.json",
+               "runs/mixed/plots/loss.png", "runs/mixed/plots/holdout.png", "runs/mixed/plots/error_distribution.png")
     bucket = r["bucket"]
     keys = keys_under(fs, f"s3://{bucket}")
     for key in keys:
@@ -220,7 +223,8 @@ def test_hostile_series_ids_never_reach_a_path_and_come_back_unchanged(series_le
             rel.startswith("out/models/"), key
         assert "etc" not in rel and "\u202e" not in rel and "ü" not in rel, key
     models = [k for k in keys if "/models/" in k]
-    assert models and all(k.rsplit("/", 1)[-1] in ("member-0.keras", "scaler.json", "metadata.json") for k in models)
+    assert models and all(re.fullmatch(r"member-\d+\.keras|scaler\.json|metadata\.json", k.rsplit("/", 1)[-1])
+                          for k in models)
 
 
 # --- configuration ------------------------------------------------------------------------------

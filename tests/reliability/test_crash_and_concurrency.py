@@ -74,7 +74,9 @@ def test_sigkill_while_writing_outputs_then_rerun_leaves_exactly_one_copy(s3_inp
     keys = [k.removeprefix(f"{out.removeprefix('s3://')}/") for k in keys_under(fs, out)]
     outputs = sorted(k for k in keys if not k.startswith("models/"))
     assert outputs == ["metrics/run=nightly/part-0.parquet", "predictions/run=nightly/part-0.parquet",
-                       "quarantine/run=nightly/part-0.parquet", "runs/nightly/manifest.json"]
+                       "quarantine/run=nightly/part-0.parquet", "runs/nightly/manifest.json",
+                       "runs/nightly/plots/error_distribution.png", "runs/nightly/plots/holdout.png",
+                       "runs/nightly/plots/loss.png"]
 
 
 def test_runs_at_once_commit_distinct_complete_runs_and_the_same_run_id_is_refused(

@@ -4,6 +4,7 @@ Models load only through Keras safe mode; nothing in the product unpickles data.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -79,13 +80,16 @@ def _unsafe_member(version_dir: Path, marker: Path) -> None:
     model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(outputs)))
     marker.unlink(missing_ok=True)  # building the model ran the lambda once; only loading counts
     model.save(version_dir / "member-0.keras")
+    # Forge the recorded checksum too, so that Keras safe mode is what has to refuse it.
+    digest = hashlib.sha256((version_dir / "member-0.keras").read_bytes()).hexdigest()
+    _edit_metadata(version_dir, sha256={"member-0.keras": digest})
 
 
 CASES = {
     "truncated member": (lambda d, m: (d / "member-0.keras").write_bytes((d / "member-0.keras").read_bytes()[:500]),
-                         "member-0.keras is corrupt or unsafe"),
+                         "member-0.keras is corrupt"),
     "member not a zip": (lambda d, m: (d / "member-0.keras").write_bytes(b"\x80\x04\x95 pickle? no thanks"),
-                         "member-0.keras is corrupt or unsafe"),
+                         "member-0.keras is corrupt"),
     "member missing": (lambda d, m: (d / "member-0.keras").unlink(), "member-0.keras missing"),
     "metadata not JSON": (lambda d, m: (d / "metadata.json").write_text("{not json"), "metadata.json is corrupt"),
     "scaler not JSON": (lambda d, m: (d / "scaler.json").write_text("[1, 2"), "scaler.json is corrupt"),
@@ -156,7 +160,7 @@ def test_corrupt_saved_model_makes_the_run_retrain_and_record_why(s3_bucket, s3_
     stored = json.loads(fs.cat_file(f"{s3_bucket}/out/runs/second/manifest.json"))
     assert stored["status"] == "succeeded"
     assert stored["retrain"]["action"] == "train"
-    assert "member-0.keras is corrupt or unsafe" in stored["retrain"]["reason"]
+    assert "member-0.keras is corrupt" in stored["retrain"]["reason"]
     assert first["model_version"] in stored["retrain"]["reason"]
     assert stored["model_version"] == second["model_version"] != first["model_version"]
     assert np.isfinite(stored["overall_metrics"][stored["model_version"]]["mae"])
