@@ -86,23 +86,6 @@ def seed_loop(panel: Panel, window: int, cast_first: bool = True) -> tuple[np.nd
     return x, y
 
 
-def slice_copy_windows(panel: Panel, window: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Candidate for all_windows (diagnostics only): each series' windows are one contiguous run of the
-    sliding view, so copy them with one slice assignment per series into a preallocated (n, L, F) array,
-    instead of building a global start-index array and gathering with fancy indexing."""
-    values = panel.values.astype(dtype, copy=False)
-    counts = np.maximum(panel.lengths - window, 0)
-    pos = np.concatenate([[0], np.cumsum(counts)])
-    view = sliding_window_view(values, window, axis=0).transpose(0, 2, 1)  # (N - L + 1, L, F), no copy
-    x = np.empty((int(pos[-1]), window, values.shape[1]), dtype)
-    y = np.empty(int(pos[-1]), dtype)
-    for i in np.flatnonzero(counts):
-        o, a, b = panel.offsets[i], pos[i], pos[i + 1]
-        x[a:b] = view[o:o + counts[i]]
-        y[a:b] = values[o + window:o + window + counts[i], 0]
-    return x, y
-
-
 # ----------------------------------------------------------------------------- timing
 
 def time_runs(fn, repeats: int) -> dict:
@@ -158,16 +141,12 @@ def diagnostics(panel: Panel, window: int, repeats: int) -> dict:
         return np.array(x, copy=True), y
 
     x, y = all_windows(panel, window)
-    xc, yc = slice_copy_windows(panel, window)
-    assert np.array_equal(x, xc) and np.array_equal(y, yc), "slice-copy candidate differs"
-    del xc, yc
     # the transpose in gather: with one feature the gathered (n, 1, L) array transposed to (n, L, 1)
     # is already C-contiguous, so no second copy is made.
     no_transpose_copy = bool(x.flags.c_contiguous)
     del x
     return {
         "floor_write_s": time_runs(floor_write, repeats)["best"],
-        "slice_copy_s": time_runs(lambda: slice_copy_windows(panel, window), repeats)["best"],
         "ours_float64_s": time_runs(ours_f64, repeats)["best"],
         "view_only_s": time_runs(view_only, repeats)["best"],
         "ours_plus_extra_copy_s": time_runs(forced_extra_copy, repeats)["best"],
@@ -224,24 +203,21 @@ def print_tables(results: list[dict], repeats: int, window: int) -> None:
         for r in results) + ")")
     print()
     print("Diagnostics (best times, seconds): where our time goes")
-    head = f"{'case':<28}{'ours':>9}{'write floor':>13}{'slice copy':>12}{'ours f64':>10}{'+1 copy':>10}{'cast vals':>10}{'view only':>11}{'seed/slice':>12}{'seed/floor':>12}"
+    head = f"{'case':<28}{'ours':>9}{'write floor':>13}{'ours f64':>10}{'+1 copy':>10}{'cast vals':>10}{'view only':>11}{'seed/floor':>12}"
     print(head)
     print("-" * len(head))
     for r in results:
         d = r["diag"]
         label = f"{r['n_series']} x {r['points_per_series']:,}"
-        print(f"{label:<28}{r['ours']['best']:>9.4f}{d['floor_write_s']:>13.4f}{d['slice_copy_s']:>12.4f}{d['ours_float64_s']:>10.4f}"
+        print(f"{label:<28}{r['ours']['best']:>9.4f}{d['floor_write_s']:>13.4f}{d['ours_float64_s']:>10.4f}"
               f"{d['ours_plus_extra_copy_s']:>10.4f}{d['cast_values_s']:>10.4f}{d['view_only_s']:>11.6f}"
-              f"{r['seed']['best'] / d['slice_copy_s']:>11.1f}x{r['seed']['best'] / d['floor_write_s']:>11.1f}x")
+              f"{r['seed']['best'] / d['floor_write_s']:>11.1f}x")
     print("  write floor = np.empty + fill of an output-sized float32 array (the least any materialising way costs)")
-    print("  slice copy  = candidate all_windows: one slice copy per series into a preallocated array, no index")
-    print("                array, no fancy-index gather (asserted identical to ours)")
     print("  ours f64    = all_windows(dtype=float64): twice the bytes written")
     print("  +1 copy     = ours plus one more full copy of X (what a transpose copy would cost; with one feature")
     print(f"                gather's transpose is already contiguous, so none is made: {results[0]['diag']['transpose_is_free_for_F1']})")
     print("  cast vals   = panel.values.astype(float32) alone")
     print("  view only   = the sliding_window_view without materialising (read-only, strided)")
-    print("  seed/slice  = the seed's best time over the slice-copy candidate's")
     print("  seed/floor  = the seed's best time over the write floor: the highest ratio any way that materialises")
     print("                the float32 X array can reach on this machine")
 
@@ -288,7 +264,6 @@ def main() -> None:
             out[f"{case}_seed_median_s"] = r["seed"]["median"]
             out[f"{case}_ours_warmup_s"] = r["ours"]["first"]
             out[f"{case}_seed_warmup_s"] = r["seed"]["first"]
-            out[f"{case}_ratio_seed_vs_slice_copy"] = r["seed"]["best"] / r["diag"]["slice_copy_s"]
             out[f"{case}_ratio_seed_vs_write_floor"] = r["seed"]["best"] / r["diag"]["floor_write_s"]
             for k, v in r["diag"].items():
                 out[f"{case}_{k}"] = v
