@@ -19,8 +19,13 @@ def _compiled_loop(model: keras.Model, horizon: int, n_cov: int):
     cache = _LOOPS.setdefault(model, {})
     key = (horizon, n_cov)
     if key not in cache:
+        _, length, features = model.input_shape
+        # One trace for every batch size: a graph traced for a static batch shape may pick other
+        # kernels than the shape-generic one, so results would depend on which batch sizes came first.
+        signature = [tf.TensorSpec([None, length, features], tf.float32),
+                     tf.TensorSpec([None, horizon, n_cov], tf.float32)]
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(input_signature=signature)
         def loop(window, future):
             out = tf.TensorArray(tf.float32, size=horizon)
             for h in tf.range(horizon):
