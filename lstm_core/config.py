@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -17,6 +18,7 @@ from pandas.tseries.frequencies import to_offset
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 ENV_PREFIX = "LSTM_FORECAST_"
+DASK_ADDRESS = r"^(tcp|tls)://[^\s/:]+:[0-9]{1,5}$"
 SECRET_KEY_PARTS = ("secret", "token", "password", "key", "credential", "session")
 
 
@@ -53,6 +55,9 @@ class TrainingConfig(_Strict):
     validation_steps: int | None = Field(None, ge=1, description="validation targets per series (default: horizon)")
     max_train_minutes: float | None = Field(None, gt=0, description="wall-clock training budget")
     ensemble_size: int = Field(1, ge=1, description="models trained with consecutive seeds and averaged")
+    max_series: int | None = Field(
+        10_000, ge=1, description="train each model on at most this many series (a stable hash sample); null = all"
+    )
 
 
 class ForecastConfig(_Strict):
@@ -85,6 +90,13 @@ class ForecastConfig(_Strict):
     seed: int = 42
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
 
+    # --- scale-out ------------------------------------------------------
+    shard_size: int = Field(20_000, ge=1, description="series per shard; each shard is read and forecast alone")
+    group_column: str | None = Field(None, min_length=1, description="column naming each series' model group")
+    workers: int | None = Field(None, ge=1, description="start a local Dask cluster of this many worker processes")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster")
+    scratch_url: str | None = Field(None, description="where shard files go during a run (default <output_url>/_scratch)")
+
     @field_validator("freq")
     @classmethod
     def _known_freq(cls, v: str) -> str:
@@ -94,8 +106,19 @@ class ForecastConfig(_Strict):
             raise ValueError(f"unknown pandas frequency {v!r}") from exc
         return v
 
+    @field_validator("dask_address")
+    @classmethod
+    def _scheduler_address(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(DASK_ADDRESS, v):
+            raise ValueError(f"{v!r} is not a Dask scheduler address like tcp://host:8786")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> "ForecastConfig":
+        if self.workers is not None and self.dask_address is not None:
+            raise ValueError("set either workers (a local Dask cluster) or dask_address (an existing one), not both")
+        if self.group_column in ("series_id", "ds", "y"):
+            raise ValueError(f"group_column cannot be {self.group_column!r}")
         if self.model.seasonal_skip and self.season_length > 1 and self.season_length > self.window:
             raise ValueError(
                 f"window ({self.window}) must be at least season_length ({self.season_length}) "
@@ -109,12 +132,19 @@ class ForecastConfig(_Strict):
         return self.training.validation_steps or self.horizon
 
     @property
+    def scratch_root(self) -> str:
+        return self.scratch_url or self.output_url.rstrip("/") + "/_scratch"
+
+    @property
     def skip_lag(self) -> int:
         """Lag the network's output is added to: one season, or 1 (last value) without seasonality."""
         return self.season_length if (self.model.seasonal_skip and self.season_length > 1) else 0
 
-    def model_key(self) -> str:
-        """Stable hash of everything that makes two trained models interchangeable."""
+    def model_key(self, group: str | None = None) -> str:
+        """Stable hash of everything that makes two trained models interchangeable.
+
+        With `group_column`, each group has its own model: the column and the group's value are hashed in.
+        """
         fields = {
             "freq": self.freq,
             "horizon": self.horizon,
@@ -123,9 +153,11 @@ class ForecastConfig(_Strict):
             "scaler": self.scaler,
             "mode": self.mode,
             "model": self.model.model_dump(),
-            "training": self.training.model_dump(exclude={"max_train_minutes", "epochs", "patience"}),
+            "training": self.training.model_dump(exclude={"max_train_minutes", "epochs", "patience", "max_series"}),
             "seed": self.seed,
         }
+        if self.group_column is not None:
+            fields["group"] = {"column": self.group_column, "value": group}
         blob = json.dumps(fields, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -31,6 +31,7 @@ class ValidationResult:
     covariates: list[str] = field(default_factory=list)
     future: pd.DataFrame | None = None  # rows past each series' end with covariates but no y
     filled_points: int = 0
+    rows_read: int = 0  # rows of the input frame
 
     def skipped_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
@@ -94,7 +95,7 @@ def validate(
     _series_problems(frame, covariates, skip)
     frame = frame[~frame["series_id"].isin(list(skipped))].reset_index(drop=True)
     if len(frame) == 0:
-        return ValidationResult(_finish(frame), list(skipped.values()), covariates, future)
+        return ValidationResult(_finish(frame), list(skipped.values()), covariates, future, rows_read=len(df))
 
     frame = _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip)
     frame = frame[~frame["series_id"].isin(list(skipped))].reset_index(drop=True)
@@ -117,7 +118,7 @@ def validate(
     if future is not None:
         future = future[future["series_id"].isin(frame["series_id"].unique())].reset_index(drop=True)
     filled = int((frame["_row"] < 0).sum())  # interpolated rows of the series kept
-    return ValidationResult(_finish(frame), list(skipped.values()), covariates, future, filled)
+    return ValidationResult(_finish(frame), list(skipped.values()), covariates, future, filled, len(df))
 
 
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
