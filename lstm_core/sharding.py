@@ -9,7 +9,7 @@ shard size, not by the dataset:
   hash (`pandas.util.hash_array`, SipHash with a fixed key) is the same in every
   process and run, so a series always lands in the same shard.
 - `split_shards` makes one streaming pass over the wanted columns and appends
-  each batch's rows to its shard's Parquet file in a run-scoped scratch folder,
+  each batch's rows to its shard's file (Arrow IPC) in a run-scoped scratch folder,
   plus the rows of each group's training sample to a training file. Series
   scattered across row groups are read once, instead of once per shard.
 - a shard task then reads only its own file.
@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from lstm_core.errors import DataValidationError, StorageError
@@ -36,7 +37,6 @@ from lstm_core.storage import REQUIRED, _explain_read_failure, _first_line, file
 SHARD_KEY = "lstm-fc-shard-01"  # 16-byte SipHash keys: shard assignment and training sample are independent
 TRAIN_KEY = "lstm-fc-train-01"
 BATCH_ROWS = 1 << 17
-BUFFER_ROWS = 1 << 20  # rows held across all shard buffers before they are written out
 _READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError)
 
 
@@ -166,9 +166,13 @@ def _open_input(url: str, storage_options: dict | None, columns: list[str] | Non
 
 
 def _batches(src: _Input, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The input's rows batch by batch. Without `pre_buffer`, Arrow would cache whole files' column
+    chunks ahead of the batches (memory growing with the file); no readahead beyond one batch."""
+    options = pads.ParquetFragmentScanOptions(pre_buffer=False)
     try:
         yield from src.dataset.to_batches(columns=columns, filter=src.expression, batch_size=BATCH_ROWS,
-                                          batch_readahead=2, fragment_readahead=1)
+                                          batch_readahead=0, fragment_readahead=0,
+                                          fragment_scan_options=options)
     except _READ_ERRORS as exc:
         raise _explain_read_failure(src.url, src.fs, src.files, columns, exc) from None
 
@@ -275,12 +279,12 @@ def plan_shards(
     if split and not run_scratch:
         raise ValueError("an input of several shards needs a scratch folder")
     if split:
-        specs = [replace(s, url=join(run_scratch, f"shard-{s.index}.parquet")) for s in specs]
+        specs = [replace(s, url=join(run_scratch, f"shard-{s.index}.arrow")) for s in specs]
     for gi, g in enumerate(plans):
         whole = g.train_threshold is None
         if split:
             if not (whole and len(g.shards) == 1):
-                g.train = ShardSpec(-1, g.name, g.sample_size, url=join(run_scratch, f"train-{gi}.parquet"),
+                g.train = ShardSpec(-1, g.name, g.sample_size, url=join(run_scratch, f"train-{gi}.arrow"),
                                     role="train")
         elif not whole:
             sample = ids[train_hash <= np.uint64(g.train_threshold)]
@@ -290,67 +294,72 @@ def plan_shards(
 
 
 # --- split ------------------------------------------------------------------
-class _PartFile:
-    """One scratch Parquet file, appended to in row groups; rows wait in a small buffer."""
+class _ScratchFile:
+    """One shard's scratch file: an Arrow IPC stream (LZ4), appended to batch by batch.
+
+    Arrow IPC, not Parquet: the file is written once and read once by this run, and IPC
+    skips Parquet's encoding (several times faster to write and read, about the same size).
+    """
 
     def __init__(self, fs, path: str, schema: pa.Schema) -> None:
         self.fs, self.path, self.schema = fs, path, schema
-        self.buffer: list[pa.Table] = []
-        self.buffered = 0
         self.rows = 0
-        self.writer: pq.ParquetWriter | None = None
+        self.writer: ipc.RecordBatchStreamWriter | None = None
         self.handle = None
 
-    def add(self, table: pa.Table) -> None:
-        self.buffer.append(table)
-        self.buffered += table.num_rows
+    def _open(self) -> None:
+        if is_local(self.fs):
+            self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
+            self.handle = self.fs.open(self.path, "wb")
+        else:  # small multipart blocks: one open upload per shard file
+            self.handle = self.fs.open(self.path, "wb", block_size=8 * 2**20)
+        self.writer = ipc.new_stream(self.handle, self.schema, options=ipc.IpcWriteOptions(compression="lz4"))
 
-    def flush(self) -> None:
-        if not self.buffered:
-            return
+    def write(self, table: pa.Table) -> None:
         if self.writer is None:
-            if is_local(self.fs):
-                self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
-                self.handle = self.fs.open(self.path, "wb")
-            else:  # small multipart blocks: one open upload per shard file
-                self.handle = self.fs.open(self.path, "wb", block_size=8 * 2**20)
-            self.writer = pq.ParquetWriter(self.handle, self.schema, compression="snappy")
-        self.writer.write_table(pa.concat_tables(self.buffer))
-        self.rows += self.buffered
-        self.buffer, self.buffered = [], 0
+            self._open()
+        self.writer.write_table(table)
+        self.rows += table.num_rows
 
     def close(self) -> None:
-        self.flush()
-        if self.writer is None:  # no rows: still leave a valid, empty file
-            self.add(self.schema.empty_table())
-            self.buffered = 1
-            self.flush()
-            self.rows = 0
+        if self.writer is None:  # no rows: still leave a valid, empty stream
+            self._open()
         self.writer.close()
         self.handle.close()
+
+
+def read_shard(url: str, storage_options: dict | None = None) -> pd.DataFrame:
+    """A shard's rows, as `storage.read_series` would return them from the input."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        with fs.open(path, "rb") as fh:
+            table = ipc.open_stream(fh).read_all()
+    except FileNotFoundError:
+        raise StorageError(f"shard file {url} is missing (was the run's scratch folder removed?)") from None
+    return table.to_pandas()
 
 
 def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
                  filters: list[list[Any]] | None = None, columns: list[str] | None = None) -> ShardPlan:
     """Write each shard's rows (and each group's training sample) to its scratch file in one pass.
 
-    Returns the plan with the rows written per shard. Memory: one input batch plus at most
-    about `BUFFER_ROWS` buffered rows, whatever the size of the input.
+    Returns the plan with the rows written per shard. Memory: about one input batch, whatever
+    the size of the input; each batch's rows go straight to their shards' files.
     """
     if not plan.sharded:
         return plan
     src = _open_input(url, storage_options, columns, filters, plan.group_column)
     fs, _ = filesystem(plan.scratch, storage_options)
     read = [*plan.columns, *([plan.group_column] if plan.group_column else [])]
-    schema = pa.schema([src.dataset.schema.field(c) for c in plan.columns])
+    # The input's pandas metadata too, so a shard reads back with the dtypes the input itself reads with.
+    schema = pa.schema([src.dataset.schema.field(c) for c in plan.columns], metadata=src.dataset.schema.metadata)
     by_index = {s.index: s for s in plan.shards}
-    outs: dict[Any, _PartFile] = {}
+    outs: dict[Any, _ScratchFile] = {}
     for s in plan.shards:
-        outs[s.index] = _PartFile(fs, _path_of(s.url, storage_options), schema)
+        outs[s.index] = _ScratchFile(fs, _path_of(s.url, storage_options), schema)
     for gi, g in enumerate(plan.groups):
         if g.train is not None and g.train.url is not None:
-            outs[("train", gi)] = _PartFile(fs, _path_of(g.train.url, storage_options), schema)
-    flush_at = max(8192, BUFFER_ROWS // max(len(outs), 1))
+            outs[("train", gi)] = _ScratchFile(fs, _path_of(g.train.url, storage_options), schema)
     group_index = {g.name: gi for gi, g in enumerate(plan.groups)}
     n_shards = np.array([g.n_shards for g in plan.groups], dtype=np.uint64)
     offsets = np.array([g.offset for g in plan.groups], dtype=np.int64)
@@ -359,37 +368,45 @@ def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
                           dtype=np.uint64)
     sampled = [gi for gi, g in enumerate(plan.groups) if ("train", gi) in outs]
 
-    for batch in _batches(src, read):
-        if batch.num_rows == 0:
-            continue
-        ids = pc.dictionary_encode(_decoded(batch.column(0)))
-        codes = ids.indices.to_numpy(zero_copy_only=False)
-        uniq = np.asarray(ids.dictionary.to_pylist(), dtype=object)
-        if plan.group_column:
-            gcol = pc.dictionary_encode(_decoded(batch.column(len(plan.columns))))
-            try:
-                gmap = np.array([group_index[str(v)] for v in gcol.dictionary.to_pylist()], dtype=np.int64)
-            except KeyError as exc:  # the input changed between plan and split
-                raise StorageError(f"input {url} changed during the run: group {exc} was not planned") from None
-            row_group = gmap[gcol.indices.to_numpy(zero_copy_only=False)]
-        else:
-            row_group = np.zeros(batch.num_rows, dtype=np.int64)
-        row_hash = stable_hash(uniq, SHARD_KEY)[codes]
-        row_shard = offsets[row_group] + (row_hash % n_shards[row_group]).astype(np.int64)
-        data = pa.Table.from_batches([batch]).select(plan.columns)
-        order = np.argsort(row_shard, kind="stable")
-        keys, starts = np.unique(row_shard[order], return_index=True)
-        ends = np.append(starts[1:], len(order))
-        for k, lo, hi in zip(keys, starts, ends):
-            if int(k) not in by_index:
-                raise StorageError(f"input {url} changed during the run: rows of an unplanned shard {int(k)}")
-            _add(outs[int(k)], data.take(pa.array(order[lo:hi])), flush_at)
-        if sampled:
-            row_in = stable_hash(uniq, TRAIN_KEY)[codes] <= thresholds[row_group]
-            for gi in sampled:
-                take = np.flatnonzero(row_in & (row_group == gi))
-                if len(take):
-                    _add(outs[("train", gi)], data.take(pa.array(take)), flush_at)
+    try:
+        for batch in _batches(src, read):
+            if batch.num_rows == 0:
+                continue
+            ids = pc.dictionary_encode(_decoded(batch.column(0)))
+            codes = ids.indices.to_numpy(zero_copy_only=False)
+            uniq = np.asarray(ids.dictionary.to_pylist(), dtype=object)
+            if plan.group_column:
+                gcol = pc.dictionary_encode(_decoded(batch.column(len(plan.columns))))
+                try:
+                    gmap = np.array([group_index[str(v)] for v in gcol.dictionary.to_pylist()], dtype=np.int64)
+                except KeyError as exc:  # the input changed between plan and split
+                    raise StorageError(f"input {url} changed during the run: group {exc} was not planned") from None
+                row_group = gmap[gcol.indices.to_numpy(zero_copy_only=False)]
+            else:
+                row_group = np.zeros(batch.num_rows, dtype=np.int64)
+            row_hash = stable_hash(uniq, SHARD_KEY)[codes]
+            row_shard = offsets[row_group] + (row_hash % n_shards[row_group]).astype(np.int64)
+            data = pa.Table.from_batches([batch]).select(plan.columns)
+            order = np.argsort(row_shard, kind="stable")
+            ordered = data.take(pa.array(order))  # one copy, then zero-copy slices per shard
+            keys, starts = np.unique(row_shard[order], return_index=True)
+            ends = np.append(starts[1:], len(order))
+            for k, lo, hi in zip(keys, starts, ends):
+                if int(k) not in by_index:
+                    raise StorageError(f"input {url} changed during the run: rows of an unplanned shard {int(k)}")
+                outs[int(k)].write(ordered.slice(lo, hi - lo))
+            if sampled:
+                row_in = stable_hash(uniq, TRAIN_KEY)[codes] <= thresholds[row_group]
+                for gi in sampled:
+                    take = np.flatnonzero(row_in & (row_group == gi))
+                    if len(take):
+                        outs[("train", gi)].write(data.take(pa.array(take)))
+    except BaseException:
+        for out in outs.values():
+            if out.writer is not None:
+                out.writer.close()
+                out.handle.close()
+        raise
     for out in outs.values():
         out.close()
 
@@ -400,12 +417,6 @@ def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
             g = replace(g, train=replace(g.train, rows=outs[("train", gi)].rows))
         groups.append(g)
     return replace(plan, shards=shards, groups=groups)
-
-
-def _add(out: _PartFile, table: pa.Table, flush_at: int) -> None:
-    out.add(table)
-    if out.buffered >= flush_at:
-        out.flush()
 
 
 def _path_of(url: str, storage_options: dict | None) -> str:

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from lstm_core.artifacts import data_fingerprint
 from lstm_core.config import ForecastConfig, redact_url
 from lstm_core.panel import Panel
-from lstm_core.sharding import ShardSpec
+from lstm_core.sharding import ShardSpec, read_shard
 from lstm_core.storage import read_series
 from lstm_core.validation import SkippedSeries, ValidationResult, validate
 from lstm_core.windows import target_bounds
@@ -24,7 +24,7 @@ def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.Da
     logger = get_run_logger()
     if shard is not None and shard.url is not None:
         source = shard.url
-        frame = read_series(shard.url, config.storage_options)
+        frame = read_shard(shard.url, config.storage_options)
     else:
         source = config.input_url
         filters = config.filters
