@@ -9,10 +9,10 @@ shard size, not by the dataset:
   hash (`pandas.util.hash_array`, SipHash with a fixed key) is the same in every
   process and run, so a series always lands in the same shard.
 - `split_shards` makes one streaming pass over the wanted columns and appends
-  each batch's rows to its shard's file (Arrow IPC) in a run-scoped scratch folder,
+  each batch's rows to its shard's folder (Arrow IPC parts) in a run-scoped scratch folder,
   plus the rows of each group's training sample to a training file. Series
   scattered across row groups are read once, instead of once per shard.
-- a shard task then reads only its own file.
+- a shard task then reads only its own folder.
 
 An input that fits in one shard is not split: its single shard reads the input
 itself, exactly as an unsharded run does.
@@ -20,7 +20,7 @@ itself, exactly as an unsharded run does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -32,11 +32,13 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from lstm_core.errors import DataValidationError, StorageError
-from lstm_core.storage import REQUIRED, _explain_read_failure, _first_line, filesystem, is_local, join, remove_tree
+from lstm_core.storage import (REQUIRED, _explain_read_failure, _first_line, filesystem, is_local, join, put_bytes,
+                               remove_tree)
 
 SHARD_KEY = "lstm-fc-shard-01"  # 16-byte SipHash keys: shard assignment and training sample are independent
 TRAIN_KEY = "lstm-fc-train-01"
 BATCH_ROWS = 1 << 17
+SCRATCH_BUFFER_BYTES = 64 * 2**20  # compressed rows held for all shards before the largest is written out
 _READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError)
 
 
@@ -96,7 +98,6 @@ class ShardPlan:
     shards: list[ShardSpec]
     scratch: str | None = None  # run-scoped folder of shard files; None when the input is read directly
     split_seconds: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_shards(self) -> int:
@@ -279,12 +280,12 @@ def plan_shards(
     if split and not run_scratch:
         raise ValueError("an input of several shards needs a scratch folder")
     if split:
-        specs = [replace(s, url=join(run_scratch, f"shard-{s.index}.arrow")) for s in specs]
+        specs = [replace(s, url=join(run_scratch, f"shard-{s.index}")) for s in specs]
     for gi, g in enumerate(plans):
         whole = g.train_threshold is None
         if split:
             if not (whole and len(g.shards) == 1):
-                g.train = ShardSpec(-1, g.name, g.sample_size, url=join(run_scratch, f"train-{gi}.arrow"),
+                g.train = ShardSpec(-1, g.name, g.sample_size, url=join(run_scratch, f"train-{gi}"),
                                     role="train")
         elif not whole:
             sample = ids[train_hash <= np.uint64(g.train_threshold)]
@@ -294,57 +295,69 @@ def plan_shards(
 
 
 # --- split ------------------------------------------------------------------
-class _ScratchFile:
-    """One shard's scratch file: an Arrow IPC stream (LZ4), appended to batch by batch.
+class _ScratchShard:
+    """One shard's scratch data: LZ4 Arrow IPC streams, buffered in memory, written as whole part files.
 
-    Arrow IPC, not Parquet: the file is written once and read once by this run, and IPC
-    skips Parquet's encoding (several times faster to write and read, about the same size).
+    Arrow IPC, not Parquet: the parts are written once and read once by this run, and IPC skips
+    Parquet's encoding (several times faster, about the same size). Each part is one object put
+    whole (no open multipart upload per shard on object stores), so what waits in memory is
+    bounded by the split's budget, not by the number of shards.
     """
 
-    def __init__(self, fs, path: str, schema: pa.Schema) -> None:
-        self.fs, self.path, self.schema = fs, path, schema
-        self.rows = 0
-        self.writer: ipc.RecordBatchStreamWriter | None = None
-        self.handle = None
+    def __init__(self, fs, folder: str, schema: pa.Schema) -> None:
+        self.fs, self.folder, self.schema = fs, folder, schema
+        self.rows = self.parts = self.buffered_rows = 0
+        self._open()
 
     def _open(self) -> None:
-        if is_local(self.fs):
-            self.fs.makedirs(self.path.rsplit("/", 1)[0], exist_ok=True)
-            self.handle = self.fs.open(self.path, "wb")
-        else:  # small multipart blocks: one open upload per shard file
-            self.handle = self.fs.open(self.path, "wb", block_size=8 * 2**20)
-        self.writer = ipc.new_stream(self.handle, self.schema, options=ipc.IpcWriteOptions(compression="lz4"))
+        self.sink = pa.BufferOutputStream()
+        self.writer = ipc.new_stream(self.sink, self.schema, options=ipc.IpcWriteOptions(compression="lz4"))
+        self.buffered_rows = 0
+
+    @property
+    def size(self) -> int:
+        return self.sink.tell()
 
     def write(self, table: pa.Table) -> None:
-        if self.writer is None:
-            self._open()
-        self.writer.write_table(table)
+        self.writer.write_table(table)  # copied and compressed: the input batch can go
         self.rows += table.num_rows
+        self.buffered_rows += table.num_rows
 
-    def close(self) -> None:
-        if self.writer is None:  # no rows: still leave a valid, empty stream
-            self._open()
+    def flush(self, last: bool = False) -> None:
+        if self.buffered_rows == 0 and (self.parts or not last):
+            return  # nothing new (an empty shard still gets one empty part at the end)
         self.writer.close()
-        self.handle.close()
+        put_bytes(self.fs, f"{self.folder}/part-{self.parts:05d}.arrow", self.sink.getvalue().to_pybytes())
+        self.parts += 1
+        if last:
+            self.sink = self.writer = None
+        else:
+            self._open()
 
 
 def read_shard(url: str, storage_options: dict | None = None) -> pd.DataFrame:
     """A shard's rows, as `storage.read_series` would return them from the input."""
-    fs, path = filesystem(url, storage_options)
+    fs, folder = filesystem(url, storage_options)
+    fs.invalidate_cache(folder)
     try:
-        with fs.open(path, "rb") as fh:
-            table = ipc.open_stream(fh).read_all()
+        parts = sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".arrow"))
     except FileNotFoundError:
-        raise StorageError(f"shard file {url} is missing (was the run's scratch folder removed?)") from None
-    return table.to_pandas()
+        parts = []
+    if not parts:
+        raise StorageError(f"shard folder {url} is missing (was the run's scratch folder removed?)")
+    tables = []
+    for part in parts:
+        with fs.open(part, "rb") as fh:
+            tables.append(ipc.open_stream(fh).read_all())
+    return pa.concat_tables(tables).to_pandas()
 
 
 def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
                  filters: list[list[Any]] | None = None, columns: list[str] | None = None) -> ShardPlan:
     """Write each shard's rows (and each group's training sample) to its scratch file in one pass.
 
-    Returns the plan with the rows written per shard. Memory: about one input batch, whatever
-    the size of the input; each batch's rows go straight to their shards' files.
+    Returns the plan with the rows written per shard. Memory: one input batch plus at most
+    `SCRATCH_BUFFER_BYTES` of compressed rows waiting to be written, whatever the input's size.
     """
     if not plan.sharded:
         return plan
@@ -354,12 +367,13 @@ def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
     # The input's pandas metadata too, so a shard reads back with the dtypes the input itself reads with.
     schema = pa.schema([src.dataset.schema.field(c) for c in plan.columns], metadata=src.dataset.schema.metadata)
     by_index = {s.index: s for s in plan.shards}
-    outs: dict[Any, _ScratchFile] = {}
+    outs: dict[Any, _ScratchShard] = {}
     for s in plan.shards:
-        outs[s.index] = _ScratchFile(fs, _path_of(s.url, storage_options), schema)
+        outs[s.index] = _ScratchShard(fs, _path_of(s.url, storage_options), schema)
     for gi, g in enumerate(plan.groups):
         if g.train is not None and g.train.url is not None:
-            outs[("train", gi)] = _ScratchFile(fs, _path_of(g.train.url, storage_options), schema)
+            outs[("train", gi)] = _ScratchShard(fs, _path_of(g.train.url, storage_options), schema)
+    buffered = 0
     group_index = {g.name: gi for gi, g in enumerate(plan.groups)}
     n_shards = np.array([g.n_shards for g in plan.groups], dtype=np.uint64)
     offsets = np.array([g.offset for g in plan.groups], dtype=np.int64)
@@ -394,21 +408,23 @@ def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
             for k, lo, hi in zip(keys, starts, ends):
                 if int(k) not in by_index:
                     raise StorageError(f"input {url} changed during the run: rows of an unplanned shard {int(k)}")
-                outs[int(k)].write(ordered.slice(lo, hi - lo))
+                buffered += _write(outs[int(k)], ordered.slice(lo, hi - lo))
             if sampled:
                 row_in = stable_hash(uniq, TRAIN_KEY)[codes] <= thresholds[row_group]
                 for gi in sampled:
                     take = np.flatnonzero(row_in & (row_group == gi))
                     if len(take):
-                        outs[("train", gi)].write(data.take(pa.array(take)))
+                        buffered += _write(outs[("train", gi)], data.take(pa.array(take)))
+            while buffered > SCRATCH_BUFFER_BYTES:  # write out the largest buffers first
+                largest = max(outs.values(), key=lambda o: o.size)
+                buffered -= largest.size
+                largest.flush()
+                buffered += largest.size  # the fresh, empty stream's header
     except BaseException:
-        for out in outs.values():
-            if out.writer is not None:
-                out.writer.close()
-                out.handle.close()
+        remove_tree(fs, _path_of(plan.scratch, storage_options))
         raise
     for out in outs.values():
-        out.close()
+        out.flush(last=True)
 
     shards = [replace(s, rows=outs[s.index].rows) for s in plan.shards]
     groups = []
@@ -417,6 +433,12 @@ def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
             g = replace(g, train=replace(g.train, rows=outs[("train", gi)].rows))
         groups.append(g)
     return replace(plan, shards=shards, groups=groups)
+
+
+def _write(out: _ScratchShard, table: pa.Table) -> int:
+    before = out.size
+    out.write(table)
+    return out.size - before
 
 
 def _path_of(url: str, storage_options: dict | None) -> str:

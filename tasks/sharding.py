@@ -23,8 +23,8 @@ def plan_shards(config: ForecastConfig, run_id: str) -> ShardPlan:
                                 group_column=config.group_column, max_train_series=config.training.max_series,
                                 scratch=scratch)
     groups = f" in {len(plan.groups)} group(s) of {config.group_column!r}" if config.group_column else ""
-    logger.info("%d series (%d rows)%s -> %d shard(s) of up to ~%d series%s", plan.n_series, plan.rows, groups,
-                plan.n_shards, config.shard_size,
+    logger.info("%d series (%d rows)%s -> %d shard(s) of about %d series%s", plan.n_series, plan.rows, groups,
+                plan.n_shards, round(plan.n_series / max(plan.n_shards, 1)),
                 f"; splitting the input under {redact_url(scratch)}" if plan.sharded else "; reading the input directly")
     return plan
 
