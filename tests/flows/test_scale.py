@@ -223,3 +223,23 @@ def test_scale_settings_are_validated_and_reach_the_cli():
     assert settings_from_args(args)["workers"] == 3
     args = build_parser().parse_args(["run", "--dask-address", "tcp://10.0.0.5:8786"])
     assert settings_from_args(args)["dask_address"] == "tcp://10.0.0.5:8786"
+
+
+def test_sharded_run_with_input_output_and_scratch_on_s3(s3_bucket, s3_endpoint, tmp_path):
+    import s3fs
+
+    frame, local = _dataset(tmp_path, n_series=9)
+    fs = s3fs.S3FileSystem(endpoint_url=s3_endpoint, skip_instance_cache=True)
+    fs.put(local, f"{s3_bucket}/in/series.parquet")
+    out = f"{s3_bucket}/out"
+    m = batch_forecast(settings={**FAST, "input_url": f"{s3_bucket}/in/series.parquet", "output_url": out,
+                                 "shard_size": 4, "run_id": "s3"})
+    assert m["shards"]["split"] and m["shards"]["count"] >= 2
+    assert all(i["source"].startswith(f"{s3_bucket}/out/_scratch/run=s3/") for i in m["shards"]["items"])
+    parts = fs.ls(f"{out}/predictions/run=s3")
+    assert len(parts) == m["shards"]["count"]
+    preds = pd.concat([pd.read_parquet(fs.open(p, "rb")) for p in parts])
+    assert len(preds) == 9 * H and preds["series_id"].nunique() == 9
+    fs.invalidate_cache()
+    assert not fs.exists(f"{out}/_scratch/run=s3")
+    assert json.loads(fs.cat(f"{out}/runs/s3/manifest.json"))["status"] == "succeeded"
