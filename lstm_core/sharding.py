@@ -238,6 +238,7 @@ def plan_shards(
     pairs = pa.concat_tables(parts).group_by(keys).aggregate([]) if parts else pa.table(
         {k: pa.array([], pa.string()) for k in keys})
     ids = np.asarray(pairs.column("series_id").to_pylist(), dtype=object)
+    pa.default_memory_pool().release_unused()
     if group_column:
         gcol = pairs.column(group_column)
         if gcol.null_count:
@@ -425,6 +426,7 @@ def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
         raise
     for out in outs.values():
         out.flush(last=True)
+    pa.default_memory_pool().release_unused()  # hand the pass's buffers back before the shards start
 
     shards = [replace(s, rows=outs[s.index].rows) for s in plan.shards]
     groups = []
