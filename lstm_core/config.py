@@ -167,6 +167,8 @@ class ForecastConfig(_Strict):
         data["storage_options"] = redact(data["storage_options"])
         data["input_url"] = redact_url(data["input_url"])
         data["output_url"] = redact_url(data["output_url"])
+        if data.get("scratch_url"):
+            data["scratch_url"] = redact_url(data["scratch_url"])
         return data
 
 
