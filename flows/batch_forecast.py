@@ -1,27 +1,41 @@
 """The nightly batch forecasting flow.
 
-load_series -> validate_series -> prepare_windows -> train_or_load_model -> forecast -> evaluate -> write_outputs
-(render_plots draws the run's plots before write_outputs; publish_artifacts shows the committed run in the UI)
+plan_shards -> [split_shards] -> train_or_load_model (once per model group, on a bounded sample)
+then for each shard of series:
+    load_series -> validate_series -> prepare_windows -> forecast -> evaluate -> write_outputs
+then render_plots (runs of one shard), commit_run (overall metrics, plots, then the manifest) and
+publish_artifacts (the committed run in the Prefect UI).
+
+A dataset of one shard (up to `shard_size` series) runs exactly as an unsharded run:
+load_series -> validate_series -> prepare_windows -> train_or_load_model -> forecast -> evaluate
+-> write_outputs -> commit_run. Tasks run in the flow's process, or on a Dask cluster
+(`workers` / `dask_address`, see flows/runners.py) with a few shards in flight at a time.
 """
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_client, get_run_logger
 from prefect.context import FlowRunContext
 
+from flows.runners import execution
 from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError
 from lstm_core.lease import RunLease
 from lstm_core.outputs import RunWriter, new_run_id, slot_run_id
 from lstm_core.secrets import install_log_scrubber, scrub, secret_values
-from tasks.data import load_series, prepare_windows, validate_series
+from lstm_core.sharding import ShardPlan, ShardSpec, remove_scratch
+from lstm_core.storage import join
+from tasks.data import NO_VALID_SERIES, load_series, prepare_windows, validate_series
 from tasks.modelling import evaluate, forecast, train_or_load_model
-from tasks.outputs import write_outputs
+from tasks.outputs import SKIPPED_IN_SUMMARY, commit_run, overall_metrics, write_outputs
 from tasks.reporting import publish_artifacts, render_plots
+from tasks.sharding import plan_shards, split_shards
 
 
 @flow(name="batch-forecast", log_prints=True)
@@ -97,77 +111,269 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
         logger.warning("run %s: %s", run_id, lease.took_over)
     writer.lease = lease
     try:
-        return _run(config, run_id, run_id_source, slot, writer, logger, secrets)
+        return _run_leased(config, writer, logger, secrets, run_id_source, slot)
     finally:
         lease.release()
 
 
-def _run(config: ForecastConfig, run_id: str, run_id_source: str, slot: datetime | None, writer: RunWriter,
-         logger, secrets: set[str]) -> dict[str, Any]:
+def _run_leased(config: ForecastConfig, writer: RunWriter, logger, secrets: set[str], run_id_source: str,
+                slot: datetime | None) -> dict[str, Any]:
+    run_id = writer.run_id
     started = datetime.now(timezone.utc)
-    timings: dict[str, float] = {}
-    flow_run = _flow_run()
-    manifest: dict[str, Any] = {
+    t_start = time.perf_counter()
+    run = _Run(config, writer, logger)
+    run.manifest.update({
         "run_id": run_id,
         "run_id_source": run_id_source,
         "scheduled_start": slot.isoformat() if slot else None,
-        "flow_run_id": str(flow_run.id) if flow_run is not None else None,
         "input_url": redact_url(config.input_url),
         "output_url": redact_url(config.output_url),
         "config": config.public_dict(),
         "started_at": started.isoformat(),
         "versions": package_versions(),
-    }
-
-    def timed(name, fn, *args):
-        t0 = time.perf_counter()
-        out = fn(*args)
-        timings[name] = round(time.perf_counter() - t0, 3)
-        return out
-
+        "flow_run_id": _flow_run_id(),
+    })
     try:
-        frame = timed("load_series", load_series, config)
-        validated = timed("validate_series", validate_series, frame, config)
-        prepared = timed("prepare_windows", prepare_windows, validated, config)
-        choice = timed("train_or_load_model", train_or_load_model, prepared, config)
-        forecasts = timed("forecast", forecast, choice, prepared, config)
-        evaluation = timed("evaluate", evaluate, forecasts, choice, prepared, config)
-        plots = timed("render_plots", render_plots, choice, evaluation, prepared, config)
-        manifest.update({
-            "input_fingerprint": prepared.fingerprint,
-            "model_version": choice.version,
-            "model_key": config.model_key(),
-            "retrain": choice.decision.as_dict(),
-            "training": _training_summary(choice),
-            "counts": {
-                "series_read": int(frame["series_id"].nunique()),
-                "rows_read": int(len(frame)),
-                "series_forecast": int(prepared.panel.n_series),
-                "series_skipped": len(validated.skipped),
-                "prediction_rows": int(len(forecasts.future)),
-                "points_filled": int(validated.filled_points),
-            },
-            "skipped": [s.__dict__ for s in validated.skipped],
-            "overall_metrics": _overall(evaluation),
-        })
-        t0 = time.perf_counter()
-        timings["write_outputs"] = 0.0
-        manifest["timings_s"] = timings
-        manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
-        committed = write_outputs(writer, forecasts.future, evaluation, validated, manifest, plots.files)
-        timings["write_outputs"] = round(time.perf_counter() - t0, 3)
+        with execution(config, logger) as ex:
+            run.ex = ex
+            run.manifest["execution"] = ex.describe()
+            committed = run.execute()
     except BaseException as exc:
-        _record_failure(writer, manifest, timings, exc, logger, secrets)
+        run.wall["total"] = round(time.perf_counter() - t_start, 3)
+        _record_failure(writer, run.manifest, run.timings(), exc, logger, run.began, secrets)
         safe = _scrubbed(exc, secrets)
         if safe is exc:
             raise
         raise safe from None
-    try:
-        publish_artifacts(committed, plots.notes)
-    except Exception as exc:  # noqa: BLE001 - the run is committed; the UI summary is a view of it
-        logger.error("run %s committed, but its Prefect artifacts could not be published: %s", run_id,
-                     scrub(str(exc), secrets))
-    return committed
+    else:
+        try:
+            publish_artifacts(committed, run.plot_notes)
+        except Exception as exc:  # noqa: BLE001 - the run is committed; the UI summary is a view of it
+            logger.error("run %s committed, but its Prefect artifacts could not be published: %s", run_id,
+                         scrub(str(exc), secrets))
+        return committed
+    finally:
+        try:
+            remove_scratch(config.scratch_root, run_id, config.storage_options)
+        except Exception as exc:  # noqa: BLE001 - cleaning up must not hide the run's own outcome
+            logger.warning("could not remove the run's scratch files: %s", exc)
+
+
+class _Run:
+    """One run's state while it executes: the plan, the models, the shard summaries, timings."""
+
+    def __init__(self, config: ForecastConfig, writer: RunWriter, logger) -> None:
+        self.config, self.writer, self.logger = config, writer, logger
+        self.ex = None
+        self.manifest: dict[str, Any] = {}
+        self.wall: dict[str, float] = {}
+        self.began = False  # the run's partitions were cleared: an earlier commit of this id is gone
+        self.plots = None  # drawn for a run of one shard
+        self.plot_notes: dict[str, str] = {"plots": "plots are drawn for runs of one shard; this run was sharded"}
+        self.t0 = time.perf_counter()
+
+    def _timed(self, name: str, t0: float) -> None:
+        self.wall[name] = round(time.perf_counter() - t0, 3)
+
+    def timings(self) -> dict[str, float]:
+        try:
+            per_task = self.ex.task_seconds() if self.ex is not None else {}
+        except Exception as exc:  # noqa: BLE001 - timings are best effort
+            self.logger.warning("could not read task timings: %s", exc)
+            per_task = {}
+        return per_task
+
+    def execute(self) -> dict[str, Any]:
+        config, ex = self.config, self.ex
+        t0 = time.perf_counter()
+        plan: ShardPlan = ex.result(ex.submit(plan_shards, config=config, run_id=self.writer.run_id))
+        self._timed("plan_shards", t0)
+        if plan.sharded:
+            t0 = time.perf_counter()
+            remove_scratch(config.scratch_root, self.writer.run_id, config.storage_options)
+            plan = ex.result(ex.submit(split_shards, config=config, plan=plan))
+            self._timed("split_shards", t0)
+        self.manifest["plan"] = plan.summary()
+
+        t0 = time.perf_counter()
+        models, train_chains = self._start_training(plan)
+        self._timed("train_or_load_model", t0)  # in-process: training itself; on Dask: only submitting it
+
+        t0 = time.perf_counter()
+        self.writer.begin()  # a re-run of this run id starts from a clean partition
+        self.began = True
+        summaries, shard_models = self._run_shards(plan, models, train_chains)
+        self._timed("shards", t0)
+
+        choices = {g: ex.result(ref, train_chains.get(g)) for g, ref in models.items()}
+        choices.update(shard_models)
+        del models
+        return self._commit(plan, summaries, choices)
+
+    # --- models ---------------------------------------------------------------
+    def _start_training(self, plan: ShardPlan) -> tuple[dict[Any, Any], dict[Any, list]]:
+        """Train (or load) each group's model before its shards, on a bounded sample of its series.
+
+        A group of one shard whose sample is all its series trains on that shard's own data,
+        inside the shard's chain (the unsharded order). On Dask the groups train in parallel.
+        """
+        config, ex = self.config, self.ex
+        models: dict[Any, Any] = {}
+        chains: dict[Any, list] = {}
+        if config.mode == "per_series":
+            return models, chains  # every shard trains its own series' models
+        for g in plan.groups:
+            if g.train is None:
+                continue
+            chain: list = []
+            if config.retrain == "never":  # loading needs no data, only the expected inputs
+                models[g.name] = ex.submit(train_or_load_model, chain, prepared=None, config=config,
+                                           group=g.name, features=plan.features)
+            else:
+                frame = ex.submit(load_series, chain, config=config, shard=g.train)
+                validated = ex.submit(validate_series, chain, frame=frame, config=config)
+                del frame
+                prepared = ex.submit(prepare_windows, chain, validated=validated, config=config)
+                del validated
+                models[g.name] = ex.submit(train_or_load_model, chain, prepared=prepared, config=config, group=g.name)
+                del prepared
+            chains[g.name] = chain
+        return models, chains
+
+    # --- shards ---------------------------------------------------------------
+    def _run_shards(self, plan: ShardPlan, models: dict, train_chains: dict) -> tuple[list[dict], dict]:
+        """Each shard's chain, with at most `capacity` shards in flight; only summaries come back."""
+        ex = self.ex
+        in_flight: deque = deque()
+        summaries: list[dict] = []
+        shard_models: dict[Any, Any] = {}
+
+        def finish() -> None:
+            spec, summary, chain, trained, plots = in_flight.popleft()
+            summaries.append(ex.result(summary, chain))
+            if plots is not None:
+                self.plots = ex.result(plots, chain)
+                self.plot_notes = self.plots.notes
+            if trained is not None:
+                shard_models[spec.group if self.config.mode != "per_series" else spec.index] = \
+                    ex.result(trained, chain)
+
+        for spec in plan.shards:
+            while len(in_flight) >= ex.capacity:
+                finish()
+            in_flight.append(self._shard_chain(plan, spec, models.get(spec.group), train_chains.get(spec.group, [])))
+        while in_flight:
+            finish()
+        return summaries, shard_models
+
+    def _shard_chain(self, plan: ShardPlan, spec: ShardSpec, choice, train_chain: list):
+        config, ex = self.config, self.ex
+        single = plan.n_shards == 1
+        chain = list(train_chain)
+        trained = None
+        frame = ex.submit(load_series, chain, config=config, shard=spec)
+        validated = ex.submit(validate_series, chain, frame=frame, config=config)
+        del frame
+        prepared = ex.submit(prepare_windows, chain, validated=validated, config=config,
+                             allow_empty=not single and choice is not None)
+        del validated
+        if choice is None:  # this shard's own data trains the model (one-shard group, or per-series mode)
+            choice = trained = ex.submit(train_or_load_model, chain, prepared=prepared, config=config,
+                                         group=spec.group)
+        forecasts = ex.submit(forecast, chain, choice=choice, prepared=prepared, config=config)
+        evaluation = ex.submit(evaluate, chain, forecasts=forecasts, choice=choice, prepared=prepared, config=config)
+        plots = None
+        if single:
+            plots = ex.submit(render_plots, chain, choice=choice, evaluation=evaluation, prepared=prepared,
+                              config=config)
+        summary = ex.submit(write_outputs, chain, writer=self.writer, forecasts=forecasts, evaluation=evaluation,
+                            prepared=prepared, shard=spec, overall_rows=single)
+        return spec, summary, chain, trained, plots
+
+    # --- commit ---------------------------------------------------------------
+    def _commit(self, plan: ShardPlan, summaries: list[dict], choices: dict) -> dict[str, Any]:
+        config = self.config
+        summaries.sort(key=lambda s: s["shard"])
+        forecast_total = sum(s["series_forecast"] for s in summaries)
+        if forecast_total == 0:
+            raise ValueError(NO_VALID_SERIES)
+        single = plan.n_shards == 1
+        overall = overall_metrics(summaries)
+        skipped = [s for summary in summaries for s in summary["skipped"]]
+        counts = {
+            "series_read": sum(s["series_read"] for s in summaries),
+            "rows_read": sum(s["rows_read"] for s in summaries),
+            "series_forecast": forecast_total,
+            "series_skipped": sum(s["series_skipped"] for s in summaries),
+            "prediction_rows": sum(s["prediction_rows"] for s in summaries),
+            "points_filled": sum(s["points_filled"] for s in summaries),
+        }
+        fingerprints = [s["fingerprint"] for s in summaries]
+        models = [self._model_entry(key, choice) for key, choice in sorted(choices.items(), key=lambda kv: str(kv[0]))]
+        one = models[0] if len(models) == 1 else None
+        self.manifest.update({
+            "input_fingerprint": fingerprints[0] if single else
+            hashlib.sha256("".join(fingerprints).encode()).hexdigest()[:32],
+            "model_version": one["model_version"] if one else None,
+            "model_key": one["model_key"] if one else None,
+            "retrain": one["retrain"] if one else _retrain_summary(models),
+            "training": one["training"] if one else None,
+            "models": models,
+            "counts": counts,
+            "skipped": skipped[:SKIPPED_IN_SUMMARY],
+            "overall_metrics": {model: dict(zip(g["metric"], g["value"].astype(float)))
+                                for model, g in overall.groupby("model", sort=False)},
+            "shards": {
+                "count": plan.n_shards, "shard_size": config.shard_size, "split": plan.sharded,
+                "in_flight": self.ex.capacity,
+                "items": [{k: v for k, v in s.items() if k not in ("skipped", "metric_sums", "outputs")}
+                          for s in summaries],
+            },
+        })
+        if len(skipped) > SKIPPED_IN_SUMMARY or counts["series_skipped"] > len(skipped):
+            self.manifest["skipped_truncated"] = True  # the quarantine table lists every one
+        if single:
+            self.manifest["outputs"] = summaries[0]["outputs"]
+        else:
+            root, rid = self.writer.root, self.writer.run_id
+            self.manifest["outputs"] = {t: join(root, t, f"run={rid}") for t in ("predictions", "metrics", "quarantine")}
+        self.wall["total"] = round(time.perf_counter() - self.t0, 3)
+        self.manifest["timings_s"] = {**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}}
+        self.manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
+        return commit_run(self.writer, self.manifest, None if single else overall,
+                          self.plots.files if self.plots is not None else None)
+
+    def _model_entry(self, key, choice) -> dict[str, Any]:
+        config = self.config
+        per_series = config.mode == "per_series"
+        return {
+            "group": None if per_series else key,
+            **({"shard": key} if per_series else {}),
+            "model_key": None if per_series else config.model_key(key),
+            "model_version": choice.version,
+            "retrain": choice.decision.as_dict(),
+            "training": _training_summary(choice),
+        }
+
+
+def _flow_run_id() -> str | None:
+    from prefect.runtime import flow_run
+
+    return str(flow_run.id) if flow_run.id else None
+
+
+def _retrain_summary(models: list[dict]) -> dict[str, Any]:
+    actions = {m["retrain"]["action"] for m in models}
+    return {"action": actions.pop() if len(actions) == 1 else "mixed",
+            "reason": "; ".join(f"{m.get('group', m.get('shard'))}: {m['retrain']['reason']}" for m in models)}
+
+
+def _training_summary(choice) -> dict[str, Any]:
+    t = choice.forecaster.training or {}
+    return {k: t.get(k) for k in ("device", "cudnn", "seconds", "best_val_loss", "series")} | {
+        "epochs": [m.get("epochs_run") for m in t.get("members", [])],
+        "stopped_by": [m.get("stopped_by") for m in t.get("members", [])],
+    }
 
 
 def _scrubbed(exc: BaseException, secrets: set[str]) -> BaseException:
@@ -179,22 +385,8 @@ def _scrubbed(exc: BaseException, secrets: set[str]) -> BaseException:
     return LstmForecastError(f"{type(exc).__name__}: {clean.splitlines()[0] if clean else ''}")
 
 
-def _training_summary(choice) -> dict[str, Any]:
-    t = choice.forecaster.training or {}
-    return {k: t.get(k) for k in ("device", "cudnn", "seconds", "best_val_loss", "series")} | {
-        "epochs": [m.get("epochs_run") for m in t.get("members", [])],
-        "stopped_by": [m.get("stopped_by") for m in t.get("members", [])],
-    }
-
-
-def _overall(evaluation) -> dict[str, dict[str, float]]:
-    m = evaluation.metrics
-    overall = m[m["series_id"].isna()]
-    return {model: dict(zip(g["metric"], g["value"].astype(float))) for model, g in overall.groupby("model")}
-
-
 def _record_failure(writer: RunWriter, manifest: dict[str, Any], timings, exc: BaseException, logger,
-                    secrets: set[str]) -> None:
+                    began: bool, secrets: set[str]) -> None:
     """Leave a manifest that says the run failed and why; never one that says succeeded."""
     reason = scrub(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", secrets)
     if isinstance(exc, LeaseLostError) or (writer.lease is not None and writer.lease.lost):
@@ -203,7 +395,7 @@ def _record_failure(writer: RunWriter, manifest: dict[str, Any], timings, exc: B
         return
     try:
         previous = writer.read_manifest()
-        if previous and previous.get("status") == "succeeded" and "write_outputs" not in timings:
+        if previous and previous.get("status") == "succeeded" and not began:
             # An earlier attempt of this run id committed and nothing of it was touched: keep it.
             logger.error("run %s failed before writing; the earlier committed attempt stays: %s", writer.run_id, reason)
             return

@@ -26,6 +26,10 @@ def _common_flags(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--horizon", type=int, help="steps to forecast")
     p.add_argument("--season", dest="season_length", type=int, help="season length in steps (24 for hourly)")
     p.add_argument("--max-train-minutes", type=float, help="wall-clock training budget")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="run the tasks on a local Dask cluster of N worker processes")
+    p.add_argument("--dask-address", metavar="tcp://HOST:PORT",
+                   help="run the tasks on an existing Dask cluster (its scheduler's address)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="any setting, dotted for sections: --set training.epochs=20 (repeatable)")
 
@@ -54,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Flags that were given, as nested settings (flags win over file and environment)."""
     out: dict[str, Any] = {}
-    for key in ("input_url", "output_url", "freq", "horizon", "season_length"):
+    for key in ("input_url", "output_url", "freq", "horizon", "season_length", "workers", "dask_address"):
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
     if getattr(args, "max_train_minutes", None) is not None:

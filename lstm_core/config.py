@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -20,6 +21,7 @@ from lstm_core.secrets import MASK, is_secret_name, scrub
 
 ENV_PREFIX = "LSTM_FORECAST_"
 NOT_SETTINGS = {"LSTM_FORECAST_DEBUG"}  # variables with the prefix that are not settings
+DASK_ADDRESS = r"^(tcp|tls)://[^\s/:]+:[0-9]{1,5}$"
 
 
 class ConfigError(ValueError):
@@ -58,6 +60,9 @@ class TrainingConfig(_Strict):
     max_train_minutes: float | None = Field(None, gt=0, description="wall-clock training budget")
     ensemble_size: int = Field(1, ge=1, description="models trained with consecutive seeds and averaged")
     snapshots: int = Field(5, ge=1, description="weights of the best epochs kept and averaged as an ensemble")
+    max_series: int | None = Field(
+        10_000, ge=1, description="train each model on at most this many series (a stable hash sample); null = all"
+    )
 
 
 class ForecastConfig(_Strict):
@@ -96,6 +101,13 @@ class ForecastConfig(_Strict):
         description="a run's lease on its run id expires this long after its last heartbeat",
     )
 
+    # --- scale-out ------------------------------------------------------
+    shard_size: int = Field(10_000, ge=1, description="series per shard; each shard is read and forecast alone")
+    group_column: str | None = Field(None, min_length=1, description="column naming each series' model group")
+    workers: int | None = Field(None, ge=1, description="start a local Dask cluster of this many worker processes")
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster")
+    scratch_url: str | None = Field(None, description="where shard files go during a run (default <output_url>/_scratch)")
+
     @field_validator("freq")
     @classmethod
     def _known_freq(cls, v: str) -> str:
@@ -113,8 +125,19 @@ class ForecastConfig(_Strict):
             data["window"] = default_window(data.get("season_length", 24), data.get("horizon", 24))
         return data
 
+    @field_validator("dask_address")
+    @classmethod
+    def _scheduler_address(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(DASK_ADDRESS, v):
+            raise ValueError(f"{v!r} is not a Dask scheduler address like tcp://host:8786")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> "ForecastConfig":
+        if self.workers is not None and self.dask_address is not None:
+            raise ValueError("set either workers (a local Dask cluster) or dask_address (an existing one), not both")
+        if self.group_column in ("series_id", "ds", "y"):
+            raise ValueError(f"group_column cannot be {self.group_column!r}")
         if self.model.seasonal_skip is True and self.season_length > 1 and self.season_length > self.window:
             raise ValueError(
                 f"window ({self.window}) must be at least season_length ({self.season_length}) "
@@ -128,6 +151,10 @@ class ForecastConfig(_Strict):
         return self.training.validation_steps or self.horizon
 
     @property
+    def scratch_root(self) -> str:
+        return self.scratch_url or self.output_url.rstrip("/") + "/_scratch"
+
+    @property
     def skip_lag(self) -> int | None:
         """Lag whose value the network's output is added to: one season, 0 (the last value), or None
         when 'auto' leaves the choice to the training data."""
@@ -137,8 +164,11 @@ class ForecastConfig(_Strict):
             return None if self.season_length <= self.window else 0
         return self.season_length
 
-    def model_key(self) -> str:
-        """Stable hash of everything that makes two trained models interchangeable."""
+    def model_key(self, group: str | None = None) -> str:
+        """Stable hash of everything that makes two trained models interchangeable.
+
+        With `group_column`, each group has its own model: the column and the group's value are hashed in.
+        """
         fields = {
             "freq": self.freq,
             "horizon": self.horizon,
@@ -148,9 +178,11 @@ class ForecastConfig(_Strict):
             "target_transform": self.target_transform,
             "mode": self.mode,
             "model": self.model.model_dump(),
-            "training": self.training.model_dump(exclude={"max_train_minutes", "epochs", "patience"}),
+            "training": self.training.model_dump(exclude={"max_train_minutes", "epochs", "patience", "max_series"}),
             "seed": self.seed,
         }
+        if self.group_column is not None:
+            fields["group"] = {"column": self.group_column, "value": group}
         blob = json.dumps(fields, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -166,6 +198,8 @@ class ForecastConfig(_Strict):
         data["storage_options"] = redact(data["storage_options"])
         data["input_url"] = redact_url(data["input_url"])
         data["output_url"] = redact_url(data["output_url"])
+        if data.get("scratch_url"):
+            data["scratch_url"] = redact_url(data["scratch_url"])
         return data
 
 

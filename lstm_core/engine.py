@@ -107,7 +107,8 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         seed = config.seed + i
         keras.utils.set_random_seed(seed)
         model = build_lstm(config.window, panel.n_features, config.model.units, config.model.dropout,
-                           config.model.bidirectional, config.model.level_normalization, skip_lag)
+                           config.model.bidirectional, config.model.level_normalization, skip_lag,
+                           seed=seed)
         member_budget = None if budget is None else budget / n
         result = train(model, scaled, window=config.window, config=config.training,
                        validation_steps=config.validation_steps, seed=seed, checkpoint_dir=checkpoint_dir,

@@ -19,8 +19,10 @@ def _compiled_loop(model: keras.Model, window_len: int, horizon: int, n_cov: int
     cache = _LOOPS.setdefault(model, {})
     key = (window_len, horizon, n_cov)
     if key not in cache:
-        # An open batch dimension: one trace serves every batch size.
-        signature = [tf.TensorSpec([None, window_len, n_cov + 1], tf.float32),
+        _, length, features = model.input_shape
+        # One trace for every batch size: a graph traced for a static batch shape may pick other
+        # kernels than the shape-generic one, so results would depend on which batch sizes came first.
+        signature = [tf.TensorSpec([None, length, features], tf.float32),
                      tf.TensorSpec([None, horizon, n_cov], tf.float32)]
 
         @tf.function(input_signature=signature)

@@ -8,6 +8,8 @@ value one season earlier (seasonal skip) or the last value.
 """
 from __future__ import annotations
 
+import random
+
 import keras
 from keras import layers, ops
 
@@ -44,22 +46,43 @@ def build_lstm(
     bidirectional: bool = False,
     level_normalization: bool = True,
     skip_lag: int = 0,
+    seed: int | None = None,
 ) -> keras.Model:
     """Stacked LSTM (all but the last return sequences), dropout, optional Bidirectional, Dense head.
 
     Defaults keep TensorFlow's cuDNN kernel eligible on a GPU: tanh/sigmoid, no
     recurrent dropout, no unroll, with bias.
+
+    `seed` seeds every initializer and dropout layer explicitly. Unseeded, Keras draws their
+    seeds from Python's process-wide `random`, which other threads of the process (Prefect's
+    and Dask's among them) also draw from, so the initial weights would depend on timing.
     """
     if skip_lag > window:
         raise ValueError(f"skip_lag {skip_lag} is longer than the window {window}")
+    rng = random.Random(seed)
+
+    def seeded() -> dict:
+        if seed is None:
+            return {}
+        return {"kernel_initializer": keras.initializers.GlorotUniform(seed=rng.randint(1, 10**9)),
+                "recurrent_initializer": keras.initializers.Orthogonal(seed=rng.randint(1, 10**9))}
+
     inputs = keras.Input(shape=(window, n_features), name="window")
     x, base = LevelSkip(skip_lag, level_normalization, name="level_skip")(inputs)
     for i, n in enumerate(units):
-        lstm = layers.LSTM(n, return_sequences=i < len(units) - 1, name=f"lstm_{i}")
-        x = layers.Bidirectional(lstm, name=f"bidirectional_{i}")(x) if bidirectional else lstm(x)
+        sequences = i < len(units) - 1
+        lstm = layers.LSTM(n, return_sequences=sequences, name=f"lstm_{i}", **seeded())
+        if bidirectional:
+            backward = layers.LSTM(n, return_sequences=sequences, go_backwards=True, name=f"lstm_{i}_backward",
+                                   **seeded()) if seed is not None else None
+            x = layers.Bidirectional(lstm, backward_layer=backward, name=f"bidirectional_{i}")(x)
+        else:
+            x = lstm(x)
         if dropout:
-            x = layers.Dropout(dropout, name=f"dropout_{i}")(x)
-    residual = layers.Dense(1, name="residual")(x)
+            x = layers.Dropout(dropout, name=f"dropout_{i}",
+                               seed=None if seed is None else rng.randint(1, 10**9))(x)
+    head = {} if seed is None else {"kernel_initializer": keras.initializers.GlorotUniform(seed=rng.randint(1, 10**9))}
+    residual = layers.Dense(1, name="residual", **head)(x)
     outputs = layers.Add(name="forecast")([base, residual])
     return keras.Model(inputs, outputs, name="lstm_forecaster")
 

@@ -51,7 +51,7 @@ def decide(
     policy: str,
     store_url: str,
     model_key: str,
-    train_panel: Panel,
+    train_panel: Panel | None,
     *,
     window: int,
     validation_steps: int,
@@ -60,8 +60,15 @@ def decide(
     tolerance: float,
     storage_options: dict | None = None,
     now: datetime | None = None,
+    features: tuple[str, ...] | None = None,
 ) -> Decision:
-    """Apply the retrain policy ('auto', 'always', 'never') to the model store."""
+    """Apply the retrain policy ('auto', 'always', 'never') to the model store.
+
+    Under 'never' no data is needed: pass `train_panel=None` and the expected `features`.
+    """
+    if train_panel is None and policy != "never":
+        raise ValueError(f"retrain policy {policy!r} needs the training data")
+    expect = tuple(train_panel.feature_names) if train_panel is not None else tuple(features or ("y",))
     if policy == "always":
         return Decision("train", "retrain policy is 'always'")
     versions = list_versions(store_url, model_key, storage_options)
@@ -74,7 +81,7 @@ def decide(
     for version in versions:  # newest first; fall back past corrupt or incompatible ones
         try:
             loaded = load(store_url, model_key, version, storage_options,
-                          expect_features=tuple(train_panel.feature_names), expect_window=window)
+                          expect_features=expect, expect_window=window)
             break
         except ArtifactError as exc:
             problems.append(str(exc))

@@ -3,13 +3,17 @@
 Under the output URL, hive-partitioned by run (`run=<run_id>`), each file also
 carrying a `run_id` column so a single file stands on its own:
 
-    predictions/run=<id>/part-0.parquet   series_id, ds, step, yhat, model_version, run_id, cutoff
-    metrics/run=<id>/part-0.parquet       series_id (null = overall), metric, value, model, run_id
-    quarantine/run=<id>/part-0.parquet    series_id, field, reason, run_id
-    runs/<id>/plots/*.png                 the run's plots (written before the manifest)
-    runs/<id>/manifest.json               written last; readers trust status == "succeeded"
-    runs/<id>/lease.json                  held while a process runs this run id (lstm_core.lease)
-    models/                               the model store
+    predictions/run=<id>/part-<k>.parquet   series_id, ds, step, yhat, model_version, run_id, cutoff
+    metrics/run=<id>/part-<k>.parquet       series_id (null = overall), metric, value, model, run_id
+    quarantine/run=<id>/part-<k>.parquet    series_id, field, reason, run_id
+    runs/<id>/plots/*.png                   the run's plots (written before the manifest)
+    runs/<id>/manifest.json                 written last; readers trust status == "succeeded"
+    runs/<id>/lease.json                    held while a process runs this run id (lstm_core.lease)
+    models/                                 the model store
+
+One part per shard (`k` = shard number; a run of one shard writes part-0 only).
+A sharded run writes the overall metric rows to `metrics/run=<id>/part-overall.parquet`.
+A table of a run is all the part files of its partition.
 
 A re-run of a run id first removes that run's manifest, then its partitions, so
 a half-replaced run is never marked succeeded.
@@ -83,8 +87,8 @@ class RunWriter:
         fs, root = filesystem(output_url, storage_options)
         return cls(fs, root, run_id)
 
-    def part_path(self, table: str) -> str:
-        return join(self.root, table, f"run={self.run_id}", "part-0.parquet")
+    def part_path(self, table: str, part: int | str = 0) -> str:
+        return join(self.root, table, f"run={self.run_id}", f"part-{part}.parquet")
 
     @property
     def manifest_path(self) -> str:
@@ -110,13 +114,13 @@ class RunWriter:
         for table in TABLES:
             remove_tree(self.fs, join(self.root, table, f"run={self.run_id}"))
 
-    def write(self, table: str, df: pd.DataFrame) -> str:
+    def write(self, table: str, df: pd.DataFrame, part: int | str = 0) -> str:
         schema = {"metrics": METRICS_SCHEMA, "quarantine": QUARANTINE_SCHEMA}.get(table)
         if table == "predictions":
             tz = getattr(df["ds"].dtype, "tz", None)
             schema = predictions_schema(str(tz) if tz is not None else None)
         df = df.assign(run_id=self.run_id)[schema.names]
-        path = self.part_path(table)
+        path = self.part_path(table, part)
         write_parquet(self.fs, path, df, schema)
         return path
 
@@ -166,8 +170,20 @@ def read_committed(output_url: str, table: str, storage_options: dict | None = N
     fs, root = filesystem(output_url, storage_options)
     frames = []
     for rid in committed_runs(output_url, storage_options):
-        path = join(root, table, f"run={rid}", "part-0.parquet")
-        if fs.exists(path):
+        partition = join(root, table, f"run={rid}")
+        fs.invalidate_cache(partition)
+        try:
+            parts = [p for p in fs.ls(partition, detail=False)
+                     if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")]
+        except FileNotFoundError:
+            continue
+        for path in sorted(parts, key=_part_order):
             with fs.open(path, "rb") as fh:
                 frames.append(pd.read_parquet(fh))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _part_order(path: str) -> tuple[int, int | str]:
+    """part-0, part-1, ..., part-10, then named parts (part-overall)."""
+    name = path.rsplit("/", 1)[-1][len("part-"):-len(".parquet")]
+    return (0, int(name)) if name.isdigit() else (1, name)

@@ -23,16 +23,18 @@ class Panel:
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, freq: str, covariates: list[str] | tuple[str, ...] = ()) -> "Panel":
         """`frame` must be validated: sorted by (series_id, ds), regular, finite."""
-        ids = frame["series_id"].to_numpy(dtype=object)
-        if len(ids) == 0:
+        if len(frame) == 0:
             return cls(np.array([], dtype=object), np.zeros(1, np.int64), np.zeros((0, 1 + len(covariates))),
                        ("y", *covariates), np.array([], dtype="datetime64[ns]"), freq)
-        change = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+        # Codes, not one Python string per row: sorted rows make each series one run of a code.
+        codes, uniques = pd.factorize(frame["series_id"], sort=False)
+        change = np.flatnonzero(codes[1:] != codes[:-1]) + 1
         starts = np.concatenate([[0], change])
-        offsets = np.concatenate([starts, [len(ids)]]).astype(np.int64)
+        offsets = np.concatenate([starts, [len(codes)]]).astype(np.int64)
         values = frame[["y", *covariates]].to_numpy(dtype=np.float64)
         last_ds = frame["ds"].iloc[offsets[1:] - 1]
-        return cls(ids[starts], offsets, values, ("y", *covariates), last_ds.to_numpy(), freq)
+        ids = np.asarray(uniques, dtype=object)[codes[starts]]
+        return cls(ids, offsets, values, ("y", *covariates), last_ds.to_numpy(), freq)
 
     @property
     def n_series(self) -> int:

@@ -59,7 +59,12 @@ def device_info() -> dict[str, Any]:
 
 
 class WindowBatches(keras.utils.PyDataset):
-    """A fresh bounded random sample of windows per series each epoch."""
+    """A fresh bounded random sample of windows per series for each pass over the batches.
+
+    The sample is redrawn when a new pass asks for batch 0, not in `on_epoch_end`: Keras starts
+    the next epoch's prefetching iterator before it calls `on_epoch_end`, so redrawing there
+    races with the prefetch thread, and training would depend on timing (machine load, threads).
+    """
 
     def __init__(self, panel: Panel, window: int, per_series: int, holdout: int, batch_size: int, seed: int) -> None:
         super().__init__()
@@ -67,6 +72,7 @@ class WindowBatches(keras.utils.PyDataset):
         self.batch_size = batch_size
         self.rng = np.random.default_rng(seed)
         self.values = panel.values.astype(np.float32)
+        self.passes = 0
         self._resample()
 
     def _resample(self) -> None:
@@ -78,11 +84,12 @@ class WindowBatches(keras.utils.PyDataset):
         return max(1, math.ceil(len(self.y) / self.batch_size))
 
     def __getitem__(self, i: int):
+        if i == 0:
+            if self.passes:
+                self._resample()
+            self.passes += 1
         s = slice(i * self.batch_size, (i + 1) * self.batch_size)
         return self.x[s], self.y[s]
-
-    def on_epoch_end(self) -> None:
-        self._resample()
 
 
 class BestSnapshots(keras.callbacks.Callback):

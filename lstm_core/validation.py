@@ -31,6 +31,7 @@ class ValidationResult:
     covariates: list[str] = field(default_factory=list)
     future: pd.DataFrame | None = None  # rows past each series' end with covariates but no y
     filled_points: int = 0
+    rows_read: int = 0  # rows of the input frame
 
     def skipped_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
@@ -83,7 +84,7 @@ def validate(
     for c in covariates:
         frame[c] = df[c].astype("float64")
     frame["_row"] = np.arange(len(frame))
-    frame = frame[~frame["series_id"].isin(list(skipped))]
+    frame = _drop(frame, skipped)
     frame = frame.sort_values(["series_id", "ds"], kind="stable").reset_index(drop=True)
 
     # Rows past the last observed y that carry covariates are known-future inputs.
@@ -92,32 +93,44 @@ def validate(
         frame, future = _split_future(frame, covariates)
 
     _series_problems(frame, covariates, skip)
-    frame = frame[~frame["series_id"].isin(list(skipped))].reset_index(drop=True)
+    frame = _drop(frame, skipped)
     if len(frame) == 0:
-        return ValidationResult(_finish(frame), list(skipped.values()), covariates, future)
+        return ValidationResult(_finish(frame), list(skipped.values()), covariates, future, rows_read=len(df))
 
     frame = _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip)
-    frame = frame[~frame["series_id"].isin(list(skipped))].reset_index(drop=True)
+    frame = _drop(frame, skipped)
 
-    # Length, constant and scale checks on the regular series.
+    # Length, constant and scale checks on the regular series (vectorised; only failures loop).
     need = min_length(window, horizon)
-    g = frame.groupby("series_id", sort=False)["y"]
-    stats = pd.DataFrame({"n": g.size(), "mean": g.mean()})
-    centred = frame["y"].to_numpy() - frame["series_id"].map(stats["mean"]).to_numpy()
+    codes, uniques = pd.factorize(frame["series_id"], sort=False)
+    g = frame["y"].groupby(codes, sort=False)
+    n, mean = g.size().to_numpy(), g.mean().to_numpy()
+    centred = frame["y"].to_numpy() - mean[codes]
     with np.errstate(over="ignore", invalid="ignore"):
-        stats["ss"] = pd.Series(centred * centred).groupby(frame["series_id"].to_numpy(), sort=False).sum()
-    for sid, row in stats.iterrows():
-        if row["n"] < need:
-            skip(sid, "y", f"series too short: {int(row['n'])} points, needs {need} (window {window} + horizon {horizon} + 1)")
-        elif not np.isfinite(row["mean"]) or not np.isfinite(row["ss"]):
+        ss = np.bincount(codes, weights=centred * centred, minlength=len(uniques))
+    short = n < need
+    overflow = ~short & (~np.isfinite(mean) | ~np.isfinite(ss))
+    constant = ~short & ~overflow & (ss == 0)
+    for i in np.flatnonzero(short | overflow | constant):
+        sid = str(uniques[i])
+        if short[i]:
+            skip(sid, "y", f"series too short: {int(n[i])} points, needs {need} (window {window} + horizon {horizon} + 1)")
+        elif overflow[i]:
             skip(sid, "y", "values too large to scale (overflow)")
-        elif row["ss"] == 0:
+        else:
             skip(sid, "y", "series is constant")
-    frame = frame[~frame["series_id"].isin(list(skipped))].reset_index(drop=True)
+    frame = _drop(frame, skipped)
     if future is not None:
         future = future[future["series_id"].isin(frame["series_id"].unique())].reset_index(drop=True)
     filled = int((frame["_row"] < 0).sum())  # interpolated rows of the series kept
-    return ValidationResult(_finish(frame), list(skipped.values()), covariates, future, filled)
+    return ValidationResult(_finish(frame), list(skipped.values()), covariates, future, filled, len(df))
+
+
+def _drop(frame: pd.DataFrame, skipped: dict) -> pd.DataFrame:
+    """The rows of series not skipped, renumbered."""
+    if skipped:
+        frame = frame[~frame["series_id"].isin(list(skipped))]
+    return frame.reset_index(drop=True)
 
 
 def _finish(frame: pd.DataFrame) -> pd.DataFrame:
@@ -138,6 +151,8 @@ def _check_series_id(col: pd.Series, source: str | None) -> pd.Series:
     nulls = col.isna().to_numpy()
     if nulls.any():
         raise DataValidationError("null series_id", source=source, column="series_id", row=int(np.argmax(nulls)))
+    if isinstance(col.dtype, pd.StringDtype) or pd.api.types.infer_dtype(col, skipna=False) == "string":
+        return col.astype("string")  # every value is a str: no per-row check needed
     bad = ~col.map(lambda v: isinstance(v, str)).to_numpy(bool)
     if bad.any():
         r = int(np.argmax(bad))

@@ -1,7 +1,7 @@
 """Tasks that read and shape data."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from prefect import get_run_logger, task
@@ -10,19 +10,31 @@ from prefect.cache_policies import NO_CACHE
 from lstm_core.artifacts import data_fingerprint
 from lstm_core.config import ForecastConfig, redact_url
 from lstm_core.panel import Panel
+from lstm_core.sharding import ShardSpec, read_shard
 from lstm_core.storage import read_series
-from lstm_core.validation import ValidationResult, validate
+from lstm_core.validation import SkippedSeries, ValidationResult, validate
 from lstm_core.windows import target_bounds
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 
 
 @task(name="load_series", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
-def load_series(config: ForecastConfig) -> pd.DataFrame:
+def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.DataFrame:
+    """The rows of one shard: its scratch file, or the input itself (all of it, or only some series)."""
     logger = get_run_logger()
-    frame = read_series(config.input_url, config.storage_options, config.columns, config.filters)
-    logger.info("read %d rows, %d series from %s", len(frame), frame["series_id"].nunique(),
-                redact_url(config.input_url))
+    if shard is not None and shard.url is not None:
+        source = shard.url
+        frame = read_shard(shard.url, config.storage_options)
+    else:
+        source = config.input_url
+        filters = config.filters
+        if shard is not None and shard.series_ids is not None:
+            filters = [*(filters or []), ["series_id", "in", list(shard.series_ids)]]
+        frame = read_series(config.input_url, config.storage_options, config.columns, filters)
+        if config.group_column is not None and config.group_column in frame.columns:
+            frame = frame.drop(columns=[config.group_column])  # it names the model, it is not a covariate
+    logger.info("%sread %d rows, %d series from %s", f"{shard.name}: " if shard is not None else "", len(frame),
+                frame["series_id"].nunique(), redact_url(source))
     return frame
 
 
@@ -48,13 +60,28 @@ class Prepared:
     fingerprint: str
     train_windows: int
     validation_windows: int
+    # what validation found, kept so the validated frame itself can be released
+    skipped: list[SkippedSeries] = field(default_factory=list)
+    filled_points: int = 0
+    rows_read: int = 0
+
+    @property
+    def series_read(self) -> int:
+        return int(self.panel.n_series) + len(self.skipped)
+
+    def skipped_frame(self) -> pd.DataFrame:
+        return ValidationResult(pd.DataFrame(), self.skipped).skipped_frame()
+
+
+NO_VALID_SERIES = "no valid series left to forecast (all were skipped; see the manifest for reasons)"
 
 
 @task(name="prepare_windows", cache_policy=NO_CACHE)
-def prepare_windows(validated: ValidationResult, config: ForecastConfig) -> Prepared:
+def prepare_windows(validated: ValidationResult, config: ForecastConfig, allow_empty: bool = False) -> Prepared:
+    """Pack the valid series into panels. `allow_empty`: a shard whose series were all skipped is no error."""
     logger = get_run_logger()
-    if validated.frame.empty:
-        raise ValueError("no valid series left to forecast (all were skipped; see the manifest for reasons)")
+    if validated.frame.empty and not allow_empty:
+        raise ValueError(NO_VALID_SERIES)
     panel = Panel.from_frame(validated.frame, config.freq, validated.covariates)
     train_panel = panel.drop_last(config.horizon)
     lo, hi = target_bounds(train_panel, config.window, config.validation_steps)
@@ -63,4 +90,5 @@ def prepare_windows(validated: ValidationResult, config: ForecastConfig) -> Prep
     logger.info("%d series, %d features; %d training windows available (%d sampled per series per epoch), "
                 "%d validation windows", panel.n_series, panel.n_features, train_windows,
                 config.training.windows_per_series, val_windows)
-    return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows)
+    return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows,
+                    list(validated.skipped), validated.filled_points, validated.rows_read)

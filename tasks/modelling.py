@@ -29,6 +29,7 @@ class ModelChoice:
     final: Forecaster  # forecasts past T (the same model unless refit)
     decision: Decision
     version: str
+    group: str | None = None
 
 
 def _epoch_logger(logger, total: int):
@@ -54,23 +55,33 @@ class _TrainingProgress:
 
 # Retried for storage failures while deciding (listing or loading the model store); the save after
 # training retries in place, so a storage hiccup never repeats the training.
+# Retried for storage failures while deciding (listing or loading the model store); the save after
+# training retries in place, so a storage hiccup never repeats the training.
 @task(name="train_or_load_model", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
-def train_or_load_model(prepared: Prepared, config: ForecastConfig) -> ModelChoice:
+def train_or_load_model(prepared: Prepared | None, config: ForecastConfig, group: str | None = None,
+                        features: tuple[str, ...] | None = None) -> ModelChoice:
+    """The model of one group (the only one without `group_column`).
+
+    `prepared` is the training data: a bounded sample of the group's series. Under retrain
+    'never' it may be None; `features` then names the inputs the saved model must take.
+    """
     logger = get_run_logger()
     store = model_store_url(config)
-    key = config.model_key()
+    key = config.model_key(group)
+    label = f"group {group!r}: " if config.group_column is not None else ""
     if config.mode == "per_series":
         decision = Decision("train", "mode 'per_series' trains one model per series on every run")
     else:
-        decision = decide(config.retrain, store, key, prepared.train_panel, window=config.window,
-                          validation_steps=config.validation_steps, loss=config.training.loss,
-                          max_age=config.max_model_age, tolerance=config.degradation_tolerance,
-                          storage_options=config.storage_options)
-    logger.info("model decision: %s (%s)", decision.action, decision.reason)
+        decision = decide(config.retrain, store, key, prepared.train_panel if prepared is not None else None,
+                          window=config.window, validation_steps=config.validation_steps,
+                          loss=config.training.loss, max_age=config.max_model_age,
+                          tolerance=config.degradation_tolerance, storage_options=config.storage_options,
+                          features=features)
+    logger.info("%smodel decision: %s (%s)", label, decision.action, decision.reason)
     if decision.action == "load":
         loaded = decision.loaded
-        return ModelChoice(loaded.forecaster, loaded.forecaster, decision, loaded.metadata["version"])
+        return ModelChoice(loaded.forecaster, loaded.forecaster, decision, loaded.metadata["version"], group)
 
     hook = _epoch_logger(logger, config.training.epochs)
     progress = _TrainingProgress(config.training.epochs)
@@ -87,13 +98,14 @@ def train_or_load_model(prepared: Prepared, config: ForecastConfig) -> ModelChoi
             final = fit(prepared.panel, config, on_epoch=hook, on_batch=progress.on_batch,
                         on_series=progress.on_series)
     if config.mode == "per_series":
-        return ModelChoice(forecaster, final, decision, f"per-series-{prepared.fingerprint[:12]}")
+        return ModelChoice(forecaster, final, decision, f"per-series-{prepared.fingerprint[:12]}", group)
     version = artifacts.new_version()  # fixed across retries: a retry rewrites the same objects
     call_with_retries(artifacts.save, final, store, key, config=config.public_dict(),
                       fingerprint=prepared.fingerprint, storage_options=config.storage_options, version=version,
+                      extra={"group": group} if config.group_column is not None else None,
                       what="saving the model")
-    logger.info("saved model %s/%s/%s", "models", key, version)
-    return ModelChoice(forecaster, final, decision, version)
+    logger.info("%ssaved model %s/%s/%s", label, "models", key, version)
+    return ModelChoice(forecaster, final, decision, version, group)
 
 
 @dataclass
@@ -107,6 +119,9 @@ def forecast(choice: ModelChoice, prepared: Prepared, config: ForecastConfig) ->
     logger = get_run_logger()
     h = config.horizon
     panel = prepared.panel
+    if panel.n_series == 0:  # a shard whose series were all skipped
+        empty = predictions_frame(panel, np.zeros((0, h)), config.freq).assign(model_version=choice.version)
+        return Forecasts(np.zeros((0, h)), empty)
     holdout_cov = panel.last_values(h)[:, :, 1:] if panel.n_features > 1 else None
     holdout = choice.forecaster.forecast(prepared.train_panel, h, holdout_cov)
     future = choice.final.forecast(panel, h)

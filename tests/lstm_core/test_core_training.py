@@ -129,7 +129,8 @@ def test_each_epoch_draws_a_fresh_bounded_sample(scaled):
     first = batches.x.copy()
     x0, y0 = batches[0]
     assert x0.shape == (16, W, 1) and y0.shape == (16, 1)
-    batches.on_epoch_end()
+    assert np.array_equal(batches.x, first)  # the first pass uses the first sample
+    batches[0]  # a new pass over the batches draws a new sample
     assert batches.x.shape == first.shape and not np.array_equal(batches.x, first)
     again = WindowBatches(scaled, W, per_series=10, holdout=H, batch_size=16, seed=0)
     np.testing.assert_array_equal(again.x, first)  # seeded

@@ -1,0 +1,463 @@
+"""Shards of series: plan them from the `series_id` column, then split the input once so each is read alone.
+
+A run over many series works shard by shard, so its memory is bounded by the
+shard size, not by the dataset:
+
+- `plan_shards` streams only `series_id` (and the group column, if any) through
+  a column projection, counts the series of each group and assigns each series
+  to a shard by a stable hash of its id (`shard_size` series per shard). The
+  hash (`pandas.util.hash_array`, SipHash with a fixed key) is the same in every
+  process and run, so a series always lands in the same shard.
+- `split_shards` makes one streaming pass over the wanted columns and appends
+  each batch's rows to its shard's folder (Arrow IPC parts) in a run-scoped scratch folder,
+  plus the rows of each group's training sample to a training file. Series
+  scattered across row groups are read once, instead of once per shard.
+- a shard task then reads only its own folder.
+
+An input that fits in one shard is not split: its single shard reads the input
+itself, exactly as an unsharded run does.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
+
+from lstm_core.errors import DataValidationError, StorageError
+from lstm_core.storage import (REQUIRED, _explain_read_failure, _first_line, filesystem, is_local, join, put_bytes,
+                               remove_tree)
+
+SHARD_KEY = "lstm-fc-shard-01"  # 16-byte SipHash keys: shard assignment and training sample are independent
+TRAIN_KEY = "lstm-fc-train-01"
+BATCH_ROWS = 1 << 17
+SCRATCH_BUFFER_BYTES = 64 * 2**20  # compressed rows held for all shards before the largest is written out
+_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError)
+
+
+def stable_hash(ids: Any, key: str = SHARD_KEY) -> np.ndarray:
+    """uint64 hash of each id; identical in every process, run and machine (unlike Python's `hash`)."""
+    values = np.asarray(ids, dtype=object)
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.uint64)
+    return pd.util.hash_array(values, encoding="utf8", hash_key=key, categorize=False)
+
+
+def shard_of(ids: Any, n_shards: int) -> np.ndarray:
+    """Shard number (0..n_shards-1) of each series id."""
+    return (stable_hash(ids) % np.uint64(max(n_shards, 1))).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What one shard task reads: its scratch file, or the input itself (optionally only some series)."""
+
+    index: int  # part number: this shard's outputs are part-<index>.parquet
+    group: str | None
+    n_series: int
+    url: str | None = None  # scratch file; None reads `input_url` with the configured filters
+    series_ids: tuple[str, ...] | None = None  # with url None: read only these series
+    role: str = "forecast"  # "forecast", or "train" for a group's training sample
+    rows: int | None = None  # rows written to `url` by the split
+
+    @property
+    def name(self) -> str:
+        if self.role == "train":
+            return f"train[{self.group}]" if self.group is not None else "train"
+        return f"shard {self.index}" + (f" [{self.group}]" if self.group is not None else "")
+
+
+@dataclass
+class GroupPlan:
+    name: str | None  # the group's value as a string; None without a group column
+    n_series: int
+    n_shards: int  # hash buckets of this group (some may be empty)
+    offset: int  # global index of the group's first bucket
+    shards: list[int]  # indices of its non-empty shards
+    sample_size: int  # series its model trains on
+    train_threshold: int | None  # series with train hash <= this are in the sample; None: all
+    train: ShardSpec | None  # separate training data; None: train on the group's only shard
+
+
+@dataclass
+class ShardPlan:
+    n_series: int
+    rows: int
+    shard_size: int
+    columns: list[str]  # what every shard reads: series_id, ds, y and covariates (never the group column)
+    features: tuple[str, ...]  # ("y", *numeric covariates), as validation will find them
+    group_column: str | None
+    groups: list[GroupPlan]
+    shards: list[ShardSpec]
+    scratch: str | None = None  # run-scoped folder of shard files; None when the input is read directly
+    split_seconds: float | None = None
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.shards)
+
+    @property
+    def sharded(self) -> bool:
+        return self.scratch is not None
+
+    def group(self, name: str | None) -> GroupPlan:
+        return next(g for g in self.groups if g.name == name)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "series": self.n_series, "rows": self.rows, "shard_size": self.shard_size, "shards": self.n_shards,
+            "split": self.sharded, "group_column": self.group_column,
+            "groups": [{"group": g.name, "series": g.n_series, "shards": len(g.shards), "train_series": g.sample_size,
+                        "train_data": "shard" if g.train is None else ("scratch" if g.train.url else "input")}
+                       for g in self.groups],
+        }
+
+
+# --- the input dataset ------------------------------------------------------
+@dataclass
+class _Input:
+    dataset: pads.Dataset
+    files: list[str]
+    fs: Any
+    url: str
+    columns: list[str]  # series_id, ds, y and covariates, as `read_series` reads them
+    expression: Any
+
+
+def _open_input(url: str, storage_options: dict | None, columns: list[str] | None,
+                filters: list[list[Any]] | None, group_column: str | None) -> _Input:
+    """The same dataset, columns and checks as `storage.read_series`, without reading the rows."""
+    fs, path = filesystem(url, storage_options)
+    try:
+        exists = fs.exists(path)
+    except (OSError, PermissionError) as exc:
+        raise StorageError(f"input {url}: cannot reach storage: {type(exc).__name__}: {exc}") from None
+    if not exists:
+        raise DataValidationError("input path does not exist", source=url)
+    try:
+        dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", exclude_invalid_files=False)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataValidationError(f"not a readable Parquet dataset: {_first_line(exc)}", source=url) from None
+    files = list(dataset.files)
+    if not files:
+        raise DataValidationError("dataset is empty (no Parquet files)", source=url)
+    if columns:
+        wanted = list(dict.fromkeys([*REQUIRED, *columns]))
+    else:
+        try:
+            wanted = next(iter(dataset.get_fragments())).physical_schema.names
+        except _READ_ERRORS as exc:
+            raise _explain_read_failure(url, fs, files, list(REQUIRED), exc) from None
+    names = dataset.schema.names
+    missing = [c for c in dict.fromkeys([*REQUIRED, *wanted]) if c not in names]
+    if missing:
+        raise DataValidationError(f"missing required column (have {names})", source=url, column=missing[0])
+    if group_column is not None and group_column not in names:
+        raise DataValidationError(f"group column not found (have {names})", source=url, column=group_column)
+    wanted = [c for c in wanted if c != group_column]
+    expr = pq.filters_to_expression(filters) if filters else None
+    return _Input(dataset, files, fs, url, wanted, expr)
+
+
+def _batches(src: _Input, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """The input's rows batch by batch. Without `pre_buffer`, Arrow would cache whole files' column
+    chunks ahead of the batches (memory growing with the file); no readahead beyond one batch."""
+    options = pads.ParquetFragmentScanOptions(pre_buffer=False)
+    try:
+        yield from src.dataset.to_batches(columns=columns, filter=src.expression, batch_size=BATCH_ROWS,
+                                          batch_readahead=0, fragment_readahead=0,
+                                          fragment_scan_options=options)
+    except _READ_ERRORS as exc:
+        raise _explain_read_failure(src.url, src.fs, src.files, columns, exc) from None
+
+
+def _features(src: _Input) -> tuple[str, ...]:
+    """Covariates validation will find: the numeric (not boolean) columns besides series_id, ds, y."""
+    covariates = []
+    for name in src.columns:
+        if name in REQUIRED:
+            continue
+        t = src.dataset.schema.field(name).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        if pa.types.is_integer(t) or pa.types.is_floating(t):
+            covariates.append(name)
+    return ("y", *covariates)
+
+
+def _check_ids(column: pa.ChunkedArray | pa.Array, url: str) -> None:
+    t = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+        raise DataValidationError(f"must be string, got {t}", source=url, column="series_id")
+    if column.null_count:
+        raise DataValidationError("null series_id", source=url, column="series_id")
+
+
+def _decoded(column: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+
+# --- plan -------------------------------------------------------------------
+def plan_shards(
+    url: str,
+    storage_options: dict | None = None,
+    *,
+    columns: list[str] | None = None,
+    filters: list[list[Any]] | None = None,
+    shard_size: int = 20_000,
+    group_column: str | None = None,
+    max_train_series: int | None = None,
+    scratch: str | None = None,
+) -> ShardPlan:
+    """List the series (reading only `series_id` and the group column) and assign them to shards.
+
+    `scratch` is the run's scratch folder, used only when the input needs more than one shard.
+    """
+    src = _open_input(url, storage_options, columns, filters, group_column)
+    keys = ["series_id", *([group_column] if group_column else [])]
+    parts: list[pa.Table] = []
+    held, rows = 0, 0
+    for batch in _batches(src, keys):
+        rows += batch.num_rows
+        _check_ids(batch.column(0), url)
+        table = pa.table({k: _decoded(batch.column(i)) for i, k in enumerate(keys)})
+        parts.append(table.group_by(keys).aggregate([]))
+        held += parts[-1].num_rows
+        if held > 4 * BATCH_ROWS:  # keep only distinct keys while streaming
+            parts = [pa.concat_tables(parts).group_by(keys).aggregate([])]
+            held = parts[0].num_rows
+    pairs = pa.concat_tables(parts).group_by(keys).aggregate([]) if parts else pa.table(
+        {k: pa.array([], pa.string()) for k in keys})
+    ids = np.asarray(pairs.column("series_id").to_pylist(), dtype=object)
+    pa.default_memory_pool().release_unused()
+    if group_column:
+        gcol = pairs.column(group_column)
+        if gcol.null_count:
+            sid = ids[np.flatnonzero(pc.is_null(gcol).to_numpy(zero_copy_only=False))[0]]
+            raise DataValidationError("group value is null", source=url, column=group_column, series_id=str(sid))
+        groups = np.asarray([str(v) for v in gcol.to_pylist()], dtype=object)
+        order = np.argsort(ids, kind="stable")
+        dup = ids[order][1:] == ids[order][:-1]
+        if dup.any():
+            sid = ids[order][1:][dup][0]
+            seen = sorted(set(groups[ids == sid]))
+            raise DataValidationError(f"series has several groups {seen}; each series must belong to one group",
+                                      source=url, column=group_column, series_id=str(sid))
+    else:
+        groups = np.full(len(ids), None, dtype=object)
+
+    names: list[str | None] = sorted(set(groups)) if group_column and len(ids) else [None]
+    shard_hash = stable_hash(ids, SHARD_KEY)
+    train_hash = stable_hash(ids, TRAIN_KEY)
+    plans: list[GroupPlan] = []
+    specs: list[ShardSpec] = []
+    offset = 0
+    for name in names:
+        mask = groups == name if name is not None else np.ones(len(ids), dtype=bool)
+        n = int(mask.sum())
+        n_shards = max(1, math.ceil(n / shard_size))
+        counts = np.bincount((shard_hash[mask] % np.uint64(n_shards)).astype(np.int64), minlength=n_shards)
+        members = [offset + k for k in range(n_shards) if counts[k] > 0] or [offset]
+        for k in members:
+            specs.append(ShardSpec(k, name, int(counts[k - offset]) if n else 0))
+        sample_size, threshold = n, None
+        if max_train_series is not None and n > max_train_series:
+            threshold = int(np.partition(train_hash[mask], max_train_series - 1)[max_train_series - 1])
+            sample_size = max_train_series
+        plans.append(GroupPlan(name, n, n_shards, offset, members, sample_size, threshold, None))
+        offset += n_shards
+
+    split = len(specs) > 1
+    run_scratch = scratch if split else None
+    if split and not run_scratch:
+        raise ValueError("an input of several shards needs a scratch folder")
+    if split:
+        specs = [replace(s, url=join(run_scratch, f"shard-{s.index}")) for s in specs]
+    for gi, g in enumerate(plans):
+        whole = g.train_threshold is None
+        if split:
+            if not (whole and len(g.shards) == 1):
+                g.train = ShardSpec(-1, g.name, g.sample_size, url=join(run_scratch, f"train-{gi}"),
+                                    role="train")
+        elif not whole:
+            sample = ids[train_hash <= np.uint64(g.train_threshold)]
+            g.train = ShardSpec(-1, g.name, g.sample_size, series_ids=tuple(sorted(map(str, sample))), role="train")
+    return ShardPlan(len(ids), rows, shard_size, src.columns, _features(src), group_column, plans, specs,
+                     run_scratch)
+
+
+# --- split ------------------------------------------------------------------
+class _ScratchShard:
+    """One shard's scratch data: LZ4 Arrow IPC streams, buffered in memory, written as whole part files.
+
+    Arrow IPC, not Parquet: the parts are written once and read once by this run, and IPC skips
+    Parquet's encoding (several times faster, about the same size). Each part is one object put
+    whole (no open multipart upload per shard on object stores), so what waits in memory is
+    bounded by the split's budget, not by the number of shards.
+    """
+
+    def __init__(self, fs, folder: str, schema: pa.Schema) -> None:
+        self.fs, self.folder, self.schema = fs, folder, schema
+        self.rows = self.parts = self.buffered_rows = 0
+        self._open()
+
+    def _open(self) -> None:
+        self.sink = pa.BufferOutputStream()
+        self.writer = ipc.new_stream(self.sink, self.schema, options=ipc.IpcWriteOptions(compression="lz4"))
+        self.buffered_rows = 0
+
+    @property
+    def size(self) -> int:
+        return self.sink.tell()
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table)  # copied and compressed: the input batch can go
+        self.rows += table.num_rows
+        self.buffered_rows += table.num_rows
+
+    def flush(self, last: bool = False) -> None:
+        if self.buffered_rows == 0 and (self.parts or not last):
+            return  # nothing new (an empty shard still gets one empty part at the end)
+        self.writer.close()
+        put_bytes(self.fs, f"{self.folder}/part-{self.parts:05d}.arrow", self.sink.getvalue().to_pybytes())
+        self.parts += 1
+        if last:
+            self.sink = self.writer = None
+        else:
+            self._open()
+
+
+def read_shard(url: str, storage_options: dict | None = None) -> pd.DataFrame:
+    """A shard's rows, as `storage.read_series` would return them from the input."""
+    fs, folder = filesystem(url, storage_options)
+    fs.invalidate_cache(folder)
+    try:
+        parts = sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".arrow"))
+    except FileNotFoundError:
+        parts = []
+    if not parts:
+        raise StorageError(f"shard folder {url} is missing (was the run's scratch folder removed?)")
+    tables = []
+    for part in parts:
+        with fs.open(part, "rb") as fh:
+            tables.append(ipc.open_stream(fh).read_all())
+    return pa.concat_tables(tables).to_pandas()
+
+
+def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
+                 filters: list[list[Any]] | None = None, columns: list[str] | None = None) -> ShardPlan:
+    """Write each shard's rows (and each group's training sample) to its scratch file in one pass.
+
+    Returns the plan with the rows written per shard. Memory: one input batch plus at most
+    `SCRATCH_BUFFER_BYTES` of compressed rows waiting to be written, whatever the input's size.
+    """
+    if not plan.sharded:
+        return plan
+    src = _open_input(url, storage_options, columns, filters, plan.group_column)
+    fs, _ = filesystem(plan.scratch, storage_options)
+    read = [*plan.columns, *([plan.group_column] if plan.group_column else [])]
+    # The input's pandas metadata too, so a shard reads back with the dtypes the input itself reads with.
+    schema = pa.schema([src.dataset.schema.field(c) for c in plan.columns], metadata=src.dataset.schema.metadata)
+    by_index = {s.index: s for s in plan.shards}
+    outs: dict[Any, _ScratchShard] = {}
+    for s in plan.shards:
+        outs[s.index] = _ScratchShard(fs, _path_of(s.url, storage_options), schema)
+    for gi, g in enumerate(plan.groups):
+        if g.train is not None and g.train.url is not None:
+            outs[("train", gi)] = _ScratchShard(fs, _path_of(g.train.url, storage_options), schema)
+    buffered = 0
+    group_index = {g.name: gi for gi, g in enumerate(plan.groups)}
+    n_shards = np.array([g.n_shards for g in plan.groups], dtype=np.uint64)
+    offsets = np.array([g.offset for g in plan.groups], dtype=np.int64)
+    no_threshold = np.iinfo(np.uint64).max
+    thresholds = np.array([no_threshold if g.train_threshold is None else g.train_threshold for g in plan.groups],
+                          dtype=np.uint64)
+    sampled = [gi for gi, g in enumerate(plan.groups) if ("train", gi) in outs]
+
+    try:
+        for batch in _batches(src, read):
+            if batch.num_rows == 0:
+                continue
+            ids = pc.dictionary_encode(_decoded(batch.column(0)))
+            codes = ids.indices.to_numpy(zero_copy_only=False)
+            uniq = np.asarray(ids.dictionary.to_pylist(), dtype=object)
+            if plan.group_column:
+                gcol = pc.dictionary_encode(_decoded(batch.column(len(plan.columns))))
+                try:
+                    gmap = np.array([group_index[str(v)] for v in gcol.dictionary.to_pylist()], dtype=np.int64)
+                except KeyError as exc:  # the input changed between plan and split
+                    raise StorageError(f"input {url} changed during the run: group {exc} was not planned") from None
+                row_group = gmap[gcol.indices.to_numpy(zero_copy_only=False)]
+            else:
+                row_group = np.zeros(batch.num_rows, dtype=np.int64)
+            row_hash = stable_hash(uniq, SHARD_KEY)[codes]
+            row_shard = offsets[row_group] + (row_hash % n_shards[row_group]).astype(np.int64)
+            data = pa.Table.from_batches([batch]).select(plan.columns)
+            order = np.argsort(row_shard, kind="stable")
+            ordered = data.take(pa.array(order))  # one copy, then zero-copy slices per shard
+            keys, starts = np.unique(row_shard[order], return_index=True)
+            ends = np.append(starts[1:], len(order))
+            for k, lo, hi in zip(keys, starts, ends):
+                if int(k) not in by_index:
+                    raise StorageError(f"input {url} changed during the run: rows of an unplanned shard {int(k)}")
+                buffered += _write(outs[int(k)], ordered.slice(lo, hi - lo))
+            if sampled:
+                row_in = stable_hash(uniq, TRAIN_KEY)[codes] <= thresholds[row_group]
+                for gi in sampled:
+                    take = np.flatnonzero(row_in & (row_group == gi))
+                    if len(take):
+                        buffered += _write(outs[("train", gi)], data.take(pa.array(take)))
+            while buffered > SCRATCH_BUFFER_BYTES:  # write out the largest buffers first
+                largest = max(outs.values(), key=lambda o: o.size)
+                buffered -= largest.size
+                largest.flush()
+                buffered += largest.size  # the fresh, empty stream's header
+    except BaseException:
+        remove_tree(fs, _path_of(plan.scratch, storage_options))
+        raise
+    for out in outs.values():
+        out.flush(last=True)
+    pa.default_memory_pool().release_unused()  # hand the pass's buffers back before the shards start
+
+    shards = [replace(s, rows=outs[s.index].rows) for s in plan.shards]
+    groups = []
+    for gi, g in enumerate(plan.groups):
+        if ("train", gi) in outs:
+            g = replace(g, train=replace(g.train, rows=outs[("train", gi)].rows))
+        groups.append(g)
+    return replace(plan, shards=shards, groups=groups)
+
+
+def _write(out: _ScratchShard, table: pa.Table) -> int:
+    before = out.size
+    out.write(table)
+    return out.size - before
+
+
+def _path_of(url: str, storage_options: dict | None) -> str:
+    return filesystem(url, storage_options)[1]
+
+
+def run_scratch(scratch_root: str, run_id: str) -> str:
+    """The run's own scratch folder (removed when the run ends)."""
+    return join(scratch_root, f"run={run_id}")
+
+
+def remove_scratch(scratch_root: str, run_id: str, storage_options: dict | None = None) -> None:
+    """Remove the run's scratch folder, and the scratch root when no other run uses it."""
+    fs, path = filesystem(run_scratch(scratch_root, run_id), storage_options)
+    remove_tree(fs, path)
+    if is_local(fs):
+        try:
+            fs.rmdir(path.rsplit("/", 1)[0])  # only if empty
+        except OSError:
+            pass

@@ -1,0 +1,43 @@
+"""Tasks that plan the shards of a run and split the input into one file per shard."""
+from __future__ import annotations
+
+import time
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from lstm_core import sharding
+from lstm_core.config import ForecastConfig, redact_url
+from lstm_core.sharding import ShardPlan
+from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
+
+
+@task(name="plan_shards", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
+      retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def plan_shards(config: ForecastConfig, run_id: str) -> ShardPlan:
+    """List the series (reading `series_id` and the group column only) and assign each to a shard."""
+    logger = get_run_logger()
+    scratch = sharding.run_scratch(config.scratch_root, run_id)
+    plan = sharding.plan_shards(config.input_url, config.storage_options, columns=config.columns,
+                                filters=config.filters, shard_size=config.shard_size,
+                                group_column=config.group_column, max_train_series=config.training.max_series,
+                                scratch=scratch)
+    groups = f" in {len(plan.groups)} group(s) of {config.group_column!r}" if config.group_column else ""
+    logger.info("%d series (%d rows)%s -> %d shard(s) of about %d series%s", plan.n_series, plan.rows, groups,
+                plan.n_shards, round(plan.n_series / max(plan.n_shards, 1)),
+                f"; splitting the input under {redact_url(scratch)}" if plan.sharded else "; reading the input directly")
+    return plan
+
+
+@task(name="split_shards", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
+      retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def split_shards(config: ForecastConfig, plan: ShardPlan) -> ShardPlan:
+    """One streaming pass over the input that writes each shard's rows to its own scratch file."""
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    split = sharding.split_shards(config.input_url, config.storage_options, plan, filters=config.filters,
+                                  columns=config.columns)
+    split.split_seconds = round(time.perf_counter() - t0, 3)
+    logger.info("split %d rows into %d shard files in %.1f s", sum(s.rows or 0 for s in split.shards),
+                split.n_shards, split.split_seconds)
+    return split
