@@ -82,6 +82,11 @@ class RunWriter:
     run_id: str
     lease: Any = None  # a lstm_core.lease.RunLease; checked before clearing and before committing
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Shard tasks on Dask workers get a copy without the lease (it holds a heartbeat thread):
+        # the flow's process owns the lease and checks it before clearing and before committing.
+        return {**self.__dict__, "lease": None}
+
     @classmethod
     def open(cls, output_url: str, run_id: str, storage_options: dict | None = None) -> "RunWriter":
         fs, root = filesystem(output_url, storage_options)
