@@ -14,7 +14,7 @@ peak_rss_mb  the peak of the summed RSS of the CLI process and all its children
              sampled every 0.1 s with psutil
 Each configuration runs --repeat times (default 2: the machine may be shared); a row
 reports the fastest run's seconds and the highest peak RSS of its runs.
-Shards use the product default (`shard_size` 10,000) unless --shard-size is given.
+Shards use the product defaults (`shard_size` 5,000, `shard_rows` 2.5M) unless --shard-size is given.
 
 Usage:
     python benchmarks/scale.py               # 1k, 10k, 100k in process; 100k on 1 and 2 workers
@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,7 @@ class PeakRSS(threading.Thread):
 def run_flow(data: Path, out: Path, run_id: str, extra: list[str], env: dict[str, str]) -> dict:
     args = [CLI, "run", "--input", str(data), "--output", str(out), *MODEL, "--set", f"run_id={run_id}", *extra]
     t0 = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     sampler = PeakRSS(proc.pid)
     sampler.start()
@@ -117,6 +119,7 @@ def run_flow(data: Path, out: Path, run_id: str, extra: list[str], env: dict[str
     sampler.done.set()
     sampler.join()
     wall = time.perf_counter() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the CLI and every descendant it waited for
     if proc.returncode != 0:
         raise RuntimeError(f"run {run_id} failed ({proc.returncode}):\n{output[-4000:]}")
     manifest = json.loads((out / "runs" / run_id / "manifest.json").read_text())
@@ -127,6 +130,7 @@ def run_flow(data: Path, out: Path, run_id: str, extra: list[str], env: dict[str
         "peak_rss_mb": round(sampler.peak / 2**20, 1),
         "flow_process_peak_rss_mb": round(sampler.peak_flow / 2**20, 1),
         "process_seconds": round(wall, 2),
+        "process_cpu_seconds": round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, 2),
         "shards": manifest["shards"]["count"],
         "series_forecast": manifest["counts"]["series_forecast"],
         "prediction_rows": manifest["counts"]["prediction_rows"],

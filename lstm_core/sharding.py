@@ -181,6 +181,12 @@ def _batches(src: _Input, columns: list[str]) -> Iterator[pa.RecordBatch]:
         raise _explain_read_failure(src.url, src.fs, src.files, columns, exc) from None
 
 
+def _count(table: pa.Table, keys: list[str]) -> pa.Table:
+    """Distinct keys with their summed row counts `n`."""
+    out = table.group_by(keys).aggregate([("n", "sum")])
+    return pa.table({**{k: out.column(k) for k in keys}, "n": out.column("n_sum")})
+
+
 def _features(src: _Input) -> tuple[str, ...]:
     """Covariates validation will find: the numeric (not boolean) columns besides series_id, ds, y."""
     covariates = []
@@ -216,14 +222,17 @@ def plan_shards(
     *,
     columns: list[str] | None = None,
     filters: list[list[Any]] | None = None,
-    shard_size: int = 20_000,
+    shard_size: int = 5_000,
+    shard_rows: int | None = None,
     group_column: str | None = None,
     max_train_series: int | None = None,
     scratch: str | None = None,
 ) -> ShardPlan:
     """List the series (reading only `series_id` and the group column) and assign them to shards.
 
-    `scratch` is the run's scratch folder, used only when the input needs more than one shard.
+    A group gets ceil(series / shard_size) shards, or more when its rows exceed `shard_rows`
+    per shard (long series). `scratch` is the run's scratch folder, used only when the input
+    needs more than one shard.
     """
     src = _open_input(url, storage_options, columns, filters, group_column)
     keys = ["series_id", *([group_column] if group_column else [])]
@@ -232,15 +241,17 @@ def plan_shards(
     for batch in _batches(src, keys):
         rows += batch.num_rows
         _check_ids(batch.column(0), url)
-        table = pa.table({k: _decoded(batch.column(i)) for i, k in enumerate(keys)})
-        parts.append(table.group_by(keys).aggregate([]))
+        table = pa.table({**{k: _decoded(batch.column(i)) for i, k in enumerate(keys)},
+                          "n": pa.array(np.ones(batch.num_rows, dtype=np.int64))})
+        parts.append(_count(table, keys))
         held += parts[-1].num_rows
-        if held > 4 * BATCH_ROWS:  # keep only distinct keys while streaming
-            parts = [pa.concat_tables(parts).group_by(keys).aggregate([])]
+        if held > 4 * BATCH_ROWS:  # keep only distinct keys (and their row counts) while streaming
+            parts = [_count(pa.concat_tables(parts), keys)]
             held = parts[0].num_rows
-    pairs = pa.concat_tables(parts).group_by(keys).aggregate([]) if parts else pa.table(
-        {k: pa.array([], pa.string()) for k in keys})
+    pairs = _count(pa.concat_tables(parts), keys) if parts else pa.table(
+        {**{k: pa.array([], pa.string()) for k in keys}, "n": pa.array([], pa.int64())})
     ids = np.asarray(pairs.column("series_id").to_pylist(), dtype=object)
+    series_rows = pairs.column("n").to_numpy()
     pa.default_memory_pool().release_unused()
     if group_column:
         gcol = pairs.column(group_column)
@@ -268,6 +279,8 @@ def plan_shards(
         mask = groups == name if name is not None else np.ones(len(ids), dtype=bool)
         n = int(mask.sum())
         n_shards = max(1, math.ceil(n / shard_size))
+        if shard_rows is not None:
+            n_shards = min(max(n_shards, math.ceil(int(series_rows[mask].sum()) / shard_rows)), max(n, 1))
         counts = np.bincount((shard_hash[mask] % np.uint64(n_shards)).astype(np.int64), minlength=n_shards)
         members = [offset + k for k in range(n_shards) if counts[k] > 0] or [offset]
         for k in members:

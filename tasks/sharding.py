@@ -19,7 +19,7 @@ def plan_shards(config: ForecastConfig, run_id: str) -> ShardPlan:
     logger = get_run_logger()
     scratch = sharding.run_scratch(config.scratch_root, run_id)
     plan = sharding.plan_shards(config.input_url, config.storage_options, columns=config.columns,
-                                filters=config.filters, shard_size=config.shard_size,
+                                filters=config.filters, shard_size=config.shard_size, shard_rows=config.shard_rows,
                                 group_column=config.group_column, max_train_series=config.training.max_series,
                                 scratch=scratch)
     groups = f" in {len(plan.groups)} group(s) of {config.group_column!r}" if config.group_column else ""

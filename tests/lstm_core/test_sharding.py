@@ -115,3 +115,11 @@ def test_plan_checks_the_id_column_like_reading_does(tmp_path):
     frame.drop(columns=["y"]).to_parquet(tmp_path / "noy.parquet", index=False)
     with pytest.raises(DataValidationError, match="column 'y'"):
         plan_shards(str(tmp_path / "noy.parquet"))
+
+
+def test_long_series_make_more_shards(tmp_path):
+    _, url = _input(tmp_path, n_series=12)  # 60 rows per series
+    assert plan_shards(url, shard_size=100, shard_rows=10_000).n_shards == 1
+    plan = plan_shards(url, shard_size=100, shard_rows=200, scratch=str(tmp_path / "s"))
+    assert len({s.index for s in plan.shards}) >= 3 and plan.sharded  # 720 rows, <= ~200 per shard
+    assert sum(s.n_series for s in plan.shards) == 12
