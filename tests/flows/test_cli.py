@@ -101,7 +101,10 @@ def test_demo_works_in_a_fresh_clone_after_make_setup(tmp_path):
         pytest.skip("needs a git checkout")
     clone = tmp_path / "fresh"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    env = {**os.environ, "PYTHON": sys.executable.replace(str(ROOT / ".venv"), "") if False else "python3"}
+    # As a user runs it: the system python3, not this checkout's venv (`uv run` puts that on PATH).
+    venv_bin = str(Path(sys.prefix) / "bin")
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != venv_bin)
+    env = {**os.environ, "PATH": path, "PYTHON": "python3"}
     env.pop("VIRTUAL_ENV", None)
     out = subprocess.run(["make", "demo"], cwd=clone, env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
