@@ -32,8 +32,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from lstm_core.errors import DataValidationError, StorageError
-from lstm_core.secrets import scrub, url_userinfo
-from lstm_core.storage import (REQUIRED, storage_error, _explain_read_failure, _first_line, filesystem, is_local, join, put_bytes,
+from lstm_core.storage import (REQUIRED, _explain_read_failure, filesystem, is_local, join, open_dataset, put_bytes,
                                remove_tree)
 
 SHARD_KEY = "lstm-fc-shard-01"  # 16-byte SipHash keys: shard assignment and training sample are independent
@@ -135,22 +134,8 @@ class _Input:
 def _open_input(url: str, storage_options: dict | None, columns: list[str] | None,
                 filters: list[list[Any]] | None, group_column: str | None) -> _Input:
     """The same dataset, columns and checks as `storage.read_series`, without reading the rows."""
-    hide = url_userinfo(url)  # libraries may quote a URL's credentials without the scheme around them
-    fs, path = filesystem(url, storage_options)
-    url = scrub(url)  # messages name the input without the credentials a URL may carry
-    try:
-        exists = fs.exists(path)
-    except Exception as exc:  # noqa: BLE001 - anything here is about reaching storage
-        raise storage_error(f"input {url}: cannot reach storage", exc, hide) from None
-    if not exists:
-        raise DataValidationError("input path does not exist", source=url)
-    try:
-        dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive", exclude_invalid_files=False)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataValidationError(f"not a readable Parquet dataset: {_first_line(exc)}", source=url) from None
+    dataset, fs, _, url, _ = open_dataset(url, storage_options)  # url: as messages may name it
     files = list(dataset.files)
-    if not files:
-        raise DataValidationError("dataset is empty (no Parquet files)", source=url)
     if columns:
         wanted = list(dict.fromkeys([*REQUIRED, *columns]))
     else:

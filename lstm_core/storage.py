@@ -10,7 +10,7 @@ import io
 import json
 import os
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import fsspec
 import pandas as pd
@@ -104,19 +104,22 @@ def storage_error(action: str, exc: BaseException, hide: tuple[str, ...] | list[
 
 
 # --- reading ------------------------------------------------------------
-def read_series(
-    url: str,
-    storage_options: dict[str, Any] | None = None,
-    columns: list[str] | None = None,
-    filters: list[list[Any]] | None = None,
-) -> pd.DataFrame:
-    """Read a long-format Parquet dataset (file or hive-partitioned folder) into a frame.
+class OpenedDataset(NamedTuple):
+    dataset: pads.Dataset
+    fs: Any
+    path: str
+    shown: str  # the URL as messages may name it: without credentials
+    hide: set[str]  # credentials a library may quote without the URL around them
 
-    Bad data raises DataValidationError naming the file and column; failures to reach storage
-    raise StorageError (transient unless permissions are at fault), which callers may retry.
+
+def open_dataset(url: str, storage_options: dict[str, Any] | None = None) -> OpenedDataset:
+    """The Parquet dataset (file or hive folder) at `url`, listed but not read.
+
+    A missing, empty or unreadable input raises DataValidationError naming it; failing to reach
+    storage raises StorageError (transient unless permissions are at fault).
     """
-    shown = scrub(url)  # what messages may say: the URL without credentials
-    hide = url_userinfo(url)  # ... and libraries may quote them without the scheme around them
+    shown = scrub(url)
+    hide = url_userinfo(url)
     fs, path = filesystem(url, storage_options)
     try:
         exists = fs.exists(path)
@@ -131,13 +134,28 @@ def read_series(
         if is_storage_failure(exc):
             raise storage_error(f"input {shown}: cannot list the dataset", exc, hide) from None
         raise DataValidationError(f"not a readable Parquet dataset: {_arrow_reason(exc)}", source=shown) from None
+    if not dataset.files:
+        raise DataValidationError("dataset is empty (no Parquet files)", source=shown)
+    return OpenedDataset(dataset, fs, path, shown, hide)
+
+
+def read_series(
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    columns: list[str] | None = None,
+    filters: list[list[Any]] | None = None,
+) -> pd.DataFrame:
+    """Read a long-format Parquet dataset (file or hive-partitioned folder) into a frame.
+
+    Bad data raises DataValidationError naming the file and column; failures to reach storage
+    raise StorageError (transient unless permissions are at fault), which callers may retry.
+    """
+    dataset, fs, path, shown, hide = open_dataset(url, storage_options)
     expr = pq.filters_to_expression(filters) if filters else None
     try:
         fragments = list(dataset.get_fragments(filter=expr)) if expr is not None else list(dataset.get_fragments())
     except Exception as exc:  # noqa: BLE001 - a filter naming an unknown field, for instance
         raise DataValidationError(f"bad filters {filters!r}: {_first_line(exc)}", source=shown) from None
-    if not dataset.files:
-        raise DataValidationError("dataset is empty (no Parquet files)", source=shown)
     schemas = _physical_schemas(fs, fragments, shown)
     if columns:
         wanted = list(dict.fromkeys([*REQUIRED, *columns]))

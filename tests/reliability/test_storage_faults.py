@@ -13,8 +13,10 @@ import pandas as pd
 import pytest
 
 import flows.batch_forecast as bf
+from lstm_core import sharding
 from lstm_core.errors import StorageError
 from lstm_core.outputs import read_committed
+from lstm_core.storage import read_series
 from tests.conftest import make_frame
 from tests.faultproxy import Rule
 from tests.reliability.conftest import FAST, H, direct_fs, keys_under, put_frame, read_parquet
@@ -119,3 +121,24 @@ def test_write_failing_past_all_retries_leaves_no_manifest(s3_input, s3_bucket, 
     # The data partitions were written whole; without a manifest no reader trusts them.
     assert len(read_parquet(fs, f"{out}/predictions/run=down/part-0.parquet")) == N_SERIES * H
     assert not fs.exists(f"{out}/runs/down/lease.json")
+
+
+def test_denied_listing_is_a_storage_error_when_planning_shards_as_when_reading(s3_bucket, s3_endpoint, make_proxy):
+    """Planning and reading open the input the same way: a listing S3 refuses is a storage failure
+    (permanent, naming the input), never a 'not a readable Parquet dataset' data error."""
+    fs = direct_fs(s3_endpoint)
+    frame = make_frame(n_series=4, length=50)
+    put_frame(fs, f"{s3_bucket}/in/part-0.parquet", frame.iloc[:100])
+    put_frame(fs, f"{s3_bucket}/in/part-1.parquet", frame.iloc[100:])
+    # The existence check (a listing of one key) passes; listing the dataset's files is denied.
+    proxy = make_proxy(rate=0.0, rules=[Rule("403", "GET", r"(?!.*max-keys=1).*list-type=2.*")])
+    url, options = f"{s3_bucket}/in", {"endpoint_url": proxy.url}
+    with pytest.raises(StorageError) as planned:
+        sharding.plan_shards(url, options, columns=None, filters=None, shard_size=2, shard_rows=10**6,
+                             group_column=None, max_train_series=None, scratch=f"{s3_bucket}/scratch")
+    with pytest.raises(StorageError) as read:
+        read_series(url, options)
+    for err in (planned.value, read.value):
+        assert f"input {url}: cannot list the dataset: permission denied" in str(err)
+        assert not err.transient
+    assert proxy.faults_injected >= 2
