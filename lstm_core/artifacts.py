@@ -28,7 +28,7 @@ from lstm_core.scaling import SeriesScaler
 from lstm_core.secrets import scrub
 from lstm_core.storage import filesystem, is_storage_failure, join, put_bytes, read_json, storage_error, write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: chunked, patched network with deseasonalisation
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
 
 
@@ -94,6 +94,9 @@ def save(forecaster: Forecaster, store_url: str, model_key: str, *, config: dict
         "feature_names": list(forecaster.feature_names),
         "scaler_kind": forecaster.scaler_kind,
         "target_transform": forecaster.target_transform,
+        "season_length": forecaster.season_length,
+        "deseasonalize": forecaster.deseasonalize,
+        "known": list(forecaster.known),
         "config": config,
         "data_fingerprint": fingerprint,
         "training": forecaster.training,
@@ -190,5 +193,7 @@ def load(store_url: str, model_key: str, version: str, storage_options: dict | N
             raise storage_error(f"model {url}: cannot read scaler.json", exc) from None
         raise ArtifactError(f"model {url}: scaler.json is corrupt: {exc}") from None
     forecaster = Forecaster(members, int(meta["window"]), tuple(meta["feature_names"]), meta["scaler_kind"],
-                            meta.get("training", {}), scaler, target_transform=meta.get("target_transform", "none"))
+                            meta.get("training", {}), scaler, target_transform=meta.get("target_transform", "none"),
+                            season_length=int(meta.get("season_length", 1)),
+                            deseasonalize=meta.get("deseasonalize", "off"), known=tuple(meta.get("known", ())))
     return LoadedModel(forecaster, meta, url)

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
+import pandas as pd
 from pandas.tseries.frequencies import to_offset
+from pandas.tseries.offsets import Tick
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lstm_core.secrets import MASK, is_secret_name, scrub
@@ -34,18 +36,32 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     units: list[int] = Field(default_factory=lambda: [64], description="LSTM units per stacked layer")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    bidirectional: bool = False
-    level_normalization: bool = Field(True, description="subtract each window's last value before the LSTM")
-    seasonal_skip: bool | Literal["auto"] = Field(
-        "auto", description="predict the residual over the value one season earlier; 'auto': when seasonal "
-        "naive beats naive on the training data's validation tail")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each LSTM layer")
+    bidirectional: bool = Field(False, description="wrap each LSTM in Bidirectional")
+    level_normalization: bool = Field(
+        True, description="make each window relative to its level (the mean of its last patch of values)")
+    chunk: int | Literal["auto"] = Field(
+        "auto", description="steps forecast per recursive step; 'auto': half the horizon, rounded up (1 = one-step "
+        "recursion)")
+    patch: int | Literal["auto"] = Field(
+        "auto", description="window steps the LSTM reads at once (one LSTM step per patch); 'auto': the chunk")
+    deseasonalize: Literal["auto", "multiplicative", "additive", "off"] = Field(
+        "auto", description="remove each series' seasonal profile (fitted on its history) before the network and "
+        "restore it after: 'auto' where a seasonality test finds the season (multiplicative for series modelled "
+        "as log, additive otherwise), 'multiplicative' (skips series with zeros or negatives), 'additive', 'off'")
 
     @field_validator("units")
     @classmethod
     def _units_positive(cls, v: list[int]) -> list[int]:
         if not v or any(u <= 0 for u in v):
             raise ValueError("must be a non-empty list of positive integers")
+        return v
+
+    @field_validator("chunk", "patch")
+    @classmethod
+    def _positive_or_auto(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be a positive integer or 'auto'")
         return v
 
 
@@ -77,7 +93,8 @@ class ForecastConfig(_Strict):
     freq: str = "h"
     horizon: int = Field(24, ge=1)
     season_length: int = Field(24, ge=1)
-    window: int = Field(None, ge=2, description="input steps; default: a multiple of the season >= 2 horizons")
+    window: int = Field(None, ge=1, description="input steps per window (input size); default: the smallest "
+                        "multiple of the patch covering max(3 x horizon, season), and a week for sub-daily data")
     scaler: Literal["standard", "minmax", "naive"] = "naive"
     target_transform: Literal["auto", "log", "none"] = Field(
         "auto", description="model log(y): 'auto' for series whose training values are all positive")
@@ -123,7 +140,10 @@ class ForecastConfig(_Strict):
     def _default_window(cls, data: Any) -> Any:
         if isinstance(data, dict) and data.get("window") is None:
             data = dict(data)
-            data["window"] = default_window(data.get("season_length", 24), data.get("horizon", 24))
+            model = data.get("model") if isinstance(data.get("model"), Mapping) else {}
+            data["window"] = default_window(data.get("season_length", 24), data.get("horizon", 24),
+                                            data.get("freq", "h"), model.get("chunk", "auto"),
+                                            model.get("patch", "auto"))
         return data
 
     @field_validator("dask_address")
@@ -139,11 +159,8 @@ class ForecastConfig(_Strict):
             raise ValueError("set either workers (a local Dask cluster) or dask_address (an existing one), not both")
         if self.group_column in ("series_id", "ds", "y"):
             raise ValueError(f"group_column cannot be {self.group_column!r}")
-        if self.model.seasonal_skip is True and self.season_length > 1 and self.season_length > self.window:
-            raise ValueError(
-                f"window ({self.window}) must be at least season_length ({self.season_length}) "
-                "when model.seasonal_skip is on"
-            )
+        if self.window % self.patch_length:
+            raise ValueError(f"window ({self.window}) must be a multiple of the patch length ({self.patch_length})")
         return self
 
     # --- derived values -------------------------------------------------
@@ -156,14 +173,14 @@ class ForecastConfig(_Strict):
         return self.scratch_url or self.output_url.rstrip("/") + "/_scratch"
 
     @property
-    def skip_lag(self) -> int | None:
-        """Lag whose value the network's output is added to: one season, 0 (the last value), or None
-        when 'auto' leaves the choice to the training data."""
-        if self.season_length <= 1 or self.model.seasonal_skip is False:
-            return 0
-        if self.model.seasonal_skip == "auto":
-            return None if self.season_length <= self.window else 0
-        return self.season_length
+    def chunk_length(self) -> int:
+        """Steps forecast per recursive step (model.chunk resolved)."""
+        return resolve_chunk(self.model.chunk, self.horizon)
+
+    @property
+    def patch_length(self) -> int:
+        """Window steps per LSTM step (model.patch resolved)."""
+        return resolve_patch(self.model.patch, self.chunk_length)
 
     def model_key(self, group: str | None = None) -> str:
         """Stable hash of everything that makes two trained models interchangeable.
@@ -178,7 +195,7 @@ class ForecastConfig(_Strict):
             "scaler": self.scaler,
             "target_transform": self.target_transform,
             "mode": self.mode,
-            "model": self.model.model_dump(),
+            "model": {**self.model.model_dump(), "chunk": self.chunk_length, "patch": self.patch_length},
             "training": self.training.model_dump(exclude={"max_train_minutes", "epochs", "patience", "max_series"}),
             "seed": self.seed,
         }
@@ -204,13 +221,35 @@ class ForecastConfig(_Strict):
         return data
 
 
-def default_window(season_length: Any, horizon: Any) -> int:
-    """The smallest multiple of the season that covers two horizons (and at least one season)."""
+def resolve_chunk(chunk: Any, horizon: int) -> int:
+    """'auto': half the horizon, rounded up, so a forecast is two recursive steps (one when H = 1)."""
+    return int(chunk) if chunk != "auto" else max(1, -(-int(horizon) // 2))
+
+
+def resolve_patch(patch: Any, chunk: int) -> int:
+    """'auto': the chunk, so the network reads its input in the same pieces it writes its output."""
+    return int(patch) if patch != "auto" else int(chunk)
+
+
+def default_window(season_length: Any, horizon: Any, freq: Any = "h", chunk: Any = "auto", patch: Any = "auto") -> int:
+    """The smallest multiple of the patch covering three horizons and one season; for sub-daily data, a week too.
+
+    Three horizons and a season let the network see the pattern it continues; hourly data carry a weekly
+    cycle besides the daily one, so their windows span a week.
+    """
     try:
         m, h = max(1, int(season_length)), max(1, int(horizon))
+        p = resolve_patch(patch, resolve_chunk(chunk, h))
     except (TypeError, ValueError):
         return 48  # the field validators report the bad value itself
-    return max(2, m * -(-max(2 * h, m) // m))
+    need = max(3 * h, m)
+    try:
+        offset = to_offset(freq)
+        if isinstance(offset, Tick) and pd.Timedelta(offset) < pd.Timedelta("1D"):
+            need = max(need, int(pd.Timedelta("7D") / pd.Timedelta(offset)))
+    except (TypeError, ValueError):
+        pass
+    return max(p, p * -(-need // p))
 
 
 def redact(options: Any) -> Any:
