@@ -44,7 +44,8 @@ class ModelConfig(_Strict):
         "auto", description="steps forecast per recursive step; 'auto': half the horizon, rounded up (1 = one-step "
         "recursion)")
     patch: int | Literal["auto"] = Field(
-        "auto", description="window steps the LSTM reads at once (one LSTM step per patch); 'auto': the chunk")
+        "auto", description="window steps the LSTM reads at once (one LSTM step per patch); 'auto': the chunk (or "
+        "the largest divisor of the window below it)")
     deseasonalize: Literal["auto", "multiplicative", "additive", "off"] = Field(
         "auto", description="remove each series' seasonal profile (fitted on its history) before the network and "
         "restore it after: 'auto' where a seasonality test finds the season (multiplicative for series modelled "
@@ -93,7 +94,7 @@ class ForecastConfig(_Strict):
     freq: str = "h"
     horizon: int = Field(24, ge=1)
     season_length: int = Field(24, ge=1)
-    window: int = Field(None, ge=1, description="input steps per window (input size); default: the smallest "
+    window: int = Field(None, ge=2, description="input steps per window (input size); default: the smallest "
                         "multiple of the patch covering max(3 x horizon, season), and a week for sub-daily data")
     scaler: Literal["standard", "minmax", "naive"] = "naive"
     target_transform: Literal["auto", "log", "none"] = Field(
@@ -160,7 +161,8 @@ class ForecastConfig(_Strict):
         if self.group_column in ("series_id", "ds", "y"):
             raise ValueError(f"group_column cannot be {self.group_column!r}")
         if self.window % self.patch_length:
-            raise ValueError(f"window ({self.window}) must be a multiple of the patch length ({self.patch_length})")
+            raise ValueError(f"window ({self.window}) must be a multiple of the patch length ({self.patch_length}); "
+                             "set model.patch to a divisor of the window")
         return self
 
     # --- derived values -------------------------------------------------
@@ -180,7 +182,7 @@ class ForecastConfig(_Strict):
     @property
     def patch_length(self) -> int:
         """Window steps per LSTM step (model.patch resolved)."""
-        return resolve_patch(self.model.patch, self.chunk_length)
+        return resolve_patch(self.model.patch, self.chunk_length, self.window)
 
     def model_key(self, group: str | None = None) -> str:
         """Stable hash of everything that makes two trained models interchangeable.
@@ -226,9 +228,14 @@ def resolve_chunk(chunk: Any, horizon: int) -> int:
     return int(chunk) if chunk != "auto" else max(1, -(-int(horizon) // 2))
 
 
-def resolve_patch(patch: Any, chunk: int) -> int:
-    """'auto': the chunk, so the network reads its input in the same pieces it writes its output."""
-    return int(patch) if patch != "auto" else int(chunk)
+def resolve_patch(patch: Any, chunk: int, window: int | None = None) -> int:
+    """'auto': the chunk, so the network reads its input in the same pieces it writes its output; with a
+    window that is not a multiple of the chunk, the largest divisor of the window below the chunk."""
+    if patch != "auto":
+        return int(patch)
+    if window is None:
+        return int(chunk)
+    return max(d for d in range(1, min(int(chunk), int(window)) + 1) if window % d == 0)
 
 
 def default_window(season_length: Any, horizon: Any, freq: Any = "h", chunk: Any = "auto", patch: Any = "auto") -> int:

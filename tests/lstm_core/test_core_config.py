@@ -39,20 +39,36 @@ def test_unknown_frequency_message():
         validate_config({"freq": "fortnightly"})
 
 
-def test_window_shorter_than_season_is_refused_with_seasonal_skip():
-    with pytest.raises(ConfigError, match=r"window \(12\) must be at least season_length \(24\)"):
-        validate_config({"window": 12, "season_length": 24, "model": {"seasonal_skip": True}})
-    assert validate_config({"window": 12, "season_length": 24, "model": {"seasonal_skip": False}}).skip_lag == 0
-    # 'auto' cannot use a season longer than the window, so it falls back to the last value.
-    assert validate_config({"window": 12, "season_length": 24}).skip_lag == 0
-    assert validate_config({"window": 48, "season_length": 24}).skip_lag is None
+def test_window_must_be_a_multiple_of_the_patch():
+    with pytest.raises(ConfigError, match=r"window \(30\) must be a multiple of the patch length \(12\)"):
+        validate_config({"window": 30, "horizon": 24, "model": {"patch": 12}})
+    cfg = validate_config({"window": 30, "horizon": 24, "model": {"patch": 5}})
+    assert (cfg.chunk_length, cfg.patch_length) == (12, 5)
+    # an automatic patch divides any window: the largest divisor not above the chunk
+    assert validate_config({"window": 30, "horizon": 24}).patch_length == 10
+    assert validate_config({"window": 31, "horizon": 24}).patch_length == 1
 
 
-@pytest.mark.parametrize("season, horizon, window", [(24, 24, 48), (24, 48, 96), (52, 13, 52), (7, 14, 28), (1, 13, 26)])
-def test_default_window_is_a_multiple_of_the_season_covering_two_horizons(season, horizon, window):
-    cfg = validate_config({"season_length": season, "horizon": horizon})
-    assert cfg.window == window
-    assert validate_config({"season_length": season, "horizon": horizon, "window": 10}).window == 10
+@pytest.mark.parametrize("horizon, chunk", [(1, 1), (2, 1), (13, 7), (24, 12), (48, 24)])
+def test_auto_chunk_is_half_the_horizon_and_the_patch_follows_it(horizon, chunk):
+    cfg = validate_config({"horizon": horizon, "freq": "W-MON", "season_length": 1})
+    assert cfg.chunk_length == chunk and cfg.patch_length == chunk
+    assert validate_config({"horizon": horizon, "model": {"chunk": 1}, "window": 30}).chunk_length == 1
+
+
+@pytest.mark.parametrize("freq, season, horizon, window", [
+    ("h", 24, 48, 168),  # hourly: a week (7 patches of 24)
+    ("h", 24, 24, 168),  # a week in patches of 12
+    ("W-MON", 52, 13, 56),  # a year (52) rounded up to patches of 7
+    ("W-MON", 1, 13, 42),  # three horizons (39) in patches of 7
+    ("D", 7, 14, 42),
+    ("MS", 12, 18, 54),
+])
+def test_default_window_covers_three_horizons_and_the_season_in_whole_patches(freq, season, horizon, window):
+    cfg = validate_config({"freq": freq, "season_length": season, "horizon": horizon})
+    assert cfg.window == window and cfg.window % cfg.patch_length == 0
+    assert validate_config({"season_length": season, "horizon": horizon, "window": 10,
+                            "model": {"patch": 1}}).window == 10
 
 
 def test_precedence_yaml_env_overrides_set(tmp_path, monkeypatch):

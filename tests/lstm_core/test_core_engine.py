@@ -130,7 +130,8 @@ def test_covariates_flow_through_fit_and_evaluate():
     panel, result = engine.prepare(df, cfg)
     assert result.covariates == ["hour_sin"] and panel.n_features == 2
     f = engine.fit(panel.drop_last(H), cfg)
-    assert f.members[0].input_shape == (None, cfg.window, 2)
+    # the window carries the covariate's history; its values over each chunk are a second input
+    assert f.members[0].input_shape == [(None, cfg.window, 2), (None, cfg.chunk_length, 1)]
     ev = engine.evaluate(f, panel, cfg)
     assert np.isfinite(ev.forecasts["lstm"]).all()
 

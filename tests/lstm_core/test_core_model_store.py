@@ -88,9 +88,12 @@ def test_too_old_model_is_retrained(forecaster, cfg, train_panel, tmp_path):
 
 def test_degraded_model_is_retrained(forecaster, cfg, train_panel, tmp_path):
     version = save(forecaster, cfg, tmp_path, train_panel)
-    # new data with no trace of the learned daily season: pure noise
-    noise = np.random.default_rng(0).normal(size=train_panel.values.shape)
-    changed = Panel(train_panel.series_ids, train_panel.offsets, noise, train_panel.feature_names,
+    # new data with a break the model never saw: every series jumps to three times its level for the
+    # points validation scores
+    values = train_panel.values.copy()
+    tail = np.concatenate([np.arange(e - cfg.validation_steps, e) for e in train_panel.offsets[1:]])
+    values[tail] *= 3.0
+    changed = Panel(train_panel.series_ids, train_panel.offsets, values, train_panel.feature_names,
                     train_panel.last_ds, train_panel.freq)
     d = run_decide(cfg, tmp_path, changed, tolerance=0.0)
     assert d.action == "train" and f"model {version} degraded" in d.reason and "mae" in d.reason
