@@ -95,7 +95,8 @@ class ForecastConfig(_Strict):
     horizon: int = Field(24, ge=1)
     season_length: int = Field(24, ge=1)
     window: int = Field(None, ge=2, description="input steps per window (input size); default: the smallest "
-                        "multiple of the patch covering max(3 x horizon, season), and a week for sub-daily data")
+                        "multiple of the patch covering three horizons, the season and the frequency's natural cycle "
+                        "(a week for hourly and daily data, a year for weekly, monthly, quarterly data)")
     scaler: Literal["standard", "minmax", "naive"] = "naive"
     target_transform: Literal["auto", "log", "none"] = Field(
         "auto", description="model log(y): 'auto' for series whose training values are all positive")
@@ -238,24 +239,36 @@ def resolve_patch(patch: Any, chunk: int, window: int | None = None) -> int:
     return max(d for d in range(1, min(int(chunk), int(window)) + 1) if window % d == 0)
 
 
-def default_window(season_length: Any, horizon: Any, freq: Any = "h", chunk: Any = "auto", patch: Any = "auto") -> int:
-    """The smallest multiple of the patch covering three horizons and one season; for sub-daily data, a week too.
+def natural_cycle(freq: Any) -> int:
+    """Steps in the longest regular cycle a window should see at this frequency: a day for data of minutes,
+    a week for hourly and daily data, a year for weekly, monthly and quarterly data (1 when unknown)."""
+    try:
+        offset = to_offset(freq)
+    except (TypeError, ValueError):
+        return 1
+    if isinstance(offset, Tick):
+        step = pd.Timedelta(offset)
+        span = pd.Timedelta("1D") if step < pd.Timedelta("1h") else pd.Timedelta("7D")
+        return max(1, int(span // step)) if step <= span else 1
+    name = offset.name.split("-")[0].upper()
+    cycles = {"W": 52, "MS": 12, "ME": 12, "M": 12, "SMS": 24, "SME": 24, "QS": 4, "QE": 4, "Q": 4,
+              "BQS": 4, "BQE": 4, "BMS": 12, "BME": 12, "B": 5, "C": 5}
+    return cycles.get(name, 1)
 
-    Three horizons and a season let the network see the pattern it continues; hourly data carry a weekly
-    cycle besides the daily one, so their windows span a week.
+
+def default_window(season_length: Any, horizon: Any, freq: Any = "h", chunk: Any = "auto", patch: Any = "auto") -> int:
+    """The smallest multiple of the patch that covers three horizons, the season and the frequency's natural cycle.
+
+    Three horizons and the cycles of the data let the network see the pattern it continues: a week for
+    hourly data (which carry a weekly cycle besides the daily one), a year (52) for weekly data whatever
+    season the user passes, so `--season 1` and `--season 52` see the same history.
     """
     try:
         m, h = max(1, int(season_length)), max(1, int(horizon))
         p = resolve_patch(patch, resolve_chunk(chunk, h))
     except (TypeError, ValueError):
         return 48  # the field validators report the bad value itself
-    need = max(3 * h, m)
-    try:
-        offset = to_offset(freq)
-        if isinstance(offset, Tick) and pd.Timedelta(offset) < pd.Timedelta("1D"):
-            need = max(need, int(pd.Timedelta("7D") / pd.Timedelta(offset)))
-    except (TypeError, ValueError):
-        pass
+    need = max(3 * h, m, natural_cycle(freq))
     return max(p, p * -(-need // p))
 
 

@@ -129,6 +129,20 @@ def model_geometry(model: keras.Model) -> dict[str, int]:
             "n_future": int(shapes[1][-1]) if len(shapes) > 1 else 0}
 
 
+def forward_flops(model: keras.Model) -> int:
+    """Multiply-adds x 2 of one forward pass for one sample: the LSTM and Dense matrix products
+    (4 gates x units x (inputs + units) per LSTM step), the bulk of the work. A training step costs
+    about three times this (forward, and backward through inputs and weights)."""
+    total = 0
+    for layer in _walk(model):
+        if isinstance(layer, layers.LSTM):
+            steps, inputs = layer.input.shape[1], layer.input.shape[2]
+            total += 2 * steps * 4 * layer.units * (inputs + layer.units)
+        elif isinstance(layer, layers.Dense):
+            total += 2 * layer.input.shape[-1] * layer.units
+    return int(total)
+
+
 def cudnn_eligible(model: keras.Model) -> bool:
     """True when every LSTM layer meets the cuDNN kernel's conditions."""
     lstms = [l for l in _walk(model) if isinstance(l, layers.LSTM)]

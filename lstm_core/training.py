@@ -13,7 +13,7 @@ import keras
 import numpy as np
 
 from lstm_core.config import TrainingConfig
-from lstm_core.model import cudnn_eligible
+from lstm_core.model import cudnn_eligible, forward_flops
 from lstm_core.panel import Panel
 from lstm_core.windows import Windows, sample_windows, tail_windows, validation_span
 
@@ -34,6 +34,8 @@ class TrainingResult:
     device: str
     cudnn: bool
     samples_per_epoch: int
+    samples_per_second: float = 0.0  # training samples through forward + backward per wall-clock second
+    gflops: float = 0.0  # effective GFLOP/s of those passes (3 x the forward matrix products)
     extra: dict[str, Any] = field(default_factory=dict)
     snapshots: list[tuple[int, float, list]] = field(default_factory=list, repr=False)  # (epoch, val_loss, weights)
 
@@ -137,6 +139,21 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class Pace(keras.callbacks.Callback):
+    """Training samples and the seconds spent on training batches (validation and callbacks left out)."""
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size, self.samples, self.seconds, self._t = batch_size, 0, 0.0, 0.0
+
+    def on_train_batch_begin(self, batch, logs=None) -> None:
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        self.seconds += time.perf_counter() - self._t
+        self.samples += self.batch_size
+
+
 class EpochLog(keras.callbacks.Callback):
     def __init__(self, epochs: int, hook: EpochHook | None, batch_hook: BatchHook | None = None) -> None:
         super().__init__()
@@ -209,11 +226,12 @@ def train(
     checkpoint = keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True,
                                                  save_weights_only=True)
     snapshots = BestSnapshots(config.snapshots)
+    pace = Pace(config.batch_size)
     t0 = time.monotonic()
     try:
         hist = model.fit(batches, validation_data=(model_inputs(val), val.y), epochs=config.epochs, verbose=0,
                          validation_batch_size=max(config.batch_size, 1024),
-                         callbacks=[early, checkpoint, budget, snapshots,
+                         callbacks=[early, checkpoint, budget, snapshots, pace,
                                     EpochLog(config.epochs, on_epoch, on_batch)], shuffle=False)
         if ckpt.exists():
             model.load_weights(str(ckpt))  # best epoch, whatever stopped training
@@ -224,8 +242,12 @@ def train(
     val_loss = history.get("val_loss", [float("nan")])
     best = int(np.nanargmin(val_loss)) if val_loss else 0
     stopped = "time_budget" if budget.triggered else ("early_stopping" if early.stopped_epoch > 0 else "max_epochs")
-    result = TrainingResult(history, best + 1, float(val_loss[best]), len(val_loss), stopped, time.monotonic() - t0,
-                            info["device"], cudnn, len(batches.y), snapshots=snapshots.kept)
-    log.info("trained %d epochs in %.1f s (stopped by %s); best epoch %d val_loss=%.4f", result.epochs_run,
-             result.seconds, stopped, result.best_epoch, result.best_val_loss)
+    seconds = time.monotonic() - t0
+    rate = pace.samples / pace.seconds if pace.seconds > 0 else 0.0
+    result = TrainingResult(history, best + 1, float(val_loss[best]), len(val_loss), stopped, seconds,
+                            info["device"], cudnn, len(batches.y), round(rate, 1),
+                            round(rate * 3 * forward_flops(model) / 1e9, 2), snapshots=snapshots.kept)
+    log.info("trained %d epochs in %.1f s (stopped by %s); best epoch %d val_loss=%.4f; %.0f samples/s, "
+             "%.1f GFLOP/s", result.epochs_run, result.seconds, stopped, result.best_epoch, result.best_val_loss,
+             result.samples_per_second, result.gflops)
     return result

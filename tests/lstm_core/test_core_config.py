@@ -60,11 +60,13 @@ def test_auto_chunk_is_half_the_horizon_and_the_patch_follows_it(horizon, chunk)
     ("h", 24, 48, 168),  # hourly: a week (7 patches of 24)
     ("h", 24, 24, 168),  # a week in patches of 12
     ("W-MON", 52, 13, 56),  # a year (52) rounded up to patches of 7
-    ("W-MON", 1, 13, 42),  # three horizons (39) in patches of 7
-    ("D", 7, 14, 42),
+    ("W-MON", 1, 13, 56),  # the same year whatever season the user passes
+    ("D", 7, 14, 42),  # three horizons (a week is shorter)
     ("MS", 12, 18, 54),
+    ("QS", 4, 8, 24),
+    ("15min", 96, 96, 288),  # minutes: a day, but three horizons are longer
 ])
-def test_default_window_covers_three_horizons_and_the_season_in_whole_patches(freq, season, horizon, window):
+def test_default_window_covers_three_horizons_the_season_and_the_natural_cycle(freq, season, horizon, window):
     cfg = validate_config({"freq": freq, "season_length": season, "horizon": horizon})
     assert cfg.window == window and cfg.window % cfg.patch_length == 0
     assert validate_config({"season_length": season, "horizon": horizon, "window": 10,
