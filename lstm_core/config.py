@@ -58,6 +58,12 @@ class ModelConfig(_Strict):
             raise ValueError("must be a non-empty list of positive integers")
         return v
 
+    @field_validator("deseasonalize", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` (in a file, the environment or --set) as false
+        return "off" if v is False else v
+
     @field_validator("chunk", "patch")
     @classmethod
     def _positive_or_auto(cls, v: int | str) -> int | str:

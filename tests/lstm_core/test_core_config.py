@@ -159,3 +159,12 @@ def test_model_key_tracks_what_makes_models_interchangeable():
     assert base.model_key() != validate_config({"window": 72}).model_key()
     assert base.model_key() != validate_config({"model": {"units": [32]}}).model_key()
     assert base.model_key() != validate_config({"seed": 1}).model_key()
+
+
+def test_deseasonalize_off_survives_yaml(tmp_path):
+    """YAML reads a bare `off` as false: in a file, an environment variable or --set it still means 'off'."""
+    path = tmp_path / "job.yaml"
+    path.write_text("model:\n  deseasonalize: off\n")
+    assert load_config(path, environ={}).model.deseasonalize == "off"
+    assert load_config(sets=["model.deseasonalize=off"], environ={}).model.deseasonalize == "off"
+    assert load_config(environ={"LSTM_FORECAST_MODEL__DESEASONALIZE": "off"}).model.deseasonalize == "off"
