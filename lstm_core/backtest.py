@@ -11,8 +11,9 @@ window's forecast sees nothing after its cutoff; later windows only give the mod
 
 The result is utilsforecast's cross-validation layout, one row per series, cutoff and step:
 `series_id, cutoff, ds, step, y, yhat, seasonal_naive` plus `yhat_lo_<L>, yhat_hi_<L>` per level, where
-each window's intervals are calibrated on the other windows (see `intervals.held_out_bounds`), and the
-conformal intervals fitted on all windows for the published forecast.
+each window's intervals are calibrated only on the earlier windows whose actuals precede its cutoff
+(`intervals.held_out_bounds`; the earliest window has none: NaN), and the conformal intervals fitted on
+all windows, for the published forecast.
 """
 from __future__ import annotations
 
@@ -172,7 +173,7 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
     intervals = None
     if levels and len(frame):
         table = score_table(frame, scale_frame)
-        bounds = held_out_bounds(table, levels=levels, horizon=horizon, season_length=season_length,
+        bounds = held_out_bounds(table, levels=levels, horizon=horizon, step=step, season_length=season_length,
                                  method=interval_method, prior_windows=prior_windows)
         frame = pd.concat([frame, bounds], axis=1)
         intervals = fit_conformal(table, levels=levels, horizon=horizon, season_length=season_length,

@@ -348,37 +348,30 @@ def _series_factors(series: np.ndarray, window: np.ndarray, steps: np.ndarray, s
     return row_factor, {str(k): float(v) for k, v in full.items()}
 
 
-def held_out_bounds(table: pd.DataFrame, *, levels: Sequence[float], horizon: int, season_length: int,
-                    method: str = "conformal", prior_windows: float = PRIOR_WINDOWS,
-                    folds: int = 5) -> pd.DataFrame:
-    """Interval columns for the backtest rows themselves, each calibrated without its own window.
+def held_out_bounds(table: pd.DataFrame, *, levels: Sequence[float], horizon: int, step: int, season_length: int,
+                    method: str = "conformal", prior_windows: float = PRIOR_WINDOWS) -> pd.DataFrame:
+    """Interval columns for the backtest rows themselves, calibrated only on what precedes each window.
 
-    With two or more windows, each window's rows get intervals fitted on the other windows (leave one
-    window out), so backtest coverage is measured out of sample. With one window, the series are split
-    into `folds` stable hash folds instead. Returns a frame aligned with `table` (same index) holding
-    `yhat_lo_<L>`, `yhat_hi_<L>`; NaN where nothing is left to calibrate on (a single series in a
-    single window).
+    Window w's rows get intervals fitted on the windows j whose actuals all lie before w's cutoff
+    ((w - j) x step >= horizon; with step H: every earlier window), so a backtest window sees nothing
+    after its cutoff, intervals included, and its coverage is measured out of sample. The earliest
+    window(s) have nothing before them: NaN bounds (left out of coverage and MSIS).
+    Returns a frame aligned with `table` (same index) holding `yhat_lo_<L>`, `yhat_hi_<L>`.
     """
-    from lstm_core.sharding import stable_hash
-
     cols = [c for lv in levels for c in interval_columns(lv)]
     out = pd.DataFrame(np.nan, index=table.index, columns=cols)
-    windows = table["window"].to_numpy()
-    if len(np.unique(windows)) >= 2:
-        groups = windows
-    else:
-        ids = table["series_id"].astype(str).to_numpy(dtype=object)
-        groups = (stable_hash(ids) % np.uint64(max(1, folds))).astype(np.int64)
+    windows = table["window"].to_numpy(np.int64)
     yhat = table["yhat"].to_numpy(np.float64)
-    for g in np.unique(groups):
-        inside = groups == g
-        if inside.all():
+    for w in np.unique(windows):
+        before = windows <= w - math.ceil(horizon / step)
+        if not before.any():
             continue
         try:
-            fitted = fit_conformal(table[~inside], levels=levels, horizon=horizon, season_length=season_length,
+            fitted = fit_conformal(table[before], levels=levels, horizon=horizon, season_length=season_length,
                                    method=method, prior_windows=prior_windows)
         except ValueError:
             continue
+        inside = windows == w
         part = table[inside]
         use_log = np.zeros(len(part), dtype=bool)
         if method == "conformal_log" and "log" in fitted.quantiles:
