@@ -160,11 +160,13 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
                              f"({history.n_series}, {horizon})")
         frames.append(_window_frame(history, window_values[:, :, 0], yhat,
                                     seasonal_naive(history, horizon, season_length), horizon))
-        linear, log_scale = naive_scales(history, season_length)
+        seasonal = mase_scale(history, season_length)
+        linear, log_scale = naive_scales(history, season_length, log=interval_method == "conformal_log",
+                                         seasonal=seasonal)
         scales.append(pd.DataFrame({
             "series_id": pd.Series(history.series_ids, dtype="string"),
             "cutoff": history.last_ds, "window": np.full(history.n_series, w, dtype=np.int64),
-            "mase_scale": mase_scale(history, season_length), "interval_scale": linear, "log_scale": log_scale}))
+            "mase_scale": seasonal, "interval_scale": linear, "log_scale": log_scale}))
     frame = pd.concat(frames, ignore_index=True) if frames else _empty_frame(panel)
     scale_frame = pd.concat(scales, ignore_index=True) if scales else pd.DataFrame(
         {"series_id": pd.Series([], dtype="string"), "cutoff": pd.Series([], dtype=frame["cutoff"].dtype),

@@ -108,6 +108,21 @@ def _level_sums(level: float) -> tuple[str, str, str]:
     return f"n_{label}", f"hits_{label}", f"is_{label}"
 
 
+def _group(frame: pd.DataFrame, columns: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(group of each row, first row of each group), groups in the sorted order of `columns` (nulls last).
+
+    Integer codes and bincount instead of a pandas groupby over string keys: several times faster
+    on the millions of rows of a large backtest."""
+    key = np.zeros(len(frame), dtype=np.int64)
+    for col in columns:
+        codes, uniques = pd.factorize(frame[col], sort=True, use_na_sentinel=True)
+        codes = np.where(codes < 0, len(uniques), codes)  # nulls form their own group, last
+        key = key * (len(uniques) + 1) + codes
+        key = pd.factorize(key, sort=True)[0].astype(np.int64)  # stay compact: no overflow with many keys
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return inverse.reshape(-1), first
+
+
 @dataclass(frozen=True)
 class ErrorSums:
     """Additive error statistics per key and model; merge shards and windows, then finalise.
@@ -144,6 +159,14 @@ class ErrorSums:
         if missing:
             raise ValueError(f"rows lack the columns {missing}")
         actual = rows[y].to_numpy(dtype=np.float64)
+        inverse, first = _group(rows, keys)
+        n_groups = len(first)
+        key_rows = rows[list(keys)].iloc[first].reset_index(drop=True)
+        scale_of = rows[scale].to_numpy(dtype=np.float64)[first]
+
+        def total(values: np.ndarray) -> np.ndarray:
+            return np.bincount(inverse, weights=values, minlength=n_groups)
+
         parts = []
         for model, column in forecasts.items():
             f = rows[column].to_numpy(dtype=np.float64)
@@ -152,33 +175,44 @@ class ErrorSums:
             denom = np.abs(actual) + np.abs(f)
             with np.errstate(invalid="ignore", divide="ignore"):
                 smape = np.where(denom > 0, 200.0 * np.abs(err) / denom, 0.0)
-            data = {k: rows[k].to_numpy() for k in keys}
-            data.update(model=model, scale=rows[scale].to_numpy(dtype=np.float64), n=1, n_bad=bad.astype(np.int64),
-                        abs_err=np.where(bad, 0.0, np.abs(err)), sq_err=np.where(bad, 0.0, err**2),
-                        smape=np.where(bad, 0.0, smape))
+            part = key_rows.copy()
+            part["model"] = model
+            part["scale"] = scale_of
+            part["n"] = np.bincount(inverse, minlength=n_groups).astype(np.int64)
+            part["n_bad"] = np.bincount(inverse[bad], minlength=n_groups).astype(np.int64)
+            part["abs_err"] = total(np.where(bad, 0.0, np.abs(err)))
+            part["sq_err"] = total(np.where(bad, 0.0, err**2))
+            part["smape"] = total(np.where(bad, 0.0, smape))
             for level in levels:
                 n_col, hits_col, is_col = _level_sums(level)
                 if model != interval_model:
-                    data.update({n_col: 0, hits_col: 0, is_col: 0.0})
+                    part[n_col], part[hits_col], part[is_col] = 0, 0, 0.0
                     continue
                 lo_col, hi_col = interval_columns(level)
                 lo, hi = rows[lo_col].to_numpy(dtype=np.float64), rows[hi_col].to_numpy(dtype=np.float64)
                 has = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(actual)
                 score = np.where(has, interval_score(actual, np.where(has, lo, 0), np.where(has, hi, 0), level), 0.0)
-                data.update({n_col: has.astype(np.int64), hits_col: (has & (actual >= lo) & (actual <= hi)).astype(np.int64),
-                             is_col: score})
-            parts.append(pd.DataFrame(data, index=pd.RangeIndex(len(rows))))
+                part[n_col] = np.bincount(inverse[has], minlength=n_groups).astype(np.int64)
+                part[hits_col] = np.bincount(inverse[has & (actual >= lo) & (actual <= hi)],
+                                             minlength=n_groups).astype(np.int64)
+                part[is_col] = total(score)
+            parts.append(part)
         frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*keys, "model", "scale"])
-        return cls(frame, keys, levels)._collapse()
+        return cls(frame, keys, levels)._collapse() if len(forecasts) > 1 else cls(frame, keys, levels)
 
     def _sum_columns(self) -> list[str]:
         return [*POINT_SUMS, *(c for lv in self.levels for c in _level_sums(lv))]
 
     def _collapse(self) -> "ErrorSums":
+        """One row per key and model (sorted), the sums of duplicates added up."""
         group = [*self.keys, "model"]
-        agg = {c: "sum" for c in self._sum_columns()} | {"scale": "first"}
-        out = self.frame.groupby(group, sort=True, dropna=False, observed=True).agg(agg).reset_index()
-        return ErrorSums(out[[*group, "scale", *self._sum_columns()]], self.keys, self.levels)
+        inverse, first = _group(self.frame, group)
+        out = self.frame[[*group, "scale"]].iloc[first].reset_index(drop=True)
+        for col in self._sum_columns():
+            values = self.frame[col].to_numpy()
+            summed = np.bincount(inverse, weights=values.astype(np.float64), minlength=len(first))
+            out[col] = summed.astype(np.int64) if values.dtype.kind in "iu" else summed
+        return ErrorSums(out, self.keys, self.levels)
 
     def merge(self, *others: "ErrorSums") -> "ErrorSums":
         """The sums of this and `others` together (same keys and levels; a key present in both adds up)."""

@@ -12,7 +12,7 @@ import pytest
 from lstm_core.backtest import backtest
 from lstm_core.errors import ArtifactError
 from lstm_core.intervals import (ConformalIntervals, enforce_order, fit_conformal, held_out_bounds, load_intervals,
-                                 naive_scales, save_intervals)
+                                 min_scores, naive_scales, save_intervals, with_intervals)
 from lstm_core.metrics import seasonal_naive
 from lstm_core.panel import Panel
 
@@ -234,3 +234,39 @@ def test_bad_arguments_are_refused():
     fitted = fit_conformal(table, levels=[80], horizon=1, season_length=1)
     with pytest.raises(ValueError, match="calibrated for 1 steps, not 2"):
         fitted.predict(panel_of(np.ones((1, 5)) + np.arange(5)), np.ones((1, 2)))
+
+
+def test_split_conformal_ranks_and_borrowing_from_neighbouring_steps():
+    def table(per_step: int, steps: int) -> pd.DataFrame:
+        # scores 100 h + 0..per_step-1 at step h (scale 1, yhat 0): the ranks can be read off
+        step = np.repeat(np.arange(1, steps + 1), per_step)
+        y = 100.0 * (step - 1) + np.tile(np.arange(per_step), steps)
+        return pd.DataFrame({"series_id": [f"s{i}" for i in range(len(y))], "cutoff": 0, "window": 0, "step": step,
+                             "y": y, "yhat": 0.0, "interval_scale": 1.0, "log_scale": np.nan})
+
+    assert (min_scores(80), min_scores(95), min_scores(50)) == (9, 39, 3)
+    q = fit_conformal(table(10, 3), levels=[80, 95], horizon=3, season_length=1, prior_windows=math.inf).quantiles
+    # 80 %: 10 scores per step are enough; ranks floor(11 x 0.1) = 1 and ceil(11 x 0.9) = 10 of the step's own
+    np.testing.assert_array_equal(q["linear"][0], [[0, 100, 200], [9, 109, 209]])
+    # 95 % needs 39 scores: all 30 are pooled and still too few, so the extremes of all steps
+    np.testing.assert_array_equal(q["linear"][1], [[0, 0, 0], [209, 209, 209]])
+    q = fit_conformal(table(20, 4), levels=[95], horizon=4, season_length=1, prior_windows=math.inf).quantiles
+    # 20 per step: step 1 borrows step 2 (40 scores: ranks 1 and ceil(41 x 0.975) = 40), step 2 borrows
+    # steps 1 and 3 (60 scores: ranks 1 and ceil(61 x 0.975) = 60)
+    np.testing.assert_array_equal(q["linear"][0][:, :2], [[0, 0], [119, 219]])
+
+
+def test_with_intervals_adds_the_columns_to_the_predictions_frame():
+    from lstm_core.engine import predictions_frame
+
+    mean, y = gaussian_panel(seed=6, s=4, n=100)
+    panel = panel_of(y[:, :100])
+    forecast = true_mean_forecaster(mean, panel.series_ids)
+    fc = forecast(panel, H, None)
+    bounds = backtest(panel, forecast, horizon=H, season_length=M).intervals.predict(panel, fc)
+    frame = with_intervals(predictions_frame(panel, fc, "h"), bounds)
+    assert list(frame.columns)[-4:] == ["yhat_lo_80", "yhat_hi_80", "yhat_lo_95", "yhat_hi_95"]
+    row = frame[(frame["series_id"] == "s002") & (frame["step"] == 5)].iloc[0]
+    assert row["yhat_hi_95"] == bounds["yhat_hi_95"][2, 4] and row["yhat"] == fc[2, 4]
+    with pytest.raises(ValueError, match="48 prediction rows"):
+        with_intervals(predictions_frame(panel, fc, "h"), {"yhat_lo_80": np.zeros((3, H))})
