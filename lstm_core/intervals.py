@@ -273,7 +273,8 @@ class ConformalIntervals:
         if not isinstance(data, dict):
             raise ValueError("intervals: expected a JSON object")
         if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"intervals: format {data.get('format_version')} is not supported (expected {FORMAT_VERSION})")
+            raise ValueError(f"intervals: format {data.get('format_version')} is not supported "
+                             f"(expected {FORMAT_VERSION})")
         try:
             levels = tuple(float(v) for v in data["levels"])
             horizon, method = int(data["horizon"]), str(data["method"])
@@ -289,7 +290,8 @@ class ConformalIntervals:
             prior = data.get("prior_windows")
             return cls(levels, method, horizon, int(data["season_length"]), quantiles,
                        {str(k): np.asarray(v, dtype=np.int64) for k, v in data.get("calibration_points", {}).items()},
-                       {str(k): {str(s): float(f) for s, f in v.items()} for k, v in data.get("series_factor", {}).items()},
+                       {str(k): {str(s): float(f) for s, f in v.items()}
+                        for k, v in data.get("series_factor", {}).items()},
                        math.inf if prior is None else float(prior))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"intervals: field {exc} missing or malformed") from None

@@ -218,7 +218,8 @@ class ErrorSums:
         """The sums of this and `others` together (same keys and levels; a key present in both adds up)."""
         for o in others:
             if o.keys != self.keys or o.levels != self.levels:
-                raise ValueError(f"cannot merge sums keyed {o.keys} / levels {o.levels} into {self.keys} / {self.levels}")
+                raise ValueError(f"cannot merge sums keyed {o.keys} / levels {o.levels} "
+                                 f"into {self.keys} / {self.levels}")
         frames = [f for f in (self.frame, *(o.frame for o in others)) if len(f)]
         if not frames:
             return self

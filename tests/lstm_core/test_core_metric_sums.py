@@ -75,7 +75,8 @@ def test_sums_of_shards_merge_to_the_sums_of_the_whole():
     actual = rng.uniform(1, 20, (10, 6))
     fc = actual * rng.uniform(0.7, 1.3, (10, 6))
     lo, hi = fc * 0.8, fc * 1.2
-    rows = rows_from(actual, fc, rng.uniform(0.5, 2, 10), yhat_lo_80=lo, yhat_hi_80=hi, naive=actual[:, :1].repeat(6, 1))
+    rows = rows_from(actual, fc, rng.uniform(0.5, 2, 10), yhat_lo_80=lo, yhat_hi_80=hi,
+                     naive=actual[:, :1].repeat(6, 1))
     kw = dict(forecasts={"m": "yhat", "seasonal_naive": "naive"}, interval_model="m", levels=[80])
     whole = ErrorSums.from_rows(rows, **kw)
     shard_of = rows["series_id"].isin(["s1", "s4", "s7"])

@@ -89,7 +89,8 @@ def test_realised_accuracy_equals_the_m4_scorer_on_the_later_actuals(earlier_run
         # one series alone, too
         one = test[test["series_id"] == "s02"]
         ref_one = m4.score(train, one, preds, "yhat", M)
-        sel = (table["forecast_run_id"] == run_id) & (table["series_id"] == "s02") & (table["model"] != "seasonal_naive")
+        sel = (table["forecast_run_id"] == run_id) & (table["series_id"] == "s02") \
+            & (table["model"] != "seasonal_naive")
         per = table[sel].set_index("metric")["value"]
         assert per["mase"] == pytest.approx(ref_one["mase"], abs=6e-4)
         assert per["msis_95"] == pytest.approx(ref_one["msis_95"], abs=6e-4)
