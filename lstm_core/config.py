@@ -65,6 +65,12 @@ class TrainingConfig(_Strict):
     )
 
 
+class BacktestConfig(_Strict):
+    windows: int = Field(3, ge=1, description="rolling-origin backtest windows (cutoffs) at the end of each series")
+    step: int | None = Field(None, ge=1, description="steps between consecutive cutoffs (default: horizon)")
+    refit: bool = Field(False, description="retrain for each window instead of once before the earliest cutoff")
+
+
 class ForecastConfig(_Strict):
     """Settings of one batch forecasting job."""
 
@@ -87,6 +93,15 @@ class ForecastConfig(_Strict):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+
+    # --- prediction intervals -------------------------------------------
+    levels: list[int | float] = Field(
+        default_factory=lambda: [80, 95],
+        description="prediction interval levels in percent (columns yhat_lo_<level>, yhat_hi_<level>); [] = none")
+    interval_method: Literal["conformal", "conformal_log"] = Field(
+        "conformal", description="conformal intervals from backtest residuals in units of each series' naive "
+        "error ('conformal'), or relative (log-scale) residuals for positive series ('conformal_log')")
 
     retrain: Literal["auto", "always", "never"] = "auto"
     max_model_age: timedelta = Field(timedelta(days=7), description="older models are retrained under 'auto'")
@@ -126,6 +141,18 @@ class ForecastConfig(_Strict):
             data["window"] = default_window(data.get("season_length", 24), data.get("horizon", 24))
         return data
 
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[int | float]) -> list[int | float]:
+        bad = [x for x in v if not 0 < x < 100]
+        if bad:
+            raise ValueError(f"levels must lie strictly between 0 and 100 (percent), got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"levels must be unique, got {v}")
+        if list(v) != sorted(v):
+            raise ValueError(f"levels must be sorted ascending, got {v}")
+        return v
+
     @field_validator("dask_address")
     @classmethod
     def _scheduler_address(cls, v: str | None) -> str | None:
@@ -150,6 +177,10 @@ class ForecastConfig(_Strict):
     @property
     def validation_steps(self) -> int:
         return self.training.validation_steps or self.horizon
+
+    @property
+    def backtest_step(self) -> int:
+        return self.backtest.step or self.horizon
 
     @property
     def scratch_root(self) -> str:

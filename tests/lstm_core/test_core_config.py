@@ -141,3 +141,34 @@ def test_model_key_tracks_what_makes_models_interchangeable():
     assert base.model_key() != validate_config({"window": 72}).model_key()
     assert base.model_key() != validate_config({"model": {"units": [32]}}).model_key()
     assert base.model_key() != validate_config({"seed": 1}).model_key()
+
+
+def test_backtest_and_interval_settings_have_defaults_and_reach_every_source():
+    cfg = load_config(environ={})
+    assert (cfg.backtest.windows, cfg.backtest.step, cfg.backtest.refit) == (3, None, False)
+    assert cfg.backtest_step == cfg.horizon == 24
+    assert cfg.levels == [80, 95] and cfg.interval_method == "conformal"
+    cfg = load_config(sets=["backtest.windows=5", "backtest.step=6", "backtest.refit=true", "levels=[50, 97.5]",
+                            "interval_method=conformal_log"],
+                      environ={"LSTM_FORECAST_BACKTEST__WINDOWS": "4"})
+    assert (cfg.backtest.windows, cfg.backtest_step, cfg.backtest.refit) == (5, 6, True)
+    assert cfg.levels == [50, 97.5] and cfg.interval_method == "conformal_log"
+    assert load_config(environ={"LSTM_FORECAST_BACKTEST__WINDOWS": "4"}).backtest.windows == 4
+    assert load_config(sets=["levels=[]"], environ={}).levels == []  # no intervals
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"levels": [0, 80]}, "strictly between 0 and 100"),
+    ({"levels": [80, 100]}, "strictly between 0 and 100"),
+    ({"levels": [-5]}, "strictly between 0 and 100"),
+    ({"levels": [95, 80]}, "sorted ascending"),
+    ({"levels": [80, 80]}, "unique"),
+    ({"levels": ["wide"]}, "levels"),
+    ({"interval_method": "bootstrap"}, "interval_method"),
+    ({"backtest": {"windows": 0}}, "backtest.windows"),
+    ({"backtest": {"step": 0}}, "backtest.step"),
+    ({"backtest": {"folds": 3}}, "backtest.folds': unknown setting"),
+])
+def test_bad_backtest_and_interval_settings_are_refused_by_name(data, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_config(data)
