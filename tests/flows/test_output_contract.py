@@ -20,8 +20,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.batch_forecast import batch_forecast
+from lstm_core.lease import RunLease
 from lstm_core.outputs import RunWriter, read_committed
 from lstm_core.sharding import shard_of
+from lstm_core.storage import filesystem
 from tests.conftest import make_frame
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -165,7 +167,17 @@ def local_runs(tmp_path_factory):
     # A run that died after writing its predictions: partition files, no manifest.
     half = RunWriter.open(str(out), "half")
     half.write("predictions", pd.read_parquet(out / "predictions" / "run=one").drop(columns=["run_id"]))
+    # A run that has only just started (or died before writing): its lock file, no manifest yet.
+    fs, root = filesystem(str(out))
+    RunLease.acquire(fs, root, "starting", ttl=60).release()
     return {"out": out, "one": one, "two": two}
+
+
+def readme_recipe() -> str:
+    """The reader recipe of the project README's Output contract, as written there."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text[text.index("## Output contract"):]
+    return section[section.index("```python") + len("```python"):section.index("```", section.index("```python") + 9)]
 
 
 def test_reading_a_table_folder_adds_the_run_partition_column(local_runs):
@@ -184,9 +196,13 @@ def test_reading_a_table_folder_adds_the_run_partition_column(local_runs):
 
 def test_read_committed_is_the_readme_recipe(local_runs):
     out = str(local_runs["out"])
-    # The README's recipe, as written there.
-    runs = [r for r in os.listdir(f"{out}/runs") if json.load(open(f"{out}/runs/{r}/manifest.json"))["status"] == "succeeded"]
-    preds = pd.read_parquet(f"{out}/predictions", filters=[("run", "in", runs)])
+    assert (local_runs["out"] / "runs" / "starting").is_dir()  # a run without a manifest (yet)
+    # The README's recipe, run as written there, on this output location.
+    recipe = readme_recipe()
+    assert 'out = "data/demo/output"' in recipe
+    scope: dict = {}
+    exec(compile(recipe.replace('out = "data/demo/output"', f"out = {out!r}"), "README.md", "exec"), scope)
+    runs, preds = scope["runs"], scope["preds"]
     assert sorted(runs) == ["one", "two"] and set(preds["run"].astype(str)) == {"one", "two"}
     committed = read_committed(out, "predictions")
     key = ["run_id", "series_id", "step"]
