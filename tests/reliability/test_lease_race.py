@@ -99,3 +99,21 @@ def test_the_lease_is_created_by_a_conditional_put_and_renewed_by_compare_and_sw
     assert len({r.header("If-Match") for r in renewals}) == len(renewals)  # a fresh ETag each time
     deletes = [r for r in proxy.seen_requests() if r.method == "DELETE"]
     assert len(deletes) == 1  # released: the lease object is deleted
+
+
+def test_a_stale_lease_is_taken_over_by_compare_and_swap_on_its_etag(s3_bucket, s3_endpoint, make_proxy):
+    fs, root = filesystem(f"{s3_bucket}/out", {"endpoint_url": s3_endpoint})
+    stalled = RunLease.acquire(fs, root, "r1", ttl=0.2, heartbeat=False)  # a process that stopped renewing
+    time.sleep(0.5)
+    stale_etag = direct_fs(s3_endpoint).info(f"{root}/runs/r1/lease.json")["ETag"]
+    proxy = make_proxy(record=r"/runs/r1/lease\.json")
+    fs2, _ = filesystem(f"{s3_bucket}/out", {"endpoint_url": proxy.url})
+    fresh = RunLease.acquire(fs2, root, "r1", ttl=60, heartbeat=False)
+    assert fresh.took_over and "not renewed for" in fresh.took_over
+    create, takeover = [r for r in proxy.seen_requests() if r.method == "PUT"]
+    assert create.header("If-None-Match") == "*"  # refused: the stale lease is still there
+    # The takeover replaces exactly the stale version it read: two re-runs cannot both win it.
+    assert takeover.header("If-Match").strip('"') == stale_etag.strip('"')
+    assert json.loads(takeover.body)["token"] == fresh.token
+    stalled.release()
+    fresh.release()
