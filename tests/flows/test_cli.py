@@ -176,6 +176,10 @@ def test_run_command_writes_outputs(tmp_path):
     runs = list((tmp_path / "out" / "runs").iterdir())
     manifest = json.loads((runs[0] / "manifest.json").read_text())
     assert manifest["status"] == "succeeded"
+    # The retrain decision and its reason are logged, and reported on stdout.
+    assert f"model decision: train ({manifest['retrain']['reason']})" in out.stderr
+    assert f"run {manifest['run_id']}: succeeded; model {manifest['model_version']} (train: " in out.stdout
+    assert not error_lines(out.stderr)
     assert manifest["config"]["training"]["max_train_minutes"] == 1
     preds = pd.read_parquet(tmp_path / "out" / "predictions")
     assert len(preds) == 4 * 12
