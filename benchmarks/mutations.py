@@ -45,6 +45,7 @@ HOLDOUT = "tests/flows/test_holdout.py"
 COMMIT = "tests/reliability/test_commit_order.py"
 RACE = "tests/reliability/test_lease_race.py"
 CONTRACT = "tests/flows/test_output_contract.py"
+CLI = "tests/flows/test_cli.py"
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ MUTATIONS: list[Mutation] = [
     Mutation("K3", "lease renewals are compare-and-swap (If-Match)", "lstm_core/lease.py",
              "if not self._put(IfMatch=etag):", "if not self._put():",
              (f"{RACE}::test_the_lease_is_created_by_a_conditional_put_and_renewed_by_compare_and_swap",)),
+    Mutation("K5", "a stale lease is taken over by compare-and-swap on its ETag", "lstm_core/lease.py",
+             "if self._put(IfMatch=etag):", "if self._put():",
+             (f"{RACE}::test_a_stale_lease_is_taken_over_by_compare_and_swap_on_its_etag",)),
     Mutation("K4", "a live lease is never taken over", "lstm_core/lease.py",
              "if age > ttl:", "if age >= 0:",
              ("tests/reliability/test_lease.py::test_second_acquire_of_a_live_run_id_is_refused_naming_the_holder",)),
@@ -127,6 +131,13 @@ MUTATIONS: list[Mutation] = [
     Mutation("S3", "predictions keep their column dtypes (step int64)", "lstm_core/outputs.py",
              '("step", pa.int64())', '("step", pa.int32())',
              (f"{CONTRACT}::test_part_files_have_the_contract_columns_and_dtypes",)),
+    # --- command line ------------------------------------------------------------------------------
+    Mutation("E1", "exit code 3 when the run id is already running", "flows/cli.py",
+             "return fail(str(exc), 3)", "return fail(str(exc), 2)",
+             (f"{CLI}::test_a_run_id_already_running_is_exit_code_3_with_one_line",)),
+    Mutation("E2", "LSTM_FORECAST_DEBUG=1 keeps the traceback in the console log", "flows/cli.py",
+             'if os.environ.get("LSTM_FORECAST_DEBUG"):', "if False:",
+             (f"{CLI}::test_anything_else_is_exit_code_1_and_debug_keeps_the_traceback",)),
     # --- retrain decision ----------------------------------------------------------------------------
     Mutation("R1", "degradation_tolerance is the allowed relative rise of the validation loss",
              "lstm_core/model_store.py", "current > recorded * (1 + tolerance)",
@@ -175,7 +186,8 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: float,
     seconds = time.monotonic() - t0
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     outcome = {0: "passed", 1: "failed"}.get(proc.returncode, "error")
-    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    summary = next((i for i, line in enumerate(lines) if "short test summary info" in line), len(lines))
+    failed = [line for line in lines[summary:] if line.startswith(("FAILED ", "ERROR "))]
     tail = "\n".join(failed) if outcome == "failed" and failed else "\n".join(lines[-15:])
     return outcome, proc.returncode, tail, seconds
 
