@@ -132,6 +132,14 @@ MUTATIONS: list[Mutation] = [
     Mutation("S3", "predictions keep their column dtypes (step int64)", "lstm_core/outputs.py",
              '("step", pa.int64())', '("step", pa.int32())',
              (f"{CONTRACT}::test_part_files_have_the_contract_columns_and_dtypes",)),
+    # --- landed with issue 13: backtests and conformal intervals ----------------------------------------
+    Mutation("B1", "a backtest window's forecast sees nothing after its cutoff", "lstm_core/backtest.py",
+             "return horizon + step * (windows - 1", "return step * (windows - 1",
+             ("tests/lstm_core/test_backtest.py::"
+              "test_a_spike_after_a_cutoff_never_reaches_that_window_or_earlier_ones",)),
+    Mutation("B2", "split-conformal upper rank ceil((n + 1)(1 - a/2))", "lstm_core/intervals.py",
+             "math.ceil((n + 1) * (1 - a / 2) - 1e-9)", "math.ceil(n * (1 - a / 2) - 1e-9)",
+             ("tests/lstm_core/test_intervals.py::test_split_conformal_ranks_and_borrowing_from_neighbouring_steps",)),
     # --- command line ------------------------------------------------------------------------------
     Mutation("E1", "exit code 3 when the run id is already running", "flows/cli.py",
              "return fail(str(exc), 3)", "return fail(str(exc), 2)",
@@ -149,7 +157,8 @@ MUTATIONS: list[Mutation] = [
              ("tests/lstm_core/test_core_model_store.py::test_too_old_model_is_retrained",)),
     Mutation("R3", "the model key hashes the scaler", "lstm_core/config.py",
              '            "scaler": self.scaler,\n', "",
-             ("tests/lstm_core/test_core_config.py::test_model_key_changes_with_every_setting_that_changes_the_model",)),
+             ("tests/lstm_core/test_core_config.py::"
+              "test_model_key_changes_with_every_setting_that_changes_the_model",)),
     Mutation("R4", "retrain 'always' trains even when a model is saved", "lstm_core/model_store.py",
              'if policy == "always":', 'if policy == "always" and not list_versions(store_url, model_key, '
                                        "storage_options):",
@@ -174,8 +183,8 @@ def copy_project(root: Path, files: list[str], dest: Path) -> None:
 def run_tests(copy: Path, tests: tuple[str, ...], timeout: float,
               stop_early: bool = True) -> tuple[str, int | None, str, float]:
     """Run pytest on `tests` inside `copy`: (outcome, return code, output summary, seconds)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(copy), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    path = os.pathsep.join(p for p in (str(copy), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--no-header",
            *(["-x"] if stop_early else []), *tests]
     t0 = time.monotonic()

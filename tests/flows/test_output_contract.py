@@ -239,7 +239,8 @@ def test_the_manifest_holds_every_documented_field(local_runs):
 
 def test_a_local_run_leaves_exactly_the_contract_files(local_runs):
     out = local_runs["out"]
-    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.parts[len(out.parts)] != "models")
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                   if p.is_file() and p.parts[len(out.parts)] != "models")
     one = [f for f in files if "one" in f]
     assert one == ["metrics/run=one/part-0.parquet", "predictions/run=one/part-0.parquet",
                    "quarantine/run=one/part-0.parquet", "runs/one/lease.json", "runs/one/manifest.json",
