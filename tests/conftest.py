@@ -84,6 +84,14 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server) -> str:
+    """The Prefect test server's API URL, for CLI subprocesses (no temporary server per process)."""
+    import prefect.settings
+
+    return prefect.settings.PREFECT_API_URL.value()
+
+
 def make_frame(n_series: int = 6, length: int = 160, freq: str = "h", season: int = 24, seed: int = 0,
                start: str = "2026-01-01") -> pd.DataFrame:
     """Seasonal series with trend and noise at different levels, long format."""

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_frame
+from tests.reliability.conftest import error_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("lstm-forecast"))
@@ -27,16 +28,10 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     return subprocess.run([CLI, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
-def error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith(ERROR)]
-
-
-@pytest.fixture(scope="module")
-def api(prefect_server) -> dict[str, str]:
-    """The Prefect test server for CLI subprocesses (no temporary server per process)."""
-    import prefect.settings
-
-    return {"PREFECT_API_URL": prefect.settings.PREFECT_API_URL.value()}
+@pytest.fixture
+def api(prefect_api_url) -> dict[str, str]:
+    """The environment that points a CLI subprocess at the Prefect test server."""
+    return {"PREFECT_API_URL": prefect_api_url}
 
 
 def test_help_for_each_command():
