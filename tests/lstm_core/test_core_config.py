@@ -172,3 +172,121 @@ def test_backtest_and_interval_settings_have_defaults_and_reach_every_source():
 def test_bad_backtest_and_interval_settings_are_refused_by_name(data, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(data)
+
+
+# README (Retrain or load): the model key "hashes every setting that changes the model". Each setting is
+# classed here; a setting added without a class fails the completeness test below, so whoever adds one
+# decides whether a saved model stays usable when it changes.
+KEY_CHANGES = {  # setting -> another value; each must change the key
+    "freq": "D",
+    "horizon": 12,
+    "season_length": 12,
+    "window": 72,
+    "scaler": "standard",
+    "target_transform": "none",
+    "mode": "per_series",
+    "model.units": [32],
+    "model.dropout": 0.1,
+    "model.bidirectional": True,
+    "model.level_normalization": False,
+    "model.seasonal_skip": False,
+    "training.batch_size": 128,
+    "training.learning_rate": 0.01,
+    "training.loss": "mse",
+    "training.windows_per_series": 64,
+    "training.validation_steps": 12,
+    "training.ensemble_size": 2,
+    "training.snapshots": 1,
+    "seed": 7,
+}
+KEY_KEEPS = {  # setting -> another value; none may change the key (where and when a run runs, budgets)
+    "input_url": "s3://other/in.parquet",
+    "output_url": "s3://other/out",
+    "storage_options": {"key": "AKIA", "secret": "s"},
+    "columns": ["price"],  # a changed feature set is caught when loading (feature schema), with a reason
+    "filters": [["region", "==", "eu"]],
+    "gap_policy": "skip",
+    "max_gap": 1,
+    "training.epochs": 3,
+    "training.patience": 2,
+    "training.max_train_minutes": 5,
+    "training.max_series": 100,
+    "retrain": "always",
+    "max_model_age": 60,
+    "degradation_tolerance": 0.1,
+    "run_id": "nightly",
+    # backtests and intervals score the model and widen its forecasts; the saved model is the same
+    "backtest.windows": 5,
+    "backtest.step": 6,
+    "backtest.refit": True,
+    "levels": [50],
+    "interval_method": "conformal_log",
+    "lease_ttl": 30,
+    "shard_size": 10,
+    "shard_rows": 1000,
+    "workers": 2,
+    "dask_address": "tcp://sched:8786",
+    "scratch_url": "s3://other/scratch",
+}
+# Settings deliberately not asserted either way, with the reason.
+KEY_UNDECIDED = {
+    "refit": "a refit model is saved under the same key, and a later run that loads it scores a holdout the "
+             "model has seen; whether refit belongs in the key is open",
+    "group_column": "tested on its own below: the column and each group's value name the model",
+}
+BASE = {"window": 48}  # explicit, so horizon and season do not move the derived window
+
+
+def _with(dotted: str, value) -> ForecastConfig:
+    data = json.loads(json.dumps(BASE))
+    node = data
+    *sections, leaf = dotted.split(".")
+    for s in sections:
+        node = node.setdefault(s, {})
+    node[leaf] = value
+    return validate_config(data)
+
+
+def _all_settings(model: type = ForecastConfig, prefix: str = "") -> set[str]:
+    """Every setting, dotted for sections."""
+    from pydantic import BaseModel
+
+    out = set()
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            out |= _all_settings(field.annotation, f"{prefix}{name}.")
+        else:
+            out.add(prefix + name)
+    return out
+
+
+@pytest.mark.parametrize("setting", sorted(KEY_CHANGES))
+def test_model_key_changes_with_every_setting_that_changes_the_model(setting):
+    base = validate_config(BASE)
+    changed = _with(setting, KEY_CHANGES[setting])
+    assert changed.model_dump() != base.model_dump()  # the value really differs from the default
+    assert changed.model_key() != base.model_key(), setting
+
+
+@pytest.mark.parametrize("setting", sorted(KEY_KEEPS))
+def test_model_key_ignores_settings_that_do_not_change_the_model(setting):
+    base = validate_config(BASE)
+    changed = _with(setting, KEY_KEEPS[setting])
+    assert changed.model_dump() != base.model_dump()
+    assert changed.model_key() == base.model_key(), setting
+
+
+def test_every_setting_is_classed_for_the_model_key():
+    classed = set(KEY_CHANGES) | set(KEY_KEEPS) | set(KEY_UNDECIDED)
+    assert not set(KEY_CHANGES) & set(KEY_KEEPS)
+    assert _all_settings() - classed == set(), "class each new setting in KEY_CHANGES, KEY_KEEPS or KEY_UNDECIDED"
+    assert classed - _all_settings() == set(), "a classed setting no longer exists"
+
+
+def test_model_key_names_the_group_column_and_each_group():
+    plain = validate_config(BASE)
+    grouped = validate_config({**BASE, "group_column": "line"})
+    other_column = validate_config({**BASE, "group_column": "region"})
+    assert grouped.model_key("a") != grouped.model_key("b")
+    assert grouped.model_key("a") != plain.model_key() and grouped.model_key("a") != other_column.model_key("a")
+    assert grouped.model_key("a") == validate_config({**BASE, "group_column": "line"}).model_key("a")

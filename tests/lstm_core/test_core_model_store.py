@@ -110,3 +110,23 @@ def test_incompatible_window_means_train(forecaster, cfg, train_panel, tmp_path)
     assert d.action == "train" and "no loadable model" in d.reason and "window" in d.reason
     with pytest.raises(ArtifactError, match="no saved model can be loaded"):
         run_decide(cfg, tmp_path, train_panel, policy="never", window=48)
+
+
+def test_degradation_tolerance_is_the_allowed_relative_rise(forecaster, cfg, train_panel, tmp_path):
+    """At a non-zero tolerance, on both sides: retrain just past the allowed rise, load just within it."""
+    version = save(forecaster, cfg, tmp_path, train_panel)
+    rng = np.random.default_rng(1)
+    # Newer data the model knows less well: the same series with noise added.
+    changed = Panel(train_panel.series_ids, train_panel.offsets,
+                    train_panel.values + rng.normal(0, 0.3 * train_panel.values.std(), train_panel.values.shape),
+                    train_panel.feature_names, train_panel.last_ds, train_panel.freq)
+    recorded = forecaster.training["best_val_loss"]
+    current = validation_loss(forecaster, changed, cfg.validation_steps, cfg.training.loss)
+    rise = current / recorded - 1
+    assert rise > 0.05, (current, recorded)
+    below = run_decide(cfg, tmp_path, changed, tolerance=0.9 * rise)
+    assert below.action == "train" and f"model {version} degraded" in below.reason
+    assert f"x (1 + {0.9 * rise:g})" in below.reason
+    within = run_decide(cfg, tmp_path, changed, tolerance=1.1 * rise)
+    assert within.action == "load" and within.loaded.metadata["version"] == version
+    assert f"within {1.1 * rise:.0%} of recorded" in within.reason
