@@ -21,7 +21,7 @@ from lstm_core.model import build_lstm
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler, TargetTransform
 from lstm_core.training import BatchHook, EpochHook, TrainingResult, train
-from lstm_core.validation import ValidationResult, validate_for
+from lstm_core.validation import ValidationResult, min_train_length, validate_for
 
 log = logging.getLogger("lstm_core.engine")
 
@@ -116,6 +116,10 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     """
     if not config.is_resolved:
         config = config.resolved(panel.freq)
+    need = min_train_length(config)  # the rule validation applies, without the holdout
+    if panel.n_series and (panel.lengths < need).all():
+        raise ValueError(f"no series is long enough to train: each needs {need} points before its holdout "
+                         f"(window {config.window} + validation {config.validation_steps} + 1)")
     if config.mode == "per_series":
         return _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch, on_series)
     shaper = Forecaster([], config.window, tuple(panel.feature_names), config.scaler,

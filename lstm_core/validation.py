@@ -69,6 +69,11 @@ def min_length(config: Any) -> int:
     return required_points(config.window, config.horizon, config.validation_steps)
 
 
+def min_train_length(config: Any) -> int:
+    """Points a training part (a series without its holdout) needs: `min_length(config) - horizon`."""
+    return min_length(config) - config.horizon
+
+
 def validate_for(df: pd.DataFrame, config: Any, source: str | None = None, errors: str = "skip") -> ValidationResult:
     """`validate` with everything taken from a configuration (its frequency may still be unset: inferred)."""
     spec = CovariateSpec.from_config(config) if config.is_resolved else None

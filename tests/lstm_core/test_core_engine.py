@@ -145,3 +145,17 @@ def test_per_series_mode_trains_one_model_per_series():
     fc = f.forecast(panel, H)
     assert fc.shape == (2, H) and np.isfinite(fc).all()
     np.testing.assert_allclose(fc[1], f.per_series["s01"].forecast(panel.select(panel.series_ids == "s01"), H)[0])
+
+
+def test_training_relies_on_the_same_minimum_length_as_validation():
+    from lstm_core.validation import min_length, min_train_length
+
+    cfg = fast_config()
+    assert min_length(cfg) == cfg.window + cfg.horizon + cfg.validation_steps + 1 == 49
+    assert min_train_length(cfg) == 37
+    short = Panel.from_frame(make_frame(n_series=2, length=36), "h")
+    with pytest.raises(ValueError, match="each needs 37 points before its holdout"):
+        engine.fit(short, cfg)
+    # a series validation keeps (exactly min_length points) trains once its holdout is dropped
+    panel, result = engine.prepare(make_frame(n_series=2, length=min_length(cfg)), cfg)
+    assert result.skipped == [] and (panel.drop_last(H).lengths == min_train_length(cfg)).all()
