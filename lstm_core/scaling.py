@@ -122,8 +122,12 @@ class TargetTransform:
             return cls(kind, np.zeros(panel.n_series, dtype=bool))
         positive = np.minimum.reduceat(panel.y, panel.offsets[:-1]) > 0
         if kind == "log" and not positive.all():
+            from lstm_core.errors import DataValidationError
+
             bad = [str(s) for s in panel.series_ids[~positive][:3]]
-            raise ValueError(f"target_transform 'log' needs positive values; series {bad} have values <= 0")
+            # bad input for this setting (exit code 2), not a failure of the run
+            raise DataValidationError(f"target_transform 'log' needs positive values; series {bad} have values <= 0",
+                                      column="y", series_id=bad[0])
         return cls(kind, positive)
 
     def apply(self, panel: Panel) -> Panel:
