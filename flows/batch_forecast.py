@@ -360,7 +360,9 @@ class _Run:
         return {
             "group": None if per_series else key,
             **({"shard": key} if per_series else {}),
-            "model_key": None if per_series else config.model_key(key),
+            # a pinned model may come from another key: name the one it was saved under
+            "model_key": None if per_series else (choice.decision.loaded.metadata.get("model_key")
+                                                  if choice.decision.loaded is not None else config.model_key(key)),
             "model_version": choice.version,
             "retrain": choice.decision.as_dict(),
             "training": _training_summary(choice),

@@ -185,6 +185,7 @@ def test_a_pinned_model_version_is_used(input_runs):
                 "model_version": version, "run_id": "pinned"}
     manifest = batch_forecast(settings=settings)
     assert manifest["model_version"] == version and manifest["retrain"]["action"] == "load"
+    assert manifest["model_key"] == manifests["parquet"]["model_key"]  # where the pinned version was saved
     assert f"pinned model_version {version}" in manifest["retrain"]["reason"]
     preds = _preds(fs, f"s3://{bucket}/out-parquet", "pinned")
     assert len(preds) == 4 * 6 and (preds["model_version"] == version).all()
