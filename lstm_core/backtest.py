@@ -123,7 +123,8 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
 
     Pass either `forecast_fn` (a model already trained on data before the earliest cutoff) or `fit_fn`
     (trained here: once on the data before the earliest cutoff, or per window with `refit=True`).
-    Covariate columns of `panel` are passed to the forecast as known future values (S, H, K).
+    Known-ahead columns of `panel` (future, calendar, static) are passed to the forecast at their true
+    values over each window (S, H, K); historic ones are not (the forecast carries them forward).
     `min_history`: points a series needs before a cutoff (the model's input size) to join that window.
 
     Raises ValueError for inconsistent arguments or a forecast of the wrong shape.
@@ -152,7 +153,8 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
         sub = panel.select(mask)
         history = sub.drop_last(int(drops[w]))
         window_values = sub.drop_last(int(drops[w]) - horizon).last_values(horizon)  # (S, H, F)
-        future = window_values[:, :, 1:] if panel.n_features > 1 else None
+        known = panel.known_index  # future, calendar and static columns; historic ones are not known ahead
+        future = window_values[:, :, known] if known.size else None
         fn = fit_fn(history) if refit else forecast_fn
         yhat = np.asarray(fn(history, horizon, future), dtype=np.float64)
         if yhat.shape != (history.n_series, horizon):

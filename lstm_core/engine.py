@@ -5,7 +5,7 @@ This is what a notebook user calls; the Prefect tasks wrap these functions.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import keras
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lstm_core.config import ForecastConfig
+from lstm_core.covariates import CovariateSpec, StaticEncoder
 from lstm_core.forecasting import ensemble_forecast
 from lstm_core.frequency import dates_after
 from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
@@ -20,7 +21,7 @@ from lstm_core.model import build_lstm
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler, TargetTransform
 from lstm_core.training import BatchHook, EpochHook, TrainingResult, train
-from lstm_core.validation import ValidationResult, validate
+from lstm_core.validation import ValidationResult, min_train_length, validate_for
 
 log = logging.getLogger("lstm_core.engine")
 
@@ -39,47 +40,70 @@ class Forecaster:
     scaler: SeriesScaler | None = None  # fitted on the training part; kept for the record
     per_series: dict[str, "Forecaster"] | None = None  # mode 'per_series'
     target_transform: str = "none"
+    static_encoder: StaticEncoder | None = None  # the static covariates' encoding fitted on the training series
 
-    def model_space(self, panel: Panel) -> tuple[Panel, SeriesScaler, TargetTransform]:
-        """`panel` as the network sees it: transformed (log where chosen), then scaled per series.
+    def adapt(self, panel: Panel) -> Panel:
+        """`panel` with its static covariates encoded as this model was trained (its vocabulary)."""
+        return panel.encode_static(self.static_encoder)
+
+    def model_space(self, panel: Panel, horizon: int = 0) -> tuple[Panel, SeriesScaler, TargetTransform]:
+        """`panel` as the network sees it: known-ahead columns one step ahead (each window holds the known
+        inputs of the step it predicts), transformed (log where chosen), then scaled per series.
 
         Both are fitted on the history given, so a loaded model forecasts any series.
         """
-        transform = TargetTransform.fit(panel, self.target_transform)
-        shaped = transform.apply(panel)
+        return self._space(self.adapt(panel).lead_known(horizon))
+
+    def _space(self, led: Panel) -> tuple[Panel, SeriesScaler, TargetTransform]:
+        transform = TargetTransform.fit(led, self.target_transform)
+        shaped = transform.apply(led)
         scaler = SeriesScaler.fit(shaped, self.scaler_kind)
         return scaler.transform(shaped), scaler, transform
 
     def forecast(self, panel: Panel, horizon: int, future_covariates: np.ndarray | None = None) -> np.ndarray:
         """(S, H) forecasts in original units for each series of `panel` (its whole history is the input).
 
-        Scaling is refitted on the history given, so a loaded model forecasts any series.
+        Known-ahead columns (future, calendar, static) take their values after the end from
+        `future_covariates` (S, H, K) when given, else from `panel.future`; historic columns carry their
+        last value forward. Scaling is refitted on the history given, so a loaded model forecasts any series.
         """
+        panel = self.adapt(panel)
+        if future_covariates is not None:
+            panel = replace(panel, future=np.asarray(future_covariates, dtype=np.float64))
         if tuple(panel.feature_names) != tuple(self.feature_names):
             raise ValueError(f"model expects features {self.feature_names}, data has {panel.feature_names}")
         if self.per_series is not None:
             out = np.zeros((panel.n_series, horizon))
             for i, sid in enumerate(panel.series_ids):
-                sub = panel.select(panel.series_ids == sid)
-                fc = None if future_covariates is None else future_covariates[i:i + 1]
-                out[i] = self.per_series[sid].forecast(sub, horizon, fc)[0]
+                out[i] = self.per_series[sid].forecast(panel.select(panel.series_ids == sid), horizon)[0]
             return out
-        scaled, scaler, transform = self.model_space(panel)
+        led = panel.lead_known(horizon)
+        scaled, scaler, transform = self._space(led)
         windows = scaled.last_values(self.window).astype(np.float32)
         fut = None
-        if future_covariates is not None:
+        if panel.n_features > 1:
             rows = np.arange(panel.n_series)
-            fut = (future_covariates - scaler.loc[rows, None, 1:]) / scaler.scale[rows, None, 1:]
+            fut = (led.covariate_path(horizon) - scaler.loc[rows, None, 1:]) / scaler.scale[rows, None, 1:]
         z = ensemble_forecast(self.members, windows, horizon, fut)
         return transform.inverse(scaler.inverse_y(z.astype(np.float64), panel.series_ids))
 
 
 def prepare(df: pd.DataFrame, config: ForecastConfig, source: str | None = None,
             errors: str = "skip") -> tuple[Panel, ValidationResult]:
-    """Validate a long frame and pack it into a Panel."""
-    result = validate(df, config.freq, window=config.window, horizon=config.horizon,
-                      gap_policy=config.gap_policy, max_gap=config.max_gap, source=source, errors=errors)
-    return Panel.from_frame(result.frame, config.freq, result.covariates), result
+    """Validate a long frame and pack it into a Panel (its frequency inferred when `config.freq` is unset:
+    `panel.freq`, and `config.resolved(panel.freq)` is the configuration it implies)."""
+    result = validate_for(df, config, source=source, errors=errors)
+    if not config.is_resolved:
+        config = config.resolved(result.freq)
+    return panel_of(result, config), result
+
+
+def panel_of(result: ValidationResult, config: ForecastConfig) -> Panel:
+    """The Panel of validated series, with the known-ahead values of the horizon after each series' end."""
+    if not config.is_resolved:
+        config = config.resolved(result.freq)
+    return Panel.from_frame(result.frame, config.freq, spec=CovariateSpec.from_config(config), future=result.future,
+                            static=result.static, horizon=config.horizon)
 
 
 def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = None,
@@ -90,6 +114,12 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     Hooks report progress: `on_epoch(epoch, logs)`, `on_batch(epoch, done, per_epoch)` and, in
     mode 'per_series', `on_series(done, total, series_id)` before each series' model.
     """
+    if not config.is_resolved:
+        config = config.resolved(panel.freq)
+    need = min_train_length(config)  # the rule validation applies, without the holdout
+    if panel.n_series and (panel.lengths < need).all():
+        raise ValueError(f"no series is long enough to train: each needs {need} points before its holdout "
+                         f"(window {config.window} + validation {config.validation_steps} + 1)")
     if config.mode == "per_series":
         return _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch, on_series)
     shaper = Forecaster([], config.window, tuple(panel.feature_names), config.scaler,
@@ -126,7 +156,7 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         "log_series": int(TargetTransform.fit(panel, config.target_transform).log_mask.sum()),
     }
     return Forecaster(members, config.window, tuple(panel.feature_names), config.scaler, summary, scaler,
-                      target_transform=config.target_transform)
+                      target_transform=config.target_transform, static_encoder=panel.static_encoder)
 
 
 def _snapshot_members(model: keras.Model, result: TrainingResult) -> list[keras.Model]:
@@ -177,7 +207,8 @@ def _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_b
     summary = {"best_val_loss": float(np.mean(losses)), "series": int(panel.n_series),
                "seconds": float(sum(f.training["seconds"] for f in each.values())),
                "device": next(iter(each.values())).training["device"] if each else "CPU"}
-    return Forecaster([], config.window, tuple(panel.feature_names), config.scaler, summary, None, each)
+    return Forecaster([], config.window, tuple(panel.feature_names), config.scaler, summary, None, each,
+                      static_encoder=panel.static_encoder)
 
 
 @dataclass
@@ -195,13 +226,18 @@ class Evaluation:
 
 def evaluate(forecaster: Forecaster, panel: Panel, config: ForecastConfig, model_name: str = "lstm",
              future_covariates: np.ndarray | None = None) -> Evaluation:
-    """Forecast the last H points of each series from what precedes them; score it and seasonal naive."""
+    """Forecast the last H points of each series from what precedes them; score it and seasonal naive.
+
+    The holdout takes the same covariate path as the published forecast: known-ahead columns at their
+    true values over the last H points (`drop_last` keeps them), historic ones carried forward.
+    """
+    if not config.is_resolved:
+        config = config.resolved(panel.freq)
     h = config.horizon
     history = panel.drop_last(h)
     actual = panel.last_values(h)[:, :, 0]
-    fut = panel.last_values(h)[:, :, 1:] if panel.n_features > 1 else future_covariates
     forecasts = {
-        model_name: forecaster.forecast(history, h, fut),
+        model_name: forecaster.forecast(history, h, future_covariates),
         "seasonal_naive": seasonal_naive(history, h, config.season_length),
     }
     scale = mase_scale(history, config.season_length)

@@ -136,14 +136,17 @@ def test_series_too_short_for_a_window_skip_that_window_only(cfg):
 
 
 def test_known_future_covariates_of_each_window_reach_the_forecast(cfg):
+    from lstm_core.covariates import CovariateSpec
+
     df = make_frame(n_series=2, length=100)
     df["temp"] = np.arange(len(df), dtype=float)
-    p = engine.prepare(df, cfg.model_copy(update={"columns": ["temp"]}))[0]
-    assert p.feature_names == ("y", "temp")
+    df["visits"] = -1.0  # historic: observed only, never passed as known ahead
+    p = Panel.from_frame(df, "h", spec=CovariateSpec(historic=("visits",), future=("temp",)))
+    assert p.feature_names == ("y", "visits", "temp") and p.roles == ("target", "historic", "future")
     got = []
 
     def forecast(history: Panel, horizon: int, future):
-        got.append((history.last_values(1)[:, 0, 1], future))
+        got.append((history.last_values(1)[:, 0, 2], future))
         return np.zeros((history.n_series, horizon))
 
     backtest(p, forecast, horizon=H, season_length=24, windows=2, levels=())

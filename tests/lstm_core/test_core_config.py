@@ -10,7 +10,11 @@ from lstm_core.config import ConfigError, ForecastConfig, load_config, redact, r
 
 def test_defaults_are_valid():
     cfg = load_config(environ={})
-    assert isinstance(cfg, ForecastConfig) and cfg.freq == "h" and cfg.horizon == 24 and cfg.gap_policy == "fill"
+    assert isinstance(cfg, ForecastConfig) and cfg.horizon == 24 and cfg.gap_policy == "fill"
+    # the frequency is inferred from the data unless set; season and window follow from it then
+    assert cfg.freq is None and cfg.season_length is None and cfg.window is None and not cfg.is_resolved
+    hourly = cfg.resolved("h")
+    assert (hourly.freq, hourly.season_length, hourly.window) == ("h", 24, 48) and hourly.is_resolved
 
 
 @pytest.mark.parametrize("data, where", [
@@ -42,6 +46,8 @@ def test_unknown_frequency_message():
 def test_window_shorter_than_season_is_refused_with_seasonal_skip():
     with pytest.raises(ConfigError, match=r"window \(12\) must be at least season_length \(24\)"):
         validate_config({"window": 12, "season_length": 24, "model": {"seasonal_skip": True}})
+    with pytest.raises(ConfigError, match=r"window \(12\) must be at least season_length \(24\)"):
+        validate_config({"freq": "h", "window": 12, "model": {"seasonal_skip": True}})  # season from freq
     assert validate_config({"window": 12, "season_length": 24, "model": {"seasonal_skip": False}}).skip_lag == 0
     # 'auto' cannot use a season longer than the window, so it falls back to the last value.
     assert validate_config({"window": 12, "season_length": 24}).skip_lag == 0
@@ -135,12 +141,87 @@ def test_redact_helpers():
 
 
 def test_model_key_tracks_what_makes_models_interchangeable():
-    base = validate_config({})
-    assert base.model_key() == validate_config({}).model_key()
-    assert base.model_key() == validate_config({"training": {"epochs": 3, "patience": 1}}).model_key()
-    assert base.model_key() != validate_config({"window": 72}).model_key()
-    assert base.model_key() != validate_config({"model": {"units": [32]}}).model_key()
-    assert base.model_key() != validate_config({"seed": 1}).model_key()
+    base = validate_config({"freq": "h"})
+    assert base.model_key() == validate_config({"freq": "h"}).model_key()
+    # the network and the meaning of its inputs change the key ...
+    for changed in ({"window": 72}, {"model": {"units": [32]}}, {"freq": "30min", "season_length": 24},
+                    {"season_length": [24, 168]}, {"scaler": "standard"}, {"target_transform": "none"},
+                    {"future_covariates": ["price"]}, {"historic_covariates": ["price"]},
+                    {"static_covariates": ["region"]}, {"calendar_features": ["hour"]}, {"mode": "per_series"}):
+        assert base.model_key() != validate_config({"freq": "h", **changed}).model_key(), changed
+    # ... the roles too: the same column known ahead or only observed is another model
+    assert validate_config({"freq": "h", "future_covariates": ["price"]}).model_key() != \
+        validate_config({"freq": "h", "historic_covariates": ["price"]}).model_key()
+    # the horizon (a recursive one-step network) and how the weights were fitted do not
+    for same in ({"horizon": 48, "window": 48}, {"training": {"epochs": 3, "patience": 1, "snapshots": 2}},
+                 {"seed": 1}, {"training": {"learning_rate": 0.01}}, {"retrain": "never"}, {"refit": True}):
+        assert base.model_key() == validate_config({"freq": "h", **same}).model_key(), same
+    # training settings are recorded beside the key (retrain 'auto' retrains when they change)
+    assert base.training_settings() != validate_config({"freq": "h", "seed": 1}).training_settings()
+    assert base.training_settings() == validate_config({"freq": "h", "training": {"epochs": 9}}).training_settings()
+
+
+@pytest.mark.parametrize("freq, season", [("h", 24), ("D", 7), ("W-MON", 52), ("W", 52), ("MS", 12), ("ME", 12),
+                                          ("QS", 4), ("QE-DEC", 4), ("YS", 1), ("15min", 96), ("30min", 48),
+                                          ("min", 1440), ("2h", 12), ("B", 5)])
+def test_season_length_defaults_from_the_frequency(freq, season):
+    cfg = validate_config({"freq": freq, "horizon": 2})
+    assert cfg.season_length == season and cfg.season_lengths == (season,)
+    assert validate_config({"freq": freq, "season_length": 3}).season_length == 3  # given wins
+
+
+def test_a_daily_run_without_season_uses_7_and_its_window():
+    cfg = validate_config({"freq": "D", "horizon": 14})
+    assert (cfg.season_length, cfg.window) == (7, 28)
+
+
+def test_several_seasons_first_for_metrics_rest_kept():
+    cfg = validate_config({"freq": "h", "season_length": [24, 168]})
+    assert cfg.season_length == 24 and cfg.extra_season_lengths == [168] and cfg.season_lengths == (24, 168)
+    again = validate_config(cfg.model_dump())  # round trip (the CLI passes resolved settings to the flow)
+    assert again.season_lengths == (24, 168)
+    with pytest.raises(ConfigError, match="season_length"):
+        validate_config({"season_length": []})
+
+
+def test_unresolved_configuration_says_what_it_needs():
+    cfg = validate_config({})
+    with pytest.raises(ConfigError, match="needs the frequency"):
+        cfg.model_key()
+    assert cfg.resolved("D").model_key() == validate_config({"freq": "D"}).model_key()
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"columns": ["price"]}, "'columns' is replaced by declared roles"),
+    ({"future_covariates": ["price"], "historic_covariates": ["price"]}, "declared twice"),
+    ({"future_covariates": ["y"]}, "is the id, time, target or group column"),
+    ({"target_column": "sales", "static_covariates": ["sales"]}, "is the id, time, target or group column"),
+    ({"calendar_features": ["hour", "fortnight"]}, "calendar_features"),
+    ({"calendar_features": "sometimes"}, "calendar_features"),
+    ({"id_column": "x", "time_column": "x"}, "must differ"),
+    ({"model_version": "v1", "retrain": "always"}, "contradicts a pinned model"),
+    ({"model_version": "v1", "model_url": "s3://b/models/k/v1"}, "either model_version or model_url"),
+    ({"model_version": "v1", "group_column": "g"}, "pinned model"),
+    ({"input_format": "xlsx"}, "input_format"),
+])
+def test_covariate_input_and_pin_settings_are_checked(data, fragment):
+    with pytest.raises(ConfigError, match="invalid configuration") as exc:
+        validate_config(data)
+    assert fragment in str(exc.value)
+
+
+def test_read_columns_are_the_mapped_required_columns_and_declared_covariates():
+    cfg = validate_config({"id_column": "store", "time_column": "date", "target_column": "sales",
+                           "future_covariates": ["price"], "historic_covariates": ["visits"],
+                           "static_covariates": ["region"], "group_column": "line"})
+    assert cfg.read_columns() == ["store", "date", "sales", "visits", "price", "region"]
+    assert cfg.column_names() == {"series_id": "store", "ds": "date", "y": "sales"}
+
+
+def test_config_error_is_a_forecast_error():
+    from lstm_core.errors import LstmForecastError
+
+    assert issubclass(ConfigError, LstmForecastError) and issubclass(ConfigError, ValueError)
 
 
 def test_backtest_and_interval_settings_have_defaults_and_reach_every_source():
