@@ -258,9 +258,8 @@ def test_bad_backtest_and_interval_settings_are_refused_by_name(data, message):
 # README (Retrain or load): the model key "hashes every setting that changes the model". Each setting is
 # classed here; a setting added without a class fails the completeness test below, so whoever adds one
 # decides whether a saved model stays usable when it changes.
-KEY_CHANGES = {  # setting -> another value; each must change the key
+KEY_CHANGES = {  # setting -> another value; each must change the key (the network or what its inputs mean)
     "freq": "D",
-    "horizon": 12,
     "season_length": 12,
     "window": 72,
     "scaler": "standard",
@@ -271,6 +270,15 @@ KEY_CHANGES = {  # setting -> another value; each must change the key
     "model.bidirectional": True,
     "model.level_normalization": False,
     "model.seasonal_skip": False,
+    "future_covariates": ["promo"],
+    "historic_covariates": ["temp"],
+    "static_covariates": ["region"],
+    "calendar_features": ["hour"],
+    "extra_season_lengths": [168],
+}
+# How the weights were fitted: not in the key (a model under the key takes the same inputs), recorded in the
+# model's metadata, and retrain 'auto' retrains a model trained otherwise (test_core_model_store.py).
+TRAINING_RECORDED = {
     "training.batch_size": 128,
     "training.learning_rate": 0.01,
     "training.loss": "mse",
@@ -281,10 +289,16 @@ KEY_CHANGES = {  # setting -> another value; each must change the key
     "seed": 7,
 }
 KEY_KEEPS = {  # setting -> another value; none may change the key (where and when a run runs, budgets)
+    "horizon": 12,  # the network forecasts recursively: any horizon uses the same model
     "input_url": "s3://other/in.parquet",
     "output_url": "s3://other/out",
     "storage_options": {"key": "AKIA", "secret": "s"},
-    "columns": ["price"],  # a changed feature set is caught when loading (feature schema), with a reason
+    "input_format": "csv",
+    "id_column": "store",
+    "time_column": "timestamp",
+    "target_column": "sales",
+    "model_version": "20260101T000000000000Z-aaaaaa",  # a pin chooses a saved model; it does not make one
+    "model_url": "s3://models/key/20260101T000000000000Z-aaaaaa",
     "filters": [["region", "==", "eu"]],
     "gap_policy": "skip",
     "max_gap": 1,
@@ -311,11 +325,12 @@ KEY_KEEPS = {  # setting -> another value; none may change the key (where and wh
 }
 # Settings deliberately not asserted either way, with the reason.
 KEY_UNDECIDED = {
+    "columns": "refused: replaced by the declared covariate roles (future_, historic_, static_covariates)",
     "refit": "a refit model is saved under the same key, and a later run that loads it scores a holdout the "
              "model has seen; whether refit belongs in the key is open",
     "group_column": "tested on its own below: the column and each group's value name the model",
 }
-BASE = {"window": 48}  # explicit, so horizon and season do not move the derived window
+BASE = {"window": 48, "freq": "h"}  # explicit, so horizon and season do not move the derived window
 
 
 def _with(dotted: str, value) -> ForecastConfig:
@@ -349,17 +364,24 @@ def test_model_key_changes_with_every_setting_that_changes_the_model(setting):
     assert changed.model_key() != base.model_key(), setting
 
 
-@pytest.mark.parametrize("setting", sorted(KEY_KEEPS))
+@pytest.mark.parametrize("setting", sorted(TRAINING_RECORDED))
+def test_training_settings_are_recorded_for_the_retrain_decision(setting):
+    base = validate_config(BASE)
+    changed = _with(setting, TRAINING_RECORDED[setting])
+    assert changed.training_settings() != base.training_settings(), setting
+
+
+@pytest.mark.parametrize("setting", sorted({**KEY_KEEPS, **TRAINING_RECORDED}))
 def test_model_key_ignores_settings_that_do_not_change_the_model(setting):
     base = validate_config(BASE)
-    changed = _with(setting, KEY_KEEPS[setting])
+    changed = _with(setting, {**KEY_KEEPS, **TRAINING_RECORDED}[setting])
     assert changed.model_dump() != base.model_dump()
     assert changed.model_key() == base.model_key(), setting
 
 
 def test_every_setting_is_classed_for_the_model_key():
-    classed = set(KEY_CHANGES) | set(KEY_KEEPS) | set(KEY_UNDECIDED)
-    assert not set(KEY_CHANGES) & set(KEY_KEEPS)
+    classed = set(KEY_CHANGES) | set(KEY_KEEPS) | set(TRAINING_RECORDED) | set(KEY_UNDECIDED)
+    assert not set(KEY_CHANGES) & (set(KEY_KEEPS) | set(TRAINING_RECORDED))
     assert _all_settings() - classed == set(), "class each new setting in KEY_CHANGES, KEY_KEEPS or KEY_UNDECIDED"
     assert classed - _all_settings() == set(), "a classed setting no longer exists"
 
