@@ -25,13 +25,13 @@ from prefect.context import FlowRunContext
 from flows.runners import execution
 from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
-from lstm_core.errors import LeaseLostError, LstmForecastError
+from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
 from lstm_core.outputs import RunWriter, new_run_id, slot_run_id
 from lstm_core.secrets import install_log_scrubber, scrub, secret_values
 from lstm_core.sharding import ShardPlan, ShardSpec, remove_scratch
 from lstm_core.storage import join
-from tasks.data import NO_VALID_SERIES, load_series, prepare_windows, validate_series
+from tasks.data import load_series, no_valid_series, prepare_windows, validate_series
 from tasks.modelling import evaluate, forecast, train_or_load_model
 from tasks.outputs import SKIPPED_IN_SUMMARY, commit_run, overall_metrics, write_outputs
 from tasks.reporting import publish_artifacts, render_plots
@@ -188,6 +188,12 @@ class _Run:
         t0 = time.perf_counter()
         plan: ShardPlan = ex.result(ex.submit(plan_shards, config=config, run_id=self.writer.run_id))
         self._timed("plan_shards", t0)
+        if not config.is_resolved:  # the frequency was inferred from the data: defaults follow from it
+            config = self.config = config.resolved(plan.freq)
+        self.manifest["config"] = config.public_dict()
+        self.manifest["frequency"] = {"freq": config.freq, "source": "inferred" if plan.freq else "configured",
+                                      "season_lengths": list(config.season_lengths)}
+        self.manifest["ignored_columns"] = list(plan.ignored_columns)
         if plan.sharded:
             t0 = time.perf_counter()
             remove_scratch(config.scratch_root, self.writer.run_id, config.storage_options)
@@ -226,9 +232,10 @@ class _Run:
             if g.train is None:
                 continue
             chain: list = []
-            if config.retrain == "never":  # loading needs no data, only the expected inputs
+            if config.retrain == "never" or config.model_version or config.model_url:
+                # loading needs no data: the model key guarantees the inputs (names and roles)
                 models[g.name] = ex.submit(train_or_load_model, chain, prepared=None, config=config,
-                                           group=g.name, features=plan.features)
+                                           group=g.name)
             else:
                 frame = ex.submit(load_series, chain, config=config, shard=g.train)
                 validated = ex.submit(validate_series, chain, frame=frame, config=config)
@@ -295,11 +302,15 @@ class _Run:
         config = self.config
         summaries.sort(key=lambda s: s["shard"])
         forecast_total = sum(s["series_forecast"] for s in summaries)
+        skipped = [s for summary in summaries for s in summary["skipped"]]
         if forecast_total == 0:
-            raise ValueError(NO_VALID_SERIES)
+            from lstm_core.validation import SkippedSeries
+
+            error = no_valid_series([SkippedSeries(**s) for s in skipped], config)
+            error.quarantine_written = True  # each shard wrote its part of the quarantine table
+            raise error
         single = plan.n_shards == 1
         overall = overall_metrics(summaries)
-        skipped = [s for summary in summaries for s in summary["skipped"]]
         counts = {
             "series_read": sum(s["series_read"] for s in summaries),
             "rows_read": sum(s["rows_read"] for s in summaries),
@@ -349,7 +360,9 @@ class _Run:
         return {
             "group": None if per_series else key,
             **({"shard": key} if per_series else {}),
-            "model_key": None if per_series else config.model_key(key),
+            # a pinned model may come from another key: name the one it was saved under
+            "model_key": None if per_series else (choice.decision.loaded.metadata.get("model_key")
+                                                  if choice.decision.loaded is not None else config.model_key(key)),
             "model_version": choice.version,
             "retrain": choice.decision.as_dict(),
             "training": _training_summary(choice),
@@ -399,7 +412,20 @@ def _record_failure(writer: RunWriter, manifest: dict[str, Any], timings, exc: B
             # An earlier attempt of this run id committed and nothing of it was touched: keep it.
             logger.error("run %s failed before writing; the earlier committed attempt stays: %s", writer.run_id, reason)
             return
-        writer.commit({**manifest, "status": "failed", "error": reason, "timings_s": timings,
-                       "finished_at": datetime.now(timezone.utc).isoformat()})
+        failed = {**manifest, "status": "failed", "error": reason, "timings_s": timings,
+                  "finished_at": datetime.now(timezone.utc).isoformat()}
+        if isinstance(exc, NoValidSeriesError):
+            # Every series was skipped: say which and why, in the manifest and the quarantine table.
+            failed["skipped"] = [s.__dict__ for s in exc.skipped[:SKIPPED_IN_SUMMARY]]
+            failed["counts"] = {"series_read": len(exc.skipped), "series_forecast": 0,
+                                "series_skipped": len(exc.skipped)}
+            if len(exc.skipped) > SKIPPED_IN_SUMMARY:
+                failed["skipped_truncated"] = True
+            if not getattr(exc, "quarantine_written", False):
+                from lstm_core.validation import ValidationResult
+
+                failed["outputs"] = {"quarantine": writer.write(
+                    "quarantine", ValidationResult(None, exc.skipped).skipped_frame(), 0)}
+        writer.commit(failed)
     except Exception as write_exc:  # noqa: BLE001 - storage may be what failed
         logger.error("could not record the failure in the manifest: %s", scrub(str(write_exc), secrets))

@@ -22,9 +22,10 @@ def _common_flags(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--config", help="YAML configuration file")
     p.add_argument("--input", dest="input_url", required=False, help="input Parquet URL (path, s3://, any fsspec URL)")
     p.add_argument("--output", dest="output_url", required=False, help="output URL for predictions, metrics, manifests")
-    p.add_argument("--freq", help="pandas frequency of the series, e.g. h, D, W-MON")
+    p.add_argument("--freq", help="pandas frequency of the series, e.g. h, D, W-MON (default: inferred from the data)")
     p.add_argument("--horizon", type=int, help="steps to forecast")
-    p.add_argument("--season", dest="season_length", type=int, help="season length in steps (24 for hourly)")
+    p.add_argument("--season", dest="season_length", type=int,
+                   help="season length in steps (default from the frequency: hourly 24, daily 7, weekly 52, ...)")
     p.add_argument("--max-train-minutes", type=float, help="wall-clock training budget")
     p.add_argument("--workers", type=int, metavar="N",
                    help="run the tasks on a local Dask cluster of N worker processes")
@@ -92,8 +93,18 @@ def _resolve(config_path: str | None, settings: dict[str, Any], sets: list[str])
     return config, resolved
 
 
+def check_input(config) -> None:
+    """Fail fast on an input that is missing or unreadable: list it and read one file's schema, before
+    TensorFlow is imported or a Prefect server started (a wrong path is reported in about a second)."""
+    from lstm_core.storage import check_input as check
+
+    check(config.input_url, config.storage_options, config.input_format,
+          required=[config.id_column, config.time_column, config.target_column])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    _, resolved = _resolve(args.config, settings_from_args(args), args.sets)
+    config, resolved = _resolve(args.config, settings_from_args(args), args.sets)
+    check_input(config)
     from flows.batch_forecast import batch_forecast
 
     quiet_console_tracebacks()
@@ -220,6 +231,14 @@ def _report(manifest: dict[str, Any]) -> None:
         print(f"  holdout {name:>15}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items())))
 
 
+def ephemeral_api_failure() -> str:
+    """The one line for a temporary Prefect API that did not come up."""
+    waited = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?")
+    return (f"the temporary local Prefect API did not start within {waited} s "
+            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); the machine may be overloaded: raise that "
+            "setting, or start a server and set PREFECT_API_URL")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lstm_core.config import ConfigError
@@ -244,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         print("lstm-forecast: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - one line, no traceback, for any other failure
+        if "ephemeral Prefect API server" in str(exc):
+            return fail(ephemeral_api_failure(), 2)
         return fail(f"{type(exc).__name__}: {exc}", 1)
 
 

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 import lstm_core.model  # noqa: F401 - registers custom layers for safe-mode loading
+from lstm_core.covariates import StaticEncoder
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError
 from lstm_core.panel import Panel
@@ -92,12 +93,14 @@ def save(forecaster: Forecaster, store_url: str, model_key: str, *, config: dict
         "members": len(forecaster.members),
         "window": forecaster.window,
         "feature_names": list(forecaster.feature_names),
+        "static_encoder": forecaster.static_encoder.to_dict() if forecaster.static_encoder is not None else None,
         "scaler_kind": forecaster.scaler_kind,
         "target_transform": forecaster.target_transform,
         "season_length": forecaster.season_length,
         "deseasonalize": forecaster.deseasonalize,
         "known": list(forecaster.known),
         "config": config,
+        **_settings_of(config),
         "data_fingerprint": fingerprint,
         "training": forecaster.training,
         "versions": package_versions(),
@@ -106,6 +109,17 @@ def save(forecaster: Forecaster, store_url: str, model_key: str, *, config: dict
     }
     write_json(fs, join(base, "metadata.json"), metadata)  # last: marks the version complete
     return version
+
+
+def _settings_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The network and training settings of a saved config, recorded so a store can be searched by them."""
+    from lstm_core.config import validate_config
+
+    try:
+        cfg = validate_config(config)
+        return {"network_settings": cfg.network_settings(), "training_settings": cfg.training_settings()}
+    except Exception:  # noqa: BLE001 - a partial config (tests, notebooks): nothing to record
+        return {}
 
 
 def list_versions(store_url: str, model_key: str, storage_options: dict | None = None) -> list[str]:
@@ -192,8 +206,9 @@ def load(store_url: str, model_key: str, version: str, storage_options: dict | N
         if is_storage_failure(exc):
             raise storage_error(f"model {url}: cannot read scaler.json", exc) from None
         raise ArtifactError(f"model {url}: scaler.json is corrupt: {exc}") from None
+    encoder = StaticEncoder.from_dict(meta["static_encoder"]) if meta.get("static_encoder") else None
     forecaster = Forecaster(members, int(meta["window"]), tuple(meta["feature_names"]), meta["scaler_kind"],
                             meta.get("training", {}), scaler, target_transform=meta.get("target_transform", "none"),
-                            season_length=int(meta.get("season_length", 1)),
+                            static_encoder=encoder, season_length=int(meta.get("season_length", 1)),
                             deseasonalize=meta.get("deseasonalize", "off"), known=tuple(meta.get("known", ())))
     return LoadedModel(forecaster, meta, url)

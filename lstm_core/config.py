@@ -13,21 +13,21 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-import yaml
 import pandas as pd
+import yaml
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import Tick
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lstm_core.errors import ConfigError
 from lstm_core.secrets import MASK, is_secret_name, scrub
+
+__all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "default_season_length",
+           "default_window", "load_config", "validate_config"]
 
 ENV_PREFIX = "LSTM_FORECAST_"
 NOT_SETTINGS = {"LSTM_FORECAST_DEBUG"}  # variables with the prefix that are not settings
 DASK_ADDRESS = r"^(tcp|tls)://[^\s/:]+:[0-9]{1,5}$"
-
-
-class ConfigError(ValueError):
-    """A setting is missing or invalid; the message names it."""
 
 
 class _Strict(BaseModel):
@@ -88,21 +88,48 @@ class TrainingConfig(_Strict):
     )
 
 
+class BacktestConfig(_Strict):
+    windows: int = Field(3, ge=1, description="rolling-origin backtest windows (cutoffs) at the end of each series")
+    step: int | None = Field(None, ge=1, description="steps between consecutive cutoffs (default: horizon)")
+    refit: bool = Field(False, description="retrain for each window instead of once before the earliest cutoff")
+
+
 class ForecastConfig(_Strict):
     """Settings of one batch forecasting job."""
 
     input_url: str = "data/demo/series.parquet"
     output_url: str = "data/demo/output"
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (secrets allowed)")
-    columns: list[str] | None = Field(None, description="covariate columns to read (series_id, ds, y always)")
+    input_format: Literal["auto", "parquet", "csv"] = Field(
+        "auto", description="'auto': CSV when the path (or every file of a folder) ends in .csv, else Parquet")
+    id_column: str = Field("series_id", min_length=1, description="input column naming each series")
+    time_column: str = Field("ds", min_length=1, description="input column holding each point's timestamp")
+    target_column: str = Field("y", min_length=1, description="input column holding the value to forecast")
+    columns: list[str] | None = Field(
+        None, description="replaced by future_covariates / historic_covariates / static_covariates")
+    future_covariates: list[str] = Field(
+        default_factory=list, description="numeric columns known ahead: the input holds their values for the "
+        "horizon after each series' last observed target (rows with the target empty)")
+    historic_covariates: list[str] = Field(
+        default_factory=list, description="numeric columns observed only up to the last target; carried forward "
+        "(their last value) over the horizon")
+    static_covariates: list[str] = Field(
+        default_factory=list, description="columns constant per series, numeric or categorical (one-hot encoded)")
+    calendar_features: Literal["auto", "on", "off"] | list[str] = Field(
+        "auto", description="features of the timestamp used as known-ahead inputs: 'off', 'on' (those that suit "
+        "the frequency), a list such as [hour, dayofweek], or 'auto' (see covariates.AUTO_CALENDAR)")
     filters: list[list[Any]] | None = Field(None, description="pyarrow filters, e.g. [['region', '==', 'eu']]")
 
-    freq: str = "h"
+    freq: str | None = Field(None, description="pandas frequency of the series; unset: inferred from the data")
     horizon: int = Field(24, ge=1)
-    season_length: int = Field(24, ge=1)
-    window: int = Field(None, ge=2, description="input steps per window (input size); default: the smallest "
-                        "multiple of the patch covering three horizons, the season and the frequency's natural cycle "
-                        "(a week for hourly and daily data, a year for weekly, monthly, quarterly data)")
+    season_length: int | None = Field(
+        None, ge=1, description="season in steps (default from freq); a list such as [24, 168] gives more seasons")
+    extra_season_lengths: list[int] = Field(
+        default_factory=list, description="the further seasons of a season_length list, kept for the model")
+    window: int | None = Field(None, ge=2, description="input steps per window (input size); default: the smallest "
+                               "multiple of the patch covering three horizons, the season and the frequency's "
+                               "natural cycle (a week for hourly and daily data, a year for weekly, monthly, "
+                               "quarterly data)")
     scaler: Literal["standard", "minmax", "naive"] = "naive"
     target_transform: Literal["auto", "log", "none"] = Field(
         "auto", description="model log(y): 'auto' for series whose training values are all positive")
@@ -112,6 +139,15 @@ class ForecastConfig(_Strict):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+
+    # --- prediction intervals -------------------------------------------
+    levels: list[int | float] = Field(
+        default_factory=lambda: [80, 95],
+        description="prediction interval levels in percent (columns yhat_lo_<level>, yhat_hi_<level>); [] = none")
+    interval_method: Literal["conformal", "conformal_log"] = Field(
+        "conformal", description="conformal intervals from backtest residuals in units of each series' naive "
+        "error ('conformal'), or relative (log-scale) residuals for positive series ('conformal_log')")
 
     retrain: Literal["auto", "always", "never"] = "auto"
     max_model_age: timedelta = Field(timedelta(days=7), description="older models are retrained under 'auto'")
@@ -119,6 +155,11 @@ class ForecastConfig(_Strict):
         0.5, ge=0, description="retrain when holdout error exceeds recorded validation error by this share"
     )
     refit: bool = Field(False, description="retrain on all data (no holdout) before the final forecast")
+    model_version: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
+        description="use this saved model version (found under any key of the model store) instead of choosing")
+    model_url: str | None = Field(
+        None, description="use the saved model version at this URL (<store>/<model_key>/<version>)")
     seed: int = 42
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
     lease_ttl: timedelta = Field(
@@ -136,7 +177,9 @@ class ForecastConfig(_Strict):
 
     @field_validator("freq")
     @classmethod
-    def _known_freq(cls, v: str) -> str:
+    def _known_freq(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         try:
             to_offset(v)
         except (ValueError, TypeError) as exc:
@@ -145,14 +188,44 @@ class ForecastConfig(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _default_window(cls, data: Any) -> Any:
-        if isinstance(data, dict) and data.get("window") is None:
-            data = dict(data)
+    def _defaults_from_frequency(cls, data: Any) -> Any:
+        """season_length from freq (a list gives further seasons), then window from freq, season and horizon.
+
+        With freq unset, both wait for `resolved(freq)` once the data are seen.
+        """
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        season = data.get("season_length")
+        if isinstance(season, (list, tuple)):
+            if not season:
+                raise ValueError("season_length: an empty list; give one season or several, e.g. [24, 168]")
+            if data.get("extra_season_lengths"):
+                raise ValueError("give further seasons either as a season_length list or as extra_season_lengths")
+            data["season_length"], data["extra_season_lengths"] = season[0], list(season[1:])
+        if data.get("season_length") is None and data.get("freq") is not None:
+            try:
+                data["season_length"] = default_season_length(data["freq"])
+            except (ValueError, TypeError):
+                pass  # the freq validator names the bad value
+        if data.get("window") is None and data.get("season_length") is not None and data.get("freq") is not None:
             model = data.get("model") if isinstance(data.get("model"), Mapping) else {}
-            data["window"] = default_window(data.get("season_length", 24), data.get("horizon", 24),
-                                            data.get("freq", "h"), model.get("chunk", "auto"),
-                                            model.get("patch", "auto"))
+            data["window"] = default_window(data["season_length"], data.get("horizon", 24), data["freq"],
+                                            model.get("chunk", "auto"), model.get("patch", "auto"),
+                                            data.get("extra_season_lengths") or ())
         return data
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[int | float]) -> list[int | float]:
+        bad = [x for x in v if not 0 < x < 100]
+        if bad:
+            raise ValueError(f"levels must lie strictly between 0 and 100 (percent), got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"levels must be unique, got {v}")
+        if list(v) != sorted(v):
+            raise ValueError(f"levels must be sorted ascending, got {v}")
+        return v
 
     @field_validator("dask_address")
     @classmethod
@@ -165,17 +238,79 @@ class ForecastConfig(_Strict):
     def _consistent(self) -> "ForecastConfig":
         if self.workers is not None and self.dask_address is not None:
             raise ValueError("set either workers (a local Dask cluster) or dask_address (an existing one), not both")
-        if self.group_column in ("series_id", "ds", "y"):
+        if self.columns is not None:
+            raise ValueError("'columns' is replaced by declared roles: list each covariate under future_covariates "
+                             "(known ahead), historic_covariates (observed only) or static_covariates")
+        if self.model_version is not None and self.model_url is not None:
+            raise ValueError("set either model_version or model_url, not both")
+        if (self.model_version or self.model_url) and self.retrain == "always":
+            raise ValueError("retrain 'always' contradicts a pinned model (model_version / model_url)")
+        if (self.model_version or self.model_url) and (self.group_column or self.mode == "per_series"):
+            raise ValueError("a pinned model (model_version / model_url) is one model: not with group_column "
+                             "or mode 'per_series'")
+        if any(m < 1 for m in self.extra_season_lengths):
+            raise ValueError("extra_season_lengths must be positive")
+        sources = (self.id_column, self.time_column, self.target_column)
+        if len(set(sources)) < 3:
+            raise ValueError(f"id_column, time_column and target_column must differ (got {list(sources)})")
+        if self.group_column in ("series_id", "ds", "y", *sources):
             raise ValueError(f"group_column cannot be {self.group_column!r}")
-        if self.window % self.patch_length:
+        seen: dict[str, str] = {}
+        for role in ("future_covariates", "historic_covariates", "static_covariates"):
+            for name in getattr(self, role):
+                if name in seen:
+                    raise ValueError(f"column {name!r} is declared twice ({seen[name]} and {role})")
+                if name in sources or name in ("series_id", "ds", "y") or name == self.group_column:
+                    raise ValueError(f"{role}: {name!r} is the id, time, target or group column, not a covariate")
+                seen[name] = role
+        if isinstance(self.calendar_features, list):
+            from lstm_core.covariates import CALENDAR_FEATURES
+
+            unknown = [c for c in self.calendar_features if c not in CALENDAR_FEATURES]
+            if unknown or len(set(self.calendar_features)) < len(self.calendar_features):
+                raise ValueError(f"calendar_features: unknown or repeated {unknown or self.calendar_features}; "
+                                 f"choose from {list(CALENDAR_FEATURES)}")
+        if self.window is not None and self.window % self.patch_length:
             raise ValueError(f"window ({self.window}) must be a multiple of the patch length ({self.patch_length}); "
                              "set model.patch to a divisor of the window")
         return self
 
     # --- derived values -------------------------------------------------
     @property
+    def is_resolved(self) -> bool:
+        """True once the frequency is known (given, or inferred from the data by `resolved`)."""
+        return self.freq is not None and self.season_length is not None and self.window is not None
+
+    def resolved(self, freq: str) -> "ForecastConfig":
+        """This configuration with `freq` set (inferred from the data) and the defaults that follow from it.
+
+        Settings given explicitly are kept; an unset season_length and window are derived from `freq`.
+        """
+        if self.freq is not None and self.is_resolved:
+            return self
+        data = self.model_dump()
+        data["freq"] = freq
+        return validate_config(data)
+
+    def _require_resolved(self, what: str, needs_freq: bool = True) -> None:
+        known = self.is_resolved if needs_freq else self.season_length is not None
+        if not known:
+            raise ConfigError(f"{what} needs the frequency: set freq, or resolve it from the data first "
+                              "(ForecastConfig.resolved(lstm_core.frequency.infer_frequency(frame)))")
+
+    @property
+    def season_lengths(self) -> tuple[int, ...]:
+        """Every season in steps: season_length first (metrics and seasonal naive use it), then the others."""
+        self._require_resolved("season_lengths", needs_freq=False)
+        return (int(self.season_length), *self.extra_season_lengths)
+
+    @property
     def validation_steps(self) -> int:
         return self.training.validation_steps or self.horizon
+
+    @property
+    def backtest_step(self) -> int:
+        return self.backtest.step or self.horizon
 
     @property
     def scratch_root(self) -> str:
@@ -191,23 +326,71 @@ class ForecastConfig(_Strict):
         """Window steps per LSTM step (model.patch resolved)."""
         return resolve_patch(self.model.patch, self.chunk_length, self.window)
 
-    def model_key(self, group: str | None = None) -> str:
-        """Stable hash of everything that makes two trained models interchangeable.
+    def column_names(self) -> dict[str, str]:
+        """Canonical name -> input column: {'series_id': id_column, 'ds': time_column, 'y': target_column}."""
+        return {"series_id": self.id_column, "ds": self.time_column, "y": self.target_column}
 
-        With `group_column`, each group has its own model: the column and the group's value are hashed in.
+    def read_columns(self) -> list[str]:
+        """The input columns every shard reads, in input names: id, time, target, then the declared covariates.
+
+        Nothing else is read from storage (the reader projects these columns); planning adds only the
+        group column. Use this list wherever the bytes a shard will read are estimated.
         """
-        fields = {
+        return list(dict.fromkeys([self.id_column, self.time_column, self.target_column,
+                                   *self.historic_covariates, *self.future_covariates, *self.static_covariates]))
+
+    def input_options(self) -> dict[str, Any]:
+        """How to read the input (`storage.read_series` and the shard planner take these keywords)."""
+        return {"input_format": self.input_format, "names": self.column_names(),
+                "numeric": [*self.historic_covariates, *self.future_covariates]}
+
+    def calendar(self) -> tuple[str, ...]:
+        """The calendar features this run uses (the setting resolved for the frequency)."""
+        from lstm_core.covariates import resolve_calendar_features
+
+        self._require_resolved("calendar features")
+        return resolve_calendar_features(self.calendar_features, self.freq)
+
+    def covariate_roles(self) -> dict[str, list[str]]:
+        """Declared covariates by role, and the calendar features: what the network takes besides y."""
+        return {"historic": list(self.historic_covariates), "future": list(self.future_covariates),
+                "calendar": list(self.calendar()), "static": list(self.static_covariates)}
+
+    def network_settings(self) -> dict[str, Any]:
+        """The settings that define the network and what its inputs mean; they make up the model key.
+
+        Left out on purpose: the horizon (the model forecasts recursively, one step at a time, so any horizon
+        uses the same network) and how the weights were fitted (`training_settings`).
+        """
+        self._require_resolved("the model key")
+        return {
             "freq": self.freq,
-            "horizon": self.horizon,
-            "season_length": self.season_length,
+            "season_lengths": list(self.season_lengths),
             "window": self.window,
             "scaler": self.scaler,
             "target_transform": self.target_transform,
             "mode": self.mode,
             "model": {**self.model.model_dump(), "chunk": self.chunk_length, "patch": self.patch_length},
-            "training": self.training.model_dump(exclude={"max_train_minutes", "epochs", "patience", "max_series"}),
-            "seed": self.seed,
+            "covariates": self.covariate_roles(),
         }
+
+    def training_settings(self) -> dict[str, Any]:
+        """How the weights are fitted: under retrain 'auto' a saved model trained otherwise is retrained.
+
+        Budgets and stopping rules (epochs, patience, max_train_minutes, max_series) are left out: they
+        bound a training, they do not ask for a different one. Validation steps count only when set.
+        """
+        t = self.training
+        return {"loss": t.loss, "learning_rate": t.learning_rate, "batch_size": t.batch_size,
+                "windows_per_series": t.windows_per_series, "ensemble_size": t.ensemble_size,
+                "snapshots": t.snapshots, "validation_steps": t.validation_steps, "seed": self.seed}
+
+    def model_key(self, group: str | None = None) -> str:
+        """Stable hash of the network settings: models under one key take the same inputs and are interchangeable.
+
+        With `group_column`, each group has its own model: the column and the group's value are hashed in.
+        """
+        fields = self.network_settings()
         if self.group_column is not None:
             fields["group"] = {"column": self.group_column, "value": group}
         blob = json.dumps(fields, sort_keys=True, default=str).encode()
@@ -228,6 +411,33 @@ class ForecastConfig(_Strict):
         if data.get("scratch_url"):
             data["scratch_url"] = redact_url(data["scratch_url"])
         return data
+
+
+def default_season_length(freq: str) -> int:
+    """The usual season of a pandas frequency, in steps.
+
+    Hourly 24 (a day), daily 7 (a week), weekly 52, monthly 12, quarterly 4, yearly 1; sub-hourly steps
+    a day's worth (15min: 96); business days 5; multiples (2h, 2D) the same span in their steps.
+    """
+    offset = to_offset(freq)
+    name = offset.name.split("-")[0]
+    n = max(int(getattr(offset, "n", 1) or 1), 1)
+    day = pd.Timedelta(days=1)
+    if isinstance(offset, Tick):
+        step = pd.Timedelta(offset)
+        if step < day:
+            return max(1, int(day // step))  # the day's cycle: hourly 24, 15min 96, 30s 2880
+        if step == day:
+            return 7
+        return max(1, int(pd.Timedelta(weeks=1) // step)) if step < pd.Timedelta(weeks=1) else 1
+    per_year = {"D": 7, "B": 5, "C": 5, "W": 52, "SM": 24, "SMS": 24, "ME": 12, "MS": 12, "BME": 12, "BMS": 12,
+                "CBME": 12, "CBMS": 12, "QE": 4, "QS": 4, "BQE": 4, "BQS": 4, "YE": 1, "YS": 1, "BYE": 1, "BYS": 1}
+    if name in ("D", "B", "C"):
+        return max(1, per_year[name] // n) if per_year[name] % n == 0 else 1
+    if name in per_year:
+        m = per_year[name]
+        return m // n if m % n == 0 and m // n > 1 else 1
+    return 1
 
 
 def resolve_chunk(chunk: Any, horizon: int) -> int:
@@ -262,8 +472,9 @@ def natural_cycle(freq: Any) -> int:
     return cycles.get(name, 1)
 
 
-def default_window(season_length: Any, horizon: Any, freq: Any = "h", chunk: Any = "auto", patch: Any = "auto") -> int:
-    """The smallest multiple of the patch that covers three horizons, the season and the frequency's natural cycle.
+def default_window(season_length: Any, horizon: Any, freq: Any = "h", chunk: Any = "auto", patch: Any = "auto",
+                   extra_seasons: Any = ()) -> int:
+    """The smallest multiple of the patch that covers three horizons, every season and the frequency's natural cycle.
 
     Three horizons and the cycles of the data let the network see the pattern it continues: a week for
     hourly data (which carry a weekly cycle besides the daily one), a year (52) for weekly data whatever
@@ -274,7 +485,7 @@ def default_window(season_length: Any, horizon: Any, freq: Any = "h", chunk: Any
         p = resolve_patch(patch, resolve_chunk(chunk, h))
     except (TypeError, ValueError):
         return 48  # the field validators report the bad value itself
-    need = max(3 * h, m, natural_cycle(freq))
+    need = max(3 * h, m, *(int(e) for e in extra_seasons or ()), natural_cycle(freq))
     return max(p, p * -(-need // p))
 
 

@@ -5,7 +5,7 @@ This is what a notebook user calls; the Prefect tasks wrap these functions.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import keras
@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from lstm_core.config import ForecastConfig
+from lstm_core.covariates import CovariateSpec, StaticEncoder
 from lstm_core.forecasting import recursive_forecast
 from lstm_core.frequency import dates_after
 from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
@@ -21,7 +22,7 @@ from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler, TargetTransform
 from lstm_core.seasonality import SeasonalIndices
 from lstm_core.training import BatchHook, EpochHook, TrainingResult, train
-from lstm_core.validation import ValidationResult, validate
+from lstm_core.validation import ValidationResult, length_rule, min_train_length, validate_for
 
 log = logging.getLogger("lstm_core.engine")
 
@@ -61,13 +62,18 @@ class Forecaster:
     scaler: SeriesScaler | None = None  # fitted on the training part; kept for the record
     per_series: dict[str, "Forecaster"] | None = None  # mode 'per_series'
     target_transform: str = "none"
+    static_encoder: StaticEncoder | None = None  # the static covariates' encoding fitted on the training series
     season_length: int = 1
     deseasonalize: str = "off"
-    known: tuple[int, ...] = ()  # feature columns whose values are known ahead (model input over the chunk)
+    known: tuple[int, ...] = ()  # feature columns known ahead (future, calendar, static): inputs over each chunk
 
     @property
     def chunk(self) -> int:
         return model_geometry(self.members[0])["chunk"] if self.members else 1
+
+    def adapt(self, panel: Panel) -> Panel:
+        """`panel` with its static covariates encoded as this model was trained (its vocabulary)."""
+        return panel.encode_static(self.static_encoder)
 
     def model_space(self, panel: Panel) -> ModelSpace:
         """`panel` as the network sees it: log where chosen, seasonal profile removed, scaled per series.
@@ -75,6 +81,7 @@ class Forecaster:
         All three are fitted on the history given (never on what follows it), so a loaded model
         forecasts any series.
         """
+        panel = self.adapt(panel)
         transform = TargetTransform.fit(panel, self.target_transform)
         shaped = transform.apply(panel)
         seasonal = SeasonalIndices.fit(shaped, self.season_length, self.deseasonalize, transform.log_mask)
@@ -85,40 +92,46 @@ class Forecaster:
     def forecast(self, panel: Panel, horizon: int, future_covariates: np.ndarray | None = None) -> np.ndarray:
         """(S, H) forecasts in original units for each series of `panel` (its whole history is the input).
 
-        `future_covariates` (S, H, K): the known-ahead columns (`self.known`) over the horizon; without
-        them their last values are carried forward. Raises ValueError for data of other features.
+        Known-ahead columns (future, calendar, static) take their values after the end from
+        `future_covariates` (S, H, K) when given, else from `panel.future`; historic columns carry their
+        last value forward. Transform, seasonal profile and scaling are refitted on the history given, so a
+        loaded model forecasts any series. Raises ValueError for data of other features.
         """
+        panel = self.adapt(panel)
+        if future_covariates is not None:
+            panel = replace(panel, future=np.asarray(future_covariates, dtype=np.float64))
         if tuple(panel.feature_names) != tuple(self.feature_names):
             raise ValueError(f"model expects features {self.feature_names}, data has {panel.feature_names}")
         if self.per_series is not None:
             out = np.zeros((panel.n_series, horizon))
             for i, sid in enumerate(panel.series_ids):
-                sub = panel.select(panel.series_ids == sid)
-                fc = None if future_covariates is None else future_covariates[i:i + 1]
-                out[i] = self.per_series[sid].forecast(sub, horizon, fc)[0]
+                out[i] = self.per_series[sid].forecast(panel.select(panel.series_ids == sid), horizon)[0]
             return out
         space = self.model_space(panel)
         windows = space.panel.last_values(self.window).astype(np.float32)  # (S, window, F)
         future = None
         if self.known:
-            if future_covariates is None:  # carried forward: the last observed values
-                future_covariates = np.repeat(panel.last_values(1)[:, :, list(self.known)], horizon, axis=1)
-            future = space.scale_future(np.asarray(future_covariates, dtype=np.float64), self.known)
+            future = space.scale_future(panel.known_ahead(horizon), self.known)  # (S, H, K)
         z = recursive_forecast(self.members, windows, horizon, future, self.known)
         return space.to_original(z, panel.lengths, panel.series_ids)
 
 
 def prepare(df: pd.DataFrame, config: ForecastConfig, source: str | None = None,
             errors: str = "skip") -> tuple[Panel, ValidationResult]:
-    """Validate a long frame and pack it into a Panel."""
-    result = validate(df, config.freq, window=config.window, horizon=config.horizon,
-                      gap_policy=config.gap_policy, max_gap=config.max_gap, source=source, errors=errors)
-    return Panel.from_frame(result.frame, config.freq, result.covariates), result
+    """Validate a long frame and pack it into a Panel (its frequency inferred when `config.freq` is unset:
+    `panel.freq`, and `config.resolved(panel.freq)` is the configuration it implies)."""
+    result = validate_for(df, config, source=source, errors=errors)
+    if not config.is_resolved:
+        config = config.resolved(result.freq)
+    return panel_of(result, config), result
 
 
-def known_columns(panel: Panel) -> tuple[int, ...]:
-    """Feature columns whose values are known ahead: every covariate (their future values are inputs)."""
-    return tuple(range(1, panel.n_features))
+def panel_of(result: ValidationResult, config: ForecastConfig) -> Panel:
+    """The Panel of validated series, with the known-ahead values of the horizon after each series' end."""
+    if not config.is_resolved:
+        config = config.resolved(result.freq)
+    return Panel.from_frame(result.frame, config.freq, spec=CovariateSpec.from_config(config), future=result.future,
+                            static=result.static, horizon=config.horizon)
 
 
 def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = None,
@@ -127,14 +140,21 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     """Train on every point of `panel` (pass `panel.drop_last(H)` to keep a holdout).
 
     Hooks report progress: `on_epoch(epoch, logs)`, `on_batch(epoch, done, per_epoch)` and, in
-    mode 'per_series', `on_series(done, total, series_id)` before each series' model.
+    mode 'per_series', `on_series(done, total, series_id)` before each series' model. Raises ValueError
+    when no series is long enough to train.
     """
+    if not config.is_resolved:
+        config = config.resolved(panel.freq)
+    need = min_train_length(config)  # the rule validation applies, without the holdout
+    if panel.n_series and (panel.lengths < need).all():
+        raise ValueError(f"no series is long enough to train: each needs {need} points before its holdout "
+                         f"({length_rule(config)})")
     if config.mode == "per_series":
         return _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch, on_series)
-    known = known_columns(panel)
+    known = tuple(int(c) for c in panel.known_index)
     shaper = Forecaster([], config.window, tuple(panel.feature_names), config.scaler,
-                        target_transform=config.target_transform, season_length=config.season_length,
-                        deseasonalize=config.model.deseasonalize, known=known)
+                        target_transform=config.target_transform, static_encoder=panel.static_encoder,
+                        season_length=config.season_length, deseasonalize=config.model.deseasonalize, known=known)
     space = shaper.model_space(panel)
     chunk, patch = config.chunk_length, config.patch_length
     members, results = [], []
@@ -167,14 +187,16 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         "patch": int(patch),
         "log_series": int(space.transform.log_mask.sum()),
         "deseasonalized_series": int(seasonal.active.sum()),
+        "samples_per_second": float(np.mean([r.samples_per_second for r in results])),
+        "gflops": float(np.mean([r.gflops for r in results])),
     }
     not_deseasonalized = [r for r in seasonal.reasons if r]
     if config.model.deseasonalize != "off" and not_deseasonalized:
         log.info("deseasonalised %d of %d series (season %d); the others: %s", int(seasonal.active.sum()),
                  panel.n_series, config.season_length, _reason_counts(not_deseasonalized))
     return Forecaster(members, config.window, tuple(panel.feature_names), config.scaler, summary, space.scaler,
-                      target_transform=config.target_transform, season_length=config.season_length,
-                      deseasonalize=config.model.deseasonalize, known=known)
+                      target_transform=config.target_transform, static_encoder=panel.static_encoder,
+                      season_length=config.season_length, deseasonalize=config.model.deseasonalize, known=known)
 
 
 def _reason_counts(reasons: list[str]) -> str:
@@ -208,7 +230,8 @@ def _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_b
     summary = {"best_val_loss": float(np.mean(losses)), "series": int(panel.n_series),
                "seconds": float(sum(f.training["seconds"] for f in each.values())),
                "device": next(iter(each.values())).training["device"] if each else "CPU"}
-    return Forecaster([], config.window, tuple(panel.feature_names), config.scaler, summary, None, each)
+    return Forecaster([], config.window, tuple(panel.feature_names), config.scaler, summary, None, each,
+                      static_encoder=panel.static_encoder)
 
 
 @dataclass
@@ -226,13 +249,18 @@ class Evaluation:
 
 def evaluate(forecaster: Forecaster, panel: Panel, config: ForecastConfig, model_name: str = "lstm",
              future_covariates: np.ndarray | None = None) -> Evaluation:
-    """Forecast the last H points of each series from what precedes them; score it and seasonal naive."""
+    """Forecast the last H points of each series from what precedes them; score it and seasonal naive.
+
+    The holdout takes the same covariate path as the published forecast: known-ahead columns at their
+    true values over the last H points (`drop_last` keeps them), historic ones carried forward.
+    """
+    if not config.is_resolved:
+        config = config.resolved(panel.freq)
     h = config.horizon
     history = panel.drop_last(h)
     actual = panel.last_values(h)[:, :, 0]
-    fut = panel.last_values(h)[:, :, 1:] if panel.n_features > 1 else future_covariates
     forecasts = {
-        model_name: forecaster.forecast(history, h, fut),
+        model_name: forecaster.forecast(history, h, future_covariates),
         "seasonal_naive": seasonal_naive(history, h, config.season_length),
     }
     scale = mase_scale(history, config.season_length)

@@ -24,6 +24,22 @@ class DataValidationError(LstmForecastError):
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
 
+class ConfigError(LstmForecastError, ValueError):
+    """A setting is missing or invalid; the message names it (exit code 2, like bad input)."""
+
+
+class NoValidSeriesError(LstmForecastError):
+    """Validation skipped every series: nothing is left to forecast.
+
+    `skipped` lists them (objects with series_id, field and reason), so a failed run can still
+    write its quarantine table and name the reasons in its manifest.
+    """
+
+    def __init__(self, message: str, skipped: list | None = None) -> None:
+        self.skipped = list(skipped or [])
+        super().__init__(message)
+
+
 class ArtifactError(LstmForecastError):
     """A saved model is missing, corrupt or incompatible with this configuration."""
 

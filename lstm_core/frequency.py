@@ -1,9 +1,11 @@
-"""Integer step positions of timestamps on a pandas frequency, and back.
+"""Integer step positions of timestamps on a pandas frequency, and back; the frequency the data have.
 
-Fixed frequencies (h, D, 15min...) are anchored at each series' first timestamp;
-calendar ones (W-MON, MS, ME...) on their calendar grid.
+Fixed frequencies (h, 15min...) are anchored at each series' first timestamp;
+calendar ones (D, W-MON, MS, ME...) on their calendar grid.
 """
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pandas as pd
@@ -52,3 +54,82 @@ def dates_after(last_ds: np.ndarray | pd.Series, freq: str, steps: int) -> np.nd
         current = current + offset
         cols.append(current)
     return np.stack(cols, axis=1)
+
+
+# Series inferred when the frequency is not given: enough to see disagreement, cheap on any input.
+INFER_SERIES = 200
+
+
+def same_frequency(a: str, b: str) -> bool:
+    """True when two frequency strings mean the same step ('H' and 'h', 'W' and 'W-SUN')."""
+    try:
+        return to_offset(a) == to_offset(b)
+    except (ValueError, TypeError):
+        return a == b
+
+
+def series_frequency(ds: np.ndarray | pd.Series | pd.DatetimeIndex) -> str | None:
+    """The frequency one series' timestamps follow (`pandas.infer_freq`), or None when they do not tell.
+
+    Gaps make `infer_freq` give up on the whole series; then short runs of the series vote (a gap
+    spoils only the runs it falls in), and last the commonest fixed step, if every step is a multiple.
+    """
+    idx = pd.DatetimeIndex(ds).sort_values().unique()
+    if len(idx) < 3:
+        return None
+    freq = _infer(idx)
+    if freq is not None:
+        return freq
+    size = max(5, min(25, len(idx) // 4))
+    if len(idx) >= 2 * size:
+        starts = np.unique(np.linspace(0, len(idx) - size, 8).astype(int))
+        votes = Counter(f for f in (_infer(idx[a:a + size]) for a in starts) if f is not None)
+        if votes:
+            return votes.most_common(1)[0][0]
+    steps = np.diff(idx.asi8)
+    steps = steps[steps > 0]
+    if not len(steps):
+        return None
+    common = Counter(steps.tolist()).most_common(1)[0][0]
+    if (steps % common).any():
+        return None
+    try:
+        return to_offset(pd.Timedelta(int(common), "ns")).freqstr
+    except (ValueError, TypeError):
+        return None
+
+
+def _infer(idx: pd.DatetimeIndex) -> str | None:
+    try:
+        return pd.infer_freq(idx)
+    except (ValueError, TypeError):
+        return None
+
+
+class FrequencyDisagreement(ValueError):
+    """Series follow different frequencies; `examples` maps frequency -> a series that follows it."""
+
+    def __init__(self, examples: dict[str, str]) -> None:
+        self.examples = examples
+        listed = ", ".join(f"{sid!r} looks {freq!r}" for freq, sid in examples.items())
+        super().__init__(f"series disagree on the frequency ({listed}); set freq to the one meant")
+
+
+def infer_frequency(groups: "list[tuple[str, pd.Series]] | pd.DataFrame", limit: int = INFER_SERIES) -> str | None:
+    """The one frequency the series follow, from up to `limit` series; None when none can tell.
+
+    `groups` is a frame with series_id and ds columns (ds already parsed), or (series id, timestamps)
+    pairs. Raises FrequencyDisagreement when two series follow different frequencies.
+    """
+    if isinstance(groups, pd.DataFrame):
+        groups = [(str(k), g) for k, g in groups.groupby("series_id", sort=False)["ds"]]
+    found: dict[str, str] = {}  # frequency -> first series that follows it
+    for sid, ds in groups[:limit]:
+        freq = series_frequency(ds)
+        if freq is None:
+            continue
+        if not any(same_frequency(freq, f) for f in found):
+            found[freq] = sid
+    if len(found) > 1:
+        raise FrequencyDisagreement(found)
+    return next(iter(found), None)

@@ -9,9 +9,10 @@ import numpy as np
 
 from lstm_core.artifacts import LoadedModel, list_versions, load
 from lstm_core.engine import Forecaster
-from lstm_core.errors import ArtifactError
+from lstm_core.errors import ArtifactError, ConfigError
 from lstm_core.panel import Panel
 from lstm_core.secrets import scrub
+from lstm_core.storage import filesystem, join, read_json
 from lstm_core.training import model_inputs
 from lstm_core.windows import tail_windows
 
@@ -62,17 +63,22 @@ def decide(
     storage_options: dict | None = None,
     now: datetime | None = None,
     features: tuple[str, ...] | None = None,
+    versions: list[str] | None = None,
+    note: str = "",
 ) -> Decision:
     """Apply the retrain policy ('auto', 'always', 'never') to the model store.
 
-    Under 'never' no data is needed: pass `train_panel=None` and the expected `features`.
+    Under 'never' no data is needed: pass `train_panel=None` (and the expected `features` to check them;
+    the model key already fixes the covariates' names and roles). `versions`: the candidates, newest
+    first (default: every complete version under the key); `note` is added to a load's reason.
     """
     if train_panel is None and policy != "never":
         raise ValueError(f"retrain policy {policy!r} needs the training data")
-    expect = tuple(train_panel.feature_names) if train_panel is not None else tuple(features or ("y",))
+    expect = None if train_panel is not None else (tuple(features) if features else None)
     if policy == "always":
         return Decision("train", "retrain policy is 'always'")
-    versions = list_versions(store_url, model_key, storage_options)
+    if versions is None:
+        versions = list_versions(store_url, model_key, storage_options)
     if not versions:
         if policy == "never":
             raise ArtifactError(f"retrain policy is 'never' but the model store {scrub(store_url)} has no model for "
@@ -83,6 +89,12 @@ def decide(
         try:
             loaded = load(store_url, model_key, version, storage_options,
                           expect_features=expect, expect_window=window)
+            if train_panel is not None:
+                # the data as this model reads them (its static vocabulary): the same columns?
+                have = tuple(loaded.forecaster.adapt(train_panel).feature_names)
+                if have != tuple(loaded.forecaster.feature_names):
+                    raise ArtifactError(f"model {loaded.url}: feature schema {list(loaded.forecaster.feature_names)} "
+                                        f"differs from the data's {list(have)}")
             break
         except ArtifactError as exc:
             problems.append(str(exc))
@@ -92,7 +104,7 @@ def decide(
             raise ArtifactError("retrain policy is 'never' but no saved model can be loaded: " + "; ".join(problems))
         return Decision("train", "no loadable model: " + "; ".join(problems))
     if policy == "never":
-        return Decision("load", f"retrain policy is 'never': loaded newest loadable model {version}", loaded)
+        return Decision("load", f"retrain policy is 'never': loaded newest loadable model {version}{note}", loaded)
     if problems:
         # A newer version exists but is broken: retrain rather than silently serve an older model.
         return Decision("train", "newest saved model cannot be used: " + problems[0])
@@ -108,6 +120,162 @@ def decide(
                                  f"recorded {recorded:.4f} x (1 + {tolerance:g})")
     return Decision("load", f"model {version} is current ({_human(age)} old) and its validation {loss} on the "
                             f"newest data {current:.4f} is within {tolerance:.0%} of recorded {recorded:.4f}", loaded)
+
+
+# --- choosing by configuration: pins, training settings, and saying what differs --------------------
+def decide_for(config, store_url: str, train_panel: Panel | None, group: str | None = None,
+               now: datetime | None = None) -> Decision:
+    """The retrain decision for `config`: a pinned version (`model_version` / `model_url`) if set; else
+    the policy over the versions under the model key, preferring those trained with the same training
+    settings. Under 'never' with nothing to load, the error lists the saved models and the settings
+    that differ from the request.
+    """
+    if config.model_url or config.model_version:
+        return load_pinned(config, store_url, train_panel)
+    key = config.model_key(group)
+    common = dict(window=config.window, validation_steps=config.validation_steps, loss=config.training.loss,
+                  max_age=config.max_model_age, tolerance=config.degradation_tolerance,
+                  storage_options=config.storage_options, now=now)
+    if config.retrain == "always":
+        return decide("always", store_url, key, train_panel, **common)
+    versions = list_versions(store_url, key, config.storage_options)
+    if not versions:
+        if config.retrain == "never":
+            raise ArtifactError(no_model_message(config, store_url, key, group))
+        return decide("auto", store_url, key, train_panel, **common, versions=[])
+    wanted = config.training_settings()
+    same, other = [], []
+    for version in versions:
+        saved = _saved_training_settings(store_url, key, version, config.storage_options)
+        (same if saved == wanted else other).append((version, saved))
+    if config.retrain == "auto":
+        if not same:
+            version, saved = other[0]
+            diff = differences(saved or {}, wanted, "training")
+            return Decision("train", f"saved models under key {key} were trained with other training settings "
+                                     f"(newest {version}: {'; '.join(diff) or 'not recorded'})")
+        return decide("auto", store_url, key, train_panel, **common, versions=[v for v, _ in same])
+    note = ""
+    if not same:
+        diff = differences(other[0][1] or {}, wanted, "training")
+        note = f" (trained with other training settings: {'; '.join(diff) or 'not recorded'})"
+    return decide("never", store_url, key, train_panel, **common,
+                  versions=[v for v, _ in same] + [v for v, _ in other], note=note)
+
+
+def _saved_training_settings(store_url: str, key: str, version: str, storage_options) -> dict | None:
+    meta = _metadata(store_url, key, version, storage_options)
+    settings = (meta or {}).get("training_settings")
+    return settings if isinstance(settings, dict) else None
+
+
+def _metadata(store_url: str, key: str, version: str, storage_options) -> dict | None:
+    fs, root = filesystem(store_url, storage_options)
+    try:
+        meta = read_json(fs, join(root, key, version, "metadata.json"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):
+        return None  # corrupt: load() says so when it is tried
+    return meta if isinstance(meta, dict) else None
+
+
+def differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """'setting: saved X, requested Y' for each (nested, dotted) setting that differs."""
+    out = []
+    for k in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(k), wanted.get(k)
+        name = f"{prefix}.{k}" if prefix else k
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, name)
+        elif a != b:
+            out.append(f"{name}: saved {a!r}, requested {b!r}")
+    return out
+
+
+def saved_models(store_url: str, storage_options=None) -> list[tuple[str, str, dict]]:
+    """(model key, newest complete version, its metadata) for every key in the store."""
+    fs, root = filesystem(store_url, storage_options)
+    fs.invalidate_cache(root)
+    try:
+        keys = sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(root, detail=False))
+    except FileNotFoundError:
+        return []
+    out = []
+    for key in keys:
+        versions = list_versions(store_url, key, storage_options)
+        if versions:
+            meta = _metadata(store_url, key, versions[0], storage_options) or {}
+            out.append((key, versions[0], meta))
+    return out
+
+
+def network_settings_of(meta: dict) -> dict | None:
+    """The network settings a saved model was made with (recorded, or derived from its saved config)."""
+    if isinstance(meta.get("network_settings"), dict):
+        return meta["network_settings"]
+    from lstm_core.config import validate_config
+
+    try:
+        return validate_config(meta.get("config") or {}).network_settings()
+    except Exception:  # noqa: BLE001 - a config of another version of this project: nothing to compare
+        return None
+
+
+def no_model_message(config, store_url: str, key: str, group: str | None = None, limit: int = 10) -> str:
+    """Why 'never' finds nothing: the saved keys, each with the settings that differ from the request."""
+    wanted = config.network_settings()
+    lines = []
+    for other, version, meta in saved_models(store_url, config.storage_options)[:limit]:
+        saved = network_settings_of(meta)
+        if saved is None:
+            lines.append(f"key {other} ({version}): settings not recorded")
+            continue
+        diff = differences(saved, wanted)
+        if group is not None and meta.get("group") != group:
+            diff.append(f"group: saved {meta.get('group')!r}, requested {group!r}")
+        lines.append(f"key {other} ({version}): " + ("; ".join(diff) or "same network settings"))
+    saved_text = " | ".join(lines) if lines else "none"
+    return (f"retrain policy is 'never' but the model store {scrub(store_url)} has no model for this configuration "
+            f"(key {key}); saved models: {saved_text}")
+
+
+def load_pinned(config, store_url: str, train_panel: Panel | None) -> Decision:
+    """Load the version `model_url` or `model_version` names, whatever the retrain policy.
+
+    Refused (ArtifactError) when it is missing or takes other inputs than the configuration gives.
+    """
+    options = config.storage_options
+    if config.model_url:
+        parts = config.model_url.rstrip("/").rsplit("/", 2)
+        if len(parts) != 3:
+            raise ConfigError(f"setting 'model_url': {scrub(config.model_url)} is not <store>/<model_key>/<version>")
+        store, key, version = parts
+    else:
+        store, version = store_url, config.model_version
+        fs, root = filesystem(store_url, options)
+        found = [k for k, _, _ in saved_models(store_url, options) if fs.exists(join(root, k, version, "metadata.json"))]
+        if not found:
+            newest = [f"{k}/{v}" for k, v, _ in saved_models(store_url, options)[:5]]
+            raise ArtifactError(f"model_version {version} is not in the model store {scrub(store_url)} "
+                                f"(newest per key: {', '.join(newest) or 'none'})")
+        key = found[0]
+    loaded = load(store, key, version, options)
+    saved = network_settings_of(loaded.metadata)
+    if saved is not None:
+        wanted = config.network_settings()
+        diff = [d for d in differences(saved, wanted) if d.split(":")[0] in ("window", "covariates.historic",
+                                                                                "covariates.future", "covariates.static",
+                                                                                "covariates.calendar")]
+        if diff:
+            raise ArtifactError(f"pinned model {loaded.url} takes other inputs than this configuration gives: "
+                                + "; ".join(diff))
+    if train_panel is not None:
+        have = tuple(loaded.forecaster.adapt(train_panel).feature_names)
+        if have != tuple(loaded.forecaster.feature_names):
+            raise ArtifactError(f"pinned model {loaded.url}: feature schema {list(loaded.forecaster.feature_names)} "
+                                f"differs from the data's {list(have)}")
+    return Decision("load", f"pinned model_version {version} (key {key})", loaded)
 
 
 def _human(td: timedelta) -> str:

@@ -1,4 +1,4 @@
-"""Run plots as PNG bytes, from plain data (lists, arrays, dicts).
+"""Run plots as PNG bytes, from plain data (lists, arrays, dicts; small helpers pick examples from frames).
 
 Drawn with matplotlib's object API on the Agg canvas, so nothing here touches
 pyplot's global state or needs a display; the caller decides where the bytes go.
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -156,3 +157,166 @@ def error_distribution(model_mase: np.ndarray, baseline_mase: np.ndarray, *, mod
     for ax in (left, right):
         ax.grid(alpha=0.3)
     return _png(fig)
+
+
+# --- intervals and backtests -------------------------------------------------------------------------
+Bands = dict  # level (percent) -> (lower (H,), upper (H,))
+
+
+@dataclass
+class IntervalExample:
+    """One series' published forecast: recent history, the forecast and its interval at each level."""
+
+    label: str  # e.g. "best", "median", "worst"
+    series_id: str
+    history_ds: np.ndarray
+    history_y: np.ndarray
+    ds: np.ndarray
+    yhat: np.ndarray
+    bands: Bands = field(default_factory=dict)
+    mase: float | None = None  # backtest MASE, shown in the title
+
+
+@dataclass
+class BacktestWindow:
+    cutoff: object
+    ds: np.ndarray
+    yhat: np.ndarray
+    bands: Bands = field(default_factory=dict)
+
+
+@dataclass
+class BacktestExample:
+    """One series over its backtest: the actuals and each window's forecast (with intervals, where calibrated)."""
+
+    label: str
+    series_id: str
+    ds: np.ndarray
+    y: np.ndarray
+    windows: list[BacktestWindow] = field(default_factory=list)
+    mase: float | None = None
+
+
+def _draw_bands(ax, ds: np.ndarray, bands: Bands, color: str, legend: bool = True) -> None:
+    # widest first, lightest: the narrower, likelier band sits darker on top
+    for level in sorted(bands, reverse=True):
+        lo, hi = (np.asarray(v, dtype=float) for v in bands[level])
+        if np.isfinite(lo).any():
+            alpha = 0.12 + 0.25 * (1 - float(level) / 100) ** 0.5
+            ax.fill_between(ds, lo, hi, color=color, alpha=alpha, lw=0,
+                            label=f"{float(level):g}% interval" if legend else "_nolegend_")
+
+
+def _finish(fig: Figure, axes, examples, title: str, empty: str) -> bytes:
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        for lab in ax.get_xticklabels():
+            lab.set_rotation(15)
+    if examples:
+        axes[0].legend(fontsize=8, ncol=4, loc="upper left")
+    else:
+        axes[0].text(0.5, 0.5, empty, ha="center", va="center", transform=axes[0].transAxes)
+    fig.suptitle(title, fontsize=11)
+    return _png(fig)
+
+
+def forecast_intervals(examples: Sequence[IntervalExample], *,
+                       title: str = "Published forecast with prediction intervals") -> bytes:
+    """One panel per example: the last weeks of history, then the forecast inside its intervals."""
+    n = max(1, len(examples))
+    fig = Figure(figsize=(8.5, 2.7 * n), layout="constrained")
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    for ax, ex in zip(axes, examples):
+        ax.plot(ex.history_ds, ex.history_y, color=ACTUAL_COLOR, lw=1, label="history")
+        _draw_bands(ax, ex.ds, ex.bands, LSTM_COLOR)
+        ax.plot(ex.ds, ex.yhat, color=LSTM_COLOR, lw=1.6, label="forecast")
+        if len(ex.ds):
+            ax.axvline(ex.ds[0], color="grey", ls=":", lw=1)
+        score = f"  (backtest MASE {ex.mase:.3g})" if ex.mase is not None and np.isfinite(ex.mase) else ""
+        ax.set_title(f"{ex.label}: series {ex.series_id}{score}", fontsize=9)
+    return _finish(fig, axes, examples, title, "no series to show")
+
+
+def backtest_windows(examples: Sequence[BacktestExample], *,
+                     title: str = "Backtest: each window's forecast against the actuals") -> bytes:
+    """One panel per example: the actuals over the backtest span and every window's forecast from its cutoff."""
+    n = max(1, len(examples))
+    fig = Figure(figsize=(8.5, 2.7 * n), layout="constrained")
+    axes = fig.subplots(n, 1, squeeze=False)[:, 0]
+    colors = [LSTM_COLOR, "#2ca02c", "#9467bd", "#d62728", "#8c564b", "#e377c2"]
+    for ax, ex in zip(axes, examples):
+        ax.plot(ex.ds, ex.y, color=ACTUAL_COLOR, lw=1.2, marker=".", ms=3, label="actual")
+        labelled = False
+        for i, win in enumerate(ex.windows):
+            color = colors[i % len(colors)]
+            if win.bands:  # the widest level only: overlapping windows stay readable
+                top = max(win.bands)
+                shown = bool(np.isfinite(np.asarray(win.bands[top][0], dtype=float)).any())
+                _draw_bands(ax, win.ds, {top: win.bands[top]}, color, legend=shown and not labelled)
+                labelled = labelled or shown
+            ax.plot(win.ds, win.yhat, color=color, lw=1.4, label=f"cutoff {pd.Timestamp(win.cutoff):%Y-%m-%d %H:%M}")
+            ax.axvline(pd.Timestamp(win.cutoff), color=color, ls=":", lw=1)
+        score = f"  (backtest MASE {ex.mase:.3g})" if ex.mase is not None and np.isfinite(ex.mase) else ""
+        ax.set_title(f"{ex.label}: series {ex.series_id}{score}", fontsize=9)
+    return _finish(fig, axes, examples, title, "no backtest windows to show")
+
+
+def _bands_of(rows: pd.DataFrame) -> Bands:
+    bands = {}
+    for col in rows.columns:
+        if col.startswith("yhat_lo_") and col.replace("_lo_", "_hi_") in rows.columns:
+            bands[float(col[len("yhat_lo_"):])] = (rows[col].to_numpy(float),
+                                                    rows[col.replace("_lo_", "_hi_")].to_numpy(float))
+    return bands
+
+
+def _chosen(mase: pd.Series) -> list[tuple[str, str, float]]:
+    """(label, series_id, MASE) of the best, median and worst series; a series shown once."""
+    mase = pd.Series(mase, dtype=float)
+    picks = pick_examples(mase.to_numpy())
+    out, seen = [], set()
+    for label, i in picks.items():
+        sid = str(mase.index[i])
+        if sid not in seen:
+            seen.add(sid)
+            out.append((label, sid, float(mase.iloc[i])))
+    return out
+
+
+def interval_examples(history: pd.DataFrame, predictions: pd.DataFrame, mase: pd.Series,
+                      history_points: int | None = None) -> list[IntervalExample]:
+    """Examples for `forecast_intervals`: the best, median and worst series by `mase` (per series_id,
+    e.g. the backtest's pooled MASE), with their last `history_points` points (default: 3 horizons).
+
+    history: series_id, ds, y; predictions: series_id, ds, yhat and any yhat_lo_<L>/yhat_hi_<L>."""
+    examples = []
+    for label, sid, score in _chosen(mase):
+        fc = predictions[predictions["series_id"] == sid].sort_values("ds")
+        keep = history_points or 3 * max(len(fc), 1)
+        hist = history[history["series_id"] == sid].sort_values("ds").tail(keep)
+        examples.append(IntervalExample(label, sid, hist["ds"].to_numpy(), hist["y"].to_numpy(float),
+                                        fc["ds"].to_numpy(), fc["yhat"].to_numpy(float), _bands_of(fc), score))
+    return examples
+
+
+def backtest_examples(frame: pd.DataFrame, history: pd.DataFrame, mase: pd.Series,
+                      history_points: int | None = None) -> list[BacktestExample]:
+    """Examples for `backtest_windows` from a backtest frame (series_id, cutoff, ds, y, yhat, intervals):
+    the best, median and worst series by `mase`, with `history_points` of history before the earliest
+    cutoff (default: one horizon)."""
+    examples = []
+    for label, sid, score in _chosen(mase):
+        rows = frame[frame["series_id"] == sid].sort_values(["cutoff", "ds"])
+        if rows.empty:
+            continue
+        horizon = int(rows.groupby("cutoff").size().max())
+        first = rows["cutoff"].min()
+        hist = history[(history["series_id"] == sid) & (history["ds"] <= first)].sort_values("ds")
+        hist = hist.tail(history_points or horizon)
+        actual = pd.concat([hist[["ds", "y"]], rows[["ds", "y"]]]).drop_duplicates("ds").sort_values("ds")
+        windows = [BacktestWindow(cutoff, g["ds"].to_numpy(), g["yhat"].to_numpy(float), _bands_of(g))
+                   for cutoff, g in rows.groupby("cutoff", sort=True)]
+        examples.append(BacktestExample(label, sid, actual["ds"].to_numpy(), actual["y"].to_numpy(float), windows,
+                                        score))
+    return examples

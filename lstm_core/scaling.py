@@ -17,7 +17,8 @@ KINDS = ("standard", "minmax", "naive")
 
 @dataclass(frozen=True)
 class SeriesScaler:
-    """z = (y - loc) / scale for each series; covariates are scaled the same way, per column."""
+    """z = (y - loc) / scale for each series; historic and future covariates are scaled the same way, per
+    column; calendar and static columns are left as they are (loc 0, scale 1)."""
 
     kind: str
     series_ids: np.ndarray  # (S,)
@@ -47,6 +48,12 @@ class SeriesScaler:
             loc = mean
             scale = _group_sum(codes[1:][same], diff[same], s) / np.maximum(n - 1, 1)
         scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
+        # Calendar and static columns are already on a common scale (sine/cosine, one-hot, standardised
+        # over the series): per-series scaling would turn a constant static value into zero.
+        fixed = np.array([r in ("calendar", "static") for r in panel.roles], dtype=bool)
+        if fixed.any():
+            loc, scale = loc.copy(), scale.copy()
+            loc[:, fixed], scale[:, fixed] = 0.0, 1.0
         return cls(kind, panel.series_ids.copy(), loc, scale)
 
     def _rows(self, panel: Panel) -> np.ndarray:
@@ -115,8 +122,12 @@ class TargetTransform:
             return cls(kind, np.zeros(panel.n_series, dtype=bool))
         positive = np.minimum.reduceat(panel.y, panel.offsets[:-1]) > 0
         if kind == "log" and not positive.all():
+            from lstm_core.errors import DataValidationError
+
             bad = [str(s) for s in panel.series_ids[~positive][:3]]
-            raise ValueError(f"target_transform 'log' needs positive values; series {bad} have values <= 0")
+            # bad input for this setting (exit code 2), not a failure of the run
+            raise DataValidationError(f"target_transform 'log' needs positive values; series {bad} have values <= 0",
+                                      column="y", series_id=bad[0])
         return cls(kind, positive)
 
     def apply(self, panel: Panel) -> Panel:

@@ -10,9 +10,11 @@ They are additive in model space. For series modelled as log(y) that makes them 
 original units; for series with zeros or negative values (not log-transformed) the `multiplicative`
 mode skips the series (with the reason), while `auto` uses additive indices for them.
 
-A series gets indices only where a seasonality test finds the season (the 90% autocorrelation test
-the M4 competition used for its Naive2 benchmark, Makridakis et al. 2020) and the history holds at
-least three seasons; otherwise its indices are zero and the reason is recorded.
+A series gets indices only where its seasonality is strong -- the seasonal strength of Wang, Smith and
+Hyndman (2006), 1 - Var(remainder) / Var(detrended), at least `MIN_STRENGTH` -- and the history holds at
+least three seasons; otherwise its indices are zero and the reason is recorded. Weak seasonality is better
+left to the network: a noisy profile subtracted from every point adds error (measured on M4 weekly, where
+the median strength at 52 is 0.12, while M4 hourly's at 24 is 0.95).
 """
 from __future__ import annotations
 
@@ -24,22 +26,15 @@ from lstm_core.panel import Panel
 
 MODES = ("auto", "multiplicative", "additive", "off")
 MIN_SEASONS = 3  # seasons of history needed to estimate an index per position
+MIN_STRENGTH = 0.6  # seasonal strength below which a profile is left out (weak, or noise)
 
 
-def acf_seasonal(y: np.ndarray, m: int) -> bool:
-    """True when the autocorrelation at lag `m` is significant at 90% (M4's test for Naive2).
-
-    Needs at least three seasons of `y`; returns False otherwise.
-    """
-    if m <= 1 or len(y) < MIN_SEASONS * m:
-        return False
-    d = y - y.mean()
-    denom = float(np.dot(d, d))
-    if denom <= 0 or not np.isfinite(denom):
-        return False
-    r = np.array([np.dot(d[k:], d[:len(d) - k]) / denom for k in range(1, m + 1)])
-    limit = 1.645 * np.sqrt((1 + 2 * np.sum(r[:m - 1] ** 2)) / len(y))
-    return bool(abs(r[m - 1]) > limit)
+def _detrended(y: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(detrended values, their positions t % m): `y` minus a centred moving average over one season."""
+    n = len(y)
+    w = np.r_[0.5, np.ones(m - 1), 0.5] / m if m % 2 == 0 else np.ones(m) / m
+    half = len(w) // 2
+    return y[half:n - half] - np.convolve(y, w, mode="valid"), np.arange(half, n - half) % m
 
 
 def classical_indices(y: np.ndarray, m: int) -> np.ndarray:
@@ -48,17 +43,26 @@ def classical_indices(y: np.ndarray, m: int) -> np.ndarray:
     Trend: centred moving average over one season (2 x m for even m). Raises ValueError when
     `y` holds fewer than two seasons.
     """
-    n = len(y)
-    if n < 2 * m:
-        raise ValueError(f"need at least two seasons ({2 * m} points) to estimate indices, have {n}")
-    w = np.r_[0.5, np.ones(m - 1), 0.5] / m if m % 2 == 0 else np.ones(m) / m
-    half = len(w) // 2
-    detrended = y[half:n - half] - np.convolve(y, w, mode="valid")
-    pos = np.arange(half, n - half) % m
+    if len(y) < 2 * m:
+        raise ValueError(f"need at least two seasons ({2 * m} points) to estimate indices, have {len(y)}")
+    detrended, pos = _detrended(y, m)
     sums = np.bincount(pos, weights=detrended, minlength=m)
     counts = np.bincount(pos, minlength=m)
     index = sums / np.maximum(counts, 1)
     return index - index.mean()
+
+
+def seasonal_strength(y: np.ndarray, m: int, index: np.ndarray | None = None) -> float:
+    """1 - Var(remainder) / Var(detrended) in [0, 1] (Wang, Smith & Hyndman 2006): the share of the detrended
+    variation the seasonal profile explains. 0 for fewer than two seasons or a flat series."""
+    if m <= 1 or len(y) < 2 * m:
+        return 0.0
+    detrended, pos = _detrended(y, m)
+    index = classical_indices(y, m) if index is None else index
+    total = float(np.var(detrended))
+    if not np.isfinite(total) or total <= 0:
+        return 0.0
+    return float(max(0.0, 1.0 - np.var(detrended - index[pos]) / total))
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,8 @@ class SeasonalIndices:
             log_mask: np.ndarray | None = None) -> "SeasonalIndices":
         """Fit on `panel` (model space: target already log-transformed where `log_mask`).
 
-        `mode`: 'auto' (every series where the test finds the season), 'multiplicative' (only
-        log-modelled series; others skipped with the reason), 'additive' (like auto) or 'off'.
+        `mode`: 'auto' (every series whose seasonality is strong), 'multiplicative' (only log-modelled
+        series; others skipped with the reason), 'additive' (like auto) or 'off'.
         """
         if mode not in MODES:
             raise ValueError(f"deseasonalize must be one of {MODES}, not {mode!r}")
@@ -99,12 +103,15 @@ class SeasonalIndices:
                                "negative values, so it is not deseasonalised")
             elif len(y) < MIN_SEASONS * m:
                 reasons.append(f"history of {len(y)} points is shorter than {MIN_SEASONS} seasons of {m}")
-            elif not acf_seasonal(y, m):
-                reasons.append(f"no significant autocorrelation at lag {m}")
             else:
-                indices[i] = classical_indices(y, m)
-                active[i] = True
-                reasons.append("")
+                index = classical_indices(y, m)
+                strength = seasonal_strength(y, m, index)
+                if strength < MIN_STRENGTH:
+                    reasons.append(f"seasonal strength {strength:.2f} at lag {m} is below {MIN_STRENGTH}")
+                else:
+                    indices[i] = index
+                    active[i] = True
+                    reasons.append("")
         return cls(m, indices, active, tuple(reasons))
 
     def profile(self, panel: Panel) -> np.ndarray:

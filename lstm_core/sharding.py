@@ -3,7 +3,7 @@
 A run over many series works shard by shard, so its memory is bounded by the
 shard size, not by the dataset:
 
-- `plan_shards` streams only `series_id` (and the group column, if any) through
+- `plan_shards` streams only the series id (and the group column, if any) through
   a column projection, counts the series of each group and assigns each series
   to a shard by a stable hash of its id (`shard_size` series per shard). The
   hash (`pandas.util.hash_array`, SipHash with a fixed key) is the same in every
@@ -20,7 +20,7 @@ itself, exactly as an unsharded run does.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 import numpy as np
@@ -32,13 +32,14 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from lstm_core.errors import DataValidationError, StorageError
-from lstm_core.storage import (REQUIRED, _explain_read_failure, filesystem, is_local, join, open_dataset, put_bytes,
-                               remove_tree)
+from lstm_core.storage import (REQUIRED, _explain_read_failure, _physical_schemas, column_types, filesystem, is_local,
+                               join, open_dataset, put_bytes, read_schema, remove_tree, to_frame)
 
 SHARD_KEY = "lstm-fc-shard-01"  # 16-byte SipHash keys: shard assignment and training sample are independent
 TRAIN_KEY = "lstm-fc-train-01"
 BATCH_ROWS = 1 << 17
 SCRATCH_BUFFER_BYTES = 64 * 2**20  # compressed rows held for all shards before the largest is written out
+INFER_ROWS = 1_000_000  # rows of (series id, timestamp) read to infer the frequency when it is not given
 _READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError)
 
 
@@ -91,13 +92,15 @@ class ShardPlan:
     n_series: int
     rows: int
     shard_size: int
-    columns: list[str]  # what every shard reads: series_id, ds, y and covariates (never the group column)
+    columns: list[str]  # what every shard reads (input names): id, time, target and covariates (never the group)
     features: tuple[str, ...]  # ("y", *numeric covariates), as validation will find them
     group_column: str | None
     groups: list[GroupPlan]
     shards: list[ShardSpec]
     scratch: str | None = None  # run-scoped folder of shard files; None when the input is read directly
     split_seconds: float | None = None
+    ignored_columns: list[str] = field(default_factory=list)  # input columns no setting asks for (not read)
+    freq: str | None = None  # the frequency inferred from a sample of the series (when asked for)
 
     @property
     def n_shards(self) -> int:
@@ -127,37 +130,53 @@ class _Input:
     files: list[str]
     fs: Any
     url: str
-    columns: list[str]  # series_id, ds, y and covariates, as `read_series` reads them
+    columns: list[str]  # id, time, target and covariates (input names), as `read_series` reads them
     expression: Any
+    names: dict[str, str] = field(default_factory=dict)  # standard name -> input name
+    ignored: list[str] = field(default_factory=list)  # the first file's columns that are not read
 
 
 def _open_input(url: str, storage_options: dict | None, columns: list[str] | None,
-                filters: list[list[Any]] | None, group_column: str | None) -> _Input:
-    """The same dataset, columns and checks as `storage.read_series`, without reading the rows."""
-    dataset, fs, _, url, _ = open_dataset(url, storage_options)  # url: as messages may name it
+                filters: list[list[Any]] | None, group_column: str | None, *, input_format: str = "auto",
+                names: dict[str, str] | None = None, numeric: list[str] | tuple[str, ...] = ()) -> _Input:
+    """The same dataset, columns, types and checks as `storage.read_series`, without reading the rows."""
+    names = {**{c: c for c in REQUIRED}, **(names or {})}
+    required = [names[c] for c in REQUIRED]
+    numeric = [names["y"], *numeric]
+    dataset, fs, path, url, _ = open_dataset(url, storage_options, input_format,
+                                             column_types(names, numeric))  # url: as messages may name it
     files = list(dataset.files)
-    if columns:
-        wanted = list(dict.fromkeys([*REQUIRED, *columns]))
-    else:
-        try:
-            wanted = next(iter(dataset.get_fragments())).physical_schema.names
-        except _READ_ERRORS as exc:
-            raise _explain_read_failure(url, fs, files, list(REQUIRED), exc) from None
-    names = dataset.schema.names
-    missing = [c for c in dict.fromkeys([*REQUIRED, *wanted]) if c not in names]
+    try:
+        first = next(iter(dataset.get_fragments())).physical_schema.names
+    except _READ_ERRORS as exc:
+        raise _explain_read_failure(url, fs, files, required, exc) from None
+    wanted = list(dict.fromkeys([*required, *columns])) if columns else \
+        [c for c in first if not c.startswith("__index_level_")]
+    have = dataset.schema.names
+    missing = [c for c in dict.fromkeys([*required, *wanted]) if c not in have]
     if missing:
-        raise DataValidationError(f"missing required column (have {names})", source=url, column=missing[0])
-    if group_column is not None and group_column not in names:
-        raise DataValidationError(f"group column not found (have {names})", source=url, column=group_column)
+        raise DataValidationError(f"missing required column (have {have})", source=url, column=missing[0])
+    if group_column is not None and group_column not in have:
+        raise DataValidationError(f"group column not found (have {have})", source=url, column=group_column)
     wanted = [c for c in wanted if c != group_column]
+    ignored = [c for c in first if c not in wanted and c != group_column and not c.startswith("__index_level_")]
+    # One schema for every file (int and float, decimals, time units): the shards read what
+    # `read_series` reads, whichever file a series came from.
+    schemas = _physical_schemas(fs, list(dataset.get_fragments()), url)
+    unified = read_schema(schemas, [*wanted, *([group_column] if group_column else [])], dataset.schema, url,
+                          numeric)
+    if unified is not None:
+        dataset = pads.dataset(path, filesystem=fs, format=dataset.format, partitioning="hive",
+                               exclude_invalid_files=False, schema=unified)
     expr = pq.filters_to_expression(filters) if filters else None
-    return _Input(dataset, files, fs, url, wanted, expr)
+    return _Input(dataset, files, fs, url, wanted, expr, names, ignored)
 
 
 def _batches(src: _Input, columns: list[str]) -> Iterator[pa.RecordBatch]:
     """The input's rows batch by batch. Without `pre_buffer`, Arrow would cache whole files' column
     chunks ahead of the batches (memory growing with the file); no readahead beyond one batch."""
-    options = pads.ParquetFragmentScanOptions(pre_buffer=False)
+    options = pads.ParquetFragmentScanOptions(pre_buffer=False) \
+        if isinstance(src.dataset.format, pads.ParquetFileFormat) else None
     try:
         yield from src.dataset.to_batches(columns=columns, filter=src.expression, batch_size=BATCH_ROWS,
                                           batch_readahead=0, fragment_readahead=0,
@@ -173,10 +192,10 @@ def _count(table: pa.Table, keys: list[str]) -> pa.Table:
 
 
 def _features(src: _Input) -> tuple[str, ...]:
-    """Covariates validation will find: the numeric (not boolean) columns besides series_id, ds, y."""
+    """Numeric (not boolean) columns read besides the id, time and target columns."""
     covariates = []
     for name in src.columns:
-        if name in REQUIRED:
+        if name in src.names.values():
             continue
         t = src.dataset.schema.field(name).type
         if pa.types.is_dictionary(t):
@@ -186,12 +205,12 @@ def _features(src: _Input) -> tuple[str, ...]:
     return ("y", *covariates)
 
 
-def _check_ids(column: pa.ChunkedArray | pa.Array, url: str) -> None:
+def _check_ids(column: pa.ChunkedArray | pa.Array, url: str, name: str = "series_id") -> None:
     t = column.type.value_type if pa.types.is_dictionary(column.type) else column.type
     if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
-        raise DataValidationError(f"must be string, got {t}", source=url, column="series_id")
+        raise DataValidationError(f"must be string, got {t}", source=url, column=name)
     if column.null_count:
-        raise DataValidationError("null series_id", source=url, column="series_id")
+        raise DataValidationError("null series_id", source=url, column=name)
 
 
 def _decoded(column: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -212,20 +231,26 @@ def plan_shards(
     group_column: str | None = None,
     max_train_series: int | None = None,
     scratch: str | None = None,
+    input_format: str = "auto",
+    names: dict[str, str] | None = None,
+    numeric: list[str] | tuple[str, ...] = (),
+    infer_freq: bool = False,
 ) -> ShardPlan:
-    """List the series (reading only `series_id` and the group column) and assign them to shards.
+    """List the series (reading only the id and group columns) and assign them to shards.
 
     A group gets ceil(series / shard_size) shards, or more when its rows exceed `shard_rows`
     per shard (long series). `scratch` is the run's scratch folder, used only when the input
-    needs more than one shard.
+    needs more than one shard. `names` maps series_id, ds and y to the input's column names;
+    `infer_freq`: also read the timestamps of a sample of series and infer their frequency.
     """
-    src = _open_input(url, storage_options, columns, filters, group_column)
-    keys = ["series_id", *([group_column] if group_column else [])]
+    src = _open_input(url, storage_options, columns, filters, group_column, input_format=input_format,
+                      names=names, numeric=numeric)
+    keys = [src.names["series_id"], *([group_column] if group_column else [])]
     parts: list[pa.Table] = []
     held, rows = 0, 0
     for batch in _batches(src, keys):
         rows += batch.num_rows
-        _check_ids(batch.column(0), url)
+        _check_ids(batch.column(0), url, keys[0])
         table = pa.table({**{k: _decoded(batch.column(i)) for i, k in enumerate(keys)},
                           "n": pa.array(np.ones(batch.num_rows, dtype=np.int64))})
         parts.append(_count(table, keys))
@@ -235,7 +260,7 @@ def plan_shards(
             held = parts[0].num_rows
     pairs = _count(pa.concat_tables(parts), keys) if parts else pa.table(
         {**{k: pa.array([], pa.string()) for k in keys}, "n": pa.array([], pa.int64())})
-    ids = np.asarray(pairs.column("series_id").to_pylist(), dtype=object)
+    ids = np.asarray(pairs.column(keys[0]).to_pylist(), dtype=object)
     series_rows = pairs.column("n").to_numpy()
     pa.default_memory_pool().release_unused()
     if group_column:
@@ -292,8 +317,45 @@ def plan_shards(
         elif not whole:
             sample = ids[train_hash <= np.uint64(g.train_threshold)]
             g.train = ShardSpec(-1, g.name, g.sample_size, series_ids=tuple(sorted(map(str, sample))), role="train")
+    freq = sample_frequency(src) if infer_freq else None
     return ShardPlan(len(ids), rows, shard_size, src.columns, _features(src), group_column, plans, specs,
-                     run_scratch)
+                     run_scratch, ignored_columns=src.ignored, freq=freq)
+
+
+def sample_frequency(src: _Input, max_rows: int = INFER_ROWS) -> str:
+    """The frequency the series follow, inferred from the timestamps of the input's first rows.
+
+    Raises DataValidationError when series disagree or none tells (then freq must be set).
+    """
+    from lstm_core import timestamps
+    from lstm_core.frequency import FrequencyDisagreement, infer_frequency
+
+    id_col, ds_col = src.names["series_id"], src.names["ds"]
+    parts, rows = [], 0
+    for batch in _batches(src, [id_col, ds_col]):
+        parts.append(pa.Table.from_batches([batch]))
+        rows += batch.num_rows
+        if rows >= max_rows:
+            break
+    frame = to_frame(pa.concat_tables(parts), src.names) if parts else pd.DataFrame(columns=["series_id", "ds"])
+    ids = frame["series_id"].astype(object).astype(str)
+    parsed = timestamps.parse(frame["ds"], ids, src.url, lambda *_: None)
+    error = None
+    for ds in (parsed.instants, parsed.wall):
+        if ds is None:
+            continue
+        try:
+            freq = infer_frequency(pd.DataFrame({"series_id": ids.to_numpy(), "ds": ds.to_numpy()}))
+        except FrequencyDisagreement as exc:
+            error = exc
+            continue
+        if freq is not None:
+            return freq
+    if error is not None:
+        raise DataValidationError(str(error), source=src.url, column=src.names["ds"],
+                                  series_id=next(iter(error.examples.values())))
+    raise DataValidationError("cannot infer the frequency: no series has three regularly spaced timestamps; "
+                              "set freq", source=src.url, column=src.names["ds"])
 
 
 # --- split ------------------------------------------------------------------
@@ -337,8 +399,8 @@ class _ScratchShard:
             self._open()
 
 
-def read_shard(url: str, storage_options: dict | None = None) -> pd.DataFrame:
-    """A shard's rows, as `storage.read_series` would return them from the input."""
+def read_shard(url: str, storage_options: dict | None = None, names: dict[str, str] | None = None) -> pd.DataFrame:
+    """A shard's rows, as `storage.read_series` would return them from the input (standard column names)."""
     fs, folder = filesystem(url, storage_options)
     fs.invalidate_cache(folder)
     try:
@@ -351,11 +413,13 @@ def read_shard(url: str, storage_options: dict | None = None) -> pd.DataFrame:
     for part in parts:
         with fs.open(part, "rb") as fh:
             tables.append(ipc.open_stream(fh).read_all())
-    return pa.concat_tables(tables).to_pandas()
+    return to_frame(pa.concat_tables(tables), names)
 
 
 def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
-                 filters: list[list[Any]] | None = None, columns: list[str] | None = None) -> ShardPlan:
+                 filters: list[list[Any]] | None = None, columns: list[str] | None = None,
+                 input_format: str = "auto", names: dict[str, str] | None = None,
+                 numeric: list[str] | tuple[str, ...] = ()) -> ShardPlan:
     """Write each shard's rows (and each group's training sample) to its scratch file in one pass.
 
     Returns the plan with the rows written per shard. Memory: one input batch plus at most
@@ -363,7 +427,8 @@ def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
     """
     if not plan.sharded:
         return plan
-    src = _open_input(url, storage_options, columns, filters, plan.group_column)
+    src = _open_input(url, storage_options, columns, filters, plan.group_column, input_format=input_format,
+                      names=names, numeric=numeric)
     fs, _ = filesystem(plan.scratch, storage_options)
     read = [*plan.columns, *([plan.group_column] if plan.group_column else [])]
     # The input's pandas metadata too, so a shard reads back with the dtypes the input itself reads with.

@@ -1,8 +1,10 @@
 """Object storage through fsspec: local paths, s3:// (AWS, MinIO, R2) and any other fsspec URL.
 
-Reads go through pyarrow datasets (single files or hive-partitioned folders,
-with column and partition filters). Writes put each object whole: a temp file
-and a rename locally, one PUT on object stores, so no reader sees half a file.
+Reads go through pyarrow datasets (Parquet or CSV, single files or hive-partitioned folders,
+with column projection and partition filters). Types that differ compatibly between files (int and
+float, decimals, time units, dates, all-null columns) are read as one schema, the same way whether
+the input is read whole or split into shards. Writes put each object whole: a temp file and a rename
+locally, one PUT on object stores, so no reader sees half a file.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any, NamedTuple
 import fsspec
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
@@ -23,6 +26,9 @@ from lstm_core.errors import DataValidationError, LstmForecastError, StorageErro
 from lstm_core.secrets import scrub, url_userinfo
 
 REQUIRED = ("series_id", "ds", "y")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.lz4")
+# Spark writes INT96 timestamps; read as microseconds, so a 9999-12-31 placeholder does not overflow.
+PARQUET = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(coerce_int96_timestamp_unit="us"))
 
 
 # botocore's own retries (standard mode: connection errors, 5xx, throttling, with jittered backoff)
@@ -112,12 +118,29 @@ class OpenedDataset(NamedTuple):
     hide: set[str]  # credentials a library may quote without the URL around them
 
 
-def open_dataset(url: str, storage_options: dict[str, Any] | None = None) -> OpenedDataset:
-    """The Parquet dataset (file or hive folder) at `url`, listed but not read.
+def is_csv_path(path: str) -> bool:
+    return path.lower().endswith(CSV_SUFFIXES)
 
-    A missing, empty or unreadable input raises DataValidationError naming it; failing to reach
-    storage raises StorageError (transient unless permissions are at fault).
+
+def file_format(input_format: str, column_types: dict[str, pa.DataType] | None = None):
+    """The pyarrow file format to read with. CSV: the named columns get the given types (ids and
+    timestamps as text, numbers as float64) instead of per-file guesses that could disagree."""
+    if input_format == "csv":
+        return pads.CsvFileFormat(convert_options=pacsv.ConvertOptions(
+            column_types=dict(column_types or {}), strings_can_be_null=True))
+    return PARQUET
+
+
+def open_dataset(url: str, storage_options: dict[str, Any] | None = None, input_format: str = "auto",
+                 column_types: dict[str, pa.DataType] | None = None) -> OpenedDataset:
+    """The dataset (Parquet or CSV; file or hive folder) at `url`, listed but not read.
+
+    `input_format` 'auto': CSV when the path, or every file of the folder, ends in .csv (optionally
+    compressed), else Parquet. A missing, empty or unreadable input raises DataValidationError naming it;
+    failing to reach storage raises StorageError (transient unless permissions are at fault).
     """
+    if input_format not in ("auto", "parquet", "csv"):
+        raise ValueError(f"input_format must be auto, parquet or csv, not {input_format!r}")
     shown = scrub(url)
     hide = url_userinfo(url)
     fs, path = filesystem(url, storage_options)
@@ -127,16 +150,61 @@ def open_dataset(url: str, storage_options: dict[str, Any] | None = None) -> Ope
         raise storage_error(f"input {shown}: cannot reach storage", exc, hide) from None
     if not exists:
         raise DataValidationError("input path does not exist", source=shown)
+    fmt = input_format
+    if fmt == "auto":
+        try:
+            fmt = "csv" if _looks_csv(fs, path) else "parquet"
+        except Exception as exc:  # noqa: BLE001 - listing is about reaching storage
+            raise storage_error(f"input {shown}: cannot list the dataset", exc, hide) from None
+    kind = "CSV" if fmt == "csv" else "Parquet"
     try:
-        dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive",
+        dataset = pads.dataset(path, filesystem=fs, format=file_format(fmt, column_types), partitioning="hive",
                                exclude_invalid_files=False)
     except Exception as exc:  # noqa: BLE001
         if is_storage_failure(exc):
             raise storage_error(f"input {shown}: cannot list the dataset", exc, hide) from None
-        raise DataValidationError(f"not a readable Parquet dataset: {_arrow_reason(exc)}", source=shown) from None
+        raise DataValidationError(f"not a readable {kind} dataset: {_arrow_reason(exc)}", source=shown) from None
     if not dataset.files:
-        raise DataValidationError("dataset is empty (no Parquet files)", source=shown)
+        raise DataValidationError(f"dataset is empty (no {kind} files)", source=shown)
     return OpenedDataset(dataset, fs, path, shown, hide)
+
+
+def _looks_csv(fs, path: str) -> bool:
+    """A .csv file, or a folder whose data files (not _ or . names, as pyarrow skips them) all are."""
+    if is_csv_path(path):
+        return True
+    if not fs.isdir(path):
+        return False
+    files = [f for f in fs.find(path) if not any(p.startswith(("_", ".")) for p in f[len(path):].split("/") if p)]
+    return bool(files) and all(is_csv_path(f) for f in files)
+
+
+def column_types(names: dict[str, str], numeric: list[str] | tuple[str, ...] = ()) -> dict[str, pa.DataType]:
+    """CSV column types: the id and time columns as text, the target and numeric covariates as float64."""
+    return {names["series_id"]: pa.string(), names["ds"]: pa.string(), names["y"]: pa.float64(),
+            **{c: pa.float64() for c in numeric}}
+
+
+def check_input(url: str, storage_options: dict[str, Any] | None = None, input_format: str = "auto",
+                required: list[str] | tuple[str, ...] | None = None) -> OpenedDataset:
+    """Cheap check that the input exists and is readable: list it, read the first file's schema, and
+    find the `required` columns. No rows are read. Raises DataValidationError or StorageError."""
+    opened = open_dataset(url, storage_options, input_format)
+    fragment = next(iter(opened.dataset.get_fragments()), None)
+    if fragment is not None:
+        try:
+            names = fragment.physical_schema.names
+        except Exception as exc:  # noqa: BLE001
+            if is_storage_failure(exc):
+                raise storage_error(f"input {opened.shown}: cannot read {scrub(fragment.path)}", exc,
+                                    opened.hide) from None
+            raise DataValidationError(f"not a readable file: {_arrow_reason(exc)}", source=scrub(fragment.path)) from None
+        have = set(opened.dataset.schema.names) | set(names)
+        for col in required or ():
+            if col not in have:
+                raise DataValidationError(f"missing required column (have {sorted(have)})", source=opened.shown,
+                                          column=col)
+    return opened
 
 
 def read_series(
@@ -144,13 +212,25 @@ def read_series(
     storage_options: dict[str, Any] | None = None,
     columns: list[str] | None = None,
     filters: list[list[Any]] | None = None,
+    *,
+    input_format: str = "auto",
+    names: dict[str, str] | None = None,
+    numeric: list[str] | tuple[str, ...] = (),
 ) -> pd.DataFrame:
-    """Read a long-format Parquet dataset (file or hive-partitioned folder) into a frame.
+    """Read a long-format dataset (Parquet or CSV; file or hive-partitioned folder) into a frame.
 
-    Bad data raises DataValidationError naming the file and column; failures to reach storage
-    raise StorageError (transient unless permissions are at fault), which callers may retry.
+    Only `series_id`, `ds`, `y` and `columns` are read (all the file's columns when `columns` is None).
+    `names` maps those three to the input's own column names ({'series_id': 'store', ...}); the frame
+    comes back with the standard names. `numeric`: columns read as float64 (the target always is).
+    A `ds` written as the pandas index comes back as a column. Bad data raises DataValidationError
+    naming the file and column; failures to reach storage raise StorageError (transient unless
+    permissions are at fault), which callers may retry.
     """
-    dataset, fs, path, shown, hide = open_dataset(url, storage_options)
+    names = {**{c: c for c in REQUIRED}, **(names or {})}
+    required = [names[c] for c in REQUIRED]
+    numeric = [names["y"], *numeric]
+    dataset, fs, path, shown, hide = open_dataset(url, storage_options, input_format,
+                                                  column_types(names, numeric))
     expr = pq.filters_to_expression(filters) if filters else None
     try:
         fragments = list(dataset.get_fragments(filter=expr)) if expr is not None else list(dataset.get_fragments())
@@ -158,16 +238,17 @@ def read_series(
         raise DataValidationError(f"bad filters {filters!r}: {_first_line(exc)}", source=shown) from None
     schemas = _physical_schemas(fs, fragments, shown)
     if columns:
-        wanted = list(dict.fromkeys([*REQUIRED, *columns]))
+        wanted = list(dict.fromkeys([*required, *columns]))
     else:  # the files' own columns; partition keys are read only when asked for
-        wanted = list(dict.fromkeys([*REQUIRED, *(schemas[0][1].names if schemas else [])]))
+        wanted = list(dict.fromkeys([*required, *(c for c in (schemas[0][1].names if schemas else [])
+                                                   if not c.startswith("__index_level_"))]))
     missing = [c for c in wanted if c not in dataset.schema.names]
     if missing:
         raise DataValidationError(f"missing required column (have {dataset.schema.names})", source=shown,
                                   column=missing[0])
-    unified = _check_schemas(schemas, wanted, dataset.schema, shown)
-    if unified is not None:  # compatible differences (int vs float, time units): read as one schema
-        dataset = pads.dataset(path, filesystem=fs, format="parquet", partitioning="hive",
+    unified = read_schema(schemas, wanted, dataset.schema, shown, numeric)
+    if unified is not None:  # compatible differences (int vs float, decimals, time units): read as one schema
+        dataset = pads.dataset(path, filesystem=fs, format=dataset.format, partitioning="hive",
                                exclude_invalid_files=False, schema=unified)
     try:
         table = dataset.to_table(columns=wanted, filter=expr)
@@ -175,7 +256,24 @@ def read_series(
         if is_storage_failure(exc):
             raise storage_error(f"input {shown}: read failed", exc, hide) from None
         raise _explain_read_failure(shown, fs, list(dataset.files), wanted, exc) from None
-    return table.to_pandas()
+    return to_frame(table, names)
+
+
+def to_frame(table: pa.Table, names: dict[str, str] | None = None) -> pd.DataFrame:
+    """A read table as a frame with the standard column names.
+
+    Columns pandas wrote as the index (`df.set_index("ds").to_parquet()`) come back as columns.
+    """
+    frame = table.to_pandas()
+    index_names = [n for n in frame.index.names if n is not None]
+    if index_names and any(n in table.column_names for n in index_names):
+        frame = frame.reset_index()
+    else:
+        frame = frame.reset_index(drop=True)
+    if names:
+        rename = {src: std for std, src in names.items() if src != std and src in frame.columns}
+        frame = frame.rename(columns=rename)
+    return frame
 
 
 def _first_line(exc: BaseException) -> str:
@@ -198,7 +296,8 @@ def _physical_schemas(fs, fragments, shown: str) -> list[tuple[str, pa.Schema]]:
         except Exception as exc:  # noqa: BLE001
             if is_storage_failure(exc):
                 raise storage_error(f"input {shown}: cannot read {scrub(fragment.path)}", exc) from None
-            raise DataValidationError(f"not a readable Parquet file: {_arrow_reason(exc)}",
+            kind = "CSV" if is_csv_path(fragment.path) else "Parquet"
+            raise DataValidationError(f"not a readable {kind} file: {_arrow_reason(exc)}",
                                       source=scrub(fragment.path)) from None
 
     if len(fragments) <= 1:
@@ -210,58 +309,77 @@ def _physical_schemas(fs, fragments, shown: str) -> list[tuple[str, pa.Schema]]:
 def _kind(t: pa.DataType) -> str:
     if pa.types.is_dictionary(t):
         t = t.value_type
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return "string"
-    if pa.types.is_integer(t) or pa.types.is_floating(t):
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         return "number"
     if pa.types.is_timestamp(t):
         return f"timestamp (tz {t.tz})" if t.tz else "timestamp"
+    if pa.types.is_date(t):
+        return "timestamp"
+    if pa.types.is_null(t):
+        return "null"  # a column all empty in one file: takes the type of the others
     return str(t)
 
 
-def _check_schemas(schemas, wanted, dataset_schema: pa.Schema, shown: str) -> pa.Schema | None:
-    """Refuse files whose wanted columns disagree in kind or are missing; unify compatible types.
+def read_schema(schemas, wanted, dataset_schema: pa.Schema, shown: str,
+                numeric: list[str] | tuple[str, ...] = ()) -> pa.Schema | None:
+    """The schema to read the wanted columns with, or None when the files' own types serve as they are.
 
-    Returns a schema to read with when types differ compatibly (int and float, time units), else None.
+    Files must agree on each column's kind (number, string, timestamp with its zone); within a kind,
+    differences are read as one type: numbers as float64, timestamps and dates as microseconds (a unit
+    every encoding fits in, 9999-12-31 included), text as string. `numeric` columns are float64 always
+    (decimals and nullable integers included). Refuses files that disagree, naming them.
     """
-    if len(schemas) <= 1:
-        return None
     physical = [c for c in wanted if any(c in s.names for _, s in schemas)]  # not partition keys
+    if not schemas:
+        return None
     ref_path, ref = schemas[0]
     differs = False
-    for path, schema in schemas[1:]:
-        for col in physical:
-            a = ref.field(col).type if col in ref.names else None
-            b = schema.field(col).type if col in schema.names else None
-            if a is None or b is None:
-                has, lacks = (ref_path, path) if b is None else (path, ref_path)
+    kinds: dict[str, str] = {}
+    for col in physical:
+        types = []
+        for path, schema in schemas:
+            if col not in schema.names:
+                has = next(p for p, s in schemas if col in s.names)
                 raise DataValidationError(
-                    f"partitions' schemas disagree: {scrub(has)} has column {col!r}, {scrub(lacks)} does not",
+                    f"partitions' schemas disagree: {scrub(has)} has column {col!r}, {scrub(path)} does not",
                     source=shown, column=col)
-            if _kind(a) != _kind(b):
+            types.append((path, schema.field(col).type))
+        known = [(p, t) for p, t in types if _kind(t) != "null"]
+        for path, t in known[1:]:
+            if _kind(t) != _kind(known[0][1]):
                 raise DataValidationError(
-                    f"partitions' schemas disagree: {scrub(ref_path)} has {col}: {a}, {scrub(path)} has {col}: {b}",
-                    source=shown, column=col)
-            differs = differs or a != b
+                    f"partitions' schemas disagree: {scrub(known[0][0])} has {col}: {known[0][1]}, {scrub(path)} "
+                    f"has {col}: {t}", source=shown, column=col)
+        kinds[col] = _kind(known[0][1]) if known else "null"
+        distinct = {t for _, t in types}
+        differs = differs or len(distinct) > 1 or (col in numeric and kinds[col] == "number"
+                                                   and distinct != {pa.float64()})
     if not differs:
         return None
     fields = []
     for f in dataset_schema:
         if f.name in physical:
-            kinds = {_kind(s.field(f.name).type) for _, s in schemas}
-            kind = kinds.pop()
+            kind = kinds[f.name]
             if kind == "number":
                 f = pa.field(f.name, pa.float64())
             elif kind.startswith("timestamp"):
-                f = pa.field(f.name, pa.timestamp("ns", tz=ref.field(f.name).type.tz))
+                tz = next((s.field(f.name).type.tz for _, s in schemas
+                           if pa.types.is_timestamp(s.field(f.name).type)), None)
+                f = pa.field(f.name, pa.timestamp("us", tz=tz))
             elif kind == "string":
                 f = pa.field(f.name, pa.string())
+            elif kind == "null" and f.name in numeric:
+                f = pa.field(f.name, pa.float64())
         fields.append(f)
-    return pa.schema(fields)
+    return pa.schema(fields, metadata=dataset_schema.metadata)
 
 
 def _explain_read_failure(shown, fs, files, wanted, exc) -> LstmForecastError:
     """Find the file whose schema or bytes are at fault, so the message can name it."""
+    if files and all(is_csv_path(f) for f in files):
+        return DataValidationError(f"cannot read the CSV input: {_arrow_reason(exc)}", source=shown)
     for f in files:
         try:
             with fs.open(f, "rb") as fh:

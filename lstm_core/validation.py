@@ -1,18 +1,28 @@
-"""Check a long-format frame (series_id, ds, y [, covariates...]) against the data contract.
+"""Check a long-format frame (series_id, ds, y [, declared covariates]) against the data contract.
 
 Dataset-level problems raise `DataValidationError` naming the file, column and
 row. Problems that belong to one series put that series in `skipped` with a
 reason, and the rest go on.
+
+Only declared covariates are used (`CovariateSpec`): historic and future ones must be numeric and
+finite in the history; future ones must also hold values for the horizon after each series' last
+observed y (the rows whose y is empty); static ones must be constant per series.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from lstm_core import timestamps
+from lstm_core.covariates import CovariateSpec, is_numeric_column
 from lstm_core.errors import DataValidationError
-from lstm_core.frequency import is_fixed, step_positions
+from lstm_core.windows import min_train_length as min_train_length_of
+from lstm_core.windows import validation_span
+from lstm_core.frequency import FrequencyDisagreement, dates_after, infer_frequency, is_fixed, series_frequency, \
+    step_positions
 
 REQUIRED = ("series_id", "ds", "y")
 
@@ -26,12 +36,15 @@ class SkippedSeries:
 
 @dataclass
 class ValidationResult:
-    frame: pd.DataFrame  # clean rows, sorted by (series_id, ds), on a regular grid
+    frame: pd.DataFrame  # clean rows, sorted by (series_id, ds), on a regular grid: series_id, ds, y, historic, future
     skipped: list[SkippedSeries] = field(default_factory=list)
-    covariates: list[str] = field(default_factory=list)
-    future: pd.DataFrame | None = None  # rows past each series' end with covariates but no y
+    covariates: list[str] = field(default_factory=list)  # numeric covariate columns of `frame` (historic, future)
+    future: pd.DataFrame | None = None  # series_id, ds, future covariates: the H steps after each series' end
     filled_points: int = 0
     rows_read: int = 0  # rows of the input frame
+    spec: CovariateSpec = field(default_factory=CovariateSpec)
+    static: pd.DataFrame | None = None  # one row per kept series (index series_id), the static covariates
+    freq: str | None = None  # the frequency the series were checked against (given or inferred)
 
     def skipped_frame(self) -> pd.DataFrame:
         return pd.DataFrame(
@@ -43,35 +56,80 @@ class ValidationResult:
         )
 
 
-def min_length(window: int, horizon: int) -> int:
-    """Points a series needs: one window, the evaluation horizon and one training target."""
-    return window + horizon + 1
+def required_points(window: int, horizon: int, validation_steps: int, chunk: int = 1) -> int:
+    """Points a series needs: the holdout (horizon), the validation chunks covering `validation_steps`, and one
+    training chunk with a full window before it (`windows.min_train_length`)."""
+    return min_train_length_of(window, chunk, validation_steps) + horizon
+
+
+def min_length(config: Any) -> int:
+    """The one minimum series length of a run, from its window, chunk, horizon and validation steps.
+
+    Validation skips shorter series and training can rely on it: every series kept has at least one
+    training window and its validation targets before the holdout.
+    """
+    return required_points(config.window, config.horizon, config.validation_steps, config.chunk_length)
+
+
+def min_train_length(config: Any) -> int:
+    """Points a training part (a series without its holdout) needs: `min_length(config) - horizon`."""
+    return min_length(config) - config.horizon
+
+
+def length_rule(config: Any, horizon: bool = False) -> str:
+    """The minimum length spelled out, for messages."""
+    span = validation_span(config.validation_steps, config.chunk_length)
+    return (f"window {config.window} + chunk {config.chunk_length} + validation {span}"
+            + (f" + horizon {config.horizon}" if horizon else ""))
+
+
+def validate_for(df: pd.DataFrame, config: Any, source: str | None = None, errors: str = "skip") -> ValidationResult:
+    """`validate` with everything taken from a configuration (its frequency may still be unset: inferred)."""
+    spec = CovariateSpec.from_config(config) if config.is_resolved else None
+    return validate(df, config.freq, window=config.window, horizon=config.horizon,
+                    validation_steps=config.validation_steps, chunk=config.chunk_length if config.is_resolved else 1,
+                    gap_policy=config.gap_policy,
+                    max_gap=config.max_gap, source=source, errors=errors, covariates=spec, config=config)
 
 
 def validate(
     df: pd.DataFrame,
-    freq: str,
+    freq: str | None,
     *,
-    window: int,
+    window: int | None,
     horizon: int,
+    validation_steps: int | None = None,
+    chunk: int = 1,
     gap_policy: str = "fill",
     max_gap: int = 3,
     source: str | None = None,
     errors: str = "skip",
+    covariates: CovariateSpec | None = None,
+    config: Any = None,
 ) -> ValidationResult:
-    """Validate and regularise `df`. `errors='raise'` turns series-level problems into errors too."""
+    """Validate and regularise `df`. `errors='raise'` turns series-level problems into errors too.
+
+    `freq` None: the frequency is inferred from the series (they must agree). `covariates`: the
+    declared roles; other columns are ignored. A series needs `window + horizon + validation_steps + 1`
+    points (validation_steps defaults to horizon).
+    """
     if gap_policy not in ("fill", "skip", "error"):
         raise ValueError(f"gap_policy must be fill, skip or error, not {gap_policy!r}")
     for col in REQUIRED:
         if col not in df.columns:
             raise DataValidationError(f"missing required column (have {list(df.columns)})", source=source, column=col)
+    spec = covariates or CovariateSpec()
+    for col in spec.columns:
+        if col not in df.columns:
+            raise DataValidationError(f"declared covariate column missing (have {list(df.columns)})",
+                                      source=source, column=col)
     if len(df) == 0:
         raise DataValidationError("dataset has no rows", source=source)
 
     df = df.reset_index(drop=True)
     series_id = _check_series_id(df["series_id"], source)
     y = _check_numeric(df["y"], "y", source)
-    covariates = [c for c in df.columns if c not in REQUIRED and _is_numeric(df[c])]
+    numeric = list(spec.numeric)
     skipped: dict[str, SkippedSeries] = {}
 
     def skip(sid: str, fld: str, reason: str) -> None:
@@ -79,29 +137,43 @@ def validate(
             raise DataValidationError(reason, source=source, column=fld, series_id=sid)
         skipped.setdefault(sid, SkippedSeries(sid, fld, reason))
 
-    ds = _check_ds(df["ds"], series_id, source, skip)
-    frame = pd.DataFrame({"series_id": series_id, "ds": ds, "y": y})
-    for c in covariates:
-        frame[c] = df[c].astype("float64")
+    parsed = timestamps.parse(df["ds"], series_id, source, skip)
+    if freq is None:
+        freq = _infer(parsed, series_id, source)
+        if config is not None and not config.is_resolved:
+            config = config.resolved(freq)
+            spec = covariates or CovariateSpec.from_config(config)
+            window, chunk = config.window, config.chunk_length
+    if window is None:
+        raise ValueError("validate needs a window (or a configuration to derive it from)")
+    frame = pd.DataFrame({"series_id": series_id, "ds": parsed.for_frequency(is_fixed(freq)), "y": y})
+    for c in numeric:
+        frame[c] = _check_numeric(df[c], c, source)
+    static_cols = list(spec.static)
+    for c in static_cols:
+        frame[c] = df[c].reset_index(drop=True)
     frame["_row"] = np.arange(len(frame))
     frame = _drop(frame, skipped)
     frame = frame.sort_values(["series_id", "ds"], kind="stable").reset_index(drop=True)
 
-    # Rows past the last observed y that carry covariates are known-future inputs.
-    future = None
-    if covariates:
-        frame, future = _split_future(frame, covariates)
+    # Rows past each series' last observed y carry no target: known-future inputs (used when
+    # future covariates are declared, dropped otherwise).
+    frame, future = _split_future(frame)
+    static = _static_values(frame, future, static_cols, skip) if static_cols else None
+    frame = frame.drop(columns=static_cols)
+    if future is not None:
+        future = future[["series_id", "ds", *spec.future, "_row"]]
 
-    _series_problems(frame, covariates, skip)
+    _series_problems(frame, numeric, skip)
     frame = _drop(frame, skipped)
+    need = required_points(window, horizon, validation_steps or horizon, chunk)
     if len(frame) == 0:
-        return ValidationResult(_finish(frame), list(skipped.values()), covariates, future, rows_read=len(df))
+        return _result(frame, skipped, numeric, None, 0, len(df), spec, None, freq)
 
-    frame = _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip)
+    frame = _regularise(frame, freq, gap_policy, max_gap, numeric, source, skip, skipped)
     frame = _drop(frame, skipped)
 
     # Length, constant and scale checks on the regular series (vectorised; only failures loop).
-    need = min_length(window, horizon)
     codes, uniques = pd.factorize(frame["series_id"], sort=False)
     g = frame["y"].groupby(codes, sort=False)
     n, mean = g.size().to_numpy(), g.mean().to_numpy()
@@ -111,19 +183,53 @@ def validate(
     short = n < need
     overflow = ~short & (~np.isfinite(mean) | ~np.isfinite(ss))
     constant = ~short & ~overflow & (ss == 0)
+    vs = validation_steps or horizon
     for i in np.flatnonzero(short | overflow | constant):
         sid = str(uniques[i])
         if short[i]:
-            skip(sid, "y", f"series too short: {int(n[i])} points, needs {need} (window {window} + horizon {horizon} + 1)")
+            skip(sid, "y", f"series too short: {int(n[i])} points, needs {need} (window {window} + chunk "
+                           f"{chunk} + validation {validation_span(vs, chunk)} + horizon {horizon})")
         elif overflow[i]:
             skip(sid, "y", "values too large to scale (overflow)")
         else:
             skip(sid, "y", "series is constant")
     frame = _drop(frame, skipped)
+    future = _future_block(frame, future, list(spec.future), freq, horizon, skip) if spec.future else None
+    frame = _drop(frame, skipped)
     if future is not None:
         future = future[future["series_id"].isin(frame["series_id"].unique())].reset_index(drop=True)
     filled = int((frame["_row"] < 0).sum())  # interpolated rows of the series kept
-    return ValidationResult(_finish(frame), list(skipped.values()), covariates, future, filled, len(df))
+    return _result(frame, skipped, numeric, future, filled, len(df), spec, static, freq)
+
+
+def _result(frame, skipped, numeric, future, filled, rows, spec, static, freq) -> ValidationResult:
+    frame = _finish(frame)
+    if static is not None:
+        kept = pd.Index(frame["series_id"].unique().astype(object))
+        static = static.loc[static.index.isin(kept)]
+        static = static.loc[kept] if len(kept) else static.iloc[:0]
+    return ValidationResult(frame, list(skipped.values()), numeric, future, filled, rows, spec, static, freq)
+
+
+def _infer(parsed: timestamps.Timestamps, series_id: pd.Series, source: str | None) -> str:
+    """The frequency the series agree on: counted on instants, else (days across a clock change) wall time."""
+    last_error = None
+    for ds in (parsed.instants, parsed.wall):
+        if ds is None:
+            continue
+        frame = pd.DataFrame({"series_id": series_id, "ds": ds})
+        try:
+            freq = infer_frequency(frame)
+        except FrequencyDisagreement as exc:
+            last_error = exc
+            continue
+        if freq is not None:
+            return freq
+    if last_error is not None:
+        sid = next(iter(last_error.examples.values()))
+        raise DataValidationError(str(last_error), source=source, column="ds", series_id=sid)
+    raise DataValidationError("cannot infer the frequency: no series has three regularly spaced timestamps; "
+                              "set freq", source=source, column="ds")
 
 
 def _drop(frame: pd.DataFrame, skipped: dict) -> pd.DataFrame:
@@ -140,7 +246,7 @@ def _finish(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _is_numeric(col: pd.Series) -> bool:
-    return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
+    return is_numeric_column(col)
 
 
 def _check_series_id(col: pd.Series, source: str | None) -> pd.Series:
@@ -162,62 +268,56 @@ def _check_series_id(col: pd.Series, source: str | None) -> pd.Series:
 
 
 def _check_numeric(col: pd.Series, name: str, source: str | None) -> pd.Series:
+    """float64 with NaN for missing values, from any numeric encoding (nullable, decimal, mixed int/float)."""
+    col = col.reset_index(drop=True)
+    if pd.api.types.is_object_dtype(col) and len(col) and col.dropna().map(_is_number).all():
+        col = pd.to_numeric(col, errors="coerce")  # Decimal and number objects (decimal columns, mixed files)
     if not _is_numeric(col):
         raise DataValidationError(f"must be numeric, got {col.dtype}", source=source, column=name)
-    return col.astype("float64")
+    return pd.Series(col.to_numpy(dtype=np.float64, na_value=np.nan), name=col.name)
 
 
-def _check_ds(col: pd.Series, series_id: pd.Series, source: str | None, skip) -> pd.Series:
-    if pd.api.types.is_datetime64_any_dtype(col):
-        parsed = col
-    elif pd.api.types.is_string_dtype(col) or pd.api.types.is_object_dtype(col):
-        try:
-            parsed = pd.to_datetime(col, format="ISO8601")
-        except (ValueError, TypeError) as exc:
-            if "timezone" in str(exc).lower() or "tz" in str(exc).lower():
-                parsed = _parse_mixed_tz(col, series_id, skip)
-            else:
-                bad = pd.to_datetime(col, format="ISO8601", errors="coerce").isna() & col.notna()
-                r = int(np.argmax(bad.to_numpy())) if bad.any() else 0
-                raise DataValidationError(f"not a timestamp: {col.iloc[r]!r}", source=source, column="ds",
-                                          series_id=str(series_id.iloc[r]), row=r) from None
-    else:
-        raise DataValidationError(f"must be a timestamp, got {col.dtype}", source=source, column="ds")
-    nulls = parsed.isna().to_numpy()
-    if nulls.any():
-        r = int(np.argmax(nulls))
-        raise DataValidationError("null timestamp", source=source, column="ds", series_id=str(series_id.iloc[r]), row=r)
-    # One clock for all series: tz-aware input is compared and written in UTC.
-    if parsed.dt.tz is not None:
-        return parsed.dt.tz_convert("UTC").astype("datetime64[ns, UTC]")
-    return parsed.astype("datetime64[ns]")
+def _is_number(v: Any) -> bool:
+    from decimal import Decimal
+    from numbers import Number
+
+    return isinstance(v, (Number, Decimal)) and not isinstance(v, bool)
 
 
-def _parse_mixed_tz(col: pd.Series, series_id: pd.Series, skip) -> pd.Series:
-    """Parse per series; a series whose own timestamps carry several UTC offsets is skipped."""
-    out = pd.Series(pd.NaT, index=col.index, dtype="datetime64[ns, UTC]")
-    for sid, idx in series_id.groupby(series_id, sort=False).groups.items():
-        values = col.loc[idx]
-        try:
-            out.loc[idx] = pd.to_datetime(values, format="ISO8601").dt.tz_convert("UTC") \
-                if pd.to_datetime(values.iloc[:1], format="ISO8601").dt.tz is not None \
-                else pd.to_datetime(values, format="ISO8601").dt.tz_localize("UTC")
-        except (ValueError, TypeError):
-            skip(str(sid), "ds", "timestamps in mixed time zones")
-            out.loc[idx] = pd.Timestamp("1970-01-01", tz="UTC")
-    return out
-
-
-def _split_future(frame: pd.DataFrame, covariates: list[str]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def _split_future(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Rows after each series' last observed y: the future rows (a series with no y at all keeps its rows)."""
     has_y = frame["y"].notna().to_numpy()
-    # Position of each series' last observed y; rows after it are future rows.
     pos = frame.groupby("series_id", sort=False).cumcount().to_numpy()
-    last_obs = pd.Series(np.where(has_y, pos, -1)).groupby(frame["series_id"].to_numpy(), sort=False).transform("max").to_numpy()
+    last_obs = pd.Series(np.where(has_y, pos, -1)).groupby(frame["series_id"].to_numpy(), sort=False) \
+        .transform("max").to_numpy()
     is_future = (pos > last_obs) & (last_obs >= 0)
     if not is_future.any():
         return frame, None
-    future = frame.loc[is_future, ["series_id", "ds", *covariates]].reset_index(drop=True)
-    return frame.loc[~is_future].reset_index(drop=True), future
+    return frame.loc[~is_future].reset_index(drop=True), frame.loc[is_future].reset_index(drop=True)
+
+
+def _static_values(frame: pd.DataFrame, future: pd.DataFrame | None, columns: list[str], skip) -> pd.DataFrame:
+    """One value per series and static column: the same on every row (history and future rows)."""
+    rows = frame if future is None else pd.concat([frame, future], ignore_index=True)
+    out = {}
+    for c in columns:
+        col = rows[c]
+        missing = col.isna().to_numpy()
+        for r in np.flatnonzero(missing)[:10_000]:
+            skip(str(rows["series_id"].iloc[r]), c, f"static covariate {c!r} is missing (row {int(rows['_row'].iloc[r])})")
+        key = col.astype(object).map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else
+                                     (v.item() if hasattr(v, "item") else v))
+        first = key.groupby(rows["series_id"].to_numpy(), sort=False).transform("first")
+        differs = (key != first).to_numpy() & ~missing
+        for r in np.flatnonzero(differs)[:10_000]:
+            skip(str(rows["series_id"].iloc[r]), c,
+                 f"static covariate {c!r} changes within the series: {key.iloc[r]!r} (row {int(rows['_row'].iloc[r])}) "
+                 f"after {first.iloc[r]!r}")
+        out[c] = col.groupby(rows["series_id"].to_numpy(), sort=False).first()
+    static = pd.DataFrame(out)
+    static.index = static.index.astype(object)
+    static.index.name = "series_id"
+    return static
 
 
 def _series_problems(frame: pd.DataFrame, covariates: list[str], skip) -> None:
@@ -241,30 +341,62 @@ def _series_problems(frame: pd.DataFrame, covariates: list[str], skip) -> None:
             skip(str(sid.iloc[r]), c, f"non-finite covariate at {frame['ds'].iloc[r]} (row {int(frame['_row'].iloc[r])})")
 
 
-def _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip):
-    """Place each series on its frequency grid; fill or reject gaps."""
+def _appears(ds: pd.Series) -> str:
+    """How one series' own timestamps look, for messages."""
+    freq = series_frequency(ds)
+    return repr(freq) if freq is not None else "irregular"
+
+
+def _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip, skipped):
+    """Place each series on its frequency grid; refuse a frequency the data do not follow; fill or reject gaps."""
     sid = frame["series_id"]
     first = frame.groupby("series_id", sort=False)["ds"].transform("min")
     pos, on_grid = step_positions(frame["ds"], first, freq)
-    off = ~on_grid
-    codes = pd.factorize(frame["series_id"])[0]
-    # A frequency that no series follows is a wrong setting, not bad series (each series' first
-    # timestamp anchors a fixed grid, so count series with an off-grid point, not points).
-    if off.any() and np.bincount(codes[off], minlength=codes.max() + 1).all():
-        r = int(np.argmax(off))
+    codes, uniques = pd.factorize(frame["series_id"])
+    n = len(uniques)
+    off_series = np.bincount(codes[~on_grid], minlength=n) > 0
+    # A series whose every step is k > 1 steps of `freq` follows a coarser frequency (daily data read
+    # as hourly would otherwise be 23-step gaps in every series).
+    same = codes[1:] == codes[:-1]
+    steps = np.diff(pos)[same]
+    step_codes = codes[1:][same]
+    coarse = np.zeros(n, dtype=bool)
+    multiple = np.zeros(n, dtype=np.int64)
+    if len(steps):
+        starts = np.flatnonzero(np.r_[True, step_codes[1:] != step_codes[:-1]])
+        gcd = np.gcd.reduceat(np.abs(steps), starts)
+        multiple[step_codes[starts]] = gcd
+        coarse[step_codes[starts]] = gcd > 1
+    follows = ~off_series & ~coarse
+    if not follows.any():
+        i = int(np.flatnonzero(off_series | coarse)[0])
+        rows = np.flatnonzero(codes == i)
+        looks = _appears(frame["ds"].iloc[rows])
+        if off_series[i]:
+            r = rows[np.argmax(~on_grid[rows])]
+            why = f"timestamp {frame['ds'].iloc[r]} is off the grid"
+        else:
+            r = rows[0]
+            why = f"its timestamps are {int(multiple[i])} steps of {freq!r} apart"
         raise DataValidationError(
-            f"frequency {freq!r} matches no series: timestamp {frame['ds'].iloc[r]} is off the grid",
-            source=source, column="ds", series_id=str(sid.iloc[r]), row=int(frame["_row"].iloc[r]))
-    for r in np.flatnonzero(off):
+            f"frequency {freq!r} matches no series: series {str(uniques[i])!r} appears to be {looks} ({why}); "
+            "set freq to the data's frequency, or leave it unset to infer it",
+            source=source, column="ds", series_id=str(uniques[i]), row=int(frame["_row"].iloc[r]))
+    for r in np.flatnonzero(~on_grid):
         skip(str(sid.iloc[r]), "ds", f"timestamp {frame['ds'].iloc[r]} is off frequency {freq!r} (row {int(frame['_row'].iloc[r])})")
+    for i in np.flatnonzero(coarse & ~off_series)[:10_000]:
+        rows = np.flatnonzero(codes == i)
+        skip(str(uniques[i]), "ds", f"timestamps follow {_appears(frame['ds'].iloc[rows])}, not frequency {freq!r} "
+                                    f"(steps of {int(multiple[i])})")
 
     frame = frame.assign(_pos=pos)
     step = np.diff(pos)
-    same = codes[1:] == codes[:-1]
     gap = np.where(same, step - 1, 0)
     for r in np.flatnonzero(gap > 0):
         missing = int(gap[r])
         s, at = str(sid.iloc[r + 1]), frame["ds"].iloc[r + 1]
+        if s in skipped:  # already set aside (a coarser frequency is not also a gap)
+            continue
         if gap_policy == "error":
             raise DataValidationError(f"gap of {missing} missing steps before {at}", source=source, column="ds",
                                       series_id=s, row=int(frame["_row"].iloc[r + 1]))
@@ -288,10 +420,10 @@ def _fill(frame: pd.DataFrame, freq: str, covariates: list[str]) -> pd.DataFrame
     glob_all = np.arange(total)
     out_codes = np.repeat(np.arange(len(uniques)), lengths)
     local = glob_all - starts[out_codes]
-    firsts = frame.groupby(codes, sort=False)["ds"].first().to_numpy()
+    firsts = frame.groupby(codes, sort=False)["ds"].first()
     if is_fixed(freq):
         step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
-        ds = pd.DatetimeIndex(firsts[out_codes]) + step * local
+        ds = pd.DatetimeIndex(firsts.to_numpy()[out_codes]) + step * local
     else:
         grid = pd.date_range(frame["ds"].min(), frame["ds"].max(), freq=freq)
         ds = grid[first_pos[out_codes] + local]
@@ -300,4 +432,36 @@ def _fill(frame: pd.DataFrame, freq: str, covariates: list[str]) -> pd.DataFrame
         out[c] = np.interp(glob_all, glob_known, frame[c].to_numpy())
     out["_row"] = -1  # interpolated rows; known rows keep their input row number
     out.loc[glob_known, "_row"] = frame["_row"].to_numpy()
+    return out
+
+
+def _future_block(frame: pd.DataFrame, future: pd.DataFrame | None, columns: list[str], freq: str, horizon: int,
+                  skip) -> pd.DataFrame | None:
+    """The future covariates at the `horizon` steps after each kept series' last timestamp.
+
+    A series without a finite value at one of those steps is skipped, naming the covariate and step.
+    """
+    if frame.empty:
+        return None
+    ends = frame.groupby("series_id", sort=False)["ds"].last()
+    want_ds = dates_after(ends.to_numpy(), freq, horizon)  # (S, H)
+    want = pd.DataFrame({
+        "series_id": np.repeat(ends.index.to_numpy(dtype=object), horizon),
+        "ds": pd.Series(want_ds.reshape(-1)).astype(frame["ds"].dtype),
+        "step": np.tile(np.arange(1, horizon + 1), len(ends)),
+    })
+    if future is None:
+        future = pd.DataFrame({"series_id": pd.Series([], dtype=object), "ds": pd.Series([], dtype=frame["ds"].dtype),
+                               **{c: pd.Series([], dtype=float) for c in columns}})
+    have = future.drop_duplicates(["series_id", "ds"]).assign(series_id=lambda f: f["series_id"].astype(object))
+    merged = want.merge(have[["series_id", "ds", *columns]], on=["series_id", "ds"], how="left")
+    for c in columns:
+        bad = ~np.isfinite(merged[c].to_numpy(dtype=np.float64, na_value=np.nan))
+        for r in np.flatnonzero(bad):
+            s = str(merged["series_id"].iloc[r])
+            step, at = int(merged["step"].iloc[r]), merged["ds"].iloc[r]
+            skip(s, c, f"future covariate {c!r} has no value for step {step} of {horizon} ({at}) after the last "
+                       "observed y; future covariates need a row (y empty) for each step of the horizon")
+    out = merged.drop(columns=["step"])
+    out["series_id"] = out["series_id"].astype("string")
     return out

@@ -9,10 +9,12 @@ from prefect.cache_policies import NO_CACHE
 
 from lstm_core.artifacts import data_fingerprint
 from lstm_core.config import ForecastConfig, redact_url
+from lstm_core.engine import panel_of
+from lstm_core.errors import NoValidSeriesError
 from lstm_core.panel import Panel
 from lstm_core.sharding import ShardSpec, read_shard
 from lstm_core.storage import read_series
-from lstm_core.validation import SkippedSeries, ValidationResult, validate
+from lstm_core.validation import SkippedSeries, ValidationResult, min_length, validate_for
 from lstm_core.windows import target_bounds, validation_span
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 
@@ -24,15 +26,16 @@ def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.Da
     logger = get_run_logger()
     if shard is not None and shard.url is not None:
         source = shard.url
-        frame = read_shard(shard.url, config.storage_options)
+        frame = read_shard(shard.url, config.storage_options, config.column_names())
     else:
         source = config.input_url
         filters = config.filters
         if shard is not None and shard.series_ids is not None:
-            filters = [*(filters or []), ["series_id", "in", list(shard.series_ids)]]
-        frame = read_series(config.input_url, config.storage_options, config.columns, filters)
-        if config.group_column is not None and config.group_column in frame.columns:
-            frame = frame.drop(columns=[config.group_column])  # it names the model, it is not a covariate
+            filters = [*(filters or []), [config.id_column, "in", list(shard.series_ids)]]
+        # Only the id, time, target and declared covariate columns are read (the group column names
+        # the model and is read by the planner only).
+        frame = read_series(config.input_url, config.storage_options, config.read_columns(), filters,
+                            **config.input_options())
     logger.info("%sread %d rows, %d series from %s", f"{shard.name}: " if shard is not None else "", len(frame),
                 frame["series_id"].nunique(), redact_url(source))
     return frame
@@ -41,8 +44,7 @@ def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.Da
 @task(name="validate_series", cache_policy=NO_CACHE)
 def validate_series(frame: pd.DataFrame, config: ForecastConfig) -> ValidationResult:
     logger = get_run_logger()
-    result = validate(frame, config.freq, window=config.window, horizon=config.horizon,
-                      gap_policy=config.gap_policy, max_gap=config.max_gap, source=redact_url(config.input_url))
+    result = validate_for(frame, config, source=redact_url(config.input_url))
     kept = result.frame["series_id"].nunique()
     logger.info("%d series valid, %d skipped, %d missing points filled", kept, len(result.skipped),
                 result.filled_points)
@@ -76,13 +78,29 @@ class Prepared:
 NO_VALID_SERIES = "no valid series left to forecast (all were skipped; see the manifest for reasons)"
 
 
+def no_valid_series(skipped: list[SkippedSeries], config: ForecastConfig | None = None) -> NoValidSeriesError:
+    """The error of a run whose series were all skipped: one line with the commonest reason and an example."""
+    if not skipped:
+        return NoValidSeriesError(f"no valid series left to forecast: the input has none"
+                                  f"{f' of at least {min_length(config)} points' if config else ''}")
+    from collections import Counter
+
+    kinds = Counter(s.reason.split(":")[0].split(" (")[0] for s in skipped)
+    kind, count = kinds.most_common(1)[0]
+    example = next(s for s in skipped if s.reason.startswith(kind))
+    return NoValidSeriesError(
+        f"no valid series left to forecast: all {len(skipped)} were skipped ({count} for '{kind}', e.g. series "
+        f"{example.series_id!r}, {example.field}: {example.reason}); every series and reason is in the quarantine "
+        "table and the manifest", skipped)
+
+
 @task(name="prepare_windows", cache_policy=NO_CACHE)
 def prepare_windows(validated: ValidationResult, config: ForecastConfig, allow_empty: bool = False) -> Prepared:
     """Pack the valid series into panels. `allow_empty`: a shard whose series were all skipped is no error."""
     logger = get_run_logger()
     if validated.frame.empty and not allow_empty:
-        raise ValueError(NO_VALID_SERIES)
-    panel = Panel.from_frame(validated.frame, config.freq, validated.covariates)
+        raise no_valid_series(validated.skipped, config)
+    panel = panel_of(validated, config)
     train_panel = panel.drop_last(config.horizon)
     chunk = config.chunk_length
     span = validation_span(config.validation_steps, chunk)

@@ -12,7 +12,7 @@ from lstm_core import artifacts
 from lstm_core.config import ForecastConfig
 from lstm_core.engine import Evaluation, Forecaster, fit, predictions_frame
 from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
-from lstm_core.model_store import Decision, decide
+from lstm_core.model_store import Decision, decide_for
 from lstm_core.progress import Progress
 from lstm_core.storage import join
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, call_with_retries, retry_transient
@@ -73,11 +73,7 @@ def train_or_load_model(prepared: Prepared | None, config: ForecastConfig, group
     if config.mode == "per_series":
         decision = Decision("train", "mode 'per_series' trains one model per series on every run")
     else:
-        decision = decide(config.retrain, store, key, prepared.train_panel if prepared is not None else None,
-                          window=config.window, validation_steps=config.validation_steps,
-                          loss=config.training.loss, max_age=config.max_model_age,
-                          tolerance=config.degradation_tolerance, storage_options=config.storage_options,
-                          features=features)
+        decision = decide_for(config, store, prepared.train_panel if prepared is not None else None, group)
     logger.info("%smodel decision: %s (%s)", label, decision.action, decision.reason)
     if decision.action == "load":
         loaded = decision.loaded
@@ -122,8 +118,9 @@ def forecast(choice: ModelChoice, prepared: Prepared, config: ForecastConfig) ->
     if panel.n_series == 0:  # a shard whose series were all skipped
         empty = predictions_frame(panel, np.zeros((0, h)), config.freq).assign(model_version=choice.version)
         return Forecasts(np.zeros((0, h)), empty)
-    holdout_cov = panel.last_values(h)[:, :, 1:] if panel.n_features > 1 else None
-    holdout = choice.forecaster.forecast(prepared.train_panel, h, holdout_cov)
+    # One covariate path for both: known-ahead values from the panels (the true ones over the holdout,
+    # the given future rows past the end), historic covariates carried forward.
+    holdout = choice.forecaster.forecast(prepared.train_panel, h)
     future = choice.final.forecast(panel, h)
     frame = predictions_frame(panel, future, config.freq).assign(model_version=choice.version)
     logger.info("forecast %d series x %d steps", panel.n_series, h)

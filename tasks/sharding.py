@@ -15,13 +15,19 @@ from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 @task(name="plan_shards", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def plan_shards(config: ForecastConfig, run_id: str) -> ShardPlan:
-    """List the series (reading `series_id` and the group column only) and assign each to a shard."""
+    """List the series (reading the id and group columns only) and assign each to a shard; infer the
+    frequency from a sample of the series when it is not set."""
     logger = get_run_logger()
     scratch = sharding.run_scratch(config.scratch_root, run_id)
-    plan = sharding.plan_shards(config.input_url, config.storage_options, columns=config.columns,
+    plan = sharding.plan_shards(config.input_url, config.storage_options, columns=config.read_columns(),
                                 filters=config.filters, shard_size=config.shard_size, shard_rows=config.shard_rows,
                                 group_column=config.group_column, max_train_series=config.training.max_series,
-                                scratch=scratch)
+                                scratch=scratch, infer_freq=config.freq is None, **config.input_options())
+    if plan.ignored_columns:
+        logger.info("ignoring input columns no setting declares: %s (declare covariates as future_covariates, "
+                    "historic_covariates or static_covariates to use them)", ", ".join(plan.ignored_columns))
+    if plan.freq is not None:
+        logger.info("frequency not set: the series follow %r (inferred from their timestamps)", plan.freq)
     groups = f" in {len(plan.groups)} group(s) of {config.group_column!r}" if config.group_column else ""
     logger.info("%d series (%d rows)%s -> %d shard(s) of about %d series%s", plan.n_series, plan.rows, groups,
                 plan.n_shards, round(plan.n_series / max(plan.n_shards, 1)),
@@ -36,7 +42,7 @@ def split_shards(config: ForecastConfig, plan: ShardPlan) -> ShardPlan:
     logger = get_run_logger()
     t0 = time.perf_counter()
     split = sharding.split_shards(config.input_url, config.storage_options, plan, filters=config.filters,
-                                  columns=config.columns)
+                                  columns=config.read_columns(), **config.input_options())
     split.split_seconds = round(time.perf_counter() - t0, 3)
     logger.info("split %d rows into %d shard files in %.1f s", sum(s.rows or 0 for s in split.shards),
                 split.n_shards, split.split_seconds)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -12,6 +13,25 @@ import pandas as pd
 import pytest
 
 from lstm_core.config import ForecastConfig
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"  # the shared data sets, beside the clone
+
+
+def in_ci() -> bool:
+    """CI sets CI=true (most CI systems do); there a missing data set is a failure, not a skip."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def shared_path(*parts: str, root: Path | None = None) -> Path:
+    """A path under `../shared` that a test needs: skipped locally when it is missing, a failure in CI."""
+    path = (root or SHARED).joinpath(*parts)
+    if not path.exists():
+        message = f"{path} is missing: the shared data sets must sit beside the clone ({root or SHARED})"
+        if in_ci():
+            pytest.fail(f"{message}; CI=true, so this test fails instead of skipping", pytrace=False)
+        pytest.skip(message)
+    return path
 
 
 def free_port() -> int:
@@ -62,6 +82,14 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_url(prefect_server) -> str:
+    """The Prefect test server's API URL, for CLI subprocesses (no temporary server per process)."""
+    import prefect.settings
+
+    return prefect.settings.PREFECT_API_URL.value()
 
 
 def make_frame(n_series: int = 6, length: int = 160, freq: str = "h", season: int = 24, seed: int = 0,

@@ -25,6 +25,10 @@ Fault kinds:
 
 `max_faults` bounds the faults injected in all. Counters: `requests`, `faults_injected`,
 `by_kind`, and `log` (method, path, kind) of each fault. Thread-safe; daemon threads.
+
+`record` (a regex on the decoded path and query) keeps each matching request, in arrival order,
+as a `Seen` (method, path, headers, body) in `seen`, before any fault is decided: tests observe
+what a client really sent (the order of deletes and writes, conditional-write headers, bodies).
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
+from xml.sax.saxutils import unescape
 
 KINDS = ("500", "503", "reset", "lost_reply", "403", "hold")
 _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "expect"}
@@ -61,6 +66,30 @@ class Rule:
             and re.search(self.path, path) is not None
 
 
+@dataclass(frozen=True)
+class Seen:
+    """One request as the proxy received it."""
+
+    method: str
+    path: str  # URL-decoded path and query
+    headers: dict[str, str]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """A header's value, whatever its case."""
+        return next((v for k, v in self.headers.items() if k.lower() == name.lower()), None)
+
+    def deleted_keys(self) -> list[str]:
+        """The keys this request deletes: a DELETE's own key, or those a DeleteObjects POST lists."""
+        path = self.path.split("?", 1)[0].lstrip("/")
+        if self.method == "DELETE":
+            return [path]
+        if self.method == "POST" and re.search(r"[?&]delete(=|&|$)", self.path):
+            bucket = path.split("/", 1)[0]
+            return [f"{bucket}/{unescape(k)}" for k in re.findall(r"<Key>(.*?)</Key>", self.body.decode())]
+        return []
+
+
 @dataclass
 class FaultProxy:
     upstream: str
@@ -71,6 +100,8 @@ class FaultProxy:
     max_faults: int | None = None
     # Only requests matching this are eligible for random faults (rules always apply).
     eligible: str = ".*"
+    # Requests matching this are kept in `seen` (None: none are).
+    record: str | None = None
 
     def __post_init__(self) -> None:
         for k in (*self.kinds, *(r.kind for r in self.rules)):
@@ -86,6 +117,7 @@ class FaultProxy:
         self.faults_injected = 0
         self.by_kind: dict[str, int] = {}
         self.log: list[tuple[str, str, str]] = []
+        self.seen: list[Seen] = []
         self._server: ThreadingHTTPServer | None = None
 
     # --- control -----------------------------------------------------------
@@ -128,6 +160,17 @@ class FaultProxy:
                 self.rate = rate
             if rules is not None:
                 self.rules = rules
+
+    def seen_requests(self) -> list[Seen]:
+        """A copy of the recorded requests, in arrival order."""
+        with self._lock:
+            return list(self.seen)
+
+    def observe(self, method: str, path: str, headers: dict[str, str], body: bytes) -> None:
+        if self.record is None or re.search(self.record, path) is None:
+            return
+        with self._lock:
+            self.seen.append(Seen(method, path, headers, body))
 
     # --- decisions ---------------------------------------------------------
     def decide(self, method: str, path: str) -> str | None:
@@ -210,7 +253,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         body = self._body()
-        kind = self.owner.decide(self.command, unquote(self.path))
+        path = unquote(self.path)
+        self.owner.observe(self.command, path, dict(self.headers.items()), body)
+        kind = self.owner.decide(self.command, path)
         if kind in _ERRORS:
             return self._error(kind)
         if kind == "reset":

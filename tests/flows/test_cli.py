@@ -12,14 +12,26 @@ import pandas as pd
 import pytest
 
 from tests.conftest import make_frame
+from tests.reliability.conftest import error_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = str(Path(sys.executable).with_name("lstm-forecast"))
+ERROR = "lstm-forecast: error: "
+FAST_FLAGS = ["--freq", "h", "--horizon", "12", "--season", "24", "--set", "window=24", "--set", "model.units=[8]",
+              "--set", "training.epochs=2"]
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 300):
     full_env = {**os.environ, **(env or {})}
+    full_env.pop("LSTM_FORECAST_DEBUG", None)
+    full_env.update(env or {})
     return subprocess.run([CLI, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def api(prefect_api_url) -> dict[str, str]:
+    """The environment that points a CLI subprocess at the Prefect test server."""
+    return {"PREFECT_API_URL": prefect_api_url}
 
 
 def test_help_for_each_command():
@@ -62,19 +74,89 @@ def test_serve_refuses_bad_schedules_and_settings_with_one_line(tmp_path, flags,
 )
 def test_bad_configuration_is_refused_with_one_line(tmp_path, flags, message):
     out = run_cli("run", "--input", str(tmp_path / "none.parquet"), "--output", str(tmp_path / "out"), *flags)
-    assert out.returncode != 0
+    assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and message in lines[0], out.stderr
-    assert "Traceback" not in out.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"{ERROR}invalid configuration: setting '"), out.stderr
+    assert message in lines[0], out.stderr
+    assert "Traceback" not in out.stderr and out.stdout == ""
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_input_is_one_line_error(tmp_path):
+def test_missing_input_is_exit_code_2_with_one_line(tmp_path, api):
     out = run_cli("run", "--input", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "out"),
-                  "--freq", "h", "--horizon", "12", "--season", "24")
-    assert out.returncode != 0
-    assert "does not exist" in out.stderr and "nope.parquet" in out.stderr
-    assert "Traceback" not in out.stderr
+                  "--freq", "h", "--horizon", "12", "--season", "24", "--set", "run_id=nope", env=api)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert error_lines(out.stderr) == [f"{ERROR}file {tmp_path / 'nope.parquet'}: input path does not exist"]
+    assert "Traceback" not in out.stderr + out.stdout
+    assert not (tmp_path / "out" / "predictions").exists()
+
+
+def test_a_known_failure_is_exit_code_2_with_one_line(tmp_path, api):
+    """retrain 'never' with an empty model store: an ArtifactError the user can act on."""
+    data = tmp_path / "series.parquet"
+    make_frame(n_series=2, length=100).to_parquet(data, index=False)
+    out = run_cli("run", "--input", str(data), "--output", str(tmp_path / "out"), *FAST_FLAGS,
+                  "--set", "retrain=never", "--set", "run_id=never", env=api)
+    assert out.returncode == 2, out.stderr[-3000:]
+    [line] = error_lines(out.stderr)
+    assert line.startswith(f"{ERROR}retrain policy is 'never' but the model store ") and \
+        "has no model for this configuration (key " in line, line
+    assert "Traceback" not in out.stderr + out.stdout
+    manifest = json.loads((tmp_path / "out" / "runs" / "never" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"].startswith("ArtifactError: retrain policy is 'never'")
+
+
+def test_a_run_id_already_running_is_exit_code_3_with_one_line(tmp_path, api):
+    from lstm_core.lease import RunLease
+    from lstm_core.storage import filesystem
+
+    data = tmp_path / "series.parquet"
+    make_frame(n_series=2, length=100).to_parquet(data, index=False)
+    fs, root = filesystem(str(tmp_path / "out"))
+    with RunLease.acquire(fs, root, "busy", ttl=60):  # this process runs `busy` (a local lock)
+        out = run_cli("run", "--input", str(data), "--output", str(tmp_path / "out"), *FAST_FLAGS,
+                      "--set", "run_id=busy", env=api)
+    assert out.returncode == 3, out.stderr[-3000:]
+    [line] = error_lines(out.stderr)
+    assert line.startswith(f"{ERROR}run busy is already running (held by ") and f" pid {os.getpid()} " in line, line
+    assert "Traceback" not in out.stderr + out.stdout
+    assert not (tmp_path / "out" / "runs" / "busy" / "manifest.json").exists()  # refused before any work
+    assert not (tmp_path / "out" / "predictions").exists()
+
+
+# A bug cannot be caused for real in working code, so this one is injected: the CLI's own `main`, run
+# in a fresh process as the console script runs it, with the flow's pipeline replaced by one that raises.
+INJECTED_BUG = """
+import sys
+import flows.batch_forecast as bf
+assert hasattr(bf, "run_pipeline"), "move the injected bug to where the flow now does its work"
+def run_pipeline(config):
+    raise RuntimeError("injected bug: not a failure the product knows")
+bf.run_pipeline = run_pipeline
+from flows.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["quiet", "LSTM_FORECAST_DEBUG=1"])
+def test_anything_else_is_exit_code_1_and_debug_keeps_the_traceback(tmp_path, api, debug):
+    data = tmp_path / "series.parquet"
+    make_frame(n_series=2, length=100).to_parquet(data, index=False)
+    env = {**os.environ, **api}
+    env.pop("LSTM_FORECAST_DEBUG", None)
+    if debug:
+        env["LSTM_FORECAST_DEBUG"] = "1"
+    out = subprocess.run([sys.executable, "-c", INJECTED_BUG, "run", "--input", str(data), "--output",
+                          str(tmp_path / "out"), *FAST_FLAGS], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 1, out.stderr[-3000:]
+    assert error_lines(out.stderr) == [f"{ERROR}RuntimeError: injected bug: not a failure the product knows"]
+    if debug:
+        assert "Traceback (most recent call last)" in out.stderr
+        trace = out.stderr[out.stderr.index("Traceback (most recent call last)"):]
+        assert ", in run_pipeline" in trace and "RuntimeError: injected bug" in trace  # down to the raising frame
+    else:
+        assert "Traceback" not in out.stderr + out.stdout
 
 
 @pytest.mark.slow
@@ -89,6 +171,10 @@ def test_run_command_writes_outputs(tmp_path):
     runs = list((tmp_path / "out" / "runs").iterdir())
     manifest = json.loads((runs[0] / "manifest.json").read_text())
     assert manifest["status"] == "succeeded"
+    # The retrain decision and its reason are logged, and reported on stdout.
+    assert f"model decision: train ({manifest['retrain']['reason']})" in out.stderr
+    assert f"run {manifest['run_id']}: succeeded; model {manifest['model_version']} (train: " in out.stdout
+    assert not error_lines(out.stderr)
     assert manifest["config"]["training"]["max_train_minutes"] == 1
     preds = pd.read_parquet(tmp_path / "out" / "predictions")
     assert len(preds) == 4 * 12

@@ -32,7 +32,9 @@ def test_log_transform_only_for_positive_series_and_inverts_exactly():
     np.testing.assert_array_equal(shaped.y[50:], mixed)
     np.testing.assert_allclose(t.inverse(np.stack([np.log(pos[:5]), mixed[:5]])), np.stack([pos[:5], mixed[:5]]))
     assert not TargetTransform.fit(panel, "none").log_mask.any()
-    with pytest.raises(ValueError, match=r"needs positive values; series \['b'\]"):
+    from lstm_core.errors import DataValidationError
+
+    with pytest.raises(DataValidationError, match=r"needs positive values; series \['b'\]"):
         TargetTransform.fit(panel, "log")
 
 

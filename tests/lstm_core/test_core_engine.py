@@ -113,22 +113,23 @@ def test_predictions_continue_weekly_series_on_mondays():
 
 
 def test_predictions_keep_utc_timestamps():
-    df = make_frame(n_series=2, length=40)
+    df = make_frame(n_series=2, length=60)
     df["ds"] = df["ds"].dt.tz_localize("UTC")
     cfg = fast_config()
     panel, _ = engine.prepare(df, cfg)
     out = engine.predictions_frame(panel, np.zeros((2, 3)), "h")
     assert str(out["ds"].dt.tz) == "UTC" and str(out["cutoff"].dt.tz) == "UTC"
-    assert out["ds"].iloc[0] == df["ds"].iloc[39] + pd.Timedelta("1h")
+    assert out["ds"].iloc[0] == df["ds"].iloc[59] + pd.Timedelta("1h")
 
 
 def test_covariates_flow_through_fit_and_evaluate():
     df = make_frame(n_series=3, length=120)
     t = df.groupby("series_id").cumcount()
     df["hour_sin"] = np.sin(2 * np.pi * t / 24)
-    cfg = fast_config(training={"epochs": 1})
+    df["ignored"] = 1.0  # not declared: not used
+    cfg = fast_config(training={"epochs": 1}, historic_covariates=["hour_sin"])
     panel, result = engine.prepare(df, cfg)
-    assert result.covariates == ["hour_sin"] and panel.n_features == 2
+    assert result.covariates == ["hour_sin"] and panel.n_features == 2 and panel.roles == ("target", "historic")
     f = engine.fit(panel.drop_last(H), cfg)
     # the window carries the covariate's history; its values over each chunk are a second input
     assert f.members[0].input_shape == [(None, cfg.window, 2), (None, cfg.chunk_length, 1)]
@@ -145,3 +146,17 @@ def test_per_series_mode_trains_one_model_per_series():
     fc = f.forecast(panel, H)
     assert fc.shape == (2, H) and np.isfinite(fc).all()
     np.testing.assert_allclose(fc[1], f.per_series["s01"].forecast(panel.select(panel.series_ids == "s01"), H)[0])
+
+
+def test_training_relies_on_the_same_minimum_length_as_validation():
+    from lstm_core.validation import min_length, min_train_length
+
+    cfg = fast_config()
+    assert min_length(cfg) == cfg.window + cfg.horizon + cfg.validation_steps + 1 == 49
+    assert min_train_length(cfg) == 37
+    short = Panel.from_frame(make_frame(n_series=2, length=36), "h")
+    with pytest.raises(ValueError, match="each needs 37 points before its holdout"):
+        engine.fit(short, cfg)
+    # a series validation keeps (exactly min_length points) trains once its holdout is dropped
+    panel, result = engine.prepare(make_frame(n_series=2, length=min_length(cfg)), cfg)
+    assert result.skipped == [] and (panel.drop_last(H).lengths == min_train_length(cfg)).all()

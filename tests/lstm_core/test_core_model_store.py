@@ -8,7 +8,7 @@ import pytest
 
 from lstm_core import artifacts, engine
 from lstm_core.errors import ArtifactError
-from lstm_core.model_store import decide, validation_loss
+from lstm_core.model_store import decide, decide_for, validation_loss
 from lstm_core.panel import Panel
 from tests.conftest import fast_config, make_frame
 
@@ -113,3 +113,74 @@ def test_incompatible_window_means_train(forecaster, cfg, train_panel, tmp_path)
     assert d.action == "train" and "no loadable model" in d.reason and "window" in d.reason
     with pytest.raises(ArtifactError, match="no saved model can be loaded"):
         run_decide(cfg, tmp_path, train_panel, policy="never", window=48)
+
+
+def test_degradation_tolerance_is_the_allowed_relative_rise(forecaster, cfg, train_panel, tmp_path):
+    """At a non-zero tolerance, on both sides: retrain just past the allowed rise, load just within it."""
+    version = save(forecaster, cfg, tmp_path, train_panel)
+    rng = np.random.default_rng(1)
+    # Newer data the model knows less well: the same series with noise added.
+    changed = Panel(train_panel.series_ids, train_panel.offsets,
+                    train_panel.values + rng.normal(0, 0.3 * train_panel.values.std(), train_panel.values.shape),
+                    train_panel.feature_names, train_panel.last_ds, train_panel.freq)
+    recorded = forecaster.training["best_val_loss"]
+    current = validation_loss(forecaster, changed, cfg.validation_steps, cfg.training.loss)
+    rise = current / recorded - 1
+    assert rise > 0.05, (current, recorded)
+    below = run_decide(cfg, tmp_path, changed, tolerance=0.9 * rise)
+    assert below.action == "train" and f"model {version} degraded" in below.reason
+    assert f"x (1 + {0.9 * rise:g})" in below.reason
+    within = run_decide(cfg, tmp_path, changed, tolerance=1.1 * rise)
+    assert within.action == "load" and within.loaded.metadata["version"] == version
+    assert f"within {1.1 * rise:.0%} of recorded" in within.reason
+
+
+# --- by configuration: pins, training settings, what differs ------------------------------------
+def test_settings_that_do_not_change_the_network_load_the_same_model(forecaster, cfg, train_panel, tmp_path):
+    version = save(forecaster, cfg, tmp_path, train_panel)
+    longer = cfg.model_copy(update={"horizon": 48})  # recursive one-step network: any horizon
+    assert longer.model_key() == cfg.model_key()
+    d = decide_for(longer, str(tmp_path), train_panel)
+    assert d.action == "load" and d.loaded.metadata["version"] == version
+    fc = d.loaded.forecaster.forecast(train_panel, 48)
+    assert fc.shape == (train_panel.n_series, 48) and np.isfinite(fc).all()
+
+
+def test_auto_retrains_when_training_settings_changed_never_loads_and_says_so(forecaster, cfg, train_panel,
+                                                                             tmp_path):
+    version = save(forecaster, cfg, tmp_path, train_panel)
+    other = fast_config(training={"epochs": 2, "snapshots": 3})
+    assert other.model_key() == cfg.model_key()
+    d = decide_for(other, str(tmp_path), train_panel)
+    assert d.action == "train" and "other training settings" in d.reason
+    assert "training.snapshots: saved 1, requested 3" in d.reason
+    never = other.model_copy(update={"retrain": "never"})
+    d = decide_for(never, str(tmp_path), None)
+    assert d.action == "load" and d.loaded.metadata["version"] == version
+    assert "trained with other training settings: training.snapshots: saved 1, requested 3" in d.reason
+
+
+def test_never_with_no_match_lists_saved_keys_and_the_settings_that_differ(forecaster, cfg, train_panel, tmp_path):
+    version = save(forecaster, cfg, tmp_path, train_panel)
+    wider = fast_config(training={"epochs": 2}, model={"units": [16]}, retrain="never")
+    with pytest.raises(ArtifactError) as exc:
+        decide_for(wider, str(tmp_path), None)
+    message = str(exc.value)
+    assert f"no model for this configuration (key {wider.model_key()})" in message
+    assert f"key {cfg.model_key()} ({version})" in message and "model.units: saved [8], requested [16]" in message
+    with pytest.raises(ArtifactError, match="saved models: none"):
+        decide_for(wider, str(tmp_path / "empty"), None)
+
+
+def test_a_pinned_version_is_loaded_whatever_the_key(forecaster, cfg, train_panel, tmp_path):
+    old = save(forecaster, cfg, tmp_path, train_panel, version="20260101T000000000000Z-aaaaaa")
+    save(forecaster, cfg, tmp_path, train_panel, version="20260301T000000000000Z-bbbbbb")
+    pinned = fast_config(training={"epochs": 2}, model={"units": [16]}, model_version=old)  # another key
+    d = decide_for(pinned, str(tmp_path), train_panel)
+    assert d.action == "load" and d.loaded.metadata["version"] == old and f"pinned model_version {old}" in d.reason
+    by_url = fast_config(training={"epochs": 2}, model_url=f"{tmp_path}/{cfg.model_key()}/{old}")
+    assert decide_for(by_url, str(tmp_path / "elsewhere"), train_panel).loaded.metadata["version"] == old
+    with pytest.raises(ArtifactError, match="model_version nope-1 is not in the model store"):
+        decide_for(fast_config(model_version="nope-1"), str(tmp_path), train_panel)
+    with pytest.raises(ArtifactError, match="takes other inputs.*window: saved 24, requested 48"):
+        decide_for(fast_config(model_version=old, window=48), str(tmp_path), train_panel)

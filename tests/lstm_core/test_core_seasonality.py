@@ -10,7 +10,7 @@ import pytest
 from lstm_core import engine
 from lstm_core.panel import Panel
 from lstm_core.scaling import TargetTransform
-from lstm_core.seasonality import SeasonalIndices, acf_seasonal, classical_indices
+from lstm_core.seasonality import MIN_STRENGTH, SeasonalIndices, classical_indices, seasonal_strength
 from tests.conftest import fast_config
 
 M = 24
@@ -35,6 +35,16 @@ def test_classical_indices_recover_a_known_profile():
     np.testing.assert_allclose(classical_indices(y, M), profile - profile.mean(), atol=1e-9)
     with pytest.raises(ValueError, match="at least two seasons"):
         classical_indices(y[:40], M)
+
+
+def test_seasonal_strength_tells_a_strong_profile_from_noise():
+    rng = np.random.default_rng(7)
+    t = np.arange(24 * 30)
+    strong = np.sin(2 * np.pi * t / M) + rng.normal(0, 0.2, len(t))
+    weak = 0.1 * np.sin(2 * np.pi * t / M) + rng.normal(0, 1.0, len(t))
+    assert seasonal_strength(strong, M) > 0.9 > MIN_STRENGTH > 0.3 > seasonal_strength(weak, M)
+    assert seasonal_strength(strong[:30], M) == 0.0  # under two seasons: nothing to measure
+    assert seasonal_strength(np.ones(200), M) == 0.0
 
 
 def test_remove_then_restore_is_the_identity_on_history_and_future():
@@ -70,10 +80,10 @@ def test_series_without_the_season_or_too_short_get_no_profile_and_a_reason():
     p = panel_of({"walk": walk, "short": seasonal(60), "ok": seasonal(300)})
     s = SeasonalIndices.fit(p, M)
     assert s.active.tolist() == [False, False, True]
-    assert s.reasons[0] == "no significant autocorrelation at lag 24" and s.reasons[2] == ""
+    assert s.reasons[0].startswith("seasonal strength 0.") and "at lag 24 is below 0.6" in s.reasons[0]
+    assert s.reasons[2] == ""
     assert "shorter than 3 seasons" in s.reasons[1]
     assert not s.indices[:2].any()
-    assert not acf_seasonal(walk, 1)
     off = SeasonalIndices.fit(p, M, "off")
     assert not off.active.any() and off.remove(p) is p
 
@@ -103,7 +113,7 @@ def test_the_forecaster_restores_the_seasonal_shape_and_logs_what_it_skipped(cap
     with caplog.at_level(logging.INFO, logger="lstm_core.engine"):
         f = engine.fit(panel.drop_last(24), cfg)
     assert f.training["deseasonalized_series"] == 4
-    assert "deseasonalised 4 of 5 series" in caplog.text and "no significant autocorrelation" in caplog.text
+    assert "deseasonalised 4 of 5 series" in caplog.text and "seasonal strength" in caplog.text
     fc = f.forecast(panel, 24)
     truth = np.stack([seasonal(24 * 15, 10.0 * (i + 1), seed=i, phase=i)[-24:] for i in range(4)])
     # even a barely trained network keeps the daily shape: the profile does the seasonal work

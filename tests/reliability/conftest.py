@@ -88,14 +88,6 @@ def make_proxy(s3_endpoint):
     s3fs.S3FileSystem.clear_instance_cache()
 
 
-@pytest.fixture(scope="session")
-def prefect_api_url(prefect_server) -> str:
-    """The Prefect test server's API URL, for CLI subprocesses (no temporary server per process)."""
-    import prefect.settings
-
-    return prefect.settings.PREFECT_API_URL.value()
-
-
 def cli_env(prefect_api_url: str, **extra: str) -> dict[str, str]:
     env = {**os.environ, "PREFECT_API_URL": prefect_api_url, "PYTHONUNBUFFERED": "1", **extra}
     env.pop("LSTM_FORECAST_DEBUG", None)

@@ -132,7 +132,7 @@ def _bad_series() -> dict[str, tuple[pd.DataFrame, str, str]]:
         s = _series(sid, 2)
         s.loc[20, "y"] = value
         out[sid] = (s, "y", f"non-finite value {kind} at 2026-01-01 20:00:00")
-    out["short"] = (_series("short", 3, length=30), "y", "series too short: 30 points, needs 37")
+    out["short"] = (_series("short", 3, length=30), "y", "series too short: 30 points, needs 49")
     out["all-missing"] = (_series("all-missing", 4).assign(y=np.nan), "y", "all values missing")
     out["constant"] = (_series("constant", 5).assign(y=7.0), "y", "series is constant")
     out["huge"] = (_series("huge", 6).assign(y=lambda f: f["y"] * 1e305), "y", "values too large to scale (overflow)")
@@ -141,7 +141,11 @@ def _bad_series() -> dict[str, tuple[pd.DataFrame, str, str]]:
     s = _series("offgrid", 8)
     s.loc[15, "ds"] += pd.Timedelta("20min")
     out["offgrid"] = (s, "ds", "off frequency 'h'")
-    out["mixed-tz"] = (_series("mixed-tz", 9), "ds", "timestamps in mixed time zones")
+    out["mixed-tz"] = (_series("mixed-tz", 9), "ds", "timestamps mix values with and without a UTC offset")
+    s = _series("sentinel", 11)
+    s["ds"] = s["ds"].astype(object)
+    s.loc[12, "ds"] = "9999-12-31T00:00:00+00:00"  # a placeholder some systems write; only this series goes
+    out["sentinel"] = (s, "ds", "is outside the range a run can represent")
     # A hostile id can be quarantined too: it must come back unchanged in quarantine/ and the manifest.
     s = _series("../quarantine/../../x", 10)
     s.loc[5, "y"] = np.inf
@@ -150,11 +154,16 @@ def _bad_series() -> dict[str, tuple[pd.DataFrame, str, str]]:
 
 
 def _with_string_ds(frame: pd.DataFrame, sid_mixed: str) -> pd.DataFrame:
-    """ds as ISO strings with offsets (Parquet cannot hold mixed zones otherwise); one series mixes two."""
-    utc = frame["ds"].dt.tz_localize("UTC")
-    text = utc.dt.strftime("%Y-%m-%dT%H:%M:%S+00:00")
-    mixed = (frame["series_id"] == sid_mixed).to_numpy() & (np.arange(len(frame)) % 2 == 1)
-    text[mixed] = utc[mixed].dt.tz_convert("Asia/Tokyo").dt.strftime("%Y-%m-%dT%H:%M:%S%z")
+    """ds as ISO strings with offsets, which may change within a series (valid: the instants are clear);
+    one series also has values without an offset (invalid: no one clock for it)."""
+    strings = frame["ds"].map(lambda v: v if isinstance(v, str) else None)
+    utc = pd.to_datetime(frame["ds"].where(strings.isna()), errors="coerce").dt.tz_localize("UTC")
+    text = utc.dt.strftime("%Y-%m-%dT%H:%M:%S+00:00").where(strings.isna(), strings)
+    odd = np.arange(len(frame)) % 2 == 1
+    tokyo = odd & (frame["series_id"] == "good-1").to_numpy()
+    text[tokyo] = utc[tokyo].dt.tz_convert("Asia/Tokyo").dt.strftime("%Y-%m-%dT%H:%M:%S%z")
+    mixed = (frame["series_id"] == sid_mixed).to_numpy() & odd
+    text[mixed] = utc[mixed].dt.strftime("%Y-%m-%dT%H:%M:%S")
     return frame.assign(ds=text)
 
 
@@ -263,4 +272,7 @@ def test_cli_reports_a_dataset_problem_in_one_line(case, s3_bucket, s3_endpoint,
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert "Traceback" not in out.stderr and "Traceback" not in out.stdout
-    assert_nothing_committed(fs, f"{s3_bucket}/out", "cli-bad")
+    # The CLI checks the input (listing, first file's schema) before a run starts: a first file that is not
+    # readable is refused like a bad setting, with no run and no manifest; other problems fail the run.
+    refused_early = case == "truncated parquet"
+    assert_nothing_committed(fs, f"{s3_bucket}/out", "cli-bad", manifest="absent" if refused_early else "failed")

@@ -40,3 +40,25 @@ def test_requests_through_the_proxy_reach_s3_intact_despite_faults(s3_bucket, ma
     assert [read_json(fs, f"{root}/{i}.json")["i"] for i in range(10)] == list(range(10))
     assert sorted(fs.ls(root, detail=False, refresh=True)) == sorted(f"{root}/{i}.json" for i in range(10))
     assert proxy.faults_injected > 0 and proxy.requests > 20
+
+
+def test_recorded_requests_keep_order_headers_and_the_keys_a_delete_names(s3_bucket, make_proxy):
+    proxy = make_proxy(record=r"/rec/|[?]delete")
+    fs, root = filesystem(f"{s3_bucket}/rec", {"endpoint_url": proxy.url})
+    fs.pipe_file(f"{root}/one.json", b"1", mode="create")
+    write_json(fs, f"{root}/dir/a.json", {"a": 1})
+    write_json(fs, f"{root}/dir/b&c.json", {"b": 2})
+    fs.rm_file(f"{root}/one.json")
+    fs.rm(f"{root}/dir", recursive=True)
+    seen = proxy.seen_requests()
+    bucket = s3_bucket.removeprefix("s3://")
+    puts = [r for r in seen if r.method == "PUT"]
+    assert [r.path.split("?")[0] for r in puts] == [f"/{bucket}/rec/one.json", f"/{bucket}/rec/dir/a.json",
+                                                    f"/{bucket}/rec/dir/b&c.json"]
+    assert puts[0].header("if-none-match") == "*" and puts[1].header("If-None-Match") is None
+    assert puts[1].body == b'{\n  "a": 1\n}'
+    deleted = [k for r in seen for k in r.deleted_keys()]
+    assert deleted[0] == f"{bucket}/rec/one.json", deleted
+    # s3fs deletes the folder's objects in one DeleteObjects POST (and the folder key itself)
+    assert {f"{bucket}/rec/dir/a.json", f"{bucket}/rec/dir/b&c.json"} <= set(deleted[1:]), deleted
+    assert any(r.method == "POST" and len(r.deleted_keys()) >= 2 for r in seen)

@@ -58,3 +58,23 @@ def test_call_with_retries_retries_transient_failures_only():
     with pytest.raises(StorageError):
         call_with_retries(denied, base_delay=0.01)
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("storage, env, tries", [
+    ({}, {}, 5),  # the default: standard mode, 5 attempts (a sixth would pass: the proxy fails 6 at most)
+    ({"config_kwargs": {"retries": {"mode": "standard", "total_max_attempts": 2}}}, {}, 2),
+    ({}, {"AWS_MAX_ATTEMPTS": "3", "AWS_RETRY_MODE": "standard"}, 3),
+], ids=["default", "storage_options retries", "AWS_MAX_ATTEMPTS"])
+def test_botocore_tries_each_s3_request_five_times_unless_told_otherwise(storage, env, tries, s3_bucket, make_proxy,
+                                                                          monkeypatch):
+    from lstm_core.storage import filesystem, write_json
+    from tests.faultproxy import Rule
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    proxy = make_proxy(rules=[Rule("500", method="PUT", path=r"/retried\.json", times=6)])
+    fs, root = filesystem(f"{s3_bucket}/r", {**storage, "endpoint_url": proxy.url, "skip_instance_cache": True})
+    with pytest.raises(StorageError, match=r"cannot write .*/r/retried\.json") as exc:
+        write_json(fs, f"{root}/retried.json", {"ok": 1})
+    assert exc.value.transient  # the storage tasks may try again later
+    assert proxy.by_kind == {"500": tries}

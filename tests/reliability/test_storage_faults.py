@@ -74,9 +74,14 @@ def test_transient_faults_are_retried_and_outputs_equal_a_fault_free_run(s3_inpu
 
 
 @pytest.fixture
-def fast_write_retries(monkeypatch):
-    """Keep write_outputs' retry count but not its backoff delays (this test waits on them otherwise)."""
-    monkeypatch.setattr(bf, "write_outputs", bf.write_outputs.with_options(retry_delay_seconds=0))
+def fast_commit_retries(monkeypatch):
+    """Keep commit_run's retry count but not its backoff delays (this test waits on them otherwise).
+
+    The manifest's PUT is what fails there, and commit_run (the task writing it) is what retries.
+    """
+    fast = bf.commit_run.with_options(retry_delay_seconds=0)
+    assert fast.retries == bf.commit_run.retries > 0
+    monkeypatch.setattr(bf, "commit_run", fast)
 
 
 @pytest.mark.slow
@@ -105,7 +110,7 @@ def test_permanent_write_failure_fails_the_run_and_never_marks_partial_outputs_s
 
 @pytest.mark.slow
 def test_write_failing_past_all_retries_leaves_no_manifest(s3_input, s3_bucket, s3_endpoint, make_proxy,
-                                                           fast_write_retries):
+                                                           fast_commit_retries):
     fs = direct_fs(s3_endpoint)
     out = f"{s3_bucket}/out"
     # Every PUT of the manifest answers 500: the commit can never happen, nor the failure record.
@@ -114,8 +119,8 @@ def test_write_failing_past_all_retries_leaves_no_manifest(s3_input, s3_bucket, 
     with pytest.raises(StorageError, match=r"cannot write .*runs/down/manifest\.json: OSError"):
         bf.batch_forecast(settings={**FAST, "input_url": s3_input, "output_url": out, "run_id": "down",
                                     "storage_options": storage})
-    # botocore tried twice per PUT; write_outputs ran 1 + 4 times; then the failure record tried once.
-    assert proxy.by_kind["500"] == 2 * (1 + 4) + 2
+    # botocore tried twice per PUT; commit_run ran 1 + 4 times; then the failure record tried once.
+    assert proxy.by_kind["500"] == 2 * (1 + bf.commit_run.retries) + 2
     assert not fs.exists(f"{out}/runs/down/manifest.json")
     assert read_committed(out, "predictions", {"endpoint_url": s3_endpoint}).empty
     # The data partitions were written whole; without a manifest no reader trusts them.
@@ -142,3 +147,23 @@ def test_denied_listing_is_a_storage_error_when_planning_shards_as_when_reading(
         assert f"input {url}: cannot list the dataset: permission denied" in str(err)
         assert not err.transient
     assert proxy.faults_injected >= 2
+
+
+def test_a_failed_model_save_is_retried_in_place_not_by_training_again(s3_input, s3_bucket, s3_endpoint, make_proxy):
+    """The save after training retries by itself: same version, same objects, the training not repeated."""
+    out = f"{s3_bucket}/out"
+    # The first save's metadata.json fails all of botocore's attempts; the next try of the save goes through.
+    proxy = make_proxy(record=r"/models/", rules=[Rule("500", method="PUT", path=r"/models/.*/metadata\.json",
+                                                       times=5)])
+    manifest = bf.batch_forecast(settings={**FAST, "training": {**FAST["training"], "snapshots": 1},
+                                           "input_url": s3_input, "output_url": out, "run_id": "save",
+                                           "storage_options": {"endpoint_url": proxy.url}})
+    assert manifest["status"] == "succeeded" and manifest["retrain"]["action"] == "train"
+    assert proxy.by_kind == {"500": 5}
+    fs = direct_fs(s3_endpoint)
+    versions = [p.rsplit("/", 1)[-1] for p in fs.ls(f"{out}/models/{manifest['model_key']}", detail=False)]
+    assert versions == [manifest["model_version"]]  # a task retry would have trained a second version
+    puts = [r.path.split("?")[0] for r in proxy.seen_requests() if r.method == "PUT"]
+    member = [p for p in puts if p.endswith("/member-0.keras")]
+    assert len(member) == 2 and len(set(member)) == 1 and manifest["model_version"] in member[0]
+    assert sum(p.endswith("/metadata.json") for p in puts) == 5 + 1

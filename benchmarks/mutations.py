@@ -1,0 +1,329 @@
+"""Mutation check: break one promise at a time in a copy of the project and run the tests that guard it.
+
+Each curated mutation is (name, file, exact old snippet, new snippet, tests). For each one the
+project's files (tracked and untracked, not ignored) are copied to a temporary folder, the snippet
+is replaced there, and only the named tests run, in that copy (`PYTHONPATH` puts the copy ahead of
+the editable install, so CLI subprocesses run the mutated code too). The working tree is never
+touched.
+
+    killed    the named tests failed on the mutant (what we want)
+    survived  they all passed: the promise is not guarded
+    stale     the old snippet is no longer in the file exactly once: update the mutation (never
+              counted as killed)
+    error     pytest could not run them (a named test no longer exists, a collection error), or
+              they already fail on the unmutated copy (the baseline)
+
+Usage (from the repository root, with the project's environment):
+    .venv/bin/python benchmarks/mutations.py                 # all, with a baseline run first
+    .venv/bin/python benchmarks/mutations.py --only M1 --only M5
+    .venv/bin/python benchmarks/mutations.py --list          # the curated list, nothing run
+    .venv/bin/python benchmarks/mutations.py --json          # ... then one JSON object, last:
+        mutations (count), killed (count), survived (names), stale (names), errors (names), seconds
+
+Keep snippets short (a line or two) so they survive refactors nearby; when code moves, a stale
+mutation says so and its snippet is updated here. When another issue adds a behaviour (covariate
+roles, backtests, intervals, tuned settings, a model allowlist), its mutant joins the list.
+Not part of `make test`. Measured: 21 mutations in 20.8 minutes (baseline included) on a 2-core machine
+shared with other jobs (load average 6 to 11; 6.4 CPU-minutes of our own).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+HOLDOUT = "tests/flows/test_holdout.py"
+COMMIT = "tests/reliability/test_commit_order.py"
+RACE = "tests/reliability/test_lease_race.py"
+CONTRACT = "tests/flows/test_output_contract.py"
+CLI = "tests/flows/test_cli.py"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    promise: str  # the promise the mutant breaks
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS: list[Mutation] = [
+    # --- from issue 17: survived the review, each now has its test ------------------------------
+    Mutation("M1", "training never sees the holdout (the last H points)", "tasks/modelling.py",
+             "forecaster = fit(prepared.train_panel, config,", "forecaster = fit(prepared.panel, config,",
+             (f"{HOLDOUT}::test_the_last_h_points_never_reach_training",)),
+    Mutation("M2", "a re-run removes the old manifest before its partitions", "lstm_core/outputs.py",
+             "remove_file(self.fs, self.manifest_path)",
+             'remove_tree(self.fs, join(self.root, "predictions", f"run={self.run_id}"))\n'
+             "        remove_file(self.fs, self.manifest_path)",
+             (f"{COMMIT}::test_a_rerun_deletes_the_old_manifest_first_and_writes_the_new_one_last",)),
+    Mutation("M2b", "the plots are written before the manifest", "tasks/outputs.py",
+             '    if plots:\n        outputs["plots"]',
+             '    writer.commit({**manifest, "status": "succeeded", "outputs": outputs})\n'
+             '    if plots:\n        outputs["plots"]',
+             (f"{COMMIT}::test_a_denied_plot_upload_leaves_no_succeeded_manifest",)),
+    Mutation("M3", "the S3 lease is created by a conditional PUT (If-None-Match)", "lstm_core/lease.py",
+             'self.fs.pipe_file(self.path, self._body(), mode="create")',
+             "if self.fs.exists(self.path):\n                    return False\n"
+             "                self.fs.pipe_file(self.path, self._body())",
+             (f"{RACE}::test_the_lease_is_created_by_a_conditional_put_and_renewed_by_compare_and_swap",
+              f"{RACE}::test_processes_racing_for_one_run_id_get_exactly_one_holder_each_time")),
+    Mutation("M4b", "each shard writes its own quarantine part", "tasks/outputs.py",
+             'writer.write("quarantine", prepared.skipped_frame(), part)',
+             'writer.write("quarantine", prepared.skipped_frame(), 0)',
+             (f"{CONTRACT}::test_a_sharded_run_quarantines_every_skipped_series_of_every_shard",)),
+    Mutation("M5", "known future covariates are scaled like the history", "lstm_core/engine.py",
+             "fut = (future_covariates - scaler.loc[rows, None, 1:]) / scaler.scale[rows, None, 1:]",
+             "fut = future_covariates",
+             (f"{HOLDOUT}::test_known_covariates_of_the_holdout_are_scaled_like_the_history",)),
+    # --- from issue 17: caught by the suite already -------------------------------------------------
+    Mutation("C1", "a series needs window + horizon + 1 points", "lstm_core/validation.py",
+             "return window + horizon + 1", "return window + horizon",
+             ("tests/lstm_core/test_core_validation.py::test_too_short_series_is_skipped_at_exactly_the_limit",)),
+    Mutation("C2", "the forecast feeds back the covariates of the step it forecasts", "lstm_core/forecasting.py",
+             "future[:, h][:, None, :]", "future[:, h - 1][:, None, :]",
+             ("tests/lstm_core/test_core_forecasting.py::test_covariates_known_in_future_are_used",)),
+    # --- leakage ------------------------------------------------------------------------------------
+    Mutation("L1", "the holdout forecast starts at T - H, not T", "tasks/modelling.py",
+             "holdout = choice.forecaster.forecast(prepared.train_panel, h, holdout_cov)",
+             "holdout = choice.forecaster.forecast(prepared.panel, h, holdout_cov)",
+             (f"{HOLDOUT}::test_holdout_scores_of_both_models_equal_a_hand_computation",)),
+    # --- commit order -------------------------------------------------------------------------------
+    Mutation("K1", "a failure before the shards start keeps the earlier committed attempt",
+             "flows/batch_forecast.py", 'previous.get("status") == "succeeded" and not began:',
+             'previous.get("status") == "succeeded" and False:',
+             (f"{COMMIT}::test_a_rerun_failing_before_its_shards_start_keeps_the_earlier_committed_attempt",)),
+    Mutation("K2", "a run checks its lease before it writes the manifest", "lstm_core/outputs.py",
+             "self.lease.check()  # a run that lost", "pass  # a run that lost",
+             ("tests/reliability/test_lease.py::test_a_stale_lease_is_taken_over_and_its_old_holder_cannot_commit",)),
+    # --- lease ---------------------------------------------------------------------------------------
+    Mutation("K3", "lease renewals are compare-and-swap (If-Match)", "lstm_core/lease.py",
+             "if not self._put(IfMatch=etag):", "if not self._put():",
+             (f"{RACE}::test_the_lease_is_created_by_a_conditional_put_and_renewed_by_compare_and_swap",)),
+    Mutation("K5", "a stale lease is taken over by compare-and-swap on its ETag", "lstm_core/lease.py",
+             "if self._put(IfMatch=etag):", "if self._put():",
+             (f"{RACE}::test_a_stale_lease_is_taken_over_by_compare_and_swap_on_its_etag",)),
+    Mutation("K4", "a live lease is never taken over", "lstm_core/lease.py",
+             "if age > ttl:", "if age >= 0:",
+             ("tests/reliability/test_lease.py::test_second_acquire_of_a_live_run_id_is_refused_naming_the_holder",)),
+    # --- quarantine ----------------------------------------------------------------------------------
+    Mutation("Q1", "the manifest lists every skipped series (up to 1,000 per shard)", "tasks/outputs.py",
+             "prepared.skipped[:SKIPPED_IN_SUMMARY]", "prepared.skipped[:1]",
+             (f"{CONTRACT}::test_a_sharded_run_quarantines_every_skipped_series_of_every_shard",)),
+    # --- metrics -------------------------------------------------------------------------------------
+    Mutation("S1", "a sharded run's overall metrics are the mean over all series", "tasks/outputs.py",
+             "acc[1] += count", "acc[1] += 1",
+             (f"{CONTRACT}::test_a_sharded_run_quarantines_every_skipped_series_of_every_shard",)),
+    Mutation("S2", "MASE is scaled by the seasonal difference (season_length)", "tasks/modelling.py",
+             "mase_scale(history, config.season_length)", "mase_scale(history, 1)",
+             (f"{HOLDOUT}::test_holdout_scores_of_both_models_equal_a_hand_computation",)),
+    Mutation("S3", "predictions keep their column dtypes (step int64)", "lstm_core/outputs.py",
+             '("step", pa.int64())', '("step", pa.int32())',
+             (f"{CONTRACT}::test_part_files_have_the_contract_columns_and_dtypes",)),
+    # --- landed with issue 13: backtests and conformal intervals ----------------------------------------
+    Mutation("B1", "a backtest window's forecast sees nothing after its cutoff", "lstm_core/backtest.py",
+             "return horizon + step * (windows - 1", "return step * (windows - 1",
+             ("tests/lstm_core/test_backtest.py::"
+              "test_a_spike_after_a_cutoff_never_reaches_that_window_or_earlier_ones",)),
+    Mutation("B2", "split-conformal upper rank ceil((n + 1)(1 - a/2))", "lstm_core/intervals.py",
+             "math.ceil((n + 1) * (1 - a / 2) - 1e-9)", "math.ceil(n * (1 - a / 2) - 1e-9)",
+             ("tests/lstm_core/test_intervals.py::test_split_conformal_ranks_and_borrowing_from_neighbouring_steps",)),
+    # --- command line ------------------------------------------------------------------------------
+    Mutation("E1", "exit code 3 when the run id is already running", "flows/cli.py",
+             "return fail(str(exc), 3)", "return fail(str(exc), 2)",
+             (f"{CLI}::test_a_run_id_already_running_is_exit_code_3_with_one_line",)),
+    Mutation("E2", "LSTM_FORECAST_DEBUG=1 keeps the traceback in the console log", "flows/cli.py",
+             'if os.environ.get("LSTM_FORECAST_DEBUG"):', "if False:",
+             (f"{CLI}::test_anything_else_is_exit_code_1_and_debug_keeps_the_traceback",)),
+    # --- retrain decision ----------------------------------------------------------------------------
+    Mutation("R1", "degradation_tolerance is the allowed relative rise of the validation loss",
+             "lstm_core/model_store.py", "current > recorded * (1 + tolerance)",
+             "current > recorded * (1 + 2 * tolerance)",
+             ("tests/lstm_core/test_core_model_store.py::test_degradation_tolerance_is_the_allowed_relative_rise",)),
+    Mutation("R2", "a model older than max_model_age is retrained", "lstm_core/model_store.py",
+             "if age > max_age:", "if age > 10 * max_age:",
+             ("tests/lstm_core/test_core_model_store.py::test_too_old_model_is_retrained",)),
+    Mutation("R3", "the model key hashes the scaler", "lstm_core/config.py",
+             '            "scaler": self.scaler,\n', "",
+             ("tests/lstm_core/test_core_config.py::"
+              "test_model_key_changes_with_every_setting_that_changes_the_model",)),
+    Mutation("R4", "retrain 'always' trains even when a model is saved", "lstm_core/model_store.py",
+             'if policy == "always":', 'if policy == "always" and not list_versions(store_url, model_key, '
+                                       "storage_options):",
+             ("tests/lstm_core/test_core_model_store.py::test_always_means_train_even_with_a_model",)),
+]
+
+
+def project_files(root: Path) -> list[str]:
+    """Tracked files and untracked ones git does not ignore: what a clone plus local work holds."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
+                         capture_output=True, check=True).stdout.decode()
+    return sorted({f for f in out.split("\0") if f and (root / f).is_file()})
+
+
+def copy_project(root: Path, files: list[str], dest: Path) -> None:
+    for rel in files:
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, target)
+
+
+def run_tests(copy: Path, tests: tuple[str, ...], timeout: float,
+              stop_early: bool = True) -> tuple[str, int | None, str, float]:
+    """Run pytest on `tests` inside `copy`: (outcome, return code, output summary, seconds)."""
+    path = os.pathsep.join(p for p in (str(copy), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONDONTWRITEBYTECODE": "1"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "--no-header",
+           *(["-x"] if stop_early else []), *tests]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        tail = (exc.stdout or b"")[-1500:] if isinstance(exc.stdout, bytes) else (exc.stdout or "")[-1500:]
+        return "timeout", None, str(tail), time.monotonic() - t0
+    seconds = time.monotonic() - t0
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    outcome = {0: "passed", 1: "failed"}.get(proc.returncode, "error")
+    summary = next((i for i, line in enumerate(lines) if "short test summary info" in line), len(lines))
+    failed = [line for line in lines[summary:] if line.startswith(("FAILED ", "ERROR "))]
+    tail = "\n".join(failed) if outcome == "failed" and failed else "\n".join(lines[-15:])
+    return outcome, proc.returncode, tail, seconds
+
+
+def check_isolation(copy: Path) -> None:
+    """The copy's modules must shadow the editable install, or mutants would run the original code."""
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    out = subprocess.run([sys.executable, "-c", "import lstm_core, tasks, flows; "
+                          "print(lstm_core.__path__[0], tasks.__path__[0], flows.__path__[0])"],
+                         cwd=copy, env=env, capture_output=True, text=True, check=True).stdout.split()
+    wrong = [p for p in out if not Path(p).resolve().is_relative_to(copy.resolve())]
+    if wrong:
+        raise SystemExit(f"the copy does not shadow the installed project ({wrong}); mutants would not run")
+
+
+def apply(copy: Path, m: Mutation) -> str | None:
+    """Replace the snippet in the copy; the reason it cannot be, or None."""
+    path = copy / m.file
+    if not path.is_file():
+        return f"{m.file} does not exist"
+    text = path.read_text()
+    count = text.count(m.old)
+    if count != 1:
+        return f"snippet found {count} times in {m.file} (must be exactly once)"
+    path.write_text(text.replace(m.old, m.new))
+    return None
+
+
+def _stop(signum, frame):  # a SIGTERM cleans up the temporary copies like Ctrl-C does
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", action="append", default=[], metavar="NAME", help="run this mutation only (repeatable)")
+    p.add_argument("--list", action="store_true", help="print the curated list and exit")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="skip running the named tests on the unmutated copy first")
+    p.add_argument("--timeout", type=float, default=600, help="seconds per pytest run (default 600)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary copies (printed)")
+    args = p.parse_args(argv)
+
+    names = {m.name for m in MUTATIONS}
+    unknown = [n for n in args.only if n not in names]
+    if unknown:
+        p.error(f"unknown mutation(s) {unknown}; known: {sorted(names)}")
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:4} {m.file:28} {m.promise}\n     tests: {', '.join(m.tests)}")
+        return 0
+
+    files = project_files(ROOT)
+    work = Path(tempfile.mkdtemp(prefix="lstm-mutations-"))
+    t_start = time.monotonic()
+    results: list[dict] = []
+    baseline_failed: set[str] = set()
+    try:
+        probe = work / "probe"
+        copy_project(ROOT, files, probe)
+        check_isolation(probe)
+        shutil.rmtree(probe, ignore_errors=True)
+        if not args.no_baseline:
+            # grouped by file, so a module's shared fixtures are set up once
+            tests = tuple(sorted(set(t for m in chosen for t in m.tests), key=lambda t: t.split("::")[0]))
+            base = work / "baseline"
+            copy_project(ROOT, files, base)
+            print(f"baseline: {len(tests)} tests on the unmutated copy ...", flush=True)
+            outcome, rc, tail, seconds = run_tests(base, tests, args.timeout * 3, stop_early=False)
+            print(f"baseline: {outcome} in {seconds:.0f} s", flush=True)
+            if outcome != "passed":
+                print(tail, flush=True)
+                # the named tests that fail unmutated: their mutations cannot be counted as killed
+                failing = {line.split(" ", 1)[1].split(" - ")[0] for line in tail.splitlines()
+                           if line.startswith(("FAILED ", "ERROR "))}
+                baseline_failed.update(t for t in tests if t in failing or outcome != "failed")
+            shutil.rmtree(base, ignore_errors=True)
+        for m in chosen:
+            copy = work / m.name
+            copy_project(ROOT, files, copy)
+            row = {"name": m.name, "file": m.file, "promise": m.promise, "tests": list(m.tests)}
+            problem = apply(copy, m)
+            if problem is not None:
+                row.update(result="stale", detail=problem, seconds=0.0)
+            elif baseline_failed & set(m.tests):
+                row.update(result="error", detail=f"fails unmutated: {sorted(baseline_failed & set(m.tests))}",
+                           seconds=0.0)
+            else:
+                outcome, rc, tail, seconds = run_tests(copy, m.tests, args.timeout)
+                result = {"failed": "killed", "timeout": "killed", "passed": "survived"}.get(outcome, "error")
+                detail = "timed out" if outcome == "timeout" else (f"pytest exit {rc}" if result == "error" else "")
+                row.update(result=result, detail=detail, seconds=round(seconds, 1))
+                if result == "error":
+                    row["output"] = tail
+                elif result == "killed" and tail.startswith(("FAILED ", "ERROR ")):
+                    first = tail.splitlines()[0].split(" ", 1)[1]
+                    row["detail"] = "by " + first.split(" - ")[0].rsplit("::", 1)[-1]
+            results.append(row)
+            print(f"{m.name:4} {row['result']:8} {row['seconds']:6.0f} s  {m.promise}"
+                  + (f"  ({row['detail']})" if row.get("detail") else ""), flush=True)
+            if row.get("output"):
+                print("     " + row["output"].replace("\n", "\n     "), flush=True)
+            if not args.keep:
+                shutil.rmtree(copy, ignore_errors=True)
+    finally:
+        if args.keep:
+            print(f"copies kept under {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+    by = {k: [r["name"] for r in results if r["result"] == k] for k in ("killed", "survived", "stale", "error")}
+    total = time.monotonic() - t_start
+    print()
+    print(f"{'mutation':8} {'result':8} {'seconds':>7}  promise")
+    for r in results:
+        print(f"{r['name']:8} {r['result']:8} {r['seconds']:7.0f}  {r['promise']}")
+    print(f"\n{len(by['killed'])} of {len(results)} killed; survived: {by['survived'] or 'none'}; "
+          f"stale: {by['stale'] or 'none'}; errors: {by['error'] or 'none'}; {total / 60:.1f} minutes")
+    if args.json:
+        print(json.dumps({"mutations": len(results), "killed": len(by["killed"]), "survived": by["survived"],
+                          "stale": by["stale"], "errors": by["error"], "seconds": round(total, 1),
+                          "results": [{k: r[k] for k in ("name", "file", "result", "seconds")} for r in results]}))
+    return 0 if len(by["killed"]) == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The holdout, checked from outside the model code: through the flow, its saved model and its metrics.
+
+README (What a run does): the holdout is the last `horizon` points of each series; training uses
+per-series scaling fitted on the training part only; the holdout forecast runs from T - H;
+evaluate scores it and seasonal naive (MAE, RMSE, sMAPE, MASE). So two inputs that differ only in
+their last H points must give the same saved scaler, the same weights and the same holdout
+forecasts. The reference forecast here is computed by hand from the saved artifact (the members,
+`scaler.json`, `metadata.json`): scaling, windowing, recursion and unscaling are this file's own.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+import lstm_core.model  # noqa: F401 - registers the custom layer for loading the saved members
+from flows.batch_forecast import batch_forecast
+from tests.conftest import make_frame
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+H, M = 12, 24
+SETTINGS = {
+    "freq": "h", "horizon": H, "season_length": M, "window": 24, "target_transform": "none",
+    "retrain": "always", "model": {"units": [8]},
+    "training": {"epochs": 3, "patience": 2, "windows_per_series": 16, "batch_size": 64, "snapshots": 1},
+}
+
+
+# --- by hand ---------------------------------------------------------------------------------
+def _model_dir(out: Path, manifest: dict) -> Path:
+    return out / "models" / manifest["model_key"] / manifest["model_version"]
+
+
+def reference_holdout(model_dir: Path, frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
+    """(series ids, (S, H) holdout forecasts) made by hand from a saved model and the input frame.
+
+    The network sees each series' training part (all but its last H points) scaled with the saved
+    per-series loc/scale (z = (v - loc) / scale, covariates alike), the last `window` steps of it;
+    each step's forecast is fed back with the known covariates of that step, scaled the same way;
+    members' trajectories are averaged and unscaled.
+    """
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    scaler = json.loads((model_dir / "scaler.json").read_text())
+    members = [keras.saving.load_model(model_dir / f"member-{i}.keras", compile=False, safe_mode=True)
+               for i in range(meta["members"])]
+    features, window = meta["feature_names"], meta["window"]
+    ids = scaler["series_ids"]
+    loc = np.asarray(scaler["loc"], dtype=np.float64).reshape(len(ids), -1)
+    scale = np.asarray(scaler["scale"], dtype=np.float64).reshape(len(ids), -1)
+    history, future = [], []
+    for i, sid in enumerate(ids):
+        values = frame[frame["series_id"] == sid].sort_values("ds")[features].to_numpy(np.float64)
+        z = (values - loc[i]) / scale[i]
+        history.append(z[:-H][-window:])
+        future.append(z[-H:, 1:])
+    x0, fut = np.asarray(history, np.float32), np.asarray(future, np.float32)
+    trajectories = []
+    for member in members:
+        x, steps = x0, []
+        for h in range(H):
+            yhat = np.asarray(member(x, training=False), dtype=np.float32)[:, :1]
+            steps.append(yhat[:, 0])
+            row = np.concatenate([yhat, fut[:, h, :]], axis=1)[:, None, :]
+            x = np.concatenate([x[:, 1:, :], row], axis=1)
+        trajectories.append(np.stack(steps, axis=1))
+    z = np.mean(trajectories, axis=0).astype(np.float64)
+    return ids, z * scale[:, :1] + loc[:, :1]
+
+
+def hand_metrics(frame: pd.DataFrame, ids: list[str], forecast: np.ndarray) -> dict[str, np.ndarray]:
+    """MAE, RMSE, sMAPE and MASE of (S, H) holdout forecasts; the MASE scale is the mean absolute
+    seasonal difference of the training part."""
+    out: dict[str, list[float]] = {"mae": [], "rmse": [], "smape": [], "mase": []}
+    for i, sid in enumerate(ids):
+        y = frame[frame["series_id"] == sid].sort_values("ds")["y"].to_numpy(np.float64)
+        train, actual, f = y[:-H], y[-H:], forecast[i]
+        err = actual - f
+        out["mae"].append(np.mean(np.abs(err)))
+        out["rmse"].append(np.sqrt(np.mean(err ** 2)))
+        out["smape"].append(np.mean(200 * np.abs(err) / (np.abs(actual) + np.abs(f))))
+        out["mase"].append(np.mean(np.abs(err)) / np.mean(np.abs(train[M:] - train[:-M])))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def seasonal_naive_by_hand(frame: pd.DataFrame, ids: list[str]) -> np.ndarray:
+    """The training part's last season, repeated over the holdout."""
+    rows = []
+    for sid in ids:
+        train = frame[frame["series_id"] == sid].sort_values("ds")["y"].to_numpy(np.float64)[:-H]
+        rows.append([train[len(train) - M + (h % M)] for h in range(H)])
+    return np.asarray(rows)
+
+
+def stored_metrics(out: Path, run_id: str, model: str, ids: list[str]) -> dict[str, np.ndarray]:
+    m = pd.read_parquet(out / "metrics" / f"run={run_id}")
+    m = m[(m["model"] == model) & m["series_id"].notna()]
+    return {metric: g.set_index("series_id")["value"].reindex(ids).to_numpy(np.float64)
+            for metric, g in m.groupby("metric")}
+
+
+def assert_metrics_match(stored: dict[str, np.ndarray], expected: dict[str, np.ndarray], rtol: float) -> None:
+    assert set(stored) == set(expected)
+    for metric, values in expected.items():
+        np.testing.assert_allclose(stored[metric], values, rtol=rtol, err_msg=metric)
+
+
+# --- runs --------------------------------------------------------------------------------------
+def _run(tmp: Path, name: str, frame: pd.DataFrame, out: Path, **extra) -> dict:
+    path = tmp / f"{name}.parquet"
+    frame.to_parquet(path, index=False)
+    return batch_forecast(settings={**SETTINGS, **extra, "input_url": str(path), "output_url": str(out),
+                                    "run_id": name})
+
+
+@pytest.fixture(scope="module")
+def twin_runs(tmp_path_factory):
+    """Input A, and input B: A with the last H points of every series changed (and nothing else)."""
+    tmp = tmp_path_factory.mktemp("twins")
+    out = tmp / "out"
+    a = make_frame(n_series=4, length=120)
+    last = a.groupby("series_id").cumcount(ascending=False).to_numpy() < H
+    b = a.copy()
+    b.loc[last, "y"] = b.loc[last, "y"] * 1.7 + 25.0
+    return {"out": out, "frames": {"a": a, "b": b},
+            "manifests": {name: _run(tmp, name, f, out) for name, f in (("a", a), ("b", b))}}
+
+
+def test_the_last_h_points_never_reach_training(twin_runs):
+    out, frames, runs = twin_runs["out"], twin_runs["frames"], twin_runs["manifests"]
+    assert [runs[n]["retrain"]["action"] for n in "ab"] == ["train", "train"]
+    assert runs["a"]["model_version"] != runs["b"]["model_version"]
+    dirs = {n: _model_dir(out, runs[n]) for n in "ab"}
+    # The saved per-series scaling is the same: it was fitted on the training part only.
+    scalers = {n: json.loads((dirs[n] / "scaler.json").read_text()) for n in "ab"}
+    assert scalers["a"] == scalers["b"]
+    # So are the trained weights, member by member.
+    meta = {n: json.loads((dirs[n] / "metadata.json").read_text()) for n in "ab"}
+    assert meta["a"]["members"] == meta["b"]["members"] >= 1
+    for i in range(meta["a"]["members"]):
+        wa, wb = (keras.saving.load_model(dirs[n] / f"member-{i}.keras", compile=False, safe_mode=True).get_weights()
+                  for n in "ab")
+        assert len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb)), f"member {i}"
+    # And the holdout forecasts: each run's LSTM scores are those of the hand-made forecast from T - H,
+    # which is the same for both inputs.
+    ids, fa = reference_holdout(dirs["a"], frames["a"])
+    ids_b, fb = reference_holdout(dirs["b"], frames["b"])
+    assert ids == ids_b
+    np.testing.assert_array_equal(fa, fb)
+    for n, f in (("a", fa), ("b", fb)):
+        assert_metrics_match(stored_metrics(out, n, runs[n]["model_version"], ids), hand_metrics(frames[n], ids, f),
+                             rtol=1e-5)
+    # The inputs' holdouts really differ: the scores do.
+    assert not np.allclose(stored_metrics(out, "a", "seasonal_naive", ids)["mae"],
+                           stored_metrics(out, "b", "seasonal_naive", ids)["mae"])
+
+
+def test_holdout_scores_of_both_models_equal_a_hand_computation(twin_runs):
+    out, frame, run = twin_runs["out"], twin_runs["frames"]["a"], twin_runs["manifests"]["a"]
+    ids, lstm = reference_holdout(_model_dir(out, run), frame)
+    naive = hand_metrics(frame, ids, seasonal_naive_by_hand(frame, ids))
+    assert_metrics_match(stored_metrics(out, "a", "seasonal_naive", ids), naive, rtol=1e-12)
+    expected = {run["model_version"]: hand_metrics(frame, ids, lstm), "seasonal_naive": naive}
+    assert_metrics_match(stored_metrics(out, "a", run["model_version"], ids), expected[run["model_version"]],
+                         rtol=1e-5)
+    # The overall rows (series_id null) and the manifest hold the mean over series.
+    metrics = pd.read_parquet(out / "metrics" / "run=a")
+    overall = metrics[metrics["series_id"].isna()]
+    assert len(overall) == 2 * 4
+    for _, row in overall.iterrows():
+        mean = float(np.mean(expected[row["model"]][row["metric"]]))
+        assert row["value"] == pytest.approx(mean, rel=1e-5), (row["model"], row["metric"])
+        assert run["overall_metrics"][row["model"]][row["metric"]] == row["value"]
+
+
+def test_known_covariates_of_the_holdout_are_scaled_like_the_history(tmp_path):
+    frame = make_frame(n_series=4, length=120, seed=3)
+    t = frame.groupby("series_id").cumcount().to_numpy()
+    level = frame.groupby("series_id")["y"].transform("mean").to_numpy()
+    # A covariate on its own scale (around 100), which moves the target.
+    frame["price"] = 100.0 + 20.0 * np.sin(2 * np.pi * t / 30.0) + np.random.default_rng(5).normal(0, 2, len(t))
+    frame["y"] = frame["y"] + 0.01 * level * (frame["price"] - 100.0)
+    out = tmp_path / "out"
+    run = _run(tmp_path, "cov", frame, out)
+    model_dir = _model_dir(out, run)
+    assert json.loads((model_dir / "metadata.json").read_text())["feature_names"] == ["y", "price"]
+    ids, forecast = reference_holdout(model_dir, frame)
+    assert_metrics_match(stored_metrics(out, "cov", run["model_version"], ids), hand_metrics(frame, ids, forecast),
+                         rtol=1e-5)
