@@ -132,7 +132,8 @@ def test_covariates_flow_through_fit_and_evaluate():
     assert result.covariates == ["hour_sin"] and panel.n_features == 2 and panel.roles == ("target", "historic")
     f = engine.fit(panel.drop_last(H), cfg)
     # the window carries the covariate's history; its values over each chunk are a second input
-    assert f.members[0].input_shape == [(None, cfg.window, 2), (None, cfg.chunk_length, 1)]
+    # a historic covariate is only in the window (carried forward); known-ahead ones would be a second input
+    assert f.members[0].input_shape == (None, cfg.window, 2) and f.known == ()
     ev = engine.evaluate(f, panel, cfg)
     assert np.isfinite(ev.forecasts["lstm"]).all()
 
@@ -152,10 +153,11 @@ def test_training_relies_on_the_same_minimum_length_as_validation():
     from lstm_core.validation import min_length, min_train_length
 
     cfg = fast_config()
-    assert min_length(cfg) == cfg.window + cfg.horizon + cfg.validation_steps + 1 == 49
-    assert min_train_length(cfg) == 37
-    short = Panel.from_frame(make_frame(n_series=2, length=36), "h")
-    with pytest.raises(ValueError, match="each needs 37 points before its holdout"):
+    # window 24 + chunk 6 + validation 12 + horizon 12
+    assert min_length(cfg) == cfg.window + cfg.chunk_length + cfg.validation_steps + cfg.horizon == 54
+    assert min_train_length(cfg) == 42
+    short = Panel.from_frame(make_frame(n_series=2, length=41), "h")
+    with pytest.raises(ValueError, match="each needs 42 points before its holdout"):
         engine.fit(short, cfg)
     # a series validation keeps (exactly min_length points) trains once its holdout is dropped
     panel, result = engine.prepare(make_frame(n_series=2, length=min_length(cfg)), cfg)
