@@ -47,7 +47,9 @@ class ModelSpace:
         """Known-ahead covariates (S, H, K) in original units -> scaled like their columns in the window."""
         cols = np.asarray(known, dtype=np.int64)
         rows = np.arange(future.shape[0])
-        return (future - self.scaler.loc[rows[:, None], cols][:, None, :]) / self.scaler.scale[rows[:, None], cols][:, None, :]
+        loc = self.scaler.loc[rows[:, None], cols][:, None, :]  # (S, 1, K)
+        scale = self.scaler.scale[rows[:, None], cols][:, None, :]
+        return (future - loc) / scale
 
 
 @dataclass
