@@ -88,9 +88,9 @@ MUTATIONS: list[Mutation] = [
              "return (future - loc) / scale", "return future",
              (f"{HOLDOUT}::test_known_covariates_of_the_holdout_are_scaled_like_the_history",)),
     # --- from issue 17: caught by the suite already -------------------------------------------------
-    Mutation("C1", "a series needs window + chunk + validation + horizon points", "lstm_core/validation.py",
-             "return min_train_length_of(window, chunk, validation_steps) + horizon",
-             "return min_train_length_of(window, chunk, validation_steps) + horizon - 1",
+    Mutation("C1", "a series needs a patch + chunk + validation + horizon points", "lstm_core/validation.py",
+             "return min_train_length_of(window, chunk, validation_steps, patch) + horizon",
+             "return min_train_length_of(window, chunk, validation_steps, patch) + horizon - 1",
              ("tests/lstm_core/test_core_validation.py::test_too_short_series_is_skipped_at_exactly_the_limit",)),
     Mutation("C2", "each chunk of the forecast gets the known covariates of its own steps", "lstm_core/forecasting.py",
              "ahead = future[:, j * chunk:(j + 1) * chunk, :]", "ahead = future[:, :chunk, :]",
@@ -106,6 +106,9 @@ MUTATIONS: list[Mutation] = [
     Mutation("A3", "the level is the mean of the window's last patch", "lstm_core/model.py",
              "level = ops.mean(x[:, -self.span:, :1], axis=1)", "level = ops.mean(x[:, :, :1], axis=1)",
              ("tests/lstm_core/test_core_model.py::test_zero_residual_forecasts_the_level",)),
+    Mutation("A5", "a series shorter than the window is padded at the front with its first value",
+             "lstm_core/panel.py", "if not pad.any():\n            return self", "if True:\n            return self",
+             ("tests/lstm_core/test_core_engine.py::test_a_series_shorter_than_the_window_trains_and_forecasts",)),
     Mutation("A4", "each series gets its own seasonal profile", "lstm_core/seasonality.py",
              "y = panel.y[panel.offsets[i]:panel.offsets[i + 1]]", "y = panel.y[panel.offsets[0]:panel.offsets[1]]",
              ("tests/lstm_core/test_core_seasonality.py::"

@@ -23,6 +23,7 @@ from lstm_core.scaling import SeriesScaler, TargetTransform
 from lstm_core.seasonality import SeasonalIndices
 from lstm_core.training import BatchHook, EpochHook, TrainingResult, train
 from lstm_core.validation import ValidationResult, length_rule, min_train_length, validate_for
+from lstm_core.windows import validation_span
 
 log = logging.getLogger("lstm_core.engine")
 
@@ -77,8 +78,10 @@ class Forecaster:
         """`panel` with its static covariates encoded as this model was trained (its vocabulary)."""
         return panel.encode_static(self.static_encoder)
 
-    def model_space(self, panel: Panel) -> ModelSpace:
-        """`panel` as the network sees it: log where chosen, seasonal profile removed, scaled per series.
+    def model_space(self, panel: Panel, pad_to: int | None = None) -> ModelSpace:
+        """`panel` as the network sees it: log where chosen, seasonal profile removed, scaled per series,
+        and series shorter than `pad_to` points (default: the window) padded at the front with their first
+        value, so every series fills a window.
 
         All three are fitted on the history given (never on what follows it), so a loaded model
         forecasts any series.
@@ -89,7 +92,8 @@ class Forecaster:
         seasonal = SeasonalIndices.fit(shaped, self.season_length, self.deseasonalize, transform.log_mask)
         adjusted = seasonal.remove(shaped)
         scaler = SeriesScaler.fit(adjusted, self.scaler_kind)
-        return ModelSpace(scaler.transform(adjusted), transform, seasonal, scaler)
+        scaled = scaler.transform(adjusted).pad_front(self.window if pad_to is None else pad_to)
+        return ModelSpace(scaled, transform, seasonal, scaler)
 
     def forecast(self, panel: Panel, horizon: int, future_covariates: np.ndarray | None = None) -> np.ndarray:
         """(S, H) forecasts in original units for each series of `panel` (its whole history is the input).
@@ -157,8 +161,9 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     shaper = Forecaster([], config.window, tuple(panel.feature_names), config.scaler,
                         target_transform=config.target_transform, static_encoder=panel.static_encoder,
                         season_length=config.season_length, deseasonalize=config.model.deseasonalize, known=known)
-    space = shaper.model_space(panel)
     chunk, patch = config.chunk_length, config.patch_length
+    # short series are padded so that each has one training chunk and its validation chunks after a window
+    space = shaper.model_space(panel, pad_to=config.window + chunk + validation_span(config.validation_steps, chunk))
     members, results = [], []
     n = config.training.ensemble_size
     budget = time_budget_s if time_budget_s is not None else (

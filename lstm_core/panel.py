@@ -186,6 +186,23 @@ class Panel:
         idx = self.offsets[1:, None] - np.arange(k, 0, -1)[None, :]
         return self.values[idx]
 
+    def pad_front(self, length: int) -> "Panel":
+        """Each series shorter than `length` points with its first row repeated before its start.
+
+        A short series then still fills a window: the network sees a flat history before the first
+        observation (a common device of global models). Timestamps (`last_ds`) and `future` are unchanged;
+        positions counted from a series' start move by its padding, so use this last (model space).
+        """
+        pad = np.maximum(int(length) - self.lengths, 0)
+        if not pad.any():
+            return self
+        lengths = self.lengths + pad
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        # source row of each output row: the series' first row for the padding, then its own rows
+        local = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], lengths)
+        source = np.repeat(self.offsets[:-1], lengths) + np.maximum(local - np.repeat(pad, lengths), 0)
+        return replace(self, offsets=offsets, values=self.values[source])
+
     def select(self, mask: np.ndarray) -> "Panel":
         """Keep the series where `mask` is true."""
         mask = np.asarray(mask, dtype=bool)

@@ -27,10 +27,12 @@ def validation_span(steps: int, chunk: int) -> int:
     return chunk * -(-steps // chunk)
 
 
-def min_train_length(window: int, chunk: int = 1, validation_steps: int = 1) -> int:
-    """Points a series' training part needs: one window and one chunk of targets before the validation span,
-    plus that span."""
-    return window + chunk + validation_span(validation_steps, chunk)
+def min_train_length(window: int, chunk: int = 1, validation_steps: int = 1, patch: int | None = None) -> int:
+    """Real points a series' training part needs: one chunk of training targets after some history, then the
+    validation span. The history is one patch (default: the whole window): a series shorter than the window is
+    padded at the front with its first value (`Panel.pad_front`), so a patch of real history is enough."""
+    history = window if patch is None else min(patch, window)
+    return history + chunk + validation_span(validation_steps, chunk)
 
 
 def gather(values: np.ndarray, starts: np.ndarray, window: int, chunk: int = 1,
