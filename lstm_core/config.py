@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import typing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -26,8 +28,10 @@ __all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "de
            "default_window", "load_config", "validate_config"]
 
 ENV_PREFIX = "LSTM_FORECAST_"
-NOT_SETTINGS = {"LSTM_FORECAST_DEBUG"}  # variables with the prefix that are not settings
+# Variables with the prefix that the project reads for itself (not settings).
+NOT_SETTINGS = {"LSTM_FORECAST_DEBUG", "LSTM_FORECAST_PROGRESS", "LSTM_FORECAST_MODEL_SIGNING_KEY"}
 DASK_ADDRESS = r"^(tcp|tls)://[^\s/:]+:[0-9]{1,5}$"
+log = logging.getLogger("lstm_core.config")
 
 
 class _Strict(BaseModel):
@@ -464,16 +468,43 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
+def names_a_setting(dotted: str, model: type[BaseModel] | None = None) -> bool:
+    """True when `dotted` (e.g. 'training.epochs', 'storage_options.key') is a setting of the configuration."""
+    node: Any = model or ForecastConfig
+    for i, part in enumerate(dotted.split(".")):
+        if not (isinstance(node, type) and issubclass(node, BaseModel)):
+            return False
+        field = node.model_fields.get(part)
+        if field is None:
+            return False
+        node = field.annotation
+        if typing.get_origin(node) is dict or node is dict:  # free-form (storage_options): any key below
+            return True
+    return True
+
+
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """LSTM_FORECAST_HORIZON=13, LSTM_FORECAST_TRAINING__EPOCHS=5 -> nested dict."""
+    """LSTM_FORECAST_HORIZON=13, LSTM_FORECAST_TRAINING__EPOCHS=5 -> nested dict.
+
+    Only variables that name a setting are read. Others with the prefix are ignored with a debug
+    line: a platform may set them (Kubernetes adds LSTM_FORECAST_SERVICE_HOST for a Service named
+    lstm-forecast), and the project's own switches (NOT_SETTINGS) are not settings.
+    """
     environ = os.environ if environ is None else environ
     out: dict[str, Any] = {}
     for key, raw in environ.items():
-        if key in NOT_SETTINGS:
+        if key in NOT_SETTINGS or not key.startswith(ENV_PREFIX) or len(key) == len(ENV_PREFIX):
             continue
-        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
-            dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
-            _set_dotted(out, dotted, _parse_value(raw))
+        dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
+        if not names_a_setting(dotted):
+            section = dotted.split(".", 1)[0]
+            if "." in dotted and names_a_setting(section):  # a section's own name: most likely a typo
+                log.warning("ignoring environment variable %s: %r has no setting %r", key, section,
+                            dotted.split(".", 1)[1])
+            else:
+                log.debug("ignoring environment variable %s: it names no setting", key)
+            continue
+        _set_dotted(out, dotted, _parse_value(raw))
     return out
 
 
