@@ -368,8 +368,8 @@ class _ScratchShard:
     bounded by the split's budget, not by the number of shards.
     """
 
-    def __init__(self, fs, folder: str, schema: pa.Schema) -> None:
-        self.fs, self.folder, self.schema = fs, folder, schema
+    def __init__(self, fs, folder: str, schema: pa.Schema, root: str | None = None) -> None:
+        self.fs, self.folder, self.schema, self.root = fs, folder, schema, root
         self.rows = self.parts = self.buffered_rows = 0
         self._open()
 
@@ -391,7 +391,8 @@ class _ScratchShard:
         if self.buffered_rows == 0 and (self.parts or not last):
             return  # nothing new (an empty shard still gets one empty part at the end)
         self.writer.close()
-        put_bytes(self.fs, f"{self.folder}/part-{self.parts:05d}.arrow", self.sink.getvalue().to_pybytes())
+        put_bytes(self.fs, f"{self.folder}/part-{self.parts:05d}.arrow", self.sink.getvalue().to_pybytes(),
+                  root=self.root)
         self.parts += 1
         if last:
             self.sink = self.writer = None
@@ -435,11 +436,12 @@ def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
     schema = pa.schema([src.dataset.schema.field(c) for c in plan.columns], metadata=src.dataset.schema.metadata)
     by_index = {s.index: s for s in plan.shards}
     outs: dict[Any, _ScratchShard] = {}
+    root = _path_of(plan.scratch, storage_options)  # no link below the run's scratch folder is followed
     for s in plan.shards:
-        outs[s.index] = _ScratchShard(fs, _path_of(s.url, storage_options), schema)
+        outs[s.index] = _ScratchShard(fs, _path_of(s.url, storage_options), schema, root)
     for gi, g in enumerate(plan.groups):
         if g.train is not None and g.train.url is not None:
-            outs[("train", gi)] = _ScratchShard(fs, _path_of(g.train.url, storage_options), schema)
+            outs[("train", gi)] = _ScratchShard(fs, _path_of(g.train.url, storage_options), schema, root)
     buffered = 0
     group_index = {g.name: gi for gi, g in enumerate(plan.groups)}
     n_shards = np.array([g.n_shards for g in plan.groups], dtype=np.uint64)
@@ -521,7 +523,7 @@ def run_scratch(scratch_root: str, run_id: str) -> str:
 def remove_scratch(scratch_root: str, run_id: str, storage_options: dict | None = None) -> None:
     """Remove the run's scratch folder, and the scratch root when no other run uses it."""
     fs, path = filesystem(run_scratch(scratch_root, run_id), storage_options)
-    remove_tree(fs, path)
+    remove_tree(fs, path, root=filesystem(scratch_root, storage_options)[1])
     if is_local(fs):
         try:
             fs.rmdir(path.rsplit("/", 1)[0])  # only if empty
