@@ -140,6 +140,8 @@ class ForecastConfig(_Strict):
         description="use this saved model version (found under any key of the model store) instead of choosing")
     model_url: str | None = Field(
         None, description="use the saved model version at this URL (<store>/<model_key>/<version>)")
+    max_model_bytes: int = Field(
+        2**30, ge=1024, description="a saved model member larger than this (archive or unpacked) is not loaded")
     seed: int = 42
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
     lease_ttl: timedelta = Field(
