@@ -92,7 +92,7 @@ def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tupl
 
 def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     logger = get_run_logger()
-    secrets = secret_values(config.storage_options, [config.input_url, config.output_url])
+    secrets = secret_values(config.storage_options, config.urls())
     install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential
     slot = scheduled_slot()
     run_id, run_id_source = resolve_run_id(config, slot)

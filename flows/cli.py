@@ -77,16 +77,16 @@ def _resolve(config_path: str | None, settings: dict[str, Any], sets: list[str])
     credentials reach the flow through this process's environment (LSTM_FORECAST_*) instead.
     """
     from lstm_core.config import ENV_PREFIX, load_config
-    from lstm_core.secrets import secret_values, url_userinfo
+    from lstm_core.secrets import has_credentials, secret_values
 
     config = load_config(config_path, overrides=settings, sets=sets)
-    _SECRETS.update(secret_values(config.storage_options, [config.input_url, config.output_url]))
+    _SECRETS.update(secret_values(config.storage_options, config.urls()))
     resolved = config.model_dump(mode="json", exclude={"storage_options"}, exclude_defaults=True)
     private: dict[str, str] = {}
     if config.storage_options:
         private["STORAGE_OPTIONS"] = json.dumps(config.storage_options)
-    for key in ("input_url", "output_url"):
-        if url_userinfo(getattr(config, key)):
+    for key in config.url_settings():  # user-info or a signed query string: never a flow parameter
+        if has_credentials(getattr(config, key)):
             private[key.upper()] = getattr(config, key)
             resolved.pop(key, None)
     os.environ.update({ENV_PREFIX + k: v for k, v in private.items()})

@@ -22,7 +22,7 @@ from pandas.tseries.offsets import Tick
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lstm_core.errors import ConfigError
-from lstm_core.secrets import MASK, is_secret_name, scrub
+from lstm_core.secrets import MASK, has_credentials, is_secret_name, scrub
 
 __all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "default_season_length",
            "default_window", "load_config", "validate_config"]
@@ -217,6 +217,13 @@ class ForecastConfig(_Strict):
     def _consistent(self) -> "ForecastConfig":
         if self.workers is not None and self.dask_address is not None:
             raise ValueError("set either workers (a local Dask cluster) or dask_address (an existing one), not both")
+        if self.workers is not None or self.dask_address is not None:
+            # Task arguments are pickled to the Dask scheduler: they must carry no credentials.
+            for name in self.url_settings():
+                if has_credentials(getattr(self, name)):
+                    raise ValueError(f"{name} carries credentials (user-info or a signed query string), which "
+                                     f"would be sent to the Dask scheduler with every task: give the workers "
+                                     f"credentials in their environment (AWS_*, LSTM_FORECAST_STORAGE_OPTIONS)")
         if self.columns is not None:
             raise ValueError("'columns' is replaced by declared roles: list each covariate under future_covariates "
                              "(known ahead), historic_covariates (observed only) or static_covariates")
@@ -385,14 +392,26 @@ class ForecastConfig(_Strict):
         data.pop("run_id", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
+    @classmethod
+    def url_settings(cls) -> list[str]:
+        """Every setting that names a storage location (input, output, scratch, models...): `*_url`."""
+        return [name for name in cls.model_fields if name.endswith("_url")]
+
+    def urls(self) -> list[str]:
+        """The values of the URL settings that are set."""
+        return [v for v in (getattr(self, name) for name in self.url_settings()) if v]
+
     def public_dict(self) -> dict[str, Any]:
-        """The resolved configuration with secrets removed (for manifests, logs, artifacts)."""
+        """The resolved configuration with secrets removed (for manifests, logs, artifacts).
+
+        Storage options lose their secret-named values; every URL setting loses its user-info and
+        credential query parameters (pre-signed and SAS URLs).
+        """
         data = self.model_dump(mode="json")
         data["storage_options"] = redact(data["storage_options"])
-        data["input_url"] = redact_url(data["input_url"])
-        data["output_url"] = redact_url(data["output_url"])
-        if data.get("scratch_url"):
-            data["scratch_url"] = redact_url(data["scratch_url"])
+        for name in self.url_settings():
+            if data.get(name):
+                data[name] = redact_url(data[name])
         return data
 
 
@@ -447,7 +466,8 @@ def redact(options: Any) -> Any:
 
 
 def redact_url(url: str) -> str:
-    """Drop credentials embedded in a URL (scheme://user:pass@host/...)."""
+    """Drop credentials embedded in a URL: user-info (`scheme://user:pass@host/...`, with or without the
+    scheme) and credential query parameters (`X-Amz-Signature`, `X-Amz-Credential`, `sig`, `token`...)."""
     return scrub(url) if isinstance(url, str) else url
 
 

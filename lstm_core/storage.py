@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from lstm_core.errors import DataValidationError, LstmForecastError, StorageError
-from lstm_core.secrets import scrub, url_userinfo
+from lstm_core.secrets import scrub, url_credentials
 
 REQUIRED = ("series_id", "ds", "y")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.lz4")
@@ -143,7 +143,7 @@ def open_dataset(url: str, storage_options: dict[str, Any] | None = None, input_
     if input_format not in ("auto", "parquet", "csv"):
         raise ValueError(f"input_format must be auto, parquet or csv, not {input_format!r}")
     shown = scrub(url)
-    hide = url_userinfo(url)
+    hide = url_credentials(url)
     fs, path = filesystem(url, storage_options)
     try:
         exists = fs.exists(path)
