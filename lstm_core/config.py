@@ -152,6 +152,9 @@ class ForecastConfig(_Strict):
     # --- scale-out ------------------------------------------------------
     shard_size: int = Field(5_000, ge=1, description="series per shard; each shard is read and forecast alone")
     shard_rows: int = Field(2_500_000, ge=1, description="rows per shard at most: long series, fewer per shard")
+    shard_bytes: int = Field(
+        256 * 2**20, ge=1, description="bytes per shard at most, uncompressed, of the columns read (from the "
+        "Parquet metadata): wide or hostile files are split into more shards, a series alone over it is refused")
     group_column: str | None = Field(None, min_length=1, description="column naming each series' model group")
     workers: int | None = Field(None, ge=1, description="start a local Dask cluster of this many worker processes")
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster")

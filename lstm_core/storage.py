@@ -13,7 +13,7 @@ import io
 import json
 import os
 import uuid
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import fsspec
 import pandas as pd
@@ -206,6 +206,37 @@ def check_input(url: str, storage_options: dict[str, Any] | None = None, input_f
                 raise DataValidationError(f"missing required column (have {sorted(have)})", source=opened.shown,
                                           column=col)
     return opened
+
+
+def parquet_read_bytes(metadata: pq.FileMetaData, columns: Sequence[str]) -> int:
+    """Bytes the named columns of a Parquet file take once read, from its footer alone (nothing decoded).
+
+    Each column chunk counts its uncompressed size. A dictionary-encoded string column's encoded size
+    hides how often a long value repeats (a few KB can decode to GBs), so it counts at least one
+    value of the longest length its statistics show per row (plus Arrow's 4-byte offset). Without
+    statistics only the encoded size is known.
+    """
+    wanted = set(columns)
+    total = 0
+    for rg in range(metadata.num_row_groups):
+        group = metadata.row_group(rg)
+        for ci in range(group.num_columns):
+            chunk = group.column(ci)
+            path = chunk.path_in_schema
+            if path not in wanted and path.split(".", 1)[0] not in wanted:
+                continue
+            size = chunk.total_uncompressed_size
+            if chunk.physical_type in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY") and chunk.has_dictionary_page:
+                stats = chunk.statistics if chunk.is_stats_set else None
+                if stats is not None and stats.has_min_max:
+                    longest = max(len(_utf8(stats.min)), len(_utf8(stats.max)))
+                    size = max(size, chunk.num_values * (longest + 4))
+            total += size
+    return total
+
+
+def _utf8(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def read_series(
