@@ -22,7 +22,7 @@ from pandas.tseries.offsets import Tick
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lstm_core.errors import ConfigError
-from lstm_core.secrets import MASK, has_credentials, is_secret_name, scrub
+from lstm_core.secrets import MASK, has_credentials, is_secret_name, scrub, without_secrets
 
 __all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "default_season_length",
            "default_window", "load_config", "validate_config"]
@@ -40,8 +40,8 @@ class _Strict(BaseModel):
 
 class ModelConfig(_Strict):
     units: list[int] = Field(default_factory=lambda: [64], description="LSTM units per stacked layer")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    bidirectional: bool = False
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each LSTM layer")
+    bidirectional: bool = Field(False, description="wrap each LSTM layer in Bidirectional")
     level_normalization: bool = Field(True, description="subtract each window's last value before the LSTM")
     seasonal_skip: bool | Literal["auto"] = Field(
         "auto", description="predict the residual over the value one season earlier; 'auto': when seasonal "
@@ -56,11 +56,11 @@ class ModelConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(256, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    loss: Literal["mse", "mae", "huber"] = "mae"
-    patience: int = Field(10, ge=1)
+    epochs: int = Field(50, ge=1, description="epoch cap")
+    batch_size: int = Field(256, ge=1, description="windows per batch (Adam)")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate")
+    loss: Literal["mse", "mae", "huber"] = Field("mae", description="training loss")
+    patience: int = Field(10, ge=1, description="early-stopping patience, in epochs")
     windows_per_series: int = Field(128, ge=1, description="random training windows per series per epoch")
     validation_steps: int | None = Field(None, ge=1, description="validation targets per series (default: horizon)")
     max_train_minutes: float | None = Field(None, gt=0, description="wall-clock training budget")
@@ -80,8 +80,9 @@ class BacktestConfig(_Strict):
 class ForecastConfig(_Strict):
     """Settings of one batch forecasting job."""
 
-    input_url: str = "data/demo/series.parquet"
-    output_url: str = "data/demo/output"
+    input_url: str = Field("data/demo/series.parquet",
+                           description="Parquet file or hive-partitioned folder, any fsspec URL")
+    output_url: str = Field("data/demo/output", description="where predictions, metrics, manifests and models go")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (secrets allowed)")
     input_format: Literal["auto", "parquet", "csv"] = Field(
         "auto", description="'auto': CSV when the path (or every file of a folder) ends in .csv, else Parquet")
@@ -104,22 +105,22 @@ class ForecastConfig(_Strict):
     filters: list[list[Any]] | None = Field(None, description="pyarrow filters, e.g. [['region', '==', 'eu']]")
 
     freq: str | None = Field(None, description="pandas frequency of the series; unset: inferred from the data")
-    horizon: int = Field(24, ge=1)
+    horizon: int = Field(24, ge=1, description="steps to forecast (and the holdout length)")
     season_length: int | None = Field(
         None, ge=1, description="season in steps (default from freq); a list such as [24, 168] gives more seasons")
     extra_season_lengths: list[int] = Field(
         default_factory=list, description="the further seasons of a season_length list, kept for the model")
     window: int | None = Field(None, ge=2, description="input steps; default: a multiple of the season >= 2 horizons")
-    scaler: Literal["standard", "minmax", "naive"] = "naive"
+    scaler: Literal["standard", "minmax", "naive"] = Field("naive", description="per-series scaling")
     target_transform: Literal["auto", "log", "none"] = Field(
         "auto", description="model log(y): 'auto' for series whose training values are all positive")
-    gap_policy: Literal["fill", "skip", "error"] = "fill"
+    gap_policy: Literal["fill", "skip", "error"] = Field("fill", description="what a gap in a series does")
     max_gap: int = Field(3, ge=0, description="longest run of missing steps that 'fill' interpolates")
-    mode: Literal["global", "per_series"] = "global"
+    mode: Literal["global", "per_series"] = Field("global", description="one model for all series, or one each")
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="how it is trained")
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig, description="rolling-origin backtest windows")
 
     # --- prediction intervals -------------------------------------------
     levels: list[int | float] = Field(
@@ -129,7 +130,7 @@ class ForecastConfig(_Strict):
         "conformal", description="conformal intervals from backtest residuals in units of each series' naive "
         "error ('conformal'), or relative (log-scale) residuals for positive series ('conformal_log')")
 
-    retrain: Literal["auto", "always", "never"] = "auto"
+    retrain: Literal["auto", "always", "never"] = Field("auto", description="train, or load the saved model")
     max_model_age: timedelta = Field(timedelta(days=7), description="older models are retrained under 'auto'")
     degradation_tolerance: float = Field(
         0.5, ge=0, description="retrain when holdout error exceeds recorded validation error by this share"
@@ -142,8 +143,9 @@ class ForecastConfig(_Strict):
         None, description="use the saved model version at this URL (<store>/<model_key>/<version>)")
     max_model_bytes: int = Field(
         2**30, ge=1024, description="a saved model member larger than this (archive or unpacked) is not loaded")
-    seed: int = 42
-    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
+    seed: int = Field(42, description="same data, config and seed give the same forecasts")
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$",
+                               description="name of the run's partition; re-running a run id replaces it")
     lease_ttl: timedelta = Field(
         timedelta(minutes=5), gt=timedelta(0),
         description="a run's lease on its run id expires this long after its last heartbeat",
@@ -266,6 +268,21 @@ class ForecastConfig(_Strict):
                 "when model.seasonal_skip is on"
             )
         return self
+
+    # --- crossing process boundaries ------------------------------------
+    # Tasks on Dask workers get the configuration pickled through the scheduler. Whatever pickles it,
+    # it carries no secret storage options; the process that unpickles it takes them from its own
+    # environment (LSTM_FORECAST_STORAGE_OPTIONS: a LocalCluster's workers get it from the flow;
+    # an existing cluster's workers set it, or the AWS_* variables, themselves).
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        fields = dict(state["__dict__"])
+        fields["storage_options"] = without_secrets(fields.get("storage_options") or {})
+        return {**state, "__dict__": fields}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__["storage_options"] = with_environment_secrets(self.__dict__.get("storage_options") or {})
 
     # --- derived values -------------------------------------------------
     @property
@@ -443,6 +460,19 @@ def default_season_length(freq: str) -> int:
         m = per_year[name]
         return m // n if m % n == 0 and m // n > 1 else 1
     return 1
+
+
+def with_environment_secrets(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`options` with the storage options of this process's environment (LSTM_FORECAST_STORAGE_OPTIONS,
+    JSON) merged over them: how a worker gets the credentials a pickled configuration left behind."""
+    raw = (os.environ if environ is None else environ).get(ENV_PREFIX + "STORAGE_OPTIONS")
+    if not raw:
+        return dict(options)
+    try:
+        extra = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}STORAGE_OPTIONS is not JSON") from None
+    return merge_settings(options, extra) if isinstance(extra, Mapping) else dict(options)
 
 
 def default_window(season_length: Any, horizon: Any) -> int:
