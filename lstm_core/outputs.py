@@ -29,8 +29,9 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
+from lstm_core.config import with_environment_secrets
 from lstm_core.lease import LEASE
-from lstm_core.secrets import scrub
+from lstm_core.secrets import scrub, without_secrets
 from lstm_core.storage import (LinkRefused, filesystem, is_local, join, put_bytes, read_json, remove_file, remove_tree,
                                write_json, write_parquet)
 
@@ -85,11 +86,24 @@ class RunWriter:
     root: str
     run_id: str
     lease: Any = None  # a lstm_core.lease.RunLease; checked before clearing and before committing
+    url: str | None = None  # set by `open`: lets a copy rebuild its filesystem without pickled credentials
+    storage_options: dict | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Shard tasks on Dask workers get a copy without the lease (it holds a heartbeat thread):
         # the flow's process owns the lease and checks it before clearing and before committing.
-        return {**self.__dict__, "lease": None}
+        # Nor the filesystem, which would pickle its credentials: the copy rebuilds it from the URL and
+        # the storage options without secrets, plus those of its own environment.
+        state = {**self.__dict__, "lease": None}
+        if self.url is not None:
+            state.update(fs=None, storage_options=without_secrets(self.storage_options or {}))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.fs is None:
+            self.storage_options = with_environment_secrets(self.storage_options or {})
+            self.fs = filesystem(self.url, self.storage_options)[0]
 
     @classmethod
     def open(cls, output_url: str, run_id: str, storage_options: dict | None = None) -> "RunWriter":
@@ -100,7 +114,7 @@ class RunWriter:
                 if os.path.islink(os.path.join(root, name)):
                     raise LinkRefused(f"{scrub(os.path.join(root, name))} is a symbolic link: refusing to write "
                                       f"through it (the job writes only real folders under the output root)")
-        return cls(fs, root, run_id)
+        return cls(fs, root, run_id, url=output_url, storage_options=dict(storage_options or {}))
 
     def part_path(self, table: str, part: int | str = 0) -> str:
         return join(self.root, table, f"run={self.run_id}", f"part-{part}.parquet")

@@ -80,6 +80,18 @@ def _walk(options: Any, into: set[str]) -> None:
         into.update(url_credentials(options))
 
 
+def without_secrets(options: Any) -> Any:
+    """Storage options without their credentials: secret-named keys and values carrying URL credentials are
+    dropped (not masked: a masked value would be used as a key). What may travel to other processes."""
+    if isinstance(options, Mapping):
+        return {k: without_secrets(v) for k, v in options.items()
+                if not (is_secret_name(k) and not isinstance(v, Mapping))
+                and not (isinstance(v, str) and url_credentials(v))}
+    if isinstance(options, list):
+        return [without_secrets(v) for v in options if not (isinstance(v, str) and url_credentials(v))]
+    return options
+
+
 def secret_values(storage_options: Mapping[str, Any] | None = None, urls: Iterable[str] = (),
                   environ: Mapping[str, str] | None = None) -> set[str]:
     """Every credential value this run can see, long enough to scrub safely."""
