@@ -116,6 +116,7 @@ def test_a_secret_in_each_channel_appears_nowhere(s3_bucket, s3_endpoint, prefec
     manifests = {rid: json.loads(fs.cat_file(f"{s3_bucket}/out/runs/{rid}/manifest.json"))
                  for rid in ("sec-store", "sec-input", "sec-scratch")}
     assert manifests["sec-store"]["status"] == manifests["sec-input"]["status"] == "succeeded"
+    assert manifests["sec-store"]["config"]["storage_options"]["secret"] == "***"
     assert manifests["sec-store"]["shards"]["count"] >= 2
     assert manifests["sec-input"]["input_url"] == scrub(input_url) and "X-Amz-Signature=***" in scrub(input_url)
     assert manifests["sec-scratch"]["status"] == "failed"
