@@ -22,7 +22,7 @@ from typing import Any
 from prefect import flow, get_client, get_run_logger
 from prefect.context import FlowRunContext
 
-from flows.parameters import Overridable, RunSettings, check_overrides, settings_dict
+from flows.parameters import Overridable, RunSettings, check_overrides, overrides_list, settings_dict
 from flows.runners import execution
 from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
@@ -39,7 +39,9 @@ from tasks.reporting import publish_artifacts, render_plots
 from tasks.sharding import plan_shards, split_shards
 
 
-@flow(name="batch-forecast", log_prints=True)
+# Parameters are checked in the body (settings_dict), so a bad setting fails the run as a ConfigError naming it,
+# exactly as a bad setting in the file does; their types still make the parameter schema (the UI's form).
+@flow(name="batch-forecast", log_prints=True, validate_parameters=False)
 def batch_forecast(config_path: str | None = None, settings: RunSettings | None = None,
                    allow_overrides: list[Overridable] | None = None) -> dict[str, Any]:
     """Forecast every series at `input_url` and commit predictions and metrics to `output_url`.
@@ -56,7 +58,8 @@ def batch_forecast(config_path: str | None = None, settings: RunSettings | None 
         allow_overrides: the protected settings (URLs, dask_address, storage_options, config_path) a run of
             this deployment may change. Set by the deployment; a run cannot change it.
     """
-    given = settings_dict(settings)
+    given = settings_dict(settings)  # stops here on a bad parameter, before any work
+    overrides_list(allow_overrides)
     deployment = _deployment()
     if deployment is not None:  # stops here on a refused override, before any work
         check_overrides(f"batch-forecast/{deployment.name}", deployment.parameters or {},

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
 from typing_extensions import Annotated
 
-from lstm_core.config import ConfigError, ForecastConfig, merge_settings
+from lstm_core.config import ConfigError, ForecastConfig, format_validation_error, merge_settings
 from lstm_core.secrets import is_secret_name
 
 # What a deployment fixes unless it opts in, setting by setting.
@@ -61,12 +61,24 @@ RunSettings.__doc__ = ("Settings of this run, over the deployment's and the conf
 
 
 def settings_dict(settings: Any) -> dict[str, Any]:
-    """The settings a run passed, as nested plain values (only those it set; None means 'not set here')."""
+    """The settings a run passed, checked against RunSettings, as nested plain values (only those it set;
+    None means 'not set here'). A bad one raises ConfigError naming the setting, as the configuration does."""
     if settings is None:
         return {}
-    if isinstance(settings, BaseModel):
-        return settings.model_dump(mode="json", exclude_unset=True)
-    return dict(settings)
+    try:
+        checked = settings if isinstance(settings, RunSettings) else RunSettings.model_validate(settings)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    return checked.model_dump(mode="json", exclude_unset=True)
+
+
+def overrides_list(allow_overrides: Any) -> list[str]:
+    """`allow_overrides` checked: a list of protected settings' names (ConfigError otherwise)."""
+    try:
+        return list(TypeAdapter(Optional[list[Overridable]]).validate_python(allow_overrides) or [])
+    except ValidationError as exc:
+        raise ConfigError(f"parameter 'allow_overrides': each item must be one of {', '.join(PROTECTED)}; "
+                          f"{exc.errors()[0]['msg']}") from None
 
 
 def check_overrides(deployment: str, fixed: Mapping[str, Any], given: Mapping[str, Any]) -> None:
@@ -77,7 +89,7 @@ def check_overrides(deployment: str, fixed: Mapping[str, Any], given: Mapping[st
     `allow_overrides`); settings absent from the run's own `settings` are the deployment's, unchanged.
     """
     allowed = list(fixed.get("allow_overrides") or [])
-    if list(given.get("allow_overrides") or []) != allowed:
+    if overrides_list(given.get("allow_overrides")) != allowed:
         raise ConfigError(f"parameter 'allow_overrides': fixed by the deployment {deployment} (it allows "
                           f"{allowed or 'no overrides'}); a run cannot change it")
     if given.get("config_path") != fixed.get("config_path") and "config_path" not in allowed:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.parameters import PROTECTED, RunSettings, check_overrides, settings_dict
+from flows.parameters import PROTECTED, RunSettings, check_overrides, overrides_list, settings_dict
 from lstm_core.config import ConfigError, ForecastConfig, ModelConfig, TrainingConfig, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,6 +59,17 @@ def test_run_settings_refuse_unknown_bad_and_secret_values(settings, message):
 
     with pytest.raises(ValidationError, match=re.escape(message)):
         RunSettings.model_validate(settings)
+
+
+def test_bad_parameters_fail_as_configuration_errors_naming_the_setting():
+    # Checked in the flow's body (not by Prefect), so a run fails as for a bad setting in the file.
+    with pytest.raises(ConfigError, match=r"^invalid configuration: setting 'training.epoch': unknown setting$"):
+        settings_dict({"training": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="setting 'storage_options': .*storage_options.token looks like a secret"):
+        settings_dict({"storage_options": {"token": "t0k3n-value"}})
+    with pytest.raises(ConfigError, match="parameter 'allow_overrides': each item must be one of config_path"):
+        overrides_list(["horizon"])
+    assert overrides_list(None) == [] and overrides_list(["input_url"]) == ["input_url"]
 
 
 def test_only_what_a_run_sets_is_passed_on():

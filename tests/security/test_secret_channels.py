@@ -2,7 +2,8 @@
 
 Channels: the environment (AWS_* and the model signing key), the config file (storage_options), a
 `--set` flag, and each URL setting's user-info and query string (input: a real pre-signed URL with
-user-info, read over HTTP from moto; output and scratch: credentialed URLs, whose runs fail). Searched:
+user-info, read over HTTP from moto; output and scratch: credentialed URLs, whose runs fail). Three CLI
+runs: one that succeeds (environment, file, flag), two that fail (output; input and scratch). Searched:
 stdout and stderr of every CLI run, every object and file written (model archives unpacked), everything
 the Prefect API returns (flow runs, task runs, logs, artifacts) and the Prefect database file itself.
 """
@@ -94,33 +95,31 @@ def test_a_secret_in_each_channel_appears_nowhere(s3_bucket, s3_endpoint, prefec
         "store": run_cli("run", "--config", str(config), "--input", f"{s3_bucket}/in/series.parquet",
                          "--output", f"{s3_bucket}/out", *FAST_FLAGS, "--set", "run_id=sec-store",
                          "--set", "shard_size=2", "--set", f"storage_options.token={s['flag token']}", env=env),
-        # the input URL's user-info and signed query string, read over HTTP
-        "input": run_cli("run", "--input", input_url, "--output", f"{s3_bucket}/out", *FAST_FLAGS,
-                         "--set", "run_id=sec-input", env=env),
         # the output URL's: refused by the store, the error must not repeat them
         "output": run_cli("run", "--input", f"{s3_bucket}/in/series.parquet", "--output",
                           f"s3://{s['output user']}:{s['output password']}@{bucket}/out2?sig={s['output sig']}",
                           *FAST_FLAGS, "--set", "run_id=sec-output", env=env),
+        # the input URL's user-info and signed query string (really read over HTTP to plan the shards), and
         # the scratch URL's: the split fails, and so does removing the scratch folder afterwards
-        "scratch": run_cli("run", "--input", f"{s3_bucket}/in/series.parquet", "--output", f"{s3_bucket}/out",
-                           *FAST_FLAGS, "--set", "run_id=sec-scratch", "--set", "shard_size=2", "--set",
-                           f"scratch_url=s3://{s['scratch user']}:{s['scratch password']}@{bucket}/scratch"
-                           f"?X-Amz-Security-Token={s['scratch token']}", env=env),
+        "input and scratch": run_cli(
+            "run", "--input", input_url, "--output", f"{s3_bucket}/out", *FAST_FLAGS, "--set", "run_id=sec-scratch",
+            "--set", "shard_size=2", "--set", f"scratch_url=s3://{s['scratch user']}:{s['scratch password']}@"
+            f"{bucket}/scratch?X-Amz-Security-Token={s['scratch token']}", env=env),
     }
     assert runs["store"].returncode == 0, runs["store"].stderr[-3000:]
-    assert runs["input"].returncode == 0, runs["input"].stderr[-3000:]
-    for name in ("output", "scratch"):
+    for name in ("output", "input and scratch"):
         assert runs[name].returncode == 2, (name, runs[name].stderr[-3000:])
         assert len(error_lines(runs[name].stderr)) == 1 and "Traceback" not in runs[name].stderr
 
     manifests = {rid: json.loads(fs.cat_file(f"{s3_bucket}/out/runs/{rid}/manifest.json"))
-                 for rid in ("sec-store", "sec-input", "sec-scratch")}
-    assert manifests["sec-store"]["status"] == manifests["sec-input"]["status"] == "succeeded"
+                 for rid in ("sec-store", "sec-scratch")}
+    assert manifests["sec-store"]["status"] == "succeeded" and manifests["sec-store"]["shards"]["count"] >= 2
     assert manifests["sec-store"]["config"]["storage_options"]["secret"] == "***"
-    assert manifests["sec-store"]["shards"]["count"] >= 2
-    assert manifests["sec-input"]["input_url"] == scrub(input_url) and "X-Amz-Signature=***" in scrub(input_url)
-    assert manifests["sec-scratch"]["status"] == "failed"
-    assert manifests["sec-scratch"]["config"]["scratch_url"].startswith("s3://***@")
+    scratch = manifests["sec-scratch"]
+    # It failed on the scratch folder, which a run uses only after planning shards: the signed input was read.
+    assert scratch["status"] == "failed" and "/scratch?X-Amz-Security-Token=***" in scratch["error"], scratch["error"]
+    assert scratch["input_url"] == scrub(input_url) and "X-Amz-Signature=***" in scrub(input_url)
+    assert scratch["config"]["scratch_url"].startswith("s3://***@")
 
     printed = {f"{n} {stream}": getattr(r, stream) for n, r in runs.items() for stream in ("stdout", "stderr")}
     stored = _stored_objects(fs, bucket)
@@ -128,7 +127,7 @@ def test_a_secret_in_each_channel_appears_nowhere(s3_bucket, s3_endpoint, prefec
     api = _prefect_api_text()
     assert "sec-store" in api and "batch-forecast-summary" in api  # runs and artifacts are there to search
     database = _prefect_database_bytes()
-    assert b"sec-input" in database
+    assert b"sec-scratch" in database
     for name, value in s.items():
         for where, text in printed.items():
             assert value not in text, f"{name} printed on {where}"
