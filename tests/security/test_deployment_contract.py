@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from flows.parameters import PROTECTED, RunSettings, check_overrides, overrides_list, settings_dict
 from lstm_core.config import ConfigError, ForecastConfig, ModelConfig, TrainingConfig, validate_config
@@ -30,8 +31,11 @@ def test_every_setting_is_a_typed_documented_parameter_field():
     assert list(schema["properties"]) == ["config_path", "settings", "allow_overrides"]
     assert all(schema["properties"][p].get("description") for p in schema["properties"])
     assert schema["properties"]["allow_overrides"]["anyOf"][0]["items"]["enum"] == list(PROTECTED)
-    for model, name in ((ForecastConfig, "RunSettings"), (ModelConfig, "ModelSettings"),
-                        (TrainingConfig, "TrainingSettings")):
+    sections = [(f.annotation, f.annotation.__name__.replace("Config", "Settings"))
+                for f in ForecastConfig.model_fields.values()
+                if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)]
+    assert {ModelConfig, TrainingConfig} <= {model for model, _ in sections}
+    for model, name in [(ForecastConfig, "RunSettings"), *sections]:
         definition = schema["definitions"][name]
         assert definition["additionalProperties"] is False
         assert set(definition["properties"]) == set(model.model_fields)
