@@ -65,17 +65,15 @@ def serialized_objects(node: Any, depth: int = 0, path: str = "") -> Iterator[tu
 
 
 def _reference_kwargs() -> list[dict[str, Any]]:
-    """Builder options that change which classes a model holds: each boolean option flipped alone and
-    all together, dropout on and off, seeded and unseeded. Options the builder lacks are left out."""
+    """Builder options that change which classes a model holds: its boolean options at their defaults and all
+    flipped, dropout on and off, seeded and unseeded. Options the builder lacks are left out."""
     from lstm_core.model import build_lstm
 
     params = inspect.signature(build_lstm).parameters
-    base = {"window": 8, "n_features": 2, "units": (4, 4), "dropout": 0.1, "skip_lag": 2, "seed": 1}
+    base = {"window": 4, "n_features": 2, "units": (2, 2), "dropout": 0.1, "skip_lag": 2, "seed": 1}
     flags = [name for name, p in params.items() if isinstance(p.default, bool)]
-    variants: list[dict[str, Any]] = [{}, {"dropout": 0.0, "seed": None, "skip_lag": 0, "n_features": 1,
-                                           "units": (4,)}]
-    variants += [{f: not params[f].default} for f in flags]
-    variants.append({f: not params[f].default for f in flags})
+    variants: list[dict[str, Any]] = [{}, {f: not params[f].default for f in flags},
+                                      {"dropout": 0.0, "seed": None, "skip_lag": 0, "n_features": 1, "units": (2,)}]
     return [{k: v for k, v in {**base, **v}.items() if k in params} for v in variants]
 
 
