@@ -321,6 +321,8 @@ KEY_KEEPS = {  # setting -> another value; none may change the key (where and wh
     "lease_ttl": 30,
     "shard_size": 10,
     "shard_rows": 1000,
+    "shard_bytes": 2**20,  # issue 16: how much a shard reads, and what size of saved model is loaded
+    "max_model_bytes": 2**20,
     "workers": 2,
     "dask_address": "tcp://sched:8786",
     "scratch_url": "s3://other/scratch",

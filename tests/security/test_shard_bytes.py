@@ -10,14 +10,16 @@ import pytest
 
 from lstm_core.errors import DataValidationError
 from lstm_core.sharding import plan_shards, read_shard, split_shards
-from lstm_core.storage import columns_to_read, parquet_read_bytes
+from lstm_core.config import validate_config
+from lstm_core.storage import parquet_read_bytes
 
 BLOB = "x" * 1000  # one long value, repeated: dictionary-encoded, a few KB on disk
 
 
-def _hostile(path, n_series: int = 8, length: int = 2000) -> str:
-    """Hourly series plus an unused string column whose 1 KB value repeats on every row."""
-    ids = np.repeat([f"s{i}" for i in range(n_series)], length)
+def _hostile(path, n_series: int = 8, length: int = 2000, long_ids: bool = False) -> str:
+    """Hourly series plus a string column whose 1 KB value repeats on every row (and, with `long_ids`,
+    series ids of 1 KB each: then a column every run reads is the hostile one)."""
+    ids = np.repeat([f"s{i}" + ("-" + BLOB if long_ids else "") for i in range(n_series)], length)
     frame = pd.DataFrame({"series_id": ids, "ds": np.tile(pd.date_range("2026-01-01", periods=length, freq="h"),
                                                           n_series),
                           "y": np.random.default_rng(0).normal(size=n_series * length), "blob": BLOB})
@@ -69,18 +71,19 @@ def test_a_series_alone_over_the_budget_is_refused_naming_it(tmp_path):
 
 def test_only_the_columns_read_count(tmp_path):
     path = _hostile(tmp_path / "in.parquet", n_series=2, length=4000)
-    assert columns_to_read(["series_id", "ds", "y", "blob"], None) == ["series_id", "ds", "y", "blob"]
-    assert columns_to_read(["series_id", "ds", "y", "blob"], ["y"]) == ["series_id", "ds", "y"]
-    # Declaring the covariates (none here) leaves the blob unread: the same budget now fits one shard.
-    plan = plan_shards(path, columns=["y"], shard_bytes=2**20, scratch=str(tmp_path / "s"))
-    assert plan.n_shards == 1 and plan.bytes < 2**20
+    # What a run reads (config.read_columns: id, time, target, declared covariates) leaves the blob unread:
+    # the budget that refused the file read whole fits it in one shard.
+    columns = validate_config({"freq": "h"}).read_columns()
+    assert columns == ["series_id", "ds", "y"]
+    plan = plan_shards(path, columns=columns, shard_bytes=2**20, scratch=str(tmp_path / "s"))
+    assert plan.n_shards == 1 and plan.bytes < 2**20 and plan.ignored_columns == ["blob"]
 
 
 @pytest.mark.usefixtures("prefect_server")
 def test_the_flow_refuses_it_before_reading_the_data(tmp_path):
     from flows.batch_forecast import batch_forecast
 
-    path = _hostile(tmp_path / "in.parquet", n_series=2, length=4000)
+    path = _hostile(tmp_path / "in.parquet", n_series=2, length=4000, long_ids=True)
     out = tmp_path / "out"
     with pytest.raises(DataValidationError, match="more than shard_bytes"):
         batch_forecast(settings={"input_url": path, "output_url": str(out), "freq": "h", "horizon": 12,
