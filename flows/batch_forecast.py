@@ -22,6 +22,7 @@ from typing import Any
 from prefect import flow, get_client, get_run_logger
 from prefect.context import FlowRunContext
 
+from flows.parameters import Overridable, RunSettings, check_overrides, overrides_list, settings_dict
 from flows.runners import execution
 from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
@@ -38,20 +39,33 @@ from tasks.reporting import publish_artifacts, render_plots
 from tasks.sharding import plan_shards, split_shards
 
 
-@flow(name="batch-forecast", log_prints=True)
-def batch_forecast(config_path: str | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+# Parameters are checked in the body (settings_dict), so a bad setting fails the run as a ConfigError naming it,
+# exactly as a bad setting in the file does; their types still make the parameter schema (the UI's form).
+@flow(name="batch-forecast", log_prints=True, validate_parameters=False)
+def batch_forecast(config_path: str | None = None, settings: RunSettings | None = None,
+                   allow_overrides: list[Overridable] | None = None) -> dict[str, Any]:
     """Forecast every series at `input_url` and commit predictions and metrics to `output_url`.
 
-    `config_path` is a YAML file; `settings` overrides it (nested keys, as in the file).
-    Secrets belong in the environment or the config file, not in `settings`: flow
-    parameters are stored by the Prefect server.
-
     In a deployment run, `settings` are merged over the deployment's own `settings`, so a manual
-    run passes only what changes. A run the scheduler created gets the run id of its slot
-    (`sched-<UTC start>-<config hash>`) unless `run_id` is set.
+    run passes only what changes; settings that decide where data goes or where code runs are the
+    deployment's unless it lists them in `allow_overrides`. A run the scheduler created gets the run
+    id of its slot (`sched-<UTC start>-<config hash>`) unless `run_id` is set.
+
+    Args:
+        config_path: YAML configuration file, re-read at every run. Secrets belong here or in the
+            environment, never in parameters (the Prefect server stores them). Fixed by the deployment.
+        settings: settings of this run, over the config file's (and the deployment's); empty fields keep theirs.
+        allow_overrides: the protected settings (URLs, dask_address, storage_options, config_path) a run of
+            this deployment may change. Set by the deployment; a run cannot change it.
     """
-    settings = merge_settings(_deployment_settings(), settings or {})
-    config = load_config(config_path, overrides=settings)  # stops here on a bad setting, before any work
+    given = settings_dict(settings)  # stops here on a bad parameter, before any work
+    overrides_list(allow_overrides)
+    deployment = _deployment()
+    if deployment is not None:  # stops here on a refused override, before any work
+        check_overrides(f"batch-forecast/{deployment.name}", deployment.parameters or {},
+                        {"config_path": config_path, "settings": given, "allow_overrides": allow_overrides})
+    base = dict((deployment.parameters or {}).get("settings") or {}) if deployment is not None else {}
+    config = load_config(config_path, overrides=merge_settings(base, given))  # stops here on a bad setting
     return run_pipeline(config)
 
 
@@ -60,14 +74,13 @@ def _flow_run():
     return ctx.flow_run if ctx is not None else None
 
 
-def _deployment_settings() -> dict[str, Any]:
-    """The `settings` parameter the deployment of this run was created with ({} outside deployments)."""
+def _deployment():
+    """The deployment this flow run was created from (None outside deployments)."""
     run = _flow_run()
     if run is None or run.deployment_id is None:
-        return {}
+        return None
     with get_client(sync_client=True) as client:
-        deployment = client.read_deployment(run.deployment_id)
-    return dict((deployment.parameters or {}).get("settings") or {})
+        return client.read_deployment(run.deployment_id)
 
 
 def scheduled_slot() -> datetime | None:
@@ -92,7 +105,7 @@ def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tupl
 
 def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     logger = get_run_logger()
-    secrets = secret_values(config.storage_options, [config.input_url, config.output_url])
+    secrets = secret_values(config.storage_options, config.urls())
     install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential
     slot = scheduled_slot()
     run_id, run_id_source = resolve_run_id(config, slot)

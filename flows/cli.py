@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cron", default=DEFAULT_CRON, help=f"schedule of the 'scheduled' deployment "
                        f"(default {DEFAULT_CRON!r}: every night at 02:00)")
     serve.add_argument("--timezone", default="UTC", help="IANA time zone of the cron schedule (default UTC)")
+    serve.add_argument("--allow-override", dest="allow_overrides", action="append", default=[], metavar="SETTING",
+                       help="let a run of the deployments change this protected setting (config_path, a *_url "
+                       "setting, dask_address or storage_options; repeatable). Without it they are fixed here")
     demo = sub.add_parser("demo", help="run the flow on the bundled sample dataset (local, no server)",
                           description="Write a small sample dataset under ./data/demo and forecast it.")
     demo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
@@ -77,16 +80,16 @@ def _resolve(config_path: str | None, settings: dict[str, Any], sets: list[str])
     credentials reach the flow through this process's environment (LSTM_FORECAST_*) instead.
     """
     from lstm_core.config import ENV_PREFIX, load_config
-    from lstm_core.secrets import secret_values, url_userinfo
+    from lstm_core.secrets import has_credentials, secret_values
 
     config = load_config(config_path, overrides=settings, sets=sets)
-    _SECRETS.update(secret_values(config.storage_options, [config.input_url, config.output_url]))
+    _SECRETS.update(secret_values(config.storage_options, config.urls()))
     resolved = config.model_dump(mode="json", exclude={"storage_options"}, exclude_defaults=True)
     private: dict[str, str] = {}
     if config.storage_options:
         private["STORAGE_OPTIONS"] = json.dumps(config.storage_options)
-    for key in ("input_url", "output_url"):
-        if url_userinfo(getattr(config, key)):
+    for key in config.url_settings():  # user-info or a signed query string: never a flow parameter
+        if has_credentials(getattr(config, key)):
             private[key.upper()] = getattr(config, key)
             resolved.pop(key, None)
     os.environ.update({ENV_PREFIX + k: v for k, v in private.items()})
@@ -123,7 +126,26 @@ def serve_parameters(args: argparse.Namespace) -> dict[str, Any]:
     if config.run_id:
         raise ConfigError("setting 'run_id': not allowed when serving: scheduled runs derive theirs from the "
                           "slot, manual ones get a fresh one unless the run passes settings={\"run_id\": ...}")
-    return {"config_path": config_path, "settings": settings}
+    from pydantic import ValidationError
+
+    from flows.parameters import PROTECTED, RunSettings
+    from lstm_core.config import format_validation_error
+    from lstm_core.secrets import has_credentials
+
+    # The deployments' parameters are stored by the Prefect server: no secret may be one.
+    try:
+        RunSettings.model_validate(settings)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc).replace("invalid configuration", "invalid parameter")) from None
+    for name in config.url_settings():
+        if has_credentials(settings.get(name)):
+            raise ConfigError(f"setting {name!r}: its URL carries credentials, and deployment parameters are "
+                              f"stored by the Prefect server: put the URL in the config file or the environment")
+    unknown = [name for name in args.allow_overrides if name not in PROTECTED]
+    if unknown:
+        raise ConfigError(f"--allow-override {unknown[0]!r}: not a protected setting (one of {', '.join(PROTECTED)}); "
+                          f"other settings may be changed by any run")
+    return {"config_path": config_path, "settings": settings, "allow_overrides": list(args.allow_overrides)}
 
 
 def build_deployments(args: argparse.Namespace, parameters: dict[str, Any]):

@@ -11,6 +11,7 @@ flow's temporary local API is exported to the workers (otherwise each would star
 from __future__ import annotations
 
 import builtins
+import json
 import logging
 import os
 import re
@@ -166,11 +167,15 @@ def shared_api_url() -> str:
     return server.api_url
 
 
-def worker_env(workers: int) -> dict[str, str]:
-    """Environment of each local worker: TensorFlow threads split between the workers."""
+def worker_env(workers: int, config: ForecastConfig | None = None) -> dict[str, str]:
+    """Environment of each local worker: TensorFlow threads split between the workers, and the run's storage
+    options, credentials included. They reach the worker processes from this one, never through the
+    scheduler: tasks get the configuration without them (ForecastConfig pickles without secrets)."""
     cores = os.cpu_count() or 1
     per_worker = max(1, cores // max(workers, 1))
-    return {
+    secrets = {"LSTM_FORECAST_STORAGE_OPTIONS": json.dumps(config.storage_options)} \
+        if config is not None and config.storage_options else {}
+    return {**secrets,
         "TF_NUM_INTRAOP_THREADS": str(per_worker),
         "TF_NUM_INTEROP_THREADS": "1",
         "OMP_NUM_THREADS": str(per_worker),
@@ -209,7 +214,7 @@ def execution(config: ForecastConfig, logger: logging.Logger | None = None) -> I
                     cluster_class="distributed.LocalCluster",
                     cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1, "processes": True,
                                     "dashboard_address": ":0", "silence_logs": logging.WARNING,
-                                    "env": worker_env(config.workers)},
+                                    "env": worker_env(config.workers, config)},
                 )
                 description = {"runner": "dask", "cluster": "LocalCluster"}
             quiet = logging.getLogger("distributed")

@@ -2,35 +2,50 @@
 
 Layout: `<store>/<model_key>/<version>/{member-0.keras, ..., scaler.json, metadata.json}`;
 `metadata.json` is written last, so a version without it is incomplete and ignored; it records
-each member's sha256, checked before Keras reads the file.
-Models load only through Keras safe mode (no arbitrary code, no pickle).
+the sha256 of each member and of scaler.json, checked before anything parses those files.
+
+Whoever can write the model store can write those checksums too, so on their own they detect
+corruption, not tampering. With `LSTM_FORECAST_MODEL_SIGNING_KEY` set, the metadata (checksums
+included) carries an HMAC-SHA256 made with that key, and a model whose signature is missing or
+wrong is not loaded. Either way, a member is loaded only when its `config.json` holds nothing but
+what the model builder produces (lstm_core.model_guard), then through Keras safe mode.
 """
 from __future__ import annotations
 
 import hashlib
+import hmac
 import importlib.metadata
 import json
 import os
 import tempfile
+import typing
 import zipfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any, Literal
 
 import keras
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
 import lstm_core.model  # noqa: F401 - registers custom layers for safe-mode loading
+from lstm_core.config import ConfigError, ForecastConfig
 from lstm_core.covariates import StaticEncoder
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError
+from lstm_core.model_guard import UnsafeArchive, check_archive
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
 from lstm_core.secrets import scrub
-from lstm_core.storage import filesystem, is_storage_failure, join, put_bytes, read_json, storage_error, write_json
+from lstm_core.storage import filesystem, join, put_bytes, storage_error, write_json
 
 FORMAT_VERSION = 2  # 2: chunked, patched network with deseasonalisation
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
+SIGNING_KEY_ENV = "LSTM_FORECAST_MODEL_SIGNING_KEY"
+MIN_SIGNING_KEY_LENGTH = 32
+MAX_MODEL_BYTES = 2**30  # default cap on one member archive (setting max_model_bytes)
+MAX_METADATA_BYTES = 16 * 2**20
+CLOCK_SKEW = timedelta(hours=1)  # a model "created" further in the future than this is not trusted
 
 
 def package_versions() -> dict[str, str]:
@@ -58,6 +73,130 @@ def new_version(now: datetime | None = None) -> str:
     return now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + os.urandom(3).hex()
 
 
+# --- metadata.json ------------------------------------------------------------
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _MemberRecord(BaseModel):
+    """What the product reads of a member's training record (plots, summaries); the rest is kept."""
+
+    model_config = ConfigDict(extra="allow")
+    history: dict[str, list[float | None]] = Field(default_factory=dict)
+    best_epoch: StrictInt = 0
+
+
+class _TrainingRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    best_val_loss: float | None = None
+    members: list[_MemberRecord] = Field(default_factory=list)
+
+
+def _choices(setting: str) -> Any:
+    """The values a configuration setting takes (its Literal), so saved values follow the config."""
+    return Literal[typing.get_args(ForecastConfig.model_fields[setting].annotation)]
+
+
+class ModelMetadata(BaseModel):
+    """The shape `metadata.json` must have; anything else is a corrupt model (retrained, reason recorded)."""
+
+    model_config = ConfigDict(extra="allow")
+    format_version: StrictInt
+    model_key: StrictStr
+    version: StrictStr
+    created_at: StrictStr  # ISO 8601 with a time zone (checked below)
+    members: StrictInt = Field(ge=1, le=1000)
+    window: StrictInt = Field(ge=1)
+    feature_names: list[StrictStr] = Field(min_length=1)
+    scaler_kind: _choices("scaler")  # type: ignore[valid-type]
+    target_transform: _choices("target_transform") = "none"  # type: ignore[valid-type]
+    season_length: StrictInt = Field(1, ge=1)
+    deseasonalize: Literal["auto", "multiplicative", "additive", "off"] = "off"
+    known: list[StrictInt] = Field(default_factory=list)  # feature columns known ahead (model inputs)
+    config: dict[str, Any] = Field(default_factory=dict)
+    data_fingerprint: StrictStr = ""
+    training: _TrainingRecord = Field(default_factory=_TrainingRecord)
+    versions: dict[str, StrictStr]
+    sha256: dict[str, Sha256] = Field(default_factory=dict)
+    group: StrictStr | None = None
+    static_encoder: dict[str, Any] | None = None
+    signature: dict[str, StrictStr] | None = None
+
+    @field_validator("created_at")
+    @classmethod
+    def _aware_iso(cls, v: str) -> str:
+        if datetime.fromisoformat(v).tzinfo is None:  # ValueError for a string that is no time at all
+            raise ValueError("must be an ISO 8601 time with a time zone")
+        return v
+
+
+def parse_metadata(raw: bytes, url: str, key: bytes | None = None) -> dict[str, Any]:
+    """`metadata.json` checked (signature first, when `key` is given) against ModelMetadata.
+
+    Returns it as a plain dict with defaults filled in; a corrupt one raises ArtifactError naming the field.
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"model {url}: metadata.json is corrupt: {type(exc).__name__}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ArtifactError(f"model {url}: metadata.json is corrupt: not an object")
+    if key is not None:
+        _verify(data, key, url)
+    if data.get("format_version") != FORMAT_VERSION:  # before the shape: another format may differ
+        raise ArtifactError(f"model {url}: artifact format {data.get('format_version')!r} is not supported "
+                            f"(expected {FORMAT_VERSION})")
+    try:
+        checked = ModelMetadata.model_validate(data).model_dump()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "metadata"
+        raise ArtifactError(f"model {url}: metadata.json is corrupt: field {where!r}: {err['msg']}") from None
+    return checked
+
+
+# --- signing ----------------------------------------------------------------------
+def signing_key(environ: typing.Mapping[str, str] | None = None) -> bytes | None:
+    """The HMAC key from LSTM_FORECAST_MODEL_SIGNING_KEY, or None when it is not set."""
+    value = (os.environ if environ is None else environ).get(SIGNING_KEY_ENV)
+    if not value:
+        return None
+    if len(value) < MIN_SIGNING_KEY_LENGTH:
+        raise ConfigError(f"{SIGNING_KEY_ENV} is shorter than {MIN_SIGNING_KEY_LENGTH} characters")
+    return value.encode()
+
+
+def _canonical(metadata: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in metadata.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def sign(metadata: dict[str, Any], key: bytes) -> dict[str, str]:
+    """HMAC-SHA256 over the metadata (every file's sha256 included), as stored under `signature`."""
+    return {"algorithm": "hmac-sha256", "value": hmac.new(key, _canonical(metadata), hashlib.sha256).hexdigest()}
+
+
+def _verify(metadata: dict[str, Any], key: bytes, url: str) -> None:
+    signature = metadata.get("signature")
+    if not isinstance(signature, dict) or not signature:
+        raise ArtifactError(f"model {url}: not signed, and {SIGNING_KEY_ENV} is set: unsigned models are not loaded")
+    expected = sign(metadata, key)
+    if signature.get("algorithm") != expected["algorithm"] or \
+            not hmac.compare_digest(str(signature.get("value", "")), expected["value"]):
+        raise ArtifactError(f"model {url}: its signature does not match: the artifact was changed after it was "
+                            f"saved, or signed with another key")
+
+
+def _sha256_ok(name: str, data: bytes, checksums: dict[str, str], url: str, signed: bool) -> None:
+    digest = hashlib.sha256(data).hexdigest()
+    if name not in checksums:
+        if signed:
+            raise ArtifactError(f"model {url}: {name} has no recorded sha256, so the signature does not cover it")
+        return
+    if digest != checksums[name]:
+        raise ArtifactError(f"model {url}: {name} is corrupt: its sha256 {digest[:12]}... differs from "
+                            f"the {checksums[name][:12]}... recorded when it was saved")
+
+
 @dataclass
 class LoadedModel:
     forecaster: Forecaster
@@ -72,6 +211,7 @@ def save(forecaster: Forecaster, store_url: str, model_key: str, *, config: dict
     if forecaster.per_series is not None:
         raise ArtifactError("per-series models are not saved to the model store (train them each run)")
     version = version or new_version()
+    key = signing_key()
     fs, root = filesystem(store_url, storage_options)
     base = join(root, model_key, version)
     checksums = {}
@@ -82,9 +222,11 @@ def save(forecaster: Forecaster, store_url: str, model_key: str, *, config: dict
             with open(local, "rb") as fh:
                 data = fh.read()
             checksums[f"member-{i}.keras"] = hashlib.sha256(data).hexdigest()
-            put_bytes(fs, join(base, f"member-{i}.keras"), data)
+            put_bytes(fs, join(base, f"member-{i}.keras"), data, root=root)
     if forecaster.scaler is not None:
-        write_json(fs, join(base, "scaler.json"), forecaster.scaler.to_dict())
+        data = json.dumps(forecaster.scaler.to_dict(), indent=2, sort_keys=True, default=str).encode()
+        checksums["scaler.json"] = hashlib.sha256(data).hexdigest()
+        put_bytes(fs, join(base, "scaler.json"), data, root=root)
     metadata = {
         "format_version": FORMAT_VERSION,
         "model_key": model_key,
@@ -107,7 +249,10 @@ def save(forecaster: Forecaster, store_url: str, model_key: str, *, config: dict
         "sha256": checksums,
         **(extra or {}),
     }
-    write_json(fs, join(base, "metadata.json"), metadata)  # last: marks the version complete
+    metadata = json.loads(json.dumps(metadata, default=str))  # signed exactly as it reads back
+    if key is not None:
+        metadata["signature"] = sign(metadata, key)
+    write_json(fs, join(base, "metadata.json"), metadata, root=root)  # last: marks the version complete
     return version
 
 
@@ -142,73 +287,97 @@ def list_versions(store_url: str, model_key: str, storage_options: dict | None =
 
 
 def load(store_url: str, model_key: str, version: str, storage_options: dict | None = None,
-         expect_features: tuple[str, ...] | None = None, expect_window: int | None = None) -> LoadedModel:
-    """Load one version; refuse a corrupt or incompatible artifact with a clear ArtifactError."""
+         expect_features: tuple[str, ...] | None = None, expect_window: int | None = None,
+         max_bytes: int = MAX_MODEL_BYTES, now: datetime | None = None) -> LoadedModel:
+    """Load one version; refuse a corrupt, unsafe, unsigned (when a key is set) or incompatible artifact
+    with a clear ArtifactError. A storage failure raises StorageError (the caller may retry).
+
+    `max_bytes` caps each member archive (its object and its unpacked entries).
+    """
     fs, root = filesystem(store_url, storage_options)
     base = join(root, model_key, version)
     url = scrub(f"{store_url.rstrip('/')}/{model_key}/{version}")  # named in messages: no credentials
-    try:
-        meta = read_json(fs, join(base, "metadata.json"))
-    except FileNotFoundError:
-        raise ArtifactError(f"model {url}: metadata.json missing (incomplete artifact)") from None
-    except (ValueError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"model {url}: metadata.json is corrupt: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - could not reach it: say so, do not call the model corrupt
-        raise storage_error(f"model {url}: cannot read metadata.json", exc) from None
-    if not isinstance(meta, dict):
-        raise ArtifactError(f"model {url}: metadata.json is corrupt: not an object")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"model {url}: artifact format {meta.get('format_version')} is not supported "
-                            f"(expected {FORMAT_VERSION})")
-    saved_keras = str(meta.get("versions", {}).get("keras", ""))
+    key = signing_key()
+    meta = parse_metadata(_read(fs, join(base, "metadata.json"), "metadata.json", url, MAX_METADATA_BYTES,
+                                missing="metadata.json missing (incomplete artifact)"), url, key)
+    if (meta["model_key"], meta["version"]) != (model_key, version):
+        raise ArtifactError(f"model {url}: metadata.json describes {meta['model_key']}/{meta['version']}, "
+                            f"not the version stored here")
+    created = datetime.fromisoformat(meta["created_at"])
+    if created > (now or datetime.now(timezone.utc)) + CLOCK_SKEW:
+        raise ArtifactError(f"model {url}: metadata.json is corrupt: created_at {meta['created_at']} is in the future")
+    saved_keras = str(meta["versions"].get("keras", ""))
     if saved_keras.split(".")[:1] != keras.__version__.split(".")[:1]:
         raise ArtifactError(f"model {url}: saved with Keras {saved_keras}, running {keras.__version__}")
-    if expect_features is not None and tuple(meta.get("feature_names", ())) != tuple(expect_features):
-        raise ArtifactError(f"model {url}: feature schema {meta.get('feature_names')} differs from the data's "
+    if expect_features is not None and tuple(meta["feature_names"]) != tuple(expect_features):
+        raise ArtifactError(f"model {url}: feature schema {meta['feature_names']} differs from the data's "
                             f"{list(expect_features)}")
-    if expect_window is not None and meta.get("window") != expect_window:
-        raise ArtifactError(f"model {url}: window {meta.get('window')} differs from the configured {expect_window}")
+    if expect_window is not None and meta["window"] != expect_window:
+        raise ArtifactError(f"model {url}: window {meta['window']} differs from the configured {expect_window}")
     members = []
-    checksums = meta.get("sha256") or {}
+    checksums = meta["sha256"]
     with tempfile.TemporaryDirectory(prefix="lstm-artifact-") as tmp:
-        for i in range(int(meta.get("members", 0))):
+        for i in range(meta["members"]):
             name = f"member-{i}.keras"
+            data = _read(fs, join(base, name), name, url, max_bytes, missing=f"{name} missing")
+            # Check the bytes before anything parses them: a damaged file gets a plain message.
+            _sha256_ok(name, data, checksums, url, signed=key is not None)
             local = os.path.join(tmp, name)
-            try:
-                with open(local, "wb") as fh:
-                    fh.write(fs.cat_file(join(base, name)))
-            except FileNotFoundError:
-                raise ArtifactError(f"model {url}: {name} missing") from None
-            except Exception as exc:  # noqa: BLE001
-                raise storage_error(f"model {url}: cannot read {name}", exc) from None
-            # Check the bytes before Keras parses them: a damaged file gets a plain message.
-            with open(local, "rb") as fh:
-                digest = hashlib.sha256(fh.read()).hexdigest()
-            if name in checksums and digest != checksums[name]:
-                raise ArtifactError(f"model {url}: {name} is corrupt: its sha256 {digest[:12]}... differs from "
-                                    f"the {checksums[name][:12]}... recorded when it was saved")
+            with open(local, "wb") as fh:
+                fh.write(data)
+            del data
             if not zipfile.is_zipfile(local):
                 raise ArtifactError(f"model {url}: {name} is corrupt: not a .keras (zip) archive")
             try:
-                # Safe mode: no Lambda layers or other arbitrary code, no pickle, from any artifact.
+                check_archive(local, max_bytes)
+            except UnsafeArchive as exc:
+                raise ArtifactError(f"model {url}: {name} is corrupt or unsafe: {exc}") from None
+            try:
+                # Safe mode as a second line: no Python lambdas, no pickle, from any artifact.
                 members.append(keras.saving.load_model(local, compile=False, safe_mode=True))
             except Exception as exc:  # noqa: BLE001 - Keras raises many types for a broken file
                 raise ArtifactError(f"model {url}: {name} is corrupt or unsafe: "
                                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    if not members:
-        raise ArtifactError(f"model {url}: no model members recorded")
     scaler = None
     try:
-        scaler = SeriesScaler.from_dict(read_json(fs, join(base, "scaler.json")))
+        raw = _read(fs, join(base, "scaler.json"), "scaler.json", url, MAX_METADATA_BYTES, missing=None)
     except FileNotFoundError:
-        pass
-    except Exception as exc:  # noqa: BLE001
-        if is_storage_failure(exc):
-            raise storage_error(f"model {url}: cannot read scaler.json", exc) from None
-        raise ArtifactError(f"model {url}: scaler.json is corrupt: {exc}") from None
-    encoder = StaticEncoder.from_dict(meta["static_encoder"]) if meta.get("static_encoder") else None
-    forecaster = Forecaster(members, int(meta["window"]), tuple(meta["feature_names"]), meta["scaler_kind"],
-                            meta.get("training", {}), scaler, target_transform=meta.get("target_transform", "none"),
-                            static_encoder=encoder, season_length=int(meta.get("season_length", 1)),
-                            deseasonalize=meta.get("deseasonalize", "off"), known=tuple(meta.get("known", ())))
+        if key is not None and "scaler.json" in checksums:
+            raise ArtifactError(f"model {url}: scaler.json missing") from None
+        raw = None
+    if raw is not None:
+        _sha256_ok("scaler.json", raw, checksums, url, signed=key is not None)
+        try:
+            scaler = SeriesScaler.from_dict(json.loads(raw))
+        except Exception as exc:  # noqa: BLE001
+            raise ArtifactError(f"model {url}: scaler.json is corrupt: {exc}") from None
+    try:
+        encoder = StaticEncoder.from_dict(meta["static_encoder"]) if meta["static_encoder"] else None
+    except Exception as exc:  # noqa: BLE001 - any shape the writer did not make
+        raise ArtifactError(f"model {url}: metadata.json is corrupt: field 'static_encoder': {exc}") from None
+    forecaster = Forecaster(members, meta["window"], tuple(meta["feature_names"]), meta["scaler_kind"],
+                            meta["training"], scaler, target_transform=meta["target_transform"],
+                            static_encoder=encoder, season_length=meta["season_length"],
+                            deseasonalize=meta["deseasonalize"], known=tuple(meta["known"]))
     return LoadedModel(forecaster, meta, url)
+
+
+def _read(fs, path: str, name: str, url: str, max_bytes: int, missing: str | None) -> bytes:
+    """One file of a version, refused when larger than `max_bytes`; FileNotFoundError when `missing` is None."""
+    try:
+        size = fs.size(path)
+        if size is not None and size > max_bytes:
+            raise ArtifactError(f"model {url}: {name} is {size:,} bytes, more than the {max_bytes:,} allowed "
+                                f"(setting max_model_bytes)")
+        data = fs.cat_file(path)
+    except FileNotFoundError:
+        if missing is None:
+            raise
+        raise ArtifactError(f"model {url}: {missing}") from None
+    except ArtifactError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - could not reach it: say so, do not call the model corrupt
+        raise storage_error(f"model {url}: cannot read {name}", exc) from None
+    if len(data) > max_bytes:
+        raise ArtifactError(f"model {url}: {name} is more than the {max_bytes:,} bytes allowed")
+    return data

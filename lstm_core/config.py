@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
+import typing
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -20,14 +22,16 @@ from pandas.tseries.offsets import Tick
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lstm_core.errors import ConfigError
-from lstm_core.secrets import MASK, is_secret_name, scrub
+from lstm_core.secrets import MASK, has_credentials, is_secret_name, scrub, without_secrets
 
 __all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "default_season_length",
            "default_window", "load_config", "validate_config"]
 
 ENV_PREFIX = "LSTM_FORECAST_"
-NOT_SETTINGS = {"LSTM_FORECAST_DEBUG"}  # variables with the prefix that are not settings
+# Variables with the prefix that the project reads for itself (not settings).
+NOT_SETTINGS = {"LSTM_FORECAST_DEBUG", "LSTM_FORECAST_PROGRESS", "LSTM_FORECAST_MODEL_SIGNING_KEY"}
 DASK_ADDRESS = r"^(tcp|tls)://[^\s/:]+:[0-9]{1,5}$"
+log = logging.getLogger("lstm_core.config")
 
 
 class _Strict(BaseModel):
@@ -37,7 +41,7 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     units: list[int] = Field(default_factory=lambda: [64], description="LSTM units per stacked layer")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each LSTM layer")
-    bidirectional: bool = Field(False, description="wrap each LSTM in Bidirectional")
+    bidirectional: bool = Field(False, description="wrap each LSTM layer in Bidirectional")
     level_normalization: bool = Field(
         True, description="make each window relative to its level (the mean of its last patch of values)")
     chunk: int | Literal["auto"] = Field(
@@ -48,8 +52,8 @@ class ModelConfig(_Strict):
         "the largest divisor of the window below it)")
     deseasonalize: Literal["auto", "multiplicative", "additive", "off"] = Field(
         "auto", description="remove each series' seasonal profile (fitted on its history) before the network and "
-        "restore it after: 'auto' where a seasonality test finds the season (multiplicative for series modelled "
-        "as log, additive otherwise), 'multiplicative' (skips series with zeros or negatives), 'additive', 'off'")
+        "restore it after: 'auto' where the seasonality is strong (seasonal strength >= 0.6; multiplicative for "
+        "series modelled as log, additive otherwise), 'multiplicative' (skips series with zeros or negatives), 'additive', 'off'")
 
     @field_validator("units")
     @classmethod
@@ -73,11 +77,11 @@ class ModelConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(256, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    loss: Literal["mse", "mae", "huber"] = "mae"
-    patience: int = Field(10, ge=1)
+    epochs: int = Field(50, ge=1, description="epoch cap")
+    batch_size: int = Field(256, ge=1, description="windows per batch (Adam)")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate")
+    loss: Literal["mse", "mae", "huber"] = Field("mae", description="training loss")
+    patience: int = Field(10, ge=1, description="early-stopping patience, in epochs")
     windows_per_series: int = Field(128, ge=1, description="random training windows per series per epoch")
     validation_steps: int | None = Field(None, ge=1, description="validation targets per series (default: horizon)")
     max_train_minutes: float | None = Field(None, gt=0, description="wall-clock training budget")
@@ -97,8 +101,9 @@ class BacktestConfig(_Strict):
 class ForecastConfig(_Strict):
     """Settings of one batch forecasting job."""
 
-    input_url: str = "data/demo/series.parquet"
-    output_url: str = "data/demo/output"
+    input_url: str = Field("data/demo/series.parquet",
+                           description="Parquet file or hive-partitioned folder, any fsspec URL")
+    output_url: str = Field("data/demo/output", description="where predictions, metrics, manifests and models go")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (secrets allowed)")
     input_format: Literal["auto", "parquet", "csv"] = Field(
         "auto", description="'auto': CSV when the path (or every file of a folder) ends in .csv, else Parquet")
@@ -121,7 +126,7 @@ class ForecastConfig(_Strict):
     filters: list[list[Any]] | None = Field(None, description="pyarrow filters, e.g. [['region', '==', 'eu']]")
 
     freq: str | None = Field(None, description="pandas frequency of the series; unset: inferred from the data")
-    horizon: int = Field(24, ge=1)
+    horizon: int = Field(24, ge=1, description="steps to forecast (and the holdout length)")
     season_length: int | None = Field(
         None, ge=1, description="season in steps (default from freq); a list such as [24, 168] gives more seasons")
     extra_season_lengths: list[int] = Field(
@@ -130,16 +135,16 @@ class ForecastConfig(_Strict):
                                "multiple of the patch covering three horizons, the season and the frequency's "
                                "natural cycle (a week for hourly and daily data, a year for weekly, monthly, "
                                "quarterly data)")
-    scaler: Literal["standard", "minmax", "naive"] = "naive"
+    scaler: Literal["standard", "minmax", "naive"] = Field("naive", description="per-series scaling")
     target_transform: Literal["auto", "log", "none"] = Field(
         "auto", description="model log(y): 'auto' for series whose training values are all positive")
-    gap_policy: Literal["fill", "skip", "error"] = "fill"
+    gap_policy: Literal["fill", "skip", "error"] = Field("fill", description="what a gap in a series does")
     max_gap: int = Field(3, ge=0, description="longest run of missing steps that 'fill' interpolates")
-    mode: Literal["global", "per_series"] = "global"
+    mode: Literal["global", "per_series"] = Field("global", description="one model for all series, or one each")
 
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    backtest: BacktestConfig = Field(default_factory=BacktestConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="how it is trained")
+    backtest: BacktestConfig = Field(default_factory=BacktestConfig, description="rolling-origin backtest windows")
 
     # --- prediction intervals -------------------------------------------
     levels: list[int | float] = Field(
@@ -149,7 +154,7 @@ class ForecastConfig(_Strict):
         "conformal", description="conformal intervals from backtest residuals in units of each series' naive "
         "error ('conformal'), or relative (log-scale) residuals for positive series ('conformal_log')")
 
-    retrain: Literal["auto", "always", "never"] = "auto"
+    retrain: Literal["auto", "always", "never"] = Field("auto", description="train, or load the saved model")
     max_model_age: timedelta = Field(timedelta(days=7), description="older models are retrained under 'auto'")
     degradation_tolerance: float = Field(
         0.5, ge=0, description="retrain when holdout error exceeds recorded validation error by this share"
@@ -160,8 +165,11 @@ class ForecastConfig(_Strict):
         description="use this saved model version (found under any key of the model store) instead of choosing")
     model_url: str | None = Field(
         None, description="use the saved model version at this URL (<store>/<model_key>/<version>)")
-    seed: int = 42
-    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$")
+    max_model_bytes: int = Field(
+        2**30, ge=1024, description="a saved model member larger than this (archive or unpacked) is not loaded")
+    seed: int = Field(42, description="same data, config and seed give the same forecasts")
+    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$",
+                               description="name of the run's partition; re-running a run id replaces it")
     lease_ttl: timedelta = Field(
         timedelta(minutes=5), gt=timedelta(0),
         description="a run's lease on its run id expires this long after its last heartbeat",
@@ -170,6 +178,9 @@ class ForecastConfig(_Strict):
     # --- scale-out ------------------------------------------------------
     shard_size: int = Field(5_000, ge=1, description="series per shard; each shard is read and forecast alone")
     shard_rows: int = Field(2_500_000, ge=1, description="rows per shard at most: long series, fewer per shard")
+    shard_bytes: int = Field(
+        256 * 2**20, ge=1, description="bytes per shard at most, uncompressed, of the columns read (from the "
+        "Parquet metadata): wide or hostile files are split into more shards, a series alone over it is refused")
     group_column: str | None = Field(None, min_length=1, description="column naming each series' model group")
     workers: int | None = Field(None, ge=1, description="start a local Dask cluster of this many worker processes")
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster")
@@ -238,6 +249,13 @@ class ForecastConfig(_Strict):
     def _consistent(self) -> "ForecastConfig":
         if self.workers is not None and self.dask_address is not None:
             raise ValueError("set either workers (a local Dask cluster) or dask_address (an existing one), not both")
+        if self.workers is not None or self.dask_address is not None:
+            # Task arguments are pickled to the Dask scheduler: they must carry no credentials.
+            for name in self.url_settings():
+                if has_credentials(getattr(self, name)):
+                    raise ValueError(f"{name} carries credentials (user-info or a signed query string), which "
+                                     f"would be sent to the Dask scheduler with every task: give the workers "
+                                     f"credentials in their environment (AWS_*, LSTM_FORECAST_STORAGE_OPTIONS)")
         if self.columns is not None:
             raise ValueError("'columns' is replaced by declared roles: list each covariate under future_covariates "
                              "(known ahead), historic_covariates (observed only) or static_covariates")
@@ -274,6 +292,21 @@ class ForecastConfig(_Strict):
             raise ValueError(f"window ({self.window}) must be a multiple of the patch length ({self.patch_length}); "
                              "set model.patch to a divisor of the window")
         return self
+
+    # --- crossing process boundaries ------------------------------------
+    # Tasks on Dask workers get the configuration pickled through the scheduler. Whatever pickles it,
+    # it carries no secret storage options; the process that unpickles it takes them from its own
+    # environment (LSTM_FORECAST_STORAGE_OPTIONS: a LocalCluster's workers get it from the flow;
+    # an existing cluster's workers set it, or the AWS_* variables, themselves).
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        fields = dict(state["__dict__"])
+        fields["storage_options"] = without_secrets(fields.get("storage_options") or {})
+        return {**state, "__dict__": fields}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__["storage_options"] = with_environment_secrets(self.__dict__.get("storage_options") or {})
 
     # --- derived values -------------------------------------------------
     @property
@@ -402,14 +435,26 @@ class ForecastConfig(_Strict):
         data.pop("run_id", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
+    @classmethod
+    def url_settings(cls) -> list[str]:
+        """Every setting that names a storage location (input, output, scratch, models...): `*_url`."""
+        return [name for name in cls.model_fields if name.endswith("_url")]
+
+    def urls(self) -> list[str]:
+        """The values of the URL settings that are set."""
+        return [v for v in (getattr(self, name) for name in self.url_settings()) if v]
+
     def public_dict(self) -> dict[str, Any]:
-        """The resolved configuration with secrets removed (for manifests, logs, artifacts)."""
+        """The resolved configuration with secrets removed (for manifests, logs, artifacts).
+
+        Storage options lose their secret-named values; every URL setting loses its user-info and
+        credential query parameters (pre-signed and SAS URLs).
+        """
         data = self.model_dump(mode="json")
         data["storage_options"] = redact(data["storage_options"])
-        data["input_url"] = redact_url(data["input_url"])
-        data["output_url"] = redact_url(data["output_url"])
-        if data.get("scratch_url"):
-            data["scratch_url"] = redact_url(data["scratch_url"])
+        for name in self.url_settings():
+            if data.get(name):
+                data[name] = redact_url(data[name])
         return data
 
 
@@ -438,6 +483,19 @@ def default_season_length(freq: str) -> int:
         m = per_year[name]
         return m // n if m % n == 0 and m // n > 1 else 1
     return 1
+
+
+def with_environment_secrets(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`options` with the storage options of this process's environment (LSTM_FORECAST_STORAGE_OPTIONS,
+    JSON) merged over them: how a worker gets the credentials a pickled configuration left behind."""
+    raw = (os.environ if environ is None else environ).get(ENV_PREFIX + "STORAGE_OPTIONS")
+    if not raw:
+        return dict(options)
+    try:
+        extra = json.loads(raw)
+    except ValueError:
+        raise ConfigError(f"{ENV_PREFIX}STORAGE_OPTIONS is not JSON") from None
+    return merge_settings(options, extra) if isinstance(extra, Mapping) else dict(options)
 
 
 def resolve_chunk(chunk: Any, horizon: int) -> int:
@@ -504,7 +562,8 @@ def redact(options: Any) -> Any:
 
 
 def redact_url(url: str) -> str:
-    """Drop credentials embedded in a URL (scheme://user:pass@host/...)."""
+    """Drop credentials embedded in a URL: user-info (`scheme://user:pass@host/...`, with or without the
+    scheme) and credential query parameters (`X-Amz-Signature`, `X-Amz-Credential`, `sig`, `token`...)."""
     return scrub(url) if isinstance(url, str) else url
 
 
@@ -527,16 +586,43 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
+def names_a_setting(dotted: str, model: type[BaseModel] | None = None) -> bool:
+    """True when `dotted` (e.g. 'training.epochs', 'storage_options.key') is a setting of the configuration."""
+    node: Any = model or ForecastConfig
+    for i, part in enumerate(dotted.split(".")):
+        if not (isinstance(node, type) and issubclass(node, BaseModel)):
+            return False
+        field = node.model_fields.get(part)
+        if field is None:
+            return False
+        node = field.annotation
+        if typing.get_origin(node) is dict or node is dict:  # free-form (storage_options): any key below
+            return True
+    return True
+
+
 def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """LSTM_FORECAST_HORIZON=13, LSTM_FORECAST_TRAINING__EPOCHS=5 -> nested dict."""
+    """LSTM_FORECAST_HORIZON=13, LSTM_FORECAST_TRAINING__EPOCHS=5 -> nested dict.
+
+    Only variables that name a setting are read. Others with the prefix are ignored with a debug
+    line: a platform may set them (Kubernetes adds LSTM_FORECAST_SERVICE_HOST for a Service named
+    lstm-forecast), and the project's own switches (NOT_SETTINGS) are not settings.
+    """
     environ = os.environ if environ is None else environ
     out: dict[str, Any] = {}
     for key, raw in environ.items():
-        if key in NOT_SETTINGS:
+        if key in NOT_SETTINGS or not key.startswith(ENV_PREFIX) or len(key) == len(ENV_PREFIX):
             continue
-        if key.startswith(ENV_PREFIX) and len(key) > len(ENV_PREFIX):
-            dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
-            _set_dotted(out, dotted, _parse_value(raw))
+        dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
+        if not names_a_setting(dotted):
+            section = dotted.split(".", 1)[0]
+            if "." in dotted and names_a_setting(section):  # a section's own name: most likely a typo
+                log.warning("ignoring environment variable %s: %r has no setting %r", key, section,
+                            dotted.split(".", 1)[1])
+            else:
+                log.debug("ignoring environment variable %s: it names no setting", key)
+            continue
+        _set_dotted(out, dotted, _parse_value(raw))
     return out
 
 

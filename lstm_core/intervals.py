@@ -439,7 +439,7 @@ def save_intervals(intervals: ConformalIntervals, store_url: str, model_key: str
     """Write `intervals.json` into the model version's folder (one whole object); returns its path."""
     fs, root = filesystem(store_url, storage_options)
     path = join(root, model_key, version, INTERVALS_FILE)
-    write_json(fs, path, intervals.to_dict())
+    write_json(fs, path, intervals.to_dict(), root=root)  # locally, no planted link below the store is followed
     return path
 
 

@@ -10,7 +10,9 @@ and when it was last renewed.
   this same machine that no longer exists (a crash, SIGKILL). The takeover is itself a
   compare-and-swap on the stale lease's ETag, so two re-runs cannot both win.
 - Local paths: an exclusive `flock` on the lease file; the kernel releases it when the
-  holder exits or dies, so a crashed run never blocks its re-run.
+  holder exits or dies, so a crashed run never blocks its re-run. The run folder is opened
+  without following links (a link there refuses the run) and the file with O_NOFOLLOW: a
+  link planted at `lease.json` is replaced by a real file, never written through.
 - Other fsspec stores: best effort (check, then write), documented as racy.
 
 The holder checks its lease once more right before committing the manifest; a run that
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -34,11 +37,12 @@ import fsspec
 
 from lstm_core.errors import LeaseLostError, RunLockedError, StorageError
 from lstm_core.secrets import scrub
-from lstm_core.storage import is_local, join, storage_error
+from lstm_core.storage import is_local, join, open_dir, storage_error
 
 log = logging.getLogger("lstm_core.lease")
 
 LEASE = "lease.json"
+MAX_TTL = 86400.0
 
 
 def _now() -> float:
@@ -129,7 +133,7 @@ class RunLease:
                 heartbeat: bool = True) -> "RunLease":
         lease = cls(fs, join(root, "runs", run_id, LEASE), run_id, float(ttl))
         if is_local(fs):
-            lease._acquire_local()
+            lease._acquire_local(root)
         else:
             lease._acquire_store()
         if heartbeat and not is_local(fs):
@@ -150,11 +154,14 @@ class RunLease:
             f"run {self.run_id} is already running ({_describe(body)}; lease {scrub(self.path)}); "
             f"refusing to start it twice. Wait for it, or use another run_id")
 
-    def _acquire_local(self) -> None:
+    def _acquire_local(self, root: str) -> None:
         import fcntl
 
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        dfd = open_dir(root, os.path.dirname(self.path))  # LinkRefused if runs/ or runs/<id> is a link
+        try:
+            fd = self._open_local(dfd)
+        finally:
+            os.close(dfd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -168,6 +175,27 @@ class RunLease:
         os.pwrite(fd, self._body(), 0)
         os.fsync(fd)
         self._fd = fd
+
+    def _open_local(self, dfd: int) -> int:
+        """The lease file, never through a link. A planted link is replaced by a real file; the swap is
+        serialised by a lock on the run folder, so two processes cannot end up locking two files."""
+        import fcntl
+
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(LEASE, flags, 0o644, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+        fcntl.flock(dfd, fcntl.LOCK_EX)
+        try:
+            if stat.S_ISLNK(os.lstat(LEASE, dir_fd=dfd).st_mode):
+                log.warning("run %s: %s was a symbolic link; replaced by a real lease file (its target is "
+                            "untouched)", self.run_id, scrub(self.path))
+                os.unlink(LEASE, dir_fd=dfd)
+            return os.open(LEASE, flags, 0o644, dir_fd=dfd)
+        finally:
+            fcntl.flock(dfd, fcntl.LOCK_UN)
 
     def _read_store(self) -> tuple[dict[str, Any] | None, str | None]:
         """The current lease body and its ETag; (None, None) when there is none."""
@@ -240,11 +268,14 @@ class RunLease:
             raise storage_error(f"run {self.run_id}: cannot take lease {scrub(self.path)}", exc) from None
 
     def _stale_reason(self, body: dict[str, Any]) -> str | None:
-        renewed = body.get("renewed_at_epoch")
-        ttl = float(body.get("ttl_s") or self.ttl)
-        if not isinstance(renewed, (int, float)):
+        renewed, ttl = body.get("renewed_at_epoch"), body.get("ttl_s") or self.ttl
+        if not isinstance(renewed, (int, float)) or not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
             return "the lease is unreadable"
+        # A lease's own ttl counts, but no more than a day (or ours): a lease body cannot hold a run id forever.
+        ttl = min(float(ttl), max(self.ttl, MAX_TTL))
         age = _now() - renewed
+        if -age > ttl:  # claims a renewal further ahead than the ttl: planted, or a broken clock
+            return f"its renewal time ({renewed:.0f} s since the epoch) is in the future"
         if age > ttl:
             return f"not renewed for {age:.0f} s (ttl {ttl:.0f} s)"
         if holder_is_dead(body):

@@ -7,12 +7,12 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from lstm_core.artifacts import LoadedModel, list_versions, load
+from lstm_core.artifacts import MAX_MODEL_BYTES, LoadedModel, list_versions, load
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError, ConfigError
 from lstm_core.panel import Panel
 from lstm_core.secrets import scrub
-from lstm_core.storage import filesystem, join, read_json
+from lstm_core.storage import filesystem, is_storage_failure, join, read_json
 from lstm_core.training import model_inputs
 from lstm_core.windows import tail_windows, validation_span
 
@@ -65,12 +65,15 @@ def decide(
     features: tuple[str, ...] | None = None,
     versions: list[str] | None = None,
     note: str = "",
+    max_model_bytes: int = MAX_MODEL_BYTES,
 ) -> Decision:
     """Apply the retrain policy ('auto', 'always', 'never') to the model store.
 
     Under 'never' no data is needed: pass `train_panel=None` (and the expected `features` to check them;
     the model key already fixes the covariates' names and roles). `versions`: the candidates, newest
     first (default: every complete version under the key); `note` is added to a load's reason.
+    A saved model that is corrupt, unsafe or unusable on the data in any way is never loaded:
+    'auto' retrains and gives the reason; 'never' raises ArtifactError.
     """
     if train_panel is None and policy != "never":
         raise ValueError(f"retrain policy {policy!r} needs the training data")
@@ -88,7 +91,7 @@ def decide(
     for version in versions:  # newest first; fall back past corrupt or incompatible ones
         try:
             loaded = load(store_url, model_key, version, storage_options,
-                          expect_features=expect, expect_window=window)
+                          expect_features=expect, expect_window=window, max_bytes=max_model_bytes, now=now)
             if train_panel is not None:
                 # the data as this model reads them (its static vocabulary): the same columns?
                 have = tuple(loaded.forecaster.adapt(train_panel).feature_names)
@@ -113,8 +116,16 @@ def decide(
     age = now - created
     if age > max_age:
         return Decision("train", f"model {version} is {_human(age)} old, older than max_model_age {_human(max_age)}")
-    recorded = float(loaded.metadata.get("training", {}).get("best_val_loss", float("nan")))
-    current = validation_loss(loaded.forecaster, train_panel, validation_steps, loss)
+    best = (loaded.metadata.get("training") or {}).get("best_val_loss")
+    recorded = float("nan") if best is None else float(best)
+    try:
+        current = validation_loss(loaded.forecaster, train_panel, validation_steps, loss)
+    except Exception as exc:  # noqa: BLE001 - a network whose shapes or weights do not fit the data
+        if is_storage_failure(exc):
+            raise
+        log.warning("model %s cannot be used on this data: %s", version, exc)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return Decision("train", f"model {version} cannot be used on this data: {type(exc).__name__}: {first}")
     if np.isfinite(recorded) and np.isfinite(current) and current > recorded * (1 + tolerance):
         return Decision("train", f"model {version} degraded: validation {loss} on newest data {current:.4f} > "
                                  f"recorded {recorded:.4f} x (1 + {tolerance:g})")
@@ -135,7 +146,7 @@ def decide_for(config, store_url: str, train_panel: Panel | None, group: str | N
     key = config.model_key(group)
     common = dict(window=config.window, validation_steps=config.validation_steps, loss=config.training.loss,
                   max_age=config.max_model_age, tolerance=config.degradation_tolerance,
-                  storage_options=config.storage_options, now=now)
+                  storage_options=config.storage_options, now=now, max_model_bytes=config.max_model_bytes)
     if config.retrain == "always":
         return decide("always", store_url, key, train_panel, **common)
     versions = list_versions(store_url, key, config.storage_options)
@@ -175,7 +186,7 @@ def _metadata(store_url: str, key: str, version: str, storage_options) -> dict |
         meta = read_json(fs, join(root, key, version, "metadata.json"))
     except FileNotFoundError:
         return None
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         return None  # corrupt: load() says so when it is tried
     return meta if isinstance(meta, dict) else None
 
@@ -260,7 +271,7 @@ def load_pinned(config, store_url: str, train_panel: Panel | None) -> Decision:
             raise ArtifactError(f"model_version {version} is not in the model store {scrub(store_url)} "
                                 f"(newest per key: {', '.join(newest) or 'none'})")
         key = found[0]
-    loaded = load(store, key, version, options)
+    loaded = load(store, key, version, options, max_bytes=config.max_model_bytes)
     saved = network_settings_of(loaded.metadata)
     if saved is not None:
         wanted = config.network_settings()

@@ -20,6 +20,7 @@ a half-replaced run is never marked succeeded.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -28,11 +29,15 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
+from lstm_core.config import with_environment_secrets
 from lstm_core.lease import LEASE
-from lstm_core.storage import filesystem, join, put_bytes, read_json, remove_file, remove_tree, write_json, write_parquet
+from lstm_core.secrets import scrub, without_secrets
+from lstm_core.storage import (LinkRefused, filesystem, is_local, join, put_bytes, read_json, remove_file, remove_tree,
+                               write_json, write_parquet)
 
 TABLES = ("predictions", "metrics", "quarantine")
 MANIFEST = "manifest.json"
+FOLDERS = (*TABLES, "runs", "models", "_scratch")  # what a run writes under the output root
 
 
 def _ts(tz: str | None) -> pa.DataType:
@@ -81,16 +86,35 @@ class RunWriter:
     root: str
     run_id: str
     lease: Any = None  # a lstm_core.lease.RunLease; checked before clearing and before committing
+    url: str | None = None  # set by `open`: lets a copy rebuild its filesystem without pickled credentials
+    storage_options: dict | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Shard tasks on Dask workers get a copy without the lease (it holds a heartbeat thread):
         # the flow's process owns the lease and checks it before clearing and before committing.
-        return {**self.__dict__, "lease": None}
+        # Nor the filesystem, which would pickle its credentials: the copy rebuilds it from the URL and
+        # the storage options without secrets, plus those of its own environment.
+        state = {**self.__dict__, "lease": None}
+        if self.url is not None:
+            state.update(fs=None, storage_options=without_secrets(self.storage_options or {}))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if self.fs is None:
+            self.storage_options = with_environment_secrets(self.storage_options or {})
+            self.fs = filesystem(self.url, self.storage_options)[0]
 
     @classmethod
     def open(cls, output_url: str, run_id: str, storage_options: dict | None = None) -> "RunWriter":
+        """The writer of one run. Locally, refuses (LinkRefused) an output root whose folders are links."""
         fs, root = filesystem(output_url, storage_options)
-        return cls(fs, root, run_id)
+        if is_local(fs):
+            for name in FOLDERS:  # the model store and scratch are written from their own roots: check here
+                if os.path.islink(os.path.join(root, name)):
+                    raise LinkRefused(f"{scrub(os.path.join(root, name))} is a symbolic link: refusing to write "
+                                      f"through it (the job writes only real folders under the output root)")
+        return cls(fs, root, run_id, url=output_url, storage_options=dict(storage_options or {}))
 
     def part_path(self, table: str, part: int | str = 0) -> str:
         return join(self.root, table, f"run={self.run_id}", f"part-{part}.parquet")
@@ -106,7 +130,7 @@ class RunWriter:
         """
         if self.lease is not None:
             self.lease.check()
-        remove_file(self.fs, self.manifest_path)
+        remove_file(self.fs, self.manifest_path, root=self.root)
         run_dir = join(self.root, "runs", self.run_id)
         self.fs.invalidate_cache(run_dir)
         try:
@@ -115,9 +139,9 @@ class RunWriter:
             entries = []
         for entry in entries:  # the run's own files (plots...), all but the lease
             if entry.rstrip("/").rsplit("/", 1)[-1] not in (LEASE, MANIFEST):
-                remove_tree(self.fs, entry)
+                remove_tree(self.fs, entry, root=self.root)
         for table in TABLES:
-            remove_tree(self.fs, join(self.root, table, f"run={self.run_id}"))
+            remove_tree(self.fs, join(self.root, table, f"run={self.run_id}"), root=self.root)
 
     def write(self, table: str, df: pd.DataFrame, part: int | str = 0) -> str:
         schema = {"metrics": METRICS_SCHEMA, "quarantine": QUARANTINE_SCHEMA}.get(table)
@@ -126,7 +150,7 @@ class RunWriter:
             schema = predictions_schema(str(tz) if tz is not None else None)
         df = df.assign(run_id=self.run_id)[schema.names]
         path = self.part_path(table, part)
-        write_parquet(self.fs, path, df, schema)
+        write_parquet(self.fs, path, df, schema, root=self.root)
         return path
 
     def write_file(self, name: str, data: bytes) -> str:
@@ -134,13 +158,13 @@ class RunWriter:
         if name.startswith("/") or ".." in name.split("/") or name == MANIFEST:
             raise ValueError(f"run file name {name!r} must be a relative path other than the manifest")
         path = join(self.root, "runs", self.run_id, name)
-        put_bytes(self.fs, path, data)
+        put_bytes(self.fs, path, data, root=self.root)
         return path
 
     def commit(self, manifest: dict[str, Any]) -> str:
         if self.lease is not None:
             self.lease.check()  # a run that lost its run id to another process never commits
-        write_json(self.fs, self.manifest_path, {**manifest, "run_id": self.run_id})
+        write_json(self.fs, self.manifest_path, {**manifest, "run_id": self.run_id}, root=self.root)
         return self.manifest_path
 
     def read_manifest(self) -> dict[str, Any] | None:

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from typing import Any, Iterable, Mapping
+from urllib.parse import unquote
 
 MASK = "***"
 # Names whose values are credentials: storage option keys and environment variables.
@@ -20,11 +21,24 @@ NOT_SECRET_NAMES = {"key_prefix", "keep_alive"}
 # Shorter values are not scrubbed from free text: they would mask ordinary words.
 MIN_SECRET_LENGTH = 8
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+# The same without a scheme, as libraries quote paths (`user:pass@bucket/key`): a password is required,
+# so e-mail addresses and `host@...` stay readable.
+_BARE_USERINFO = re.compile(r"(?<![\w.+%~*-])(?P<userinfo>[\w.~%+!$&*,;=-]+:[^\s/@:'\"]+)@(?=[\w\[])")
+# Query-string parameters (pre-signed S3/GCS URLs, Azure SAS, tokens): `?X-Amz-Signature=...&sig=...`.
+_QUERY_PARAM = re.compile(r"(?P<lead>[?&;](?P<name>[A-Za-z0-9_.\-]+)=)(?P<value>[^&#\s'\"<>]*)")
+# Credential parameters whose names is_secret_name does not catch (Azure SAS `sig`, OAuth `code`...).
+SECRET_QUERY_NAMES = {"sig", "code", "pwd", "pass", "auth", "authorization"}
 
 
 def is_secret_name(name: str) -> bool:
     low = str(name).lower()
     return low not in NOT_SECRET_NAMES and any(p in low for p in SECRET_NAME_PARTS)
+
+
+def is_secret_query_name(name: str) -> bool:
+    """A query parameter carrying a credential: X-Amz-Signature, X-Amz-Credential, X-Amz-Security-Token,
+    AWSAccessKeyId, X-Goog-Signature, sig (Azure SAS), token, access_token, key, code..."""
+    return is_secret_name(name) or str(name).lower() in SECRET_QUERY_NAMES
 
 
 def url_userinfo(url: str) -> list[str]:
@@ -36,6 +50,20 @@ def url_userinfo(url: str) -> list[str]:
     return out
 
 
+def url_credentials(url: str) -> list[str]:
+    """Every credential a URL carries: its user-info and the values of its credential query parameters
+    (as written and URL-decoded, since libraries quote either)."""
+    out = url_userinfo(url)
+    for m in _QUERY_PARAM.finditer(url or ""):
+        if is_secret_query_name(m.group("name")) and m.group("value"):
+            out.extend({m.group("value"), unquote(m.group("value"))})
+    return out
+
+
+def has_credentials(url: str | None) -> bool:
+    return bool(url) and bool(url_credentials(url))
+
+
 def _walk(options: Any, into: set[str]) -> None:
     if isinstance(options, Mapping):
         for k, v in options.items():
@@ -44,10 +72,24 @@ def _walk(options: Any, into: set[str]) -> None:
             elif isinstance(v, str):
                 if is_secret_name(k):
                     into.add(v)
-                into.update(url_userinfo(v))
+                into.update(url_credentials(v))
     elif isinstance(options, (list, tuple)):
         for v in options:
             _walk(v, into)
+    elif isinstance(options, str):
+        into.update(url_credentials(options))
+
+
+def without_secrets(options: Any) -> Any:
+    """Storage options without their credentials: secret-named keys and values carrying URL credentials are
+    dropped (not masked: a masked value would be used as a key). What may travel to other processes."""
+    if isinstance(options, Mapping):
+        return {k: without_secrets(v) for k, v in options.items()
+                if not (is_secret_name(k) and not isinstance(v, Mapping))
+                and not (isinstance(v, str) and url_credentials(v))}
+    if isinstance(options, list):
+        return [without_secrets(v) for v in options if not (isinstance(v, str) and url_credentials(v))]
+    return options
 
 
 def secret_values(storage_options: Mapping[str, Any] | None = None, urls: Iterable[str] = (),
@@ -57,7 +99,7 @@ def secret_values(storage_options: Mapping[str, Any] | None = None, urls: Iterab
     found: set[str] = set()
     _walk(storage_options or {}, found)
     for url in urls:
-        found.update(url_userinfo(url))
+        found.update(url_credentials(url))
     for name, value in environ.items():
         if is_secret_name(name) and name.upper().startswith(("AWS_", "LSTM_FORECAST_", "AZURE_", "GOOGLE_", "GCS_",
                                                               "R2_", "MINIO_", "PREFECT_API_KEY")):
@@ -66,13 +108,17 @@ def secret_values(storage_options: Mapping[str, Any] | None = None, urls: Iterab
 
 
 def scrub(text: str, values: Iterable[str] = ()) -> str:
-    """`text` with every known secret value, and any URL user-info, replaced by ***."""
+    """`text` with every known secret value, any URL user-info (with or without a scheme) and the values
+    of credential query parameters replaced by ***."""
     if not text:
         return text
     for v in sorted(set(values), key=len, reverse=True):
         if v in text:
             text = text.replace(v, MASK)
-    return _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    text = _URL_USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    text = _BARE_USERINFO.sub(f"{MASK}@", text)
+    return _QUERY_PARAM.sub(lambda m: m.group("lead") + MASK if is_secret_query_name(m.group("name"))
+                            and m.group("value") else m.group(0), text)
 
 
 class ScrubFilter(logging.Filter):

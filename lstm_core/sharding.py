@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from lstm_core.errors import DataValidationError, StorageError
 from lstm_core.storage import (REQUIRED, _explain_read_failure, _physical_schemas, column_types, filesystem, is_local,
-                               join, open_dataset, put_bytes, read_schema, remove_tree, to_frame)
+                               join, open_dataset, parquet_read_bytes, put_bytes, read_schema, remove_tree, to_frame)
 
 SHARD_KEY = "lstm-fc-shard-01"  # 16-byte SipHash keys: shard assignment and training sample are independent
 TRAIN_KEY = "lstm-fc-train-01"
@@ -101,6 +101,7 @@ class ShardPlan:
     split_seconds: float | None = None
     ignored_columns: list[str] = field(default_factory=list)  # input columns no setting asks for (not read)
     freq: str | None = None  # the frequency inferred from a sample of the series (when asked for)
+    bytes: int = 0  # what the shards read, uncompressed, estimated from the Parquet metadata
 
     @property
     def n_shards(self) -> int:
@@ -115,7 +116,8 @@ class ShardPlan:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "series": self.n_series, "rows": self.rows, "shard_size": self.shard_size, "shards": self.n_shards,
+            "series": self.n_series, "rows": self.rows, "bytes": self.bytes, "shard_size": self.shard_size,
+            "shards": self.n_shards,
             "split": self.sharded, "group_column": self.group_column,
             "groups": [{"group": g.name, "series": g.n_series, "shards": len(g.shards), "train_series": g.sample_size,
                         "train_data": "shard" if g.train is None else ("scratch" if g.train.url else "input")}
@@ -186,9 +188,46 @@ def _batches(src: _Input, columns: list[str]) -> Iterator[pa.RecordBatch]:
 
 
 def _count(table: pa.Table, keys: list[str]) -> pa.Table:
-    """Distinct keys with their summed row counts `n`."""
-    out = table.group_by(keys).aggregate([("n", "sum")])
-    return pa.table({**{k: out.column(k) for k in keys}, "n": out.column("n_sum")})
+    """Distinct keys with their summed row counts `n` and read bytes `b`."""
+    out = table.group_by(keys).aggregate([("n", "sum"), ("b", "sum")])
+    return pa.table({**{k: out.column(k) for k in keys}, "n": out.column("n_sum"), "b": out.column("b_sum")})
+
+
+class _RowBytes:
+    """Bytes per row of each input file, over the columns a shard reads, from the file's Parquet footer.
+
+    CSV files have no such metadata: they count 0 here and are bounded by `shard_rows` alone.
+    """
+
+    def __init__(self, src: "_Input", columns: list[str]) -> None:
+        self.src, self.columns = src, columns
+        self.fragments = {f.path: f for f in src.dataset.get_fragments()}
+        self.per_file: dict[str, float] = {}
+
+    def __call__(self, path: str) -> float:
+        if path not in self.per_file:
+            fragment = self.fragments.get(path)
+            if not isinstance(fragment, pads.ParquetFileFragment):
+                self.per_file[path] = 0.0
+                return 0.0
+            try:
+                meta = fragment.metadata
+            except _READ_ERRORS as exc:
+                raise _explain_read_failure(self.src.url, self.src.fs, [path], self.columns, exc) from None
+            self.per_file[path] = parquet_read_bytes(meta, self.columns) / max(meta.num_rows, 1)
+        return self.per_file[path]
+
+
+def _shards_for_bytes(n_shards: int, hashes: np.ndarray, weights: np.ndarray, budget: int) -> int:
+    """Enough hash buckets that the fullest holds at most `budget` bytes (buckets are uneven, so more
+    than total / budget may be needed); each series fits on its own, which the caller checked."""
+    n = len(hashes)
+    n_shards = max(n_shards, math.ceil(float(weights.sum()) / budget))
+    while True:
+        per = np.bincount((hashes % np.uint64(n_shards)).astype(np.int64), weights=weights, minlength=n_shards)
+        if per.max(initial=0) <= budget or n_shards >= 8 * n:
+            return n_shards
+        n_shards = min(8 * n, max(n_shards + 1, math.ceil(n_shards * 1.25)))
 
 
 def _features(src: _Input) -> tuple[str, ...]:
@@ -228,6 +267,7 @@ def plan_shards(
     filters: list[list[Any]] | None = None,
     shard_size: int = 5_000,
     shard_rows: int | None = None,
+    shard_bytes: int | None = None,
     group_column: str | None = None,
     max_train_series: int | None = None,
     scratch: str | None = None,
@@ -239,29 +279,44 @@ def plan_shards(
     """List the series (reading only the id and group columns) and assign them to shards.
 
     A group gets ceil(series / shard_size) shards, or more when its rows exceed `shard_rows`
-    per shard (long series). `scratch` is the run's scratch folder, used only when the input
+    per shard (long series), or when the bytes a shard would read exceed `shard_bytes` (wide or
+    hostile files: counted from the Parquet footers over the columns a shard reads, see
+    `storage.parquet_read_bytes`). A series that alone exceeds `shard_bytes` is refused with
+    DataValidationError. `scratch` is the run's scratch folder, used only when the input
     needs more than one shard. `names` maps series_id, ds and y to the input's column names;
     `infer_freq`: also read the timestamps of a sample of series and infer their frequency.
     """
     src = _open_input(url, storage_options, columns, filters, group_column, input_format=input_format,
                       names=names, numeric=numeric)
     keys = [src.names["series_id"], *([group_column] if group_column else [])]
+    row_bytes = _RowBytes(src, [*src.columns, *([group_column] if group_column else [])])
     parts: list[pa.Table] = []
     held, rows = 0, 0
-    for batch in _batches(src, keys):
+    for batch in _batches(src, [*keys, "__filename"]):  # each batch comes from one file
         rows += batch.num_rows
         _check_ids(batch.column(0), url, keys[0])
+        per_row = row_bytes(batch.column(len(keys))[0].as_py()) if batch.num_rows else 0.0
         table = pa.table({**{k: _decoded(batch.column(i)) for i, k in enumerate(keys)},
-                          "n": pa.array(np.ones(batch.num_rows, dtype=np.int64))})
+                          "n": pa.array(np.ones(batch.num_rows, dtype=np.int64)),
+                          "b": pa.array(np.full(batch.num_rows, per_row, dtype=np.float64))})
         parts.append(_count(table, keys))
         held += parts[-1].num_rows
         if held > 4 * BATCH_ROWS:  # keep only distinct keys (and their row counts) while streaming
             parts = [_count(pa.concat_tables(parts), keys)]
             held = parts[0].num_rows
     pairs = _count(pa.concat_tables(parts), keys) if parts else pa.table(
-        {**{k: pa.array([], pa.string()) for k in keys}, "n": pa.array([], pa.int64())})
+        {**{k: pa.array([], pa.string()) for k in keys}, "n": pa.array([], pa.int64()),
+         "b": pa.array([], pa.float64())})
     ids = np.asarray(pairs.column(keys[0]).to_pylist(), dtype=object)
     series_rows = pairs.column("n").to_numpy()
+    series_bytes = pairs.column("b").to_numpy()
+    if shard_bytes is not None and len(ids) and series_bytes.max() > shard_bytes:
+        big = int(np.argmax(series_bytes))
+        raise DataValidationError(
+            f"this series alone reads about {series_bytes[big] / 2**20:,.1f} MiB of the columns "
+            f"{row_bytes.columns} (uncompressed, from the Parquet metadata), more than shard_bytes "
+            f"({shard_bytes / 2**20:,.1f} MiB): a shard holds whole series. Raise shard_bytes, or read fewer "
+            f"columns", source=url, series_id=str(ids[big]))
     pa.default_memory_pool().release_unused()
     if group_column:
         gcol = pairs.column(group_column)
@@ -291,6 +346,8 @@ def plan_shards(
         n_shards = max(1, math.ceil(n / shard_size))
         if shard_rows is not None:
             n_shards = min(max(n_shards, math.ceil(int(series_rows[mask].sum()) / shard_rows)), max(n, 1))
+        if shard_bytes is not None and n:
+            n_shards = _shards_for_bytes(n_shards, shard_hash[mask], series_bytes[mask], shard_bytes)
         counts = np.bincount((shard_hash[mask] % np.uint64(n_shards)).astype(np.int64), minlength=n_shards)
         members = [offset + k for k in range(n_shards) if counts[k] > 0] or [offset]
         for k in members:
@@ -319,7 +376,7 @@ def plan_shards(
             g.train = ShardSpec(-1, g.name, g.sample_size, series_ids=tuple(sorted(map(str, sample))), role="train")
     freq = sample_frequency(src) if infer_freq else None
     return ShardPlan(len(ids), rows, shard_size, src.columns, _features(src), group_column, plans, specs,
-                     run_scratch, ignored_columns=src.ignored, freq=freq)
+                     run_scratch, ignored_columns=src.ignored, freq=freq, bytes=int(series_bytes.sum()))
 
 
 def sample_frequency(src: _Input, max_rows: int = INFER_ROWS) -> str:
@@ -368,8 +425,8 @@ class _ScratchShard:
     bounded by the split's budget, not by the number of shards.
     """
 
-    def __init__(self, fs, folder: str, schema: pa.Schema) -> None:
-        self.fs, self.folder, self.schema = fs, folder, schema
+    def __init__(self, fs, folder: str, schema: pa.Schema, root: str | None = None) -> None:
+        self.fs, self.folder, self.schema, self.root = fs, folder, schema, root
         self.rows = self.parts = self.buffered_rows = 0
         self._open()
 
@@ -391,7 +448,8 @@ class _ScratchShard:
         if self.buffered_rows == 0 and (self.parts or not last):
             return  # nothing new (an empty shard still gets one empty part at the end)
         self.writer.close()
-        put_bytes(self.fs, f"{self.folder}/part-{self.parts:05d}.arrow", self.sink.getvalue().to_pybytes())
+        put_bytes(self.fs, f"{self.folder}/part-{self.parts:05d}.arrow", self.sink.getvalue().to_pybytes(),
+                  root=self.root)
         self.parts += 1
         if last:
             self.sink = self.writer = None
@@ -435,11 +493,12 @@ def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
     schema = pa.schema([src.dataset.schema.field(c) for c in plan.columns], metadata=src.dataset.schema.metadata)
     by_index = {s.index: s for s in plan.shards}
     outs: dict[Any, _ScratchShard] = {}
+    root = _path_of(plan.scratch, storage_options)  # no link below the run's scratch folder is followed
     for s in plan.shards:
-        outs[s.index] = _ScratchShard(fs, _path_of(s.url, storage_options), schema)
+        outs[s.index] = _ScratchShard(fs, _path_of(s.url, storage_options), schema, root)
     for gi, g in enumerate(plan.groups):
         if g.train is not None and g.train.url is not None:
-            outs[("train", gi)] = _ScratchShard(fs, _path_of(g.train.url, storage_options), schema)
+            outs[("train", gi)] = _ScratchShard(fs, _path_of(g.train.url, storage_options), schema, root)
     buffered = 0
     group_index = {g.name: gi for gi, g in enumerate(plan.groups)}
     n_shards = np.array([g.n_shards for g in plan.groups], dtype=np.uint64)
@@ -521,7 +580,7 @@ def run_scratch(scratch_root: str, run_id: str) -> str:
 def remove_scratch(scratch_root: str, run_id: str, storage_options: dict | None = None) -> None:
     """Remove the run's scratch folder, and the scratch root when no other run uses it."""
     fs, path = filesystem(run_scratch(scratch_root, run_id), storage_options)
-    remove_tree(fs, path)
+    remove_tree(fs, path, root=filesystem(scratch_root, storage_options)[1])
     if is_local(fs):
         try:
             fs.rmdir(path.rsplit("/", 1)[0])  # only if empty

@@ -8,11 +8,12 @@ locally, one PUT on object stores, so no reader sees half a file.
 """
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import uuid
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import fsspec
 import pandas as pd
@@ -23,7 +24,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from lstm_core.errors import DataValidationError, LstmForecastError, StorageError
-from lstm_core.secrets import scrub, url_userinfo
+from lstm_core.secrets import scrub, url_credentials
 
 REQUIRED = ("series_id", "ds", "y")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.lz4")
@@ -142,7 +143,7 @@ def open_dataset(url: str, storage_options: dict[str, Any] | None = None, input_
     if input_format not in ("auto", "parquet", "csv"):
         raise ValueError(f"input_format must be auto, parquet or csv, not {input_format!r}")
     shown = scrub(url)
-    hide = url_userinfo(url)
+    hide = url_credentials(url)
     fs, path = filesystem(url, storage_options)
     try:
         exists = fs.exists(path)
@@ -205,6 +206,37 @@ def check_input(url: str, storage_options: dict[str, Any] | None = None, input_f
                 raise DataValidationError(f"missing required column (have {sorted(have)})", source=opened.shown,
                                           column=col)
     return opened
+
+
+def parquet_read_bytes(metadata: pq.FileMetaData, columns: Sequence[str]) -> int:
+    """Bytes the named columns of a Parquet file take once read, from its footer alone (nothing decoded).
+
+    Each column chunk counts its uncompressed size. A dictionary-encoded string column's encoded size
+    hides how often a long value repeats (a few KB can decode to GBs), so it counts at least one
+    value of the longest length its statistics show per row (plus Arrow's 4-byte offset). Without
+    statistics only the encoded size is known.
+    """
+    wanted = set(columns)
+    total = 0
+    for rg in range(metadata.num_row_groups):
+        group = metadata.row_group(rg)
+        for ci in range(group.num_columns):
+            chunk = group.column(ci)
+            path = chunk.path_in_schema
+            if path not in wanted and path.split(".", 1)[0] not in wanted:
+                continue
+            size = chunk.total_uncompressed_size
+            if chunk.physical_type in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY") and chunk.has_dictionary_page:
+                stats = chunk.statistics if chunk.is_stats_set else None
+                if stats is not None and stats.has_min_max:
+                    longest = max(len(_utf8(stats.min)), len(_utf8(stats.max)))
+                    size = max(size, chunk.num_values * (longest + 4))
+            total += size
+    return total
+
+
+def _utf8(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
 
 
 def read_series(
@@ -393,26 +425,93 @@ def _explain_read_failure(shown, fs, files, wanted, exc) -> LstmForecastError:
 
 
 # --- writing ------------------------------------------------------------
-def put_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+# Locally, the job never writes through a symbolic link planted under the root it writes to: each
+# folder below the root is opened with O_NOFOLLOW (a link there refuses the write), and each file is
+# created as a fresh temp file (O_EXCL | O_NOFOLLOW) and renamed over the final name, which replaces a
+# link at that name instead of following it. Links above the root are the user's own layout.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+class LinkRefused(StorageError):
+    """A folder the job would write into is a symbolic link (never retried)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=False)
+
+
+def open_dir(root: str, path: str, create: bool = True) -> int:
+    """A file descriptor of the local folder `path` (created as needed) under `root`.
+
+    No folder between `root` and `path` may be a symbolic link: LinkRefused names the first one.
+    With `create` False a missing folder raises FileNotFoundError. The caller closes the descriptor.
+    """
+    root_abs, path_abs = os.path.abspath(root), os.path.abspath(path)
+    rel = os.path.relpath(path_abs, root_abs)
+    if rel == os.pardir or rel.startswith(os.pardir + os.sep):
+        raise ValueError(f"{path} is not under {root}")
+    if create:
+        os.makedirs(root_abs, exist_ok=True)
+    fd = os.open(root_abs, _DIR_FLAGS)
+    walked = root_abs
+    try:
+        for part in [] if rel == os.curdir else rel.split(os.sep):
+            walked = os.path.join(walked, part)
+            if create:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                child = os.open(part, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    kind = "a symbolic link" if os.path.islink(walked) else "not a folder"
+                    raise LinkRefused(f"{scrub(walked)} is {kind}: refusing to write through it "
+                                      f"(remove it; the job writes only real folders under {scrub(root_abs)})") from None
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _put_local(path: str, data: bytes, root: str | None) -> None:
+    folder, name = os.path.split(os.path.abspath(path))
+    dfd = open_dir(root if root is not None else folder, folder)
+    tmp = f".{name}.tmp-{uuid.uuid4().hex}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)  # replaces a link at `name`, never follows it
+        finally:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(dfd)
+
+
+def put_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, root: str | None = None) -> None:
     """Write one object whole (temp + rename locally; a single PUT on object stores).
 
-    A failure raises StorageError naming the object (permanent for permission problems).
+    Locally, `root` is the folder the job owns (the output root, the model store, the run's scratch):
+    no folder below it is followed if it is a symbolic link, and a link at `path` itself is replaced.
+    A failure raises StorageError naming the object (permanent for permission problems and links).
     """
     try:
         if is_local(fs):
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            _put_local(path, data, root)
         else:
             fs.pipe_file(path, data)
+    except StorageError:
+        raise
     except Exception as exc:  # noqa: BLE001 - name the object whatever the library raised
         raise storage_error(f"cannot write {scrub(path)}", exc) from None
 
@@ -424,12 +523,13 @@ def parquet_bytes(df: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
     return buf.getvalue()
 
 
-def write_parquet(fs: fsspec.AbstractFileSystem, path: str, df: pd.DataFrame, schema: pa.Schema | None = None) -> None:
-    put_bytes(fs, path, parquet_bytes(df, schema))
+def write_parquet(fs: fsspec.AbstractFileSystem, path: str, df: pd.DataFrame, schema: pa.Schema | None = None,
+                  *, root: str | None = None) -> None:
+    put_bytes(fs, path, parquet_bytes(df, schema), root=root)
 
 
-def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
-    put_bytes(fs, path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any, *, root: str | None = None) -> None:
+    put_bytes(fs, path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), root=root)
 
 
 def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
@@ -437,25 +537,46 @@ def read_json(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     return json.loads(fs.cat_file(path))
 
 
-def remove_tree(fs: fsspec.AbstractFileSystem, path: str) -> None:
-    """Delete `path` and everything under it, if present."""
+def _local_parents_ok(path: str, root: str | None) -> bool:
+    """Locally under `root`: False when `path` is itself a symbolic link (the caller removes only the link);
+    LinkRefused when a folder between `root` and `path` is one."""
+    if root is None:
+        return not os.path.islink(path)
+    os.close(open_dir(root, os.path.dirname(os.path.abspath(path)), create=False))
+    return not os.path.islink(path)
+
+
+def remove_tree(fs: fsspec.AbstractFileSystem, path: str, *, root: str | None = None) -> None:
+    """Delete `path` and everything under it, if present.
+
+    Locally a symbolic link at `path` is removed itself (what it points to is left alone), and under
+    `root` a link in a folder above `path` refuses the removal (LinkRefused).
+    """
     fs.invalidate_cache(path)
     try:
-        if fs.exists(path):
+        if is_local(fs) and not _local_parents_ok(path, root):
+            os.unlink(path)
+        elif fs.exists(path):
             fs.rm(path, recursive=True)
     except FileNotFoundError:
         pass
+    except StorageError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise storage_error(f"cannot delete {scrub(path)}", exc) from None
     fs.invalidate_cache(path)
 
 
-def remove_file(fs: fsspec.AbstractFileSystem, path: str) -> None:
-    """Delete one object, if present."""
+def remove_file(fs: fsspec.AbstractFileSystem, path: str, *, root: str | None = None) -> None:
+    """Delete one object, if present (locally, a link is removed itself; see remove_tree)."""
     try:
+        if is_local(fs):
+            _local_parents_ok(path, root)
         fs.rm_file(path)
     except FileNotFoundError:
         pass
+    except StorageError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise storage_error(f"cannot delete {scrub(path)}", exc) from None
     fs.invalidate_cache(path)

@@ -21,6 +21,7 @@ def plan_shards(config: ForecastConfig, run_id: str) -> ShardPlan:
     scratch = sharding.run_scratch(config.scratch_root, run_id)
     plan = sharding.plan_shards(config.input_url, config.storage_options, columns=config.read_columns(),
                                 filters=config.filters, shard_size=config.shard_size, shard_rows=config.shard_rows,
+                                shard_bytes=config.shard_bytes,
                                 group_column=config.group_column, max_train_series=config.training.max_series,
                                 scratch=scratch, infer_freq=config.freq is None, **config.input_options())
     if plan.ignored_columns:
@@ -29,7 +30,8 @@ def plan_shards(config: ForecastConfig, run_id: str) -> ShardPlan:
     if plan.freq is not None:
         logger.info("frequency not set: the series follow %r (inferred from their timestamps)", plan.freq)
     groups = f" in {len(plan.groups)} group(s) of {config.group_column!r}" if config.group_column else ""
-    logger.info("%d series (%d rows)%s -> %d shard(s) of about %d series%s", plan.n_series, plan.rows, groups,
+    logger.info("%d series (%d rows, about %.1f MiB to read)%s -> %d shard(s) of about %d series%s", plan.n_series,
+                plan.rows, plan.bytes / 2**20, groups,
                 plan.n_shards, round(plan.n_series / max(plan.n_shards, 1)),
                 f"; splitting the input under {redact_url(scratch)}" if plan.sharded else "; reading the input directly")
     return plan

@@ -301,6 +301,25 @@ def test_manual_deployment_runs_from_the_prefect_cli(stack):
     assert len(_rows_of(stack, "predictions", "manual-e2e")) == N_SERIES * H
 
 
+def test_manual_run_changing_where_data_goes_is_refused_naming_the_setting(stack):
+    """`output_url` is fixed by the deployment (served without --allow-override): the run fails before any
+    work, its state names the setting, and nothing is written where it pointed."""
+    _scheduled_run(stack)
+    deployment = _deployment(stack, "manual")
+    assert deployment.parameters["allow_overrides"] == []
+    elsewhere = f"s3://{stack['bucket']}/elsewhere"
+    settings = {"output_url": elsewhere, "run_id": "refused"}  # the other protected settings: unit-tested
+    out = subprocess.run([str(BIN / "prefect"), "deployment", "run", "batch-forecast/manual",
+                          "--param", f"settings={json.dumps(settings)}", "--watch", "--watch-timeout", "300"],
+                         env=stack["env"], capture_output=True, text=True, timeout=360)
+    assert out.returncode != 0, (out.stdout[-2000:], _diagnostics(stack))
+    state = sorted(_runs(deployment.id), key=lambda r: r.created)[-1].state
+    assert state.is_failed() and "setting 'output_url': fixed by the deployment batch-forecast/manual" in \
+        state.message, state.message
+    stack["fs"].invalidate_cache()
+    assert not stack["fs"].exists(elsewhere) and not stack["fs"].exists(f"{stack['output']}/runs/refused")
+
+
 def test_infra_prefect_yaml_registers_on_the_server(stack):
     """`prefect deploy` takes infra/prefect.yaml as it is (last: it replaces the served deployments' records)."""
     root = Path(__file__).resolve().parents[2]
@@ -317,7 +336,7 @@ def test_infra_prefect_yaml_registers_on_the_server(stack):
     for d in (scheduled, manual):
         assert d.work_pool_name == "forecast-pool" and d.work_queue_name == "batch-forecast"
         assert d.entrypoint == "flows/batch_forecast.py:batch_forecast"
-        assert d.parameters == {"config_path": "infra/job.yaml", "settings": {}}
+        assert d.parameters == {"config_path": "infra/job.yaml", "settings": {}, "allow_overrides": []}
         assert d.global_concurrency_limit.limit == 1
         assert d.concurrency_options.collision_strategy.value == "ENQUEUE"
         assert d.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(root)}}]

@@ -103,16 +103,22 @@ def test_compose_services_reference_files_that_exist(compose):
     assert seed.startswith("python -m flows.demo_data ") and (ROOT / "flows/demo_data.py").is_file()
 
 
-def test_env_example_matches_the_job_and_the_bucket():
+def test_env_example_matches_the_job_and_the_bucket(compose):
     env = dict(line.split("=", 1) for line in (INFRA / ".env.example").read_text().splitlines()
                if line and not line.startswith("#"))
-    for key in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    for key in ("MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "LAKE_ACCESS_KEY", "LAKE_SECRET_KEY",
                 "AWS_ENDPOINT_URL", "LAKE_BUCKET"):
         assert env.get(key), key
     job = yaml.safe_load((INFRA / "job.yaml").read_text())
     assert job["input_url"].startswith(f"s3://{env['LAKE_BUCKET']}/")
     assert job["output_url"].startswith(f"s3://{env['LAKE_BUCKET']}/")
-    assert env["AWS_SECRET_ACCESS_KEY"] == env["MINIO_ROOT_PASSWORD"]  # the defaults work together
+    # The defaults work together: the worker's key is the user create-bucket makes for the bucket.
+    worker = compose["services"]["worker"]["environment"]
+    assert worker["AWS_ACCESS_KEY_ID"].startswith("${LAKE_ACCESS_KEY")
+    assert worker["AWS_SECRET_ACCESS_KEY"].startswith("${LAKE_SECRET_KEY")
+    create = compose["services"]["create-bucket"]["command"][0]
+    assert 'mc admin user add local "$$LAKE_ACCESS_KEY" "$$LAKE_SECRET_KEY"' in create
+    assert 'mc mb --ignore-existing "local/$$LAKE_BUCKET"' in create
 
 
 @pytest.mark.parametrize("dockerfile, extra", [("Dockerfile", "cpu"), ("Dockerfile.gpu", "gpu")])

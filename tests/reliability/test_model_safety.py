@@ -1,6 +1,6 @@
 """A corrupt, incompatible or unsafe saved model is never loaded: the run retrains and says why.
 
-Models load only through Keras safe mode; nothing in the product unpickles data.
+Models load only after the archive allowlist, then through Keras safe mode; nothing in the product unpickles data.
 """
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def _unsafe_member(version_dir: Path, marker: Path) -> None:
     model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(outputs)))
     marker.unlink(missing_ok=True)  # building the model ran the lambda once; only loading counts
     model.save(version_dir / "member-0.keras")
-    # Forge the recorded checksum too, so that Keras safe mode is what has to refuse it.
+    # Forge the recorded checksum too, so that the load-time checks (allowlist, then safe mode) must refuse it.
     digest = hashlib.sha256((version_dir / "member-0.keras").read_bytes()).hexdigest()
     _edit_metadata(version_dir, sha256={"member-0.keras": digest})
 

@@ -1,0 +1,104 @@
+"""The flow's parameters as a contract: typed (the Prefect UI shows a form), documented, and checked.
+
+- `RunSettings` is the configuration (lstm_core.config.ForecastConfig) with every setting optional,
+  its sections likewise, its field descriptions and constraints kept and unknown keys refused. It
+  is derived from the configuration, so a new setting is a new parameter field by itself.
+- Settings that decide where data goes or where code runs (every `*_url`, `dask_address`,
+  `storage_options`, and the `config_path` parameter) are fixed by the deployment: a run of a
+  deployment may change one only if the deployment lists it in its own `allow_overrides`.
+- Flow parameters are stored by the Prefect server, so `storage_options` in them may hold no
+  secret-named value (keys, secrets, tokens stay in the config file or the environment).
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
+from typing_extensions import Annotated
+
+from lstm_core.config import ConfigError, ForecastConfig, format_validation_error, merge_settings
+from lstm_core.secrets import is_secret_name
+
+# What a deployment fixes unless it opts in, setting by setting.
+PROTECTED: tuple[str, ...] = ("config_path", *ForecastConfig.url_settings(), "dask_address", "storage_options")
+Overridable = Literal[PROTECTED]  # type: ignore[valid-type]
+
+
+def _optional(model: type[BaseModel], name: str, validators: dict | None = None) -> type[BaseModel]:
+    """`model` with every field optional (default None) and its sections likewise; descriptions,
+    constraints and value types kept; unknown keys refused."""
+    fields: dict[str, Any] = {}
+    for field_name, info in model.model_fields.items():
+        annotation = info.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            annotation = _optional(annotation, annotation.__name__.replace("Config", "Settings"))
+        elif info.metadata:
+            annotation = Annotated[annotation, *info.metadata]
+        fields[field_name] = (Optional[annotation], Field(None, description=info.description))
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=model.__doc__,
+                        __validators__=validators or {}, **fields)
+
+
+def _no_secrets(value: Any, where: str = "storage_options") -> None:
+    if isinstance(value, Mapping):
+        for key, inner in value.items():
+            if is_secret_name(key) and not isinstance(inner, Mapping):
+                raise ValueError(f"{where}.{key} looks like a secret, and flow parameters are stored by the "
+                                 f"Prefect server: put it in the config file or the environment")
+            _no_secrets(inner, f"{where}.{key}")
+
+
+def _storage_options_without_secrets(cls, value):
+    if value is not None:
+        _no_secrets(value)
+    return value
+
+
+RunSettings = _optional(ForecastConfig, "RunSettings", {
+    "no_secrets": field_validator("storage_options")(_storage_options_without_secrets)})
+RunSettings.__doc__ = ("Settings of this run, over the deployment's and the config file's (leave a field empty "
+                       "to keep theirs). Secrets never go here: parameters are stored by the Prefect server.")
+
+
+def settings_dict(settings: Any) -> dict[str, Any]:
+    """The settings a run passed, checked against RunSettings, as nested plain values (only those it set;
+    None means 'not set here'). A bad one raises ConfigError naming the setting, as the configuration does."""
+    if settings is None:
+        return {}
+    try:
+        checked = settings if isinstance(settings, RunSettings) else RunSettings.model_validate(settings)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    return checked.model_dump(mode="json", exclude_unset=True)
+
+
+def overrides_list(allow_overrides: Any) -> list[str]:
+    """`allow_overrides` checked: a list of protected settings' names (ConfigError otherwise)."""
+    try:
+        return list(TypeAdapter(Optional[list[Overridable]]).validate_python(allow_overrides) or [])
+    except ValidationError as exc:
+        raise ConfigError(f"parameter 'allow_overrides': each item must be one of {', '.join(PROTECTED)}; "
+                          f"{exc.errors()[0]['msg']}") from None
+
+
+def check_overrides(deployment: str, fixed: Mapping[str, Any], given: Mapping[str, Any]) -> None:
+    """Refuse (ConfigError, naming the setting) a run of `deployment` that changes a protected setting the
+    deployment does not list in `allow_overrides`.
+
+    `fixed` and `given` are the deployment's parameters and the run's (`config_path`, `settings`,
+    `allow_overrides`); settings absent from the run's own `settings` are the deployment's, unchanged.
+    """
+    allowed = list(fixed.get("allow_overrides") or [])
+    if overrides_list(given.get("allow_overrides")) != allowed:
+        raise ConfigError(f"parameter 'allow_overrides': fixed by the deployment {deployment} (it allows "
+                          f"{allowed or 'no overrides'}); a run cannot change it")
+    if given.get("config_path") != fixed.get("config_path") and "config_path" not in allowed:
+        raise ConfigError(f"parameter 'config_path': fixed by the deployment {deployment}; a run may change it "
+                          f"only if the deployment lists it in allow_overrides")
+    base, run = dict(fixed.get("settings") or {}), settings_dict(given.get("settings"))
+    for name in PROTECTED:
+        if name == "config_path" or name not in run or name in allowed:
+            continue
+        if merge_settings(base, {name: run[name]}).get(name) != base.get(name):
+            raise ConfigError(f"setting {name!r}: fixed by the deployment {deployment}; a run may change it only "
+                              f"if the deployment lists it in allow_overrides")
