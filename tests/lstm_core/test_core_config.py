@@ -304,6 +304,7 @@ TRAINING_RECORDED = {
     "training.learning_rate": 0.01,
     "training.loss": "mse",
     "training.windows_per_series": 64,
+    "training.min_windows_per_epoch": 0,
     "training.validation_steps": 12,
     "training.ensemble_size": 2,
     "training.snapshots": 1,
