@@ -77,11 +77,11 @@ class ModelConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(50, ge=1, description="epoch cap")
+    epochs: int = Field(100, ge=1, description="epoch cap")
     batch_size: int = Field(256, ge=1, description="windows per batch (Adam)")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate")
     loss: Literal["mse", "mae", "huber"] = Field("mae", description="training loss")
-    patience: int = Field(10, ge=1, description="early-stopping patience, in epochs")
+    patience: int = Field(15, ge=1, description="early-stopping patience, in epochs")
     windows_per_series: int = Field(128, ge=1, description="random training windows per series per epoch")
     min_windows_per_epoch: int = Field(
         32_768, ge=0, description="draw more windows per series when the panel is small, so an epoch has at least "
