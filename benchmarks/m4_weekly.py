@@ -1,57 +1,37 @@
-"""M4 weekly accuracy: the engine with the flow's defaults, scored by the independent M4 scorer.
+"""M4 weekly accuracy and time, through the CLI with its defaults, with --season 52 and with --season 1.
 
-    python benchmarks/m4_weekly.py [--data ../shared/data/m4-weekly] [--series N] [--json]
+    python benchmarks/m4_weekly.py [--data ../shared/data/m4-weekly] [--series N] [--keep DIR] [--json]
+                                   [-- extra lstm-forecast run flags]
 
-Trains on train.parquet exactly as the flow does (holdout = last H points of each
-series for early stopping and evaluation), forecasts H = 13 weeks past the end of
-train, writes the forecast Parquet and scores it, and seasonal naive, with
-`../shared/bench/m4_score.py` (MASE period 1, as in M4). Prints a table; with
---json one JSON object last: smape, mase, owa, seconds.
+Runs `lstm-forecast run --input train.parquet --freq W-MON --horizon 13 --season S` for S = 52 and S = 1 (the
+two seasons a user may reasonably pass for weekly data), and scores each run's committed predictions against
+test.parquet with `../shared/bench/m4_score.py --season 1` (the M4 convention for weekly MASE), beside seasonal
+naive (52) and Naive2. Prints a table; with --json one JSON object last: owa_52, owa_1, seconds (the --season 52
+run, whole CLI process), seconds_1, smape_52, mase_52, smape_1, mase_1, seasonal_naive_owa.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from m4_common import SHARED, machine_load, run_cli, score, seasonal_naive_frame, workdir  # noqa: E402
 
-from lstm_core.config import ForecastConfig  # noqa: E402
-from lstm_core.engine import fit, predictions_frame, prepare  # noqa: E402
-from lstm_core.metrics import seasonal_naive  # noqa: E402
-
-SCORER = ROOT.parent / "shared" / "bench" / "m4_score.py"
-
-
-def weekly_config(sets: list[str]) -> ForecastConfig:
-    from lstm_core.config import load_config
-
-    return load_config(overrides={"freq": "W-MON", "horizon": 13, "season_length": 52}, sets=sets, environ={})
-
-
-def score(train: Path, test: Path, forecast: Path) -> dict:
-    out = subprocess.run([sys.executable, str(SCORER), "--train", str(train), "--test", str(test),
-                          "--forecast", str(forecast), "--season", "1", "--json"],
-                         capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+H = 13
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "m4-weekly"))
+    p.add_argument("--data", default=str(SHARED / "data" / "m4-weekly"))
     p.add_argument("--series", type=int, default=None, help="first N series only (quick checks)")
-    p.add_argument("--set", dest="sets", action="append", default=[], help="config overrides key=value")
-    p.add_argument("--out", default=None, help="where to keep the forecast Parquet")
+    p.add_argument("--keep", default=None, help="folder for the inputs, outputs and forecasts (default: a temp dir)")
+    p.add_argument("--seasons", default="52,1", help="seasons to run, comma separated (default 52,1)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("extra", nargs="*", help="extra flags for lstm-forecast run (after --)")
     a = p.parse_args(argv)
 
     data = Path(a.data)
@@ -60,42 +40,35 @@ def main(argv: list[str] | None = None) -> int:
     if a.series:
         keep = sorted(train["series_id"].unique())[: a.series]
         train, test = train[train["series_id"].isin(keep)], test[test["series_id"].isin(keep)]
-    config = weekly_config(a.sets)
-
-    t0 = time.perf_counter()
-    panel, report = prepare(train, config)
-    forecaster = fit(panel.drop_last(config.horizon), config)
-    if config.refit:
-        forecaster = fit(panel, config)
-    yhat = forecaster.forecast(panel, config.horizon)
-    seconds = time.perf_counter() - t0
-
-    work = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="m4w-"))
-    work.mkdir(parents=True, exist_ok=True)
+    work = workdir(a.keep)
     train_path, test_path = work / "train.parquet", work / "test.parquet"
     train.to_parquet(train_path, index=False)
     test.to_parquet(test_path, index=False)
-    fc = predictions_frame(panel, yhat, config.freq)
-    fc["ds"] = fc["ds"].astype(test["ds"].dtype)
-    fc.to_parquet(work / "forecast.parquet", index=False)
-    naive = predictions_frame(panel, seasonal_naive(panel, config.horizon, config.season_length), config.freq)
-    naive["ds"] = naive["ds"].astype(test["ds"].dtype)
-    naive.to_parquet(work / "seasonal_naive.parquet", index=False)
 
-    ours = score(train_path, test_path, work / "forecast.parquet")
-    snaive = score(train_path, test_path, work / "seasonal_naive.parquet")
-    skipped = len(report.skipped)
-    print(f"M4 weekly: {ours['series']} series scored ({skipped} skipped by validation), H={config.horizon}, "
-          f"window={config.window}, units={config.model.units}, ensemble={config.training.ensemble_size}")
-    print(f"{'model':<22}{'sMAPE':>10}{'MASE':>10}{'OWA':>10}")
-    print(f"{'lstm (defaults)':<22}{ours['smape']:>10.3f}{ours['mase']:>10.3f}{ours['owa']:>10.3f}")
-    print(f"{'seasonal naive (52)':<22}{snaive['smape']:>10.3f}{snaive['mase']:>10.3f}{snaive['owa']:>10.3f}")
-    print(f"{'naive2 (reference)':<22}{ours['naive2_smape']:>10.3f}{ours['naive2_mase']:>10.3f}{1.0:>10.3f}")
-    print(f"wall time (validate + train + forecast): {seconds:.1f} s; forecast at {work / 'forecast.parquet'}")
+    print(f"M4 weekly: {train['series_id'].nunique()} series, H={H}; machine: {machine_load()}")
+    print(f"{'model':<30}{'sMAPE':>9}{'MASE':>9}{'OWA':>9}{'seconds':>9}")
+    results = {}
+    for season in [int(s) for s in a.seasons.split(",")]:
+        run_dir = work / f"season-{season}"
+        run_dir.mkdir(exist_ok=True)
+        run = run_cli(train_path, run_dir, ["--freq", "W-MON", "--horizon", str(H), "--season", str(season),
+                                            *a.extra])
+        s = score(train_path, test_path, run["predictions"], 1, run_dir, "forecast")
+        results[season] = (s, run["seconds"])
+        print(f"{f'lstm-forecast --season {season}':<30}{s['smape']:>9.3f}{s['mase']:>9.3f}{s['owa']:>9.3f}"
+              f"{run['seconds']:>9.1f}")
+    naive = score(train_path, test_path, seasonal_naive_frame(train, test, 52), 1, work, "seasonal_naive")
+    any_s = next(iter(results.values()))[0]
+    print(f"{'seasonal naive (52)':<30}{naive['smape']:>9.3f}{naive['mase']:>9.3f}{naive['owa']:>9.3f}")
+    print(f"{'Naive2':<30}{any_s['naive2_smape']:>9.3f}{any_s['naive2_mase']:>9.3f}{1.0:>9.3f}")
+    print(f"machine after: {machine_load()}; outputs under {work}")
     if a.json:
-        print(json.dumps({"smape": ours["smape"], "mase": ours["mase"], "owa": ours["owa"],
-                          "seconds": round(seconds, 1), "seasonal_naive_owa": snaive["owa"],
-                          "series": ours["series"], "skipped": skipped}))
+        out: dict = {"seasonal_naive_owa": naive["owa"]}
+        for season, (s, seconds) in results.items():
+            out.update({f"owa_{season}": s["owa"], f"smape_{season}": s["smape"], f"mase_{season}": s["mase"],
+                        f"seconds_{season}": round(seconds, 1)})
+        out["seconds"] = out.get("seconds_52", round(next(iter(results.values()))[1], 1))
+        print(json.dumps(out))
     return 0
 
 

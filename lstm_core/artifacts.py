@@ -39,7 +39,7 @@ from lstm_core.scaling import SeriesScaler
 from lstm_core.secrets import scrub
 from lstm_core.storage import filesystem, join, put_bytes, storage_error, write_json
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: chunked, patched network with deseasonalisation
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
 SIGNING_KEY_ENV = "LSTM_FORECAST_MODEL_SIGNING_KEY"
 MIN_SIGNING_KEY_LENGTH = 32
@@ -109,6 +109,9 @@ class ModelMetadata(BaseModel):
     feature_names: list[StrictStr] = Field(min_length=1)
     scaler_kind: _choices("scaler")  # type: ignore[valid-type]
     target_transform: _choices("target_transform") = "none"  # type: ignore[valid-type]
+    season_length: StrictInt = Field(1, ge=1)
+    deseasonalize: Literal["auto", "multiplicative", "additive", "off"] = "off"
+    known: list[StrictInt] = Field(default_factory=list)  # feature columns known ahead (model inputs)
     config: dict[str, Any] = Field(default_factory=dict)
     data_fingerprint: StrictStr = ""
     training: _TrainingRecord = Field(default_factory=_TrainingRecord)
@@ -235,6 +238,9 @@ def save(forecaster: Forecaster, store_url: str, model_key: str, *, config: dict
         "static_encoder": forecaster.static_encoder.to_dict() if forecaster.static_encoder is not None else None,
         "scaler_kind": forecaster.scaler_kind,
         "target_transform": forecaster.target_transform,
+        "season_length": forecaster.season_length,
+        "deseasonalize": forecaster.deseasonalize,
+        "known": list(forecaster.known),
         "config": config,
         **_settings_of(config),
         "data_fingerprint": fingerprint,
@@ -351,7 +357,8 @@ def load(store_url: str, model_key: str, version: str, storage_options: dict | N
         raise ArtifactError(f"model {url}: metadata.json is corrupt: field 'static_encoder': {exc}") from None
     forecaster = Forecaster(members, meta["window"], tuple(meta["feature_names"]), meta["scaler_kind"],
                             meta["training"], scaler, target_transform=meta["target_transform"],
-                            static_encoder=encoder)
+                            static_encoder=encoder, season_length=meta["season_length"],
+                            deseasonalize=meta["deseasonalize"], known=tuple(meta["known"]))
     return LoadedModel(forecaster, meta, url)
 
 

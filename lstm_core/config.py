@@ -42,10 +42,18 @@ class ModelConfig(_Strict):
     units: list[int] = Field(default_factory=lambda: [64], description="LSTM units per stacked layer")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each LSTM layer")
     bidirectional: bool = Field(False, description="wrap each LSTM layer in Bidirectional")
-    level_normalization: bool = Field(True, description="subtract each window's last value before the LSTM")
-    seasonal_skip: bool | Literal["auto"] = Field(
-        "auto", description="predict the residual over the value one season earlier; 'auto': when seasonal "
-        "naive beats naive on the training data's validation tail")
+    level_normalization: bool = Field(
+        True, description="make each window relative to its level (the mean of its last patch of values)")
+    chunk: int | Literal["auto"] = Field(
+        "auto", description="steps forecast per recursive step; 'auto': half the horizon, rounded up (1 = one-step "
+        "recursion)")
+    patch: int | Literal["auto"] = Field(
+        "auto", description="window steps the LSTM reads at once (one LSTM step per patch); 'auto': the chunk (or "
+        "the largest divisor of the window below it)")
+    deseasonalize: Literal["auto", "multiplicative", "additive", "off"] = Field(
+        "auto", description="remove each series' seasonal profile (fitted on its history) before the network and "
+        "restore it after: 'auto' where the seasonality is strong (seasonal strength >= 0.6; multiplicative for "
+        "series modelled as log, additive otherwise), 'multiplicative' (skips series with zeros or negatives), 'additive', 'off'")
 
     @field_validator("units")
     @classmethod
@@ -54,14 +62,30 @@ class ModelConfig(_Strict):
             raise ValueError("must be a non-empty list of positive integers")
         return v
 
+    @field_validator("deseasonalize", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare `off` (in a file, the environment or --set) as false
+        return "off" if v is False else v
+
+    @field_validator("chunk", "patch")
+    @classmethod
+    def _positive_or_auto(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be a positive integer or 'auto'")
+        return v
+
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(50, ge=1, description="epoch cap")
+    epochs: int = Field(100, ge=1, description="epoch cap")
     batch_size: int = Field(256, ge=1, description="windows per batch (Adam)")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate")
     loss: Literal["mse", "mae", "huber"] = Field("mae", description="training loss")
-    patience: int = Field(10, ge=1, description="early-stopping patience, in epochs")
+    patience: int = Field(15, ge=1, description="early-stopping patience, in epochs")
     windows_per_series: int = Field(128, ge=1, description="random training windows per series per epoch")
+    min_windows_per_epoch: int = Field(
+        32_768, ge=0, description="draw more windows per series when the panel is small, so an epoch has at least "
+        "this many (never more than the panel's distinct windows); 0 = off")
     validation_steps: int | None = Field(None, ge=1, description="validation targets per series (default: horizon)")
     max_train_minutes: float | None = Field(None, gt=0, description="wall-clock training budget")
     ensemble_size: int = Field(1, ge=1, description="models trained with consecutive seeds and averaged")
@@ -110,7 +134,10 @@ class ForecastConfig(_Strict):
         None, ge=1, description="season in steps (default from freq); a list such as [24, 168] gives more seasons")
     extra_season_lengths: list[int] = Field(
         default_factory=list, description="the further seasons of a season_length list, kept for the model")
-    window: int | None = Field(None, ge=2, description="input steps; default: a multiple of the season >= 2 horizons")
+    window: int | None = Field(None, ge=2, description="input steps per window (input size); default: the smallest "
+                               "multiple of the patch covering three horizons, the season and the frequency's "
+                               "natural cycle (a week for hourly and daily data, a year for weekly, monthly, "
+                               "quarterly data)")
     scaler: Literal["standard", "minmax", "naive"] = Field("naive", description="per-series scaling")
     target_transform: Literal["auto", "log", "none"] = Field(
         "auto", description="model log(y): 'auto' for series whose training values are all positive")
@@ -176,9 +203,9 @@ class ForecastConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _defaults_from_frequency(cls, data: Any) -> Any:
-        """season_length from freq (a list gives further seasons), then window from season and horizon.
+        """season_length from freq (a list gives further seasons), then window from freq, season and horizon.
 
-        With freq unset and no season given, both wait for `resolved(freq)` once the data are seen.
+        With freq unset, both wait for `resolved(freq)` once the data are seen.
         """
         if not isinstance(data, dict):
             return data
@@ -195,8 +222,11 @@ class ForecastConfig(_Strict):
                 data["season_length"] = default_season_length(data["freq"])
             except (ValueError, TypeError):
                 pass  # the freq validator names the bad value
-        if data.get("window") is None and data.get("season_length") is not None:
-            data["window"] = default_window(data["season_length"], data.get("horizon", 24))
+        if data.get("window") is None and data.get("season_length") is not None and data.get("freq") is not None:
+            model = data.get("model") if isinstance(data.get("model"), Mapping) else {}
+            data["window"] = default_window(data["season_length"], data.get("horizon", 24), data["freq"],
+                                            model.get("chunk", "auto"), model.get("patch", "auto"),
+                                            data.get("extra_season_lengths") or ())
         return data
 
     @field_validator("levels")
@@ -261,12 +291,9 @@ class ForecastConfig(_Strict):
             if unknown or len(set(self.calendar_features)) < len(self.calendar_features):
                 raise ValueError(f"calendar_features: unknown or repeated {unknown or self.calendar_features}; "
                                  f"choose from {list(CALENDAR_FEATURES)}")
-        if (self.model.seasonal_skip is True and self.season_length is not None and self.window is not None
-                and self.season_length > 1 and self.season_length > self.window):
-            raise ValueError(
-                f"window ({self.window}) must be at least season_length ({self.season_length}) "
-                "when model.seasonal_skip is on"
-            )
+        if self.window is not None and self.window % self.patch_length:
+            raise ValueError(f"window ({self.window}) must be a multiple of the patch length ({self.patch_length}); "
+                             "set model.patch to a divisor of the window")
         return self
 
     # --- crossing process boundaries ------------------------------------
@@ -302,7 +329,7 @@ class ForecastConfig(_Strict):
         return validate_config(data)
 
     def _require_resolved(self, what: str, needs_freq: bool = True) -> None:
-        known = self.is_resolved if needs_freq else (self.season_length is not None and self.window is not None)
+        known = self.is_resolved if needs_freq else self.season_length is not None
         if not known:
             raise ConfigError(f"{what} needs the frequency: set freq, or resolve it from the data first "
                               "(ForecastConfig.resolved(lstm_core.frequency.infer_frequency(frame)))")
@@ -326,15 +353,14 @@ class ForecastConfig(_Strict):
         return self.scratch_url or self.output_url.rstrip("/") + "/_scratch"
 
     @property
-    def skip_lag(self) -> int | None:
-        """Lag whose value the network's output is added to: one season, 0 (the last value), or None
-        when 'auto' leaves the choice to the training data."""
-        self._require_resolved("skip_lag", needs_freq=False)
-        if self.season_length <= 1 or self.model.seasonal_skip is False:
-            return 0
-        if self.model.seasonal_skip == "auto":
-            return None if self.season_length <= self.window else 0
-        return self.season_length
+    def chunk_length(self) -> int:
+        """Steps forecast per recursive step (model.chunk resolved)."""
+        return resolve_chunk(self.model.chunk, self.horizon)
+
+    @property
+    def patch_length(self) -> int:
+        """Window steps per LSTM step (model.patch resolved)."""
+        return resolve_patch(self.model.patch, self.chunk_length, self.window)
 
     def column_names(self) -> dict[str, str]:
         """Canonical name -> input column: {'series_id': id_column, 'ds': time_column, 'y': target_column}."""
@@ -380,7 +406,7 @@ class ForecastConfig(_Strict):
             "scaler": self.scaler,
             "target_transform": self.target_transform,
             "mode": self.mode,
-            "model": self.model.model_dump(),
+            "model": {**self.model.model_dump(), "chunk": self.chunk_length, "patch": self.patch_length},
             "covariates": self.covariate_roles(),
         }
 
@@ -392,7 +418,8 @@ class ForecastConfig(_Strict):
         """
         t = self.training
         return {"loss": t.loss, "learning_rate": t.learning_rate, "batch_size": t.batch_size,
-                "windows_per_series": t.windows_per_series, "ensemble_size": t.ensemble_size,
+                "windows_per_series": t.windows_per_series, "min_windows_per_epoch": t.min_windows_per_epoch,
+                "ensemble_size": t.ensemble_size,
                 "snapshots": t.snapshots, "validation_steps": t.validation_steps, "seed": self.seed}
 
     def model_key(self, group: str | None = None) -> str:
@@ -475,13 +502,53 @@ def with_environment_secrets(options: Mapping[str, Any], environ: Mapping[str, s
     return merge_settings(options, extra) if isinstance(extra, Mapping) else dict(options)
 
 
-def default_window(season_length: Any, horizon: Any) -> int:
-    """The smallest multiple of the season that covers two horizons (and at least one season)."""
+def resolve_chunk(chunk: Any, horizon: int) -> int:
+    """'auto': half the horizon, rounded up, so a forecast is two recursive steps (one when H = 1)."""
+    return int(chunk) if chunk != "auto" else max(1, -(-int(horizon) // 2))
+
+
+def resolve_patch(patch: Any, chunk: int, window: int | None = None) -> int:
+    """'auto': the chunk, so the network reads its input in the same pieces it writes its output; with a
+    window that is not a multiple of the chunk, the largest divisor of the window below the chunk."""
+    if patch != "auto":
+        return int(patch)
+    if window is None:
+        return int(chunk)
+    return max(d for d in range(1, min(int(chunk), int(window)) + 1) if window % d == 0)
+
+
+def natural_cycle(freq: Any) -> int:
+    """Steps in the longest regular cycle a window should see at this frequency: a day for data of minutes,
+    a week for hourly and daily data, a year for weekly, monthly and quarterly data (1 when unknown)."""
+    try:
+        offset = to_offset(freq)
+    except (TypeError, ValueError):
+        return 1
+    if isinstance(offset, Tick):
+        step = pd.Timedelta(offset)
+        span = pd.Timedelta("1D") if step < pd.Timedelta("1h") else pd.Timedelta("7D")
+        return max(1, int(span // step)) if step <= span else 1
+    name = offset.name.split("-")[0].upper()
+    cycles = {"W": 52, "MS": 12, "ME": 12, "M": 12, "SMS": 24, "SME": 24, "QS": 4, "QE": 4, "Q": 4,
+              "BQS": 4, "BQE": 4, "BMS": 12, "BME": 12, "B": 5, "C": 5}
+    return cycles.get(name, 1)
+
+
+def default_window(season_length: Any, horizon: Any, freq: Any = "h", chunk: Any = "auto", patch: Any = "auto",
+                   extra_seasons: Any = ()) -> int:
+    """The smallest multiple of the patch that covers three horizons, every season and the frequency's natural cycle.
+
+    Three horizons and the cycles of the data let the network see the pattern it continues: a week for
+    hourly data (which carry a weekly cycle besides the daily one), a year (52) for weekly data whatever
+    season the user passes, so `--season 1` and `--season 52` see the same history.
+    """
     try:
         m, h = max(1, int(season_length)), max(1, int(horizon))
+        p = resolve_patch(patch, resolve_chunk(chunk, h))
     except (TypeError, ValueError):
         return 48  # the field validators report the bad value itself
-    return max(2, m * -(-max(2 * h, m) // m))
+    need = max(3 * h, m, *(int(e) for e in extra_seasons or ()), natural_cycle(freq))
+    return max(p, p * -(-need // p))
 
 
 def redact(options: Any) -> Any:

@@ -14,23 +14,48 @@ import pandas as pd
 
 from lstm_core.config import ForecastConfig
 from lstm_core.covariates import CovariateSpec, StaticEncoder
-from lstm_core.forecasting import ensemble_forecast
+from lstm_core.forecasting import recursive_forecast
 from lstm_core.frequency import dates_after
 from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
-from lstm_core.model import build_lstm
+from lstm_core.model import build_lstm, model_geometry
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler, TargetTransform
+from lstm_core.seasonality import SeasonalIndices
 from lstm_core.training import BatchHook, EpochHook, TrainingResult, train
-from lstm_core.validation import ValidationResult, min_train_length, validate_for
+from lstm_core.validation import ValidationResult, length_rule, min_train_length, validate_for
+from lstm_core.windows import validation_span
 
 log = logging.getLogger("lstm_core.engine")
 
 SeriesHook = Callable[[int, int, str], None]  # (series done, series total, next series id)
 
 
+@dataclass(frozen=True)
+class ModelSpace:
+    """A panel as the network sees it, and how to get back: transform -> deseasonalise -> scale."""
+
+    panel: Panel  # scaled values
+    transform: TargetTransform
+    seasonal: SeasonalIndices
+    scaler: SeriesScaler
+
+    def to_original(self, z: np.ndarray, lengths: np.ndarray, series_ids: np.ndarray) -> np.ndarray:
+        """Model-space target forecasts (S, H) continuing series of `lengths` points -> original units."""
+        shaped = self.scaler.inverse_y(z.astype(np.float64), series_ids)
+        return self.transform.inverse(self.seasonal.restore(shaped, lengths))
+
+    def scale_future(self, future: np.ndarray, known: tuple[int, ...]) -> np.ndarray:
+        """Known-ahead covariates (S, H, K) in original units -> scaled like their columns in the window."""
+        cols = np.asarray(known, dtype=np.int64)
+        rows = np.arange(future.shape[0])
+        loc = self.scaler.loc[rows[:, None], cols][:, None, :]  # (S, 1, K)
+        scale = self.scaler.scale[rows[:, None], cols][:, None, :]
+        return (future - loc) / scale
+
+
 @dataclass
 class Forecaster:
-    """A trained model: one or more Keras members (an ensemble) and how they were made."""
+    """A trained model: one or more Keras members (an ensemble) and how its inputs are shaped."""
 
     members: list[keras.Model]
     window: int
@@ -41,31 +66,42 @@ class Forecaster:
     per_series: dict[str, "Forecaster"] | None = None  # mode 'per_series'
     target_transform: str = "none"
     static_encoder: StaticEncoder | None = None  # the static covariates' encoding fitted on the training series
+    season_length: int = 1
+    deseasonalize: str = "off"
+    known: tuple[int, ...] = ()  # feature columns known ahead (future, calendar, static): inputs over each chunk
+
+    @property
+    def chunk(self) -> int:
+        return model_geometry(self.members[0])["chunk"] if self.members else 1
 
     def adapt(self, panel: Panel) -> Panel:
         """`panel` with its static covariates encoded as this model was trained (its vocabulary)."""
         return panel.encode_static(self.static_encoder)
 
-    def model_space(self, panel: Panel, horizon: int = 0) -> tuple[Panel, SeriesScaler, TargetTransform]:
-        """`panel` as the network sees it: known-ahead columns one step ahead (each window holds the known
-        inputs of the step it predicts), transformed (log where chosen), then scaled per series.
+    def model_space(self, panel: Panel, pad_to: int | None = None) -> ModelSpace:
+        """`panel` as the network sees it: log where chosen, seasonal profile removed, scaled per series,
+        and series shorter than `pad_to` points (default: the window) padded at the front with their first
+        value, so every series fills a window.
 
-        Both are fitted on the history given, so a loaded model forecasts any series.
+        All three are fitted on the history given (never on what follows it), so a loaded model
+        forecasts any series.
         """
-        return self._space(self.adapt(panel).lead_known(horizon))
-
-    def _space(self, led: Panel) -> tuple[Panel, SeriesScaler, TargetTransform]:
-        transform = TargetTransform.fit(led, self.target_transform)
-        shaped = transform.apply(led)
-        scaler = SeriesScaler.fit(shaped, self.scaler_kind)
-        return scaler.transform(shaped), scaler, transform
+        panel = self.adapt(panel)
+        transform = TargetTransform.fit(panel, self.target_transform)
+        shaped = transform.apply(panel)
+        seasonal = SeasonalIndices.fit(shaped, self.season_length, self.deseasonalize, transform.log_mask)
+        adjusted = seasonal.remove(shaped)
+        scaler = SeriesScaler.fit(adjusted, self.scaler_kind)
+        scaled = scaler.transform(adjusted).pad_front(self.window if pad_to is None else pad_to)
+        return ModelSpace(scaled, transform, seasonal, scaler)
 
     def forecast(self, panel: Panel, horizon: int, future_covariates: np.ndarray | None = None) -> np.ndarray:
         """(S, H) forecasts in original units for each series of `panel` (its whole history is the input).
 
         Known-ahead columns (future, calendar, static) take their values after the end from
         `future_covariates` (S, H, K) when given, else from `panel.future`; historic columns carry their
-        last value forward. Scaling is refitted on the history given, so a loaded model forecasts any series.
+        last value forward. Transform, seasonal profile and scaling are refitted on the history given, so a
+        loaded model forecasts any series. Raises ValueError for data of other features.
         """
         panel = self.adapt(panel)
         if future_covariates is not None:
@@ -77,15 +113,13 @@ class Forecaster:
             for i, sid in enumerate(panel.series_ids):
                 out[i] = self.per_series[sid].forecast(panel.select(panel.series_ids == sid), horizon)[0]
             return out
-        led = panel.lead_known(horizon)
-        scaled, scaler, transform = self._space(led)
-        windows = scaled.last_values(self.window).astype(np.float32)
-        fut = None
-        if panel.n_features > 1:
-            rows = np.arange(panel.n_series)
-            fut = (led.covariate_path(horizon) - scaler.loc[rows, None, 1:]) / scaler.scale[rows, None, 1:]
-        z = ensemble_forecast(self.members, windows, horizon, fut)
-        return transform.inverse(scaler.inverse_y(z.astype(np.float64), panel.series_ids))
+        space = self.model_space(panel)
+        windows = space.panel.last_values(self.window).astype(np.float32)  # (S, window, F)
+        future = None
+        if self.known:
+            future = space.scale_future(panel.known_ahead(horizon), self.known)  # (S, H, K)
+        z = recursive_forecast(self.members, windows, horizon, future, self.known)
+        return space.to_original(z, panel.lengths, panel.series_ids)
 
 
 def prepare(df: pd.DataFrame, config: ForecastConfig, source: str | None = None,
@@ -112,23 +146,24 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     """Train on every point of `panel` (pass `panel.drop_last(H)` to keep a holdout).
 
     Hooks report progress: `on_epoch(epoch, logs)`, `on_batch(epoch, done, per_epoch)` and, in
-    mode 'per_series', `on_series(done, total, series_id)` before each series' model.
+    mode 'per_series', `on_series(done, total, series_id)` before each series' model. Raises ValueError
+    when no series is long enough to train.
     """
     if not config.is_resolved:
         config = config.resolved(panel.freq)
     need = min_train_length(config)  # the rule validation applies, without the holdout
     if panel.n_series and (panel.lengths < need).all():
         raise ValueError(f"no series is long enough to train: each needs {need} points before its holdout "
-                         f"(window {config.window} + validation {config.validation_steps} + 1)")
+                         f"({length_rule(config)})")
     if config.mode == "per_series":
         return _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch, on_series)
+    known = tuple(int(c) for c in panel.known_index)
     shaper = Forecaster([], config.window, tuple(panel.feature_names), config.scaler,
-                        target_transform=config.target_transform)
-    scaled, scaler, _ = shaper.model_space(panel)
-    skip_lag = config.skip_lag
-    if skip_lag is None:
-        skip_lag = choose_skip_lag(scaled, config.season_length, config.validation_steps)
-        log.info("seasonal skip: %s", f"lag {skip_lag}" if skip_lag else "off (naive beats seasonal naive)")
+                        target_transform=config.target_transform, static_encoder=panel.static_encoder,
+                        season_length=config.season_length, deseasonalize=config.model.deseasonalize, known=known)
+    chunk, patch = config.chunk_length, config.patch_length
+    # short series are padded so that each has one training chunk and its validation chunks after a window
+    space = shaper.model_space(panel, pad_to=config.window + chunk + validation_span(config.validation_steps, chunk))
     members, results = [], []
     n = config.training.ensemble_size
     budget = time_budget_s if time_budget_s is not None else (
@@ -136,15 +171,18 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     for i in range(n):
         seed = config.seed + i
         keras.utils.set_random_seed(seed)
-        model = build_lstm(config.window, panel.n_features, config.model.units, config.model.dropout,
-                           config.model.bidirectional, config.model.level_normalization, skip_lag,
-                           seed=seed)
+        model = build_lstm(config.window, panel.n_features, config.model.units, chunk=chunk, patch=patch,
+                           n_future=len(known), dropout=config.model.dropout,
+                           bidirectional=config.model.bidirectional,
+                           level_normalization=config.model.level_normalization, seed=seed)
         member_budget = None if budget is None else budget / n
-        result = train(model, scaled, window=config.window, config=config.training,
-                       validation_steps=config.validation_steps, seed=seed, checkpoint_dir=checkpoint_dir,
-                       time_budget_s=member_budget, on_epoch=on_epoch, on_batch=on_batch)
+        result = train(model, space.panel, window=config.window, config=config.training,
+                       validation_steps=config.validation_steps, seed=seed, chunk=chunk, known=known,
+                       checkpoint_dir=checkpoint_dir, time_budget_s=member_budget, on_epoch=on_epoch,
+                       on_batch=on_batch)
         results.append(result)
         members.extend(_snapshot_members(model, result))
+    seasonal = space.seasonal
     summary = {
         "members": [r.summary() for r in results],
         "best_val_loss": float(np.mean([r.best_val_loss for r in results])),
@@ -152,11 +190,27 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         "device": results[0].device,
         "cudnn": results[0].cudnn,
         "series": int(panel.n_series),
-        "skip_lag": int(skip_lag),
-        "log_series": int(TargetTransform.fit(panel, config.target_transform).log_mask.sum()),
+        "chunk": int(chunk),
+        "patch": int(patch),
+        "log_series": int(space.transform.log_mask.sum()),
+        "deseasonalized_series": int(seasonal.active.sum()),
+        "samples_per_second": float(np.mean([r.samples_per_second for r in results])),
+        "gflops": float(np.mean([r.gflops for r in results])),
     }
-    return Forecaster(members, config.window, tuple(panel.feature_names), config.scaler, summary, scaler,
-                      target_transform=config.target_transform, static_encoder=panel.static_encoder)
+    not_deseasonalized = [r for r in seasonal.reasons if r]
+    if config.model.deseasonalize != "off" and not_deseasonalized:
+        log.info("deseasonalised %d of %d series (season %d); the others: %s", int(seasonal.active.sum()),
+                 panel.n_series, config.season_length, _reason_counts(not_deseasonalized))
+    return Forecaster(members, config.window, tuple(panel.feature_names), config.scaler, summary, space.scaler,
+                      target_transform=config.target_transform, static_encoder=panel.static_encoder,
+                      season_length=config.season_length, deseasonalize=config.model.deseasonalize, known=known)
+
+
+def _reason_counts(reasons: list[str]) -> str:
+    counts: dict[str, int] = {}
+    for r in reasons:
+        counts[r] = counts.get(r, 0) + 1
+    return "; ".join(f"{n} x {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _snapshot_members(model: keras.Model, result: TrainingResult) -> list[keras.Model]:
@@ -167,30 +221,6 @@ def _snapshot_members(model: keras.Model, result: TrainingResult) -> list[keras.
         twin.set_weights(weights)
         members.append(twin)
     return members
-
-
-def choose_skip_lag(scaled: Panel, season_length: int, steps: int) -> int:
-    """Season length if seasonal naive beats naive on the series' last `steps` points, else 0.
-
-    A data-driven choice: strong regular seasonality (hourly, daily) gains from the seasonal
-    base; weak or shifting seasonality (weekly retail) loses to the last value.
-    """
-    m = season_length
-    if m <= 1:
-        return 0
-    usable = scaled.lengths >= m + steps + 1
-    if not usable.any():
-        return 0
-    panel = scaled.select(usable)
-    history = panel.drop_last(steps)
-    actual = panel.last_values(steps)[:, :, 0]
-    scale = mase_scale(history, 1)
-    scale = np.where(np.isfinite(scale) & (scale > 0), scale, 1.0)
-
-    def error(fc: np.ndarray) -> float:
-        return float(np.nanmean(np.mean(np.abs(actual - fc), axis=1) / scale))
-
-    return m if error(seasonal_naive(history, steps, m)) < error(seasonal_naive(history, steps, 1)) else 0
 
 
 def _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch=None,

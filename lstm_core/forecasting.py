@@ -1,7 +1,8 @@
-"""Recursive multi-step forecasts: each prediction becomes the next input.
+"""Recursive multi-step forecasts in chunks: each predicted chunk becomes part of the next input.
 
-All series go through the whole horizon in one compiled call (a `tf.function`
-with the loop inside), instead of one `predict` per series per step.
+Every member of an ensemble and every series go through the whole horizon in one compiled call
+(a `tf.function` with the loop inside, traced once for any batch size), instead of one `predict`
+per series, step or member.
 """
 from __future__ import annotations
 
@@ -11,82 +12,122 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-# Compiled loops per model, so repeated calls do not trace again.
+from lstm_core.model import model_geometry
+
+# Compiled loops per ensemble (keyed by its first member), so repeated calls do not trace again.
 _LOOPS: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
 
 
-def _compiled_loop(model: keras.Model, window_len: int, horizon: int, n_cov: int):
-    cache = _LOOPS.setdefault(model, {})
-    key = (window_len, horizon, n_cov)
-    if key not in cache:
-        _, length, features = model.input_shape
-        # One trace for every batch size: a graph traced for a static batch shape may pick other
-        # kernels than the shape-generic one, so results would depend on which batch sizes came first.
-        signature = [tf.TensorSpec([None, length, features], tf.float32),
-                     tf.TensorSpec([None, horizon, n_cov], tf.float32)]
+def _compiled_loop(members: list[keras.Model], horizon: int, known: tuple[int, ...]):
+    geo = model_geometry(members[0])
+    length, n_features, chunk, n_future = geo["input_size"], geo["n_features"], geo["chunk"], geo["n_future"]
+    steps = -(-horizon // chunk)
+    key = (tuple(id(m) for m in members), horizon, known)
+    cache = _LOOPS.setdefault(members[0], {})
+    if key in cache:
+        return cache[key]
+    n_cov = n_features - 1
+    carried = [c for c in range(1, n_features) if c not in known]
+    # Column order of a new row is [target, carried covariates..., known covariates...];
+    # `order` puts them back in feature order.
+    order = np.argsort(np.array([0, *carried, *known]))
+    signature = [tf.TensorSpec([None, length, n_features], tf.float32),
+                 tf.TensorSpec([None, steps * chunk, len(known)], tf.float32)]
 
-        @tf.function(input_signature=signature)
-        def loop(window, future):
-            out = tf.TensorArray(tf.float32, size=horizon)
-            for h in tf.range(horizon):
-                yhat = tf.cast(model(window, training=False), tf.float32)  # (batch, 1)
-                out = out.write(h, yhat[:, 0])
-                row = yhat[:, None, :]
+    @tf.function(input_signature=signature)
+    def loop(window, future):
+        trajectories = []
+        for member in members:  # unrolled at trace time: one graph for the whole ensemble
+            w = window
+            out = tf.TensorArray(tf.float32, size=steps)
+            for j in tf.range(steps):
+                ahead = future[:, j * chunk:(j + 1) * chunk, :]  # (batch, chunk, K)
+                inputs = [w, ahead[:, :, :n_future]] if n_future else w
+                yhat = tf.cast(member(inputs, training=False), tf.float32)  # (batch, chunk)
+                out = out.write(j, yhat)
+                rows = [yhat[:, :, None]]
                 if n_cov:
-                    row = tf.concat([row, future[:, h][:, None, :]], axis=-1)
-                window = tf.concat([window[:, 1:, :], row], axis=1)
-            return tf.transpose(out.stack())
+                    last = w[:, -1:, :]
+                    rows += [tf.repeat(tf.gather(last, carried, axis=2), chunk, axis=1)] if carried else []
+                    rows += [ahead] if known else []
+                row = tf.gather(tf.concat(rows, axis=-1), order, axis=-1) if n_cov else rows[0]
+                w = tf.concat([w, row], axis=1)[:, -length:, :]
+            trajectories.append(tf.reshape(tf.transpose(out.stack(), [1, 0, 2]), [-1, steps * chunk]))
+        return tf.stack(trajectories)[:, :, :horizon]
 
-        cache[key] = loop
-    return cache[key]
+    cache[key] = loop
+    return loop
 
 
 def recursive_forecast(
-    model: keras.Model,
+    members: keras.Model | list[keras.Model],
     windows: np.ndarray,
     horizon: int,
-    future_covariates: np.ndarray | None = None,
+    future: np.ndarray | None = None,
+    known: tuple[int, ...] | None = None,
     batch_size: int = 16384,
+    reduce: bool = True,
 ) -> np.ndarray:
-    """Forecast `horizon` steps for each window (S, L, F); returns scaled targets (S, horizon).
+    """Forecast `horizon` steps from each window (S, L, F); returns model-space targets (S, horizon).
 
-    `future_covariates` (S, horizon, F-1) supplies known future covariates; without it
-    the last observed covariate values are carried forward.
+    `members`: one model or an ensemble built by `build_lstm` with the same geometry; each follows
+    its own trajectory and the result is their mean (`reduce=False`: (members, S, horizon)).
+    `known`: feature columns whose future values are known ahead (default: every covariate when
+    `future` is given, none otherwise); `future` (S, horizon, len(known)) holds them. Other
+    covariates are carried forward from the window's last row. Raises ValueError on shapes that
+    do not fit the models.
     """
+    members = list(members) if isinstance(members, (list, tuple)) else [members]
     windows = np.asarray(windows, dtype=np.float32)
-    s, _, f = windows.shape
-    n_cov = f - 1
-    if n_cov:
-        if future_covariates is None:
-            future_covariates = np.repeat(windows[:, -1:, 1:], horizon, axis=1)
-        future = np.asarray(future_covariates, dtype=np.float32)
-        if future.shape != (s, horizon, n_cov):
-            raise ValueError(f"future covariates must have shape {(s, horizon, n_cov)}, got {future.shape}")
+    s, length, f = windows.shape
+    geo = model_geometry(members[0])
+    if (length, f) != (geo["input_size"], geo["n_features"]):
+        raise ValueError(f"windows of shape {(length, f)} do not fit the model's {(geo['input_size'], geo['n_features'])}")
+    if known is None:
+        known = tuple(range(1, f)) if future is not None else ()
+    known = tuple(int(c) for c in known)
+    if geo["n_future"] and geo["n_future"] != len(known):
+        raise ValueError(f"the model takes {geo['n_future']} known-ahead covariates, {len(known)} given")
+    chunk = geo["chunk"]
+    steps = -(-horizon // chunk)
+    if known:
+        if future is None:
+            raise ValueError("future covariates are needed for the known-ahead columns")
+        future = np.asarray(future, dtype=np.float32)
+        if future.shape != (s, horizon, len(known)):
+            raise ValueError(f"future covariates must have shape {(s, horizon, len(known))}, got {future.shape}")
+        if steps * chunk > horizon:  # the last chunk reaches past the horizon: repeat the last known values
+            future = np.concatenate([future, np.repeat(future[:, -1:], steps * chunk - horizon, axis=1)], axis=1)
     else:
-        future = np.zeros((s, horizon, 0), dtype=np.float32)
-    loop = _compiled_loop(model, windows.shape[1], horizon, n_cov)
+        future = np.zeros((s, steps * chunk, 0), dtype=np.float32)
+    loop = _compiled_loop(members, horizon, known)
     parts = [loop(tf.constant(windows[i:i + batch_size]), tf.constant(future[i:i + batch_size])).numpy()
              for i in range(0, s, batch_size)]
-    return np.concatenate(parts, axis=0) if parts else np.zeros((0, horizon), np.float32)
+    out = np.concatenate(parts, axis=1) if parts else np.zeros((len(members), 0, horizon), np.float32)
+    return out.mean(axis=0) if reduce else out
 
 
-def ensemble_forecast(models: list[keras.Model], windows: np.ndarray, horizon: int,
-                      future_covariates: np.ndarray | None = None) -> np.ndarray:
-    """Mean of each member's own recursive trajectory."""
-    return np.mean([recursive_forecast(m, windows, horizon, future_covariates) for m in models], axis=0)
-
-
-def stepwise_forecast(model: keras.Model, windows: np.ndarray, horizon: int,
-                      future_covariates: np.ndarray | None = None) -> np.ndarray:
-    """Reference implementation: one batched `predict` per step (used by tests and benchmarks)."""
+def stepwise_forecast(model: keras.Model, windows: np.ndarray, horizon: int, future: np.ndarray | None = None,
+                      known: tuple[int, ...] | None = None) -> np.ndarray:
+    """Reference implementation with one batched `predict` per chunk (tests and benchmarks)."""
+    geo = model_geometry(model)
+    chunk, n_future = geo["chunk"], geo["n_future"]
     window = np.asarray(windows, dtype=np.float32).copy()
-    out = np.zeros((window.shape[0], horizon), np.float32)
-    for h in range(horizon):
-        yhat = model.predict(window, verbose=0)[:, 0]
-        out[:, h] = yhat
-        row = yhat[:, None, None]
-        if window.shape[2] > 1:
-            cov = window[:, -1:, 1:] if future_covariates is None else future_covariates[:, h:h + 1, :]
-            row = np.concatenate([row, cov], axis=-1)
-        window = np.concatenate([window[:, 1:, :], row], axis=1)
-    return out
+    f = window.shape[2]
+    known = tuple(range(1, f)) if known is None and future is not None else tuple(known or ())
+    steps = -(-horizon // chunk)
+    if known:
+        future = np.asarray(future, dtype=np.float32)
+        pad = steps * chunk - horizon
+        future = np.concatenate([future, np.repeat(future[:, -1:], pad, axis=1)], axis=1) if pad else future
+    out = []
+    for j in range(steps):
+        ahead = future[:, j * chunk:(j + 1) * chunk] if known else None
+        yhat = model.predict([window, ahead] if n_future else window, verbose=0).astype(np.float32)
+        out.append(yhat)
+        rows = np.repeat(window[:, -1:, :], chunk, axis=1)
+        rows[:, :, 0] = yhat
+        for i, c in enumerate(known):
+            rows[:, :, c] = ahead[:, :, i]
+        window = np.concatenate([window, rows], axis=1)[:, -window.shape[1]:]
+    return np.concatenate(out, axis=1)[:, :horizon]

@@ -70,10 +70,12 @@ def _reference_kwargs() -> list[dict[str, Any]]:
     from lstm_core.model import build_lstm
 
     params = inspect.signature(build_lstm).parameters
-    base = {"window": 4, "n_features": 2, "units": (2, 2), "dropout": 0.1, "skip_lag": 2, "seed": 1}
+    base = {"input_size": 4, "n_features": 2, "units": (2, 2), "chunk": 2, "patch": 2, "n_future": 1,
+            "dropout": 0.1, "seed": 1}
     flags = [name for name, p in params.items() if isinstance(p.default, bool)]
     variants: list[dict[str, Any]] = [{}, {f: not params[f].default for f in flags},
-                                      {"dropout": 0.0, "seed": None, "skip_lag": 0, "n_features": 1, "units": (2,)}]
+                                      {"dropout": 0.0, "seed": None, "n_features": 1, "units": (2,), "chunk": 1,
+                                       "patch": 1, "n_future": 0}]
     return [{k: v for k, v in {**base, **v}.items() if k in params} for v in variants]
 
 

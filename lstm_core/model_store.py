@@ -13,7 +13,8 @@ from lstm_core.errors import ArtifactError, ConfigError
 from lstm_core.panel import Panel
 from lstm_core.secrets import scrub
 from lstm_core.storage import filesystem, is_storage_failure, join, read_json
-from lstm_core.windows import tail_windows
+from lstm_core.training import model_inputs
+from lstm_core.windows import tail_windows, validation_span
 
 log = logging.getLogger("lstm_core.model_store")
 
@@ -32,14 +33,14 @@ class Decision:
 
 
 def validation_loss(forecaster: Forecaster, panel: Panel, steps: int, loss: str) -> float:
-    """One-step loss on each series' last `steps` points, in the units training reported
-    (of the best member: training records the best epoch's loss, not the snapshot ensemble's)."""
-    scaled, _, _ = forecaster.model_space(panel)
-    x, y = tail_windows(scaled, forecaster.window, steps)
-    if len(y) == 0:
+    """Loss on the validation chunks covering each series' last `steps` points, in the units training
+    reported (of the best member: training records the best epoch's loss, not the snapshot ensemble's)."""
+    space = forecaster.model_space(panel, pad_to=forecaster.window + validation_span(steps, forecaster.chunk))
+    val = tail_windows(space.panel, forecaster.window, steps, forecaster.chunk, known=forecaster.known)
+    if len(val.y) == 0:
         return float("nan")
-    pred = forecaster.members[0].predict(x, verbose=0, batch_size=8192)[:, 0]
-    err = pred - y
+    pred = forecaster.members[0].predict(model_inputs(val), verbose=0, batch_size=8192)
+    err = pred - val.y
     if loss == "mse":
         return float(np.mean(err**2))
     if loss == "huber":

@@ -156,45 +156,6 @@ class Panel:
         fut = self.future[:, :, :sum(r == "future" for r in self.roles)] if self.future is not None else None
         return self._known_steps(steps, fut)
 
-    def covariate_path(self, steps: int) -> np.ndarray:
-        """(S, steps, F - 1): every covariate column over the `steps` after each series' end, in feature order.
-
-        Known-ahead columns take their known values; historic ones carry their last observed value forward.
-        """
-        out = np.zeros((self.n_series, steps, self.n_features - 1))
-        hist, known = self.historic_index, self.known_index
-        if hist.size:
-            out[:, :, hist - 1] = self.values[self.offsets[1:] - 1][:, None, hist]
-        if known.size:
-            out[:, :, known - 1] = self.known_ahead(steps)
-        return out
-
-    def lead_known(self, horizon: int = 0) -> "Panel":
-        """The panel with known-ahead columns one step ahead: row t holds their values at t + 1.
-
-        A window ending at t then holds the known inputs of the step it predicts (t + 1), as a recursive
-        one-step model needs; each series' last row takes the first step after its end, and `future`
-        moves one step on (its `horizon` steps; the very last one repeats, never used for a prediction).
-        Without values past the end (training only), the last row keeps its own value.
-        """
-        known = self.known_index
-        if not known.size or self.n_series == 0:
-            return self
-        nxt = np.arange(len(self.values)) + 1
-        last = self.offsets[1:] - 1
-        nxt[last] = last
-        values = self.values.copy()
-        values[:, known] = self.values[nxt][:, known]
-        future = None
-        try:
-            ahead = self.known_ahead(horizon + 1)
-        except ValueError:
-            ahead = None
-        if ahead is not None:
-            values[last[:, None], known[None, :]] = ahead[:, 0]
-            future = ahead[:, 1:] if horizon else None
-        return replace(self, values=values, future=future)
-
     # --- views ----------------------------------------------------------------
     def drop_last(self, k: int) -> "Panel":
         """The panel without each series' last `k` points (the training part before a holdout).
@@ -224,6 +185,23 @@ class Panel:
         """(S, k, F): the last `k` rows of each series."""
         idx = self.offsets[1:, None] - np.arange(k, 0, -1)[None, :]
         return self.values[idx]
+
+    def pad_front(self, length: int) -> "Panel":
+        """Each series shorter than `length` points with its first row repeated before its start.
+
+        A short series then still fills a window: the network sees a flat history before the first
+        observation (a common device of global models). Timestamps (`last_ds`) and `future` are unchanged;
+        positions counted from a series' start move by its padding, so use this last (model space).
+        """
+        pad = np.maximum(int(length) - self.lengths, 0)
+        if not pad.any():
+            return self
+        lengths = self.lengths + pad
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        # source row of each output row: the series' first row for the padding, then its own rows
+        local = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], lengths)
+        source = np.repeat(self.offsets[:-1], lengths) + np.maximum(local - np.repeat(pad, lengths), 0)
+        return replace(self, offsets=offsets, values=self.values[source])
 
     def select(self, mask: np.ndarray) -> "Panel":
         """Keep the series where `mask` is true."""

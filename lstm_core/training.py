@@ -13,9 +13,9 @@ import keras
 import numpy as np
 
 from lstm_core.config import TrainingConfig
-from lstm_core.model import cudnn_eligible
+from lstm_core.model import cudnn_eligible, forward_flops
 from lstm_core.panel import Panel
-from lstm_core.windows import sample_windows, tail_windows
+from lstm_core.windows import Windows, sample_windows, tail_windows, validation_span, windows_per_series
 
 log = logging.getLogger("lstm_core.training")
 
@@ -34,6 +34,8 @@ class TrainingResult:
     device: str
     cudnn: bool
     samples_per_epoch: int
+    samples_per_second: float = 0.0  # training samples through forward + backward per wall-clock second
+    gflops: float = 0.0  # effective GFLOP/s of those passes (3 x the forward matrix products)
     extra: dict[str, Any] = field(default_factory=dict)
     snapshots: list[tuple[int, float, list]] = field(default_factory=list, repr=False)  # (epoch, val_loss, weights)
 
@@ -61,24 +63,30 @@ def device_info() -> dict[str, Any]:
 class WindowBatches(keras.utils.PyDataset):
     """A fresh bounded random sample of windows per series for each pass over the batches.
 
+    Batches are `(x, y)` or `((x, future), y)` when the model takes known-ahead covariates:
+    x (batch, window, F), future (batch, chunk, K), y (batch, chunk).
+
     The sample is redrawn when a new pass asks for batch 0, not in `on_epoch_end`: Keras starts
     the next epoch's prefetching iterator before it calls `on_epoch_end`, so redrawing there
     races with the prefetch thread, and training would depend on timing (machine load, threads).
     """
 
-    def __init__(self, panel: Panel, window: int, per_series: int, holdout: int, batch_size: int, seed: int) -> None:
+    def __init__(self, panel: Panel, window: int, per_series: int, holdout: int, batch_size: int, seed: int,
+                 chunk: int = 1, known: tuple[int, ...] = ()) -> None:
         super().__init__()
         self.panel, self.window, self.per_series, self.holdout = panel, window, per_series, holdout
-        self.batch_size = batch_size
+        self.batch_size, self.chunk, self.known = batch_size, chunk, known
         self.rng = np.random.default_rng(seed)
         self.values = panel.values.astype(np.float32)
         self.passes = 0
         self._resample()
 
     def _resample(self) -> None:
-        x, y = sample_windows(self.panel, self.window, self.per_series, self.rng, self.holdout, values=self.values)
-        order = self.rng.permutation(len(y))
-        self.x, self.y = x[order], y[order, None]
+        w = sample_windows(self.panel, self.window, self.per_series, self.rng, self.holdout, values=self.values,
+                           chunk=self.chunk, known=self.known)
+        order = self.rng.permutation(len(w.y))
+        self.x, self.y = w.x[order], w.y[order]
+        self.future = None if w.future is None else w.future[order]
 
     def __len__(self) -> int:
         return max(1, math.ceil(len(self.y) / self.batch_size))
@@ -89,7 +97,13 @@ class WindowBatches(keras.utils.PyDataset):
                 self._resample()
             self.passes += 1
         s = slice(i * self.batch_size, (i + 1) * self.batch_size)
-        return self.x[s], self.y[s]
+        x = self.x[s] if self.future is None else (self.x[s], self.future[s])
+        return x, self.y[s]
+
+
+def model_inputs(w: Windows):
+    """What a model built by `build_lstm` takes for these windows."""
+    return w.x if w.future is None else [w.x, w.future]
 
 
 class BestSnapshots(keras.callbacks.Callback):
@@ -123,6 +137,21 @@ class TimeBudget(keras.callbacks.Callback):
         if self.seconds is not None and time.monotonic() - self.start > self.seconds:
             self.triggered = True
             self.model.stop_training = True
+
+
+class Pace(keras.callbacks.Callback):
+    """Training samples and the seconds spent on training batches (validation and callbacks left out)."""
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size, self.samples, self.seconds, self._t = batch_size, 0, 0.0, 0.0
+
+    def on_train_batch_begin(self, batch, logs=None) -> None:
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        self.seconds += time.perf_counter() - self._t
+        self.samples += self.batch_size
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -159,22 +188,33 @@ def train(
     config: TrainingConfig,
     validation_steps: int,
     seed: int,
+    chunk: int = 1,
+    known: tuple[int, ...] = (),
     checkpoint_dir: str | Path | None = None,
     time_budget_s: float | None = None,
     on_epoch: EpochHook | None = None,
     on_batch: BatchHook | None = None,
 ) -> TrainingResult:
-    """Fit `model` on scaled windows of `panel`; validation = the last `validation_steps` targets per series."""
+    """Fit `model` on scaled windows of `panel`; validation = whole chunks covering the last `validation_steps`
+    points of each series, whose targets training never uses.
+
+    `chunk`: target values per sample (the model's output size); `known`: feature columns whose values over
+    the targets are a second model input. Raises ValueError when the series leave no training or no
+    validation windows.
+    """
     info = device_info()
     cudnn = cudnn_eligible(model)
     log.info("training on %s; cuDNN LSTM kernel %s", info["device"],
              "on" if cudnn and info["gpus"] else ("eligible (no GPU)" if cudnn else "off: layer settings not eligible"))
-    x_val, y_val = tail_windows(panel, window, validation_steps)
-    if len(y_val) == 0:
+    val = tail_windows(panel, window, validation_steps, chunk, known=known)
+    if len(val.y) == 0:
         raise ValueError("no validation windows: series are too short for window + validation steps")
-    batches = WindowBatches(panel, window, config.windows_per_series, validation_steps, config.batch_size, seed)
+    span = validation_span(validation_steps, chunk)
+    per_series = windows_per_series(panel, window, span, chunk, config.windows_per_series,
+                                    config.min_windows_per_epoch)
+    batches = WindowBatches(panel, window, per_series, span, config.batch_size, seed, chunk, known)
     if len(batches.y) == 0:
-        raise ValueError("no training windows: series are too short for window + validation steps")
+        raise ValueError("no training windows: series are too short for window + chunk + validation steps")
 
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=make_loss(config.loss), jit_compile=False)
     budget = TimeBudget(time_budget_s if time_budget_s is not None else
@@ -188,10 +228,12 @@ def train(
     checkpoint = keras.callbacks.ModelCheckpoint(str(ckpt), monitor="val_loss", save_best_only=True,
                                                  save_weights_only=True)
     snapshots = BestSnapshots(config.snapshots)
+    pace = Pace(config.batch_size)
     t0 = time.monotonic()
     try:
-        hist = model.fit(batches, validation_data=(x_val, y_val[:, None]), epochs=config.epochs, verbose=0,
-                         callbacks=[early, checkpoint, budget, snapshots,
+        hist = model.fit(batches, validation_data=(model_inputs(val), val.y), epochs=config.epochs, verbose=0,
+                         validation_batch_size=max(config.batch_size, 1024),
+                         callbacks=[early, checkpoint, budget, snapshots, pace,
                                     EpochLog(config.epochs, on_epoch, on_batch)], shuffle=False)
         if ckpt.exists():
             model.load_weights(str(ckpt))  # best epoch, whatever stopped training
@@ -199,11 +241,15 @@ def train(
         if tmp is not None:
             tmp.cleanup()
     history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
-    val = history.get("val_loss", [float("nan")])
-    best = int(np.nanargmin(val)) if val else 0
+    val_loss = history.get("val_loss", [float("nan")])
+    best = int(np.nanargmin(val_loss)) if val_loss else 0
     stopped = "time_budget" if budget.triggered else ("early_stopping" if early.stopped_epoch > 0 else "max_epochs")
-    result = TrainingResult(history, best + 1, float(val[best]), len(val), stopped, time.monotonic() - t0,
-                            info["device"], cudnn, len(batches.y), snapshots=snapshots.kept)
-    log.info("trained %d epochs in %.1f s (stopped by %s); best epoch %d val_loss=%.4f", result.epochs_run,
-             result.seconds, stopped, result.best_epoch, result.best_val_loss)
+    seconds = time.monotonic() - t0
+    rate = pace.samples / pace.seconds if pace.seconds > 0 else 0.0
+    result = TrainingResult(history, best + 1, float(val_loss[best]), len(val_loss), stopped, seconds,
+                            info["device"], cudnn, len(batches.y), round(rate, 1),
+                            round(rate * 3 * forward_flops(model) / 1e9, 2), snapshots=snapshots.kept)
+    log.info("trained %d epochs in %.1f s (stopped by %s); best epoch %d val_loss=%.4f; %.0f samples/s, "
+             "%.1f GFLOP/s", result.epochs_run, result.seconds, stopped, result.best_epoch, result.best_val_loss,
+             result.samples_per_second, result.gflops)
     return result

@@ -19,6 +19,8 @@ import pandas as pd
 from lstm_core import timestamps
 from lstm_core.covariates import CovariateSpec, is_numeric_column
 from lstm_core.errors import DataValidationError
+from lstm_core.windows import min_train_length as min_train_length_of
+from lstm_core.windows import validation_span
 from lstm_core.frequency import FrequencyDisagreement, dates_after, infer_frequency, is_fixed, series_frequency, \
     step_positions
 
@@ -54,19 +56,20 @@ class ValidationResult:
         )
 
 
-def required_points(window: int, horizon: int, validation_steps: int) -> int:
-    """Points a series needs: the holdout (horizon), the validation targets, and one training target
-    with a full window before it."""
-    return window + horizon + validation_steps + 1
+def required_points(window: int, horizon: int, validation_steps: int, chunk: int = 1, patch: int | None = None) -> int:
+    """Points a series needs: the holdout (horizon), the validation chunks covering `validation_steps`, and one
+    training chunk after a patch of history (`windows.min_train_length`; shorter windows are padded)."""
+    return min_train_length_of(window, chunk, validation_steps, patch) + horizon
 
 
 def min_length(config: Any) -> int:
-    """The one minimum series length of a run, from its window, horizon and validation steps.
+    """The one minimum series length of a run, from its window, chunk, horizon and validation steps.
 
     Validation skips shorter series and training can rely on it: every series kept has at least one
     training window and its validation targets before the holdout.
     """
-    return required_points(config.window, config.horizon, config.validation_steps)
+    return required_points(config.window, config.horizon, config.validation_steps, config.chunk_length,
+                           config.patch_length)
 
 
 def min_train_length(config: Any) -> int:
@@ -74,11 +77,20 @@ def min_train_length(config: Any) -> int:
     return min_length(config) - config.horizon
 
 
+def length_rule(config: Any, horizon: bool = False) -> str:
+    """The minimum length spelled out, for messages."""
+    span = validation_span(config.validation_steps, config.chunk_length)
+    return (f"history {min(config.patch_length, config.window)} + chunk {config.chunk_length} + validation {span}"
+            + (f" + horizon {config.horizon}" if horizon else ""))
+
+
 def validate_for(df: pd.DataFrame, config: Any, source: str | None = None, errors: str = "skip") -> ValidationResult:
     """`validate` with everything taken from a configuration (its frequency may still be unset: inferred)."""
     spec = CovariateSpec.from_config(config) if config.is_resolved else None
     return validate(df, config.freq, window=config.window, horizon=config.horizon,
-                    validation_steps=config.validation_steps, gap_policy=config.gap_policy,
+                    validation_steps=config.validation_steps, chunk=config.chunk_length if config.is_resolved else 1,
+                    patch=config.patch_length if config.is_resolved else None,
+                    gap_policy=config.gap_policy,
                     max_gap=config.max_gap, source=source, errors=errors, covariates=spec, config=config)
 
 
@@ -89,6 +101,8 @@ def validate(
     window: int | None,
     horizon: int,
     validation_steps: int | None = None,
+    chunk: int = 1,
+    patch: int | None = None,
     gap_policy: str = "fill",
     max_gap: int = 3,
     source: str | None = None,
@@ -132,7 +146,7 @@ def validate(
         if config is not None and not config.is_resolved:
             config = config.resolved(freq)
             spec = covariates or CovariateSpec.from_config(config)
-            window = config.window
+            window, chunk, patch = config.window, config.chunk_length, config.patch_length
     if window is None:
         raise ValueError("validate needs a window (or a configuration to derive it from)")
     frame = pd.DataFrame({"series_id": series_id, "ds": parsed.for_frequency(is_fixed(freq)), "y": y})
@@ -155,7 +169,8 @@ def validate(
 
     _series_problems(frame, numeric, skip)
     frame = _drop(frame, skipped)
-    need = required_points(window, horizon, validation_steps or horizon)
+    history = window if patch is None else min(patch, window)
+    need = required_points(window, horizon, validation_steps or horizon, chunk, history)
     if len(frame) == 0:
         return _result(frame, skipped, numeric, None, 0, len(df), spec, None, freq)
 
@@ -176,8 +191,8 @@ def validate(
     for i in np.flatnonzero(short | overflow | constant):
         sid = str(uniques[i])
         if short[i]:
-            skip(sid, "y", f"series too short: {int(n[i])} points, needs {need} "
-                           f"(window {window} + horizon {horizon} + validation {vs} + 1)")
+            skip(sid, "y", f"series too short: {int(n[i])} points, needs {need} (history {history} + chunk "
+                           f"{chunk} + validation {validation_span(vs, chunk)} + horizon {horizon})")
         elif overflow[i]:
             skip(sid, "y", "values too large to scale (overflow)")
         else:

@@ -1,11 +1,15 @@
 """3-D windows (samples, timesteps, features) over a Panel, never crossing series boundaries.
 
-Windows are gathered from a `sliding_window_view` of the value array, so
-building them costs one copy of what training consumes and no Python loop.
-Training draws a bounded random sample of windows per series each epoch, so an
-epoch's cost does not grow with series length.
+A training sample is an input window of `window` rows and the next `chunk` target values (plus,
+for known-ahead covariates, their values over those `chunk` steps). Windows are gathered from a
+`sliding_window_view` of the value array, so building them costs one copy of what training
+consumes and no Python loop. Training draws a bounded random sample of windows per series each
+epoch, so an epoch's cost does not grow with series length.
 """
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -13,26 +17,91 @@ from numpy.lib.stride_tricks import sliding_window_view
 from lstm_core.panel import Panel
 
 
-def gather(values: np.ndarray, starts: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs `values[s:s+window]` and target `values[s+window, 0]` for each global start row `s`."""
+class Windows(NamedTuple):
+    x: np.ndarray  # (samples, window, features) inputs
+    y: np.ndarray  # (samples, chunk) targets: the next `chunk` values of feature 0
+    future: np.ndarray | None  # (samples, chunk, K) known-ahead covariates over the targets, or None
+
+
+def validation_span(steps: int, chunk: int) -> int:
+    """Points at the end of each series that validation targets cover: whole chunks covering `steps`."""
+    return chunk * -(-steps // chunk)
+
+
+def min_train_length(window: int, chunk: int = 1, validation_steps: int = 1, patch: int | None = None) -> int:
+    """Real points a series' training part needs: one chunk of training targets after some history, then the
+    validation span. The history is one patch (default: the whole window): a series shorter than the window is
+    padded at the front with its first value (`Panel.pad_front`), so a patch of real history is enough."""
+    history = window if patch is None else min(patch, window)
+    return history + chunk + validation_span(validation_steps, chunk)
+
+
+def gather(values: np.ndarray, starts: np.ndarray, window: int, chunk: int = 1,
+           known: tuple[int, ...] = ()) -> Windows:
+    """Inputs `values[s:s+window]`, targets `values[s+window : s+window+chunk, 0]` for each global start `s`."""
     view = sliding_window_view(values, window, axis=0)  # (N - window + 1, F, window), no copy
     x = view[starts].transpose(0, 2, 1)  # one copy; contiguous when F == 1
     if not x.flags.c_contiguous:
         x = np.ascontiguousarray(x)
-    return x, values[starts + window, 0]
+    ahead = starts[:, None] + window + np.arange(chunk)[None, :]  # (samples, chunk) rows of the targets
+    y = values[ahead, 0]
+    future = values[ahead][:, :, list(known)] if known else None
+    return Windows(x, y, future)
 
 
-def target_bounds(panel: Panel, window: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per series, local target positions usable for training: [window, length - holdout)."""
+def target_bounds(panel: Panel, window: int, holdout: int, chunk: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Per series, the local first-target positions usable for training: [window, length - holdout - chunk]."""
     lo = np.full(panel.n_series, window, dtype=np.int64)
-    return lo, panel.lengths - holdout
+    return lo, panel.lengths - holdout - chunk + 1
+
+
+def windows_per_series(panel: Panel, window: int, holdout: int, chunk: int, per_series: int,
+                       min_per_epoch: int = 0) -> int:
+    """Windows drawn per series in an epoch: `per_series`, raised so the epoch has about `min_per_epoch`
+    windows when the panel has that many distinct ones.
+
+    Why: a fixed draw per series gives a 40-series panel a tenth of the gradient steps of a 400-series
+    one per epoch, and early stopping's patience then ends its training before it has learnt the shape.
+    """
+    lo, hi = target_bounds(panel, window, holdout, chunk)
+    available = int(np.maximum(hi - lo, 0).sum())
+    if panel.n_series == 0:
+        return per_series
+    return max(per_series, math.ceil(min(min_per_epoch, available) / panel.n_series))
+
+
+def sample_windows(
+    panel: Panel, window: int, per_series: int, rng: np.random.Generator, holdout: int = 0,
+    values: np.ndarray | None = None, chunk: int = 1, known: tuple[int, ...] = (),
+) -> Windows:
+    """Up to `per_series` random windows per series (with replacement); no target among the last `holdout` points."""
+    lo, hi = target_bounds(panel, window, holdout, chunk)
+    avail = np.maximum(hi - lo, 0)
+    take = np.minimum(avail, per_series)
+    draws = rng.random((panel.n_series, per_series))
+    local_t = lo[:, None] + np.floor(draws * avail[:, None]).astype(np.int64)
+    mask = np.arange(per_series)[None, :] < take[:, None]
+    starts = (panel.offsets[:-1, None] + local_t - window)[mask]
+    values = panel.values.astype(np.float32) if values is None else values
+    return gather(values, starts, window, chunk, known)
+
+
+def tail_windows(panel: Panel, window: int, steps: int, chunk: int = 1, dtype=np.float32,
+                 known: tuple[int, ...] = ()) -> Windows:
+    """Chronological validation windows: whole chunks ending at each series' end and covering its last
+    `steps` points, for the series that have a full window before them. Ordered by series, then time."""
+    n_chunks = -(-steps // chunk)
+    first = panel.lengths[:, None] - chunk * np.arange(n_chunks, 0, -1)[None, :]  # first target of each chunk
+    mask = first >= window
+    starts = (panel.offsets[:-1, None] + first - window)[mask]
+    return gather(panel.values.astype(dtype, copy=False), starts, window, chunk, known)
 
 
 def all_windows(panel: Panel, window: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Every (input, next value) pair of every series.
+    """Every (input, next value) pair of every series (one-step targets; benchmarks and tests).
 
-    A series' windows are one contiguous run of the sliding view, so each is
-    copied with a single slice into the preallocated result (no index arrays).
+    A series' windows are one contiguous run of the sliding view, so each is copied with a
+    single slice into the preallocated result (no index arrays).
     """
     values = panel.values.astype(dtype, copy=False)
     counts = np.maximum(panel.lengths - window, 0)
@@ -45,31 +114,6 @@ def all_windows(panel: Panel, window: int, dtype=np.float32) -> tuple[np.ndarray
         x[a:b] = view[o:o + counts[i]]
         y[a:b] = values[o + window:o + window + counts[i], 0]
     return x, y
-
-
-def sample_windows(
-    panel: Panel, window: int, per_series: int, rng: np.random.Generator, holdout: int = 0,
-    values: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Up to `per_series` random windows per series (with replacement), targets before the last `holdout` points."""
-    lo, hi = target_bounds(panel, window, holdout)
-    avail = np.maximum(hi - lo, 0)
-    take = np.minimum(avail, per_series)
-    draws = rng.random((panel.n_series, per_series))
-    local_t = lo[:, None] + np.floor(draws * avail[:, None]).astype(np.int64)
-    mask = np.arange(per_series)[None, :] < take[:, None]
-    starts = (panel.offsets[:-1, None] + local_t - window)[mask]
-    values = panel.values.astype(np.float32) if values is None else values
-    return gather(values, starts, window)
-
-
-def tail_windows(panel: Panel, window: int, steps: int, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-    """Chronological validation windows: the last `steps` targets of each series that have a full window."""
-    n = panel.lengths
-    local_t = n[:, None] - np.arange(steps, 0, -1)[None, :]
-    mask = local_t >= window
-    starts = (panel.offsets[:-1, None] + local_t - window)[mask]
-    return gather(panel.values.astype(dtype, copy=False), starts, window)
 
 
 def last_windows(panel: Panel, window: int, dtype=np.float32) -> np.ndarray:

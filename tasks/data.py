@@ -15,7 +15,7 @@ from lstm_core.panel import Panel
 from lstm_core.sharding import ShardSpec, read_shard
 from lstm_core.storage import read_series
 from lstm_core.validation import SkippedSeries, ValidationResult, min_length, validate_for
-from lstm_core.windows import target_bounds
+from lstm_core.windows import target_bounds, validation_span, windows_per_series
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 
 
@@ -102,11 +102,15 @@ def prepare_windows(validated: ValidationResult, config: ForecastConfig, allow_e
         raise no_valid_series(validated.skipped, config)
     panel = panel_of(validated, config)
     train_panel = panel.drop_last(config.horizon)
-    lo, hi = target_bounds(train_panel, config.window, config.validation_steps)
+    chunk = config.chunk_length
+    span = validation_span(config.validation_steps, chunk)
+    lo, hi = target_bounds(train_panel, config.window, span, chunk)
     train_windows = int((hi - lo).clip(min=0).sum())
-    val_windows = int((train_panel.lengths - config.window).clip(min=0, max=config.validation_steps).sum())
+    val_windows = int(((train_panel.lengths - span - config.window) // chunk + span // chunk)
+                      .clip(min=0, max=span // chunk).sum())
     logger.info("%d series, %d features; %d training windows available (%d sampled per series per epoch), "
                 "%d validation windows", panel.n_series, panel.n_features, train_windows,
-                config.training.windows_per_series, val_windows)
+                windows_per_series(train_panel, config.window, span, chunk, config.training.windows_per_series,
+                                   config.training.min_windows_per_epoch), val_windows)
     return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows,
                     list(validated.skipped), validated.filled_points, validated.rows_read)

@@ -33,13 +33,13 @@ def test_missing_data_fail_in_ci(tmp_path, monkeypatch, value):
 def test_the_m4_test_fails_in_ci_when_the_shared_data_are_missing(tmp_path):
     """The real test file, run by pytest from a clone with no `../shared` beside it, under CI=true."""
     clone = tmp_path / "clone"
-    for rel in ("tests/__init__.py", "tests/conftest.py", "tests/lstm_core/__init__.py",
-                "tests/lstm_core/test_m4_weekly_subset.py", "pyproject.toml"):
+    for rel in ("tests/__init__.py", "tests/conftest.py", "tests/flows/__init__.py",
+                "tests/flows/test_m4_subsets.py", "pyproject.toml"):
         if (ROOT / rel).exists():
             (clone / rel).parent.mkdir(parents=True, exist_ok=True)
             (clone / rel).write_bytes((ROOT / rel).read_bytes())
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/lstm_core/test_m4_weekly_subset.py"]
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/flows/test_m4_subsets.py"]
     env_ci = {"CI": "true", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(clone)}
     ci = subprocess.run(args, cwd=clone, env=env_ci, capture_output=True, text=True, timeout=300)
-    assert ci.returncode == 1 and "1 failed" in ci.stdout, ci.stdout[-2000:]
+    assert ci.returncode == 1 and "2 failed" in ci.stdout, ci.stdout[-2000:]
     assert "CI=true, so this test fails instead of skipping" in ci.stdout

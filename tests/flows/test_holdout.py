@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("prefect_server")
 H, M = 12, 24
 SETTINGS = {
     "freq": "h", "horizon": H, "season_length": M, "window": 24, "target_transform": "none",
-    "retrain": "always", "model": {"units": [8]},
+    "retrain": "always", "model": {"units": [8], "deseasonalize": "off"},
     "training": {"epochs": 3, "patience": 2, "windows_per_series": 16, "batch_size": 64, "snapshots": 1},
 }
 
@@ -39,35 +39,43 @@ def _model_dir(out: Path, manifest: dict) -> Path:
 def reference_holdout(model_dir: Path, frame: pd.DataFrame) -> tuple[list[str], np.ndarray]:
     """(series ids, (S, H) holdout forecasts) made by hand from a saved model and the input frame.
 
-    The network sees each series' training part (all but its last H points) scaled with the saved
-    per-series loc/scale (z = (v - loc) / scale, covariates alike), the last `window` steps of it;
-    each step's forecast is fed back with the known covariates of that step, scaled the same way;
-    members' trajectories are averaged and unscaled.
+    The network sees each series' training part (all but its last H observed points) scaled with the
+    saved per-series loc/scale (z = (v - loc) / scale, covariates alike), the last `window` steps of it.
+    Each call forecasts a chunk; the chunk is fed back with the known-ahead covariates of its steps, scaled
+    the same way (they are also the model's second input), historic ones carried; members' trajectories
+    are averaged and unscaled.
     """
     meta = json.loads((model_dir / "metadata.json").read_text())
     scaler = json.loads((model_dir / "scaler.json").read_text())
     members = [keras.saving.load_model(model_dir / f"member-{i}.keras", compile=False, safe_mode=True)
                for i in range(meta["members"])]
-    features, window = meta["feature_names"], meta["window"]
+    features, window, known = meta["feature_names"], meta["window"], list(meta["known"])
     ids = scaler["series_ids"]
     loc = np.asarray(scaler["loc"], dtype=np.float64).reshape(len(ids), -1)
     scale = np.asarray(scaler["scale"], dtype=np.float64).reshape(len(ids), -1)
     history, future = [], []
     for i, sid in enumerate(ids):
-        values = frame[frame["series_id"] == sid].sort_values("ds")[features].to_numpy(np.float64)
-        z = (values - loc[i]) / scale[i]
+        rows = frame[(frame["series_id"] == sid) & frame["y"].notna()].sort_values("ds")
+        z = (rows[features].to_numpy(np.float64) - loc[i]) / scale[i]
         history.append(z[:-H][-window:])
-        future.append(z[-H:, 1:])
+        future.append(z[-H:][:, known])
     x0, fut = np.asarray(history, np.float32), np.asarray(future, np.float32)
     trajectories = []
     for member in members:
+        chunk = member.output_shape[-1]
+        n_steps = -(-H // chunk)
+        ahead_all = np.concatenate([fut, np.repeat(fut[:, -1:], n_steps * chunk - H, axis=1)], axis=1)
         x, steps = x0, []
-        for h in range(H):
-            yhat = np.asarray(member(x, training=False), dtype=np.float32)[:, :1]
-            steps.append(yhat[:, 0])
-            row = np.concatenate([yhat, fut[:, h, :]], axis=1)[:, None, :]
-            x = np.concatenate([x[:, 1:, :], row], axis=1)
-        trajectories.append(np.stack(steps, axis=1))
+        for j in range(n_steps):
+            ahead = ahead_all[:, j * chunk:(j + 1) * chunk]
+            inputs = [x, ahead] if len(member.inputs) > 1 else x
+            yhat = np.asarray(member(inputs, training=False), dtype=np.float32)  # (S, chunk)
+            steps.append(yhat)
+            rows = np.repeat(x[:, -1:, :], chunk, axis=1)
+            rows[:, :, 0] = yhat
+            rows[:, :, known] = ahead
+            x = np.concatenate([x, rows], axis=1)[:, -window:]
+        trajectories.append(np.concatenate(steps, axis=1)[:, :H])
     z = np.mean(trajectories, axis=0).astype(np.float64)
     return ids, z * scale[:, :1] + loc[:, :1]
 
@@ -77,7 +85,7 @@ def hand_metrics(frame: pd.DataFrame, ids: list[str], forecast: np.ndarray) -> d
     seasonal difference of the training part."""
     out: dict[str, list[float]] = {"mae": [], "rmse": [], "smape": [], "mase": []}
     for i, sid in enumerate(ids):
-        y = frame[frame["series_id"] == sid].sort_values("ds")["y"].to_numpy(np.float64)
+        y = frame[frame["series_id"] == sid].sort_values("ds")["y"].dropna().to_numpy(np.float64)
         train, actual, f = y[:-H], y[-H:], forecast[i]
         err = actual - f
         out["mae"].append(np.mean(np.abs(err)))
@@ -184,10 +192,16 @@ def test_known_covariates_of_the_holdout_are_scaled_like_the_history(tmp_path):
     # A covariate on its own scale (around 100), which moves the target.
     frame["price"] = 100.0 + 20.0 * np.sin(2 * np.pi * t / 30.0) + np.random.default_rng(5).normal(0, 2, len(t))
     frame["y"] = frame["y"] + 0.01 * level * (frame["price"] - 100.0)
+    # known ahead: the input holds its values for the H steps after each series' last target
+    ahead = frame.groupby("series_id").tail(H).copy()
+    ahead["ds"] = ahead["ds"] + pd.Timedelta(hours=H)
+    ahead["y"] = np.nan
+    frame = pd.concat([frame, ahead], ignore_index=True).sort_values(["series_id", "ds"], ignore_index=True)
     out = tmp_path / "out"
-    run = _run(tmp_path, "cov", frame, out)
+    run = _run(tmp_path, "cov", frame, out, future_covariates=["price"])
     model_dir = _model_dir(out, run)
-    assert json.loads((model_dir / "metadata.json").read_text())["feature_names"] == ["y", "price"]
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["feature_names"] == ["y", "price"] and meta["known"] == [1]
     ids, forecast = reference_holdout(model_dir, frame)
     assert_metrics_match(stored_metrics(out, "cov", run["model_version"], ids), hand_metrics(frame, ids, forecast),
                          rtol=1e-5)

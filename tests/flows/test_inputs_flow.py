@@ -73,7 +73,9 @@ def _logs(flow_run_id: str, needle: str, timeout: float = 60) -> list[str]:
 # --- known future covariates --------------------------------------------------------------------
 EFFECT = 8.0
 PROMO = {**FAST, "future_covariates": ["promo"], "model": {"units": [32]},
-         "training": {"epochs": 25, "patience": 6, "windows_per_series": 64, "batch_size": 64, "snapshots": 1}}
+         # a small, fast training needs a larger step to learn the effect in its 150 batches
+         "training": {"epochs": 25, "patience": 6, "windows_per_series": 64, "batch_size": 64, "snapshots": 1,
+                      "learning_rate": 0.01}}
 
 
 def promo_panel(future_promo: float, n: int = 6, length: int = 200, seed: int = 1) -> pd.DataFrame:
@@ -211,7 +213,8 @@ def test_a_daily_panel_without_freq_or_season_is_inferred_and_uses_7(s3_bucket, 
                                         "output_url": f"{s3_bucket}/out", "run_id": "daily"})
     assert manifest["status"] == "succeeded"
     assert manifest["config"]["freq"] == "D" and manifest["config"]["season_length"] == 7
-    assert manifest["config"]["window"] == 28 and manifest["frequency"]["source"] == "inferred"
+    # three horizons of 14 days in patches of 7 (the chunk)
+    assert manifest["config"]["window"] == 42 and manifest["frequency"]["source"] == "inferred"
     preds = _preds(fs, f"{s3_bucket}/out", "daily")
     assert len(preds) == 3 * 14 and (preds.groupby("series_id")["ds"].diff().dropna() == pd.Timedelta("1D")).all()
 
@@ -246,19 +249,33 @@ def test_mixed_encodings_read_the_same_sharded_or_not(s3_bucket, s3_endpoint):
 
 
 # --- exit codes and failed runs ------------------------------------------------------------
-def test_no_valid_series_fails_with_the_reasons_and_a_quarantine_table(s3_bucket, s3_endpoint):
-    """The issue's case: 3 series x 90 hourly points, H 24, season 24: each needs 97 (window 48 + 24 + 24 + 1)."""
+def test_the_issues_short_series_are_forecast_as_validation_accepts_them(s3_bucket, s3_endpoint):
+    """The issue's case: 3 series x 90 hourly points, H 24, season 24. Validation and training apply one rule
+    (a patch of history + a chunk + validation + horizon = 12 + 12 + 24 + 24 = 72 points; shorter windows are
+    padded at the front), so what validation accepts is trained on and forecast."""
     fs = _fs(s3_endpoint)
     url = _put(fs, f"{s3_bucket}/in/short.parquet", make_frame(n_series=3, length=90))
+    settings = {**FAST, "horizon": 24, "window": None, "input_url": url, "output_url": f"{s3_bucket}/out",
+                "run_id": "short90"}
+    manifest = batch_forecast(settings=settings)
+    assert manifest["status"] == "succeeded" and manifest["counts"]["series_forecast"] == 3
+    assert manifest["config"]["window"] == 168 and manifest["skipped"] == []
+
+
+def test_no_valid_series_fails_with_the_reasons_and_a_quarantine_table(s3_bucket, s3_endpoint):
+    """3 series x 60 hourly points, H 24: each needs 72 (history 12 + chunk 12 + validation 24 + horizon 24)."""
+    fs = _fs(s3_endpoint)
+    url = _put(fs, f"{s3_bucket}/in/short.parquet", make_frame(n_series=3, length=60))
     settings = {**FAST, "horizon": 24, "window": None, "input_url": url, "output_url": f"{s3_bucket}/out",
                 "run_id": "short"}
     with pytest.raises(NoValidSeriesError) as exc:
         batch_forecast(settings=settings)
-    assert "all 3 were skipped" in str(exc.value) and "needs 97" in str(exc.value)
+    assert "all 3 were skipped" in str(exc.value)
+    assert "needs 72 (history 12 + chunk 12 + validation 24 + horizon 24)" in str(exc.value)
     manifest = json.loads(fs.cat_file(f"{s3_bucket}/out/runs/short/manifest.json"))
     assert manifest["status"] == "failed" and manifest["error"].startswith("NoValidSeriesError")
     assert [s["series_id"] for s in manifest["skipped"]] == ["s00", "s01", "s02"]
-    assert all("series too short: 90 points, needs 97" in s["reason"] for s in manifest["skipped"])
+    assert all("series too short: 60 points, needs 72" in s["reason"] for s in manifest["skipped"])
     quarantine = _read(fs, f"{s3_bucket}/out/quarantine/run=short/part-0.parquet")
     assert sorted(quarantine["series_id"]) == ["s00", "s01", "s02"] and (quarantine["field"] == "y").all()
     assert not fs.exists(f"{s3_bucket}/out/predictions/run=short")

@@ -1,11 +1,13 @@
-"""The general accuracy devices: log target, seasonal-skip choice, snapshot ensemble."""
+"""The general accuracy devices: log target, snapshot ensemble (deseasonalisation: test_core_seasonality)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from lstm_core.engine import choose_skip_lag, fit, prepare
+from dataclasses import replace
+
+from lstm_core.engine import fit, prepare
 from lstm_core.panel import Panel
 from lstm_core.scaling import TargetTransform
 from tests.conftest import fast_config, make_frame
@@ -36,16 +38,6 @@ def test_log_transform_only_for_positive_series_and_inverts_exactly():
         TargetTransform.fit(panel, "log")
 
 
-def test_seasonal_skip_is_chosen_for_seasonal_series_and_not_for_random_walks():
-    rng = np.random.default_rng(1)
-    t = np.arange(400)
-    seasonal = {f"s{i}": 10 + 3 * np.sin(2 * np.pi * t / 24 + i) + rng.normal(0, 0.2, 400) for i in range(5)}
-    walks = {f"w{i}": 50 + np.cumsum(rng.normal(0, 1, 400)) for i in range(5)}
-    assert choose_skip_lag(_panel(seasonal), 24, 24) == 24
-    assert choose_skip_lag(_panel(walks), 24, 24) == 0
-    assert choose_skip_lag(_panel(seasonal), 1, 24) == 0
-
-
 def test_snapshot_ensemble_keeps_the_best_epochs_as_members():
     cfg = fast_config(training={"epochs": 4, "patience": 10, "snapshots": 3})
     panel, _ = prepare(make_frame(n_series=4, length=120), cfg)
@@ -57,9 +49,7 @@ def test_snapshot_ensemble_keeps_the_best_epochs_as_members():
     w = [m.get_weights()[0] for m in trained.members]
     assert not np.array_equal(w[0], w[1])
     yhat = trained.forecast(panel, cfg.horizon)
-    members = [type(trained)([m], trained.window, trained.feature_names, trained.scaler_kind,
-                             target_transform=trained.target_transform).forecast(panel, cfg.horizon)
-               for m in trained.members]
+    members = [replace(trained, members=[m]).forecast(panel, cfg.horizon) for m in trained.members]
     np.testing.assert_allclose(yhat, _mean_in_model_space(members, trained, panel), rtol=1e-5)
 
 

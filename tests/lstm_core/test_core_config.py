@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from lstm_core.config import ConfigError, ForecastConfig, load_config, redact, redact_url, validate_config
+from lstm_core.config import (ConfigError, ForecastConfig, TrainingConfig, load_config, redact, redact_url,
+                              validate_config)
 
 
 def test_defaults_are_valid():
@@ -14,7 +15,7 @@ def test_defaults_are_valid():
     # the frequency is inferred from the data unless set; season and window follow from it then
     assert cfg.freq is None and cfg.season_length is None and cfg.window is None and not cfg.is_resolved
     hourly = cfg.resolved("h")
-    assert (hourly.freq, hourly.season_length, hourly.window) == ("h", 24, 48) and hourly.is_resolved
+    assert (hourly.freq, hourly.season_length, hourly.window) == ("h", 24, 168) and hourly.is_resolved
 
 
 @pytest.mark.parametrize("data, where", [
@@ -43,22 +44,38 @@ def test_unknown_frequency_message():
         validate_config({"freq": "fortnightly"})
 
 
-def test_window_shorter_than_season_is_refused_with_seasonal_skip():
-    with pytest.raises(ConfigError, match=r"window \(12\) must be at least season_length \(24\)"):
-        validate_config({"window": 12, "season_length": 24, "model": {"seasonal_skip": True}})
-    with pytest.raises(ConfigError, match=r"window \(12\) must be at least season_length \(24\)"):
-        validate_config({"freq": "h", "window": 12, "model": {"seasonal_skip": True}})  # season from freq
-    assert validate_config({"window": 12, "season_length": 24, "model": {"seasonal_skip": False}}).skip_lag == 0
-    # 'auto' cannot use a season longer than the window, so it falls back to the last value.
-    assert validate_config({"window": 12, "season_length": 24}).skip_lag == 0
-    assert validate_config({"window": 48, "season_length": 24}).skip_lag is None
+def test_window_must_be_a_multiple_of_the_patch():
+    with pytest.raises(ConfigError, match=r"window \(30\) must be a multiple of the patch length \(12\)"):
+        validate_config({"window": 30, "horizon": 24, "model": {"patch": 12}})
+    cfg = validate_config({"window": 30, "horizon": 24, "model": {"patch": 5}})
+    assert (cfg.chunk_length, cfg.patch_length) == (12, 5)
+    # an automatic patch divides any window: the largest divisor not above the chunk
+    assert validate_config({"window": 30, "horizon": 24}).patch_length == 10
+    assert validate_config({"window": 31, "horizon": 24}).patch_length == 1
 
 
-@pytest.mark.parametrize("season, horizon, window", [(24, 24, 48), (24, 48, 96), (52, 13, 52), (7, 14, 28), (1, 13, 26)])
-def test_default_window_is_a_multiple_of_the_season_covering_two_horizons(season, horizon, window):
-    cfg = validate_config({"season_length": season, "horizon": horizon})
-    assert cfg.window == window
-    assert validate_config({"season_length": season, "horizon": horizon, "window": 10}).window == 10
+@pytest.mark.parametrize("horizon, chunk", [(1, 1), (2, 1), (13, 7), (24, 12), (48, 24)])
+def test_auto_chunk_is_half_the_horizon_and_the_patch_follows_it(horizon, chunk):
+    cfg = validate_config({"horizon": horizon, "freq": "W-MON", "season_length": 1})
+    assert cfg.chunk_length == chunk and cfg.patch_length == chunk
+    assert validate_config({"horizon": horizon, "model": {"chunk": 1}, "window": 30}).chunk_length == 1
+
+
+@pytest.mark.parametrize("freq, season, horizon, window", [
+    ("h", 24, 48, 168),  # hourly: a week (7 patches of 24)
+    ("h", 24, 24, 168),  # a week in patches of 12
+    ("W-MON", 52, 13, 56),  # a year (52) rounded up to patches of 7
+    ("W-MON", 1, 13, 56),  # the same year whatever season the user passes
+    ("D", 7, 14, 42),  # three horizons (a week is shorter)
+    ("MS", 12, 18, 54),
+    ("QS", 4, 8, 24),
+    ("15min", 96, 96, 288),  # minutes: a day, but three horizons are longer
+])
+def test_default_window_covers_three_horizons_the_season_and_the_natural_cycle(freq, season, horizon, window):
+    cfg = validate_config({"freq": freq, "season_length": season, "horizon": horizon})
+    assert cfg.window == window and cfg.window % cfg.patch_length == 0
+    assert validate_config({"season_length": season, "horizon": horizon, "window": 10,
+                            "model": {"patch": 1}}).window == 10
 
 
 def test_precedence_yaml_env_overrides_set(tmp_path, monkeypatch):
@@ -93,7 +110,7 @@ def test_malformed_set_is_refused(item):
 def test_unknown_key_from_environment_is_ignored_with_a_warning(caplog):
     # Not fatal (issue 16: platforms inject LSTM_FORECAST_* variables), but a section's typo is warned about.
     cfg = load_config(environ={"LSTM_FORECAST_TRAINING__EPOCH": "3"})
-    assert cfg.training.epochs == 50
+    assert cfg.training.epochs == TrainingConfig().epochs != 3
     assert "LSTM_FORECAST_TRAINING__EPOCH: 'training' has no setting 'epoch'" in caplog.text
 
 
@@ -155,7 +172,8 @@ def test_model_key_tracks_what_makes_models_interchangeable():
     assert validate_config({"freq": "h", "future_covariates": ["price"]}).model_key() != \
         validate_config({"freq": "h", "historic_covariates": ["price"]}).model_key()
     # the horizon (a recursive one-step network) and how the weights were fitted do not
-    for same in ({"horizon": 48, "window": 48}, {"training": {"epochs": 3, "patience": 1, "snapshots": 2}},
+    # (with the chunk set: 'auto' makes it half the horizon, and the chunk is the network's output size)
+    for same in ({"horizon": 48, "model": {"chunk": 12}}, {"training": {"epochs": 3, "patience": 1, "snapshots": 2}},
                  {"seed": 1}, {"training": {"learning_rate": 0.01}}, {"retrain": "never"}, {"refit": True}):
         assert base.model_key() == validate_config({"freq": "h", **same}).model_key(), same
     # training settings are recorded beside the key (retrain 'auto' retrains when they change)
@@ -174,7 +192,7 @@ def test_season_length_defaults_from_the_frequency(freq, season):
 
 def test_a_daily_run_without_season_uses_7_and_its_window():
     cfg = validate_config({"freq": "D", "horizon": 14})
-    assert (cfg.season_length, cfg.window) == (7, 28)
+    assert (cfg.season_length, cfg.window) == (7, 42)  # three horizons in patches of 7
 
 
 def test_several_seasons_first_for_metrics_rest_kept():
@@ -271,7 +289,9 @@ KEY_CHANGES = {  # setting -> another value; each must change the key (the netwo
     "model.dropout": 0.1,
     "model.bidirectional": True,
     "model.level_normalization": False,
-    "model.seasonal_skip": False,
+    "model.chunk": 6,
+    "model.patch": 4,
+    "model.deseasonalize": "off",
     "future_covariates": ["promo"],
     "historic_covariates": ["temp"],
     "static_covariates": ["region"],
@@ -285,6 +305,7 @@ TRAINING_RECORDED = {
     "training.learning_rate": 0.01,
     "training.loss": "mse",
     "training.windows_per_series": 64,
+    "training.min_windows_per_epoch": 0,
     "training.validation_steps": 12,
     "training.ensemble_size": 2,
     "training.snapshots": 1,
@@ -334,7 +355,8 @@ KEY_UNDECIDED = {
              "model has seen; whether refit belongs in the key is open",
     "group_column": "tested on its own below: the column and each group's value name the model",
 }
-BASE = {"window": 48, "freq": "h"}  # explicit, so horizon and season do not move the derived window
+# explicit window and chunk, so horizon and season do not move the derived window or the chunk
+BASE = {"window": 48, "freq": "h", "model": {"chunk": 12}}
 
 
 def _with(dotted: str, value) -> ForecastConfig:
@@ -397,3 +419,12 @@ def test_model_key_names_the_group_column_and_each_group():
     assert grouped.model_key("a") != grouped.model_key("b")
     assert grouped.model_key("a") != plain.model_key() and grouped.model_key("a") != other_column.model_key("a")
     assert grouped.model_key("a") == validate_config({**BASE, "group_column": "line"}).model_key("a")
+
+
+def test_deseasonalize_off_survives_yaml(tmp_path):
+    """YAML reads a bare `off` as false: in a file, an environment variable or --set it still means 'off'."""
+    path = tmp_path / "job.yaml"
+    path.write_text("model:\n  deseasonalize: off\n")
+    assert load_config(path, environ={}).model.deseasonalize == "off"
+    assert load_config(sets=["model.deseasonalize=off"], environ={}).model.deseasonalize == "off"
+    assert load_config(environ={"LSTM_FORECAST_MODEL__DESEASONALIZE": "off"}).model.deseasonalize == "off"

@@ -131,7 +131,9 @@ def test_covariates_flow_through_fit_and_evaluate():
     panel, result = engine.prepare(df, cfg)
     assert result.covariates == ["hour_sin"] and panel.n_features == 2 and panel.roles == ("target", "historic")
     f = engine.fit(panel.drop_last(H), cfg)
-    assert f.members[0].input_shape == (None, cfg.window, 2)
+    # the window carries the covariate's history; its values over each chunk are a second input
+    # a historic covariate is only in the window (carried forward); known-ahead ones would be a second input
+    assert f.members[0].input_shape == (None, cfg.window, 2) and f.known == ()
     ev = engine.evaluate(f, panel, cfg)
     assert np.isfinite(ev.forecasts["lstm"]).all()
 
@@ -151,11 +153,37 @@ def test_training_relies_on_the_same_minimum_length_as_validation():
     from lstm_core.validation import min_length, min_train_length
 
     cfg = fast_config()
-    assert min_length(cfg) == cfg.window + cfg.horizon + cfg.validation_steps + 1 == 49
-    assert min_train_length(cfg) == 37
-    short = Panel.from_frame(make_frame(n_series=2, length=36), "h")
-    with pytest.raises(ValueError, match="each needs 37 points before its holdout"):
+    # a patch of history 6 + chunk 6 + validation 12 + horizon 12 (windows are padded at the front)
+    assert min_length(cfg) == cfg.patch_length + cfg.chunk_length + cfg.validation_steps + cfg.horizon == 36
+    assert min_train_length(cfg) == 24
+    short = Panel.from_frame(make_frame(n_series=2, length=23), "h")
+    with pytest.raises(ValueError, match="each needs 24 points before its holdout"):
         engine.fit(short, cfg)
     # a series validation keeps (exactly min_length points) trains once its holdout is dropped
     panel, result = engine.prepare(make_frame(n_series=2, length=min_length(cfg)), cfg)
     assert result.skipped == [] and (panel.drop_last(H).lengths == min_train_length(cfg)).all()
+
+
+def test_series_shorter_than_the_window_are_padded_with_their_first_value():
+    p = Panel.from_frame(make_frame(n_series=2, length=5), "h")
+    padded = p.pad_front(8)
+    assert padded.lengths.tolist() == [8, 8] and padded.series_ids.tolist() == p.series_ids.tolist()
+    for i in range(2):
+        own = p.values[p.offsets[i]:p.offsets[i + 1]]
+        got = padded.values[padded.offsets[i]:padded.offsets[i + 1]]
+        np.testing.assert_array_equal(got[3:], own)
+        np.testing.assert_array_equal(got[:3], np.repeat(own[:1], 3, axis=0))
+    assert p.pad_front(5) is p  # long enough already
+
+
+def test_a_series_shorter_than_the_window_trains_and_forecasts():
+    """window 48 over series of 40 points: validation keeps them (a patch of history is enough), training pads
+    them at the front, and the forecast is finite and on each series' level."""
+    cfg = fast_config(window=48)
+    df = make_frame(n_series=3, length=40)
+    panel, result = engine.prepare(df, cfg)
+    assert result.skipped == [] and (panel.lengths < cfg.window).all()
+    f = engine.fit(panel.drop_last(H), cfg)
+    fc = f.forecast(panel, H)
+    levels = 10.0 * np.arange(1, 4)
+    assert np.isfinite(fc).all() and (np.abs(fc.mean(axis=1) - levels) < 0.5 * levels).all()

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from lstm_core import artifacts, engine
+from lstm_core.config import validate_config
 from lstm_core.errors import ArtifactError
 from lstm_core.model_store import decide, decide_for, validation_loss
 from lstm_core.panel import Panel
@@ -88,9 +89,12 @@ def test_too_old_model_is_retrained(forecaster, cfg, train_panel, tmp_path):
 
 def test_degraded_model_is_retrained(forecaster, cfg, train_panel, tmp_path):
     version = save(forecaster, cfg, tmp_path, train_panel)
-    # new data with no trace of the learned daily season: pure noise
-    noise = np.random.default_rng(0).normal(size=train_panel.values.shape)
-    changed = Panel(train_panel.series_ids, train_panel.offsets, noise, train_panel.feature_names,
+    # new data with a break the model never saw: every series jumps to three times its level for the
+    # points validation scores
+    values = train_panel.values.copy()
+    tail = np.concatenate([np.arange(e - cfg.validation_steps, e) for e in train_panel.offsets[1:]])
+    values[tail] *= 3.0
+    changed = Panel(train_panel.series_ids, train_panel.offsets, values, train_panel.feature_names,
                     train_panel.last_ds, train_panel.freq)
     d = run_decide(cfg, tmp_path, changed, tolerance=0.0)
     assert d.action == "train" and f"model {version} degraded" in d.reason and "mae" in d.reason
@@ -115,11 +119,12 @@ def test_incompatible_window_means_train(forecaster, cfg, train_panel, tmp_path)
 def test_degradation_tolerance_is_the_allowed_relative_rise(forecaster, cfg, train_panel, tmp_path):
     """At a non-zero tolerance, on both sides: retrain just past the allowed rise, load just within it."""
     version = save(forecaster, cfg, tmp_path, train_panel)
-    rng = np.random.default_rng(1)
-    # Newer data the model knows less well: the same series with noise added.
-    changed = Panel(train_panel.series_ids, train_panel.offsets,
-                    train_panel.values + rng.normal(0, 0.3 * train_panel.values.std(), train_panel.values.shape),
-                    train_panel.feature_names, train_panel.last_ds, train_panel.freq)
+    # Newer data the model knows less well: the points validation scores moved up by a tenth.
+    values = train_panel.values.copy()
+    tail = np.concatenate([np.arange(e - cfg.validation_steps, e) for e in train_panel.offsets[1:]])
+    values[tail] *= 1.1
+    changed = Panel(train_panel.series_ids, train_panel.offsets, values, train_panel.feature_names,
+                    train_panel.last_ds, train_panel.freq)
     recorded = forecaster.training["best_val_loss"]
     current = validation_loss(forecaster, changed, cfg.validation_steps, cfg.training.loss)
     rise = current / recorded - 1
@@ -135,7 +140,10 @@ def test_degradation_tolerance_is_the_allowed_relative_rise(forecaster, cfg, tra
 # --- by configuration: pins, training settings, what differs ------------------------------------
 def test_settings_that_do_not_change_the_network_load_the_same_model(forecaster, cfg, train_panel, tmp_path):
     version = save(forecaster, cfg, tmp_path, train_panel)
-    longer = cfg.model_copy(update={"horizon": 48})  # recursive one-step network: any horizon
+    # a recursive network forecasts any horizon; with model.chunk 'auto' the chunk (the network's output
+    # size) follows the horizon, so the chunk is kept here
+    longer = validate_config({**cfg.model_dump(), "horizon": 48, "model": {**cfg.model.model_dump(),
+                                                                           "chunk": cfg.chunk_length}})
     assert longer.model_key() == cfg.model_key()
     d = decide_for(longer, str(tmp_path), train_panel)
     assert d.action == "load" and d.loaded.metadata["version"] == version

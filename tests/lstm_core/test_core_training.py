@@ -11,10 +11,10 @@ from lstm_core.model import build_lstm
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
 from lstm_core.training import WindowBatches, device_info, train
-from lstm_core.windows import tail_windows
+from lstm_core.windows import tail_windows, target_bounds
 from tests.conftest import fast_config, make_frame
 
-W, H, SEASON = 24, 12, 24
+W, H = 24, 12
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +26,12 @@ def scaled() -> Panel:
 
 def fresh_model(seed: int = 0) -> keras.Model:
     keras.utils.set_random_seed(seed)
-    return build_lstm(W, 1, [8], skip_lag=SEASON)
+    return build_lstm(W, 1, [8])
 
 
 def val_loss_of(model, panel: Panel, loss: str) -> float:
-    x, y = tail_windows(panel, W, H)
-    err = model.predict(x, verbose=0)[:, 0].astype(np.float64) - y
+    x, y, _ = tail_windows(panel, W, H)
+    err = model.predict(x, verbose=0).astype(np.float64) - y
     return float(np.mean(err**2) if loss == "mse" else np.mean(np.abs(err)))
 
 
@@ -52,7 +52,7 @@ def test_early_stopping_returns_the_best_epoch_weights(scaled, tmp_path):
     assert ckpt.is_file() and ckpt.stat().st_size > 0
     other = fresh_model(seed=1)
     other.load_weights(str(ckpt))
-    x, _ = tail_windows(scaled, W, H)
+    x = tail_windows(scaled, W, H).x
     np.testing.assert_array_equal(other.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
@@ -92,7 +92,7 @@ def test_same_seed_same_forecasts_and_another_seed_differs():
 
 
 def test_device_and_cudnn_are_reported(scaled):
-    cfg = TrainingConfig(epochs=1, windows_per_series=4)
+    cfg = TrainingConfig(epochs=1, windows_per_series=4, min_windows_per_epoch=0)
     r = train(fresh_model(), scaled, window=W, config=cfg, validation_steps=H, seed=0)
     info = device_info()
     assert r.device == info["device"]
@@ -102,13 +102,20 @@ def test_device_and_cudnn_are_reported(scaled):
     assert set(r.summary()) >= {"device", "cudnn", "best_epoch", "best_val_loss", "stopped_by", "history"}
 
 
+def test_a_small_panel_gets_an_epoch_of_every_window_it_has(scaled):
+    cfg = TrainingConfig(epochs=1, windows_per_series=4, min_windows_per_epoch=100_000)
+    r = train(fresh_model(), scaled, window=W, config=cfg, validation_steps=H, seed=0)
+    lo, hi = target_bounds(scaled, W, H, 1)
+    assert r.samples_per_epoch == int((hi - lo).sum()) > 4 * scaled.n_series
+
+
 @pytest.mark.parametrize("loss", ["mae", "huber"])
 def test_configured_loss_is_the_one_reported(scaled, loss):
     cfg = TrainingConfig(epochs=1, windows_per_series=4, loss=loss)
     model = fresh_model()
     r = train(model, scaled, window=W, config=cfg, validation_steps=H, seed=0)
-    x, y = tail_windows(scaled, W, H)
-    err = model.predict(x, verbose=0)[:, 0].astype(np.float64) - y
+    x, y, _ = tail_windows(scaled, W, H)
+    err = model.predict(x, verbose=0).astype(np.float64) - y
     a = np.abs(err)
     expected = np.mean(a) if loss == "mae" else np.mean(np.where(a <= 1, 0.5 * err**2, a - 0.5))
     assert r.best_val_loss == pytest.approx(expected, rel=1e-4)
@@ -134,3 +141,16 @@ def test_each_epoch_draws_a_fresh_bounded_sample(scaled):
     assert batches.x.shape == first.shape and not np.array_equal(batches.x, first)
     again = WindowBatches(scaled, W, per_series=10, holdout=H, batch_size=16, seed=0)
     np.testing.assert_array_equal(again.x, first)  # seeded
+
+
+def test_chunked_training_validates_on_whole_chunks_before_the_series_end(scaled):
+    """chunk 5, 12 validation steps: 3 chunks (15 points) per series; the loss reported is on those."""
+    keras.utils.set_random_seed(0)
+    model = build_lstm(W, 1, [8], chunk=5, patch=4)
+    cfg = TrainingConfig(epochs=2, windows_per_series=8, batch_size=16, min_windows_per_epoch=0)
+    r = train(model, scaled, window=W, config=cfg, validation_steps=H, seed=0, chunk=5)
+    val = tail_windows(scaled, W, H, chunk=5)
+    assert val.y.shape == (3 * scaled.n_series, 5)
+    err = model.predict(val.x, verbose=0).astype(np.float64) - val.y
+    assert r.best_val_loss == pytest.approx(float(np.mean(np.abs(err))), rel=1e-4)
+    assert r.samples_per_epoch == 8 * scaled.n_series

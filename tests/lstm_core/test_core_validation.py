@@ -159,12 +159,15 @@ def test_constant_series_is_skipped(base):
 
 
 def test_too_short_series_is_skipped_at_exactly_the_limit():
-    need = min_length(fast_config(window=W, horizon=H))
-    assert need == required_points(W, H, H) == W + H + H + 1
+    cfg = fast_config(window=W, horizon=H)
+    need = min_length(cfg)
+    # a patch of history (shorter windows are padded), one chunk of training targets, the validation
+    # chunks, the holdout
+    assert need == required_points(W, H, H, cfg.chunk_length, cfg.patch_length) == cfg.patch_length + cfg.chunk_length + H + H
     ok = make_frame(n_series=1, length=need)
     short = make_frame(n_series=1, length=need - 1).assign(series_id="short")
     df = pd.concat([ok, short], ignore_index=True).astype({"series_id": "string"})
-    r = check(df)
+    r = check(df, chunk=cfg.chunk_length, patch=cfg.patch_length)
     assert kept(r) == ["s00"]
     field, reason = skipped(r)["short"]
     assert field == "y" and f"series too short: {need - 1} points, needs {need}" in reason

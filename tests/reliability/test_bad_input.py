@@ -132,7 +132,7 @@ def _bad_series() -> dict[str, tuple[pd.DataFrame, str, str]]:
         s = _series(sid, 2)
         s.loc[20, "y"] = value
         out[sid] = (s, "y", f"non-finite value {kind} at 2026-01-01 20:00:00")
-    out["short"] = (_series("short", 3, length=30), "y", "series too short: 30 points, needs 49")
+    out["short"] = (_series("short", 3, length=30), "y", "series too short: 30 points, needs 36")
     out["all-missing"] = (_series("all-missing", 4).assign(y=np.nan), "y", "all values missing")
     out["constant"] = (_series("constant", 5).assign(y=7.0), "y", "series is constant")
     out["huge"] = (_series("huge", 6).assign(y=lambda f: f["y"] * 1e305), "y", "values too large to scale (overflow)")

@@ -104,8 +104,8 @@ def _unknown_class(config, entries):
 
 
 def _foreign_module(config, entries):
-    skip = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "LevelSkip")
-    skip["module"], skip["registered_name"] = "payload.module", "payload>LevelSkip"
+    level = next(layer for layer in config["config"]["layers"] if layer["class_name"] == "LevelNorm")
+    level["module"], level["registered_name"] = "payload.module", "payload>LevelNorm"
 
 
 def _function_entry(config, entries):
@@ -141,7 +141,7 @@ CASES = {
                                                 r"function entry at /config/layers/\d+/config/function "
                                                 r"\(keras.config.set_epsilon"),
     "unknown Keras class": (_unknown_class, "class the model builder never uses .*EinsumDense"),
-    "LevelSkip from another module": (_foreign_module, "payload.module.LevelSkip"),
+    "LevelNorm from another module": (_foreign_module, "payload.module.LevelNorm"),
     "function entry as an activation": (_function_entry, "function entry at .*activation"),
     "python lambda": (_python_lambda, "__lambda__ entry"),
     "extra zip entry": (_extra_entry, r"unexpected entries \['assets/../../payload.sh'\]"),
@@ -203,13 +203,14 @@ def test_archive_that_unpacks_past_the_cap_is_refused(tmp_path):
 
 def test_every_option_of_the_builder_is_allowed(tmp_path):
     """The allowlist comes from the builder: any model it builds passes, whatever the options."""
-    for kwargs in ({}, {"bidirectional": True, "dropout": 0.2}, {"level_normalization": False, "skip_lag": 4},
-                   {"units": (8, 4, 2), "n_features": 3, "seed": 7}):
+    for kwargs in ({}, {"bidirectional": True, "dropout": 0.2}, {"level_normalization": False, "patch": 4},
+                   {"units": (8, 4, 2), "n_features": 3, "seed": 7, "chunk": 3, "n_future": 2, "patch": 2}):
         path = tmp_path / "m.keras"
         build_lstm(8, **{"n_features": 1, **kwargs}).save(path)
         check_archive(str(path), 10**8)
     vocab = builder_vocabulary()
-    assert {c for _, c, _ in vocab.inner} >= {"InputLayer", "LevelSkip", "LSTM", "Dense", "Add"}
+    assert {c for _, c, _ in vocab.inner} >= {"InputLayer", "LevelNorm", "Reshape", "LSTM", "Concatenate",
+                                              "Flatten", "Dense", "AddLevel"}
     assert vocab.entries == {"config.json", "metadata.json", "model.weights.h5"}
 
 
