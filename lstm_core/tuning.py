@@ -138,11 +138,16 @@ def search_space(config: ForecastConfig) -> dict[str, Dimension]:
     return {name: _dimension(name, value) for name, value in spec.items()}
 
 
+def _tunable(name: str) -> bool:
+    """A setting a search space (and a best.json) may hold: the network, its training and its input."""
+    return name == LAYERS or ((name in TUNABLE_TOP or name.startswith(TUNABLE_SECTIONS)) and name not in NOT_TUNABLE
+                              and names_a_setting(name))
+
+
 def _dimension(name: str, value: Any) -> Dimension:
     where = f"setting 'tuning.space.{name}'"
     if name != LAYERS:
-        if not (name in TUNABLE_TOP or name.startswith(TUNABLE_SECTIONS)) or name in NOT_TUNABLE \
-                or not names_a_setting(name):
+        if not _tunable(name):
             raise ConfigError(f"{where}: not a tunable setting (model.*, training.*, {', '.join(TUNABLE_TOP)} or "
                               f"{LAYERS})")
     if isinstance(value, list):
@@ -749,6 +754,9 @@ def apply_tuned(config: ForecastConfig) -> tuple[ForecastConfig, dict[str, Any] 
     settings = best.get("settings") or {}
     chosen: dict[str, Any] = {}
     for dotted in best.get("tuned") or []:
+        if not _tunable(str(dotted)):  # best.json lives in storage: it may change the model, nothing else
+            raise ConfigError(f"setting 'tuned': the best settings of study {config.tuning.study!r} name "
+                              f"{dotted!r}, which is not a tunable setting; refusing {url}")
         node: Any = settings
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, Mapping) else None

@@ -227,3 +227,18 @@ def test_tuned_latest_applies_the_newest_best_settings_and_refuses_a_window_the_
     long = tuned.model_copy(update={"window": 200})
     with pytest.raises(ConfigError, match=r"setting 'window': the tuned value 200 .* shortest series \('s0\d', 160"):
         tuning.check_tuned_fits(long, panel)
+
+
+def test_a_best_json_naming_a_setting_outside_the_model_is_refused(tmp_path, panel):
+    # best.json lives in storage: whoever can write there must not redirect a run's inputs or outputs through it
+    import json
+
+    cfg = tiny_config(tmp_path)
+    result = tuning.tune(panel, cfg, trials=1)
+    path = result.urls["best_json"]
+    best = json.load(open(path))
+    best["tuned"].append("input_url")
+    best["settings"]["input_url"] = "s3://elsewhere/data.parquet"
+    open(path, "w").write(json.dumps(best))
+    with pytest.raises(ConfigError, match="'input_url', which is not a tunable setting"):
+        tuning.apply_tuned(cfg.model_copy(update={"tuned": "latest"}))
