@@ -227,6 +227,35 @@ def narrow_to_data(space: dict[str, Dimension], shortest: int) -> dict[str, Dime
     return space
 
 
+def baseline_params(config: ForecastConfig, space: Mapping[str, Dimension]) -> dict[str, Any]:
+    """The configuration's own values of the space's settings that the space can express (a choice, or within
+    the range): a new study's first trial, so the study measures the settings it should beat."""
+    out: dict[str, Any] = {}
+    units = config.model.units
+    for name, dim in space.items():
+        if dim.fixed:
+            continue
+        if name == LAYERS:
+            value: Any = len(units)
+        elif name == "model.units":
+            if len(set(units)) != 1:
+                continue
+            value = units[0]
+        elif name == "model.chunk":
+            value = config.chunk_length
+        elif name == "model.patch":
+            value = config.patch_length
+        else:
+            value = config
+            for part in name.split("."):
+                value = getattr(value, part)
+        if dim.choices is not None and value in dim.choices:
+            out[name] = value
+        elif dim.low is not None and isinstance(value, (int, float)) and dim.low <= value <= dim.high:
+            out[name] = value
+    return out
+
+
 # --- the data a study sees ----------------------------------------------------------------------------------
 def tuning_panel(panel: Panel, config: ForecastConfig) -> Panel:
     """The series a study tunes on: at most `tuning.max_series` of them (a stable hash sample, the same in every
@@ -633,6 +662,8 @@ def tune(panel: Panel, config: ForecastConfig, *, trials: int | None = None, min
             storage = DaskStorage(optuna.storages.InMemoryStorage(), client=client)
     pruner = pruner if pruner is not None else make_pruner(config)
     study = make_study(config, storage, previous, pruner)
+    if not previous:  # trial 0 of a new study: the configuration's own settings, the ones to beat
+        study.enqueue_trial(baseline_params(config, space), user_attrs={"baseline": True})
     start = time.monotonic()
     deadline = None if minutes is None else time.time() + minutes * 60
     new: list[int] = []
