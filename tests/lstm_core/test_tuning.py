@@ -58,6 +58,10 @@ def test_three_trial_study_in_process_gives_valid_results(tmp_path, panel):
     assert result.new_trials == [0, 1, 2] and result.stopped_by == "trials"
     stored = _valid(result, cfg, 3)
     assert (stored["state"] == "complete").all()  # the median pruner waits for 3 trials before it prunes
+    # trial 0 of a new study is the configuration's own settings: the study measures what it must beat
+    first = result.study.get_trials()[0]
+    assert first.params == tuning.baseline_params(cfg, tuning.search_space(cfg)) and first.user_attrs["baseline"]
+    assert first.params["window"] == cfg.window and first.params["training.loss"] == cfg.training.loss
     for name in ("journal", "trials", "plot", "best_yaml", "best_json"):
         assert (tmp_path / "out" / "tuning" / "study=default" / result.urls[name].rsplit("/", 1)[1]).exists()
     assert open(result.urls["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
