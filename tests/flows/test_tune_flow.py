@@ -78,9 +78,13 @@ def test_tune_flow_writes_results_and_the_nightly_run_uses_them(tmp_path):
     assert manifest["tuned"]["study"] == "nightly" and manifest["tuned"]["trial"] == best["trial"]
     assert manifest["config"]["window"] == best["params"]["window"]
     assert manifest["config"]["model"]["units"] == [best["params"]["model.units"]]
+    from lstm_core.config import load_config
+    from lstm_core.tuning import apply_tuned
+
+    tuned_config, _ = apply_tuned(load_config(overrides={**base, "tuned": "latest", "tuning": {"study": "nightly"}}))
+    assert manifest["model_key"] == tuned_config.model_key()  # the model key follows the tuned settings
     plain = batch_forecast(settings=base)
     assert plain["tuned"] is None
-    assert plain["model_key"] != manifest["model_key"]  # the tuned dropout alone makes another network
 
     # best.yaml is a configuration file the run accepts as it is
     assert yaml.safe_load((study / "best.yaml").read_text())["window"] == best["params"]["window"]
