@@ -725,9 +725,10 @@ def _tune_on_dask(client, study, ask, finish, budget_left, data, config, deadlin
 
     def submit(worker: str) -> None:
         trial, params = ask()
+        # pinned to a free worker: at most one trial per worker, whatever its thread count
         future = client.submit(_remote_trial, study._storage, study.study_name, trial._trial_id, params, panel_ref,
-                               config, deadline, history, pruner, workers=[worker], allow_other_workers=False, pure=False,
-                               key=f"tuning-trial-{study.study_name}-{trial.number}-{os.getpid()}")
+                               config, deadline, history, pruner, workers=[worker], allow_other_workers=False,
+                               pure=False, key=f"tuning-trial-{study.study_name}-{trial.number}-{os.getpid()}")
         running[future] = (trial, worker)
         pool.add(future)
 

@@ -67,7 +67,8 @@ def test_tune_flow_writes_results_and_the_nightly_run_uses_them(tmp_path):
     best = summary["best"]
     assert best["objective"] == trials["objective"].min()
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[artifact_key("nightly")])))
+        key = ArtifactFilterKey(any_=[artifact_key("nightly")])
+        arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=key))
     assert arts and arts[0].type == "table"
     rows = json.loads(arts[0].data) if isinstance(arts[0].data, str) else arts[0].data
     assert [r["number"] for r in rows] == [0, 1]
