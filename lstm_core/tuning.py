@@ -366,8 +366,8 @@ def evaluate_trial(trial, params: Mapping[str, Any], panel: Panel, config: Forec
     except optuna.TrialPruned as exc:
         attrs["pruned"] = str(exc)
         return TrialOutcome("pruned", None, time.monotonic() - t0, attrs)
-    except (ValueError, ConfigError, FloatingPointError) as exc:
-        attrs["error"] = f"{type(exc).__name__}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a trial that breaks (bad settings, a TensorFlow error) fails alone
+        attrs["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         return TrialOutcome("fail", None, time.monotonic() - t0, attrs)
     if not np.isfinite(value):
         attrs["error"] = "the backtest MASE is not finite (diverged training or no series scored)"
