@@ -589,6 +589,9 @@ def objective_plot(frame: pd.DataFrame, study: str) -> bytes:
         part = frame[frame["state"] == state]
         if len(part):
             ax.plot(part["number"], np.full(len(part), floor), marker, color=color, label=state)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers
     ax.set_xlabel("trial")
     ax.set_ylabel("pooled backtest MASE")
     ax.set_title(f"tuning study {study!r}: {len(frame)} trials")
