@@ -47,6 +47,7 @@ COMMIT = "tests/reliability/test_commit_order.py"
 RACE = "tests/reliability/test_lease_race.py"
 CONTRACT = "tests/flows/test_output_contract.py"
 CLI = "tests/flows/test_cli.py"
+TUNING = "tests/lstm_core/test_tuning.py"
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,21 @@ MUTATIONS: list[Mutation] = [
              'if policy == "always":', 'if policy == "always" and not list_versions(store_url, model_key, '
                                        "storage_options):",
              ("tests/lstm_core/test_core_model_store.py::test_always_means_train_even_with_a_model",)),
+    # --- landed with issue 14: tuning ----------------------------------------------------------------
+    Mutation("T1", "the final window (a run's holdout, a benchmark's test) never enters tuning", "lstm_core/tuning.py",
+             "return panel.drop_last(config.horizon)", "return panel",
+             (f"{TUNING}::test_the_final_window_and_the_sample_stay_out_of_tuning",)),
+    Mutation("T2", "a pruned trial is recorded as pruned", "lstm_core/tuning.py",
+             "if self.trial.should_prune():", "if False:",
+             (f"{TUNING}::test_a_pruned_trial_is_recorded_as_pruned",
+              f"{TUNING}::test_the_median_pruner_stops_a_trial_worse_than_the_others")),
+    Mutation("T3", "a tuned window longer than the shortest series is refused, not clipped", "lstm_core/tuning.py",
+             "if int(config.window) > shortest:", "if False:",
+             (f"{TUNING}::test_tuned_latest_applies_the_newest_best_settings_and_refuses_a_window_the_data_cannot_use",
+              "tests/flows/test_tune_flow.py::test_a_tuned_window_longer_than_the_shortest_series_is_refused")),
+    Mutation("T4", "a rerun of a study resumes it (its trial numbers continue)", "lstm_core/tuning.py",
+             "previous = load_trials(config) if save else []", "previous = []",
+             (f"{TUNING}::test_a_resumed_study_continues_its_trial_numbers",)),
 ]
 
 

@@ -32,6 +32,7 @@ from lstm_core.outputs import RunWriter, new_run_id, slot_run_id
 from lstm_core.secrets import install_log_scrubber, scrub, secret_values
 from lstm_core.sharding import ShardPlan, ShardSpec, remove_scratch
 from lstm_core.storage import join
+from lstm_core.tuning import apply_tuned
 from tasks.data import load_series, no_valid_series, prepare_windows, validate_series
 from tasks.modelling import evaluate, forecast, train_or_load_model
 from tasks.outputs import SKIPPED_IN_SUMMARY, commit_run, overall_metrics, write_outputs
@@ -105,6 +106,10 @@ def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tupl
 
 def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     logger = get_run_logger()
+    config, tuned = apply_tuned(config)  # tuned: latest -> the study's newest best settings (ConfigError if none)
+    if tuned is not None:
+        logger.info("tuned settings of study %r, trial %s (backtest MASE %.4f): %s", tuned["study"], tuned["trial"],
+                    tuned["objective"], tuned["settings"])
     secrets = secret_values(config.storage_options, config.urls())
     install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential
     slot = scheduled_slot()
@@ -124,13 +129,13 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
         logger.warning("run %s: %s", run_id, lease.took_over)
     writer.lease = lease
     try:
-        return _run_leased(config, writer, logger, secrets, run_id_source, slot)
+        return _run_leased(config, writer, logger, secrets, run_id_source, slot, tuned)
     finally:
         lease.release()
 
 
 def _run_leased(config: ForecastConfig, writer: RunWriter, logger, secrets: set[str], run_id_source: str,
-                slot: datetime | None) -> dict[str, Any]:
+                slot: datetime | None, tuned: dict[str, Any] | None = None) -> dict[str, Any]:
     run_id = writer.run_id
     started = datetime.now(timezone.utc)
     t_start = time.perf_counter()
@@ -145,6 +150,7 @@ def _run_leased(config: ForecastConfig, writer: RunWriter, logger, secrets: set[
         "started_at": started.isoformat(),
         "versions": package_versions(),
         "flow_run_id": _flow_run_id(),
+        "tuned": tuned,  # which study's best settings this run used (tuned: latest), else null
     })
     try:
         with execution(config, logger) as ex:

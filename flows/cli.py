@@ -1,4 +1,4 @@
-"""`lstm-forecast`: run the batch flow by hand, serve it as scheduled and manual deployments, or the demo."""
+"""`lstm-forecast`: run the batch flow by hand, serve it as scheduled and manual deployments, tune it, or the demo."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +66,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow-override", dest="allow_overrides", action="append", default=[], metavar="SETTING",
                        help="let a run of the deployments change this protected setting (config_path, a *_url "
                        "setting, dask_address or storage_options; repeatable). Without it they are fixed here")
+    tune = sub.add_parser(
+        "tune", help="search for better model settings on backtests, within a budget (an Optuna study)",
+        description="Run or resume the tuning study --study on the input's history before its final window: each "
+                    "trial trains with settings drawn from tuning.space and is scored by the pooled backtest MASE. "
+                    "Results under <output>/tuning/study=<name>/: trials.parquet, best.yaml (for run --config), "
+                    "objective.png; a nightly run with tuned: latest uses the newest best settings.")
+    _common_flags(tune, required=True)
+    from lstm_core.config import TuningConfig
+
+    tuning_defaults = {k: v.default for k, v in TuningConfig.model_fields.items()}
+    tune.add_argument("--study", help=f"study name; rerunning a name resumes its study "
+                      f"(default {tuning_defaults['study']!r})")
+    tune.add_argument("--trials", type=int, metavar="N",
+                      help=f"trials to run now (default {tuning_defaults['trials']})")
+    tune.add_argument("--minutes", type=float, metavar="M",
+                      help="wall-clock budget of this tune, in minutes; the trial running then stops training and "
+                      f"is scored (default: {tuning_defaults['minutes'] or 'none'})")
     demo = sub.add_parser("demo", help="run the flow on the bundled sample dataset (local, no server)",
                           description="Write a small sample dataset under ./data/demo and forecast it.")
     demo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
@@ -80,6 +97,9 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
             out[key] = getattr(args, key)
     if getattr(args, "max_train_minutes", None) is not None:
         out["training"] = {"max_train_minutes": args.max_train_minutes}
+    tuning = {key: getattr(args, key) for key in ("study", "trials", "minutes") if getattr(args, key, None) is not None}
+    if tuning:
+        out["tuning"] = tuning
     return out
 
 
@@ -126,6 +146,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet_console_tracebacks()
     manifest = batch_forecast(config_path=args.config, settings=resolved)
     _report(manifest)
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    config, resolved = _resolve(args.config, settings_from_args(args), args.sets)
+    check_input(config)
+    from flows.tune import tune
+
+    quiet_console_tracebacks()
+    summary = tune(config_path=args.config, settings=resolved)
+    best = summary.get("best")
+    print(f"study {summary['study']}: {summary['trials']} trials ("
+          + ", ".join(f"{n} {s}" for s, n in summary["states"].items())
+          + f"), {len(summary['new_trials'])} new, stopped by the {summary['stopped_by']} budget")
+    if best:
+        print(f"best: trial {best['trial']}, pooled backtest MASE {best['objective']:.4f}: {best['params']}")
+        print(f"best settings: {summary['urls'].get('best_yaml')} (lstm-forecast run --config ..., or tuned: latest)")
+    else:
+        print("no trial completed yet: no best settings")
     return 0
 
 
@@ -305,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     try:
-        return {"run": cmd_run, "serve": cmd_serve, "demo": cmd_demo}[args.command](args)
+        return {"run": cmd_run, "serve": cmd_serve, "tune": cmd_tune, "demo": cmd_demo}[args.command](args)
     except RunLockedError as exc:
         return fail(str(exc), 3)
     except (ConfigError, LstmForecastError) as exc:

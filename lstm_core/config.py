@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from lstm_core.errors import ConfigError
 from lstm_core.secrets import MASK, has_credentials, is_secret_name, scrub, without_secrets
 
-__all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "default_season_length",
+__all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "TuningConfig", "default_season_length",
            "default_window", "load_config", "validate_config"]
 
 ENV_PREFIX = "LSTM_FORECAST_"
@@ -101,6 +101,19 @@ class BacktestConfig(_Strict):
     refit: bool = Field(False, description="retrain for each window instead of once before the earliest cutoff")
 
 
+class TuningConfig(_Strict):
+    study: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                       description="name of the tuning study (results under tuning/study=<name>/)")
+    trials: int | None = Field(20, ge=1, description="trials per tune call (null: until the minutes are spent)")
+    minutes: float | None = Field(None, gt=0, description="wall-clock budget of a tune call, in minutes")
+    max_series: int | None = Field(
+        500, ge=1, description="tune on at most this many series (a stable hash sample); null = all")
+    space: dict[str, Any] = Field(
+        default_factory=dict, description="search space over the defaults (lstm_core.tuning.default_space): "
+        "setting -> {low, high[, log, step]} or {choices: [...]} or a list of choices or one value; null drops it")
+    pruning: bool = Field(True, description="stop unpromising trials early from their epoch validation losses")
+
+
 class ForecastConfig(_Strict):
     """Settings of one batch forecasting job."""
 
@@ -148,6 +161,10 @@ class ForecastConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="how it is trained")
     backtest: BacktestConfig = Field(default_factory=BacktestConfig, description="rolling-origin backtest windows")
+    tuning: TuningConfig = Field(default_factory=TuningConfig, description="hyperparameter tuning (lstm-forecast tune)")
+    tuned: Literal["off", "latest"] = Field(
+        "off", description="'latest': use the newest best settings of the study tuning.study (its best.yaml under "
+        "<output_url>/tuning/) over these settings")
 
     # --- prediction intervals -------------------------------------------
     levels: list[int | float] = Field(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -142,11 +142,13 @@ def panel_of(result: ValidationResult, config: ForecastConfig) -> Panel:
 
 def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = None,
         on_epoch: EpochHook | None = None, time_budget_s: float | None = None,
-        on_batch: BatchHook | None = None, on_series: SeriesHook | None = None) -> Forecaster:
+        on_batch: BatchHook | None = None, on_series: SeriesHook | None = None,
+        callbacks: Sequence[keras.callbacks.Callback] = ()) -> Forecaster:
     """Train on every point of `panel` (pass `panel.drop_last(H)` to keep a holdout).
 
     Hooks report progress: `on_epoch(epoch, logs)`, `on_batch(epoch, done, per_epoch)` and, in
-    mode 'per_series', `on_series(done, total, series_id)` before each series' model. Raises ValueError
+    mode 'per_series', `on_series(done, total, series_id)` before each series' model. `callbacks`: further
+    Keras callbacks for every member's training (e.g. tuning's pruning). Raises ValueError
     when no series is long enough to train.
     """
     if not config.is_resolved:
@@ -156,7 +158,8 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         raise ValueError(f"no series is long enough to train: each needs {need} points before its holdout "
                          f"({length_rule(config)})")
     if config.mode == "per_series":
-        return _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch, on_series)
+        return _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch, on_series,
+                               callbacks)
     known = tuple(int(c) for c in panel.known_index)
     shaper = Forecaster([], config.window, tuple(panel.feature_names), config.scaler,
                         target_transform=config.target_transform, static_encoder=panel.static_encoder,
@@ -179,7 +182,7 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         result = train(model, space.panel, window=config.window, config=config.training,
                        validation_steps=config.validation_steps, seed=seed, chunk=chunk, known=known,
                        checkpoint_dir=checkpoint_dir, time_budget_s=member_budget, on_epoch=on_epoch,
-                       on_batch=on_batch)
+                       on_batch=on_batch, callbacks=callbacks)
         results.append(result)
         members.extend(_snapshot_members(model, result))
     seasonal = space.seasonal
@@ -224,7 +227,7 @@ def _snapshot_members(model: keras.Model, result: TrainingResult) -> list[keras.
 
 
 def _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch=None,
-                    on_series=None) -> Forecaster:
+                    on_series=None, callbacks=()) -> Forecaster:
     each = {}
     global_cfg = config.model_copy(update={"mode": "global"})
     budget = None if time_budget_s is None else time_budget_s / max(panel.n_series, 1)
@@ -232,7 +235,7 @@ def _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_b
         if on_series:
             on_series(i, panel.n_series, str(sid))
         each[sid] = fit(panel.select(panel.series_ids == sid), global_cfg, checkpoint_dir=checkpoint_dir,
-                        on_epoch=on_epoch, time_budget_s=budget, on_batch=on_batch)
+                        on_epoch=on_epoch, time_budget_s=budget, on_batch=on_batch, callbacks=callbacks)
     losses = [f.training["best_val_loss"] for f in each.values()]
     summary = {"best_val_loss": float(np.mean(losses)), "series": int(panel.n_series),
                "seconds": float(sum(f.training["seconds"] for f in each.values())),

@@ -7,7 +7,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
@@ -194,13 +194,15 @@ def train(
     time_budget_s: float | None = None,
     on_epoch: EpochHook | None = None,
     on_batch: BatchHook | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> TrainingResult:
     """Fit `model` on scaled windows of `panel`; validation = whole chunks covering the last `validation_steps`
     points of each series, whose targets training never uses.
 
     `chunk`: target values per sample (the model's output size); `known`: feature columns whose values over
-    the targets are a second model input. Raises ValueError when the series leave no training or no
-    validation windows.
+    the targets are a second model input. `callbacks`: further Keras callbacks, called after the project's
+    own each epoch (tuning prunes a trial from one by raising). Raises ValueError when the series leave no
+    training or no validation windows.
     """
     info = device_info()
     cudnn = cudnn_eligible(model)
@@ -234,7 +236,7 @@ def train(
         hist = model.fit(batches, validation_data=(model_inputs(val), val.y), epochs=config.epochs, verbose=0,
                          validation_batch_size=max(config.batch_size, 1024),
                          callbacks=[early, checkpoint, budget, snapshots, pace,
-                                    EpochLog(config.epochs, on_epoch, on_batch)], shuffle=False)
+                                    EpochLog(config.epochs, on_epoch, on_batch), *callbacks], shuffle=False)
         if ckpt.exists():
             model.load_weights(str(ckpt))  # best epoch, whatever stopped training
     finally:

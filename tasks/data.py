@@ -14,6 +14,7 @@ from lstm_core.errors import NoValidSeriesError
 from lstm_core.panel import Panel
 from lstm_core.sharding import ShardSpec, read_shard
 from lstm_core.storage import read_series
+from lstm_core.tuning import check_tuned_fits
 from lstm_core.validation import SkippedSeries, ValidationResult, min_length, validate_for
 from lstm_core.windows import target_bounds, validation_span, windows_per_series
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
@@ -101,6 +102,7 @@ def prepare_windows(validated: ValidationResult, config: ForecastConfig, allow_e
     if validated.frame.empty and not allow_empty:
         raise no_valid_series(validated.skipped, config)
     panel = panel_of(validated, config)
+    check_tuned_fits(config, panel)  # tuned: latest: a tuned window the data cannot use is refused, not clipped
     train_panel = panel.drop_last(config.horizon)
     chunk = config.chunk_length
     span = validation_span(config.validation_steps, chunk)

@@ -27,15 +27,16 @@ def compose() -> dict:
 
 
 def _deployments(prefect_yaml) -> dict[str, dict]:
-    return {d["name"]: d for d in prefect_yaml["deployments"]}
+    """The batch-forecast deployments (the tune flow's has its own test)."""
+    return {d["name"]: d for d in prefect_yaml["deployments"] if d["entrypoint"] == ENTRYPOINT}
 
 
 def test_prefect_yaml_is_valid_for_prefect_deploy(prefect_yaml):
     from prefect.cli.deploy._models import PrefectYamlModel
 
     model = PrefectYamlModel.model_validate(prefect_yaml)  # the model `prefect deploy` reads the file with
-    assert {d.name for d in model.deployments} == {"scheduled", "manual"}
-    for d in model.deployments:
+    assert {d.name for d in model.deployments} == {"scheduled", "manual", "weekly"}
+    for d in (d for d in model.deployments if d.name != "weekly"):
         assert d.entrypoint == ENTRYPOINT
         assert d.work_pool.name == "forecast-pool" and d.work_pool.work_queue_name == "batch-forecast"
         assert d.concurrency_limit.limit == 1
@@ -75,6 +76,24 @@ def test_entrypoint_imports_as_the_flow_with_the_parameters_given(prefect_yaml, 
         assert set(params) <= accepted
         config = load_config(params["config_path"], overrides=params["settings"], environ={})
         assert config.input_url.startswith("s3://") and config.storage_options == {}  # no secrets in the file
+
+
+def test_the_tune_flow_has_a_weekly_deployment_on_its_own_queue(prefect_yaml, monkeypatch):
+    from prefect.flows import load_flow_from_entrypoint
+    from prefect.schedules import Cron
+
+    from lstm_core.config import load_config
+
+    [tune] = [d for d in prefect_yaml["deployments"] if d["name"] == "weekly"]
+    assert tune["entrypoint"] == "flows/tune.py:tune"
+    [schedule] = tune["schedules"]
+    Cron(schedule["cron"], timezone=schedule["timezone"])
+    assert tune["work_pool"]["name"] == "forecast-pool" and tune["work_pool"]["work_queue_name"] == "tuning"
+    monkeypatch.chdir(ROOT)
+    flow = load_flow_from_entrypoint(tune["entrypoint"])
+    assert flow.name == "tune" and set(tune["parameters"]) <= set(inspect.signature(flow.fn).parameters)
+    config = load_config(tune["parameters"]["config_path"], overrides=tune["parameters"]["settings"], environ={})
+    assert config.tuning.minutes == 120 and config.tuning.trials is None
 
 
 def test_compose_services_reference_files_that_exist(compose):

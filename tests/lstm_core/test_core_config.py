@@ -347,6 +347,15 @@ KEY_KEEPS = {  # setting -> another value; none may change the key (where and wh
     "workers": 2,
     "dask_address": "tcp://sched:8786",
     "scratch_url": "s3://other/scratch",
+    # tuning (issue 14): the study and its budget change no network; the settings `tuned: latest` applies do,
+    # through the settings themselves (tests/lstm_core/test_tuning.py)
+    "tuning.study": "weekly",
+    "tuning.trials": 5,
+    "tuning.minutes": 10,
+    "tuning.max_series": 50,
+    "tuning.space": {"model.units": [16]},
+    "tuning.pruning": False,
+    "tuned": "latest",
 }
 # Settings deliberately not asserted either way, with the reason.
 KEY_UNDECIDED = {

@@ -1,0 +1,82 @@
+"""The tune flow: load_series -> validate_series -> run_study -> publish_tuning.
+
+A search for better network and training settings, judged by backtests on the input's history before its
+final window (lstm_core.tuning). Its results stay under `<output_url>/tuning/study=<name>/`; a nightly run
+with `tuned: latest` uses the newest best settings. Served as a deployment of its own (weekly, in
+infra/prefect.yaml), beside the nightly batch-forecast ones.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from prefect import flow, get_run_logger
+
+from flows.parameters import RunSettings, settings_dict
+from lstm_core.config import ForecastConfig, load_config
+from lstm_core.engine import panel_of
+from tasks.data import load_series, no_valid_series, validate_series
+from tasks.tuning import publish_tuning, run_study
+
+
+@flow(name="tune", log_prints=True, validate_parameters=False)
+def tune(config_path: str | None = None, settings: RunSettings | None = None) -> dict[str, Any]:
+    """Run (or resume) the tuning study `tuning.study` on `input_url` within `tuning.trials` / `tuning.minutes`.
+
+    Args:
+        config_path: YAML configuration file (the one the nightly run uses, with its `tuning` section).
+        settings: settings over the file's; `tuning.study`, `tuning.trials` and `tuning.minutes` set the study
+            and its budget.
+    """
+    config = load_config(config_path, overrides=settings_dict(settings))  # stops here on a bad setting
+    return run_tuning(config)
+
+
+def run_tuning(config: ForecastConfig) -> dict[str, Any]:
+    logger = get_run_logger()
+    frame = load_series(config=config)
+    validated = validate_series(frame=frame, config=config)
+    del frame
+    if validated.frame.empty:
+        raise no_valid_series(validated.skipped, config)
+    if not config.is_resolved:
+        config = config.resolved(validated.freq)
+    panel = panel_of(validated, config)
+    del validated
+    logger.info("tuning study %r on %d series (at most %s), budget %s trials / %s minutes", config.tuning.study,
+                panel.n_series, config.tuning.max_series, config.tuning.trials, config.tuning.minutes)
+    with study_client(config, logger) as client:
+        summary = run_study(panel=panel, config=config, client=client)
+    try:
+        publish_tuning(summary)
+    except Exception as exc:  # noqa: BLE001 - the results are written; the UI view of them is best effort
+        logger.error("tuning results written, but the Prefect artifacts could not be published: %s", exc)
+    return {k: v for k, v in summary.items() if k != "table"}
+
+
+@contextmanager
+def study_client(config: ForecastConfig, logger=None) -> Iterator[Any]:
+    """None (trials in this process), or a Dask client: a LocalCluster of `workers` processes (spawned, one
+    thread each, TensorFlow's threads split between them) or the cluster at `dask_address`."""
+    if config.workers is None and config.dask_address is None:
+        yield None
+        return
+    import dask
+    from distributed import Client, LocalCluster
+
+    from flows.runners import worker_env
+
+    quiet = logging.getLogger("distributed")
+    if quiet.level == logging.NOTSET:
+        quiet.setLevel(logging.WARNING)
+    if config.dask_address is not None:
+        with Client(config.dask_address) as client:
+            yield client
+        return
+    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
+        with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                          silence_logs=logging.WARNING, env=worker_env(config.workers, config)) as cluster, \
+                Client(cluster) as client:
+            client.wait_for_workers(config.workers, timeout=600)
+            yield client
