@@ -251,6 +251,34 @@ def read_committed(output_url: str, table: str, storage_options: dict | None = N
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+def table_schema(output_url: str, table: str, storage_options: dict | None = None) -> pa.Schema:
+    """The schema of every run of `table` together, for reading its folder as one dataset.
+
+    pandas and pyarrow take a dataset's schema from its first file, so a run written before a column
+    existed (predictions before intervals) would hide that column in later runs. This unifies the schemas
+    of all part files (their footers only) and adds the `run` partition column:
+    `pd.read_parquet(f"{out}/predictions", schema=table_schema(out, "predictions"))`, or
+    `pyarrow.dataset.dataset(..., partitioning="hive", schema=...)`; older runs read with nulls there.
+    """
+    import pyarrow.parquet as pq
+
+    fs, root = filesystem(output_url, storage_options)
+    base = join(root, table)
+    fs.invalidate_cache(base)
+    try:
+        paths = [p for p in fs.find(base) if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")]
+    except FileNotFoundError:
+        paths = []
+    schemas = []
+    for path in sorted(paths):
+        with fs.open(path, "rb") as fh:
+            schemas.append(pq.read_schema(fh).remove_metadata())
+    if not schemas:
+        raise FileNotFoundError(f"no part files under {scrub(join(output_url, table))}")
+    unified = pa.unify_schemas(schemas, promote_options="permissive")
+    return unified if "run" in unified.names else unified.append(pa.field("run", pa.string()))
+
+
 def _part_order(path: str) -> tuple[int, int | str]:
     """part-0, part-1, ..., part-10, then named parts (part-overall)."""
     name = path.rsplit("/", 1)[-1][len("part-"):-len(".parquet")]

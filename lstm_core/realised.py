@@ -169,8 +169,10 @@ def earlier_predictions(fs, root: str, run_ids: Sequence[str], series_ids: Seque
     schemas = []
     for path in paths:
         with fs.open(path, "rb") as fh:
-            schemas.append(pq.read_schema(fh))
-    dataset = pds.dataset(paths, schema=pa.unify_schemas(schemas), format="parquet", filesystem=fs)
+            schemas.append(pq.read_schema(fh).remove_metadata())
+    # permissive: files other writers made (string or large_string, ns or us) read as one
+    dataset = pds.dataset(paths, schema=pa.unify_schemas(schemas, promote_options="permissive"), format="parquet",
+                          filesystem=fs)
     condition = None
     if series_ids is not None:
         condition = pds.field("series_id").isin(pa.array([str(s) for s in series_ids], pa.string()))

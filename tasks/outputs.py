@@ -14,7 +14,8 @@ from lstm_core.metrics import MetricTotals
 from lstm_core.outputs import RunWriter
 from lstm_core.realised import earlier_predictions, realised_metrics, realised_overall, realised_sums
 from lstm_core.sharding import ShardSpec
-from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
+from lstm_core.storage import is_storage_failure
+from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, is_transient, retry_transient
 from tasks.data import Prepared
 from tasks.modelling import Forecasts, Scored
 
@@ -129,7 +130,16 @@ def score_realised(writer: RunWriter, prepared: Prepared, config: ForecastConfig
     logger = get_run_logger()
     if not earlier_runs or prepared.panel.n_series == 0:
         return None
-    predictions = earlier_predictions(writer.fs, writer.root, earlier_runs, list(prepared.panel.series_ids))
+    try:
+        predictions = earlier_predictions(writer.fs, writer.root, earlier_runs, list(prepared.panel.series_ids))
+    except Exception as exc:  # noqa: BLE001
+        if is_transient(exc) or is_storage_failure(exc):
+            raise  # storage hiccup: the task retries
+        # An earlier run's files this job cannot read (another writer, a damaged file) must not fail
+        # tonight's forecast: realised accuracy is a view of the past.
+        logger.error("realised accuracy skipped: the earlier predictions could not be read: %s: %s",
+                     type(exc).__name__, exc)
+        return None
     if predictions.empty:
         return None
     sums = realised_sums(predictions, history_frame(prepared.panel), season_length=config.season_length)
