@@ -229,7 +229,7 @@ def publish_artifacts(manifest: dict[str, Any], plot_notes: dict[str, str]) -> d
     run_id = manifest["run_id"]
     table = metrics_table(manifest.get("overall_metrics", {}), manifest.get("model_version"))
     table_id = create_table_artifact(table, key=METRICS_KEY,
-                                     description=f"Overall holdout metrics of run {run_id}: LSTM and seasonal naive")
+                                     description=f"Pooled backtest metrics of run {run_id}: LSTM (with interval coverage and MSIS) and seasonal naive")
     md_id = create_markdown_artifact(summary_markdown(manifest, plot_notes), key=SUMMARY_KEY,
                                      description=f"Run {run_id}: decision, counts, skipped series, outputs, plots")
     logger.info("published artifacts %s and %s for run %s", METRICS_KEY, SUMMARY_KEY, run_id)

@@ -58,7 +58,7 @@ def test_a_rerun_deletes_the_old_manifest_first_and_writes_the_new_one_last(comm
     deletes = [(i, key) for i, r in enumerate(seen) for key in r.deleted_keys()]
     assert deletes and deletes[0][1] == manifest, deletes[:5]
     # Then the old partitions go (the re-run really clears them, after the manifest).
-    for table in ("predictions", "metrics", "quarantine"):
+    for table in ("predictions", "metrics", "quarantine", "backtest"):
         part = _key(out, f"{table}/run={RUN}/part-0.parquet")
         assert part in [key for _, key in deletes[1:]], (table, deletes)
     # Nothing of the new attempt is written before the old manifest is gone.
