@@ -96,7 +96,7 @@ def backtest_metrics(sums: ErrorSums) -> pd.DataFrame:
     per_series = sums.totals(("series_id",)).finalize()
     per_window = sums.totals(("window",)).finalize()
     latest = wide.groupby("window")["cutoff"].max()
-    per_window["cutoff"] = per_window["window"].map(latest)
+    per_window["cutoff"] = per_window["window"].map(latest) if len(latest) else pd.NaT  # no rows: nothing to map
     pooled = sums.totals(()).finalize()
     parts = [per_key, per_series, per_window, pooled]
     out = pd.concat(parts, ignore_index=True)
