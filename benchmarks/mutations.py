@@ -290,6 +290,10 @@ def main(argv: list[str] | None = None) -> int:
 
     files = project_files(ROOT)
     work = Path(tempfile.mkdtemp(prefix="lstm-mutations-"))
+    if (ROOT.parent / "shared").is_dir():
+        # Each copy sits under `work`, so `../shared` must be there too: tests that need the shared data
+        # sets (the M4 scorer) would otherwise skip in the copy, and a skipped test lets a mutant survive.
+        (work / "shared").symlink_to(ROOT.parent / "shared", target_is_directory=True)
     t_start = time.monotonic()
     results: list[dict] = []
     baseline_failed: set[str] = set()

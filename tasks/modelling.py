@@ -111,7 +111,11 @@ def train_or_load_model(prepared: Prepared | None, config: ForecastConfig, group
     if config.mode == "per_series":
         decision = Decision("train", "mode 'per_series' trains one model per series on every run")
     else:
-        decision = decide_for(config, store, prepared.train_panel if prepared is not None else None, group)
+        # The degradation check scores a saved model on the newest data before the holdout (the last
+        # backtest window), as it always did; training below uses only the data before the earliest cutoff.
+        newest = prepared.panel.drop_last(config.horizon) if prepared is not None and prepared.panel.n_series else \
+            (prepared.train_panel if prepared is not None else None)
+        decision = decide_for(config, store, newest, group)
     logger.info("%smodel decision: %s (%s)", label, decision.action, decision.reason)
     if decision.action == "load":
         loaded = decision.loaded
