@@ -77,12 +77,15 @@ class ModelConfig(_Strict):
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(50, ge=1, description="epoch cap")
+    epochs: int = Field(100, ge=1, description="epoch cap")
     batch_size: int = Field(256, ge=1, description="windows per batch (Adam)")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate")
     loss: Literal["mse", "mae", "huber"] = Field("mae", description="training loss")
-    patience: int = Field(10, ge=1, description="early-stopping patience, in epochs")
+    patience: int = Field(15, ge=1, description="early-stopping patience, in epochs")
     windows_per_series: int = Field(128, ge=1, description="random training windows per series per epoch")
+    min_windows_per_epoch: int = Field(
+        32_768, ge=0, description="draw more windows per series when the panel is small, so an epoch has at least "
+        "this many (never more than the panel's distinct windows); 0 = off")
     validation_steps: int | None = Field(None, ge=1, description="validation targets per series (default: horizon)")
     max_train_minutes: float | None = Field(None, gt=0, description="wall-clock training budget")
     ensemble_size: int = Field(1, ge=1, description="models trained with consecutive seeds and averaged")
@@ -415,7 +418,8 @@ class ForecastConfig(_Strict):
         """
         t = self.training
         return {"loss": t.loss, "learning_rate": t.learning_rate, "batch_size": t.batch_size,
-                "windows_per_series": t.windows_per_series, "ensemble_size": t.ensemble_size,
+                "windows_per_series": t.windows_per_series, "min_windows_per_epoch": t.min_windows_per_epoch,
+                "ensemble_size": t.ensemble_size,
                 "snapshots": t.snapshots, "validation_steps": t.validation_steps, "seed": self.seed}
 
     def model_key(self, group: str | None = None) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 from lstm_core.config import TrainingConfig
 from lstm_core.model import cudnn_eligible, forward_flops
 from lstm_core.panel import Panel
-from lstm_core.windows import Windows, sample_windows, tail_windows, validation_span
+from lstm_core.windows import Windows, sample_windows, tail_windows, validation_span, windows_per_series
 
 log = logging.getLogger("lstm_core.training")
 
@@ -209,8 +209,10 @@ def train(
     val = tail_windows(panel, window, validation_steps, chunk, known=known)
     if len(val.y) == 0:
         raise ValueError("no validation windows: series are too short for window + validation steps")
-    batches = WindowBatches(panel, window, config.windows_per_series, validation_span(validation_steps, chunk),
-                            config.batch_size, seed, chunk, known)
+    span = validation_span(validation_steps, chunk)
+    per_series = windows_per_series(panel, window, span, chunk, config.windows_per_series,
+                                    config.min_windows_per_epoch)
+    batches = WindowBatches(panel, window, per_series, span, config.batch_size, seed, chunk, known)
     if len(batches.y) == 0:
         raise ValueError("no training windows: series are too short for window + chunk + validation steps")
 

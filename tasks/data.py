@@ -16,7 +16,7 @@ from lstm_core.panel import Panel
 from lstm_core.sharding import ShardSpec, read_shard
 from lstm_core.storage import read_series
 from lstm_core.validation import SkippedSeries, ValidationResult, min_length, validate_for
-from lstm_core.windows import target_bounds, validation_span
+from lstm_core.windows import target_bounds, validation_span, windows_per_series
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 
 
@@ -114,7 +114,9 @@ def prepare_windows(validated: ValidationResult, config: ForecastConfig, allow_e
                       .clip(min=0, max=span // chunk).sum())
     logger.info("%d series, %d features; %d training windows available (%d sampled per series per epoch), "
                 "%d validation windows; training cutoff: backtest window %d of %d (%d series)", panel.n_series,
-                panel.n_features, train_windows, config.training.windows_per_series, val_windows, first_window,
+                panel.n_features, train_windows,
+                windows_per_series(train_panel, config.window, span, chunk, config.training.windows_per_series,
+                                   config.training.min_windows_per_epoch), val_windows, first_window,
                 config.backtest.windows, train_panel.n_series)
     return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows,
                     list(validated.skipped), validated.filled_points, validated.rows_read, first_window)

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from lstm_core.config import ConfigError, ForecastConfig, load_config, redact, redact_url, validate_config
+from lstm_core.config import (ConfigError, ForecastConfig, TrainingConfig, load_config, redact, redact_url,
+                              validate_config)
 
 
 def test_defaults_are_valid():
@@ -109,7 +110,7 @@ def test_malformed_set_is_refused(item):
 def test_unknown_key_from_environment_is_ignored_with_a_warning(caplog):
     # Not fatal (issue 16: platforms inject LSTM_FORECAST_* variables), but a section's typo is warned about.
     cfg = load_config(environ={"LSTM_FORECAST_TRAINING__EPOCH": "3"})
-    assert cfg.training.epochs == 50
+    assert cfg.training.epochs == TrainingConfig().epochs != 3
     assert "LSTM_FORECAST_TRAINING__EPOCH: 'training' has no setting 'epoch'" in caplog.text
 
 
@@ -304,6 +305,7 @@ TRAINING_RECORDED = {
     "training.learning_rate": 0.01,
     "training.loss": "mse",
     "training.windows_per_series": 64,
+    "training.min_windows_per_epoch": 0,
     "training.validation_steps": 12,
     "training.ensemble_size": 2,
     "training.snapshots": 1,

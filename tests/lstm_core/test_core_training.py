@@ -11,7 +11,7 @@ from lstm_core.model import build_lstm
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
 from lstm_core.training import WindowBatches, device_info, train
-from lstm_core.windows import tail_windows
+from lstm_core.windows import tail_windows, target_bounds
 from tests.conftest import fast_config, make_frame
 
 W, H = 24, 12
@@ -92,7 +92,7 @@ def test_same_seed_same_forecasts_and_another_seed_differs():
 
 
 def test_device_and_cudnn_are_reported(scaled):
-    cfg = TrainingConfig(epochs=1, windows_per_series=4)
+    cfg = TrainingConfig(epochs=1, windows_per_series=4, min_windows_per_epoch=0)
     r = train(fresh_model(), scaled, window=W, config=cfg, validation_steps=H, seed=0)
     info = device_info()
     assert r.device == info["device"]
@@ -100,6 +100,13 @@ def test_device_and_cudnn_are_reported(scaled):
     assert r.cudnn is True
     assert r.samples_per_epoch == 4 * scaled.n_series
     assert set(r.summary()) >= {"device", "cudnn", "best_epoch", "best_val_loss", "stopped_by", "history"}
+
+
+def test_a_small_panel_gets_an_epoch_of_every_window_it_has(scaled):
+    cfg = TrainingConfig(epochs=1, windows_per_series=4, min_windows_per_epoch=100_000)
+    r = train(fresh_model(), scaled, window=W, config=cfg, validation_steps=H, seed=0)
+    lo, hi = target_bounds(scaled, W, H, 1)
+    assert r.samples_per_epoch == int((hi - lo).sum()) > 4 * scaled.n_series
 
 
 @pytest.mark.parametrize("loss", ["mae", "huber"])
@@ -140,7 +147,7 @@ def test_chunked_training_validates_on_whole_chunks_before_the_series_end(scaled
     """chunk 5, 12 validation steps: 3 chunks (15 points) per series; the loss reported is on those."""
     keras.utils.set_random_seed(0)
     model = build_lstm(W, 1, [8], chunk=5, patch=4)
-    cfg = TrainingConfig(epochs=2, windows_per_series=8, batch_size=16)
+    cfg = TrainingConfig(epochs=2, windows_per_series=8, batch_size=16, min_windows_per_epoch=0)
     r = train(model, scaled, window=W, config=cfg, validation_steps=H, seed=0, chunk=5)
     val = tail_windows(scaled, W, H, chunk=5)
     assert val.y.shape == (3 * scaled.n_series, 5)

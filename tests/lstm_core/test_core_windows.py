@@ -7,7 +7,7 @@ import pytest
 
 from lstm_core.panel import Panel
 from lstm_core.windows import (all_windows, last_windows, min_train_length, sample_windows, tail_windows,
-                               validation_span)
+                               target_bounds, validation_span, windows_per_series)
 
 L = 24
 
@@ -169,3 +169,17 @@ def test_panel_drop_last_and_select():
     assert set(decode(s.y)[0]) == {0, 2}
     with pytest.raises(ValueError, match="cannot drop"):
         p.drop_last(37)
+
+
+def test_small_panels_draw_more_windows_per_series_up_to_what_they_have():
+    panel = coded_panel()  # 50 + 37 + 80 points
+    lo, hi = target_bounds(panel, L, holdout=4, chunk=2)
+    available = int((hi - lo).sum())  # (length - holdout - chunk + 1 - window): 21 + 8 + 51 = 80
+    assert available == 80
+    # No floor, or a floor the panel already meets: the configured draw.
+    assert windows_per_series(panel, L, 4, 2, per_series=16, min_per_epoch=0) == 16
+    assert windows_per_series(panel, L, 4, 2, per_series=16, min_per_epoch=30) == 16
+    # A floor above the per-series draw: raised to reach it, ceil(60 / 3) = 20 per series.
+    assert windows_per_series(panel, L, 4, 2, per_series=16, min_per_epoch=60) == 20
+    # A floor above what the panel has: capped at the distinct windows, ceil(80 / 3) = 27.
+    assert windows_per_series(panel, L, 4, 2, per_series=16, min_per_epoch=10_000) == 27
