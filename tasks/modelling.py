@@ -11,16 +11,16 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core import artifacts
-from lstm_core.backtest import Backtest, backtest_from_config
+from lstm_core.backtest import Backtest, backtest_from_config, backtest_metrics
 from lstm_core.config import ForecastConfig
 from lstm_core.engine import Evaluation, Forecaster, fit, predictions_frame
 from lstm_core.errors import ArtifactError
 from lstm_core.intervals import ConformalIntervals, load_intervals, save_intervals, with_intervals
 from lstm_core.metrics import MetricTotals, interval_columns
 from lstm_core.model_store import Decision, decide_for
-from lstm_core.validation import min_train_length
 from lstm_core.progress import Progress
 from lstm_core.storage import join
+from lstm_core.validation import min_train_length
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, call_with_retries, retry_transient
 from tasks.data import Prepared
 
@@ -239,7 +239,7 @@ def evaluate(forecasts: Forecasts, choice: ModelChoice, prepared: Prepared, conf
     logger = get_run_logger()
     bt = forecasts.backtest
     sums = bt.sums(choice.version)
-    metrics = bt.metrics(choice.version)
+    metrics = backtest_metrics(sums)  # the same as bt.metrics(), without summing the rows twice
     holdout = _holdout_of(bt, prepared, choice, config)
     latest = {int(w): c for w, c in bt.scales.groupby("window")["cutoff"].max().items()}
     scored = Scored(holdout, metrics, sums.totals(()), sums.totals(("window",)), latest)
