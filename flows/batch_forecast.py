@@ -32,7 +32,7 @@ from lstm_core.lease import RunLease
 from lstm_core.outputs import RunWriter, committed_runs, new_run_id, slot_run_id
 from lstm_core.secrets import install_log_scrubber, scrub, secret_values
 from lstm_core.sharding import ShardPlan, ShardSpec, remove_scratch
-from lstm_core.storage import join
+from lstm_core.storage import is_storage_failure, join
 from tasks.data import load_series, no_valid_series, prepare_windows, validate_series
 from tasks.modelling import evaluate, forecast, train_or_load_model
 from tasks.outputs import (SKIPPED_IN_SUMMARY, SUMMARY_ONLY, commit_run, overall_metrics, realised_overall_rows,
@@ -222,8 +222,7 @@ class _Run:
         self._timed("train_or_load_model", t0)  # in-process: training itself; on Dask: only submitting it
 
         # listed before this run id's partitions are cleared: an earlier attempt of it is not an earlier run
-        self.earlier_runs = [r for r in committed_runs(config.output_url, config.storage_options)
-                             if r != self.writer.run_id]
+        self.earlier_runs = self._earlier_runs()
         t0 = time.perf_counter()
         self.writer.begin()  # a re-run of this run id starts from a clean partition
         self.began = True
@@ -234,6 +233,19 @@ class _Run:
         choices.update(shard_models)
         del models
         return self._commit(plan, summaries, choices)
+
+    def _earlier_runs(self) -> list[str]:
+        """The committed runs whose predictions realised accuracy scores; none when they cannot be listed
+        for a reason other than storage (realised accuracy is a view of the past, not tonight's forecast)."""
+        try:
+            runs = committed_runs(self.config.output_url, self.config.storage_options)
+        except Exception as exc:  # noqa: BLE001
+            if is_storage_failure(exc):
+                raise
+            self.logger.error("realised accuracy skipped: the earlier runs could not be listed: %s: %s",
+                              type(exc).__name__, exc)
+            return []
+        return [r for r in runs if r != self.writer.run_id]
 
     # --- models ---------------------------------------------------------------
     def _start_training(self, plan: ShardPlan) -> tuple[dict[Any, Any], dict[Any, list]]:

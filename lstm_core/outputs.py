@@ -226,10 +226,13 @@ def committed_runs(output_url: str, storage_options: dict | None = None) -> list
     for e in entries:
         rid = e.rstrip("/").rsplit("/", 1)[-1]
         try:
-            if read_json(fs, join(base, rid, MANIFEST)).get("status") == "succeeded":
-                ok.append(rid)
-        except FileNotFoundError:
+            manifest = read_json(fs, join(base, rid, MANIFEST))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             continue
+        except ValueError:  # not JSON (a damaged or planted file): not a run anyone may trust
+            continue
+        if isinstance(manifest, dict) and manifest.get("status") == "succeeded":
+            ok.append(rid)
     return sorted(ok)
 
 

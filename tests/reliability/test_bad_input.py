@@ -234,7 +234,7 @@ def test_hostile_series_ids_never_reach_a_path_and_come_back_unchanged(series_le
             rel.startswith("out/models/"), key
         assert "etc" not in rel and "\u202e" not in rel and "ü" not in rel, key
     models = [k for k in keys if "/models/" in k]
-    assert models and all(re.fullmatch(r"member-\d+\.keras|scaler\.json|metadata\.json", k.rsplit("/", 1)[-1])
+    assert models and all(re.fullmatch(r"member-\d+\.keras|scaler\.json|metadata\.json|intervals\.json", k.rsplit("/", 1)[-1])
                           for k in models)
 
 

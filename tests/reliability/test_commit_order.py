@@ -69,7 +69,7 @@ def test_a_rerun_deletes_the_old_manifest_first_and_writes_the_new_one_last(comm
     # The manifest is written once, last, after the plots, and says succeeded.
     manifest_puts = [i for i, r in enumerate(seen) if r.method == "PUT" and _path(r) == manifest]
     plot_puts = [i for i, r in enumerate(seen) if r.method == "PUT" and f"/runs/{RUN}/plots/" in r.path]
-    assert len(manifest_puts) == 1 and len(plot_puts) == 3, [(r.method, r.path) for r in seen if r.method == "PUT"]
+    assert len(manifest_puts) == 1 and len(plot_puts) == 5, [(r.method, r.path) for r in seen if r.method == "PUT"]
     assert max(run_puts) == manifest_puts[0] and max(plot_puts) < manifest_puts[0]
     assert json.loads(seen[manifest_puts[0]].body)["status"] == "succeeded"
 
