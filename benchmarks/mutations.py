@@ -66,9 +66,9 @@ MUTATIONS: list[Mutation] = [
              "forecaster = fit(prepared.train_panel, config,", "forecaster = fit(prepared.panel, config,",
              (f"{HOLDOUT}::test_the_last_h_points_never_reach_training",)),
     Mutation("M2", "a re-run removes the old manifest before its partitions", "lstm_core/outputs.py",
-             "remove_file(self.fs, self.manifest_path)",
-             'remove_tree(self.fs, join(self.root, "predictions", f"run={self.run_id}"))\n'
-             "        remove_file(self.fs, self.manifest_path)",
+             "remove_file(self.fs, self.manifest_path, root=self.root)",
+             'remove_tree(self.fs, join(self.root, "predictions", f"run={self.run_id}"), root=self.root)\n'
+             "        remove_file(self.fs, self.manifest_path, root=self.root)",
              (f"{COMMIT}::test_a_rerun_deletes_the_old_manifest_first_and_writes_the_new_one_last",)),
     Mutation("M2b", "the plots are written before the manifest", "tasks/outputs.py",
              '    if plots:\n        outputs["plots"]',

@@ -37,13 +37,13 @@ from tasks.data import load_series, no_valid_series, prepare_windows, validate_s
 from tasks.modelling import evaluate, forecast, train_or_load_model
 from tasks.outputs import (SKIPPED_IN_SUMMARY, SUMMARY_ONLY, commit_run, overall_metrics, realised_overall_rows,
                            score_realised, write_outputs)
-from tasks.reporting import publish_artifacts, render_plots
+from tasks.reporting import publish_artifacts, publish_failure, render_plots
 from tasks.sharding import plan_shards, split_shards
 
 
 # Parameters are checked in the body (settings_dict), so a bad setting fails the run as a ConfigError naming it,
 # exactly as a bad setting in the file does; their types still make the parameter schema (the UI's form).
-@flow(name="batch-forecast", log_prints=True, validate_parameters=False)
+@flow(name="batch-forecast", log_prints=True, validate_parameters=False, on_failure=[publish_failure])
 def batch_forecast(config_path: str | None = None, settings: RunSettings | None = None,
                    allow_overrides: list[Overridable] | None = None) -> dict[str, Any]:
     """Forecast every series at `input_url` and commit predictions and metrics to `output_url`.

@@ -18,15 +18,27 @@ DEFAULT_CRON = "0 2 * * *"
 SERVE_TAGS = ["lstm-forecast", "batch-forecast"]
 
 
+def _default(name: str) -> Any:
+    """A setting's default, for help texts (the flags themselves default to 'not given': file and environment
+    may set the value, flags override them)."""
+    from lstm_core.config import ForecastConfig, TrainingConfig
+
+    fields = {**ForecastConfig.model_fields, **{f"training.{k}": v for k, v in TrainingConfig.model_fields.items()}}
+    return fields[name].default
+
+
 def _common_flags(p: argparse.ArgumentParser, required: bool) -> None:
     p.add_argument("--config", help="YAML configuration file")
-    p.add_argument("--input", dest="input_url", required=False, help="input Parquet URL (path, s3://, any fsspec URL)")
-    p.add_argument("--output", dest="output_url", required=False, help="output URL for predictions, metrics, manifests")
+    p.add_argument("--input", dest="input_url", required=False,
+                   help=f"input Parquet or CSV URL (path, s3://, any fsspec URL; default {_default('input_url')})")
+    p.add_argument("--output", dest="output_url", required=False,
+                   help=f"output URL for predictions, metrics, manifests (default {_default('output_url')})")
     p.add_argument("--freq", help="pandas frequency of the series, e.g. h, D, W-MON (default: inferred from the data)")
-    p.add_argument("--horizon", type=int, help="steps to forecast")
+    p.add_argument("--horizon", type=int, help=f"steps to forecast (default {_default('horizon')})")
     p.add_argument("--season", dest="season_length", type=int,
                    help="season length in steps (default from the frequency: hourly 24, daily 7, weekly 52, ...)")
-    p.add_argument("--max-train-minutes", type=float, help="wall-clock training budget")
+    p.add_argument("--max-train-minutes", type=float,
+                   help="wall-clock training budget; the best weights so far are kept (default: none)")
     p.add_argument("--workers", type=int, metavar="N",
                    help="run the tasks on a local Dask cluster of N worker processes")
     p.add_argument("--dask-address", metavar="tcp://HOST:PORT",
@@ -37,6 +49,7 @@ def _common_flags(p: argparse.ArgumentParser, required: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lstm-forecast", description="Batch LSTM forecasting of many series.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('lstm-forecast')}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one manual flow run", description="Run the batch-forecast flow once.")
     _common_flags(run, required=True)
@@ -183,6 +196,19 @@ def build_deployments(args: argparse.Namespace, parameters: dict[str, Any]):
     return scheduled, manual
 
 
+def next_run(cron: str, timezone: str, after=None) -> str:
+    """The next time the cron schedule fires after `after` (default now), ISO 8601 in its time zone,
+    as the Prefect server schedules it (daylight-saving switches included)."""
+    import asyncio
+    from datetime import datetime, timedelta
+
+    from prefect.server.schemas.schedules import CronSchedule
+
+    start = (after or datetime.now(ZoneInfo(timezone))) + timedelta(seconds=1)  # strictly after
+    dates = asyncio.run(CronSchedule(cron=cron, timezone=timezone).get_dates(n=1, start=start))
+    return dates[0].astimezone(ZoneInfo(timezone)).isoformat()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     parameters = serve_parameters(args)
     deployments = build_deployments(args, parameters)
@@ -191,7 +217,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not PREFECT_API_URL.value():
         print("lstm-forecast: note: PREFECT_API_URL is not set; serving against a temporary local API that "
-              "stops with this process", file=sys.stderr)
+              "stops with this process: the schedule and its run history live only as long as it does",
+              file=sys.stderr)
+    print(f"lstm-forecast: next scheduled run {next_run(args.cron, args.timezone)} ({args.cron!r}, {args.timezone})",
+          file=sys.stderr)
     quiet_console_tracebacks()
     # limit=1: this process runs one flow run at a time, across both deployments.
     serve(*deployments, pause_on_shutdown=False, limit=1)

@@ -20,6 +20,7 @@ from tasks.modelling import Forecasts, ModelChoice, Scored
 
 METRICS_KEY = "batch-forecast-metrics"
 SUMMARY_KEY = "batch-forecast-summary"
+FAILURE_KEY = "batch-forecast-failure"
 PLOT_TITLES = {
     "loss.png": "training and validation loss by epoch",
     "holdout.png": "forecast vs actual on the holdout: best, median and worst series by MASE",
@@ -234,3 +235,20 @@ def publish_artifacts(manifest: dict[str, Any], plot_notes: dict[str, str]) -> d
                                      description=f"Run {run_id}: decision, counts, skipped series, outputs, plots")
     logger.info("published artifacts %s and %s for run %s", METRICS_KEY, SUMMARY_KEY, run_id)
     return {"metrics": str(table_id), "summary": str(md_id)}
+
+
+def failure_markdown(flow_run_name: str, message: str | None) -> str:
+    """What a person opening a failed run in the UI reads first: the reason, and where the record is."""
+    reason = (message or "no reason recorded").strip()
+    return (f"# Run failed: {flow_run_name}\n\n**Reason:** {reason}\n\n"
+            "The run's manifest (`runs/<run_id>/manifest.json` under the output URL) says `status: failed` with "
+            "the same reason, and the skipped series when none was valid; earlier committed runs are untouched.\n")
+
+
+def publish_failure(flow, flow_run, state) -> None:
+    """Flow `on_failure` hook: the failure's reason as a markdown artifact of the failed flow run.
+
+    The state's message is the flow's own exception line, already scrubbed of credentials by the flow.
+    """
+    create_markdown_artifact(failure_markdown(flow_run.name, state.message), key=FAILURE_KEY,
+                             description=f"Why flow run {flow_run.name} failed")

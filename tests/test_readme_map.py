@@ -22,7 +22,7 @@ def test_every_test_in_the_promise_map_exists():
     assert not missing, f"tests/README.md names tests that do not exist: {missing}"
 
 
-def test_every_test_a_mutation_names_exists():
+def test_every_test_a_mutation_names_exists_and_its_code_is_there_once():
     spec = importlib.util.spec_from_file_location("mutations", ROOT / "benchmarks" / "mutations.py")
     mutations = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mutations  # dataclasses look their module up there
@@ -33,6 +33,8 @@ def test_every_test_a_mutation_names_exists():
     assert len(mutations.MUTATIONS) >= 13 and len({m.name for m in mutations.MUTATIONS}) == len(mutations.MUTATIONS)
     for m in mutations.MUTATIONS:
         assert (ROOT / m.file).is_file(), (m.name, m.file)
+        # A refactor that moves the mutated line makes the mutant stale: caught here, not at the next check.
+        assert (ROOT / m.file).read_text().count(m.old) == 1, (m.name, m.file, m.old)
         for test in m.tests:
             path, name = test.split("::")
             assert _defined(ROOT / path, name), (m.name, test)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +40,11 @@ def test_help_for_each_command():
         out = run_cli(*args)
         assert out.returncode == 0, out.stderr
         assert "usage: lstm-forecast" in out.stdout
-    assert "--max-train-minutes" in run_cli("run", "--help").stdout
+    run_help = run_cli("run", "--help").stdout
+    assert "--max-train-minutes" in run_help
+    assert "steps to forecast (default 24)" in run_help  # the setting's default, read from the config
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"lstm-forecast {metadata.version('lstm-forecast')}"
     serve_help = run_cli("serve", "--help").stdout
     for flag in ("--cron", "--timezone", "--config", "--input", "--output", "--freq", "--horizon", "--season",
                  "--max-train-minutes", "--set"):
@@ -235,3 +240,16 @@ def test_run_shows_training_progress_on_a_terminal(tmp_path):
     text = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0, text[-3000:]
     assert "\r\x1b[K" in text and "epoch 1/2 [" in text and "batches" in text, text[-3000:]
+
+
+@pytest.mark.parametrize("after, cron, tz, expected", [
+    ("2026-06-01T12:00:00+00:00", "0 2 * * *", "Europe/Paris", "2026-06-02T02:00:00+02:00"),
+    ("2026-06-01T23:59:00+00:00", "0 2 * * *", "Europe/Paris", "2026-06-02T02:00:00+02:00"),  # 01:59 local
+    ("2026-12-01T02:00:00+00:00", "0 2 * * *", "UTC", "2026-12-02T02:00:00+00:00"),  # strictly after
+])
+def test_serve_says_when_the_schedule_fires_next(after, cron, tz, expected):
+    from datetime import datetime
+
+    from flows.cli import next_run
+
+    assert next_run(cron, tz, datetime.fromisoformat(after)) == expected

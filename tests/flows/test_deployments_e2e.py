@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import os
 import signal
 import subprocess
@@ -216,6 +217,9 @@ def test_scheduled_run_completes_on_its_own_and_commits_to_s3(stack):
     assert len(preds) == N_SERIES * H and np.isfinite(preds["yhat"]).all()
     # Not a terminal: the served process logs no progress line.
     assert "\x1b[K" not in stack["serve"].tail(10**6)
+    # It said when the schedule fires next (every minute: a whole minute, in UTC).
+    assert re.search(r"next scheduled run \d{4}-\d\d-\d\dT\d\d:\d\d:00\+00:00 \('\* \* \* \* \*', UTC\)",
+                     stack["serve"].tail(10**6))
     stack["state"]["scheduled_run_id"] = run_id
 
 

@@ -279,6 +279,20 @@ def test_no_valid_series_fails_with_the_reasons_and_a_quarantine_table(s3_bucket
     quarantine = _read(fs, f"{s3_bucket}/out/quarantine/run=short/part-0.parquet")
     assert sorted(quarantine["series_id"]) == ["s00", "s01", "s02"] and (quarantine["field"] == "y").all()
     assert not fs.exists(f"{s3_bucket}/out/predictions/run=short")
+    # The failed flow run carries the reason as a markdown artifact (its on_failure hook).
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    from tasks.reporting import FAILURE_KEY
+
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[FAILURE_KEY])),
+                                           sort=ArtifactSort.CREATED_DESC, limit=1)
+        flow_run = client.read_flow_run(artifact.flow_run_id)
+    assert flow_run.state.is_failed() and flow_run.parameters["settings"]["run_id"] == "short"
+    assert "# Run failed" in artifact.data and "NoValidSeriesError" in artifact.data
+    assert "all 3 were skipped" in artifact.data
 
 
 def test_a_wrong_freq_names_a_series_and_the_frequency_the_data_have(s3_bucket, s3_endpoint):
