@@ -115,9 +115,9 @@ MUTATIONS: list[Mutation] = [
              ("tests/lstm_core/test_core_seasonality.py::"
               "test_the_forecaster_restores_the_seasonal_shape_and_logs_what_it_skipped",)),
     # --- leakage ------------------------------------------------------------------------------------
-    Mutation("L1", "the holdout forecast starts at T - H, not T", "tasks/modelling.py",
-             "holdout = choice.forecaster.forecast(prepared.train_panel, h)",
-             "holdout = choice.forecaster.forecast(prepared.panel, h)",
+    Mutation("L1", "the holdout (each backtest window) is forecast from its cutoff, T - H, not T",
+             "lstm_core/backtest.py", "yhat = np.asarray(fn(history, horizon, future), dtype=np.float64)",
+             "yhat = np.asarray(fn(sub.drop_last(int(drops[w]) - horizon), horizon, future), dtype=np.float64)",
              (f"{HOLDOUT}::test_holdout_scores_of_both_models_equal_a_hand_computation",)),
     # --- commit order -------------------------------------------------------------------------------
     Mutation("K1", "a failure before the shards start keeps the earlier committed attempt",
@@ -150,7 +150,7 @@ MUTATIONS: list[Mutation] = [
              (f"{HOLDOUT}::test_holdout_scores_of_both_models_equal_a_hand_computation",
               f"{BACKTEST}::test_backtest_metrics_equal_the_metrics_table")),
     Mutation("S3", "predictions keep their column dtypes (step int64)", "lstm_core/outputs.py",
-             '("step", pa.int64())', '("step", pa.int32())',
+             '("ds", _ts(tz)), ("step", pa.int64()), ("yhat"', '("ds", _ts(tz)), ("step", pa.int32()), ("yhat"',
              (f"{CONTRACT}::test_part_files_have_the_contract_columns_and_dtypes",)),
     # --- landed with issue 13: backtests and conformal intervals ----------------------------------------
     Mutation("B1", "a backtest window's forecast sees nothing after its cutoff", "lstm_core/backtest.py",
