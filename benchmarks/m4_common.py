@@ -48,14 +48,16 @@ def run_cli(input_path: Path, work: Path, args: list[str], env: dict[str, str] |
             "stderr": proc.stderr, "output": out}
 
 
-def score(history: Path, test: Path, forecast: pd.DataFrame, season: int, work: Path, name: str) -> dict:
-    """The M4 scorer's JSON for `forecast` (series_id, ds, yhat [, yhat_lo_95, yhat_hi_95])."""
+def score(history: Path, test: Path, forecast: pd.DataFrame, season: int, work: Path, name: str,
+          level: int = 95) -> dict:
+    """The M4 scorer's JSON for `forecast` (series_id, ds, yhat [, yhat_lo_<level>, yhat_hi_<level>])."""
     path = work / f"{name}.parquet"
     test_ds = pd.read_parquet(test, columns=["ds"])["ds"].dtype
     forecast = forecast.assign(ds=forecast["ds"].astype(test_ds))
     forecast.to_parquet(path, index=False)
     out = subprocess.run([sys.executable, str(SCORER), "--train", str(history), "--test", str(test), "--forecast",
-                          str(path), "--season", str(season), "--json"], capture_output=True, text=True, check=True)
+                          str(path), "--season", str(season), "--level", str(level), "--json"],
+                         capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

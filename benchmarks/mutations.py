@@ -48,6 +48,7 @@ RACE = "tests/reliability/test_lease_race.py"
 CONTRACT = "tests/flows/test_output_contract.py"
 CLI = "tests/flows/test_cli.py"
 TUNING = "tests/lstm_core/test_tuning.py"
+BACKTEST = "tests/flows/test_backtest_flow.py"
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,9 @@ MUTATIONS: list[Mutation] = [
              ("tests/lstm_core/test_core_seasonality.py::"
               "test_the_forecaster_restores_the_seasonal_shape_and_logs_what_it_skipped",)),
     # --- leakage ------------------------------------------------------------------------------------
-    Mutation("L1", "the holdout forecast starts at T - H, not T", "tasks/modelling.py",
-             "holdout = choice.forecaster.forecast(prepared.train_panel, h)",
-             "holdout = choice.forecaster.forecast(prepared.panel, h)",
+    Mutation("L1", "the holdout (each backtest window) is forecast from its cutoff, T - H, not T",
+             "lstm_core/backtest.py", "yhat = np.asarray(fn(history, horizon, future), dtype=np.float64)",
+             "yhat = np.asarray(fn(sub.drop_last(int(drops[w]) - horizon), horizon, future), dtype=np.float64)",
              (f"{HOLDOUT}::test_holdout_scores_of_both_models_equal_a_hand_computation",)),
     # --- commit order -------------------------------------------------------------------------------
     Mutation("K1", "a failure before the shards start keeps the earlier committed attempt",
@@ -143,13 +144,14 @@ MUTATIONS: list[Mutation] = [
              (f"{CONTRACT}::test_a_sharded_run_quarantines_every_skipped_series_of_every_shard",)),
     # --- metrics -------------------------------------------------------------------------------------
     Mutation("S1", "a sharded run's overall metrics are the mean over all series", "tasks/outputs.py",
-             "acc[1] += count", "acc[1] += 1",
+             "overall = pooled[0].merge(*pooled[1:]).finalize()", "overall = pooled[0].finalize()",
              (f"{CONTRACT}::test_a_sharded_run_quarantines_every_skipped_series_of_every_shard",)),
-    Mutation("S2", "MASE is scaled by the seasonal difference (season_length)", "tasks/modelling.py",
-             "mase_scale(history, config.season_length)", "mase_scale(history, 1)",
-             (f"{HOLDOUT}::test_holdout_scores_of_both_models_equal_a_hand_computation",)),
+    Mutation("S2", "MASE is scaled by the seasonal difference (season_length)", "lstm_core/backtest.py",
+             "seasonal = mase_scale(history, season_length)", "seasonal = mase_scale(history, 1)",
+             (f"{HOLDOUT}::test_holdout_scores_of_both_models_equal_a_hand_computation",
+              f"{BACKTEST}::test_backtest_metrics_equal_the_metrics_table")),
     Mutation("S3", "predictions keep their column dtypes (step int64)", "lstm_core/outputs.py",
-             '("step", pa.int64())', '("step", pa.int32())',
+             '("ds", _ts(tz)), ("step", pa.int64()), ("yhat"', '("ds", _ts(tz)), ("step", pa.int32()), ("yhat"',
              (f"{CONTRACT}::test_part_files_have_the_contract_columns_and_dtypes",)),
     # --- landed with issue 13: backtests and conformal intervals ----------------------------------------
     Mutation("B1", "a backtest window's forecast sees nothing after its cutoff", "lstm_core/backtest.py",
@@ -159,6 +161,22 @@ MUTATIONS: list[Mutation] = [
     Mutation("B2", "split-conformal upper rank ceil((n + 1)(1 - a/2))", "lstm_core/intervals.py",
              "math.ceil((n + 1) * (1 - a / 2) - 1e-9)", "math.ceil(n * (1 - a / 2) - 1e-9)",
              ("tests/lstm_core/test_intervals.py::test_split_conformal_ranks_and_borrowing_from_neighbouring_steps",)),
+    # --- issue 13 in the nightly run: backtest, intervals, realised accuracy -------------------------------
+    Mutation("W1", "the run's model trains on the data before the earliest backtest cutoff", "lstm_core/backtest.py",
+             "return w, (panel if ok.all() else panel.select(ok)).drop_last(int(drop))",
+             "return w, panel.drop_last(int(drops[-1]))",
+             (f"{BACKTEST}::test_backtest_windows_never_see_data_after_their_cutoff",)),
+    Mutation("W2", "realised accuracy is scaled by the season of the history before each cutoff", "tasks/outputs.py",
+             "history_frame(prepared.panel), season_length=config.season_length)",
+             "history_frame(prepared.panel), season_length=1)",
+             (f"{BACKTEST}::test_realised_accuracy_equals_the_scorer_on_the_later_actuals",)),
+    Mutation("W3", "a loaded model's saved intervals are reused", "tasks/modelling.py",
+             "if _usable(choice.intervals, config):", "if False:",
+             (f"{BACKTEST}::test_a_loaded_model_brings_its_saved_intervals",)),
+    Mutation("W4", "the metrics table's MSIS is the backtest table's, scaled like MASE", "lstm_core/metrics.py",
+             "msis = f[is_col].to_numpy() / np.where(has, n_l, 1) / np.where(good_scale, scale, 1.0)",
+             "msis = f[is_col].to_numpy() / np.where(has, n_l, 1)",
+             (f"{BACKTEST}::test_backtest_metrics_equal_the_metrics_table",)),
     # --- command line ------------------------------------------------------------------------------
     Mutation("E1", "exit code 3 when the run id is already running", "flows/cli.py",
              "return fail(str(exc), 3)", "return fail(str(exc), 2)",
@@ -288,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
 
     files = project_files(ROOT)
     work = Path(tempfile.mkdtemp(prefix="lstm-mutations-"))
+    if (ROOT.parent / "shared").is_dir():
+        # Each copy sits under `work`, so `../shared` must be there too: tests that need the shared data
+        # sets (the M4 scorer) would otherwise skip in the copy, and a skipped test lets a mutant survive.
+        (work / "shared").symlink_to(ROOT.parent / "shared", target_is_directory=True)
     t_start = time.monotonic()
     results: list[dict] = []
     baseline_failed: set[str] = set()

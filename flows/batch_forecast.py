@@ -2,13 +2,14 @@
 
 plan_shards -> [split_shards] -> train_or_load_model (once per model group, on a bounded sample)
 then for each shard of series:
-    load_series -> validate_series -> prepare_windows -> forecast -> evaluate -> write_outputs
+    load_series -> validate_series -> prepare_windows -> forecast (the backtest windows and the
+    future, with intervals) -> evaluate (every window) -> score_realised (earlier runs) -> write_outputs
 then render_plots (runs of one shard), commit_run (overall metrics, plots, then the manifest) and
 publish_artifacts (the committed run in the Prefect UI).
 
 A dataset of one shard (up to `shard_size` series) runs exactly as an unsharded run:
 load_series -> validate_series -> prepare_windows -> train_or_load_model -> forecast -> evaluate
--> write_outputs -> commit_run. Tasks run in the flow's process, or on a Dask cluster
+-> score_realised -> write_outputs -> commit_run. Tasks run in the flow's process, or on a Dask cluster
 (`workers` / `dask_address`, see flows/runners.py) with a few shards in flight at a time.
 """
 from __future__ import annotations
@@ -28,14 +29,15 @@ from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
-from lstm_core.outputs import RunWriter, new_run_id, slot_run_id
+from lstm_core.outputs import RunWriter, committed_runs, new_run_id, slot_run_id
 from lstm_core.secrets import install_log_scrubber, scrub, secret_values
 from lstm_core.sharding import ShardPlan, ShardSpec, remove_scratch
-from lstm_core.storage import join
+from lstm_core.storage import is_storage_failure, join
 from lstm_core.tuning import apply_tuned
 from tasks.data import load_series, no_valid_series, prepare_windows, validate_series
 from tasks.modelling import evaluate, forecast, train_or_load_model
-from tasks.outputs import SKIPPED_IN_SUMMARY, commit_run, overall_metrics, write_outputs
+from tasks.outputs import (SKIPPED_IN_SUMMARY, SUMMARY_ONLY, commit_run, overall_metrics, realised_overall_rows,
+                           score_realised, write_outputs)
 from tasks.reporting import publish_artifacts, publish_failure, render_plots
 from tasks.sharding import plan_shards, split_shards
 
@@ -189,6 +191,7 @@ class _Run:
         self.began = False  # the run's partitions were cleared: an earlier commit of this id is gone
         self.plots = None  # drawn for a run of one shard
         self.plot_notes: dict[str, str] = {"plots": "plots are drawn for runs of one shard; this run was sharded"}
+        self.earlier_runs: list[str] = []  # committed runs whose predictions realised accuracy scores
         self.t0 = time.perf_counter()
 
     def _timed(self, name: str, t0: float) -> None:
@@ -224,6 +227,8 @@ class _Run:
         models, train_chains = self._start_training(plan)
         self._timed("train_or_load_model", t0)  # in-process: training itself; on Dask: only submitting it
 
+        # listed before this run id's partitions are cleared: an earlier attempt of it is not an earlier run
+        self.earlier_runs = self._earlier_runs()
         t0 = time.perf_counter()
         self.writer.begin()  # a re-run of this run id starts from a clean partition
         self.began = True
@@ -234,6 +239,19 @@ class _Run:
         choices.update(shard_models)
         del models
         return self._commit(plan, summaries, choices)
+
+    def _earlier_runs(self) -> list[str]:
+        """The committed runs whose predictions realised accuracy scores; none when they cannot be listed
+        for a reason other than storage (realised accuracy is a view of the past, not tonight's forecast)."""
+        try:
+            runs = committed_runs(self.config.output_url, self.config.storage_options)
+        except Exception as exc:  # noqa: BLE001
+            if is_storage_failure(exc):
+                raise
+            self.logger.error("realised accuracy skipped: the earlier runs could not be listed: %s: %s",
+                              type(exc).__name__, exc)
+            return []
+        return [r for r in runs if r != self.writer.run_id]
 
     # --- models ---------------------------------------------------------------
     def _start_training(self, plan: ShardPlan) -> tuple[dict[Any, Any], dict[Any, list]]:
@@ -261,7 +279,8 @@ class _Run:
                 del frame
                 prepared = ex.submit(prepare_windows, chain, validated=validated, config=config)
                 del validated
-                models[g.name] = ex.submit(train_or_load_model, chain, prepared=prepared, config=config, group=g.name)
+                models[g.name] = ex.submit(train_or_load_model, chain, prepared=prepared, config=config, group=g.name,
+                                           calibrate=True)
                 del prepared
             chains[g.name] = chain
         return models, chains
@@ -306,14 +325,16 @@ class _Run:
         if choice is None:  # this shard's own data trains the model (one-shard group, or per-series mode)
             choice = trained = ex.submit(train_or_load_model, chain, prepared=prepared, config=config,
                                          group=spec.group)
-        forecasts = ex.submit(forecast, chain, choice=choice, prepared=prepared, config=config)
+        forecasts = ex.submit(forecast, chain, choice=choice, prepared=prepared, config=config, save=single)
         evaluation = ex.submit(evaluate, chain, forecasts=forecasts, choice=choice, prepared=prepared, config=config)
         plots = None
         if single:
             plots = ex.submit(render_plots, chain, choice=choice, evaluation=evaluation, prepared=prepared,
-                              config=config)
+                              config=config, forecasts=forecasts)
+        realised = ex.submit(score_realised, chain, writer=self.writer, prepared=prepared, config=config,
+                             earlier_runs=self.earlier_runs)
         summary = ex.submit(write_outputs, chain, writer=self.writer, forecasts=forecasts, evaluation=evaluation,
-                            prepared=prepared, shard=spec, overall_rows=single)
+                            prepared=prepared, shard=spec, overall_rows=single, realised=realised)
         return spec, summary, chain, trained, plots
 
     # --- commit ---------------------------------------------------------------
@@ -330,6 +351,7 @@ class _Run:
             raise error
         single = plan.n_shards == 1
         overall = overall_metrics(summaries)
+        realised = None if single else realised_overall_rows(summaries)
         counts = {
             "series_read": sum(s["series_read"] for s in summaries),
             "rows_read": sum(s["rows_read"] for s in summaries),
@@ -351,13 +373,14 @@ class _Run:
             "models": models,
             "counts": counts,
             "skipped": skipped[:SKIPPED_IN_SUMMARY],
+            # over all backtest windows (the per-window rows are in the metrics table)
             "overall_metrics": {model: dict(zip(g["metric"], g["value"].astype(float)))
-                                for model, g in overall.groupby("model", sort=False)},
+                                for model, g in overall[overall["window"].isna()].groupby("model", sort=False)},
+            "backtest": self._backtest_entry(summaries, choices),
             "shards": {
                 "count": plan.n_shards, "shard_size": config.shard_size, "split": plan.sharded,
                 "in_flight": self.ex.capacity,
-                "items": [{k: v for k, v in s.items() if k not in ("skipped", "metric_sums", "outputs")}
-                          for s in summaries],
+                "items": [{k: v for k, v in s.items() if k not in SUMMARY_ONLY} for s in summaries],
             },
         })
         if len(skipped) > SKIPPED_IN_SUMMARY or counts["series_skipped"] > len(skipped):
@@ -366,12 +389,30 @@ class _Run:
             self.manifest["outputs"] = summaries[0]["outputs"]
         else:
             root, rid = self.writer.root, self.writer.run_id
-            self.manifest["outputs"] = {t: join(root, t, f"run={rid}") for t in ("predictions", "metrics", "quarantine")}
+            tables = ("predictions", "metrics", "quarantine", "backtest", *(("realised",) if realised is not None else ()))
+            self.manifest["outputs"] = {t: join(root, t, f"run={rid}") for t in tables}
         self.wall["total"] = round(time.perf_counter() - self.t0, 3)
         self.manifest["timings_s"] = {**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}}
         self.manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
         return commit_run(self.writer, self.manifest, None if single else overall,
-                          self.plots.files if self.plots is not None else None)
+                          self.plots.files if self.plots is not None else None, realised)
+
+    def _backtest_entry(self, summaries: list[dict], choices: dict) -> dict[str, Any]:
+        """The manifest's `backtest`: its settings, cost and where the intervals came from."""
+        config = self.config
+        seconds = sum(s["backtest_seconds"] for s in summaries)
+        sources = sorted({s["intervals"] for s in summaries})
+        return {
+            "windows": config.backtest.windows, "step": config.backtest_step, "refit": config.backtest.refit,
+            "first_window": max((int(c.first_window) for c in choices.values()), default=0),
+            "rows": sum(s["backtest_rows"] for s in summaries),
+            "skipped_windows": sum(s["backtest_skipped_windows"] for s in summaries),
+            "seconds": round(seconds, 3),
+            "levels": [float(v) for v in config.levels], "interval_method": config.interval_method,
+            # "model": saved beside the model version; "run": calibrated on this run's backtest
+            "intervals": sources[0] if len(sources) == 1 else "mixed",
+            "earlier_runs_scored": len(self.earlier_runs),
+        }
 
     def _model_entry(self, key, choice) -> dict[str, Any]:
         config = self.config

@@ -96,7 +96,7 @@ def backtest_metrics(sums: ErrorSums) -> pd.DataFrame:
     per_series = sums.totals(("series_id",)).finalize()
     per_window = sums.totals(("window",)).finalize()
     latest = wide.groupby("window")["cutoff"].max()
-    per_window["cutoff"] = per_window["window"].map(latest)
+    per_window["cutoff"] = per_window["window"].map(latest) if len(latest) else pd.NaT  # no rows: nothing to map
     pooled = sums.totals(()).finalize()
     parts = [per_key, per_series, per_window, pooled]
     out = pd.concat(parts, ignore_index=True)
@@ -118,7 +118,7 @@ def backtest_metrics(sums: ErrorSums) -> pd.DataFrame:
 def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: int, season_length: int,
              windows: int = 3, step: int | None = None, fit_fn: FitFn | None = None, refit: bool = False,
              min_history: int = 1, levels: Sequence[float] = (80, 95), interval_method: str = "conformal",
-             prior_windows: float = PRIOR_WINDOWS) -> Backtest:
+             prior_windows: float = PRIOR_WINDOWS, first_window: int = 0) -> Backtest:
     """Backtest a model on `windows` rolling origins `step` apart (default H) at the end of each series.
 
     Pass either `forecast_fn` (a model already trained on data before the earliest cutoff) or `fit_fn`
@@ -126,6 +126,8 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
     Known-ahead columns of `panel` (future, calendar, static) are passed to the forecast at their true
     values over each window (S, H, K); historic ones are not (the forecast carries them forward).
     `min_history`: points a series needs before a cutoff (the model's input size) to join that window.
+    `first_window`: windows before it are skipped for every series (their cutoff precedes the end of the
+    data `forecast_fn` was trained on, so they would score the model on what it has seen).
 
     Raises ValueError for inconsistent arguments or a forecast of the wrong shape.
     """
@@ -136,7 +138,7 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
     if refit and fit_fn is None:
         raise ValueError("refit=True needs fit_fn")
     levels = tuple(float(v) for v in levels)
-    eligible = [(panel.lengths - d) >= max(1, min_history) for d in drops]
+    eligible = [((panel.lengths - d) >= max(1, min_history)) & (w >= first_window) for w, d in enumerate(drops)]
     if fit_fn is not None and not refit:
         first = next((w for w in range(windows) if eligible[w].any()), None)
         if first is not None:
@@ -147,6 +149,8 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
         for i in np.flatnonzero(~mask):
             have = max(int(panel.lengths[i] - drops[w]), 0)
             skipped.append((str(panel.series_ids[i]), w, have,
+                            f"window {w} is before the model's training cutoff (window {first_window})"
+                            if w < first_window else
                             f"{have} points before the cutoff of window {w}, fewer than {max(1, min_history)}"))
         if not mask.any():
             continue
@@ -192,13 +196,50 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
 
 
 def backtest_from_config(panel: Panel, config: ForecastConfig, forecast_fn: ForecastFn | None = None, *,
-                         fit_fn: FitFn | None = None, min_history: int | None = None) -> Backtest:
+                         fit_fn: FitFn | None = None, min_history: int | None = None,
+                         first_window: int = 0) -> Backtest:
     """`backtest` with the configuration's horizon, season, `backtest` section, `levels` and
     `interval_method`; `min_history` defaults to the model's input size (`window`)."""
     return backtest(panel, forecast_fn, horizon=config.horizon, season_length=config.season_length,
                     windows=config.backtest.windows, step=config.backtest_step, fit_fn=fit_fn,
                     refit=config.backtest.refit, min_history=config.window if min_history is None else min_history,
-                    levels=config.levels, interval_method=config.interval_method)
+                    levels=config.levels, interval_method=config.interval_method, first_window=first_window)
+
+
+def training_cutoff(panel: Panel, config: ForecastConfig) -> tuple[int, Panel]:
+    """(first window, training panel) of a run: the model that scores the backtest is trained once on
+    the data before the earliest cutoff where a series has the history training needs
+    (`validation.min_train_length`, the same a holdout needs), of the series that have it.
+
+    With one window that is every validated series without its last H points: today's holdout split.
+    A panel with no such series (or none at all) gets the last window's split of every series.
+    """
+    from lstm_core.validation import min_train_length
+
+    drops = cutoff_drops(config.backtest.windows, config.backtest_step, config.horizon)
+    need = min_train_length(config)
+    for w, drop in enumerate(drops):
+        ok = (panel.lengths - drop) >= need
+        if ok.any():
+            return w, (panel if ok.all() else panel.select(ok)).drop_last(int(drop))
+    last = len(drops) - 1
+    return last, panel.drop_last(int(drops[last])) if panel.n_series else panel
+
+
+def history_frame(panel: Panel) -> pd.DataFrame:
+    """The target of a panel in long format: `series_id, ds, y`, sorted (what realised accuracy and the
+    plots read as actuals). Timestamps are rebuilt from each series' end on the panel's frequency."""
+    from lstm_core.frequency import dates_before
+
+    lengths = panel.lengths
+    if panel.n_series == 0:
+        dtype = pd.Series(panel.last_ds).dtype if len(panel.last_ds) else np.dtype("datetime64[ns]")
+        return pd.DataFrame({"series_id": pd.Series([], dtype="string"), "ds": pd.Series([], dtype=dtype),
+                             "y": pd.Series([], dtype="float64")})
+    ds = dates_before(panel.last_ds, panel.freq, lengths)
+    return pd.DataFrame({"series_id": pd.Series(np.repeat(panel.series_ids, lengths), dtype="string"),
+                         "ds": pd.Series(ds).astype(pd.Series(panel.last_ds).dtype),
+                         "y": panel.values[:, 0].astype(np.float64)})
 
 
 def _window_frame(history: Panel, actual: np.ndarray, yhat: np.ndarray, snaive: np.ndarray,

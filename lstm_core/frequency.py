@@ -56,6 +56,24 @@ def dates_after(last_ds: np.ndarray | pd.Series, freq: str, steps: int) -> np.nd
     return np.stack(cols, axis=1)
 
 
+def dates_before(last_ds: np.ndarray | pd.Series, freq: str, lengths: np.ndarray) -> pd.DatetimeIndex:
+    """(sum(lengths),) timestamps of every point of each series, series after series, each ending at its
+    `last_ds` on the grid of `freq` (vectorised for fixed freqs; calendar ones once per distinct end)."""
+    last = pd.DatetimeIndex(last_ds)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    ends = np.repeat(np.arange(len(lengths)), lengths)
+    back = (np.repeat(np.cumsum(lengths), lengths) - 1 - np.arange(int(lengths.sum()))).astype(np.int64)
+    offset = to_offset(freq)
+    if isinstance(offset, Tick):
+        return last[ends] - pd.to_timedelta(back * pd.Timedelta(offset).value, unit="ns")
+    out = np.empty(len(back), dtype=object)
+    for end in pd.unique(last):
+        rows = np.flatnonzero(last[ends] == end)
+        grid = pd.date_range(end=end, periods=int(back[rows].max()) + 1, freq=offset)
+        out[rows] = np.asarray(grid)[len(grid) - 1 - back[rows]]
+    return pd.DatetimeIndex(list(out)) if len(out) else last[:0]
+
+
 # Series inferred when the frequency is not given: enough to see disagreement, cheap on any input.
 INFER_SERIES = 200
 

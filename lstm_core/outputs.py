@@ -3,16 +3,21 @@
 Under the output URL, hive-partitioned by run (`run=<run_id>`), each file also
 carrying a `run_id` column so a single file stands on its own:
 
-    predictions/run=<id>/part-<k>.parquet   series_id, ds, step, yhat, model_version, run_id, cutoff
-    metrics/run=<id>/part-<k>.parquet       series_id (null = overall), metric, value, model, run_id
+    predictions/run=<id>/part-<k>.parquet   series_id, ds, step, yhat, model_version, run_id, cutoff,
+                                            yhat_lo_<L>, yhat_hi_<L> per interval level
+    metrics/run=<id>/part-<k>.parquet       series_id (null = overall), metric, value, model, run_id, cutoff,
+                                            window (null: over all backtest windows)
     quarantine/run=<id>/part-<k>.parquet    series_id, field, reason, run_id
+    backtest/run=<id>/part-<k>.parquet      series_id, cutoff, ds, step, y, yhat, seasonal_naive, intervals, run_id
+    realised/run=<id>/part-<k>.parquet      series_id, metric, value, model, forecast_run_id, cutoff, points, run_id
     runs/<id>/plots/*.png                   the run's plots (written before the manifest)
     runs/<id>/manifest.json                 written last; readers trust status == "succeeded"
     runs/<id>/lease.json                    held while a process runs this run id (lstm_core.lease)
     models/                                 the model store
 
 One part per shard (`k` = shard number; a run of one shard writes part-0 only).
-A sharded run writes the overall metric rows to `metrics/run=<id>/part-overall.parquet`.
+A sharded run writes the overall metric rows to `metrics/run=<id>/part-overall.parquet` (and those of
+`realised/` to its `part-overall.parquet`).
 A table of a run is all the part files of its partition.
 
 A re-run of a run id first removes that run's manifest, then its partitions, so
@@ -23,7 +28,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Sequence
 
 import fsspec
 import pandas as pd
@@ -31,11 +36,13 @@ import pyarrow as pa
 
 from lstm_core.config import with_environment_secrets
 from lstm_core.lease import LEASE
+from lstm_core.metrics import interval_columns
+from lstm_core.realised import interval_levels, realised_schema
 from lstm_core.secrets import scrub, without_secrets
 from lstm_core.storage import (LinkRefused, filesystem, is_local, join, put_bytes, read_json, remove_file, remove_tree,
                                write_json, write_parquet)
 
-TABLES = ("predictions", "metrics", "quarantine")
+TABLES = ("predictions", "metrics", "quarantine", "backtest", "realised")
 MANIFEST = "manifest.json"
 FOLDERS = (*TABLES, "runs", "models", "_scratch")  # what a run writes under the output root
 
@@ -44,17 +51,36 @@ def _ts(tz: str | None) -> pa.DataType:
     return pa.timestamp("ns", tz=tz)
 
 
-def predictions_schema(tz: str | None = None) -> pa.Schema:
+def _interval_fields(levels: Sequence[float]) -> list[tuple[str, pa.DataType]]:
+    return [(c, pa.float64()) for lv in levels for c in interval_columns(lv)]
+
+
+def predictions_schema(tz: str | None = None, levels: Sequence[float] = ()) -> pa.Schema:
+    """Columns of `predictions/`: the original seven, then the bounds of each interval level."""
     return pa.schema([
         ("series_id", pa.string()), ("ds", _ts(tz)), ("step", pa.int64()), ("yhat", pa.float64()),
-        ("model_version", pa.string()), ("run_id", pa.string()), ("cutoff", _ts(tz)),
+        ("model_version", pa.string()), ("run_id", pa.string()), ("cutoff", _ts(tz)), *_interval_fields(levels),
     ])
 
 
-METRICS_SCHEMA = pa.schema([
-    ("series_id", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("model", pa.string()),
-    ("run_id", pa.string()),
-])
+def backtest_schema(tz: str | None = None, levels: Sequence[float] = ()) -> pa.Schema:
+    """Columns of `backtest/`: utilsforecast's cross-validation layout, intervals, the run id."""
+    return pa.schema([
+        ("series_id", pa.string()), ("cutoff", _ts(tz)), ("ds", _ts(tz)), ("step", pa.int64()), ("y", pa.float64()),
+        ("yhat", pa.float64()), ("seasonal_naive", pa.float64()), *_interval_fields(levels), ("run_id", pa.string()),
+    ])
+
+
+def metrics_schema(tz: str | None = None) -> pa.Schema:
+    """Columns of `metrics/`: the original five, then the backtest window's `cutoff` and `window`
+    (both null on the rows over all windows: the run's figures)."""
+    return pa.schema([
+        ("series_id", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("model", pa.string()),
+        ("run_id", pa.string()), ("cutoff", _ts(tz)), ("window", pa.int64()),
+    ])
+
+
+METRICS_SCHEMA = metrics_schema()
 QUARANTINE_SCHEMA = pa.schema([
     ("series_id", pa.string()), ("field", pa.string()), ("reason", pa.string()), ("run_id", pa.string()),
 ])
@@ -144,10 +170,18 @@ class RunWriter:
             remove_tree(self.fs, join(self.root, table, f"run={self.run_id}"), root=self.root)
 
     def write(self, table: str, df: pd.DataFrame, part: int | str = 0) -> str:
-        schema = {"metrics": METRICS_SCHEMA, "quarantine": QUARANTINE_SCHEMA}.get(table)
-        if table == "predictions":
-            tz = getattr(df["ds"].dtype, "tz", None)
-            schema = predictions_schema(str(tz) if tz is not None else None)
+        """Write one part file of `table`; its schema follows the output contract (interval columns as
+        `df` holds them; timestamps in the zone of `df`'s own)."""
+        schema = {"quarantine": QUARANTINE_SCHEMA}.get(table)
+        if table in ("predictions", "backtest"):
+            tz = _tz_of(df["ds"])
+            levels = interval_levels(list(df.columns))
+            schema = predictions_schema(tz, levels) if table == "predictions" else backtest_schema(tz, levels)
+        elif table == "metrics":
+            df = df.assign(**{c: df[c] if c in df.columns else None for c in ("cutoff", "window")})
+            schema = metrics_schema(_tz_of(df["cutoff"]))
+        elif table == "realised":
+            schema = realised_schema(_tz_of(df["cutoff"]))
         df = df.assign(run_id=self.run_id)[schema.names]
         path = self.part_path(table, part)
         write_parquet(self.fs, path, df, schema, root=self.root)
@@ -174,6 +208,11 @@ class RunWriter:
             return None
 
 
+def _tz_of(column: pd.Series) -> str | None:
+    tz = getattr(column.dtype, "tz", None)
+    return str(tz) if tz is not None else None
+
+
 def committed_runs(output_url: str, storage_options: dict | None = None) -> list[str]:
     """Run ids whose manifest says succeeded: the runs a reader may trust."""
     fs, root = filesystem(output_url, storage_options)
@@ -187,10 +226,13 @@ def committed_runs(output_url: str, storage_options: dict | None = None) -> list
     for e in entries:
         rid = e.rstrip("/").rsplit("/", 1)[-1]
         try:
-            if read_json(fs, join(base, rid, MANIFEST)).get("status") == "succeeded":
-                ok.append(rid)
-        except FileNotFoundError:
+            manifest = read_json(fs, join(base, rid, MANIFEST))
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             continue
+        except ValueError:  # not JSON (a damaged or planted file): not a run anyone may trust
+            continue
+        if isinstance(manifest, dict) and manifest.get("status") == "succeeded":
+            ok.append(rid)
     return sorted(ok)
 
 
@@ -210,6 +252,34 @@ def read_committed(output_url: str, table: str, storage_options: dict | None = N
             with fs.open(path, "rb") as fh:
                 frames.append(pd.read_parquet(fh))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def table_schema(output_url: str, table: str, storage_options: dict | None = None) -> pa.Schema:
+    """The schema of every run of `table` together, for reading its folder as one dataset.
+
+    pandas and pyarrow take a dataset's schema from its first file, so a run written before a column
+    existed (predictions before intervals) would hide that column in later runs. This unifies the schemas
+    of all part files (their footers only) and adds the `run` partition column:
+    `pd.read_parquet(f"{out}/predictions", schema=table_schema(out, "predictions"))`, or
+    `pyarrow.dataset.dataset(..., partitioning="hive", schema=...)`; older runs read with nulls there.
+    """
+    import pyarrow.parquet as pq
+
+    fs, root = filesystem(output_url, storage_options)
+    base = join(root, table)
+    fs.invalidate_cache(base)
+    try:
+        paths = [p for p in fs.find(base) if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet")]
+    except FileNotFoundError:
+        paths = []
+    schemas = []
+    for path in sorted(paths):
+        with fs.open(path, "rb") as fh:
+            schemas.append(pq.read_schema(fh).remove_metadata())
+    if not schemas:
+        raise FileNotFoundError(f"no part files under {scrub(join(output_url, table))}")
+    unified = pa.unify_schemas(schemas, promote_options="permissive")
+    return unified if "run" in unified.names else unified.append(pa.field("run", pa.string()))
 
 
 def _part_order(path: str) -> tuple[int, int | str]:

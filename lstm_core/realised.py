@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from lstm_core.metrics import ErrorSums
+from lstm_core.metrics import ErrorSums, MetricTotals
 
 KEYS = ("forecast_run_id", "model_version", "cutoff", "series_id")
 PREDICTION_COLUMNS = ("series_id", "ds", "step", "yhat", "model_version", "run_id", "cutoff")
@@ -146,3 +146,50 @@ def realised_accuracy(predictions: pd.DataFrame, actuals: pd.DataFrame, *, seaso
     """`realised_metrics(realised_sums(...))` for one shard or a whole input."""
     return realised_metrics(realised_sums(predictions, actuals, season_length=season_length, levels=levels),
                             per_series=per_series)
+
+
+def earlier_predictions(fs, root: str, run_ids: Sequence[str], series_ids: Sequence[str] | None = None) -> pd.DataFrame:
+    """The committed predictions of `run_ids` (under `root`/predictions/run=<id>/), of `series_ids` only
+    when given, read as one dataset whatever columns each run wrote: the schemas of all part files are
+    unified, so a run written before intervals existed reads with null bounds. Empty when none exist."""
+    import pyarrow.dataset as pds
+    import pyarrow.parquet as pq
+
+    paths = []
+    for rid in run_ids:
+        partition = f"{root.rstrip('/')}/predictions/run={rid}"
+        fs.invalidate_cache(partition)
+        try:
+            paths += sorted(p for p in fs.ls(partition, detail=False)
+                            if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet"))
+        except FileNotFoundError:
+            continue
+    if not paths:
+        return pd.DataFrame(columns=list(PREDICTION_COLUMNS))
+    schemas = []
+    for path in paths:
+        with fs.open(path, "rb") as fh:
+            schemas.append(pq.read_schema(fh).remove_metadata())
+    # permissive: files other writers made (string or large_string, ns or us) read as one
+    dataset = pds.dataset(paths, schema=pa.unify_schemas(schemas, promote_options="permissive"), format="parquet",
+                          filesystem=fs)
+    condition = None
+    if series_ids is not None:
+        condition = pds.field("series_id").isin(pa.array([str(s) for s in series_ids], pa.string()))
+    return dataset.to_table(filter=condition).to_pandas()
+
+
+def realised_overall(totals: "MetricTotals", points: pd.DataFrame) -> pd.DataFrame:
+    """The overall rows (series_id null) of the `realised/` table from totals grouped by
+    (forecast_run_id, model_version, cutoff) and their points per model, pooled over shards."""
+    group = ["forecast_run_id", "model_version", "cutoff"]
+    overall = totals.finalize()
+    points = points.groupby([*group, "model"], dropna=False)["n"].sum().rename("points").reset_index()
+    out = overall.merge(points, on=[*group, "model"], how="left")
+    out = out[out["value"].notna() | out["metric"].isin(("mae", "rmse", "smape", "mase"))]
+    model = np.where(out["model"] == "forecast", out["model_version"].astype(object), "seasonal_naive")
+    return pd.DataFrame({
+        "series_id": pd.Series([pd.NA] * len(out), dtype="string"), "metric": out["metric"].astype("string"),
+        "value": out["value"].astype("float64"), "model": pd.Series(model, dtype="string"),
+        "forecast_run_id": out["forecast_run_id"].astype("string"), "cutoff": out["cutoff"].to_numpy(),
+        "points": out["points"].fillna(0).astype("int64")}).reset_index(drop=True)

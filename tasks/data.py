@@ -8,6 +8,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core.artifacts import data_fingerprint
+from lstm_core.backtest import training_cutoff
 from lstm_core.config import ForecastConfig, redact_url
 from lstm_core.engine import panel_of
 from lstm_core.errors import NoValidSeriesError
@@ -59,7 +60,9 @@ def validate_series(frame: pd.DataFrame, config: ForecastConfig) -> ValidationRe
 @dataclass
 class Prepared:
     panel: Panel  # full history of every valid series
-    train_panel: Panel  # history up to T - H: what the model trains on before the holdout
+    # what the model trains on: the history before the earliest backtest cutoff (window
+    # `first_window`) of the series long enough for it; with one window, every series up to T - H
+    train_panel: Panel
     fingerprint: str
     train_windows: int
     validation_windows: int
@@ -67,6 +70,7 @@ class Prepared:
     skipped: list[SkippedSeries] = field(default_factory=list)
     filled_points: int = 0
     rows_read: int = 0
+    first_window: int = 0
 
     @property
     def series_read(self) -> int:
@@ -103,7 +107,7 @@ def prepare_windows(validated: ValidationResult, config: ForecastConfig, allow_e
         raise no_valid_series(validated.skipped, config)
     panel = panel_of(validated, config)
     check_tuned_fits(config, panel)  # tuned: latest: a tuned window the data cannot use is refused, not clipped
-    train_panel = panel.drop_last(config.horizon)
+    first_window, train_panel = training_cutoff(panel, config)
     chunk = config.chunk_length
     span = validation_span(config.validation_steps, chunk)
     lo, hi = target_bounds(train_panel, config.window, span, chunk)
@@ -111,8 +115,10 @@ def prepare_windows(validated: ValidationResult, config: ForecastConfig, allow_e
     val_windows = int(((train_panel.lengths - span - config.window) // chunk + span // chunk)
                       .clip(min=0, max=span // chunk).sum())
     logger.info("%d series, %d features; %d training windows available (%d sampled per series per epoch), "
-                "%d validation windows", panel.n_series, panel.n_features, train_windows,
+                "%d validation windows; training cutoff: backtest window %d of %d (%d series)", panel.n_series,
+                panel.n_features, train_windows,
                 windows_per_series(train_panel, config.window, span, chunk, config.training.windows_per_series,
-                                   config.training.min_windows_per_epoch), val_windows)
+                                   config.training.min_windows_per_epoch), val_windows, first_window,
+                config.backtest.windows, train_panel.n_series)
     return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows,
-                    list(validated.skipped), validated.filled_points, validated.rows_read)
+                    list(validated.skipped), validated.filled_points, validated.rows_read, first_window)

@@ -8,23 +8,29 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lstm_core.engine import Evaluation
+from lstm_core.backtest import history_frame
+from lstm_core.config import ForecastConfig
+from lstm_core.metrics import MetricTotals
 from lstm_core.outputs import RunWriter
+from lstm_core.realised import earlier_predictions, realised_metrics, realised_overall, realised_sums
 from lstm_core.sharding import ShardSpec
-from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
+from lstm_core.storage import is_storage_failure
+from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, is_transient, retry_transient
 from tasks.data import Prepared
-from tasks.modelling import Forecasts
+from tasks.modelling import Forecasts, Scored
 
 SKIPPED_IN_SUMMARY = 1000  # skipped series listed per shard in the manifest (all are in quarantine/)
 
 
 @task(name="write_outputs", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
-def write_outputs(writer: RunWriter, forecasts: Forecasts, evaluation: Evaluation, prepared: Prepared,
-                  shard: ShardSpec, overall_rows: bool = True) -> dict[str, Any]:
-    """Write one shard's predictions, metrics and quarantine as its part files of the run's partition.
+def write_outputs(writer: RunWriter, forecasts: Forecasts, evaluation: Scored, prepared: Prepared,
+                  shard: ShardSpec, overall_rows: bool = True, realised: dict[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Write one shard's predictions, metrics, quarantine and backtest as its part files of the run's
+    partition (and its realised accuracy of earlier runs, when `realised` holds some).
 
-    Returns the shard's summary (counts and metric sums, no data). `overall_rows`: keep the
+    Returns the shard's summary (counts and metric totals, no data). `overall_rows`: keep the
     shard's overall metric rows (a run of one shard, whose overall is the run's); a sharded
     run writes the overall rows once, at commit. A retry rewrites the same files.
     """
@@ -35,23 +41,20 @@ def write_outputs(writer: RunWriter, forecasts: Forecasts, evaluation: Evaluatio
         "predictions": writer.write("predictions", forecasts.future, part),
         "metrics": writer.write("metrics", metrics, part),
         "quarantine": writer.write("quarantine", prepared.skipped_frame(), part),
+        "backtest": writer.write("backtest", forecasts.backtest.frame, part),
     }
-    logger.info("%s: wrote %d prediction rows, %d metric rows, %d quarantined series", shard.name,
-                len(forecasts.future), len(metrics), len(prepared.skipped))
-    return shard_summary(shard, forecasts, evaluation, prepared, paths)
+    if realised is not None and len(realised["table"]):
+        table = realised["table"] if overall_rows else realised["table"][realised["table"]["series_id"].notna()]
+        paths["realised"] = writer.write("realised", table, part)
+    logger.info("%s: wrote %d prediction rows, %d metric rows, %d backtest rows, %d quarantined series%s",
+                shard.name, len(forecasts.future), len(metrics), len(forecasts.backtest.frame), len(prepared.skipped),
+                f", {len(realised['table'])} realised accuracy rows" if realised and len(realised["table"]) else "")
+    return shard_summary(shard, forecasts, evaluation, prepared, paths, realised)
 
 
-def shard_summary(shard: ShardSpec, forecasts: Forecasts, evaluation: Evaluation, prepared: Prepared,
-                  paths: dict[str, str]) -> dict[str, Any]:
-    """What the flow keeps of a written shard: counts, metric sums for the overall means, no frames."""
-    m = evaluation.metrics
-    per_series = m[m["series_id"].notna()]
-    sums: dict[str, dict[str, list[float]]] = {}
-    for (model, metric), g in per_series.groupby(["model", "metric"], sort=False):
-        v = g["value"].to_numpy(dtype=np.float64)
-        # np.nanmean is nansum / count of non-NaN; keeping both lets the flow pool shards exactly so
-        sums.setdefault(str(model), {})[str(metric)] = [float(np.nansum(v)), int((~np.isnan(v)).sum()),
-                                                        bool(np.isfinite(v).any())]
+def shard_summary(shard: ShardSpec, forecasts: Forecasts, evaluation: Scored, prepared: Prepared,
+                  paths: dict[str, str], realised: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the flow keeps of a written shard: counts, metric totals for the overall means, no frames."""
     return {
         "shard": shard.index,
         "group": shard.group,
@@ -65,37 +68,104 @@ def shard_summary(shard: ShardSpec, forecasts: Forecasts, evaluation: Evaluation
         "prediction_rows": int(len(forecasts.future)),
         "fingerprint": prepared.fingerprint,
         "skipped": [s.__dict__ for s in prepared.skipped[:SKIPPED_IN_SUMMARY]],
-        "metric_sums": sums,
+        "backtest_rows": int(len(forecasts.backtest.frame)),
+        "backtest_seconds": round(float(forecasts.backtest_seconds), 3),
+        "backtest_skipped_windows": int(len(forecasts.backtest.skipped)),
+        "intervals": forecasts.intervals_source,
+        # the sums behind the pooled and per-window metrics: they merge over shards by addition
+        "totals": {"pooled": evaluation.pooled, "window": evaluation.per_window,
+                   "window_cutoffs": dict(evaluation.window_cutoffs)},
+        "realised": None if not realised or not len(realised["table"]) else
+        {"totals": realised["totals"], "points": realised["points"], "rows": int(len(realised["table"]))},
         "outputs": paths,
     }
 
 
+SUMMARY_ONLY = ("skipped", "totals", "realised", "outputs")  # summary keys not listed in the manifest's shards
+
+
 def overall_metrics(summaries: list[dict[str, Any]]) -> pd.DataFrame:
-    """Overall rows (series_id null) pooled over all shards: the mean over every series, as unsharded."""
-    pooled: dict[tuple[str, str], list[float]] = {}
+    """Rows of the metrics table over all series (series_id null) pooled over all shards, as unsharded:
+    per backtest window (`window`, `cutoff` its latest cutoff) and over all windows (both null)."""
+    pooled = [s["totals"]["pooled"] for s in summaries]
+    windows = [s["totals"]["window"] for s in summaries]
+    overall = pooled[0].merge(*pooled[1:]).finalize()
+    per_window = windows[0].merge(*windows[1:]).finalize()
+    cutoffs: dict[int, Any] = {}
     for s in summaries:
-        for model, per_metric in s["metric_sums"].items():
-            for metric, (total, count, finite) in per_metric.items():
-                acc = pooled.setdefault((model, metric), [0.0, 0, False])
-                acc[0] += total
-                acc[1] += count
-                acc[2] = acc[2] or finite
-    rows = [{"series_id": None, "metric": metric, "value": (t / c) if (finite and c) else float("nan"),
-             "model": model} for (model, metric), (t, c, finite) in pooled.items()]
-    frame = pd.DataFrame(rows, columns=["series_id", "metric", "value", "model"])
-    return frame.astype({"series_id": "string", "metric": "string", "value": "float64", "model": "string"})
+        for w, c in s["totals"]["window_cutoffs"].items():
+            cutoffs[w] = c if w not in cutoffs or pd.isna(cutoffs[w]) or c > cutoffs[w] else cutoffs[w]
+    cutoff_values = [cutoffs.get(int(w)) for w in per_window["window"]] if len(per_window) else []
+    tz = next((getattr(pd.Timestamp(c), "tz", None) for c in cutoffs.values() if c is not None), None)
+    dtype = pd.DatetimeTZDtype("ns", tz) if tz is not None else "datetime64[ns]"
+    frame = pd.concat([
+        pd.DataFrame({"series_id": None, "metric": per_window["metric"], "value": per_window["value"],
+                      "model": per_window["model"], "cutoff": pd.Series(cutoff_values, dtype=dtype),
+                      "window": per_window["window"].astype("Int64")}),
+        pd.DataFrame({"series_id": None, "metric": overall["metric"], "value": overall["value"],
+                      "model": overall["model"], "cutoff": pd.Series([pd.NaT] * len(overall), dtype=dtype),
+                      "window": pd.Series([pd.NA] * len(overall), dtype="Int64")}),
+    ], ignore_index=True)
+    frame = frame[frame["value"].notna() | frame["metric"].isin(("mae", "rmse", "smape", "mase"))]
+    return frame.astype({"series_id": "string", "metric": "string", "value": "float64",
+                         "model": "string"}).reset_index(drop=True)
+
+
+def realised_overall_rows(summaries: list[dict[str, Any]]) -> pd.DataFrame | None:
+    """The overall rows of the realised table pooled over shards; None when no shard scored any."""
+    parts = [s["realised"] for s in summaries if s.get("realised")]
+    if not parts:
+        return None
+    totals = parts[0]["totals"].merge(*(p["totals"] for p in parts[1:]))
+    return realised_overall(totals, pd.concat([p["points"] for p in parts], ignore_index=True))
+
+
+@task(name="score_realised", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
+      retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def score_realised(writer: RunWriter, prepared: Prepared, config: ForecastConfig,
+                   earlier_runs: list[str]) -> dict[str, Any] | None:
+    """Realised accuracy of the committed predictions of `earlier_runs` for this shard's series whose
+    dates now have actuals in the input: the `realised/` table's rows, and the totals that pool over shards.
+    None when there is nothing to score."""
+    logger = get_run_logger()
+    if not earlier_runs or prepared.panel.n_series == 0:
+        return None
+    try:
+        predictions = earlier_predictions(writer.fs, writer.root, earlier_runs, list(prepared.panel.series_ids))
+    except Exception as exc:  # noqa: BLE001
+        if is_transient(exc) or is_storage_failure(exc):
+            raise  # storage hiccup: the task retries
+        # An earlier run's files this job cannot read (another writer, a damaged file) must not fail
+        # tonight's forecast: realised accuracy is a view of the past.
+        logger.error("realised accuracy skipped: the earlier predictions could not be read: %s: %s",
+                     type(exc).__name__, exc)
+        return None
+    if predictions.empty:
+        return None
+    sums = realised_sums(predictions, history_frame(prepared.panel), season_length=config.season_length)
+    table = realised_metrics(sums)
+    if table.empty:
+        return None
+    group = ("forecast_run_id", "model_version", "cutoff")
+    logger.info("realised accuracy: %d forecast points of %d earlier run(s) now have actuals",
+                int(sums.frame.loc[sums.frame["model"] == "forecast", "n"].sum()),
+                sums.frame["forecast_run_id"].nunique())
+    return {"table": table, "totals": sums.totals(group),
+            "points": sums.frame[[*group, "model", "n"]].copy()}
 
 
 @task(name="commit_run", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def commit_run(writer: RunWriter, manifest: dict[str, Any], overall: pd.DataFrame | None = None,
-               plots: dict[str, bytes] | None = None) -> dict[str, Any]:
-    """Write the overall metric rows of a sharded run and the plots, then the manifest, last: the run
-    becomes visible."""
+               plots: dict[str, bytes] | None = None, realised_overall: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Write the overall rows of a sharded run (metrics and realised accuracy) and the plots, then the
+    manifest, last: the run becomes visible."""
     logger = get_run_logger()
     outputs = dict(manifest.get("outputs") or {})
     if overall is not None:
         outputs["metrics_overall"] = writer.write("metrics", overall, "overall")
+    if realised_overall is not None:
+        outputs["realised_overall"] = writer.write("realised", realised_overall, "overall")
     if plots:
         outputs["plots"] = {name: writer.write_file(f"plots/{name}", png) for name, png in plots.items()}
     manifest = {**manifest, "status": "succeeded", "outputs": outputs}

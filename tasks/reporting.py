@@ -12,11 +12,11 @@ from prefect.cache_policies import NO_CACHE
 
 from lstm_core import plots
 from lstm_core.config import ForecastConfig
-from lstm_core.engine import Evaluation
+from lstm_core.backtest import history_frame
 from lstm_core.frequency import dates_after
 from lstm_core.metrics import METRICS
 from tasks.data import Prepared
-from tasks.modelling import ModelChoice
+from tasks.modelling import Forecasts, ModelChoice, Scored
 
 METRICS_KEY = "batch-forecast-metrics"
 SUMMARY_KEY = "batch-forecast-summary"
@@ -25,6 +25,9 @@ PLOT_TITLES = {
     "loss.png": "training and validation loss by epoch",
     "holdout.png": "forecast vs actual on the holdout: best, median and worst series by MASE",
     "error_distribution.png": "per-series MASE, LSTM against seasonal naive",
+    "forecast_intervals.png": "published forecast with its prediction intervals: best, median and worst series "
+                              "by backtest MASE",
+    "backtest.png": "backtest windows against the actuals: best, median and worst series by backtest MASE",
 }
 MAX_SKIPPED_LISTED = 50
 
@@ -35,9 +38,11 @@ class RunPlots:
     notes: dict[str, str] = field(default_factory=dict)  # file name -> why it is missing or how to read it
 
 
-def _series_mase(evaluation: Evaluation, model: str) -> np.ndarray:
+def _series_mase(evaluation: Scored, model: str, window: int | None = None) -> np.ndarray:
+    """Per-series MASE of `model`: over all backtest windows (None) or in one window."""
     m = evaluation.metrics
     rows = m[(m["model"] == model) & (m["metric"] == "mase") & m["series_id"].notna()]
+    rows = rows[rows["window"].isna()] if window is None else rows[rows["window"] == window]
     by_id = dict(zip(rows["series_id"].astype(str), rows["value"].astype(float)))
     return np.array([by_id.get(str(s), np.nan) for s in evaluation.series_ids], dtype=float)
 
@@ -64,13 +69,15 @@ def _loss_plot(choice: ModelChoice, config: ForecastConfig, out: RunPlots) -> No
                                               best_epochs=[int(m.get("best_epoch", 0)) for m in members], note=note)
 
 
-def _holdout_plot(choice: ModelChoice, evaluation: Evaluation, prepared: Prepared, config: ForecastConfig,
+def _holdout_plot(choice: ModelChoice, scored: Scored, prepared: Prepared, config: ForecastConfig,
                   out: RunPlots) -> None:
-    lstm_mase = _series_mase(evaluation, choice.version)
-    naive_mase = _series_mase(evaluation, "seasonal_naive")
+    last = config.backtest.windows - 1  # the last backtest window is the holdout
+    lstm_mase = _series_mase(scored, choice.version, last)
+    naive_mase = _series_mase(scored, "seasonal_naive", last)
+    evaluation = scored.holdout
     picks = plots.pick_examples(lstm_mase)
-    history = prepared.train_panel
     h = config.horizon
+    history = prepared.panel.drop_last(h) if prepared.panel.n_series else prepared.panel
     holdout_ds = dates_after(history.last_ds, config.freq, h)
     context = max(config.window, 2 * config.season_length, 2 * h)
     examples = []
@@ -93,16 +100,42 @@ def _holdout_plot(choice: ModelChoice, evaluation: Evaluation, prepared: Prepare
     out.files["error_distribution.png"] = plots.error_distribution(lstm_mase, naive_mase)
 
 
+def _interval_plots(choice: ModelChoice, scored: Scored, forecasts: Forecasts, prepared: Prepared,
+                    config: ForecastConfig, out: RunPlots) -> None:
+    """The published forecast with its intervals after the last weeks of history, and the backtest
+    windows against the actuals, for the best, median and worst series by pooled backtest MASE."""
+    mase = pd.Series(_series_mase(scored, choice.version), index=[str(s) for s in scored.series_ids], dtype=float)
+    mase = mase[np.isfinite(mase.to_numpy())]
+    if mase.empty:
+        out.notes["forecast_intervals.png"] = "no interval plots: no series has a finite backtest MASE"
+        return
+    history = history_frame(prepared.panel)
+    history = history.assign(series_id=history["series_id"].astype(str))
+    predictions = forecasts.future.assign(series_id=forecasts.future["series_id"].astype(str))
+    context = max(2 * config.season_length, 3 * config.horizon)
+    out.files["forecast_intervals.png"] = plots.forecast_intervals(
+        plots.interval_examples(history, predictions, mase, history_points=context))
+    frame = forecasts.backtest.frame
+    out.files["backtest.png"] = plots.backtest_windows(
+        plots.backtest_examples(frame.assign(series_id=frame["series_id"].astype(str)), history, mase,
+                                history_points=config.horizon))
+
+
 @task(name="render_plots", cache_policy=NO_CACHE)
-def render_plots(choice: ModelChoice, evaluation: Evaluation, prepared: Prepared, config: ForecastConfig) -> RunPlots:
-    """Draw the run's plots in memory; `write_outputs` stores them with the run, before the manifest.
+def render_plots(choice: ModelChoice, evaluation: Scored, prepared: Prepared, config: ForecastConfig,
+                 forecasts: Forecasts | None = None) -> RunPlots:
+    """Draw the run's plots in memory; `commit_run` stores them with the run, before the manifest.
 
     A plot that cannot be drawn is left out with the reason; it never fails the run.
     """
     logger = get_run_logger()
     out = RunPlots()
-    for name, draw in (("loss.png", lambda: _loss_plot(choice, config, out)),
-                       ("holdout.png", lambda: _holdout_plot(choice, evaluation, prepared, config, out))):
+    draws = [("loss.png", lambda: _loss_plot(choice, config, out)),
+             ("holdout.png", lambda: _holdout_plot(choice, evaluation, prepared, config, out))]
+    if forecasts is not None:
+        draws.append(("forecast_intervals.png",
+                      lambda: _interval_plots(choice, evaluation, forecasts, prepared, config, out)))
+    for name, draw in draws:
         try:
             draw()
         except Exception as exc:  # noqa: BLE001 - plots are a view of the run, not part of its result
@@ -112,12 +145,21 @@ def render_plots(choice: ModelChoice, evaluation: Evaluation, prepared: Prepared
     return out
 
 
+def _columns(overall: dict[str, dict[str, float]]) -> list[str]:
+    """The point metrics, then each interval metric some model has (coverage_80, msis_80, ...)."""
+    extra = sorted({k for values in overall.values() for k in values if k not in METRICS},
+                   key=lambda k: (float(k.split("_", 1)[1]), k))
+    return [*METRICS, *extra]
+
+
 def metrics_table(overall: dict[str, dict[str, float]], model_version: str | None) -> list[dict[str, Any]]:
-    """One row per model: its overall holdout metrics (mean over series)."""
+    """One row per model: its overall backtest metrics (mean over series and windows), with the
+    interval coverage and MSIS of the model that has intervals (None for the others)."""
     rows = []
+    columns = _columns(overall)
     for model, values in sorted(overall.items(), key=lambda kv: kv[0] != model_version):
         rows.append({"model": "lstm" if model == model_version else model, "version": model,
-                     **{m: values.get(m) for m in METRICS}})
+                     **{m: values.get(m) for m in columns}})
     return rows
 
 
@@ -146,10 +188,13 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
     ]
     overall = manifest.get("overall_metrics", {})
     if overall:
-        lines += ["## Holdout metrics (mean over series)", "| model | " + " | ".join(METRICS) + " |",
-                  "|---|" + "---|" * len(METRICS)]
+        columns = _columns(overall)
+        windows = (manifest.get("backtest") or {}).get("windows", 1)
+        lines += [f"## Backtest metrics (mean over series and {windows} window(s))",
+                  "| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
         for row in metrics_table(overall, manifest.get("model_version")):
-            vals = " | ".join("n/a" if row[m] is None or not np.isfinite(row[m]) else f"{row[m]:.4g}" for m in METRICS)
+            vals = " | ".join("n/a" if row[m] is None or not np.isfinite(row[m]) else f"{row[m]:.4g}"
+                              for m in columns)
             lines.append(f"| {row['model']} | {vals} |")
         lines.append("")
     skipped = manifest.get("skipped", [])
@@ -166,8 +211,8 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
     base = str(manifest.get("output_url", "")).rstrip("/")
     run_id = manifest["run_id"]
     lines += ["", "## Outputs"]
-    lines += [f"- {table}: `{base}/{table}/run={run_id}/`" for table in ("predictions", "metrics", "quarantine")
-              if table in outputs]
+    lines += [f"- {table}: `{base}/{table}/run={run_id}/`"
+              for table in ("predictions", "metrics", "quarantine", "backtest", "realised") if table in outputs]
     lines += [f"- manifest (the commit marker): `{base}/runs/{run_id}/manifest.json`", "", "## Plots"]
     for name, title in PLOT_TITLES.items():
         if name in plot_names:
@@ -185,7 +230,7 @@ def publish_artifacts(manifest: dict[str, Any], plot_notes: dict[str, str]) -> d
     run_id = manifest["run_id"]
     table = metrics_table(manifest.get("overall_metrics", {}), manifest.get("model_version"))
     table_id = create_table_artifact(table, key=METRICS_KEY,
-                                     description=f"Overall holdout metrics of run {run_id}: LSTM and seasonal naive")
+                                     description=f"Pooled backtest metrics of run {run_id}: LSTM (with interval coverage and MSIS) and seasonal naive")
     md_id = create_markdown_artifact(summary_markdown(manifest, plot_notes), key=SUMMARY_KEY,
                                      description=f"Run {run_id}: decision, counts, skipped series, outputs, plots")
     logger.info("published artifacts %s and %s for run %s", METRICS_KEY, SUMMARY_KEY, run_id)

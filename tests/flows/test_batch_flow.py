@@ -52,7 +52,8 @@ def test_flow_reads_s3_and_commits_predictions_metrics_manifest(s3_input, s3_end
 
     preds = _read(fs, f"{output_url}/predictions/run={run_id}/part-0.parquet")
     assert len(preds) == 5 * H
-    assert list(preds.columns) == ["series_id", "ds", "step", "yhat", "model_version", "run_id", "cutoff"]
+    assert list(preds.columns) == ["series_id", "ds", "step", "yhat", "model_version", "run_id", "cutoff",
+                                   "yhat_lo_80", "yhat_hi_80", "yhat_lo_95", "yhat_hi_95"]
     assert np.isfinite(preds["yhat"]).all()
     last = frame.groupby("series_id")["ds"].max()
     for sid, g in preds.groupby("series_id"):
@@ -63,12 +64,21 @@ def test_flow_reads_s3_and_commits_predictions_metrics_manifest(s3_input, s3_end
         assert (g["cutoff"] == last[sid]).all()
     assert (preds["run_id"] == run_id).all() and (preds["model_version"] == stored["model_version"]).all()
 
+    # Intervals are ordered and nested: lo_95 <= lo_80 <= yhat <= hi_80 <= hi_95, and not all zero-width.
+    assert (preds["yhat_lo_95"] <= preds["yhat_lo_80"]).all() and (preds["yhat_lo_80"] <= preds["yhat"]).all()
+    assert (preds["yhat"] <= preds["yhat_hi_80"]).all() and (preds["yhat_hi_80"] <= preds["yhat_hi_95"]).all()
+    assert (preds["yhat_hi_95"] > preds["yhat_lo_95"]).all()
+
     metrics = _read(fs, f"{output_url}/metrics/run={run_id}/part-0.parquet")
-    overall = metrics[metrics["series_id"].isna()]
+    overall = metrics[metrics["series_id"].isna() & metrics["window"].isna()]
     assert set(overall["model"]) == {stored["model_version"], "seasonal_naive"}
-    assert set(overall["metric"]) == {"mae", "rmse", "smape", "mase"}
+    point, interval = {"mae", "rmse", "smape", "mase"}, {"coverage_80", "msis_80", "coverage_95", "msis_95"}
+    assert set(overall.loc[overall["model"] == "seasonal_naive", "metric"]) == point
+    assert set(overall.loc[overall["model"] == stored["model_version"], "metric"]) == point | interval
     assert np.isfinite(metrics["value"]).all()
-    assert len(metrics) == 2 * 4 * (5 + 1)
+    # 5 series x 3 windows: point metrics of both models per series and window, per series, per window and
+    # pooled; interval metrics of the LSTM where the window has intervals calibrated on earlier windows (2 of 3).
+    assert len(metrics) == 2 * 4 * (5 * 3 + 5 + 3 + 1) + 4 * (5 * 2 + 5 + 2 + 1)
 
     # Secrets from the environment never reach the manifest.
     assert "testing" not in json.dumps(stored)

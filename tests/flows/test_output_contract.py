@@ -39,10 +39,15 @@ CONTRACT = {
     "predictions": [("series_id", pa.string()), ("ds", TIMESTAMP), ("step", pa.int64()), ("yhat", pa.float64()),
                     ("model_version", pa.string()), ("run_id", pa.string()), ("cutoff", TIMESTAMP)],
     "metrics": [("series_id", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
-                ("model", pa.string()), ("run_id", pa.string())],
+                ("model", pa.string()), ("run_id", pa.string()), ("cutoff", TIMESTAMP), ("window", pa.int64())],
     "quarantine": [("series_id", pa.string()), ("field", pa.string()), ("reason", pa.string()),
                    ("run_id", pa.string())],
+    "backtest": [("series_id", pa.string()), ("cutoff", TIMESTAMP), ("ds", TIMESTAMP), ("step", pa.int64()),
+                 ("y", pa.float64()), ("yhat", pa.float64()), ("seasonal_naive", pa.float64()),
+                 ("run_id", pa.string())],
 }
+INTERVALS = ["yhat_lo_80", "yhat_hi_80", "yhat_lo_95", "yhat_hi_95"]  # levels [80, 95], the default
+POINT = ["mae", "rmse", "smape", "mase"]
 GOOD, SHARD_SIZE = 10, 4
 
 
@@ -123,17 +128,31 @@ def test_a_sharded_run_quarantines_every_skipped_series_of_every_shard(sharded):
     assert sorted(preds["series_id"].unique()) == [f"good-{i:02d}" for i in range(GOOD)]
     assert len(preds) == GOOD * H == manifest["counts"]["prediction_rows"]
 
-    # Overall metrics (part-overall) are the mean over every series of every shard.
+    # Overall metrics (part-overall) are the mean over every series (and backtest window) of every shard;
+    # per window, the mean over every series in that window.
     metrics = _s3_parts(fs, out, "metrics", "sharded")
     assert "part-overall.parquet" in metrics
     overall = metrics.pop("part-overall.parquet").to_pandas()
     per_series = pd.concat([t.to_pandas() for t in metrics.values()], ignore_index=True)
     assert per_series["series_id"].notna().all() and per_series["series_id"].nunique() == GOOD
-    means = per_series.groupby(["model", "metric"])["value"].mean()
-    assert overall["series_id"].isna().all() and len(overall) == len(means) == 8
-    for row in overall.itertuples():
+    per_window = per_series[per_series["window"].notna() & per_series["metric"].isin(POINT)]
+    means = per_window.groupby(["model", "metric"])["value"].mean()
+    window_means = per_window.groupby(["model", "metric", "window"])["value"].mean()
+    pooled = overall[overall["window"].isna() & overall["metric"].isin(POINT)]
+    assert overall["series_id"].isna().all() and len(pooled) == len(means) == 8
+    for row in pooled.itertuples():
         assert row.value == pytest.approx(means[(row.model, row.metric)], rel=1e-12)
         assert manifest["overall_metrics"][row.model][row.metric] == pytest.approx(row.value, rel=1e-12)
+    windows = overall[overall["window"].notna() & overall["metric"].isin(POINT)]
+    assert len(windows) == len(window_means) == 8 * 3
+    for row in windows.itertuples():
+        assert row.value == pytest.approx(window_means[(row.model, row.metric, row.window)], rel=1e-12)
+    # Coverage pools the points of every shard: the manifest's equals the backtest table's.
+    bt = pd.concat([t.to_pandas() for t in _s3_parts(fs, out, "backtest", "sharded").values()], ignore_index=True)
+    has = bt["yhat_lo_95"].notna()
+    inside = (bt["y"] >= bt["yhat_lo_95"]) & (bt["y"] <= bt["yhat_hi_95"])
+    assert manifest["overall_metrics"][manifest["model_version"]]["coverage_95"] == \
+        pytest.approx(inside[has].mean(), rel=1e-12)
 
 
 def _assert_contract(table: str, schema: pa.Schema, where: str) -> None:
@@ -148,9 +167,16 @@ def test_part_files_have_the_contract_columns_and_dtypes(sharded, local_runs):
             _assert_contract(table, part.schema, f"s3 {table}/{name}")
         for path in sorted((local_runs["out"] / table / "run=one").glob("part-*.parquet")):
             _assert_contract(table, pq.read_schema(path), str(path))
-    # One shard, one part: part-0 holds the overall rows too.
+    # One shard, one part: part-0 holds the overall rows too (over all windows, and per window).
     local = pd.read_parquet(local_runs["out"] / "metrics" / "run=one" / "part-0.parquet")
-    assert local["series_id"].isna().sum() == 8 and local["series_id"].notna().sum() == 8 * 3
+    point = local[local["metric"].isin(POINT)]
+    assert (point["series_id"].isna() & point["window"].isna()).sum() == 8
+    assert (point["series_id"].notna() & point["window"].isna()).sum() == 8 * 3
+    assert (point["series_id"].isna() & point["window"].notna()).sum() == 8 * 3
+    # Predictions and backtest gain the interval columns, after the contract's own.
+    for table in ("predictions", "backtest"):
+        names = pq.read_schema(local_runs["out"] / table / "run=one" / "part-0.parquet").names
+        assert [n for n in names if n.startswith("yhat_")] == INTERVALS, (table, names)
 
 
 # --- a local output location with two committed runs, one half-written -------------------------------
@@ -227,13 +253,19 @@ def test_the_manifest_holds_every_documented_field(local_runs):
     assert manifest["skipped"] == [{"series_id": "flat", "field": "y", "reason": manifest["skipped"][0]["reason"]}]
     assert "constant" in manifest["skipped"][0]["reason"]
     assert set(manifest["overall_metrics"]) == {manifest["model_version"], "seasonal_naive"}
-    assert all(set(v) == {"mae", "rmse", "smape", "mase"} for v in manifest["overall_metrics"].values())
+    # the point metrics for both models, coverage and MSIS per level for the model with intervals
+    assert set(manifest["overall_metrics"]["seasonal_naive"]) == set(POINT)
+    assert set(manifest["overall_metrics"][manifest["model_version"]]) == \
+        {*POINT, "coverage_80", "msis_80", "coverage_95", "msis_95"}
+    assert manifest["backtest"]["windows"] == 3 and manifest["backtest"]["step"] == H
+    assert manifest["backtest"]["intervals"] == "run" and manifest["backtest"]["levels"] == [80.0, 95.0]
     assert manifest["timings_s"]["wall_total"] > 0 and "forecast" in manifest["timings_s"]
     assert {"tensorflow", "keras", "pandas", "pyarrow", "prefect"} <= set(manifest["versions"]) or \
         {"tensorflow-cpu", "keras", "pandas", "pyarrow", "prefect"} <= set(manifest["versions"])
     assert manifest["shards"]["count"] == 1 and len(manifest["shards"]["items"]) == 1
-    assert set(manifest["outputs"]) >= {"predictions", "metrics", "quarantine", "plots"}
-    assert set(manifest["outputs"]["plots"]) == {"loss.png", "holdout.png", "error_distribution.png"}
+    assert set(manifest["outputs"]) >= {"predictions", "metrics", "quarantine", "backtest", "plots"}
+    assert set(manifest["outputs"]["plots"]) == {"loss.png", "holdout.png", "error_distribution.png",
+                                                 "forecast_intervals.png", "backtest.png"}
     assert manifest["started_at"] <= manifest["finished_at"]
 
 
@@ -242,9 +274,10 @@ def test_a_local_run_leaves_exactly_the_contract_files(local_runs):
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*")
                    if p.is_file() and p.parts[len(out.parts)] != "models")
     one = [f for f in files if "one" in f]
-    assert one == ["metrics/run=one/part-0.parquet", "predictions/run=one/part-0.parquet",
-                   "quarantine/run=one/part-0.parquet", "runs/one/lease.json", "runs/one/manifest.json",
-                   "runs/one/plots/error_distribution.png", "runs/one/plots/holdout.png", "runs/one/plots/loss.png"]
+    assert one == ["backtest/run=one/part-0.parquet", "metrics/run=one/part-0.parquet",
+                   "predictions/run=one/part-0.parquet", "quarantine/run=one/part-0.parquet", "runs/one/lease.json",
+                   "runs/one/manifest.json", "runs/one/plots/backtest.png", "runs/one/plots/error_distribution.png",
+                   "runs/one/plots/forecast_intervals.png", "runs/one/plots/holdout.png", "runs/one/plots/loss.png"]
     assert not [f for f in files if ".tmp" in f], files  # written to a temp file, then renamed
     # Locally the lease is the lock file, empty when no process runs the run id.
     assert (out / "runs" / "one" / "lease.json").read_bytes() == b""

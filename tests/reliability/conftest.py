@@ -59,7 +59,7 @@ def assert_nothing_committed(fs, output_url: str, run_id: str, *, manifest: str 
     """No partition of `run_id` and no model were written; the manifest is 'failed' (or absent)."""
     keys = keys_under(fs, output_url)
     base = output_url.removeprefix("s3://")
-    for table in ("predictions", "metrics", "quarantine"):
+    for table in ("predictions", "metrics", "quarantine", "backtest"):
         assert not [k for k in keys if k.startswith(f"{base}/{table}/")], (table, keys)
     assert not [k for k in keys if k.startswith(f"{base}/models/")], keys
     path = f"{output_url}/runs/{run_id}/manifest.json"

@@ -219,11 +219,13 @@ def test_hostile_series_ids_never_reach_a_path_and_come_back_unchanged(series_le
     for sid in HOSTILE:
         assert (preds["series_id"] == sid).sum() == H, sid
         assert sorted(preds.loc[preds["series_id"] == sid, "step"]) == list(range(1, H + 1))
-        assert (metrics["series_id"] == sid).sum() == 8, sid  # 4 metrics x 2 models
+        run_rows = metrics[(metrics["series_id"] == sid) & metrics["window"].isna()]  # over all backtest windows
+        assert run_rows["metric"].isin(["mae", "rmse", "smape", "mase"]).sum() == 8, sid  # 4 metrics x 2 models
     # Every object the run wrote is one of the contract's paths, under the output URL.
     allowed = ("predictions/run=mixed/part-0.parquet", "metrics/run=mixed/part-0.parquet",
-               "quarantine/run=mixed/part-0.parquet", "runs/mixed/manifest.json",
-               "runs/mixed/plots/loss.png", "runs/mixed/plots/holdout.png", "runs/mixed/plots/error_distribution.png")
+               "quarantine/run=mixed/part-0.parquet", "backtest/run=mixed/part-0.parquet", "runs/mixed/manifest.json",
+               "runs/mixed/plots/loss.png", "runs/mixed/plots/holdout.png", "runs/mixed/plots/error_distribution.png",
+               "runs/mixed/plots/forecast_intervals.png", "runs/mixed/plots/backtest.png")
     bucket = r["bucket"]
     keys = keys_under(fs, f"s3://{bucket}")
     for key in keys:
@@ -232,7 +234,7 @@ def test_hostile_series_ids_never_reach_a_path_and_come_back_unchanged(series_le
             rel.startswith("out/models/"), key
         assert "etc" not in rel and "\u202e" not in rel and "ü" not in rel, key
     models = [k for k in keys if "/models/" in k]
-    assert models and all(re.fullmatch(r"member-\d+\.keras|scaler\.json|metadata\.json", k.rsplit("/", 1)[-1])
+    assert models and all(re.fullmatch(r"member-\d+\.keras|scaler\.json|metadata\.json|intervals\.json", k.rsplit("/", 1)[-1])
                           for k in models)
 
 

@@ -58,7 +58,7 @@ def test_a_rerun_deletes_the_old_manifest_first_and_writes_the_new_one_last(comm
     deletes = [(i, key) for i, r in enumerate(seen) for key in r.deleted_keys()]
     assert deletes and deletes[0][1] == manifest, deletes[:5]
     # Then the old partitions go (the re-run really clears them, after the manifest).
-    for table in ("predictions", "metrics", "quarantine"):
+    for table in ("predictions", "metrics", "quarantine", "backtest"):
         part = _key(out, f"{table}/run={RUN}/part-0.parquet")
         assert part in [key for _, key in deletes[1:]], (table, deletes)
     # Nothing of the new attempt is written before the old manifest is gone.
@@ -69,7 +69,7 @@ def test_a_rerun_deletes_the_old_manifest_first_and_writes_the_new_one_last(comm
     # The manifest is written once, last, after the plots, and says succeeded.
     manifest_puts = [i for i, r in enumerate(seen) if r.method == "PUT" and _path(r) == manifest]
     plot_puts = [i for i, r in enumerate(seen) if r.method == "PUT" and f"/runs/{RUN}/plots/" in r.path]
-    assert len(manifest_puts) == 1 and len(plot_puts) == 3, [(r.method, r.path) for r in seen if r.method == "PUT"]
+    assert len(manifest_puts) == 1 and len(plot_puts) == 5, [(r.method, r.path) for r in seen if r.method == "PUT"]
     assert max(run_puts) == manifest_puts[0] and max(plot_puts) < manifest_puts[0]
     assert json.loads(seen[manifest_puts[0]].body)["status"] == "succeeded"
 

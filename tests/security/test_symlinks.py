@@ -132,8 +132,8 @@ def test_a_run_over_planted_links_writes_only_under_its_root(tmp_path, outside):
     assert json.loads((runs / "manifest.json").read_text())["status"] == "succeeded"
     preds = pd.read_parquet(root / "predictions" / f"run={run_id}")
     assert len(preds) == 3 * FAST["horizon"]
-    assert sorted(p.name for p in (runs / "plots").iterdir()) == ["error_distribution.png", "holdout.png",
-                                                                   "loss.png"]
+    assert sorted(p.name for p in (runs / "plots").iterdir()) == ["backtest.png", "error_distribution.png",
+                                                                   "forecast_intervals.png", "holdout.png", "loss.png"]
     assert not [p for p in root.rglob("*") if p.is_symlink()]
 
     # A link in a folder position (here the model store) refuses the run, naming the link; nothing is written.
