@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -89,6 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def quiet_native_startup():
+    """Silence what TensorFlow's native code prints to file descriptor 2 while it loads.
+
+    TF_CPP_MIN_LOG_LEVEL does not reach the lines written before absl logging is initialised ("All log
+    messages before absl::InitializeLog() ...", the oneDNN notice); they would open every run's console log.
+    Python errors raised by the import still propagate; LSTM_FORECAST_DEBUG=1 keeps the lines.
+    """
+    if os.environ.get("LSTM_FORECAST_DEBUG"):
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            try:
+                import tensorflow  # noqa: F401 - loaded here, once, with its start-up lines discarded
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+    yield
+
+
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Flags that were given, as nested settings (flags win over file and environment)."""
     out: dict[str, Any] = {}
@@ -141,7 +167,8 @@ def check_input(config) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     config, resolved = _resolve(args.config, settings_from_args(args), args.sets)
     check_input(config)
-    from flows.batch_forecast import batch_forecast
+    with quiet_native_startup():
+        from flows.batch_forecast import batch_forecast
 
     quiet_console_tracebacks()
     manifest = batch_forecast(config_path=args.config, settings=resolved)
@@ -152,7 +179,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     config, resolved = _resolve(args.config, settings_from_args(args), args.sets)
     check_input(config)
-    from flows.tune import tune
+    with quiet_native_startup():
+        from flows.tune import tune
 
     quiet_console_tracebacks()
     summary = tune(config_path=args.config, settings=resolved)
@@ -221,7 +249,8 @@ def build_deployments(args: argparse.Namespace, parameters: dict[str, Any]):
     # slow night or a re-run slot delays the next run instead of dropping it or writing beside it.
     limit = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
     version = importlib.metadata.version("lstm-forecast")
-    from flows.batch_forecast import batch_forecast  # imports TensorFlow: after the cheap checks
+    with quiet_native_startup():  # imports TensorFlow: after the cheap checks
+        from flows.batch_forecast import batch_forecast
 
     common = {"parameters": parameters, "version": version, "concurrency_limit": limit}
     scheduled = batch_forecast.to_deployment(
@@ -251,7 +280,6 @@ def next_run(cron: str, timezone: str, after=None) -> str:
 def cmd_serve(args: argparse.Namespace) -> int:
     parameters = serve_parameters(args)
     deployments = build_deployments(args, parameters)
-    from prefect import serve
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
@@ -261,9 +289,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"lstm-forecast: next scheduled run {next_run(args.cron, args.timezone)} ({args.cron!r}, {args.timezone})",
           file=sys.stderr)
     quiet_console_tracebacks()
-    # limit=1: this process runs one flow run at a time, across both deployments.
-    serve(*deployments, pause_on_shutdown=False, limit=1)
+    serve_until_stopped(deployments)
     return 0
+
+
+def serve_until_stopped(deployments) -> None:
+    """`prefect.serve` with a SIGTERM that stops cleanly.
+
+    Prefect's runner answers SIGTERM by calling its synchronous `stop()` from inside its own event loop,
+    which leaves the `astop` coroutine never awaited (a RuntimeWarning on every shutdown by a process
+    manager). Raising `TerminationSignal` instead unwinds `runner.start()` like Ctrl-C does: the loop
+    cancels the runner's tasks and the temporary API, if any, stops.
+    """
+    import asyncio
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
+
+    class _Runner(Runner):
+        def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
+            raise TerminationSignal(signal.SIGTERM)
+
+    # limit=1: this process runs one flow run at a time, across both deployments.
+    runner = _Runner(pause_on_shutdown=False, limit=1)
+    for deployment in deployments:
+        runner.add_deployment(deployment)
+    names = ", ".join(f"'batch-forecast/{d.name}'" for d in deployments)
+    print(f"lstm-forecast: serving {names}; stop with Ctrl-C or SIGTERM", file=sys.stderr)
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal) as exc:
+        reason = "SIGTERM" if isinstance(exc, TerminationSignal) else "interrupt"
+        print(f"lstm-forecast: serve stopped ({reason})", file=sys.stderr)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -275,7 +333,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "season_length": 24, "window": 48, "training": {"epochs": 30, "patience": 6},
     }
     _, resolved = _resolve(None, settings, args.sets)
-    from flows.batch_forecast import batch_forecast
+    with quiet_native_startup():
+        from flows.batch_forecast import batch_forecast
 
     quiet_console_tracebacks()
     print(f"demo dataset: {data} (24 hourly series, 4 weeks)")
@@ -321,6 +380,23 @@ def _report(manifest: dict[str, Any]) -> None:
         print(f"  holdout {name:>15}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items())))
 
 
+class RunNameFormatter(logging.Formatter):
+    """`LEVEL logger: message`, with the Prefect task or flow run's name when the record has one, so a
+    console line says which task finished (`Task run 'forecast-79a' - Finished in state Completed()`)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        for attr, kind in (("task_run_name", "Task run"), ("flow_run_name", "Flow run")):
+            name = getattr(record, attr, None)
+            if name:
+                prefix = f"{record.levelname} {record.name}: "
+                return line.replace(prefix, f"{prefix}{kind} {name!r} - ", 1)
+        return line
+
+
 def ephemeral_api_failure() -> str:
     """The one line for a temporary Prefect API that did not come up."""
     waited = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?")
@@ -334,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
     from lstm_core.config import ConfigError
     from lstm_core.errors import LstmForecastError, RunLockedError
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(RunNameFormatter())
     logging.getLogger("httpx").setLevel(logging.WARNING)
     from lstm_core.secrets import scrub, secret_values
 

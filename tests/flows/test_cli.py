@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -183,6 +186,45 @@ def test_run_command_writes_outputs(tmp_path):
     assert manifest["config"]["training"]["max_train_minutes"] == 1
     preds = pd.read_parquet(tmp_path / "out" / "predictions")
     assert len(preds) == 4 * 12
+    # The console log: each line names its task run; TensorFlow's native start-up lines are not there.
+    assert re.search(r"Task run 'forecast-[0-9a-z]+' - Finished in state Completed\(\)", out.stderr)
+    assert "absl::InitializeLog" not in out.stderr and "oneDNN custom operations" not in out.stderr
+
+
+@pytest.mark.slow
+def test_serve_stops_cleanly_on_sigterm(tmp_path):
+    """Without PREFECT_API_URL: says the schedule is temporary and when it fires; SIGTERM ends it with exit 0,
+    no 'never awaited' warning, and the temporary API stopped."""
+    data = tmp_path / "series.parquet"
+    make_frame(n_series=2, length=150).to_parquet(data, index=False)
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "LSTM_FORECAST_DEBUG")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    proc = subprocess.Popen([CLI, "serve", "--input", str(data), "--output", str(tmp_path / "out")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.time() + 240
+        while time.time() < deadline:  # wait until it serves
+            line = proc.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "lstm-forecast: serving" in line:
+                break
+        assert any("lstm-forecast: serving 'batch-forecast/scheduled'" in x for x in lines), "".join(lines)[-3000:]
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        _, rest = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    err = "".join(lines) + rest
+    assert proc.returncode == 0, err[-3000:]
+    assert "temporary local API" in err and "live only as long as it does" in err
+    assert re.search(r"next scheduled run \d{4}-\d\d-\d\dT02:00:00\+00:00 \('0 2 \* \* \*', UTC\)", err)
+    assert "serve stopped (SIGTERM)" in err
+    assert "never awaited" not in err and "Traceback" not in err
 
 
 @pytest.mark.slow
