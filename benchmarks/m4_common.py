@@ -77,6 +77,20 @@ def workdir(keep: str | None) -> Path:
     return path
 
 
+def weekly_inputs(data: Path, series: int | None, work: Path) -> tuple[pd.DataFrame, pd.DataFrame, Path, Path]:
+    """M4 weekly train and test (the first `series` ids when given), also written under `work` for the CLI:
+    (train, test, train path, test path)."""
+    train = pd.read_parquet(data / "train.parquet")
+    test = pd.read_parquet(data / "test.parquet")
+    if series:
+        keep = sorted(train["series_id"].unique())[:series]
+        train, test = train[train["series_id"].isin(keep)], test[test["series_id"].isin(keep)]
+    train_path, test_path = work / "train.parquet", work / "test.parquet"
+    train.to_parquet(train_path, index=False)
+    test.to_parquet(test_path, index=False)
+    return train, test, train_path, test_path
+
+
 def timings(manifest: dict) -> dict[str, float]:
     """Seconds per step from the manifest (tasks run in process: their own timers)."""
     t = manifest.get("timings_s") or {}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from m4_common import SHARED, machine_load, run_cli, score, seasonal_naive_frame, workdir  # noqa: E402
+from m4_common import SHARED, machine_load, run_cli, score, seasonal_naive_frame, weekly_inputs, workdir  # noqa: E402
 
 H = 13
 
@@ -34,16 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("extra", nargs="*", help="extra flags for lstm-forecast run (after --)")
     a = p.parse_args(argv)
 
-    data = Path(a.data)
-    train = pd.read_parquet(data / "train.parquet")
-    test = pd.read_parquet(data / "test.parquet")
-    if a.series:
-        keep = sorted(train["series_id"].unique())[: a.series]
-        train, test = train[train["series_id"].isin(keep)], test[test["series_id"].isin(keep)]
     work = workdir(a.keep)
-    train_path, test_path = work / "train.parquet", work / "test.parquet"
-    train.to_parquet(train_path, index=False)
-    test.to_parquet(test_path, index=False)
+    train, test, train_path, test_path = weekly_inputs(Path(a.data), a.series, work)
 
     print(f"M4 weekly: {train['series_id'].nunique()} series, H={H}; machine: {machine_load()}")
     print(f"{'model':<30}{'sMAPE':>9}{'MASE':>9}{'OWA':>9}{'seconds':>9}")

@@ -29,7 +29,7 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from m4_common import CLI, SHARED, machine_load, run_cli, score, workdir  # noqa: E402
+from m4_common import CLI, SHARED, machine_load, run_cli, score, weekly_inputs, workdir  # noqa: E402
 
 H = 13
 STUDY = "m4-weekly"
@@ -48,16 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     load_before = machine_load()
 
-    data = Path(a.data)
-    train = pd.read_parquet(data / "train.parquet")
-    test = pd.read_parquet(data / "test.parquet")
-    if a.series:
-        keep = sorted(train["series_id"].unique())[: a.series]
-        train, test = train[train["series_id"].isin(keep)], test[test["series_id"].isin(keep)]
     work = workdir(a.keep)
-    train_path, test_path = work / "train.parquet", work / "test.parquet"
-    train.to_parquet(train_path, index=False)
-    test.to_parquet(test_path, index=False)
+    train, test, train_path, test_path = weekly_inputs(Path(a.data), a.series, work)
     print(f"M4 weekly: {train['series_id'].nunique()} series, H={H}; machine: {load_before}", flush=True)
 
     def scored(name: str, args: list[str]) -> tuple[dict, float]:
