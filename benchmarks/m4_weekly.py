@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from m4_common import SHARED, machine_load, run_cli, score, seasonal_naive_frame, weekly_inputs, workdir  # noqa: E402
