@@ -63,8 +63,8 @@ class Mutation:
 
 MUTATIONS: list[Mutation] = [
     # --- from issue 17: survived the review, each now has its test ------------------------------
-    Mutation("M1", "training never sees the holdout (the last H points)", "tasks/modelling.py",
-             "forecaster = fit(prepared.train_panel, config,", "forecaster = fit(prepared.panel, config,",
+    Mutation("M1", "training never sees the holdout (the last H points)", "lstm_core/modelling.py",
+             "forecaster = trainer.fit(data.train_panel, config)", "forecaster = trainer.fit(data.panel, config)",
              (f"{HOLDOUT}::test_the_last_h_points_never_reach_training",)),
     Mutation("M2", "a re-run removes the old manifest before its partitions", "lstm_core/outputs.py",
              "remove_file(self.fs, self.manifest_path, root=self.root)",
@@ -170,8 +170,8 @@ MUTATIONS: list[Mutation] = [
              "history_frame(prepared.panel), season_length=config.season_length)",
              "history_frame(prepared.panel), season_length=1)",
              (f"{BACKTEST}::test_realised_accuracy_equals_the_scorer_on_the_later_actuals",)),
-    Mutation("W3", "a loaded model's saved intervals are reused", "tasks/modelling.py",
-             "if _usable(choice.intervals, config):", "if False:",
+    Mutation("W3", "a loaded model's saved intervals are reused", "lstm_core/modelling.py",
+             "if intervals_fit(choice.intervals, config):", "if False:",
              (f"{BACKTEST}::test_a_loaded_model_brings_its_saved_intervals",)),
     Mutation("W4", "the metrics table's MSIS is the backtest table's, scaled like MASE", "lstm_core/metrics.py",
              "msis = f[is_col].to_numpy() / np.where(has, n_l, 1) / np.where(good_scale, scale, 1.0)",

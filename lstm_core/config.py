@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import typing
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -444,11 +445,14 @@ class ForecastConfig(_Strict):
 
         With `group_column`, each group has its own model: the column and the group's value are hashed in.
         """
+        return self.model_spec(group).key
+
+    def model_spec(self, group: str | None = None) -> "ModelSpec":
+        """The frozen specification of this configuration's model (of `group` with `group_column`)."""
         fields = self.network_settings()
         if self.group_column is not None:
             fields["group"] = {"column": self.group_column, "value": group}
-        blob = json.dumps(fields, sort_keys=True, default=str).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
+        return ModelSpec(json.dumps(fields, sort_keys=True, default=str), group, self)
 
     def config_hash(self) -> str:
         """Stable hash of the resolved public configuration (secrets redacted, run_id left out)."""
@@ -477,6 +481,30 @@ class ForecastConfig(_Strict):
             if data.get(name):
                 data[name] = redact_url(data[name])
         return data
+
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What changes the network, frozen: its hash is the model key.
+
+    Two specs are equal when their networks are (same inputs, same architecture, same group), whatever
+    else the run's configuration says; `config` rides along for how to train, forecast and store it.
+    Build it with `ForecastConfig.model_spec(group)` (the configuration must be resolved).
+    """
+
+    network: str  # canonical JSON (sorted keys) of `ForecastConfig.network_settings()` and the group
+    group: str | None = None
+    config: ForecastConfig | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def key(self) -> str:
+        """16 hex digits: where the model's versions live in the store (`models/<key>/<version>/`)."""
+        return hashlib.sha256(self.network.encode()).hexdigest()[:16]
+
+    def settings(self) -> dict[str, Any]:
+        """The network settings (and group) as a dict."""
+        return json.loads(self.network)
 
 
 def default_season_length(freq: str) -> int:

@@ -1,39 +1,19 @@
-"""Helpers shared by tasks: retry only what a retry can fix.
+"""Helpers shared by tasks: the Prefect side of retrying only what a retry can fix.
 
-Three layers, innermost first: botocore retries each S3 request (standard mode, see
-lstm_core.storage.S3_RETRIES), s3fs retries a few more kinds of failure, and the Prefect
-storage tasks retry what is still failing with exponential backoff. Bad input, a refused
-or lost lease and permission errors are never retried: they fail the same way again.
+What counts as transient, and retrying a step in place, live in lstm_core.retries (no Prefect there);
+here is the task-level policy: STORAGE_RETRIES with exponential backoff, and the retry condition.
 """
 from __future__ import annotations
 
-import logging
-import random
-import time
-from typing import Callable, TypeVar
-
 from prefect.tasks import exponential_backoff
 
-from lstm_core.config import ConfigError
-from lstm_core.errors import (ArtifactError, DataValidationError, LeaseLostError, RunLockedError,
-                              StorageError)
-from lstm_core.storage import is_storage_failure
+from lstm_core.retries import ATTEMPTS, PERMANENT, call_with_retries, is_transient
 
-STORAGE_RETRIES = 4
+__all__ = ["STORAGE_RETRIES", "STORAGE_RETRY_DELAYS", "PERMANENT", "call_with_retries", "is_transient",
+           "retry_transient"]
+
+STORAGE_RETRIES = ATTEMPTS - 1
 STORAGE_RETRY_DELAYS = exponential_backoff(backoff_factor=1)
-PERMANENT = (DataValidationError, ConfigError, ArtifactError, LeaseLostError, RunLockedError, PermissionError)
-
-T = TypeVar("T")
-log = logging.getLogger("lstm_core.retries")
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Storage hiccups only: a bug, bad input or a permanent storage error fails the same way again."""
-    if isinstance(exc, StorageError):
-        return exc.transient
-    if isinstance(exc, PERMANENT):
-        return False
-    return is_storage_failure(exc)
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -43,21 +23,3 @@ def retry_transient(task, task_run, state) -> bool:
     except Exception as exc:  # noqa: BLE001
         return is_transient(exc)
     return False
-
-
-def call_with_retries(fn: Callable[..., T], *args, attempts: int = STORAGE_RETRIES + 1, base_delay: float = 1.0,
-                      what: str = "storage call", **kwargs) -> T:
-    """Call `fn`, retrying transient storage failures with jittered exponential backoff.
-
-    For a step inside a task that must not repeat the work before it (saving a model just trained).
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001
-            if attempt == attempts or not is_transient(exc):
-                raise
-            delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())
-            log.warning("%s failed (attempt %d of %d), retrying in %.1f s: %s", what, attempt, attempts, delay, exc)
-            time.sleep(delay)
-    raise AssertionError("unreachable")

@@ -1,23 +1,16 @@
 """Tasks that read and shape data."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lstm_core.artifacts import data_fingerprint
-from lstm_core.backtest import training_cutoff
 from lstm_core.config import ForecastConfig, redact_url
-from lstm_core.engine import panel_of
 from lstm_core.errors import NoValidSeriesError
-from lstm_core.panel import Panel
+from lstm_core.modelling import Prepared, prepare_data
 from lstm_core.sharding import ShardSpec, read_shard
 from lstm_core.storage import read_series
-from lstm_core.tuning import check_tuned_fits
 from lstm_core.validation import SkippedSeries, ValidationResult, min_length, validate_for
-from lstm_core.windows import target_bounds, validation_span, windows_per_series
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 
 
@@ -57,29 +50,6 @@ def validate_series(frame: pd.DataFrame, config: ForecastConfig) -> ValidationRe
     return result
 
 
-@dataclass
-class Prepared:
-    panel: Panel  # full history of every valid series
-    # what the model trains on: the history before the earliest backtest cutoff (window
-    # `first_window`) of the series long enough for it; with one window, every series up to T - H
-    train_panel: Panel
-    fingerprint: str
-    train_windows: int
-    validation_windows: int
-    # what validation found, kept so the validated frame itself can be released
-    skipped: list[SkippedSeries] = field(default_factory=list)
-    filled_points: int = 0
-    rows_read: int = 0
-    first_window: int = 0
-
-    @property
-    def series_read(self) -> int:
-        return int(self.panel.n_series) + len(self.skipped)
-
-    def skipped_frame(self) -> pd.DataFrame:
-        return ValidationResult(pd.DataFrame(), self.skipped).skipped_frame()
-
-
 NO_VALID_SERIES = "no valid series left to forecast (all were skipped; see the manifest for reasons)"
 
 
@@ -101,24 +71,8 @@ def no_valid_series(skipped: list[SkippedSeries], config: ForecastConfig | None 
 
 @task(name="prepare_windows", cache_policy=NO_CACHE)
 def prepare_windows(validated: ValidationResult, config: ForecastConfig, allow_empty: bool = False) -> Prepared:
-    """Pack the valid series into panels. `allow_empty`: a shard whose series were all skipped is no error."""
-    logger = get_run_logger()
+    """Pack the valid series into panels (`lstm_core.modelling.prepare_data`). `allow_empty`: a shard whose
+    series were all skipped is no error."""
     if validated.frame.empty and not allow_empty:
         raise no_valid_series(validated.skipped, config)
-    panel = panel_of(validated, config)
-    check_tuned_fits(config, panel)  # tuned: latest: a tuned window the data cannot use is refused, not clipped
-    first_window, train_panel = training_cutoff(panel, config)
-    chunk = config.chunk_length
-    span = validation_span(config.validation_steps, chunk)
-    lo, hi = target_bounds(train_panel, config.window, span, chunk)
-    train_windows = int((hi - lo).clip(min=0).sum())
-    val_windows = int(((train_panel.lengths - span - config.window) // chunk + span // chunk)
-                      .clip(min=0, max=span // chunk).sum())
-    logger.info("%d series, %d features; %d training windows available (%d sampled per series per epoch), "
-                "%d validation windows; training cutoff: backtest window %d of %d (%d series)", panel.n_series,
-                panel.n_features, train_windows,
-                windows_per_series(train_panel, config.window, span, chunk, config.training.windows_per_series,
-                                   config.training.min_windows_per_epoch), val_windows, first_window,
-                config.backtest.windows, train_panel.n_series)
-    return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows,
-                    list(validated.skipped), validated.filled_points, validated.rows_read, first_window)
+    return prepare_data(validated, config, log=get_run_logger())

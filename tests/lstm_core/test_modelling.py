@@ -1,0 +1,91 @@
+"""The one modelling path, as a notebook calls it: prepare_data -> get_or_train -> forecast -> score.
+
+No Prefect here: the tasks wrap exactly these calls. A real small LSTM trains on a real local store.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lstm_core.config import ModelSpec
+from lstm_core.modelling import ModelStore, forecast, get_or_train, prepare_data, score
+from lstm_core.validation import validate_for
+from tests.conftest import fast_config, make_frame
+
+H = 12
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Two get_or_train calls on one store: the first trains and saves, the second loads."""
+    cfg = fast_config(output_url=str(tmp_path_factory.mktemp("out")), retrain="auto")
+    data = prepare_data(validate_for(make_frame(n_series=4, length=160), cfg), cfg)
+    store = ModelStore.of(cfg)
+    spec = cfg.model_spec()
+    first, first_decision = get_or_train(store, spec, data, calibrate=True)
+    second, second_decision = get_or_train(store, spec, data)
+    return cfg, data, store, spec, (first, first_decision), (second, second_decision)
+
+
+def test_first_call_trains_and_saves_under_the_spec_key(run):
+    cfg, data, store, spec, (first, decision), _ = run
+    assert decision.action == "train" and decision is first.decision
+    assert decision.reason == f"no saved model for this configuration (key {spec.key})"
+    assert first.model_key == spec.key == cfg.model_key()
+    saved = store.url + f"/{spec.key}/{first.version}/metadata.json"
+    import os
+
+    assert os.path.exists(saved)
+    # training saw only the data before the earliest backtest cutoff
+    assert (data.train_panel.lengths == data.panel.lengths - cfg.backtest.windows * H).all()
+    assert first.intervals is not None  # calibrate=True: backtested and saved beside the version
+
+
+def test_second_call_loads_the_same_version_and_forecasts_the_same(run):
+    cfg, data, _, _, (first, _), (second, decision) = run
+    assert decision.action == "load" and second.version == first.version
+    assert decision.reason.startswith(f"model {first.version} is current")
+    assert second.intervals is not None and second.intervals.horizon == first.intervals.horizon
+    a = first.final.forecast(data.panel, H)
+    b = second.final.forecast(data.panel, H)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_forecast_and_score_return_frames(run):
+    cfg, data, store, _, (first, _), _ = run
+    fc = forecast(first, data, cfg, store=store)
+    frame = fc.future
+    assert len(frame) == data.panel.n_series * H
+    assert {"series_id", "ds", "step", "yhat", "cutoff", "model_version", "yhat_lo_80", "yhat_hi_95"} <= set(frame)
+    assert (frame["model_version"] == first.version).all()
+    assert (frame["yhat_lo_95"] <= frame["yhat"]).all() and (frame["yhat"] <= frame["yhat_hi_95"]).all()
+    assert fc.intervals_source == "model"  # calibrated by get_or_train and reused
+    np.testing.assert_allclose(frame["yhat"].to_numpy().reshape(-1, H), first.final.forecast(data.panel, H))
+    scored = score(fc, first, data, cfg)
+    pooled = scored.metrics[scored.metrics["series_id"].isna() & scored.metrics["window"].isna()]
+    assert set(pooled["model"]) == {first.version, "seasonal_naive"}
+    assert {"mae", "smape", "mase", "coverage_95", "msis_95"} <= set(pooled["metric"])
+    assert scored.holdout.actual.shape == (data.panel.n_series, H)
+
+
+def test_model_spec_is_what_changes_the_network():
+    cfg = fast_config()
+    spec = cfg.model_spec()
+    assert isinstance(spec, ModelSpec) and spec.key == cfg.model_key() and len(spec.key) == 16
+    # how the weights are fitted is not the network: same spec, same key
+    other_training = fast_config(training={"epochs": 7, "patience": 3})
+    assert other_training.model_spec() == spec and hash(other_training.model_spec()) == hash(spec)
+    # a different window or width is another network
+    assert fast_config(window=36).model_spec().key != spec.key
+    assert fast_config(model={"units": [16]}).model_spec().key != spec.key
+    assert spec.settings()["window"] == 24
+    with pytest.raises(Exception):
+        spec.group = "x"  # frozen
+
+
+def test_retrain_never_without_a_model_names_the_key(tmp_path):
+    cfg = fast_config(output_url=str(tmp_path), retrain="never")
+    from lstm_core.errors import ArtifactError
+
+    with pytest.raises(ArtifactError, match=cfg.model_key()):
+        get_or_train(ModelStore.of(cfg), cfg.model_spec(), None)
