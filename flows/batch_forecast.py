@@ -1,50 +1,51 @@
-"""The nightly batch forecasting flow.
+"""The nightly batch forecasting flow. Its body is the graph, submitted to the flow's own task runner:
 
-plan_shards -> [split_shards] -> train_or_load_model (once per model group, on a bounded sample)
-then for each shard of series:
-    load_series -> validate_series -> prepare_windows -> forecast (the backtest windows and the
-    future, with intervals) -> evaluate (every window) -> score_realised (earlier runs) -> write_outputs
-then render_plots (runs of one shard), commit_run (overall metrics, plots, then the manifest) and
-publish_artifacts (the committed run in the Prefect UI).
+    plan_shards -> [split_shards]
+    train_group.submit(...) per model group: load_series -> validate_series -> prepare_windows
+        -> train_or_load_model, on a bounded sample of the group's series
+    forecast_shard.map(shards, model=<its group's future>): load_series -> validate_series -> prepare_windows
+        -> [train_or_load_model] -> forecast (backtest windows and the future, with intervals) -> evaluate
+        -> [render_plots] -> score_realised -> write_outputs
+    commit_run (overall metrics, plots, then the manifest) -> publish_artifacts
 
-A dataset of one shard (up to `shard_size` series) runs exactly as an unsharded run:
-load_series -> validate_series -> prepare_windows -> train_or_load_model -> forecast -> evaluate
--> score_realised -> write_outputs -> commit_run. Tasks run in the flow's process, or on a Dask cluster
-(`workers` / `dask_address`, see flows/runners.py) with a few shards in flight at a time.
+The steps of a group or a shard are nested task runs of its `train_group` / `forecast_shard` task, so
+each is visible in the Prefect UI and a step's own exception is what the flow raises. A dataset of one
+shard (up to `shard_size` series) trains inside its shard, exactly as an unsharded run. The task runner
+(flows/runners.py::RunTaskRunner) is a thread of one in process, or Dask (`workers` / `dask_address`).
 """
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import deque
 from datetime import datetime, timezone
 from typing import Any
 
-from prefect import flow, get_client, get_run_logger
+from prefect import flow, get_client, get_run_logger, unmapped
 from prefect.context import FlowRunContext
+from prefect.futures import as_completed
 
 from flows.parameters import Overridable, RunSettings, check_overrides, overrides_list, settings_dict
-from flows.runners import execution
+from flows.runners import RunTaskRunner, run_task_runner
 from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
 from lstm_core.outputs import RunWriter, committed_runs, new_run_id, slot_run_id
 from lstm_core.secrets import install_log_scrubber, scrub, secret_values
-from lstm_core.sharding import ShardPlan, ShardSpec, remove_scratch
+from lstm_core.sharding import ShardPlan, remove_scratch
 from lstm_core.storage import is_storage_failure, join
 from lstm_core.tuning import apply_tuned
-from tasks.data import load_series, no_valid_series, prepare_windows, validate_series
-from tasks.modelling import evaluate, forecast, train_or_load_model
-from tasks.outputs import (SKIPPED_IN_SUMMARY, SUMMARY_ONLY, commit_run, overall_metrics, realised_overall_rows,
-                           score_realised, write_outputs)
-from tasks.reporting import publish_artifacts, publish_failure, render_plots
+from tasks.data import no_valid_series
+from tasks.outputs import SKIPPED_IN_SUMMARY, SUMMARY_ONLY, commit_run, overall_metrics, realised_overall_rows
+from tasks.reporting import publish_artifacts, publish_failure
+from tasks.shard import forecast_shard, train_group
 from tasks.sharding import plan_shards, split_shards
 
 
 # Parameters are checked in the body (settings_dict), so a bad setting fails the run as a ConfigError naming it,
 # exactly as a bad setting in the file does; their types still make the parameter schema (the UI's form).
-@flow(name="batch-forecast", log_prints=True, validate_parameters=False, on_failure=[publish_failure])
+@flow(name="batch-forecast", log_prints=True, validate_parameters=False, on_failure=[publish_failure],
+      task_runner=RunTaskRunner())
 def batch_forecast(config_path: str | None = None, settings: RunSettings | None = None,
                    allow_overrides: list[Overridable] | None = None) -> dict[str, Any]:
     """Forecast every series at `input_url` and commit predictions and metrics to `output_url`.
@@ -155,9 +156,9 @@ def _run_leased(config: ForecastConfig, writer: RunWriter, logger, secrets: set[
         "tuned": tuned,  # which study's best settings this run used (tuned: latest), else null
     })
     try:
-        with execution(config, logger) as ex:
-            run.ex = ex
-            run.manifest["execution"] = ex.describe()
+        with run_task_runner(config, logger) as runner:
+            run.runner = runner
+            run.manifest["execution"] = dict(runner.description)
             committed = run.execute()
     except BaseException as exc:
         run.wall["total"] = round(time.perf_counter() - t_start, 3)
@@ -185,9 +186,10 @@ class _Run:
 
     def __init__(self, config: ForecastConfig, writer: RunWriter, logger) -> None:
         self.config, self.writer, self.logger = config, writer, logger
-        self.ex = None
+        self.runner = None
         self.manifest: dict[str, Any] = {}
         self.wall: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}  # per step (task name), summed over groups and shards
         self.began = False  # the run's partitions were cleared: an earlier commit of this id is gone
         self.plots = None  # drawn for a run of one shard
         self.plot_notes: dict[str, str] = {"plots": "plots are drawn for runs of one shard; this run was sharded"}
@@ -197,19 +199,23 @@ class _Run:
     def _timed(self, name: str, t0: float) -> None:
         self.wall[name] = round(time.perf_counter() - t0, 3)
 
+    def _add_seconds(self, seconds: dict[str, float]) -> None:
+        for name, value in seconds.items():
+            self.seconds[name] = self.seconds.get(name, 0.0) + value
+
     def timings(self) -> dict[str, float]:
-        try:
-            per_task = self.ex.task_seconds() if self.ex is not None else {}
-        except Exception as exc:  # noqa: BLE001 - timings are best effort
-            self.logger.warning("could not read task timings: %s", exc)
-            per_task = {}
-        return per_task
+        return {k: round(v, 3) for k, v in self.seconds.items()}
 
     def execute(self) -> dict[str, Any]:
-        config, ex = self.config, self.ex
+        """The graph: plan -> [split] -> train each group (mapped) -> forecast each shard (mapped) -> commit.
+
+        Every unit is submitted to the flow's task runner; a failed unit's own exception is raised here.
+        """
+        config = self.config
         t0 = time.perf_counter()
-        plan: ShardPlan = ex.result(ex.submit(plan_shards, config=config, run_id=self.writer.run_id))
+        plan: ShardPlan = plan_shards.submit(config=config, run_id=self.writer.run_id).result()
         self._timed("plan_shards", t0)
+        self._add_seconds({"plan_shards": self.wall["plan_shards"]})
         if not config.is_resolved:  # the frequency was inferred from the data: defaults follow from it
             config = self.config = config.resolved(plan.freq)
         self.manifest["config"] = config.public_dict()
@@ -219,25 +225,30 @@ class _Run:
         if plan.sharded:
             t0 = time.perf_counter()
             remove_scratch(config.scratch_root, self.writer.run_id, config.storage_options)
-            plan = ex.result(ex.submit(split_shards, config=config, plan=plan))
+            plan = split_shards.submit(config=config, plan=plan).result()
             self._timed("split_shards", t0)
+            self._add_seconds({"split_shards": self.wall["split_shards"]})
         self.manifest["plan"] = plan.summary()
 
         t0 = time.perf_counter()
-        models, train_chains = self._start_training(plan)
-        self._timed("train_or_load_model", t0)  # in-process: training itself; on Dask: only submitting it
+        trained = self._train_groups(plan)
+        self._timed("train_or_load_model", t0)  # only submitting: the groups train beside the shards
 
         # listed before this run id's partitions are cleared: an earlier attempt of it is not an earlier run
         self.earlier_runs = self._earlier_runs()
         t0 = time.perf_counter()
         self.writer.begin()  # a re-run of this run id starts from a clean partition
         self.began = True
-        summaries, shard_models = self._run_shards(plan, models, train_chains)
+        shards = forecast_shard.map(plan.shards, config=unmapped(config), writer=unmapped(self.writer),
+                                    model=[trained.get(spec.group) for spec in plan.shards],
+                                    single=unmapped(plan.n_shards == 1), earlier_runs=unmapped(self.earlier_runs))
+        choices: dict[Any, Any] = {}
+        for group, future in trained.items():  # a failed training raises its own error here
+            result = future.result()
+            choices[group] = result.choice
+            self._add_seconds(result.seconds)
+        summaries = self._shard_results(plan, shards, choices)
         self._timed("shards", t0)
-
-        choices = {g: ex.result(ref, train_chains.get(g)) for g, ref in models.items()}
-        choices.update(shard_models)
-        del models
         return self._commit(plan, summaries, choices)
 
     def _earlier_runs(self) -> list[str]:
@@ -254,88 +265,40 @@ class _Run:
         return [r for r in runs if r != self.writer.run_id]
 
     # --- models ---------------------------------------------------------------
-    def _start_training(self, plan: ShardPlan) -> tuple[dict[Any, Any], dict[Any, list]]:
-        """Train (or load) each group's model before its shards, on a bounded sample of its series.
+    def _train_groups(self, plan: ShardPlan) -> dict[Any, Any]:
+        """Submit each group's training (or loading) on a bounded sample of its series: group -> future.
 
-        A group of one shard whose sample is all its series trains on that shard's own data,
-        inside the shard's chain (the unsharded order). On Dask the groups train in parallel.
+        A group of one shard whose sample is all its series trains inside that shard (the unsharded
+        order), and mode per_series trains in every shard: neither is listed. On Dask the groups train
+        in parallel, each shard starting when its group's model is ready.
         """
-        config, ex = self.config, self.ex
-        models: dict[Any, Any] = {}
-        chains: dict[Any, list] = {}
+        config = self.config
         if config.mode == "per_series":
-            return models, chains  # every shard trains its own series' models
-        for g in plan.groups:
-            if g.train is None:
-                continue
-            chain: list = []
-            if config.retrain == "never" or config.model_version or config.model_url:
-                # loading needs no data: the model key guarantees the inputs (names and roles)
-                models[g.name] = ex.submit(train_or_load_model, chain, prepared=None, config=config,
-                                           group=g.name)
-            else:
-                frame = ex.submit(load_series, chain, config=config, shard=g.train)
-                validated = ex.submit(validate_series, chain, frame=frame, config=config)
-                del frame
-                prepared = ex.submit(prepare_windows, chain, validated=validated, config=config)
-                del validated
-                models[g.name] = ex.submit(train_or_load_model, chain, prepared=prepared, config=config, group=g.name,
-                                           calibrate=True)
-                del prepared
-            chains[g.name] = chain
-        return models, chains
+            return {}
+        # loading a pinned model, or under retrain 'never', needs no data: the model key guarantees the inputs
+        no_data = config.retrain == "never" or bool(config.model_version or config.model_url)
+        groups = [g for g in plan.groups if g.train is not None]
+        return {g.name: train_group.submit(config=config, group=g.name, sample=None if no_data else g.train)
+                for g in groups}
 
     # --- shards ---------------------------------------------------------------
-    def _run_shards(self, plan: ShardPlan, models: dict, train_chains: dict) -> tuple[list[dict], dict]:
-        """Each shard's chain, with at most `capacity` shards in flight; only summaries come back."""
-        ex = self.ex
-        in_flight: deque = deque()
+    def _shard_results(self, plan: ShardPlan, futures, choices: dict) -> list[dict]:
+        """Each shard's summary, in the order they finish; a failed shard raises its own error."""
         summaries: list[dict] = []
-        shard_models: dict[Any, Any] = {}
-
-        def finish() -> None:
-            spec, summary, chain, trained, plots = in_flight.popleft()
-            summaries.append(ex.result(summary, chain))
-            if plots is not None:
-                self.plots = ex.result(plots, chain)
-                self.plot_notes = self.plots.notes
-            if trained is not None:
-                shard_models[spec.group if self.config.mode != "per_series" else spec.index] = \
-                    ex.result(trained, chain)
-
-        for spec in plan.shards:
-            while len(in_flight) >= ex.capacity:
-                finish()
-            in_flight.append(self._shard_chain(plan, spec, models.get(spec.group), train_chains.get(spec.group, [])))
-        while in_flight:
-            finish()
-        return summaries, shard_models
-
-    def _shard_chain(self, plan: ShardPlan, spec: ShardSpec, choice, train_chain: list):
-        config, ex = self.config, self.ex
-        single = plan.n_shards == 1
-        chain = list(train_chain)
-        trained = None
-        frame = ex.submit(load_series, chain, config=config, shard=spec)
-        validated = ex.submit(validate_series, chain, frame=frame, config=config)
-        del frame
-        prepared = ex.submit(prepare_windows, chain, validated=validated, config=config,
-                             allow_empty=not single and choice is not None)
-        del validated
-        if choice is None:  # this shard's own data trains the model (one-shard group, or per-series mode)
-            choice = trained = ex.submit(train_or_load_model, chain, prepared=prepared, config=config,
-                                         group=spec.group)
-        forecasts = ex.submit(forecast, chain, choice=choice, prepared=prepared, config=config, save=single)
-        evaluation = ex.submit(evaluate, chain, forecasts=forecasts, choice=choice, prepared=prepared, config=config)
-        plots = None
-        if single:
-            plots = ex.submit(render_plots, chain, choice=choice, evaluation=evaluation, prepared=prepared,
-                              config=config, forecasts=forecasts)
-        realised = ex.submit(score_realised, chain, writer=self.writer, prepared=prepared, config=config,
-                             earlier_runs=self.earlier_runs)
-        summary = ex.submit(write_outputs, chain, writer=self.writer, forecasts=forecasts, evaluation=evaluation,
-                            prepared=prepared, shard=spec, overall_rows=single, realised=realised)
-        return spec, summary, chain, trained, plots
+        for done, future in enumerate(as_completed(futures), start=1):
+            result = future.result()
+            summaries.append(result.summary)
+            self._add_seconds(result.seconds)
+            if result.plots is not None:
+                self.plots = result.plots
+                self.plot_notes = result.plots.notes
+            if result.trained is not None:
+                spec = next(s for s in plan.shards if s.index == result.summary["shard"])
+                choices[spec.group if self.config.mode != "per_series" else spec.index] = result.trained
+            if plan.n_shards > 1:
+                self.logger.info("shard %d of %d done: %s, %d series forecast", done, plan.n_shards,
+                                 f"shard {result.summary['shard']}", result.summary["series_forecast"])
+        return summaries
 
     # --- commit ---------------------------------------------------------------
     def _commit(self, plan: ShardPlan, summaries: list[dict], choices: dict) -> dict[str, Any]:
@@ -379,7 +342,7 @@ class _Run:
             "backtest": self._backtest_entry(summaries, choices),
             "shards": {
                 "count": plan.n_shards, "shard_size": config.shard_size, "split": plan.sharded,
-                "in_flight": self.ex.capacity,
+                "in_flight": self.runner.capacity,
                 "items": [{k: v for k, v in s.items() if k not in SUMMARY_ONLY} for s in summaries],
             },
         })

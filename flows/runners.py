@@ -10,146 +10,77 @@ flow's temporary local API is exported to the workers (otherwise each would star
 """
 from __future__ import annotations
 
-import builtins
 import json
 import logging
 import os
-import re
 import time
-from collections import defaultdict
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from lstm_core import errors
+from prefect.context import FlowRunContext
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+
 from lstm_core.config import ForecastConfig
 
 
-class InProcess:
-    """Tasks called directly, in order, in the flow's process: `submit` returns the result itself."""
+class RunTaskRunner(TaskRunner):
+    """The batch flow's task runner; which one really runs the tasks, the run's configuration decides.
 
-    kind = "in-process"
-    capacity = 1  # shards in flight
+    Prefect gives a flow its task runner before the body runs, but where this job's tasks run is a setting
+    of the run (`workers`, `dask_address`), known once the body has read the configuration. So the flow is
+    given this runner, and the body starts the real one with `started(config)` before it submits work:
+    every `.submit` and `.map` in the flow body goes through it. In process it is a thread pool of one
+    (tasks run one after another, as TensorFlow wants); on Dask, `prefect_dask.DaskTaskRunner`.
+    """
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
+        super().__init__()
+        self._inner: TaskRunner | None = None
+        self.description: dict[str, Any] = {"runner": "in-process"}
+        self.capacity = 1  # tasks that run at once: the cluster's worker threads
 
-    def submit(self, task, chain: list | None = None, **params: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return task(**params)
-        finally:
-            self.seconds[task.name] += time.perf_counter() - t0
+    def duplicate(self) -> "RunTaskRunner":
+        return type(self)()
 
-    def result(self, value: Any, chain: list | None = None) -> Any:
-        return value
+    @contextmanager
+    def started(self, config: ForecastConfig, logger: logging.Logger | None = None) -> Iterator["RunTaskRunner"]:
+        """Start the runner `config` asks for, for the length of the `with` block."""
+        with _real_runner(config, logger) as (inner, description, capacity):
+            self._inner, self.description, self.capacity = inner, description, capacity
+            try:
+                yield self
+            finally:
+                self._inner = None
 
-    def describe(self) -> dict[str, Any]:
-        return {"runner": "in-process"}
+    def submit(self, task, parameters, wait_for=None, dependencies=None):
+        if self._inner is None:
+            raise RuntimeError("the run's task runner is not started: use `with runner.started(config):`")
+        return self._inner.submit(task, parameters, wait_for, dependencies)
 
-    def task_seconds(self) -> dict[str, float]:
-        return {k: round(v, 3) for k, v in self.seconds.items()}
 
+@contextmanager
+def run_task_runner(config: ForecastConfig, logger: logging.Logger | None = None) -> Iterator[Any]:
+    """The flow run's task runner, started as `config` asks (it has `description` and `capacity`).
 
-class OnDask:
-    """Tasks submitted to a `DaskTaskRunner`: `submit` returns a future; data stays on the workers."""
-
-    kind = "dask"
-
-    def __init__(self, runner, description: dict[str, Any]) -> None:
-        self.runner = runner
-        self.description = description
-        info = runner.client.scheduler_info(n_workers=-1) if _takes_n_workers(runner.client) \
-            else runner.client.scheduler_info()
-        workers = info.get("workers", {})
-        self.threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
-        self.description.update({"workers": len(workers), "threads": self.threads})
-
-    @property
-    def capacity(self) -> int:
-        """Shards in flight: one per worker thread, so each worker holds about one shard at a time."""
-        return self.threads
-
-    def submit(self, task, chain: list | None = None, **params: Any) -> Any:
-        future = self.runner.submit(task, params)
-        if chain is not None:
-            chain.append((task.name, future.task_run_id))
-        return future
-
-    def result(self, future: Any, chain: list | None = None) -> Any:
-        """The task's result; when it never ran because an upstream task failed, that task's error."""
-        from prefect.exceptions import UnfinishedRun
-
-        try:
-            return future.result()
-        except UnfinishedRun:
-            cause = _root_cause(chain or [])
-            if cause is not None:
-                raise cause from None
-            raise
-
-    def describe(self) -> dict[str, Any]:
-        return dict(self.description)
-
-    def task_seconds(self) -> dict[str, float]:
-        """Run time of this flow run's tasks, summed per task name (from the Prefect API)."""
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-        from prefect.context import FlowRunContext
-
-        ctx = FlowRunContext.get()
-        if ctx is None or ctx.flow_run is None:
-            return {}
-        out: dict[str, float] = defaultdict(float)
-        with get_client(sync_client=True) as client:
-            offset = 0
-            while True:
-                runs = client.read_task_runs(
-                    flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[ctx.flow_run.id])), limit=200,
-                    offset=offset)
-                for r in runs:
-                    seconds = r.total_run_time.total_seconds() if r.total_run_time else 0.0
-                    out[r.name.rsplit("-", 1)[0]] += seconds
-                if len(runs) < 200:
-                    break
-                offset += 200
-        return {k: round(v, 3) for k, v in out.items()}
+    A flow given another task runner (`batch_forecast.with_options(task_runner=...)`) keeps it: then
+    `workers` and `dask_address` are that runner's business.
+    """
+    ctx = FlowRunContext.get()
+    runner = ctx.task_runner if ctx is not None else None
+    if isinstance(runner, RunTaskRunner):
+        with runner.started(config, logger) as started:
+            yield started
+        return
+    if runner is not None:
+        runner.description = {"runner": runner.name}
+        runner.capacity = 1
+    yield runner
 
 
 def _takes_n_workers(client) -> bool:
     import inspect
 
     return "n_workers" in inspect.signature(client.scheduler_info).parameters
-
-
-_KNOWN = {"DataValidationError": errors.DataValidationError, "ArtifactError": errors.ArtifactError,
-          "StorageError": errors.StorageError, "LstmForecastError": errors.LstmForecastError}
-
-
-def _root_cause(chain: list[tuple[str, Any]]) -> BaseException | None:
-    """Rebuild the error of the first failed task of a chain from its state in the Prefect API.
-
-    The exception object lived on the worker; its type and message are in the failed state's message.
-    """
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        for name, run_id in chain:
-            state = client.read_task_run(run_id).state
-            if state is None or not (state.is_failed() or state.is_crashed()):
-                continue
-            message = state.message or ""
-            m = re.search(r"exception (?:[\w.]+\.)?(\w+): (.*)$", message, re.S)
-            if not m:
-                return RuntimeError(f"task {name} {state.type.value.lower()}: {message}")
-            kind, text = m.group(1), m.group(2).strip()
-            cls = _KNOWN.get(kind) or getattr(builtins, kind, None)
-            if isinstance(cls, type) and issubclass(cls, Exception):
-                try:
-                    return cls(text)
-                except Exception:  # noqa: BLE001 - a type that takes other arguments
-                    pass
-            return RuntimeError(f"task {name} failed: {kind}: {text}")
-    return None
 
 
 # --- the cluster --------------------------------------------------------------
@@ -186,10 +117,12 @@ def worker_env(workers: int, config: ForecastConfig | None = None) -> dict[str, 
 
 
 @contextmanager
-def execution(config: ForecastConfig, logger: logging.Logger | None = None) -> Iterator[InProcess | OnDask]:
-    """The runner the configuration asks for, started for the length of the `with` block."""
+def _real_runner(config: ForecastConfig, logger: logging.Logger | None = None
+                 ) -> Iterator[tuple[TaskRunner, dict[str, Any], int]]:
+    """(runner, description, capacity) as the configuration asks, started for the `with` block."""
     if config.workers is None and config.dask_address is None:
-        yield InProcess()
+        with ThreadPoolTaskRunner(max_workers=1) as runner:
+            yield runner, {"runner": "in-process"}, 1
         return
 
     import dask
@@ -225,11 +158,14 @@ def execution(config: ForecastConfig, logger: logging.Logger | None = None) -> I
                     t0 = time.perf_counter()
                     if config.workers is not None:
                         runner.client.wait_for_workers(config.workers, timeout=600)
-                    ex = OnDask(runner, description)
+                    info = runner.client.scheduler_info(n_workers=-1) if _takes_n_workers(runner.client) \
+                        else runner.client.scheduler_info()
+                    workers = info.get("workers", {})
+                    threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
+                    description.update({"workers": len(workers), "threads": threads})
                     log.info("Dask %s: %d worker(s), %d thread(s), ready in %.1f s",
-                             config.dask_address or "LocalCluster", ex.description["workers"], ex.threads,
-                             time.perf_counter() - t0)
-                    yield ex
+                             config.dask_address or "LocalCluster", len(workers), threads, time.perf_counter() - t0)
+                    yield runner, description, threads
     finally:
         if saved is None:
             os.environ.pop("PREFECT_API_URL", None)

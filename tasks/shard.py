@@ -1,0 +1,106 @@
+"""The two units the flow maps: a group's training and a shard's forecast, each a task whose steps are
+nested task runs (so `load_series`, `validate_series`, ... `write_outputs` stay visible in the Prefect UI).
+
+A step's own exception fails its unit with that exception, unchanged: the flow's `future.result()` raises
+it (on Dask, pickled back from the worker), so nothing has to rebuild errors from state messages. Each unit
+also returns the seconds its steps took, which the manifest sums per step (`timings_s`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from lstm_core.config import ForecastConfig
+from lstm_core.modelling import ModelChoice
+from lstm_core.outputs import RunWriter
+from lstm_core.sharding import ShardSpec
+from tasks.data import load_series, prepare_windows, validate_series
+from tasks.modelling import evaluate, forecast, train_or_load_model
+from tasks.outputs import score_realised, write_outputs
+from tasks.reporting import RunPlots, render_plots
+
+
+class _Steps:
+    """Calls nested tasks and adds up the seconds of each (by task name)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, step, **params: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return step(**params)
+        finally:
+            self.seconds[step.name] = self.seconds.get(step.name, 0.0) + time.perf_counter() - t0
+
+
+@dataclass
+class Trained:
+    choice: ModelChoice
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@task(name="train_group", cache_policy=NO_CACHE)
+def train_group(config: ForecastConfig, group: str | None = None, sample: ShardSpec | None = None) -> Trained:
+    """The model of one group: load, validate and prepare its training sample, then train or load.
+
+    Without `sample` (retrain 'never', or a pinned model) no data is read: the model key fixes the inputs.
+    """
+    steps = _Steps()
+    if sample is None:
+        return Trained(steps(train_or_load_model, prepared=None, config=config, group=group), steps.seconds)
+    frame = steps(load_series, config=config, shard=sample)
+    validated = steps(validate_series, frame=frame, config=config)
+    del frame
+    prepared = steps(prepare_windows, validated=validated, config=config)
+    del validated
+    choice = steps(train_or_load_model, prepared=prepared, config=config, group=group, calibrate=True)
+    return Trained(choice, steps.seconds)
+
+
+@dataclass
+class ShardResult:
+    """What comes back of a shard: its summary (counts, metric totals, no data), the model it trained
+    (a group of one shard, or mode per_series), its plots (a run of one shard) and its step timings."""
+
+    summary: dict[str, Any]
+    trained: ModelChoice | None = None
+    plots: RunPlots | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@task(name="forecast_shard", cache_policy=NO_CACHE)
+def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, model: Trained | None = None,
+                   single: bool = False, earlier_runs: list[str] | None = None) -> ShardResult:
+    """One shard: load_series -> validate_series -> prepare_windows -> [train_or_load_model] -> forecast ->
+    evaluate -> [render_plots] -> score_realised -> write_outputs, each a nested task run.
+
+    `model`: the group's model, trained beforehand; None when this shard's own data trains it (a group
+    of one shard, or mode per_series). `single`: the run has this one shard (it writes the overall
+    metric rows, draws the plots and saves intervals calibrated here beside a model trained here).
+    """
+    steps = _Steps()
+    frame = steps(load_series, config=config, shard=spec)
+    validated = steps(validate_series, frame=frame, config=config)
+    del frame
+    prepared = steps(prepare_windows, validated=validated, config=config, allow_empty=not single and model is not None)
+    del validated
+    trained = None
+    choice = model.choice if model is not None else None
+    if choice is None:
+        choice = trained = steps(train_or_load_model, prepared=prepared, config=config, group=spec.group)
+    forecasts = steps(forecast, choice=choice, prepared=prepared, config=config, save=single)
+    evaluation = steps(evaluate, forecasts=forecasts, choice=choice, prepared=prepared, config=config)
+    plots = None
+    if single:
+        plots = steps(render_plots, choice=choice, evaluation=evaluation, prepared=prepared, config=config,
+                      forecasts=forecasts)
+    realised = steps(score_realised, writer=writer, prepared=prepared, config=config,
+                     earlier_runs=list(earlier_runs or []))
+    summary = steps(write_outputs, writer=writer, forecasts=forecasts, evaluation=evaluation, prepared=prepared,
+                    shard=spec, overall_rows=single, realised=realised)
+    return ShardResult(summary, trained, plots, steps.seconds)
