@@ -245,7 +245,7 @@ class _Run:
         choices: dict[Any, Any] = {}
         for group, future in trained.items():  # a failed training raises its own error here
             result = future.result()
-            choices[group] = result.choice
+            choices[group] = result.ref
             self._add_seconds(result.seconds)
         summaries = self._shard_results(plan, shards, choices)
         self._timed("shards", t0)
@@ -377,18 +377,16 @@ class _Run:
             "earlier_runs_scored": len(self.earlier_runs),
         }
 
-    def _model_entry(self, key, choice) -> dict[str, Any]:
-        config = self.config
-        per_series = config.mode == "per_series"
+    def _model_entry(self, key, ref) -> dict[str, Any]:
+        per_series = self.config.mode == "per_series"
         return {
             "group": None if per_series else key,
             **({"shard": key} if per_series else {}),
-            # a pinned model may come from another key: name the one it was saved under
-            "model_key": None if per_series else (choice.decision.loaded.metadata.get("model_key")
-                                                  if choice.decision.loaded is not None else config.model_key(key)),
-            "model_version": choice.version,
-            "retrain": choice.decision.as_dict(),
-            "training": _training_summary(choice),
+            # a pinned model may come from another key: the ref names the one it was saved under
+            "model_key": None if per_series else ref.model_key,
+            "model_version": ref.version,
+            "retrain": dict(ref.decision),
+            "training": _training_summary(ref.training),
         }
 
 
@@ -404,8 +402,8 @@ def _retrain_summary(models: list[dict]) -> dict[str, Any]:
             "reason": "; ".join(f"{m.get('group', m.get('shard'))}: {m['retrain']['reason']}" for m in models)}
 
 
-def _training_summary(choice) -> dict[str, Any]:
-    t = choice.forecaster.training or {}
+def _training_summary(training: dict[str, Any]) -> dict[str, Any]:
+    t = training or {}
     return {k: t.get(k) for k in ("device", "cudnn", "seconds", "best_val_loss", "series")} | {
         "epochs": [m.get("epochs_run") for m in t.get("members", [])],
         "stopped_by": [m.get("stopped_by") for m in t.get("members", [])],

@@ -126,6 +126,22 @@ class ModelStore:
         call_with_retries(save_intervals, intervals, self.url, key, version, self.storage_options,
                           what="saving the intervals")
 
+    def open(self, ref: ModelRef, config: ForecastConfig, log=None) -> "ModelChoice":
+        """The stored version `ref` names, with the intervals saved beside it: what its shards forecast with.
+
+        Opened through the same checks as any saved model (allowlist, sizes, checksums, signature); raises
+        ArtifactError when it cannot be used.
+        """
+        log = log or _log
+        # a model pinned by `model_url` may live in another store than this run's
+        url = config.model_url.rstrip("/").rsplit("/", 2)[0] if config.model_url else self.url
+        loaded = artifacts.load(url, ref.model_key, ref.version, self.storage_options,
+                                max_bytes=config.max_model_bytes)
+        decision = Decision(ref.decision["action"], ref.decision["reason"], loaded)
+        return ModelChoice(loaded.forecaster, loaded.forecaster, decision, ref.version, ref.group,
+                           first_window=ref.first_window, intervals=_saved_intervals(self, loaded, config, log),
+                           model_key=ref.model_key)
+
     def load_intervals(self, url: str) -> ConformalIntervals | None:
         """The intervals saved beside the version at `url` (`<store>/<key>/<version>`); None when it has none.
         Raises ArtifactError when they are corrupt."""
@@ -146,6 +162,26 @@ class ModelChoice:
     first_window: int = 0  # backtest windows before it precede the end of the training data: skipped
     intervals: ConformalIntervals | None = None  # saved beside the model version (None: calibrate in the run)
     model_key: str | None = None  # where the version is stored (None: not stored, mode per_series)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model by reference: what crosses from a group's training to its shards and to the manifest.
+
+    Small and picklable (no Keras objects): the shards open the stored version themselves.
+    """
+
+    model_key: str | None  # None: not stored (mode per_series)
+    version: str
+    group: str | None
+    first_window: int
+    decision: dict[str, Any]  # `Decision.as_dict()`: action, reason (and the loaded version)
+    training: dict[str, Any]  # the training summary the version was saved with
+
+    @classmethod
+    def of(cls, choice: "ModelChoice") -> "ModelRef":
+        return cls(choice.model_key, choice.version, choice.group, int(choice.first_window),
+                   choice.decision.as_dict(), dict(choice.forecaster.training or {}))
 
 
 def intervals_fit(intervals: ConformalIntervals | None, config: ForecastConfig) -> bool:

@@ -6,10 +6,11 @@ from prefect.cache_policies import NO_CACHE
 
 from lstm_core import modelling
 from lstm_core.config import ForecastConfig
-from lstm_core.modelling import Forecasts, ModelChoice, ModelStore, Prepared, Scored, run_backtest
+from lstm_core.modelling import Forecasts, ModelChoice, ModelRef, ModelStore, Prepared, Scored, run_backtest
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 
-__all__ = ["Forecasts", "ModelChoice", "Scored", "evaluate", "forecast", "run_backtest", "train_or_load_model"]
+__all__ = ["Forecasts", "ModelChoice", "Scored", "evaluate", "forecast", "open_model", "run_backtest",
+           "train_or_load_model"]
 
 
 # Retried for storage failures while deciding (listing or loading the model store); the save after
@@ -22,6 +23,13 @@ def train_or_load_model(prepared: Prepared | None, config: ForecastConfig, group
     choice, _ = modelling.get_or_train(ModelStore.of(config), config.model_spec(group), prepared,
                                        calibrate=calibrate, log=get_run_logger())
     return choice
+
+
+@task(name="open_model", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
+      retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+def open_model(ref: ModelRef, config: ForecastConfig) -> ModelChoice:
+    """The stored model version a group's training chose, opened by a shard (`ModelStore.open`)."""
+    return ModelStore.of(config).open(ref, config, log=get_run_logger())
 
 
 @task(name="forecast", cache_policy=NO_CACHE)

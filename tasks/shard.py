@@ -15,11 +15,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core.config import ForecastConfig
-from lstm_core.modelling import ModelChoice
+from lstm_core.modelling import ModelChoice, ModelRef
 from lstm_core.outputs import RunWriter
 from lstm_core.sharding import ShardSpec
 from tasks.data import load_series, prepare_windows, validate_series
-from tasks.modelling import evaluate, forecast, train_or_load_model
+from tasks.modelling import evaluate, forecast, open_model, train_or_load_model
 from tasks.outputs import score_realised, write_outputs
 from tasks.reporting import RunPlots, render_plots
 
@@ -40,8 +40,12 @@ class _Steps:
 
 @dataclass
 class Trained:
-    choice: ModelChoice
+    """A group's model as its shards get it: by reference (they open the stored version), with the trained
+    objects themselves only under `refit` (the model that scores the backtest is not the one stored)."""
+
+    ref: ModelRef
     seconds: dict[str, float] = field(default_factory=dict)
+    choice: ModelChoice | None = None
 
 
 @task(name="train_group", cache_policy=NO_CACHE)
@@ -52,14 +56,15 @@ def train_group(config: ForecastConfig, group: str | None = None, sample: ShardS
     """
     steps = _Steps()
     if sample is None:
-        return Trained(steps(train_or_load_model, prepared=None, config=config, group=group), steps.seconds)
-    frame = steps(load_series, config=config, shard=sample)
-    validated = steps(validate_series, frame=frame, config=config)
-    del frame
-    prepared = steps(prepare_windows, validated=validated, config=config)
-    del validated
-    choice = steps(train_or_load_model, prepared=prepared, config=config, group=group, calibrate=True)
-    return Trained(choice, steps.seconds)
+        choice = steps(train_or_load_model, prepared=None, config=config, group=group)
+    else:
+        frame = steps(load_series, config=config, shard=sample)
+        validated = steps(validate_series, frame=frame, config=config)
+        del frame
+        prepared = steps(prepare_windows, validated=validated, config=config)
+        del validated
+        choice = steps(train_or_load_model, prepared=prepared, config=config, group=group, calibrate=True)
+    return Trained(ModelRef.of(choice), steps.seconds, choice if config.refit else None)
 
 
 @dataclass
@@ -68,7 +73,7 @@ class ShardResult:
     (a group of one shard, or mode per_series), its plots (a run of one shard) and its step timings."""
 
     summary: dict[str, Any]
-    trained: ModelChoice | None = None
+    trained: ModelRef | None = None
     plots: RunPlots | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -90,9 +95,11 @@ def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, m
     prepared = steps(prepare_windows, validated=validated, config=config, allow_empty=not single and model is not None)
     del validated
     trained = None
-    choice = model.choice if model is not None else None
-    if choice is None:
-        choice = trained = steps(train_or_load_model, prepared=prepared, config=config, group=spec.group)
+    if model is None:
+        choice = steps(train_or_load_model, prepared=prepared, config=config, group=spec.group)
+        trained = ModelRef.of(choice)
+    else:
+        choice = model.choice if model.choice is not None else steps(open_model, ref=model.ref, config=config)
     forecasts = steps(forecast, choice=choice, prepared=prepared, config=config, save=single)
     evaluation = steps(evaluate, forecasts=forecasts, choice=choice, prepared=prepared, config=config)
     plots = None

@@ -155,15 +155,25 @@ def test_dask_local_cluster_gives_the_same_outputs_as_in_process(tmp_path):
         assert model_l["group"] == model_d["group"] and model_l["model_key"] == model_d["model_key"]
         assert model_l["training"]["best_val_loss"] == model_d["training"]["best_val_loss"]
 
-    # The workers reported to the flow's own Prefect API: every shard task is under this flow run.
-    flow_run_id = json.loads((tmp_path / "dask" / "runs" / "r" / "manifest.json").read_text())["flow_run_id"]
-    with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
-                                     limit=200)
-    names = [r.name.rsplit("-", 1)[0] for r in runs]
-    assert names.count("write_outputs") == dask["shards"]["count"]
-    assert names.count("train_or_load_model") == 2  # one model per group
-    assert all(r.state.is_completed() for r in runs)
+    # The workers reported to the flow's own Prefect API: every shard task is under this flow run. In process
+    # and on Dask the graph is the same: one train_group per group and one forecast_shard per shard, each
+    # step a nested task run of its unit.
+    for where, manifest in (("dask", dask), ("local", local)):
+        flow_run_id = json.loads((tmp_path / where / "runs" / "r" / "manifest.json").read_text())["flow_run_id"]
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                                         limit=200)
+        name_of = {r.id: r.name.rsplit("-", 1)[0] for r in runs}
+        names = list(name_of.values())
+        assert names.count("forecast_shard") == names.count("write_outputs") == manifest["shards"]["count"], where
+        assert names.count("train_group") == names.count("train_or_load_model") == 2, where  # one per group
+        assert all(r.state.is_completed() for r in runs), where
+        for r in runs:
+            parents = [name_of.get(p.id) for p in r.task_inputs.get("__parents__", [])]
+            unit = {"write_outputs": "forecast_shard", "forecast": "forecast_shard", "evaluate": "forecast_shard",
+                    "train_or_load_model": "train_group"}.get(name_of[r.id])
+            if unit is not None:
+                assert parents == [unit], (where, name_of[r.id], parents)
 
 
 @pytest.fixture(scope="module")
