@@ -1,10 +1,13 @@
-"""The progress line draws on a terminal and writes nothing anywhere else."""
+"""The progress bar (rich's columns on one line) draws on a terminal and writes nothing anywhere else."""
 from __future__ import annotations
 
 import io
 import logging
+import re
 
 from lstm_core.progress import CLEAR, Progress, _ClearBeforeLog, progress_enabled
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colours, which a terminal gets
 
 
 class FakeTerminal(io.StringIO):
@@ -30,15 +33,29 @@ def test_draws_in_place_on_a_terminal_and_clears_before_log_lines(monkeypatch):
     try:
         with Progress(term, min_interval=0) as p:
             p.update("epoch 2/3", 5, 10, "batches")
-            assert term.getvalue().startswith(CLEAR) and "epoch 2/3 [##########----------] 5/10" in term.getvalue()
+            line = ANSI.sub("", term.getvalue())
+            # label, bar (half full), done/total, elapsed, ETA, detail
+            assert re.fullmatch(re.escape(CLEAR) + r"epoch 2/3 ━{10}╺?━* +5/10 \d+:\d\d:\d\d eta "
+                                r"(\d+:\d\d:\d\d|-:--:--) batches", line), line
             assert "\n" not in term.getvalue()
             logging.getLogger("tests.progress").warning("a log line")
             assert term.getvalue().endswith(CLEAR + "a log line\n")
             p.update("epoch 3/3", 10, 10)
+            assert ANSI.sub("", term.getvalue()).rsplit(CLEAR, 1)[1].startswith("epoch 3/3 ━")
         assert term.getvalue().endswith(CLEAR)  # closing removes the line
         assert not any(isinstance(f, _ClearBeforeLog) for f in handler.filters)  # detached
     finally:
         root.removeHandler(handler)
+
+
+def test_draws_at_most_every_min_interval_but_always_the_last_step(monkeypatch):
+    monkeypatch.delenv("LSTM_FORECAST_PROGRESS", raising=False)
+    term = FakeTerminal()
+    with Progress(term, min_interval=3600) as p:
+        for i in range(1, 11):
+            p.update("windows", i, 10)
+    drawn = [ANSI.sub("", s) for s in term.getvalue().split(CLEAR) if s]
+    assert len(drawn) == 2 and "1/10" in drawn[0] and "10/10" in drawn[1], drawn
 
 
 def test_environment_forces_it_on_or_off(monkeypatch):
@@ -46,3 +63,19 @@ def test_environment_forces_it_on_or_off(monkeypatch):
     assert not progress_enabled(FakeTerminal())
     monkeypatch.setenv("LSTM_FORECAST_PROGRESS", "1")
     assert progress_enabled(io.StringIO())
+
+
+def test_forced_on_a_captured_stream_the_bar_names_its_label_and_count(monkeypatch):
+    monkeypatch.setenv("LSTM_FORECAST_PROGRESS", "1")
+    out = io.StringIO()
+    with Progress(out) as p:
+        p.update("shards", 3, 12, "4 series")
+        p.update("forecast [s-01]", 2, None)  # total unknown; the label is text, not rich markup
+    text = out.getvalue()
+    assert "shards" in text and "3/12" in text and "4 series" in text, text
+    assert "forecast [s-01]" in text and "2/?" in text, text
+    monkeypatch.setenv("LSTM_FORECAST_PROGRESS", "0")
+    out = io.StringIO()
+    with Progress(out) as p:
+        p.update("shards", 3, 12, force=True)
+    assert out.getvalue() == ""
