@@ -11,7 +11,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core import artifacts
-from lstm_core.backtest import Backtest, backtest_from_config, backtest_metrics
+from lstm_core.backtest import Backtest, WindowHook, backtest_from_config, backtest_metrics
 from lstm_core.config import ForecastConfig
 from lstm_core.engine import Evaluation, Forecaster, fit, predictions_frame
 from lstm_core.errors import ArtifactError
@@ -158,16 +158,19 @@ def train_or_load_model(prepared: Prepared | None, config: ForecastConfig, group
     return choice
 
 
-def run_backtest(choice: ModelChoice, prepared: Prepared, config: ForecastConfig) -> Backtest:
+def run_backtest(choice: ModelChoice, prepared: Prepared, config: ForecastConfig,
+                 on_window: WindowHook | None = None) -> Backtest:
     """The rolling-origin backtest of `prepared`'s series with the model that scores it: `choice.forecaster`
     (trained once before the earliest cutoff), or a model refit on each window's history
     (`backtest.refit`). A series joins a window when it has the history a holdout needs before its cutoff."""
     if config.backtest.refit:
         def fit_fn(history):
             return fit(history, config).forecast
-        return backtest_from_config(prepared.panel, config, fit_fn=fit_fn, min_history=min_train_length(config))
+        return backtest_from_config(prepared.panel, config, fit_fn=fit_fn, min_history=min_train_length(config),
+                                    on_window=on_window)
     return backtest_from_config(prepared.panel, config, choice.forecaster.forecast,
-                                min_history=min_train_length(config), first_window=choice.first_window)
+                                min_history=min_train_length(config), first_window=choice.first_window,
+                                on_window=on_window)
 
 
 @dataclass
@@ -190,7 +193,8 @@ def forecast(choice: ModelChoice, prepared: Prepared, config: ForecastConfig, sa
     h = config.horizon
     panel = prepared.panel
     t0 = time.perf_counter()
-    bt = run_backtest(choice, prepared, config)
+    with Progress() as line:  # on a terminal: the backtest windows, then the forecast past T
+        bt = run_backtest(choice, prepared, config, on_window=lambda done, n: line.update("backtest windows", done, n))
     seconds = time.perf_counter() - t0
     intervals, source = None, "none"
     if config.levels:
@@ -206,7 +210,9 @@ def forecast(choice: ModelChoice, prepared: Prepared, config: ForecastConfig, sa
     else:
         # One covariate path for the windows and the future: known-ahead values from the panel (the true
         # ones over each window, the given future rows past the end), historic covariates carried forward.
-        future = choice.final.forecast(panel, h)
+        with Progress() as line:
+            line.update(f"forecast of {panel.n_series} series past their end", 0, 1)
+            future = choice.final.forecast(panel, h)
     frame = predictions_frame(panel, future, config.freq).assign(model_version=choice.version)
     if config.levels:
         bounds = intervals.predict(panel, future) if intervals is not None and panel.n_series else \
