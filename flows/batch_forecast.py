@@ -30,6 +30,7 @@ from lstm_core.config import ForecastConfig, load_config, merge_settings, redact
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
 from lstm_core.outputs import RunWriter, committed_runs, new_run_id, slot_run_id
+from lstm_core.progress import Progress
 from lstm_core.secrets import install_log_scrubber, scrub, secret_values
 from lstm_core.sharding import ShardPlan, ShardSpec, remove_scratch
 from lstm_core.storage import is_storage_failure, join
@@ -287,15 +288,26 @@ class _Run:
 
     # --- shards ---------------------------------------------------------------
     def _run_shards(self, plan: ShardPlan, models: dict, train_chains: dict) -> tuple[list[dict], dict]:
-        """Each shard's chain, with at most `capacity` shards in flight; only summaries come back."""
+        """Each shard's chain, with at most `capacity` shards in flight; only summaries come back.
+
+        A run of several shards logs each shard it finishes and, on a terminal, counts them on a progress bar.
+        """
         ex = self.ex
         in_flight: deque = deque()
         summaries: list[dict] = []
         shard_models: dict[Any, Any] = {}
+        total = plan.n_shards
+        bar = Progress(enabled=None if total > 1 else False)
 
         def finish() -> None:
             spec, summary, chain, trained, plots = in_flight.popleft()
             summaries.append(ex.result(summary, chain))
+            if total > 1:
+                done, last = len(summaries), summaries[-1]
+                skipped = f", {last['series_skipped']} skipped" if last["series_skipped"] else ""
+                self.logger.info("shard %d/%d done: %d series forecast%s", done, total, last["series_forecast"],
+                                 skipped)
+                bar.update("shards", done, total, f"{sum(s['series_forecast'] for s in summaries)} series forecast")
             if plots is not None:
                 self.plots = ex.result(plots, chain)
                 self.plot_notes = self.plots.notes
@@ -303,12 +315,15 @@ class _Run:
                 shard_models[spec.group if self.config.mode != "per_series" else spec.index] = \
                     ex.result(trained, chain)
 
-        for spec in plan.shards:
-            while len(in_flight) >= ex.capacity:
+        with bar:
+            bar.update("shards", 0, total)
+            for spec in plan.shards:
+                while len(in_flight) >= ex.capacity:
+                    finish()
+                in_flight.append(self._shard_chain(plan, spec, models.get(spec.group),
+                                                   train_chains.get(spec.group, [])))
+            while in_flight:
                 finish()
-            in_flight.append(self._shard_chain(plan, spec, models.get(spec.group), train_chains.get(spec.group, [])))
-        while in_flight:
-            finish()
         return summaries, shard_models
 
     def _shard_chain(self, plan: ShardPlan, spec: ShardSpec, choice, train_chain: list):
