@@ -15,6 +15,28 @@ class FakeTerminal(io.StringIO):
         return True
 
 
+def screen(text: str) -> list[str]:
+    """What a terminal shows after `text`: lines, with carriage return, erase-line and cursor-up applied
+    (blank lines at the bottom left out)."""
+    lines, row, col = [""], 0, 0
+    for token in re.findall(r"\x1b\[K|\x1b\[1A|[\r\n]|[^\x1b\r\n]+", ANSI.sub("", text)):
+        if token == "\r":
+            col = 0
+        elif token == "\n":
+            row, col = row + 1, 0
+            lines += [""] * (row + 1 - len(lines))
+        elif token == "\x1b[K":
+            lines[row] = lines[row][:col]
+        elif token == "\x1b[1A":
+            row = max(row - 1, 0)
+        else:
+            lines[row] = lines[row][:col].ljust(col) + token + lines[row][col + len(token):]
+            col += len(token)
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
 def test_quiet_when_not_a_terminal(monkeypatch):
     monkeypatch.delenv("LSTM_FORECAST_PROGRESS", raising=False)
     out = io.StringIO()
@@ -44,6 +66,33 @@ def test_draws_in_place_on_a_terminal_and_clears_before_log_lines(monkeypatch):
             assert ANSI.sub("", term.getvalue()).rsplit(CLEAR, 1)[1].startswith("epoch 3/3 ━")
         assert term.getvalue().endswith(CLEAR)  # closing removes the line
         assert not any(isinstance(f, _ClearBeforeLog) for f in handler.filters)  # detached
+    finally:
+        root.removeHandler(handler)
+
+
+def test_open_bars_stack_below_the_log_lines_and_a_closed_one_leaves(monkeypatch):
+    """The shards of a run above the backtest windows of the current shard; log lines print above both."""
+    monkeypatch.delenv("LSTM_FORECAST_PROGRESS", raising=False)
+    term = FakeTerminal()
+    handler = logging.StreamHandler(term)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with Progress(term, min_interval=0) as shards:
+            shards.update("shards", 1, 3, "4 series forecast")
+            with Progress(term, min_interval=0) as windows:
+                windows.update("backtest windows", 2, 3)
+                shown = screen(term.getvalue())
+                assert len(shown) == 2 and shown[0].startswith("shards ") and " 1/3 " in shown[0], shown
+                assert shown[1].startswith("backtest windows ") and " 2/3 " in shown[1], shown
+                logging.getLogger("tests.progress").warning("shard 2/3 done")
+                windows.update("backtest windows", 3, 3)
+                shown = screen(term.getvalue())
+                assert shown[0] == "shard 2/3 done" and shown[1].startswith("shards ") and " 3/3 " in shown[2], shown
+            shown = screen(term.getvalue())  # the windows' bar is gone, the shards' bar stays
+            assert len(shown) == 2 and shown[0] == "shard 2/3 done" and shown[1].startswith("shards "), shown
+        assert screen(term.getvalue()) == ["shard 2/3 done"]  # the last one wipes its line
+        assert not any(isinstance(f, _ClearBeforeLog) for f in handler.filters)
     finally:
         root.removeHandler(handler)
 
