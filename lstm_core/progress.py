@@ -60,8 +60,8 @@ class _ClearBeforeLog(logging.Filter):
 
 def _columns() -> tuple:
     # markup off: labels and details carry series ids, which may contain '[' ... ']'
-    def text(fmt: str, **kw) -> TextColumn:
-        return TextColumn(fmt, markup=False, table_column=Column(no_wrap=True, **kw))
+    def text(fmt: str) -> TextColumn:
+        return TextColumn(fmt, markup=False, table_column=Column(no_wrap=True))
 
     return (text("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(), TimeElapsedColumn(),
             text("eta"), TimeRemainingColumn(), text("{task.fields[detail]}"))
