@@ -31,6 +31,7 @@ from lstm_core.config import ForecastConfig, load_config, merge_settings, redact
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
 from lstm_core.outputs import RunWriter, committed_runs, new_run_id, slot_run_id
+from lstm_core.progress import Progress
 from lstm_core.secrets import install_log_scrubber, scrub, secret_values
 from lstm_core.sharding import ShardPlan, remove_scratch
 from lstm_core.storage import is_storage_failure, join
@@ -283,21 +284,30 @@ class _Run:
 
     # --- shards ---------------------------------------------------------------
     def _shard_results(self, plan: ShardPlan, futures, choices: dict) -> list[dict]:
-        """Each shard's summary, in the order they finish; a failed shard raises its own error."""
+        """Each shard's summary, in the order they finish; a failed shard raises its own error.
+
+        A run of several shards logs each shard it finishes and, on a terminal, counts them on a progress bar.
+        """
         summaries: list[dict] = []
-        for done, future in enumerate(as_completed(futures), start=1):
-            result = future.result()
-            summaries.append(result.summary)
-            self._add_seconds(result.seconds)
-            if result.plots is not None:
-                self.plots = result.plots
-                self.plot_notes = result.plots.notes
-            if result.trained is not None:
-                spec = next(s for s in plan.shards if s.index == result.summary["shard"])
-                choices[spec.group if self.config.mode != "per_series" else spec.index] = result.trained
-            if plan.n_shards > 1:
-                self.logger.info("shard %d of %d done: %s, %d series forecast", done, plan.n_shards,
-                                 f"shard {result.summary['shard']}", result.summary["series_forecast"])
+        total = plan.n_shards
+        with Progress(enabled=None if total > 1 else False) as bar:
+            bar.update("shards", 0, total)
+            for done, future in enumerate(as_completed(futures), start=1):
+                result = future.result()
+                last = result.summary
+                summaries.append(last)
+                self._add_seconds(result.seconds)
+                if result.plots is not None:
+                    self.plots = result.plots
+                    self.plot_notes = result.plots.notes
+                if result.trained is not None:
+                    spec = next(s for s in plan.shards if s.index == last["shard"])
+                    choices[spec.group if self.config.mode != "per_series" else spec.index] = result.trained
+                if total > 1:
+                    skipped = f", {last['series_skipped']} skipped" if last["series_skipped"] else ""
+                    self.logger.info("shard %d/%d done: %d series forecast%s", done, total, last["series_forecast"],
+                                     skipped)
+                    bar.update("shards", done, total, f"{sum(s['series_forecast'] for s in summaries)} series forecast")
         return summaries
 
     # --- commit ---------------------------------------------------------------

@@ -34,6 +34,8 @@ from lstm_core.panel import Panel
 ForecastFn = Callable[[Panel, int, "np.ndarray | None"], np.ndarray]
 # fit_fn(training panel) -> a forecast_fn trained on it
 FitFn = Callable[[Panel], ForecastFn]
+# on_window(windows done, windows): 0 at the start, then after each window is forecast (or skipped by every series)
+WindowHook = Callable[[int, int], None]
 
 FRAME_COLUMNS = ("series_id", "cutoff", "ds", "step", "y", "yhat", "seasonal_naive")
 KEYS = ("series_id", "window", "cutoff")
@@ -118,7 +120,8 @@ def backtest_metrics(sums: ErrorSums) -> pd.DataFrame:
 def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: int, season_length: int,
              windows: int = 3, step: int | None = None, fit_fn: FitFn | None = None, refit: bool = False,
              min_history: int = 1, levels: Sequence[float] = (80, 95), interval_method: str = "conformal",
-             prior_windows: float = PRIOR_WINDOWS, first_window: int = 0) -> Backtest:
+             prior_windows: float = PRIOR_WINDOWS, first_window: int = 0,
+             on_window: WindowHook | None = None) -> Backtest:
     """Backtest a model on `windows` rolling origins `step` apart (default H) at the end of each series.
 
     Pass either `forecast_fn` (a model already trained on data before the earliest cutoff) or `fit_fn`
@@ -128,6 +131,8 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
     `min_history`: points a series needs before a cutoff (the model's input size) to join that window.
     `first_window`: windows before it are skipped for every series (their cutoff precedes the end of the
     data `forecast_fn` was trained on, so they would score the model on what it has seen).
+    `on_window(done, windows)` reports progress (a person's progress bar): 0 before the first window, then
+    after each window.
 
     Raises ValueError for inconsistent arguments or a forecast of the wrong shape.
     """
@@ -144,6 +149,8 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
         if first is not None:
             forecast_fn = fit_fn(panel.select(eligible[first]).drop_last(int(drops[first])))
     frames, scales, skipped = [], [], []
+    if on_window is not None:
+        on_window(0, windows)
     for w in range(windows):
         mask = eligible[w]
         for i in np.flatnonzero(~mask):
@@ -153,6 +160,8 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
                             if w < first_window else
                             f"{have} points before the cutoff of window {w}, fewer than {max(1, min_history)}"))
         if not mask.any():
+            if on_window is not None:
+                on_window(w + 1, windows)
             continue
         sub = panel.select(mask)
         history = sub.drop_last(int(drops[w]))
@@ -173,6 +182,8 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
             "series_id": pd.Series(history.series_ids, dtype="string"),
             "cutoff": history.last_ds, "window": np.full(history.n_series, w, dtype=np.int64),
             "mase_scale": seasonal, "interval_scale": linear, "log_scale": log_scale}))
+        if on_window is not None:
+            on_window(w + 1, windows)
     frame = pd.concat(frames, ignore_index=True) if frames else _empty_frame(panel)
     scale_frame = pd.concat(scales, ignore_index=True) if scales else pd.DataFrame(
         {"series_id": pd.Series([], dtype="string"), "cutoff": pd.Series([], dtype=frame["cutoff"].dtype),
@@ -197,13 +208,14 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
 
 def backtest_from_config(panel: Panel, config: ForecastConfig, forecast_fn: ForecastFn | None = None, *,
                          fit_fn: FitFn | None = None, min_history: int | None = None,
-                         first_window: int = 0) -> Backtest:
+                         first_window: int = 0, on_window: WindowHook | None = None) -> Backtest:
     """`backtest` with the configuration's horizon, season, `backtest` section, `levels` and
     `interval_method`; `min_history` defaults to the model's input size (`window`)."""
     return backtest(panel, forecast_fn, horizon=config.horizon, season_length=config.season_length,
                     windows=config.backtest.windows, step=config.backtest_step, fit_fn=fit_fn,
                     refit=config.backtest.refit, min_history=config.window if min_history is None else min_history,
-                    levels=config.levels, interval_method=config.interval_method, first_window=first_window)
+                    levels=config.levels, interval_method=config.interval_method, first_window=first_window,
+                    on_window=on_window)
 
 
 def training_cutoff(panel: Panel, config: ForecastConfig) -> tuple[int, Panel]:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from lstm_core import artifacts
 from lstm_core.artifacts import data_fingerprint
-from lstm_core.backtest import Backtest, backtest_from_config, backtest_metrics, training_cutoff
+from lstm_core.backtest import Backtest, WindowHook, backtest_from_config, backtest_metrics, training_cutoff
 from lstm_core.config import ForecastConfig, ModelSpec
 from lstm_core.engine import Evaluation, Forecaster, fit, panel_of, predictions_frame
 from lstm_core.errors import ArtifactError
@@ -289,16 +289,20 @@ def get_or_train(store: ModelStore, spec: ModelSpec, data: Prepared | None, *, c
 
 
 # --- forecast -------------------------------------------------------------------------------------------
-def run_backtest(choice: ModelChoice, data: Prepared, config: ForecastConfig) -> Backtest:
+def run_backtest(choice: ModelChoice, data: Prepared, config: ForecastConfig,
+                 on_window: WindowHook | None = None) -> Backtest:
     """The rolling-origin backtest of `data`'s series with the model that scores it: `choice.forecaster`
     (trained once before the earliest cutoff), or a model refit on each window's history
-    (`backtest.refit`). A series joins a window when it has the history a holdout needs before its cutoff."""
+    (`backtest.refit`). A series joins a window when it has the history a holdout needs before its cutoff.
+    `on_window(done, windows)` reports progress."""
     if config.backtest.refit:
         def fit_fn(history):
             return fit(history, config).forecast
-        return backtest_from_config(data.panel, config, fit_fn=fit_fn, min_history=min_train_length(config))
+        return backtest_from_config(data.panel, config, fit_fn=fit_fn, min_history=min_train_length(config),
+                                    on_window=on_window)
     return backtest_from_config(data.panel, config, choice.forecaster.forecast,
-                                min_history=min_train_length(config), first_window=choice.first_window)
+                                min_history=min_train_length(config), first_window=choice.first_window,
+                                on_window=on_window)
 
 
 @dataclass
@@ -321,7 +325,8 @@ def forecast(choice: ModelChoice, data: Prepared, config: ForecastConfig, *, sto
     h = config.horizon
     panel = data.panel
     t0 = time.perf_counter()
-    bt = run_backtest(choice, data, config)
+    with Progress() as line:  # on a terminal: the backtest windows, then the forecast past T
+        bt = run_backtest(choice, data, config, on_window=lambda done, n: line.update("backtest windows", done, n))
     seconds = time.perf_counter() - t0
     intervals, source = None, "none"
     if config.levels:
@@ -336,7 +341,9 @@ def forecast(choice: ModelChoice, data: Prepared, config: ForecastConfig, *, sto
     else:
         # One covariate path for the windows and the future: known-ahead values from the panel (the true
         # ones over each window, the given future rows past the end), historic covariates carried forward.
-        future = choice.final.forecast(panel, h)  # (S, H)
+        with Progress() as line:
+            line.update(f"forecast of {panel.n_series} series past their end", 0, 1)
+            future = choice.final.forecast(panel, h)  # (S, H)
     frame = predictions_frame(panel, future, config.freq).assign(model_version=choice.version)
     if config.levels:
         bounds = intervals.predict(panel, future) if intervals is not None and panel.n_series else \

@@ -21,6 +21,7 @@ from tasks.modelling import Forecasts, ModelChoice, Scored
 METRICS_KEY = "batch-forecast-metrics"
 SUMMARY_KEY = "batch-forecast-summary"
 FAILURE_KEY = "batch-forecast-failure"
+TIMINGS_KEY = "batch-forecast-timings"
 PLOT_TITLES = {
     "loss.png": "training and validation loss by epoch",
     "holdout.png": "forecast vs actual on the holdout: best, median and worst series by MASE",
@@ -223,18 +224,38 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
     return "\n".join(lines) + "\n"
 
 
+def timings_table(timings: dict[str, float]) -> list[dict[str, Any]]:
+    """The manifest's `timings_s` as rows `step, seconds, share`, in the manifest's order: each task's
+    seconds (summed over its runs: every shard, every group), then the flow's own wall times (`wall_*`).
+
+    `share` is the step's seconds over the run's wall time (`wall_total`); tasks that ran in parallel on
+    Dask workers add up, so their shares may sum past 1. None when the run's wall time is missing or zero.
+    """
+    total = timings.get("wall_total")
+    rows = []
+    for step, seconds in timings.items():
+        seconds = float(seconds)
+        share = round(seconds / total, 4) if total else None
+        rows.append({"step": step, "seconds": round(seconds, 3), "share": share})
+    return rows
+
+
 @task(name="publish_artifacts", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def publish_artifacts(manifest: dict[str, Any], plot_notes: dict[str, str]) -> dict[str, str]:
-    """A table artifact with the overall metrics of both models and a markdown summary of the run."""
+    """Table artifacts with the overall metrics of both models and the per-step timings, and a markdown
+    summary of the run."""
     logger = get_run_logger()
     run_id = manifest["run_id"]
     table = metrics_table(manifest.get("overall_metrics", {}), manifest.get("model_version"))
     table_id = create_table_artifact(table, key=METRICS_KEY,
                                      description=f"Pooled backtest metrics of run {run_id}: LSTM (with interval coverage and MSIS) and seasonal naive")
+    timings_id = create_table_artifact(timings_table(manifest.get("timings_s") or {}), key=TIMINGS_KEY,
+                                       description=f"Seconds per step of run {run_id} and their share of its wall "
+                                                   "time (tasks summed over shards; on Dask they overlap)")
     md_id = create_markdown_artifact(summary_markdown(manifest, plot_notes), key=SUMMARY_KEY,
                                      description=f"Run {run_id}: decision, counts, skipped series, outputs, plots")
-    logger.info("published artifacts %s and %s for run %s", METRICS_KEY, SUMMARY_KEY, run_id)
-    return {"metrics": str(table_id), "summary": str(md_id)}
+    logger.info("published artifacts %s, %s and %s for run %s", METRICS_KEY, TIMINGS_KEY, SUMMARY_KEY, run_id)
+    return {"metrics": str(table_id), "timings": str(timings_id), "summary": str(md_id)}
 
 
 def failure_markdown(flow_run_name: str, message: str | None) -> str:

@@ -251,7 +251,7 @@ def test_demo_works_in_a_fresh_clone_after_make_setup(tmp_path):
 
 @pytest.mark.slow
 def test_run_shows_training_progress_on_a_terminal(tmp_path):
-    """Under a pseudo-terminal the CLI redraws a progress line (epochs and batches) in place."""
+    """Under a pseudo-terminal the CLI redraws a progress bar (epochs and batches, backtest windows) in place."""
     import pty
     import select
 
@@ -281,7 +281,11 @@ def test_run_shows_training_progress_on_a_terminal(tmp_path):
     os.close(master)
     text = b"".join(chunks).decode(errors="replace")
     assert proc.returncode == 0, text[-3000:]
-    assert "\r\x1b[K" in text and "epoch 1/2 [" in text and "batches" in text, text[-3000:]
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)  # without the terminal's colours
+    # rich's bar in place: label, bar, done/total, elapsed, ETA (training batches, then the backtest windows)
+    assert "\r\x1b[K" in text and re.search(r"epoch 1/2 ━*╺?━* +\d+/\d+ \d+:\d\d:\d\d eta \S+ batches", plain), \
+        text[-3000:]
+    assert re.search(r"backtest windows ━*╺?━* +3/3 ", plain), text[-3000:]
 
 
 @pytest.mark.parametrize("after, cron, tz, expected", [

@@ -1,7 +1,7 @@
 """The run summary shown as Prefect artifacts (pure functions; the e2e test reads them back from a server)."""
 from __future__ import annotations
 
-from tasks.reporting import MAX_SKIPPED_LISTED, metrics_table, summary_markdown
+from tasks.reporting import MAX_SKIPPED_LISTED, metrics_table, summary_markdown, timings_table
 
 MANIFEST = {
     "run_id": "r1", "status": "succeeded", "input_url": "s3://lake/in", "output_url": "s3://lake/out",
@@ -38,3 +38,20 @@ def test_long_skip_lists_are_cut_with_a_pointer_to_the_quarantine():
     md = summary_markdown({**MANIFEST, "skipped": skipped})
     assert "`s0`" in md and f"`s{MAX_SKIPPED_LISTED}`" not in md
     assert "and 7 more" in md and "quarantine" in md
+
+
+def test_timings_table_lists_each_step_with_its_seconds_and_share_of_the_run():
+    timings = {"load_series": 1.0, "train_or_load_model": 6.0, "forecast": 2.5, "write_outputs": 0.5,
+               "wall_plan_shards": 0.2, "wall_total": 10.0}
+    rows = timings_table(timings)
+    assert rows == [
+        {"step": "load_series", "seconds": 1.0, "share": 0.1},
+        {"step": "train_or_load_model", "seconds": 6.0, "share": 0.6},
+        {"step": "forecast", "seconds": 2.5, "share": 0.25},
+        {"step": "write_outputs", "seconds": 0.5, "share": 0.05},
+        {"step": "wall_plan_shards", "seconds": 0.2, "share": 0.02},
+        {"step": "wall_total", "seconds": 10.0, "share": 1.0},
+    ]
+    # no wall time (a manifest without it): the seconds still, no share
+    assert timings_table({"forecast": 2.0}) == [{"step": "forecast", "seconds": 2.0, "share": None}]
+    assert timings_table({}) == []

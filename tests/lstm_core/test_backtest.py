@@ -238,3 +238,21 @@ def test_arguments_are_checked_and_the_config_is_used(panel, cfg):
     assert bt.windows == 2 and bt.step == 5 and bt.levels == (90.0,)
     assert {"yhat_lo_90", "yhat_hi_90"} <= set(bt.frame.columns) and bt.frame["cutoff"].nunique() == 2
     assert bt.intervals.levels == (90.0,)
+
+
+def test_on_window_reports_the_start_and_each_window_after_its_forecast_even_when_every_series_skips_it(panel):
+    events: list[tuple] = []
+
+    def forecast_fn(history: Panel, horizon: int, future) -> np.ndarray:
+        events.append(("forecast", int(history.lengths.max())))
+        return snaive(history, horizon, future)
+
+    backtest(panel, forecast_fn, horizon=H, season_length=24, windows=3, levels=(),
+             on_window=lambda done, total: events.append(("window", done, total)))
+    assert events == [("window", 0, 3), ("forecast", 160 - 3 * H), ("window", 1, 3), ("forecast", 160 - 2 * H), ("window", 2, 3),
+                      ("forecast", 160 - H), ("window", 3, 3)]
+    events.clear()
+    # windows before `first_window` are skipped by every series: still reported, so the count reaches the total
+    backtest(panel, forecast_fn, horizon=H, season_length=24, windows=3, levels=(), first_window=2,
+             on_window=lambda done, total: events.append(("window", done, total)))
+    assert events == [("window", 0, 3), ("window", 1, 3), ("window", 2, 3), ("forecast", 160 - H), ("window", 3, 3)]
