@@ -122,14 +122,17 @@ def test_the_budget_stops_the_study(tmp_path, panel):
     cfg = tiny_config(tmp_path)
     by_trials = tuning.tune(panel, cfg, trials=2)
     assert by_trials.stopped_by == "trials" and by_trials.new_trials == [0, 1]
-    # Minutes: a trial that would train 500 epochs is stopped by the deadline (its best weights scored), and no
-    # further trial starts; the best so far is kept.
+    # Minutes: a trial that would train 500 epochs is stopped by the deadline and no further trial starts. Its
+    # score is of a model cut short, not comparable with fully trained ones: recorded as pruned, with the reason,
+    # and never the best (no best.yaml from it); the earlier study's best is kept.
     cfg = tiny_config(tmp_path / "minutes", training={"epochs": 500, "patience": 500})
     by_minutes = tuning.tune(panel, cfg, trials=None, minutes=0.001)
     assert by_minutes.stopped_by == "minutes" and by_minutes.new_trials == [0]
     trial = by_minutes.study.get_trials()[0]
-    assert trial.state.name == "COMPLETE" and "time_budget" in trial.user_attrs["stopped_by"]
-    assert "best_yaml" in by_minutes.urls
+    assert trial.state.name == "PRUNED" and "time_budget" in trial.user_attrs["stopped_by"]
+    assert "time budget ran out before training finished" in trial.user_attrs["pruned"]
+    assert by_minutes.best is None and "best_yaml" not in by_minutes.urls
+    assert by_trials.best is not None and "best_yaml" in by_trials.urls
     with pytest.raises(ConfigError, match="tuning.trials"):
         tuning.tune(panel, cfg.model_copy(update={"tuning": cfg.tuning.model_copy(update={"trials": None})}))
 
