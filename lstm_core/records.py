@@ -15,6 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_serializer
 
 from lstm_core.metrics import MetricTotals
@@ -83,8 +84,8 @@ class RealisedTotals(BaseModel):
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     totals: MetricTotals = Field(description="metric sums by forecast run, model version and cutoff")
-    points: Any = Field(description="pandas DataFrame: forecast points scored by forecast run, model version, "
-                                    "cutoff and model")
+    points: pd.DataFrame = Field(description="forecast points scored by forecast run, model version, cutoff and "
+                                             "model")
     rows: int = Field(description="rows written to `realised/`")
 
 
