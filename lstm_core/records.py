@@ -78,6 +78,18 @@ class ShardEntry(Record):
                                                   "version), `run` (calibrated on its backtest) or `none`")
 
 
+class RealisedScores(BaseModel):
+    """A shard's realised accuracy of earlier runs' predictions (in memory only): its rows of the `realised/`
+    table, and the sums that pool over shards."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
+    table: pd.DataFrame = Field(description="rows of the `realised/` table (per series and over the shard's series)")
+    totals: MetricTotals = Field(description="metric sums by forecast run, model version and cutoff")
+    points: pd.DataFrame = Field(description="forecast points scored by forecast run, model version, cutoff and "
+                                             "model")
+
+
 class RealisedTotals(BaseModel):
     """A shard's realised accuracy of earlier runs, as sums that pool over shards (in memory only)."""
 

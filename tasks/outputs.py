@@ -12,7 +12,8 @@ from lstm_core.backtest import history_frame
 from lstm_core.config import ForecastConfig
 from lstm_core.outputs import RunWriter
 from lstm_core.realised import earlier_predictions, realised_metrics, realised_overall, realised_sums
-from lstm_core.records import Manifest, Outputs, RealisedTotals, ShardSummary, ShardTotals, SkippedEntry
+from lstm_core.records import (Manifest, Outputs, RealisedScores, RealisedTotals, ShardSummary, ShardTotals,
+                               SkippedEntry)
 from lstm_core.sharding import ShardSpec
 from lstm_core.storage import is_storage_failure
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, is_transient, retry_transient
@@ -25,7 +26,7 @@ SKIPPED_IN_SUMMARY = 1000  # skipped series listed per shard in the manifest (al
 @task(name="write_outputs", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def write_outputs(writer: RunWriter, forecasts: Forecasts, evaluation: Scored, prepared: Prepared,
-                  shard: ShardSpec, overall_rows: bool = True, realised: dict[str, Any] | None = None
+                  shard: ShardSpec, overall_rows: bool = True, realised: RealisedScores | None = None
                   ) -> ShardSummary:
     """Write one shard's predictions, metrics, quarantine and backtest as its part files of the run's
     partition (and its realised accuracy of earlier runs, when `realised` holds some).
@@ -43,17 +44,17 @@ def write_outputs(writer: RunWriter, forecasts: Forecasts, evaluation: Scored, p
         "quarantine": writer.write("quarantine", prepared.skipped_frame(), part),
         "backtest": writer.write("backtest", forecasts.backtest.frame, part),
     }
-    if realised is not None and len(realised["table"]):
-        table = realised["table"] if overall_rows else realised["table"][realised["table"]["series_id"].notna()]
+    if realised is not None and len(realised.table):
+        table = realised.table if overall_rows else realised.table[realised.table["series_id"].notna()]
         paths["realised"] = writer.write("realised", table, part)
     logger.info("%s: wrote %d prediction rows, %d metric rows, %d backtest rows, %d quarantined series%s",
                 shard.name, len(forecasts.future), len(metrics), len(forecasts.backtest.frame), len(prepared.skipped),
-                f", {len(realised['table'])} realised accuracy rows" if realised and len(realised["table"]) else "")
+                f", {len(realised.table)} realised accuracy rows" if realised and len(realised.table) else "")
     return shard_summary(shard, forecasts, evaluation, prepared, paths, realised)
 
 
 def shard_summary(shard: ShardSpec, forecasts: Forecasts, evaluation: Scored, prepared: Prepared,
-                  paths: dict[str, str], realised: dict[str, Any] | None = None) -> ShardSummary:
+                  paths: dict[str, str], realised: RealisedScores | None = None) -> ShardSummary:
     """What the flow keeps of a written shard: counts, metric totals for the overall means, no frames."""
     return ShardSummary(
         shard=shard.index,
@@ -75,8 +76,8 @@ def shard_summary(shard: ShardSpec, forecasts: Forecasts, evaluation: Scored, pr
         # the sums behind the pooled and per-window metrics: they merge over shards by addition
         totals=ShardTotals(pooled=evaluation.pooled, window=evaluation.per_window,
                            window_cutoffs=dict(evaluation.window_cutoffs)),
-        realised=None if not realised or not len(realised["table"]) else
-        RealisedTotals(totals=realised["totals"], points=realised["points"], rows=int(len(realised["table"]))),
+        realised=None if not realised or not len(realised.table) else
+        RealisedTotals(totals=realised.totals, points=realised.points, rows=int(len(realised.table))),
         outputs=paths,
     )
 
@@ -121,7 +122,7 @@ def realised_overall_rows(summaries: list[ShardSummary]) -> pd.DataFrame | None:
 @task(name="score_realised", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def score_realised(writer: RunWriter, prepared: Prepared, config: ForecastConfig,
-                   earlier_runs: list[str]) -> dict[str, Any] | None:
+                   earlier_runs: list[str]) -> RealisedScores | None:
     """Realised accuracy of the committed predictions of `earlier_runs` for this shard's series whose
     dates now have actuals in the input: the `realised/` table's rows, and the totals that pool over shards.
     None when there is nothing to score."""
@@ -148,8 +149,7 @@ def score_realised(writer: RunWriter, prepared: Prepared, config: ForecastConfig
     logger.info("realised accuracy: %d forecast points of %d earlier run(s) now have actuals",
                 int(sums.frame.loc[sums.frame["model"] == "forecast", "n"].sum()),
                 sums.frame["forecast_run_id"].nunique())
-    return {"table": table, "totals": sums.totals(group),
-            "points": sums.frame[[*group, "model", "n"]].copy()}
+    return RealisedScores(table=table, totals=sums.totals(group), points=sums.frame[[*group, "model", "n"]].copy())
 
 
 @task(name="commit_run", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
