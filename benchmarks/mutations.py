@@ -72,9 +72,9 @@ MUTATIONS: list[Mutation] = [
              "        remove_file(self.fs, self.manifest_path, root=self.root)",
              (f"{COMMIT}::test_a_rerun_deletes_the_old_manifest_first_and_writes_the_new_one_last",)),
     Mutation("M2b", "the plots are written before the manifest", "tasks/outputs.py",
-             '    if plots:\n        outputs["plots"]',
-             '    writer.commit({**manifest, "status": "succeeded", "outputs": outputs})\n'
-             '    if plots:\n        outputs["plots"]',
+             '    if plots:\n        outputs.plots',
+             '    writer.commit(manifest.model_copy(update={"status": "succeeded", "outputs": outputs}))\n'
+             '    if plots:\n        outputs.plots',
              (f"{COMMIT}::test_a_denied_plot_upload_leaves_no_succeeded_manifest",)),
     Mutation("M3", "the S3 lease is created by a conditional PUT (If-None-Match)", "lstm_core/lease.py",
              'self.fs.pipe_file(self.path, self._body(), mode="create")',

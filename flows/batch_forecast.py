@@ -32,12 +32,15 @@ from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesErr
 from lstm_core.lease import RunLease
 from lstm_core.outputs import RunWriter, committed_runs, new_run_id, slot_run_id
 from lstm_core.progress import Progress
+from lstm_core.records import (BacktestEntry, Counts, Decision, Execution, Frequency, Manifest, ManifestDraft,
+                               ModelEntry, Outputs, PlanSummary, ShardsEntry, ShardSummary, SkippedEntry,
+                               TrainingSummary, Tuned)
 from lstm_core.secrets import install_log_scrubber, scrub, secret_values
 from lstm_core.sharding import ShardPlan, remove_scratch
 from lstm_core.storage import is_storage_failure, join
 from lstm_core.tuning import apply_tuned
 from tasks.data import no_valid_series
-from tasks.outputs import SKIPPED_IN_SUMMARY, SUMMARY_ONLY, commit_run, overall_metrics, realised_overall_rows
+from tasks.outputs import SKIPPED_IN_SUMMARY, commit_run, overall_metrics, realised_overall_rows
 from tasks.reporting import publish_artifacts, publish_failure
 from tasks.shard import forecast_shard, train_group
 from tasks.sharding import plan_shards, split_shards
@@ -110,10 +113,11 @@ def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tupl
 
 def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     logger = get_run_logger()
-    config, tuned = apply_tuned(config)  # tuned: latest -> the study's newest best settings (ConfigError if none)
+    config, applied = apply_tuned(config)  # tuned: latest -> the study's newest best settings (ConfigError if none)
+    tuned = None if applied is None else Tuned(**applied)
     if tuned is not None:
-        logger.info("tuned settings of study %r, trial %s (backtest MASE %.4f): %s", tuned["study"], tuned["trial"],
-                    tuned["objective"], tuned["settings"])
+        logger.info("tuned settings of study %r, trial %s (backtest MASE %.4f): %s", tuned.study, tuned.trial,
+                    tuned.objective, tuned.settings)
     secrets = secret_values(config.storage_options, config.urls())
     install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential
     slot = scheduled_slot()
@@ -139,27 +143,26 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
 
 
 def _run_leased(config: ForecastConfig, writer: RunWriter, logger, secrets: set[str], run_id_source: str,
-                slot: datetime | None, tuned: dict[str, Any] | None = None) -> dict[str, Any]:
+                slot: datetime | None, tuned: Tuned | None = None) -> dict[str, Any]:
     run_id = writer.run_id
     started = datetime.now(timezone.utc)
     t_start = time.perf_counter()
-    run = _Run(config, writer, logger)
-    run.manifest.update({
-        "run_id": run_id,
-        "run_id_source": run_id_source,
-        "scheduled_start": slot.isoformat() if slot else None,
-        "input_url": redact_url(config.input_url),
-        "output_url": redact_url(config.output_url),
-        "config": config.public_dict(),
-        "started_at": started.isoformat(),
-        "versions": package_versions(),
-        "flow_run_id": _flow_run_id(),
-        "tuned": tuned,  # which study's best settings this run used (tuned: latest), else null
-    })
+    run = _Run(config, writer, logger, ManifestDraft(
+        run_id=run_id,
+        run_id_source=run_id_source,
+        scheduled_start=slot,
+        input_url=redact_url(config.input_url),
+        output_url=redact_url(config.output_url),
+        config=config.public_dict(),
+        started_at=started,
+        versions=package_versions(),
+        flow_run_id=_flow_run_id(),
+        tuned=tuned,  # which study's best settings this run used (tuned: latest), else null
+    ))
     try:
         with run_task_runner(config, logger) as runner:
             run.runner = runner
-            run.manifest["execution"] = dict(runner.description)
+            run.manifest.execution = Execution(**runner.description)
             committed = run.execute()
     except BaseException as exc:
         run.wall["total"] = round(time.perf_counter() - t_start, 3)
@@ -169,12 +172,13 @@ def _run_leased(config: ForecastConfig, writer: RunWriter, logger, secrets: set[
             raise
         raise safe from None
     else:
+        record = committed.model_dump(mode="json")  # the manifest as written: what the flow returns
         try:
-            publish_artifacts(committed, run.plot_notes)
+            publish_artifacts(record, run.plot_notes)
         except Exception as exc:  # noqa: BLE001 - the run is committed; the UI summary is a view of it
             logger.error("run %s committed, but its Prefect artifacts could not be published: %s", run_id,
                          scrub(str(exc), secrets))
-        return committed
+        return record
     finally:
         try:
             remove_scratch(config.scratch_root, run_id, config.storage_options)
@@ -185,10 +189,10 @@ def _run_leased(config: ForecastConfig, writer: RunWriter, logger, secrets: set[
 class _Run:
     """One run's state while it executes: the plan, the models, the shard summaries, timings."""
 
-    def __init__(self, config: ForecastConfig, writer: RunWriter, logger) -> None:
+    def __init__(self, config: ForecastConfig, writer: RunWriter, logger, manifest: ManifestDraft) -> None:
         self.config, self.writer, self.logger = config, writer, logger
         self.runner = None
-        self.manifest: dict[str, Any] = {}
+        self.manifest = manifest  # what the manifest says so far; a failure records it as it stands
         self.wall: dict[str, float] = {}
         self.seconds: dict[str, float] = {}  # per step (task name), summed over groups and shards
         self.began = False  # the run's partitions were cleared: an earlier commit of this id is gone
@@ -207,7 +211,7 @@ class _Run:
     def timings(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in self.seconds.items()}
 
-    def execute(self) -> dict[str, Any]:
+    def execute(self) -> Manifest:
         """The graph: plan -> [split] -> train each group (mapped) -> forecast each shard (mapped) -> commit.
 
         Every unit is submitted to the flow's task runner; a failed unit's own exception is raised here.
@@ -219,17 +223,17 @@ class _Run:
         self._add_seconds({"plan_shards": self.wall["plan_shards"]})
         if not config.is_resolved:  # the frequency was inferred from the data: defaults follow from it
             config = self.config = config.resolved(plan.freq)
-        self.manifest["config"] = config.public_dict()
-        self.manifest["frequency"] = {"freq": config.freq, "source": "inferred" if plan.freq else "configured",
-                                      "season_lengths": list(config.season_lengths)}
-        self.manifest["ignored_columns"] = list(plan.ignored_columns)
+        self.manifest.config = config.public_dict()
+        self.manifest.frequency = Frequency(freq=config.freq, source="inferred" if plan.freq else "configured",
+                                            season_lengths=list(config.season_lengths))
+        self.manifest.ignored_columns = list(plan.ignored_columns)
         if plan.sharded:
             t0 = time.perf_counter()
             remove_scratch(config.scratch_root, self.writer.run_id, config.storage_options)
             plan = split_shards.submit(config=config, plan=plan).result()
             self._timed("split_shards", t0)
             self._add_seconds({"split_shards": self.wall["split_shards"]})
-        self.manifest["plan"] = plan.summary()
+        self.manifest.plan = PlanSummary(**plan.summary())
 
         t0 = time.perf_counter()
         trained = self._train_groups(plan)
@@ -283,12 +287,12 @@ class _Run:
                 for g in groups}
 
     # --- shards ---------------------------------------------------------------
-    def _shard_results(self, plan: ShardPlan, futures, choices: dict) -> list[dict]:
+    def _shard_results(self, plan: ShardPlan, futures, choices: dict) -> list[ShardSummary]:
         """Each shard's summary, in the order they finish; a failed shard raises its own error.
 
         A run of several shards logs each shard it finishes and, on a terminal, counts them on a progress bar.
         """
-        summaries: list[dict] = []
+        summaries: list[ShardSummary] = []
         total = plan.n_shards
         with Progress(enabled=None if total > 1 else False) as bar:
             bar.update("shards", 0, total)
@@ -301,103 +305,99 @@ class _Run:
                     self.plots = result.plots
                     self.plot_notes = result.plots.notes
                 if result.trained is not None:
-                    spec = next(s for s in plan.shards if s.index == last["shard"])
+                    spec = next(s for s in plan.shards if s.index == last.shard)
                     choices[spec.group if self.config.mode != "per_series" else spec.index] = result.trained
                 if total > 1:
-                    skipped = f", {last['series_skipped']} skipped" if last["series_skipped"] else ""
-                    self.logger.info("shard %d/%d done: %d series forecast%s", done, total, last["series_forecast"],
+                    skipped = f", {last.series_skipped} skipped" if last.series_skipped else ""
+                    self.logger.info("shard %d/%d done: %d series forecast%s", done, total, last.series_forecast,
                                      skipped)
-                    bar.update("shards", done, total, f"{sum(s['series_forecast'] for s in summaries)} series forecast")
+                    bar.update("shards", done, total, f"{sum(s.series_forecast for s in summaries)} series forecast")
         return summaries
 
     # --- commit ---------------------------------------------------------------
-    def _commit(self, plan: ShardPlan, summaries: list[dict], choices: dict) -> dict[str, Any]:
-        config = self.config
-        summaries.sort(key=lambda s: s["shard"])
-        forecast_total = sum(s["series_forecast"] for s in summaries)
-        skipped = [s for summary in summaries for s in summary["skipped"]]
+    def _commit(self, plan: ShardPlan, summaries: list[ShardSummary], choices: dict) -> Manifest:
+        config, manifest = self.config, self.manifest
+        summaries.sort(key=lambda s: s.shard)
+        forecast_total = sum(s.series_forecast for s in summaries)
+        skipped = [s for summary in summaries for s in summary.skipped]
         if forecast_total == 0:
             from lstm_core.validation import SkippedSeries
 
-            error = no_valid_series([SkippedSeries(**s) for s in skipped], config)
+            error = no_valid_series([SkippedSeries(**s.model_dump()) for s in skipped], config)
             error.quarantine_written = True  # each shard wrote its part of the quarantine table
             raise error
         single = plan.n_shards == 1
         overall = overall_metrics(summaries)
         realised = None if single else realised_overall_rows(summaries)
-        counts = {
-            "series_read": sum(s["series_read"] for s in summaries),
-            "rows_read": sum(s["rows_read"] for s in summaries),
-            "series_forecast": forecast_total,
-            "series_skipped": sum(s["series_skipped"] for s in summaries),
-            "prediction_rows": sum(s["prediction_rows"] for s in summaries),
-            "points_filled": sum(s["points_filled"] for s in summaries),
-        }
-        fingerprints = [s["fingerprint"] for s in summaries]
+        counts = Counts(
+            series_read=sum(s.series_read for s in summaries),
+            rows_read=sum(s.rows_read for s in summaries),
+            series_forecast=forecast_total,
+            series_skipped=sum(s.series_skipped for s in summaries),
+            prediction_rows=sum(s.prediction_rows for s in summaries),
+            points_filled=sum(s.points_filled for s in summaries),
+        )
+        fingerprints = [s.fingerprint for s in summaries]
         models = [self._model_entry(key, choice) for key, choice in sorted(choices.items(), key=lambda kv: str(kv[0]))]
         one = models[0] if len(models) == 1 else None
-        self.manifest.update({
-            "input_fingerprint": fingerprints[0] if single else
-            hashlib.sha256("".join(fingerprints).encode()).hexdigest()[:32],
-            "model_version": one["model_version"] if one else None,
-            "model_key": one["model_key"] if one else None,
-            "retrain": one["retrain"] if one else _retrain_summary(models),
-            "training": one["training"] if one else None,
-            "models": models,
-            "counts": counts,
-            "skipped": skipped[:SKIPPED_IN_SUMMARY],
-            # over all backtest windows (the per-window rows are in the metrics table)
-            "overall_metrics": {model: dict(zip(g["metric"], g["value"].astype(float)))
-                                for model, g in overall[overall["window"].isna()].groupby("model", sort=False)},
-            "backtest": self._backtest_entry(summaries, choices),
-            "shards": {
-                "count": plan.n_shards, "shard_size": config.shard_size, "split": plan.sharded,
-                "in_flight": self.runner.capacity,
-                "items": [{k: v for k, v in s.items() if k not in SUMMARY_ONLY} for s in summaries],
-            },
-        })
-        if len(skipped) > SKIPPED_IN_SUMMARY or counts["series_skipped"] > len(skipped):
-            self.manifest["skipped_truncated"] = True  # the quarantine table lists every one
+        manifest.input_fingerprint = fingerprints[0] if single else \
+            hashlib.sha256("".join(fingerprints).encode()).hexdigest()[:32]
+        manifest.model_version = one.model_version if one else None
+        manifest.model_key = one.model_key if one else None
+        manifest.retrain = one.retrain if one else _retrain_summary(models)
+        manifest.training = one.training if one else None
+        manifest.models = models
+        manifest.counts = counts
+        manifest.skipped = skipped[:SKIPPED_IN_SUMMARY]
+        # over all backtest windows (the per-window rows are in the metrics table)
+        manifest.overall_metrics = {model: dict(zip(g["metric"], g["value"].astype(float)))
+                                    for model, g in overall[overall["window"].isna()].groupby("model", sort=False)}
+        manifest.backtest = self._backtest_entry(summaries, choices)
+        manifest.shards = ShardsEntry(count=plan.n_shards, shard_size=config.shard_size, split=plan.sharded,
+                                      in_flight=self.runner.capacity, items=[s.entry() for s in summaries])
+        if len(skipped) > SKIPPED_IN_SUMMARY or counts.series_skipped > len(skipped):
+            manifest.skipped_truncated = True  # the quarantine table lists every one
         if single:
-            self.manifest["outputs"] = summaries[0]["outputs"]
+            manifest.outputs = Outputs(**summaries[0].outputs)
         else:
             root, rid = self.writer.root, self.writer.run_id
             tables = ("predictions", "metrics", "quarantine", "backtest", *(("realised",) if realised is not None else ()))
-            self.manifest["outputs"] = {t: join(root, t, f"run={rid}") for t in tables}
+            manifest.outputs = Outputs(**{t: join(root, t, f"run={rid}") for t in tables})
         self.wall["total"] = round(time.perf_counter() - self.t0, 3)
-        self.manifest["timings_s"] = {**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}}
-        self.manifest["finished_at"] = datetime.now(timezone.utc).isoformat()
-        return commit_run(self.writer, self.manifest, None if single else overall,
+        done = manifest.finish(status="succeeded",
+                               timings_s={**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}},
+                               finished_at=datetime.now(timezone.utc))
+        return commit_run(self.writer, done, None if single else overall,
                           self.plots.files if self.plots is not None else None, realised)
 
-    def _backtest_entry(self, summaries: list[dict], choices: dict) -> dict[str, Any]:
+    def _backtest_entry(self, summaries: list[ShardSummary], choices: dict) -> BacktestEntry:
         """The manifest's `backtest`: its settings, cost and where the intervals came from."""
         config = self.config
-        seconds = sum(s["backtest_seconds"] for s in summaries)
-        sources = sorted({s["intervals"] for s in summaries})
-        return {
-            "windows": config.backtest.windows, "step": config.backtest_step, "refit": config.backtest.refit,
-            "first_window": max((int(c.first_window) for c in choices.values()), default=0),
-            "rows": sum(s["backtest_rows"] for s in summaries),
-            "skipped_windows": sum(s["backtest_skipped_windows"] for s in summaries),
-            "seconds": round(seconds, 3),
-            "levels": [float(v) for v in config.levels], "interval_method": config.interval_method,
+        seconds = sum(s.backtest_seconds for s in summaries)
+        sources = sorted({s.intervals for s in summaries})
+        return BacktestEntry(
+            windows=config.backtest.windows, step=config.backtest_step, refit=config.backtest.refit,
+            first_window=max((int(c.first_window) for c in choices.values()), default=0),
+            rows=sum(s.backtest_rows for s in summaries),
+            skipped_windows=sum(s.backtest_skipped_windows for s in summaries),
+            seconds=round(seconds, 3),
+            levels=[float(v) for v in config.levels], interval_method=config.interval_method,
             # "model": saved beside the model version; "run": calibrated on this run's backtest
-            "intervals": sources[0] if len(sources) == 1 else "mixed",
-            "earlier_runs_scored": len(self.earlier_runs),
-        }
+            intervals=sources[0] if len(sources) == 1 else "mixed",
+            earlier_runs_scored=len(self.earlier_runs),
+        )
 
-    def _model_entry(self, key, ref) -> dict[str, Any]:
+    def _model_entry(self, key, ref) -> ModelEntry:
         per_series = self.config.mode == "per_series"
-        return {
-            "group": None if per_series else key,
+        return ModelEntry(
+            group=None if per_series else key,
             **({"shard": key} if per_series else {}),
             # a pinned model may come from another key: the ref names the one it was saved under
-            "model_key": None if per_series else ref.model_key,
-            "model_version": ref.version,
-            "retrain": dict(ref.decision),
-            "training": _training_summary(ref.training),
-        }
+            model_key=None if per_series else ref.model_key,
+            model_version=ref.version,
+            retrain=Decision(**ref.decision),
+            training=_training_summary(ref.training),
+        )
 
 
 def _flow_run_id() -> str | None:
@@ -406,18 +406,20 @@ def _flow_run_id() -> str | None:
     return str(flow_run.id) if flow_run.id else None
 
 
-def _retrain_summary(models: list[dict]) -> dict[str, Any]:
-    actions = {m["retrain"]["action"] for m in models}
-    return {"action": actions.pop() if len(actions) == 1 else "mixed",
-            "reason": "; ".join(f"{m.get('group', m.get('shard'))}: {m['retrain']['reason']}" for m in models)}
+def _retrain_summary(models: list[ModelEntry]) -> Decision:
+    actions = {m.retrain.action for m in models}
+    # (per-series entries have group None: their reasons read "None: ...", as manifests always had them)
+    return Decision(action=actions.pop() if len(actions) == 1 else "mixed",
+                    reason="; ".join(f"{m.group}: {m.retrain.reason}" for m in models))
 
 
-def _training_summary(training: dict[str, Any]) -> dict[str, Any]:
+def _training_summary(training: dict[str, Any]) -> TrainingSummary:
     t = training or {}
-    return {k: t.get(k) for k in ("device", "cudnn", "seconds", "best_val_loss", "series")} | {
-        "epochs": [m.get("epochs_run") for m in t.get("members", [])],
-        "stopped_by": [m.get("stopped_by") for m in t.get("members", [])],
-    }
+    return TrainingSummary(
+        **{k: t.get(k) for k in ("device", "cudnn", "seconds", "best_val_loss", "series")},
+        epochs=[m.get("epochs_run") for m in t.get("members", [])],
+        stopped_by=[m.get("stopped_by") for m in t.get("members", [])],
+    )
 
 
 def _scrubbed(exc: BaseException, secrets: set[str]) -> BaseException:
@@ -429,7 +431,7 @@ def _scrubbed(exc: BaseException, secrets: set[str]) -> BaseException:
     return LstmForecastError(f"{type(exc).__name__}: {clean.splitlines()[0] if clean else ''}")
 
 
-def _record_failure(writer: RunWriter, manifest: dict[str, Any], timings, exc: BaseException, logger,
+def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: BaseException, logger,
                     began: bool, secrets: set[str]) -> None:
     """Leave a manifest that says the run failed and why; never one that says succeeded."""
     reason = scrub(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", secrets)
@@ -438,25 +440,25 @@ def _record_failure(writer: RunWriter, manifest: dict[str, Any], timings, exc: B
         logger.error("run %s stopped without committing: %s", writer.run_id, reason)
         return
     try:
-        previous = writer.read_manifest()
+        previous = writer.read_manifest()  # as JSON: an earlier attempt's manifest may be of another version
         if previous and previous.get("status") == "succeeded" and not began:
             # An earlier attempt of this run id committed and nothing of it was touched: keep it.
             logger.error("run %s failed before writing; the earlier committed attempt stays: %s", writer.run_id, reason)
             return
-        failed = {**manifest, "status": "failed", "error": reason, "timings_s": timings,
-                  "finished_at": datetime.now(timezone.utc).isoformat()}
+        failed: dict[str, Any] = {"status": "failed", "error": reason, "timings_s": timings,
+                                  "finished_at": datetime.now(timezone.utc)}
         if isinstance(exc, NoValidSeriesError):
             # Every series was skipped: say which and why, in the manifest and the quarantine table.
-            failed["skipped"] = [s.__dict__ for s in exc.skipped[:SKIPPED_IN_SUMMARY]]
-            failed["counts"] = {"series_read": len(exc.skipped), "series_forecast": 0,
-                                "series_skipped": len(exc.skipped)}
+            failed["skipped"] = [SkippedEntry.of(s) for s in exc.skipped[:SKIPPED_IN_SUMMARY]]
+            failed["counts"] = Counts(series_read=len(exc.skipped), series_forecast=0,
+                                      series_skipped=len(exc.skipped))
             if len(exc.skipped) > SKIPPED_IN_SUMMARY:
                 failed["skipped_truncated"] = True
             if not getattr(exc, "quarantine_written", False):
                 from lstm_core.validation import ValidationResult
 
-                failed["outputs"] = {"quarantine": writer.write(
-                    "quarantine", ValidationResult(None, exc.skipped).skipped_frame(), 0)}
-        writer.commit(failed)
+                failed["outputs"] = Outputs(quarantine=writer.write(
+                    "quarantine", ValidationResult(None, exc.skipped).skipped_frame(), 0))
+        writer.commit(manifest.finish(**failed))
     except Exception as write_exc:  # noqa: BLE001 - storage may be what failed
         logger.error("could not record the failure in the manifest: %s", scrub(str(write_exc), secrets))

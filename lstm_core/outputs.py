@@ -38,6 +38,7 @@ from lstm_core.config import with_environment_secrets
 from lstm_core.lease import LEASE
 from lstm_core.metrics import interval_columns
 from lstm_core.realised import interval_levels, realised_schema
+from lstm_core.records import Manifest
 from lstm_core.secrets import scrub, without_secrets
 from lstm_core.storage import (LinkRefused, filesystem, is_local, join, put_bytes, read_json, remove_file, remove_tree,
                                write_json, write_parquet)
@@ -195,10 +196,17 @@ class RunWriter:
         put_bytes(self.fs, path, data, root=self.root)
         return path
 
-    def commit(self, manifest: dict[str, Any]) -> str:
+    def commit(self, manifest: Manifest | dict[str, Any]) -> str:
+        """Write the manifest (`runs/<run_id>/manifest.json`, one whole file), stamped with this run id;
+        returns its path. A `Manifest` is written as its JSON form (`model_dump(mode="json")`: exactly the
+        fields it has set); a plain dict as it is (a marker written by hand, as tests do).
+
+        Raises LeaseLostError when this process no longer holds the run id.
+        """
         if self.lease is not None:
             self.lease.check()  # a run that lost its run id to another process never commits
-        write_json(self.fs, self.manifest_path, {**manifest, "run_id": self.run_id}, root=self.root)
+        record = manifest.model_dump(mode="json") if isinstance(manifest, Manifest) else manifest
+        write_json(self.fs, self.manifest_path, {**record, "run_id": self.run_id}, root=self.root)
         return self.manifest_path
 
     def read_manifest(self) -> dict[str, Any] | None:

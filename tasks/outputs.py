@@ -3,16 +3,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core.backtest import history_frame
 from lstm_core.config import ForecastConfig
-from lstm_core.metrics import MetricTotals
 from lstm_core.outputs import RunWriter
 from lstm_core.realised import earlier_predictions, realised_metrics, realised_overall, realised_sums
+from lstm_core.records import (Manifest, Outputs, RealisedScores, RealisedTotals, ShardSummary, ShardTotals,
+                               SkippedEntry)
 from lstm_core.sharding import ShardSpec
 from lstm_core.storage import is_storage_failure
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, is_transient, retry_transient
@@ -25,8 +25,8 @@ SKIPPED_IN_SUMMARY = 1000  # skipped series listed per shard in the manifest (al
 @task(name="write_outputs", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def write_outputs(writer: RunWriter, forecasts: Forecasts, evaluation: Scored, prepared: Prepared,
-                  shard: ShardSpec, overall_rows: bool = True, realised: dict[str, Any] | None = None
-                  ) -> dict[str, Any]:
+                  shard: ShardSpec, overall_rows: bool = True, realised: RealisedScores | None = None
+                  ) -> ShardSummary:
     """Write one shard's predictions, metrics, quarantine and backtest as its part files of the run's
     partition (and its realised accuracy of earlier runs, when `realised` holds some).
 
@@ -43,57 +43,55 @@ def write_outputs(writer: RunWriter, forecasts: Forecasts, evaluation: Scored, p
         "quarantine": writer.write("quarantine", prepared.skipped_frame(), part),
         "backtest": writer.write("backtest", forecasts.backtest.frame, part),
     }
-    if realised is not None and len(realised["table"]):
-        table = realised["table"] if overall_rows else realised["table"][realised["table"]["series_id"].notna()]
+    if realised is not None and len(realised.table):
+        table = realised.table if overall_rows else realised.table[realised.table["series_id"].notna()]
         paths["realised"] = writer.write("realised", table, part)
     logger.info("%s: wrote %d prediction rows, %d metric rows, %d backtest rows, %d quarantined series%s",
                 shard.name, len(forecasts.future), len(metrics), len(forecasts.backtest.frame), len(prepared.skipped),
-                f", {len(realised['table'])} realised accuracy rows" if realised and len(realised["table"]) else "")
+                f", {len(realised.table)} realised accuracy rows" if realised and len(realised.table) else "")
     return shard_summary(shard, forecasts, evaluation, prepared, paths, realised)
 
 
 def shard_summary(shard: ShardSpec, forecasts: Forecasts, evaluation: Scored, prepared: Prepared,
-                  paths: dict[str, str], realised: dict[str, Any] | None = None) -> dict[str, Any]:
+                  paths: dict[str, str], realised: RealisedScores | None = None) -> ShardSummary:
     """What the flow keeps of a written shard: counts, metric totals for the overall means, no frames."""
-    return {
-        "shard": shard.index,
-        "group": shard.group,
-        "source": shard.url or "input",
-        "series_planned": shard.n_series,
-        "rows_read": int(prepared.rows_read),
-        "series_read": int(prepared.series_read),
-        "series_forecast": int(prepared.panel.n_series),
-        "series_skipped": len(prepared.skipped),
-        "points_filled": int(prepared.filled_points),
-        "prediction_rows": int(len(forecasts.future)),
-        "fingerprint": prepared.fingerprint,
-        "skipped": [s.__dict__ for s in prepared.skipped[:SKIPPED_IN_SUMMARY]],
-        "backtest_rows": int(len(forecasts.backtest.frame)),
-        "backtest_seconds": round(float(forecasts.backtest_seconds), 3),
-        "backtest_skipped_windows": int(len(forecasts.backtest.skipped)),
-        "intervals": forecasts.intervals_source,
+    return ShardSummary(
+        shard=shard.index,
+        group=shard.group,
+        source=shard.url or "input",
+        series_planned=shard.n_series,
+        rows_read=int(prepared.rows_read),
+        series_read=int(prepared.series_read),
+        series_forecast=int(prepared.panel.n_series),
+        series_skipped=len(prepared.skipped),
+        points_filled=int(prepared.filled_points),
+        prediction_rows=int(len(forecasts.future)),
+        fingerprint=prepared.fingerprint,
+        skipped=[SkippedEntry.of(s) for s in prepared.skipped[:SKIPPED_IN_SUMMARY]],
+        backtest_rows=int(len(forecasts.backtest.frame)),
+        backtest_seconds=round(float(forecasts.backtest_seconds), 3),
+        backtest_skipped_windows=int(len(forecasts.backtest.skipped)),
+        intervals=forecasts.intervals_source,
         # the sums behind the pooled and per-window metrics: they merge over shards by addition
-        "totals": {"pooled": evaluation.pooled, "window": evaluation.per_window,
-                   "window_cutoffs": dict(evaluation.window_cutoffs)},
-        "realised": None if not realised or not len(realised["table"]) else
-        {"totals": realised["totals"], "points": realised["points"], "rows": int(len(realised["table"]))},
-        "outputs": paths,
-    }
+        totals=ShardTotals(pooled=evaluation.pooled, window=evaluation.per_window,
+                           window_cutoffs=dict(evaluation.window_cutoffs)),
+        realised=None if not realised or not len(realised.table) else
+        RealisedTotals(totals=realised.totals, points=realised.points, rows=int(len(realised.table))),
+        outputs=paths,
+    )
 
 
-SUMMARY_ONLY = ("skipped", "totals", "realised", "outputs")  # summary keys not listed in the manifest's shards
 
-
-def overall_metrics(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+def overall_metrics(summaries: list[ShardSummary]) -> pd.DataFrame:
     """Rows of the metrics table over all series (series_id null) pooled over all shards, as unsharded:
     per backtest window (`window`, `cutoff` its latest cutoff) and over all windows (both null)."""
-    pooled = [s["totals"]["pooled"] for s in summaries]
-    windows = [s["totals"]["window"] for s in summaries]
+    pooled = [s.totals.pooled for s in summaries]
+    windows = [s.totals.window for s in summaries]
     overall = pooled[0].merge(*pooled[1:]).finalize()
     per_window = windows[0].merge(*windows[1:]).finalize()
     cutoffs: dict[int, Any] = {}
     for s in summaries:
-        for w, c in s["totals"]["window_cutoffs"].items():
+        for w, c in s.totals.window_cutoffs.items():
             cutoffs[w] = c if w not in cutoffs or pd.isna(cutoffs[w]) or c > cutoffs[w] else cutoffs[w]
     cutoff_values = [cutoffs.get(int(w)) for w in per_window["window"]] if len(per_window) else []
     tz = next((getattr(pd.Timestamp(c), "tz", None) for c in cutoffs.values() if c is not None), None)
@@ -111,19 +109,19 @@ def overall_metrics(summaries: list[dict[str, Any]]) -> pd.DataFrame:
                          "model": "string"}).reset_index(drop=True)
 
 
-def realised_overall_rows(summaries: list[dict[str, Any]]) -> pd.DataFrame | None:
+def realised_overall_rows(summaries: list[ShardSummary]) -> pd.DataFrame | None:
     """The overall rows of the realised table pooled over shards; None when no shard scored any."""
-    parts = [s["realised"] for s in summaries if s.get("realised")]
+    parts = [s.realised for s in summaries if s.realised is not None]
     if not parts:
         return None
-    totals = parts[0]["totals"].merge(*(p["totals"] for p in parts[1:]))
-    return realised_overall(totals, pd.concat([p["points"] for p in parts], ignore_index=True))
+    totals = parts[0].totals.merge(*(p.totals for p in parts[1:]))
+    return realised_overall(totals, pd.concat([p.points for p in parts], ignore_index=True))
 
 
 @task(name="score_realised", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
 def score_realised(writer: RunWriter, prepared: Prepared, config: ForecastConfig,
-                   earlier_runs: list[str]) -> dict[str, Any] | None:
+                   earlier_runs: list[str]) -> RealisedScores | None:
     """Realised accuracy of the committed predictions of `earlier_runs` for this shard's series whose
     dates now have actuals in the input: the `realised/` table's rows, and the totals that pool over shards.
     None when there is nothing to score."""
@@ -150,27 +148,28 @@ def score_realised(writer: RunWriter, prepared: Prepared, config: ForecastConfig
     logger.info("realised accuracy: %d forecast points of %d earlier run(s) now have actuals",
                 int(sums.frame.loc[sums.frame["model"] == "forecast", "n"].sum()),
                 sums.frame["forecast_run_id"].nunique())
-    return {"table": table, "totals": sums.totals(group),
-            "points": sums.frame[[*group, "model", "n"]].copy()}
+    return RealisedScores(table=table, totals=sums.totals(group), points=sums.frame[[*group, "model", "n"]].copy())
 
 
 @task(name="commit_run", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
       retry_jitter_factor=0.5, retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
-def commit_run(writer: RunWriter, manifest: dict[str, Any], overall: pd.DataFrame | None = None,
-               plots: dict[str, bytes] | None = None, realised_overall: pd.DataFrame | None = None) -> dict[str, Any]:
+def commit_run(writer: RunWriter, manifest: Manifest, overall: pd.DataFrame | None = None,
+               plots: dict[str, bytes] | None = None, realised_overall: pd.DataFrame | None = None) -> Manifest:
     """Write the overall rows of a sharded run (metrics and realised accuracy) and the plots, then the
-    manifest, last: the run becomes visible."""
+    manifest, last: the run becomes visible. Returns the manifest as committed (with those outputs)."""
     logger = get_run_logger()
-    outputs = dict(manifest.get("outputs") or {})
+    # a copy: a retry of this task starts again from the manifest it was given
+    outputs = manifest.outputs.model_copy() if manifest.outputs is not None else Outputs()
     if overall is not None:
-        outputs["metrics_overall"] = writer.write("metrics", overall, "overall")
+        outputs.metrics_overall = writer.write("metrics", overall, "overall")
     if realised_overall is not None:
-        outputs["realised_overall"] = writer.write("realised", realised_overall, "overall")
+        outputs.realised_overall = writer.write("realised", realised_overall, "overall")
     if plots:
-        outputs["plots"] = {name: writer.write_file(f"plots/{name}", png) for name, png in plots.items()}
-    manifest = {**manifest, "status": "succeeded", "outputs": outputs}
+        outputs.plots = {name: writer.write_file(f"plots/{name}", png) for name, png in plots.items()}
+    manifest = manifest.model_copy(update={"status": "succeeded", "outputs": outputs})
     writer.commit(manifest)
-    counts = manifest.get("counts", {})
+    counts, shards = manifest.counts, manifest.shards
     logger.info("committed run %s: %s prediction rows, %s quarantined series, %s shard(s)", writer.run_id,
-                counts.get("prediction_rows"), counts.get("series_skipped"), manifest.get("shards", {}).get("count"))
+                counts.prediction_rows if counts else None, counts.series_skipped if counts else None,
+                shards.count if shards else None)
     return manifest

@@ -17,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 from lstm_core.config import ForecastConfig
 from lstm_core.modelling import ModelChoice, ModelRef
 from lstm_core.outputs import RunWriter
+from lstm_core.records import ShardSummary
 from lstm_core.sharding import ShardSpec
 from tasks.data import load_series, prepare_windows, validate_series
 from tasks.modelling import evaluate, forecast, open_model, train_or_load_model
@@ -72,7 +73,7 @@ class ShardResult:
     """What comes back of a shard: its summary (counts, metric totals, no data), the model it trained
     (a group of one shard, or mode per_series), its plots (a run of one shard) and its step timings."""
 
-    summary: dict[str, Any]
+    summary: ShardSummary
     trained: ModelRef | None = None
     plots: RunPlots | None = None
     seconds: dict[str, float] = field(default_factory=dict)
