@@ -30,14 +30,14 @@ from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
-from lstm_core.outputs import RunWriter, committed_runs, new_run_id, slot_run_id
+from lstm_core.outputs import OutputStore, RunWriter, new_run_id, slot_run_id
 from lstm_core.progress import Progress
 from lstm_core.records import (BacktestEntry, Counts, Decision, Execution, Frequency, Manifest, ManifestDraft,
                                ModelEntry, Outputs, PlanSummary, ShardsEntry, ShardSummary, SkippedEntry,
                                TrainingSummary, Tuned)
 from lstm_core.secrets import install_log_scrubber, scrub, secret_values
-from lstm_core.sharding import ShardPlan, remove_scratch
-from lstm_core.storage import is_storage_failure, join
+from lstm_core.sharding import ShardPlan
+from lstm_core.storage import is_storage_failure
 from lstm_core.tuning import apply_tuned
 from tasks.data import no_valid_series
 from tasks.outputs import SKIPPED_IN_SUMMARY, commit_run, overall_metrics, realised_overall_rows
@@ -122,7 +122,8 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential
     slot = scheduled_slot()
     run_id, run_id_source = resolve_run_id(config, slot)
-    writer = RunWriter.open(config.output_url, run_id, config.storage_options)
+    store = OutputStore.open(config)  # the output URL, opened once: every path of the run comes from it
+    writer = store.writer(run_id)
     logger.info("run %s (%s): %s -> %s", run_id, f"scheduled slot {slot.isoformat()}" if slot else run_id_source,
                 redact_url(config.input_url), redact_url(config.output_url))
     # One process per run id: refused here, before any work, if another live process holds it.
@@ -137,17 +138,17 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
         logger.warning("run %s: %s", run_id, lease.took_over)
     writer.lease = lease
     try:
-        return _run_leased(config, writer, logger, secrets, run_id_source, slot, tuned)
+        return _run_leased(config, store, writer, logger, secrets, run_id_source, slot, tuned)
     finally:
         lease.release()
 
 
-def _run_leased(config: ForecastConfig, writer: RunWriter, logger, secrets: set[str], run_id_source: str,
-                slot: datetime | None, tuned: Tuned | None = None) -> dict[str, Any]:
+def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, logger, secrets: set[str],
+                run_id_source: str, slot: datetime | None, tuned: Tuned | None = None) -> dict[str, Any]:
     run_id = writer.run_id
     started = datetime.now(timezone.utc)
     t_start = time.perf_counter()
-    run = _Run(config, writer, logger, ManifestDraft(
+    run = _Run(config, store, writer, logger, ManifestDraft(
         run_id=run_id,
         run_id_source=run_id_source,
         scheduled_start=slot,
@@ -181,7 +182,7 @@ def _run_leased(config: ForecastConfig, writer: RunWriter, logger, secrets: set[
         return record
     finally:
         try:
-            remove_scratch(config.scratch_root, run_id, config.storage_options)
+            store.remove_scratch(run_id)
         except Exception as exc:  # noqa: BLE001 - cleaning up must not hide the run's own outcome
             logger.warning("could not remove the run's scratch files: %s", exc)
 
@@ -189,8 +190,9 @@ def _run_leased(config: ForecastConfig, writer: RunWriter, logger, secrets: set[
 class _Run:
     """One run's state while it executes: the plan, the models, the shard summaries, timings."""
 
-    def __init__(self, config: ForecastConfig, writer: RunWriter, logger, manifest: ManifestDraft) -> None:
-        self.config, self.writer, self.logger = config, writer, logger
+    def __init__(self, config: ForecastConfig, store: OutputStore, writer: RunWriter, logger,
+                 manifest: ManifestDraft) -> None:
+        self.config, self.store, self.writer, self.logger = config, store, writer, logger
         self.runner = None
         self.manifest = manifest  # what the manifest says so far; a failure records it as it stands
         self.wall: dict[str, float] = {}
@@ -229,7 +231,7 @@ class _Run:
         self.manifest.ignored_columns = list(plan.ignored_columns)
         if plan.sharded:
             t0 = time.perf_counter()
-            remove_scratch(config.scratch_root, self.writer.run_id, config.storage_options)
+            self.store.remove_scratch(self.writer.run_id)
             plan = split_shards.submit(config=config, plan=plan).result()
             self._timed("split_shards", t0)
             self._add_seconds({"split_shards": self.wall["split_shards"]})
@@ -260,7 +262,7 @@ class _Run:
         """The committed runs whose predictions realised accuracy scores; none when they cannot be listed
         for a reason other than storage (realised accuracy is a view of the past, not tonight's forecast)."""
         try:
-            runs = committed_runs(self.config.output_url, self.config.storage_options)
+            runs = self.store.committed_runs()
         except Exception as exc:  # noqa: BLE001
             if is_storage_failure(exc):
                 raise
@@ -360,9 +362,9 @@ class _Run:
         if single:
             manifest.outputs = Outputs(**summaries[0].outputs)
         else:
-            root, rid = self.writer.root, self.writer.run_id
+            rid = self.writer.run_id
             tables = ("predictions", "metrics", "quarantine", "backtest", *(("realised",) if realised is not None else ()))
-            manifest.outputs = Outputs(**{t: join(root, t, f"run={rid}") for t in tables})
+            manifest.outputs = Outputs(**self.store.partitions(rid, tables))
         self.wall["total"] = round(time.perf_counter() - self.t0, 3)
         done = manifest.finish(status="succeeded",
                                timings_s={**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}},

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 import pandas as pd
 import yaml
@@ -23,6 +23,8 @@ from pandas.tseries.offsets import Tick
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lstm_core.errors import ConfigError
+if TYPE_CHECKING:
+    from lstm_core.layout import OutputLayout
 from lstm_core.secrets import MASK, has_credentials, is_secret_name, scrub, without_secrets
 
 __all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "TuningConfig", "default_season_length",
@@ -368,7 +370,13 @@ class ForecastConfig(_Strict):
 
     @property
     def scratch_root(self) -> str:
-        return self.scratch_url or self.output_url.rstrip("/") + "/_scratch"
+        return self.layout().scratch()
+
+    def layout(self) -> "OutputLayout":
+        """Every path of the output contract under `output_url` (scratch under `scratch_url` when set)."""
+        from lstm_core.layout import OutputLayout
+
+        return OutputLayout(self.output_url, self.scratch_url)
 
     @property
     def chunk_length(self) -> int:

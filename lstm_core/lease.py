@@ -36,12 +36,12 @@ from typing import Any
 import fsspec
 
 from lstm_core.errors import LeaseLostError, RunLockedError, StorageError
+from lstm_core.layout import LEASE, OutputLayout
 from lstm_core.secrets import scrub
-from lstm_core.storage import is_local, join, open_dir, storage_error
+from lstm_core.storage import is_local, open_dir, storage_error
 
 log = logging.getLogger("lstm_core.lease")
 
-LEASE = "lease.json"
 MAX_TTL = 86400.0
 
 
@@ -131,7 +131,7 @@ class RunLease:
     @classmethod
     def acquire(cls, fs: fsspec.AbstractFileSystem, root: str, run_id: str, ttl: float,
                 heartbeat: bool = True) -> "RunLease":
-        lease = cls(fs, join(root, "runs", run_id, LEASE), run_id, float(ttl))
+        lease = cls(fs, OutputLayout(root).lease(run_id), run_id, float(ttl))
         if is_local(fs):
             lease._acquire_local(root)
         else:

@@ -32,7 +32,6 @@ from lstm_core.model_store import Decision, decide_for
 from lstm_core.panel import Panel
 from lstm_core.progress import Progress
 from lstm_core.retries import call_with_retries
-from lstm_core.storage import join
 from lstm_core.tuning import check_tuned_fits
 from lstm_core.validation import SkippedSeries, ValidationResult, min_train_length
 from lstm_core.windows import target_bounds, validation_span, windows_per_series
@@ -107,7 +106,7 @@ class ModelStore:
 
     @classmethod
     def of(cls, config: ForecastConfig) -> "ModelStore":
-        return cls(join(config.output_url, "models"), dict(config.storage_options or {}))
+        return cls(config.layout().models(), dict(config.storage_options or {}))
 
     def decide(self, spec: ModelSpec, newest: Panel | None) -> Decision:
         """Load or train, and why (`lstm_core.model_store.decide_for`): `newest` is the data a saved

@@ -35,7 +35,7 @@ import pandas as pd
 import pyarrow as pa
 
 from lstm_core.config import with_environment_secrets
-from lstm_core.lease import LEASE
+from lstm_core.layout import FOLDERS, LEASE, MANIFEST, TABLES, OutputLayout
 from lstm_core.metrics import interval_columns
 from lstm_core.realised import interval_levels, realised_schema
 from lstm_core.records import Manifest
@@ -43,9 +43,8 @@ from lstm_core.secrets import scrub, without_secrets
 from lstm_core.storage import (LinkRefused, filesystem, is_local, join, put_bytes, read_json, remove_file, remove_tree,
                                write_json, write_parquet)
 
-TABLES = ("predictions", "metrics", "quarantine", "backtest", "realised")
-MANIFEST = "manifest.json"
-FOLDERS = (*TABLES, "runs", "models", "_scratch")  # what a run writes under the output root
+__all__ = ["FOLDERS", "MANIFEST", "TABLES", "OutputStore", "RunWriter", "committed_runs", "read_committed",
+           "table_schema"]
 
 
 def _ts(tz: str | None) -> pa.DataType:
@@ -143,12 +142,16 @@ class RunWriter:
                                       f"through it (the job writes only real folders under the output root)")
         return cls(fs, root, run_id, url=output_url, storage_options=dict(storage_options or {}))
 
+    @property
+    def layout(self) -> OutputLayout:
+        return OutputLayout(self.root)
+
     def part_path(self, table: str, part: int | str = 0) -> str:
-        return join(self.root, table, f"run={self.run_id}", f"part-{part}.parquet")
+        return self.layout.part(table, self.run_id, part)
 
     @property
     def manifest_path(self) -> str:
-        return join(self.root, "runs", self.run_id, MANIFEST)
+        return self.layout.manifest(self.run_id)
 
     def begin(self) -> None:
         """Clear any earlier attempt of this run id: manifest first, so readers stop trusting it.
@@ -158,7 +161,7 @@ class RunWriter:
         if self.lease is not None:
             self.lease.check()
         remove_file(self.fs, self.manifest_path, root=self.root)
-        run_dir = join(self.root, "runs", self.run_id)
+        run_dir = self.layout.run_dir(self.run_id)
         self.fs.invalidate_cache(run_dir)
         try:
             entries = self.fs.ls(run_dir, detail=False)
@@ -168,7 +171,7 @@ class RunWriter:
             if entry.rstrip("/").rsplit("/", 1)[-1] not in (LEASE, MANIFEST):
                 remove_tree(self.fs, entry, root=self.root)
         for table in TABLES:
-            remove_tree(self.fs, join(self.root, table, f"run={self.run_id}"), root=self.root)
+            remove_tree(self.fs, self.layout.partition(table, self.run_id), root=self.root)
 
     def write(self, table: str, df: pd.DataFrame, part: int | str = 0) -> str:
         """Write one part file of `table`; its schema follows the output contract (interval columns as
@@ -190,9 +193,7 @@ class RunWriter:
 
     def write_file(self, name: str, data: bytes) -> str:
         """Store a file that belongs to the run (a plot, a report) under `runs/<run_id>/`."""
-        if name.startswith("/") or ".." in name.split("/") or name == MANIFEST:
-            raise ValueError(f"run file name {name!r} must be a relative path other than the manifest")
-        path = join(self.root, "runs", self.run_id, name)
+        path = self.layout.run_file(self.run_id, name)  # ValueError for an absolute path, "..", the manifest
         put_bytes(self.fs, path, data, root=self.root)
         return path
 
@@ -216,6 +217,61 @@ class RunWriter:
             return None
 
 
+@dataclass
+class OutputStore:
+    """The output URL opened once per run: its filesystem and the output contract's layout under it.
+
+    The flow opens it at the start (`OutputStore.open(config)`) and asks it for the run's writer, the committed
+    runs, the model store and the scratch: no other code builds these paths (lstm_core.layout holds them).
+    """
+
+    url: str
+    fs: fsspec.AbstractFileSystem
+    root: str  # the filesystem's path for `url`
+    storage_options: dict[str, Any]
+    scratch_url: str | None = None
+
+    @classmethod
+    def open(cls, config) -> "OutputStore":
+        """The store of `config.output_url` (a ForecastConfig); scratch under `scratch_url` when set."""
+        fs, root = filesystem(config.output_url, config.storage_options)
+        return cls(config.output_url, fs, root, dict(config.storage_options or {}), config.scratch_url)
+
+    @property
+    def layout(self) -> OutputLayout:
+        """Paths as the filesystem sees them (what the manifest records)."""
+        return OutputLayout(self.root)
+
+    @property
+    def url_layout(self) -> OutputLayout:
+        """Paths as URLs (for opening with other storage options, and for people)."""
+        return OutputLayout(self.url, self.scratch_url)
+
+    def writer(self, run_id: str) -> RunWriter:
+        """The writer of one run (refuses, locally, an output root whose folders are links)."""
+        return RunWriter.open(self.url, run_id, self.storage_options)
+
+    def committed_runs(self) -> list[str]:
+        return committed_runs(self.url, self.storage_options)
+
+    def partitions(self, run_id: str, tables: Sequence[str]) -> dict[str, str]:
+        """table -> its partition of `run_id` (the manifest's `outputs` of a sharded run)."""
+        return {t: self.layout.partition(t, run_id) for t in tables}
+
+    def remove_scratch(self, run_id: str) -> None:
+        """Remove the run's scratch folder (a sharded run's split input)."""
+        from lstm_core.sharding import remove_scratch
+
+        remove_scratch(self.url_layout.scratch(), run_id, self.storage_options)
+
+    @property
+    def models(self):
+        """The model store under `models/` (lstm_core.modelling.ModelStore)."""
+        from lstm_core.modelling import ModelStore
+
+        return ModelStore(self.url_layout.models(), dict(self.storage_options))
+
+
 def _tz_of(column: pd.Series) -> str | None:
     tz = getattr(column.dtype, "tz", None)
     return str(tz) if tz is not None else None
@@ -224,7 +280,8 @@ def _tz_of(column: pd.Series) -> str | None:
 def committed_runs(output_url: str, storage_options: dict | None = None) -> list[str]:
     """Run ids whose manifest says succeeded: the runs a reader may trust."""
     fs, root = filesystem(output_url, storage_options)
-    base = join(root, "runs")
+    layout = OutputLayout(root)
+    base = layout.runs()
     fs.invalidate_cache(base)
     try:
         entries = fs.ls(base, detail=False)
@@ -234,7 +291,7 @@ def committed_runs(output_url: str, storage_options: dict | None = None) -> list
     for e in entries:
         rid = e.rstrip("/").rsplit("/", 1)[-1]
         try:
-            manifest = read_json(fs, join(base, rid, MANIFEST))
+            manifest = read_json(fs, layout.manifest(rid))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             continue
         except ValueError:  # not JSON (a damaged or planted file): not a run anyone may trust
@@ -249,7 +306,7 @@ def read_committed(output_url: str, table: str, storage_options: dict | None = N
     fs, root = filesystem(output_url, storage_options)
     frames = []
     for rid in committed_runs(output_url, storage_options):
-        partition = join(root, table, f"run={rid}")
+        partition = OutputLayout(root).partition(table, rid)
         fs.invalidate_cache(partition)
         try:
             parts = [p for p in fs.ls(partition, detail=False)

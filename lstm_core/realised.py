@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from lstm_core.layout import OutputLayout
 from lstm_core.metrics import ErrorSums, MetricTotals
 
 KEYS = ("forecast_run_id", "model_version", "cutoff", "series_id")
@@ -157,7 +158,7 @@ def earlier_predictions(fs, root: str, run_ids: Sequence[str], series_ids: Seque
 
     paths = []
     for rid in run_ids:
-        partition = f"{root.rstrip('/')}/predictions/run={rid}"
+        partition = OutputLayout(root).partition("predictions", rid)
         fs.invalidate_cache(partition)
         try:
             paths += sorted(p for p in fs.ls(partition, detail=False)

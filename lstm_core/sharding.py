@@ -32,6 +32,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from lstm_core.errors import DataValidationError, StorageError
+from lstm_core.layout import OutputLayout
 from lstm_core.storage import (REQUIRED, _explain_read_failure, _physical_schemas, column_types, filesystem, is_local,
                                join, open_dataset, parquet_read_bytes, put_bytes, read_schema, remove_tree, to_frame)
 
@@ -574,7 +575,7 @@ def _path_of(url: str, storage_options: dict | None) -> str:
 
 def run_scratch(scratch_root: str, run_id: str) -> str:
     """The run's own scratch folder (removed when the run ends)."""
-    return join(scratch_root, f"run={run_id}")
+    return OutputLayout("", scratch_root).run_scratch(run_id)
 
 
 def remove_scratch(scratch_root: str, run_id: str, storage_options: dict | None = None) -> None:

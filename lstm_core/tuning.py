@@ -383,9 +383,8 @@ def evaluate_trial(trial, params: Mapping[str, Any], panel: Panel, config: Forec
 
 # --- persistence --------------------------------------------------------------------------------------------
 def study_url(config: ForecastConfig, study: str | None = None) -> str:
-    from lstm_core.storage import join
-
-    return join(config.output_url, "tuning", f"study={study or config.tuning.study}")
+    """Where a study's results live: `<output_url>/tuning/study=<name>`."""
+    return config.layout().study(study or config.tuning.study)
 
 
 def _fs(config: ForecastConfig):

@@ -14,6 +14,7 @@ from lstm_core import plots
 from lstm_core.config import ForecastConfig
 from lstm_core.backtest import history_frame
 from lstm_core.frequency import dates_after
+from lstm_core.layout import TABLES, OutputLayout
 from lstm_core.metrics import METRICS
 from tasks.data import Prepared
 from tasks.modelling import Forecasts, ModelChoice, Scored
@@ -209,15 +210,14 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
             lines.append(f"\n... and {len(skipped) - MAX_SKIPPED_LISTED} more: all are in the quarantine table.")
     else:
         lines.append("None: every series passed validation.")
-    base = str(manifest.get("output_url", "")).rstrip("/")
+    layout = OutputLayout(str(manifest.get("output_url", "")))
     run_id = manifest["run_id"]
     lines += ["", "## Outputs"]
-    lines += [f"- {table}: `{base}/{table}/run={run_id}/`"
-              for table in ("predictions", "metrics", "quarantine", "backtest", "realised") if table in outputs]
-    lines += [f"- manifest (the commit marker): `{base}/runs/{run_id}/manifest.json`", "", "## Plots"]
+    lines += [f"- {table}: `{layout.partition(table, run_id)}/`" for table in TABLES if table in outputs]
+    lines += [f"- manifest (the commit marker): `{layout.manifest(run_id)}`", "", "## Plots"]
     for name, title in PLOT_TITLES.items():
         if name in plot_names:
-            url = f"{base}/runs/{run_id}/plots/{name}"
+            url = layout.run_file(run_id, f"plots/{name}")
             lines.append(f"- [{title}]({url}): `{url}`")
         if name in plot_notes:
             lines.append(f"- {plot_notes[name]}")

@@ -18,7 +18,7 @@ def plan_shards(config: ForecastConfig, run_id: str) -> ShardPlan:
     """List the series (reading the id and group columns only) and assign each to a shard; infer the
     frequency from a sample of the series when it is not set."""
     logger = get_run_logger()
-    scratch = sharding.run_scratch(config.scratch_root, run_id)
+    scratch = config.layout().run_scratch(run_id)
     plan = sharding.plan_shards(config.input_url, config.storage_options, columns=config.read_columns(),
                                 filters=config.filters, shard_size=config.shard_size, shard_rows=config.shard_rows,
                                 shard_bytes=config.shard_bytes,

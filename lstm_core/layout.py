@@ -1,0 +1,69 @@
+"""Every path of the output contract, in one place.
+
+Under the output URL (see lstm_core.outputs for what each file holds):
+
+    <table>/run=<run_id>/part-<k>.parquet   predictions, metrics, quarantine, backtest, realised
+    runs/<run_id>/manifest.json             the commit marker, written last
+    runs/<run_id>/lease.json                held while a process runs the run id
+    runs/<run_id>/<name>                    the run's own files (plots/*.png)
+    models/<model_key>/<version>/           the model store
+    tuning/study=<name>/                    tuning results
+    _scratch/run=<run_id>/                  a sharded run's split input (or under `scratch_url`)
+
+The paths are strings joined with "/", for a URL or a filesystem path alike; nothing here opens storage.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lstm_core.storage import join
+
+TABLES = ("predictions", "metrics", "quarantine", "backtest", "realised")
+MANIFEST = "manifest.json"
+LEASE = "lease.json"
+FOLDERS = (*TABLES, "runs", "models", "_scratch")  # what a run writes under the output root
+
+
+@dataclass(frozen=True)
+class OutputLayout:
+    """The output contract's paths under `root` (an output URL, or the path a filesystem gives for it)."""
+
+    root: str
+    scratch_root: str | None = None  # default: <root>/_scratch
+
+    def partition(self, table: str, run_id: str) -> str:
+        """`<table>/run=<run_id>`: one run's part files of a table."""
+        return join(self.root, table, f"run={run_id}")
+
+    def part(self, table: str, run_id: str, part: int | str = 0) -> str:
+        return join(self.partition(table, run_id), f"part-{part}.parquet")
+
+    def runs(self) -> str:
+        return join(self.root, "runs")
+
+    def run_dir(self, run_id: str) -> str:
+        return join(self.root, "runs", run_id)
+
+    def manifest(self, run_id: str) -> str:
+        return join(self.run_dir(run_id), MANIFEST)
+
+    def lease(self, run_id: str) -> str:
+        return join(self.run_dir(run_id), LEASE)
+
+    def run_file(self, run_id: str, name: str) -> str:
+        """A file of the run under `runs/<run_id>/`; `name` must be relative and not the manifest."""
+        if name.startswith("/") or ".." in name.split("/") or name == MANIFEST:
+            raise ValueError(f"run file name {name!r} must be a relative path other than the manifest")
+        return join(self.run_dir(run_id), name)
+
+    def models(self) -> str:
+        return join(self.root, "models")
+
+    def study(self, name: str) -> str:
+        return join(self.root, "tuning", f"study={name}")
+
+    def scratch(self) -> str:
+        return self.scratch_root or join(self.root, "_scratch")
+
+    def run_scratch(self, run_id: str) -> str:
+        return join(self.scratch(), f"run={run_id}")
