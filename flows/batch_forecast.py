@@ -311,8 +311,8 @@ class _Run:
                     choices[spec.group if self.config.mode != "per_series" else spec.index] = result.trained
                 if total > 1:
                     skipped = f", {last.series_skipped} skipped" if last.series_skipped else ""
-                    self.logger.info("shard %d/%d done: %d series forecast%s", done, total, last.series_forecast,
-                                     skipped)
+                    self.logger.info("shard %d/%d done: %d series forecast%s (shard %d; shards finish in any order)",
+                                     done, total, last.series_forecast, skipped, last.shard)
                     bar.update("shards", done, total, f"{sum(s.series_forecast for s in summaries)} series forecast")
         return summaries
 

@@ -346,7 +346,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _report(manifest)
     out = DEMO_DIR / "output"
     print(f"outputs under {out}/: predictions/, metrics/, quarantine/, runs/{manifest['run_id']}/manifest.json, models/")
-    print(f"read them with: python -c \"import pandas as pd; print(pd.read_parquet('{out}/predictions'))\"")
+    print(f"read the committed runs with: python -c \"from lstm_core.outputs import read_committed; "
+          f"print(read_committed('{out}', 'predictions'))\"")
     return 0
 
 

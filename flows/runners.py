@@ -98,6 +98,21 @@ def shared_api_url() -> str:
     return server.api_url
 
 
+def quiet_workers(client) -> None:
+    """Have each Dask worker load TensorFlow once, with its native start-up lines discarded (as the CLI does
+    in its own process), before any task reaches it: otherwise every spawned worker prints them."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class QuietNativeStartup(WorkerPlugin):
+        def setup(self, worker) -> None:
+            from flows.cli import quiet_native_startup
+
+            with quiet_native_startup():
+                pass
+
+    client.register_plugin(QuietNativeStartup(), name="lstm-forecast-quiet-native-startup")
+
+
 def worker_env(workers: int, config: ForecastConfig | None = None) -> dict[str, str]:
     """Environment of each local worker: TensorFlow threads split between the workers, and the run's storage
     options, credentials included. They reach the worker processes from this one, never through the
@@ -158,6 +173,7 @@ def _real_runner(config: ForecastConfig, logger: logging.Logger | None = None
                     t0 = time.perf_counter()
                     if config.workers is not None:
                         runner.client.wait_for_workers(config.workers, timeout=600)
+                    quiet_workers(runner.client)
                     info = runner.client.scheduler_info(n_workers=-1) if _takes_n_workers(runner.client) \
                         else runner.client.scheduler_info()
                     workers = info.get("workers", {})

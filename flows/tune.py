@@ -65,7 +65,7 @@ def study_client(config: ForecastConfig, logger=None) -> Iterator[Any]:
     import dask
     from distributed import Client, LocalCluster
 
-    from flows.runners import worker_env
+    from flows.runners import quiet_workers, worker_env
 
     quiet = logging.getLogger("distributed")
     if quiet.level == logging.NOTSET:
@@ -79,4 +79,5 @@ def study_client(config: ForecastConfig, logger=None) -> Iterator[Any]:
                           silence_logs=logging.WARNING, env=worker_env(config.workers, config)) as cluster, \
                 Client(cluster) as client:
             client.wait_for_workers(config.workers, timeout=600)
+            quiet_workers(client)
             yield client

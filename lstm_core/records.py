@@ -332,7 +332,9 @@ class Manifest(ManifestDraft):
 
 def manifest_schema_text() -> str:
     """The manifest's JSON Schema as published in `docs/manifest.schema.json`."""
-    return json.dumps(Manifest.model_json_schema(), indent=2) + "\n"
+    # the dialect named, so a validator does not fall back to an older draft ($defs is 2020-12 syntax)
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", **Manifest.model_json_schema()}
+    return json.dumps(schema, indent=2) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,7 +23,8 @@ SETTINGS = {
     "freq": "h", "horizon": H, "season_length": 24, "window": 24, "model": {"units": [8]},
     "training": {"epochs": 2, "patience": 2, "windows_per_series": 16, "batch_size": 64, "snapshots": 1},
 }
-SHARD_LINE = re.compile(r"^shard (\d+)/(\d+) done: (\d+) series forecast(?:, (\d+) skipped)?$")
+SHARD_LINE = re.compile(r"^shard (\d+)/(\d+) done: (\d+) series forecast(?:, (\d+) skipped)? \(shard (\d+); shards "
+                        r"finish in any order\)$")
 
 
 class _Messages(logging.Handler):
@@ -74,6 +75,10 @@ def test_a_sharded_run_logs_each_shard_it_finishes(sharded_run):
     # each line's counts are its shard's: together the run's
     assert sum(int(p.group(3)) for p in parsed) == manifest["counts"]["series_forecast"] == 5
     assert sum(int(p.group(4) or 0) for p in parsed) == manifest["counts"]["series_skipped"] == 1
+    # each line names its shard, and its counts are that shard's
+    items = {s["shard"]: s for s in manifest["shards"]["items"]}
+    assert sorted(int(p.group(5)) for p in parsed) == sorted(items)
+    assert all(int(p.group(3)) == items[int(p.group(5))]["series_forecast"] for p in parsed)
 
 
 def test_forced_on_the_bars_show_training_backtest_windows_forecast_and_shards(sharded_run):
