@@ -396,6 +396,8 @@ def sample_frequency(src: _Input, max_rows: int = INFER_ROWS) -> str:
         if rows >= max_rows:
             break
     frame = to_frame(pa.concat_tables(parts), src.names) if parts else pd.DataFrame(columns=["series_id", "ds"])
+    if frame.empty:  # say so, rather than that no series tells its frequency
+        raise DataValidationError("dataset has no rows", source=src.url)
     ids = frame["series_id"].astype(object).astype(str)
     parsed = timestamps.parse(frame["ds"], ids, src.url, lambda *_: None)
     error = None

@@ -123,3 +123,12 @@ def test_long_series_make_more_shards(tmp_path):
     plan = plan_shards(url, shard_size=100, shard_rows=200, scratch=str(tmp_path / "s"))
     assert len({s.index for s in plan.shards}) >= 3 and plan.sharded  # 720 rows, <= ~200 per shard
     assert sum(s.n_series for s in plan.shards) == 12
+
+
+def test_an_empty_input_says_it_has_no_rows_when_the_frequency_is_inferred(tmp_path):
+    """Found by a user: an empty file without `freq` was reported as 'cannot infer the frequency'."""
+    url = str(tmp_path / "empty.parquet")
+    make_frame(n_series=2, length=10).iloc[:0].to_parquet(url, index=False)
+    with pytest.raises(DataValidationError, match="dataset has no rows") as err:
+        plan_shards(url, shard_size=10, scratch=str(tmp_path / "s"), infer_freq=True)
+    assert "empty.parquet" in str(err.value)

@@ -50,6 +50,9 @@ DATASET_CASES = {
     "empty folder": ({"in/folder/_SUCCESS": b""}, "in/folder", {}, ["in/folder", "dataset is empty"]),
     "dataset with no rows": ({"in/x.parquet": _parquet_bytes(_good().iloc[:0])}, "in/x.parquet", {},
                              ["in/x.parquet", "dataset has no rows"]),
+    # found by a user: without `freq` this said 'cannot infer the frequency'
+    "dataset with no rows, frequency inferred": ({"in/x.parquet": _parquet_bytes(_good().iloc[:0])}, "in/x.parquet",
+                                                 {"freq": None}, ["in/x.parquet", "dataset has no rows"]),
     "not parquet": ({"in/x.parquet": b"series_id,ds,y\ns0,2026-01-01,1\n"}, "in/x.parquet", {},
                     ["in/x.parquet", "not a readable Parquet", "magic bytes"]),
     "truncated parquet": ({"in/x.parquet": _parquet_bytes(_good())[:700]}, "in/x.parquet", {},
