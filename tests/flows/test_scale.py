@@ -225,7 +225,7 @@ def test_cli_workers_flag_runs_on_a_local_cluster_without_a_configured_api(tmp_p
     assert manifest["status"] == "succeeded" and manifest["execution"]["workers"] == 2
     assert manifest["config"]["workers"] == 2 and manifest["shards"]["count"] >= 3
     assert len(_table(str(tmp_path / "out"), "predictions", "cli")) == 8 * H
-    # Task timings come from the API the workers reported to: the flow's own temporary one.
+    # Step timings come back with each unit (group or shard) from the workers.
     assert manifest["timings_s"]["write_outputs"] > 0 and manifest["timings_s"]["forecast"] > 0
     # The spawned workers load TensorFlow quietly, as the CLI's own process does.
     assert "absl::InitializeLog" not in out.stderr and "oneDNN custom operations" not in out.stderr, out.stderr[-3000:]
