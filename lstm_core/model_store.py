@@ -251,6 +251,14 @@ def no_model_message(config, store_url: str, key: str, group: str | None = None,
             f"(key {key}); saved models: {saved_text}")
 
 
+def split_model_url(url: str) -> tuple[str, str, str]:
+    """`<store>/<model_key>/<version>` -> (store, model key, version). Raises ValueError for fewer parts."""
+    parts = url.rstrip("/").rsplit("/", 2)
+    if len(parts) != 3:
+        raise ValueError(f"{scrub(url)} is not <store>/<model_key>/<version>")
+    return parts[0], parts[1], parts[2]
+
+
 def load_pinned(config, store_url: str, train_panel: Panel | None) -> Decision:
     """Load the version `model_url` or `model_version` names, whatever the retrain policy.
 
@@ -258,10 +266,10 @@ def load_pinned(config, store_url: str, train_panel: Panel | None) -> Decision:
     """
     options = config.storage_options
     if config.model_url:
-        parts = config.model_url.rstrip("/").rsplit("/", 2)
-        if len(parts) != 3:
-            raise ConfigError(f"setting 'model_url': {scrub(config.model_url)} is not <store>/<model_key>/<version>")
-        store, key, version = parts
+        try:
+            store, key, version = split_model_url(config.model_url)
+        except ValueError as exc:
+            raise ConfigError(f"setting 'model_url': {exc}") from None
     else:
         store, version = store_url, config.model_version
         fs, root = filesystem(store_url, options)

@@ -28,7 +28,7 @@ from lstm_core.engine import Evaluation, Forecaster, fit, panel_of, predictions_
 from lstm_core.errors import ArtifactError
 from lstm_core.intervals import ConformalIntervals, load_intervals, save_intervals, with_intervals
 from lstm_core.metrics import MetricTotals, interval_columns
-from lstm_core.model_store import Decision, decide_for
+from lstm_core.model_store import Decision, decide_for, split_model_url
 from lstm_core.panel import Panel
 from lstm_core.progress import Progress
 from lstm_core.retries import call_with_retries
@@ -133,7 +133,7 @@ class ModelStore:
         """
         log = log or _log
         # a model pinned by `model_url` may live in another store than this run's
-        url = config.model_url.rstrip("/").rsplit("/", 2)[0] if config.model_url else self.url
+        url = split_model_url(config.model_url)[0] if config.model_url else self.url
         loaded = artifacts.load(url, ref.model_key, ref.version, self.storage_options,
                                 max_bytes=config.max_model_bytes)
         decision = Decision(ref.decision["action"], ref.decision["reason"], loaded)
@@ -144,8 +144,7 @@ class ModelStore:
     def load_intervals(self, url: str) -> ConformalIntervals | None:
         """The intervals saved beside the version at `url` (`<store>/<key>/<version>`); None when it has none.
         Raises ArtifactError when they are corrupt."""
-        store, key, version = url.rstrip("/").rsplit("/", 2)
-        return load_intervals(store, key, version, self.storage_options)
+        return load_intervals(*split_model_url(url), self.storage_options)
 
 
 # --- get or train ------------------------------------------------------------------------------------
@@ -193,7 +192,7 @@ def _saved_intervals(store: ModelStore, loaded, config: ForecastConfig, log) -> 
     """The conformal quantiles saved beside a loaded model version, when they fit this run."""
     if not config.levels:
         return None
-    version = loaded.url.rstrip("/").rsplit("/", 1)[-1]
+    version = split_model_url(loaded.url)[2]
     try:
         saved = store.load_intervals(loaded.url)
     except ArtifactError as exc:  # a corrupt file is recalibrated from this run's backtest, not a failed run
