@@ -307,8 +307,7 @@ class _Run:
                     self.plots = result.plots
                     self.plot_notes = result.plots.notes
                 if result.trained is not None:
-                    spec = next(s for s in plan.shards if s.index == last.shard)
-                    choices[spec.group if self.config.mode != "per_series" else spec.index] = result.trained
+                    choices[last.group if self.config.mode != "per_series" else last.shard] = result.trained
                 if total > 1:
                     skipped = f", {last.series_skipped} skipped" if last.series_skipped else ""
                     self.logger.info("shard %d/%d done: %d series forecast%s (shard %d; shards finish in any order)",

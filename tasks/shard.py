@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core.config import ForecastConfig
-from lstm_core.modelling import ModelChoice, ModelRef
+from lstm_core.modelling import ModelChoice, ModelRef, Prepared
 from lstm_core.outputs import RunWriter
 from lstm_core.records import ShardSummary
 from lstm_core.sharding import ShardSpec
@@ -38,6 +38,14 @@ class _Steps:
         finally:
             self.seconds[step.name] = self.seconds.get(step.name, 0.0) + time.perf_counter() - t0
 
+    def prepared(self, spec: ShardSpec, config: ForecastConfig, allow_empty: bool = False) -> Prepared:
+        """load_series -> validate_series -> prepare_windows for one shard (or a group's training sample);
+        each intermediate frame is released as soon as the next step has it."""
+        frame = self(load_series, config=config, shard=spec)
+        validated = self(validate_series, frame=frame, config=config)
+        del frame
+        return self(prepare_windows, validated=validated, config=config, allow_empty=allow_empty)
+
 
 @dataclass
 class Trained:
@@ -59,12 +67,8 @@ def train_group(config: ForecastConfig, group: str | None = None, sample: ShardS
     if sample is None:
         choice = steps(train_or_load_model, prepared=None, config=config, group=group)
     else:
-        frame = steps(load_series, config=config, shard=sample)
-        validated = steps(validate_series, frame=frame, config=config)
-        del frame
-        prepared = steps(prepare_windows, validated=validated, config=config)
-        del validated
-        choice = steps(train_or_load_model, prepared=prepared, config=config, group=group, calibrate=True)
+        choice = steps(train_or_load_model, prepared=steps.prepared(sample, config), config=config, group=group,
+                       calibrate=True)
     return Trained(ModelRef.of(choice), steps.seconds, choice if config.refit else None)
 
 
@@ -90,11 +94,7 @@ def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, m
     metric rows, draws the plots and saves intervals calibrated here beside a model trained here).
     """
     steps = _Steps()
-    frame = steps(load_series, config=config, shard=spec)
-    validated = steps(validate_series, frame=frame, config=config)
-    del frame
-    prepared = steps(prepare_windows, validated=validated, config=config, allow_empty=not single and model is not None)
-    del validated
+    prepared = steps.prepared(spec, config, allow_empty=not single and model is not None)
     trained = None
     if model is None:
         choice = steps(train_or_load_model, prepared=prepared, config=config, group=spec.group)
