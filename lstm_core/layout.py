@@ -24,6 +24,11 @@ LEASE = "lease.json"
 FOLDERS = (*TABLES, "runs", "models", "_scratch")  # what a run writes under the output root
 
 
+def run_scratch(scratch_root: str, run_id: str) -> str:
+    """A run's own scratch folder under a scratch root (removed when the run ends)."""
+    return join(scratch_root, f"run={run_id}")
+
+
 @dataclass(frozen=True)
 class OutputLayout:
     """The output contract's paths under `root` (an output URL, or the path a filesystem gives for it)."""
@@ -66,4 +71,4 @@ class OutputLayout:
         return self.scratch_root or join(self.root, "_scratch")
 
     def run_scratch(self, run_id: str) -> str:
-        return join(self.scratch(), f"run={run_id}")
+        return run_scratch(self.scratch(), run_id)

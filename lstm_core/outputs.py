@@ -222,7 +222,8 @@ class OutputStore:
     """The output URL opened once per run: its filesystem and the output contract's layout under it.
 
     The flow opens it at the start (`OutputStore.open(config)`) and asks it for the run's writer, the committed
-    runs, the model store and the scratch: no other code builds these paths (lstm_core.layout holds them).
+    runs, the partitions and the scratch; tasks on workers take the model store from the configuration
+    (`ModelStore.of`). No other code builds these paths: lstm_core.layout holds them.
     """
 
     url: str
@@ -263,13 +264,6 @@ class OutputStore:
         from lstm_core.sharding import remove_scratch
 
         remove_scratch(self.url_layout.scratch(), run_id, self.storage_options)
-
-    @property
-    def models(self):
-        """The model store under `models/` (lstm_core.modelling.ModelStore)."""
-        from lstm_core.modelling import ModelStore
-
-        return ModelStore(self.url_layout.models(), dict(self.storage_options))
 
 
 def _tz_of(column: pd.Series) -> str | None:

@@ -31,8 +31,8 @@ import pyarrow.dataset as pads
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
+from lstm_core import layout
 from lstm_core.errors import DataValidationError, StorageError
-from lstm_core.layout import OutputLayout
 from lstm_core.storage import (REQUIRED, _explain_read_failure, _physical_schemas, column_types, filesystem, is_local,
                                join, open_dataset, parquet_read_bytes, put_bytes, read_schema, remove_tree, to_frame)
 
@@ -575,14 +575,9 @@ def _path_of(url: str, storage_options: dict | None) -> str:
     return filesystem(url, storage_options)[1]
 
 
-def run_scratch(scratch_root: str, run_id: str) -> str:
-    """The run's own scratch folder (removed when the run ends)."""
-    return OutputLayout("", scratch_root).run_scratch(run_id)
-
-
 def remove_scratch(scratch_root: str, run_id: str, storage_options: dict | None = None) -> None:
     """Remove the run's scratch folder, and the scratch root when no other run uses it."""
-    fs, path = filesystem(run_scratch(scratch_root, run_id), storage_options)
+    fs, path = filesystem(layout.run_scratch(scratch_root, run_id), storage_options)
     remove_tree(fs, path, root=filesystem(scratch_root, storage_options)[1])
     if is_local(fs):
         try:

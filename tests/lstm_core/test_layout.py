@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from lstm_core.layout import OutputLayout
+from lstm_core.modelling import ModelStore
 from lstm_core.outputs import OutputStore, committed_runs
 from lstm_core.tuning import study_url
 from tests.conftest import fast_config
@@ -31,7 +32,7 @@ def test_the_configuration_and_its_stores_use_the_one_layout(tmp_path):
     assert cfg.scratch_root == str(tmp_path / "out" / "_scratch")
     assert study_url(cfg, "s") == cfg.layout().study("s")
     store = OutputStore.open(cfg)
-    assert store.models.url == str(tmp_path / "out" / "models")
+    assert ModelStore.of(cfg).url == cfg.layout().models() == str(tmp_path / "out" / "models")
     writer = store.writer("r1")
     frame = pd.DataFrame({"series_id": pd.Series(["a"], dtype="string"), "field": ["y"], "reason": ["constant"]})
     path = writer.write("quarantine", frame, 0)
