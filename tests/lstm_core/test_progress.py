@@ -5,6 +5,8 @@ import io
 import logging
 import re
 
+import pytest
+
 from lstm_core.progress import CLEAR, Progress, _ClearBeforeLog, progress_enabled
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colours, which a terminal gets
@@ -46,55 +48,55 @@ def test_quiet_when_not_a_terminal(monkeypatch):
     assert out.getvalue() == ""
 
 
-def test_draws_in_place_on_a_terminal_and_clears_before_log_lines(monkeypatch):
+@pytest.fixture
+def logged_terminal(monkeypatch):
+    """A terminal that the root logger's console handler also writes to: (terminal, handler)."""
     monkeypatch.delenv("LSTM_FORECAST_PROGRESS", raising=False)
     term = FakeTerminal()
     handler = logging.StreamHandler(term)
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        with Progress(term, min_interval=0) as p:
-            p.update("epoch 2/3", 5, 10, "batches")
-            line = ANSI.sub("", term.getvalue())
-            # label, bar (half full), done/total, elapsed, ETA, detail
-            assert re.fullmatch(re.escape(CLEAR) + r"epoch 2/3 ━{10}╺?━* +5/10 \d+:\d\d:\d\d eta "
-                                r"(\d+:\d\d:\d\d|-:--:--) batches", line), line
-            assert "\n" not in term.getvalue()
-            logging.getLogger("tests.progress").warning("a log line")
-            assert term.getvalue().endswith(CLEAR + "a log line\n")
-            p.update("epoch 3/3", 10, 10)
-            assert ANSI.sub("", term.getvalue()).rsplit(CLEAR, 1)[1].startswith("epoch 3/3 ━")
-        assert term.getvalue().endswith(CLEAR)  # closing removes the line
-        assert not any(isinstance(f, _ClearBeforeLog) for f in handler.filters)  # detached
+        yield term, handler
     finally:
         root.removeHandler(handler)
 
 
-def test_open_bars_stack_below_the_log_lines_and_a_closed_one_leaves(monkeypatch):
+def test_draws_in_place_on_a_terminal_and_clears_before_log_lines(logged_terminal):
+    term, handler = logged_terminal
+    with Progress(term, min_interval=0) as p:
+        p.update("epoch 2/3", 5, 10, "batches")
+        line = ANSI.sub("", term.getvalue())
+        # label, bar (half full), done/total, elapsed, ETA, detail
+        assert re.fullmatch(re.escape(CLEAR) + r"epoch 2/3 ━{10}╺?━* +5/10 \d+:\d\d:\d\d eta "
+                            r"(\d+:\d\d:\d\d|-:--:--) batches", line), line
+        assert "\n" not in term.getvalue()
+        logging.getLogger("tests.progress").warning("a log line")
+        assert term.getvalue().endswith(CLEAR + "a log line\n")
+        p.update("epoch 3/3", 10, 10)
+        assert ANSI.sub("", term.getvalue()).rsplit(CLEAR, 1)[1].startswith("epoch 3/3 ━")
+    assert term.getvalue().endswith(CLEAR)  # closing removes the line
+    assert not any(isinstance(f, _ClearBeforeLog) for f in handler.filters)  # detached
+
+
+def test_open_bars_stack_below_the_log_lines_and_a_closed_one_leaves(logged_terminal):
     """The shards of a run above the backtest windows of the current shard; log lines print above both."""
-    monkeypatch.delenv("LSTM_FORECAST_PROGRESS", raising=False)
-    term = FakeTerminal()
-    handler = logging.StreamHandler(term)
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        with Progress(term, min_interval=0) as shards:
-            shards.update("shards", 1, 3, "4 series forecast")
-            with Progress(term, min_interval=0) as windows:
-                windows.update("backtest windows", 2, 3)
-                shown = screen(term.getvalue())
-                assert len(shown) == 2 and shown[0].startswith("shards ") and " 1/3 " in shown[0], shown
-                assert shown[1].startswith("backtest windows ") and " 2/3 " in shown[1], shown
-                logging.getLogger("tests.progress").warning("shard 2/3 done")
-                windows.update("backtest windows", 3, 3)
-                shown = screen(term.getvalue())
-                assert shown[0] == "shard 2/3 done" and shown[1].startswith("shards ") and " 3/3 " in shown[2], shown
-            shown = screen(term.getvalue())  # the windows' bar is gone, the shards' bar stays
-            assert len(shown) == 2 and shown[0] == "shard 2/3 done" and shown[1].startswith("shards "), shown
-        assert screen(term.getvalue()) == ["shard 2/3 done"]  # the last one wipes its line
-        assert not any(isinstance(f, _ClearBeforeLog) for f in handler.filters)
-    finally:
-        root.removeHandler(handler)
+    term, handler = logged_terminal
+    with Progress(term, min_interval=0) as shards:
+        shards.update("shards", 1, 3, "4 series forecast")
+        with Progress(term, min_interval=0) as windows:
+            windows.update("backtest windows", 2, 3)
+            shown = screen(term.getvalue())
+            assert len(shown) == 2 and shown[0].startswith("shards ") and " 1/3 " in shown[0], shown
+            assert shown[1].startswith("backtest windows ") and " 2/3 " in shown[1], shown
+            logging.getLogger("tests.progress").warning("shard 2/3 done")
+            windows.update("backtest windows", 3, 3)
+            shown = screen(term.getvalue())
+            assert shown[0] == "shard 2/3 done" and shown[1].startswith("shards ") and " 3/3 " in shown[2], shown
+        shown = screen(term.getvalue())  # the windows' bar is gone, the shards' bar stays
+        assert len(shown) == 2 and shown[0] == "shard 2/3 done" and shown[1].startswith("shards "), shown
+    assert screen(term.getvalue()) == ["shard 2/3 done"]  # the last one wipes its line
+    assert not any(isinstance(f, _ClearBeforeLog) for f in handler.filters)
 
 
 def test_draws_at_most_every_min_interval_but_always_the_last_step(monkeypatch):
