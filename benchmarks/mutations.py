@@ -198,8 +198,7 @@ MUTATIONS: list[Mutation] = [
              ("tests/lstm_core/test_core_config.py::"
               "test_model_key_changes_with_every_setting_that_changes_the_model",)),
     Mutation("R4", "retrain 'always' trains even when a model is saved", "lstm_core/model_store.py",
-             'if policy == "always":', 'if policy == "always" and not list_versions(store_url, model_key, '
-                                       "storage_options):",
+             'if policy == "always":', 'if policy == "always" and not list_versions(store, model_key):',
              ("tests/lstm_core/test_core_model_store.py::test_always_means_train_even_with_a_model",)),
     # --- landed with issue 14: tuning ----------------------------------------------------------------
     Mutation("T1", "the final window (a run's holdout, a benchmark's test) never enters tuning", "lstm_core/tuning.py",

@@ -160,7 +160,7 @@ def check_input(config) -> None:
     TensorFlow is imported or a Prefect server started (a wrong path is reported in about a second)."""
     from lstm_core.storage import check_input as check
 
-    check(config.input_url, config.storage_options, config.input_format,
+    check(config.location(config.input_url), config.input_format,
           required=[config.id_column, config.time_column, config.target_column])
 
 

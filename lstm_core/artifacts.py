@@ -37,7 +37,7 @@ from lstm_core.model_guard import UnsafeArchive, check_archive
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
 from lstm_core.secrets import scrub
-from lstm_core.storage import filesystem, join, put_bytes, storage_error, write_json
+from lstm_core.storage import Location, join, put_bytes, storage_error, write_json
 
 FORMAT_VERSION = 2  # 2: chunked, patched network with deseasonalisation
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
@@ -204,15 +204,15 @@ class LoadedModel:
     url: str
 
 
-def save(forecaster: Forecaster, store_url: str, model_key: str, *, config: dict[str, Any],
-         fingerprint: str, storage_options: dict | None = None, version: str | None = None,
-         extra: dict[str, Any] | None = None) -> str:
-    """Save a forecaster as a new version under `store_url/model_key`; returns the version."""
+def save(forecaster: Forecaster, store: Location | str, model_key: str, *, config: dict[str, Any],
+         fingerprint: str, version: str | None = None, extra: dict[str, Any] | None = None) -> str:
+    """Save a forecaster as a new version under `store/model_key`; returns the version."""
     if forecaster.per_series is not None:
         raise ArtifactError("per-series models are not saved to the model store (train them each run)")
     version = version or new_version()
     key = signing_key()
-    fs, root = filesystem(store_url, storage_options)
+    store = Location.of(store)
+    fs, root = store.fs, store.path
     base = join(root, model_key, version)
     checksums = {}
     with tempfile.TemporaryDirectory(prefix="lstm-artifact-") as tmp:
@@ -267,9 +267,10 @@ def _settings_of(config: dict[str, Any]) -> dict[str, Any]:
         return {}
 
 
-def list_versions(store_url: str, model_key: str, storage_options: dict | None = None) -> list[str]:
+def list_versions(store: Location | str, model_key: str) -> list[str]:
     """Complete versions (with metadata.json), newest first."""
-    fs, root = filesystem(store_url, storage_options)
+    store = Location.of(store)
+    fs, root = store.fs, store.path
     base = join(root, model_key)
     fs.invalidate_cache(base)
     try:
@@ -282,11 +283,11 @@ def list_versions(store_url: str, model_key: str, storage_options: dict | None =
     except FileNotFoundError:
         return []
     except Exception as exc:  # noqa: BLE001
-        raise storage_error(f"cannot list the model store {store_url}/{model_key}", exc) from None
+        raise storage_error(f"cannot list the model store {store.shown}/{model_key}", exc) from None
     return sorted(versions, reverse=True)
 
 
-def load(store_url: str, model_key: str, version: str, storage_options: dict | None = None,
+def load(store: Location | str, model_key: str, version: str,
          expect_features: tuple[str, ...] | None = None, expect_window: int | None = None,
          max_bytes: int = MAX_MODEL_BYTES, now: datetime | None = None) -> LoadedModel:
     """Load one version; refuse a corrupt, unsafe, unsigned (when a key is set) or incompatible artifact
@@ -294,9 +295,10 @@ def load(store_url: str, model_key: str, version: str, storage_options: dict | N
 
     `max_bytes` caps each member archive (its object and its unpacked entries).
     """
-    fs, root = filesystem(store_url, storage_options)
+    store = Location.of(store)
+    fs, root = store.fs, store.path
     base = join(root, model_key, version)
-    url = scrub(f"{store_url.rstrip('/')}/{model_key}/{version}")  # named in messages: no credentials
+    url = scrub(f"{store.url.rstrip('/')}/{model_key}/{version}")  # named in messages: no credentials
     key = signing_key()
     meta = parse_metadata(_read(fs, join(base, "metadata.json"), "metadata.json", url, MAX_METADATA_BYTES,
                                 missing="metadata.json missing (incomplete artifact)"), url, key)

@@ -26,6 +26,7 @@ from lstm_core.errors import ConfigError
 if TYPE_CHECKING:
     from lstm_core.layout import OutputLayout
 from lstm_core.secrets import MASK, has_credentials, is_secret_name, scrub, without_secrets
+from lstm_core.storage import Location
 
 __all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "TuningConfig", "default_season_length",
            "default_window", "load_config", "validate_config"]
@@ -371,6 +372,10 @@ class ForecastConfig(_Strict):
     @property
     def scratch_root(self) -> str:
         return self.layout().scratch()
+
+    def location(self, url: str) -> Location:
+        """`url` bound to this configuration's storage options: how every part reaches storage."""
+        return Location(url, self.storage_options)
 
     def layout(self) -> "OutputLayout":
         """Every path of the output contract under `output_url` (scratch under `scratch_url` when set)."""

@@ -47,7 +47,7 @@ from lstm_core.errors import ArtifactError
 from lstm_core.metrics import interval_columns, mase_scale
 from lstm_core.panel import Panel
 from lstm_core.secrets import scrub
-from lstm_core.storage import filesystem, is_storage_failure, join, read_json, storage_error, write_json
+from lstm_core.storage import Location, is_storage_failure, join, read_json, storage_error, write_json
 
 METHODS = ("conformal", "conformal_log")
 PRIOR_WINDOWS = 3.0  # k of the per-series blend; see the module docstring
@@ -434,24 +434,24 @@ def with_intervals(predictions: pd.DataFrame, bounds: dict[str, np.ndarray]) -> 
 
 
 # --- beside a model version ----------------------------------------------------------------------------
-def save_intervals(intervals: ConformalIntervals, store_url: str, model_key: str, version: str,
-                   storage_options: dict | None = None) -> str:
+def save_intervals(intervals: ConformalIntervals, store: Location | str, model_key: str, version: str) -> str:
     """Write `intervals.json` into the model version's folder (one whole object); returns its path."""
-    fs, root = filesystem(store_url, storage_options)
+    store = Location.of(store)
+    fs, root = store.fs, store.path
     path = join(root, model_key, version, INTERVALS_FILE)
     write_json(fs, path, intervals.to_dict(), root=root)  # locally, no planted link below the store is followed
     return path
 
 
-def load_intervals(store_url: str, model_key: str, version: str,
-                   storage_options: dict | None = None) -> ConformalIntervals | None:
+def load_intervals(store: Location | str, model_key: str, version: str) -> ConformalIntervals | None:
     """The intervals saved beside a model version; None when it has none (fitted before they existed).
 
     Raises ArtifactError for a corrupt file, StorageError when storage cannot be reached.
     """
-    fs, root = filesystem(store_url, storage_options)
+    store = Location.of(store)
+    fs, root = store.fs, store.path
     path = join(root, model_key, version, INTERVALS_FILE)
-    url = scrub(f"{store_url.rstrip('/')}/{model_key}/{version}/{INTERVALS_FILE}")
+    url = scrub(f"{store.url.rstrip('/')}/{model_key}/{version}/{INTERVALS_FILE}")
     try:
         data = read_json(fs, path)
     except FileNotFoundError:

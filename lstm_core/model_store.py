@@ -12,7 +12,7 @@ from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError, ConfigError
 from lstm_core.panel import Panel
 from lstm_core.secrets import scrub
-from lstm_core.storage import filesystem, is_storage_failure, join, read_json
+from lstm_core.storage import Location, is_storage_failure, join, read_json
 from lstm_core.training import model_inputs
 from lstm_core.windows import tail_windows, validation_span
 
@@ -51,7 +51,7 @@ def validation_loss(forecaster: Forecaster, panel: Panel, steps: int, loss: str)
 
 def decide(
     policy: str,
-    store_url: str,
+    store: Location | str,
     model_key: str,
     train_panel: Panel | None,
     *,
@@ -60,7 +60,6 @@ def decide(
     loss: str,
     max_age: timedelta,
     tolerance: float,
-    storage_options: dict | None = None,
     now: datetime | None = None,
     features: tuple[str, ...] | None = None,
     versions: list[str] | None = None,
@@ -78,20 +77,20 @@ def decide(
     if train_panel is None and policy != "never":
         raise ValueError(f"retrain policy {policy!r} needs the training data")
     expect = None if train_panel is not None else (tuple(features) if features else None)
+    store = Location.of(store)
     if policy == "always":
         return Decision("train", "retrain policy is 'always'")
     if versions is None:
-        versions = list_versions(store_url, model_key, storage_options)
+        versions = list_versions(store, model_key)
     if not versions:
         if policy == "never":
-            raise ArtifactError(f"retrain policy is 'never' but the model store {scrub(store_url)} has no model for "
+            raise ArtifactError(f"retrain policy is 'never' but the model store {store.shown} has no model for "
                                 f"this configuration (key {model_key})")
         return Decision("train", f"no saved model for this configuration (key {model_key})")
     problems = []
     for version in versions:  # newest first; fall back past corrupt or incompatible ones
         try:
-            loaded = load(store_url, model_key, version, storage_options,
-                          expect_features=expect, expect_window=window, max_bytes=max_model_bytes, now=now)
+            loaded = load(store, model_key, version, expect_features=expect, expect_window=window, max_bytes=max_model_bytes, now=now)
             if train_panel is not None:
                 # the data as this model reads them (its static vocabulary): the same columns?
                 have = tuple(loaded.forecaster.adapt(train_panel).feature_names)
@@ -134,30 +133,31 @@ def decide(
 
 
 # --- choosing by configuration: pins, training settings, and saying what differs --------------------
-def decide_for(config, store_url: str, train_panel: Panel | None, group: str | None = None,
+def decide_for(config, store: Location | str, train_panel: Panel | None, group: str | None = None,
                now: datetime | None = None) -> Decision:
     """The retrain decision for `config`: a pinned version (`model_version` / `model_url`) if set; else
     the policy over the versions under the model key, preferring those trained with the same training
     settings. Under 'never' with nothing to load, the error lists the saved models and the settings
     that differ from the request.
     """
+    store = Location.of(store)
     if config.model_url or config.model_version:
-        return load_pinned(config, store_url, train_panel)
+        return load_pinned(config, store, train_panel)
     key = config.model_key(group)
     common = dict(window=config.window, validation_steps=config.validation_steps, loss=config.training.loss,
                   max_age=config.max_model_age, tolerance=config.degradation_tolerance,
-                  storage_options=config.storage_options, now=now, max_model_bytes=config.max_model_bytes)
+                  now=now, max_model_bytes=config.max_model_bytes)
     if config.retrain == "always":
-        return decide("always", store_url, key, train_panel, **common)
-    versions = list_versions(store_url, key, config.storage_options)
+        return decide("always", store, key, train_panel, **common)
+    versions = list_versions(store, key)
     if not versions:
         if config.retrain == "never":
-            raise ArtifactError(no_model_message(config, store_url, key, group))
-        return decide("auto", store_url, key, train_panel, **common, versions=[])
+            raise ArtifactError(no_model_message(config, store, key, group))
+        return decide("auto", store, key, train_panel, **common, versions=[])
     wanted = config.training_settings()
     same, other = [], []
     for version in versions:
-        saved = _saved_training_settings(store_url, key, version, config.storage_options)
+        saved = _saved_training_settings(store, key, version)
         (same if saved == wanted else other).append((version, saved))
     if config.retrain == "auto":
         if not same:
@@ -165,25 +165,24 @@ def decide_for(config, store_url: str, train_panel: Panel | None, group: str | N
             diff = differences(saved or {}, wanted, "training")
             return Decision("train", f"saved models under key {key} were trained with other training settings "
                                      f"(newest {version}: {'; '.join(diff) or 'not recorded'})")
-        return decide("auto", store_url, key, train_panel, **common, versions=[v for v, _ in same])
+        return decide("auto", store, key, train_panel, **common, versions=[v for v, _ in same])
     note = ""
     if not same:
         diff = differences(other[0][1] or {}, wanted, "training")
         note = f" (trained with other training settings: {'; '.join(diff) or 'not recorded'})"
-    return decide("never", store_url, key, train_panel, **common,
+    return decide("never", store, key, train_panel, **common,
                   versions=[v for v, _ in same] + [v for v, _ in other], note=note)
 
 
-def _saved_training_settings(store_url: str, key: str, version: str, storage_options) -> dict | None:
-    meta = _metadata(store_url, key, version, storage_options)
+def _saved_training_settings(store: Location, key: str, version: str) -> dict | None:
+    meta = _metadata(store, key, version)
     settings = (meta or {}).get("training_settings")
     return settings if isinstance(settings, dict) else None
 
 
-def _metadata(store_url: str, key: str, version: str, storage_options) -> dict | None:
-    fs, root = filesystem(store_url, storage_options)
+def _metadata(store: Location, key: str, version: str) -> dict | None:
     try:
-        meta = read_json(fs, join(root, key, version, "metadata.json"))
+        meta = read_json(store.fs, join(store.path, key, version, "metadata.json"))
     except FileNotFoundError:
         return None
     except (ValueError, TypeError, RecursionError):
@@ -204,9 +203,10 @@ def differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def saved_models(store_url: str, storage_options=None) -> list[tuple[str, str, dict]]:
+def saved_models(store: Location | str) -> list[tuple[str, str, dict]]:
     """(model key, newest complete version, its metadata) for every key in the store."""
-    fs, root = filesystem(store_url, storage_options)
+    store = Location.of(store)
+    fs, root = store.fs, store.path
     fs.invalidate_cache(root)
     try:
         keys = sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(root, detail=False))
@@ -214,9 +214,9 @@ def saved_models(store_url: str, storage_options=None) -> list[tuple[str, str, d
         return []
     out = []
     for key in keys:
-        versions = list_versions(store_url, key, storage_options)
+        versions = list_versions(store, key)
         if versions:
-            meta = _metadata(store_url, key, versions[0], storage_options) or {}
+            meta = _metadata(store, key, versions[0]) or {}
             out.append((key, versions[0], meta))
     return out
 
@@ -233,11 +233,12 @@ def network_settings_of(meta: dict) -> dict | None:
         return None
 
 
-def no_model_message(config, store_url: str, key: str, group: str | None = None, limit: int = 10) -> str:
+def no_model_message(config, store: Location | str, key: str, group: str | None = None, limit: int = 10) -> str:
     """Why 'never' finds nothing: the saved keys, each with the settings that differ from the request."""
     wanted = config.network_settings()
     lines = []
-    for other, version, meta in saved_models(store_url, config.storage_options)[:limit]:
+    store = Location.of(store)
+    for other, version, meta in saved_models(store)[:limit]:
         saved = network_settings_of(meta)
         if saved is None:
             lines.append(f"key {other} ({version}): settings not recorded")
@@ -247,7 +248,7 @@ def no_model_message(config, store_url: str, key: str, group: str | None = None,
             diff.append(f"group: saved {meta.get('group')!r}, requested {group!r}")
         lines.append(f"key {other} ({version}): " + ("; ".join(diff) or "same network settings"))
     saved_text = " | ".join(lines) if lines else "none"
-    return (f"retrain policy is 'never' but the model store {scrub(store_url)} has no model for this configuration "
+    return (f"retrain policy is 'never' but the model store {store.shown} has no model for this configuration "
             f"(key {key}); saved models: {saved_text}")
 
 
@@ -259,27 +260,27 @@ def split_model_url(url: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def load_pinned(config, store_url: str, train_panel: Panel | None) -> Decision:
+def load_pinned(config, store: Location | str, train_panel: Panel | None) -> Decision:
     """Load the version `model_url` or `model_version` names, whatever the retrain policy.
 
     Refused (ArtifactError) when it is missing or takes other inputs than the configuration gives.
     """
-    options = config.storage_options
+    store = Location.of(store)
     if config.model_url:
         try:
-            store, key, version = split_model_url(config.model_url)
+            url, key, version = split_model_url(config.model_url)
         except ValueError as exc:
             raise ConfigError(f"setting 'model_url': {exc}") from None
+        store = store.with_url(url)
     else:
-        store, version = store_url, config.model_version
-        fs, root = filesystem(store_url, options)
-        found = [k for k, _, _ in saved_models(store_url, options) if fs.exists(join(root, k, version, "metadata.json"))]
+        version = config.model_version
+        found = [k for k, _, _ in saved_models(store) if store.fs.exists(join(store.path, k, version, "metadata.json"))]
         if not found:
-            newest = [f"{k}/{v}" for k, v, _ in saved_models(store_url, options)[:5]]
-            raise ArtifactError(f"model_version {version} is not in the model store {scrub(store_url)} "
+            newest = [f"{k}/{v}" for k, v, _ in saved_models(store)[:5]]
+            raise ArtifactError(f"model_version {version} is not in the model store {store.shown} "
                                 f"(newest per key: {', '.join(newest) or 'none'})")
         key = found[0]
-    loaded = load(store, key, version, options, max_bytes=config.max_model_bytes)
+    loaded = load(store, key, version, max_bytes=config.max_model_bytes)
     saved = network_settings_of(loaded.metadata)
     if saved is not None:
         wanted = config.network_settings()

@@ -32,6 +32,7 @@ from lstm_core.model_store import Decision, decide_for, split_model_url
 from lstm_core.panel import Panel
 from lstm_core.progress import Progress
 from lstm_core.retries import call_with_retries
+from lstm_core.storage import Location
 from lstm_core.tuning import check_tuned_fits
 from lstm_core.validation import SkippedSeries, ValidationResult, min_train_length
 from lstm_core.windows import target_bounds, validation_span, windows_per_series
@@ -97,33 +98,35 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
 class ModelStore:
     """Where models are kept: `<url>/<model key>/<version>/` (weights, metadata, saved intervals).
 
-    Opened once per run (`ModelStore.of(config)`); the storage options travel with it, so callers pass
-    the store, not URLs and options.
+    Opened once per run (`ModelStore.of(config)`); it owns its `Location` (URL and filesystem), so
+    callers pass the store, not URLs and options.
     """
 
-    url: str
-    storage_options: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    location: Location
 
     @classmethod
     def of(cls, config: ForecastConfig) -> "ModelStore":
-        return cls(config.layout().models(), dict(config.storage_options or {}))
+        return cls(config.location(config.layout().models()))
+
+    @property
+    def url(self) -> str:
+        return self.location.url
 
     def decide(self, spec: ModelSpec, newest: Panel | None) -> Decision:
         """Load or train, and why (`lstm_core.model_store.decide_for`): `newest` is the data a saved
         model is checked against (None under retrain 'never' or a pinned model)."""
-        return decide_for(spec.config, self.url, newest, spec.group)
+        return decide_for(spec.config, self.location, newest, spec.group)
 
     def save(self, forecaster: Forecaster, spec: ModelSpec, fingerprint: str, version: str) -> None:
         """Write a version (retried in place on storage hiccups: the training is never repeated)."""
         config = spec.config
-        call_with_retries(artifacts.save, forecaster, self.url, spec.key, config=config.public_dict(),
-                          fingerprint=fingerprint, storage_options=self.storage_options, version=version,
+        call_with_retries(artifacts.save, forecaster, self.location, spec.key, config=config.public_dict(),
+                          fingerprint=fingerprint, version=version,
                           extra={"group": spec.group} if config.group_column is not None else None,
                           what="saving the model")
 
     def save_intervals(self, intervals: ConformalIntervals, key: str, version: str) -> None:
-        call_with_retries(save_intervals, intervals, self.url, key, version, self.storage_options,
-                          what="saving the intervals")
+        call_with_retries(save_intervals, intervals, self.location, key, version, what="saving the intervals")
 
     def open(self, ref: ModelRef, config: ForecastConfig, log=None) -> "ModelChoice":
         """The stored version `ref` names, with the intervals saved beside it: what its shards forecast with.
@@ -133,9 +136,8 @@ class ModelStore:
         """
         log = log or _log
         # a model pinned by `model_url` may live in another store than this run's
-        url = split_model_url(config.model_url)[0] if config.model_url else self.url
-        loaded = artifacts.load(url, ref.model_key, ref.version, self.storage_options,
-                                max_bytes=config.max_model_bytes)
+        store = self.location.with_url(split_model_url(config.model_url)[0]) if config.model_url else self.location
+        loaded = artifacts.load(store, ref.model_key, ref.version, max_bytes=config.max_model_bytes)
         decision = Decision(ref.decision["action"], ref.decision["reason"], loaded)
         return ModelChoice(loaded.forecaster, loaded.forecaster, decision, ref.version, ref.group,
                            first_window=ref.first_window, intervals=_saved_intervals(self, loaded, config, log),
@@ -144,7 +146,8 @@ class ModelStore:
     def load_intervals(self, url: str) -> ConformalIntervals | None:
         """The intervals saved beside the version at `url` (`<store>/<key>/<version>`); None when it has none.
         Raises ArtifactError when they are corrupt."""
-        return load_intervals(*split_model_url(url), self.storage_options)
+        store, key, version = split_model_url(url)
+        return load_intervals(self.location.with_url(store), key, version)
 
 
 # --- get or train ------------------------------------------------------------------------------------

@@ -34,13 +34,12 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
-from lstm_core.config import with_environment_secrets
 from lstm_core.layout import FOLDERS, LEASE, MANIFEST, TABLES, OutputLayout
 from lstm_core.metrics import interval_columns
 from lstm_core.realised import interval_levels, realised_schema
 from lstm_core.records import Manifest
-from lstm_core.secrets import scrub, without_secrets
-from lstm_core.storage import (LinkRefused, filesystem, is_local, join, put_bytes, read_json, remove_file, remove_tree,
+from lstm_core.secrets import scrub
+from lstm_core.storage import (LinkRefused, Location, is_local, join, put_bytes, read_json, remove_file, remove_tree,
                                write_json, write_parquet)
 
 __all__ = ["FOLDERS", "MANIFEST", "TABLES", "OutputStore", "RunWriter", "committed_runs", "read_committed",
@@ -112,35 +111,34 @@ class RunWriter:
     root: str
     run_id: str
     lease: Any = None  # a lstm_core.lease.RunLease; checked before clearing and before committing
-    url: str | None = None  # set by `open`: lets a copy rebuild its filesystem without pickled credentials
-    storage_options: dict | None = None
+    location: Location | None = None  # set by `open`: lets a copy rebuild its filesystem without pickled credentials
 
     def __getstate__(self) -> dict[str, Any]:
         # Shard tasks on Dask workers get a copy without the lease (it holds a heartbeat thread):
         # the flow's process owns the lease and checks it before clearing and before committing.
-        # Nor the filesystem, which would pickle its credentials: the copy rebuilds it from the URL and
-        # the storage options without secrets, plus those of its own environment.
+        # Nor the filesystem, which would pickle its credentials: the copy rebuilds it from its Location
+        # (which travels without secrets and takes those of the receiving process's environment).
         state = {**self.__dict__, "lease": None}
-        if self.url is not None:
-            state.update(fs=None, storage_options=without_secrets(self.storage_options or {}))
+        if self.location is not None:
+            state["fs"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if self.fs is None:
-            self.storage_options = with_environment_secrets(self.storage_options or {})
-            self.fs = filesystem(self.url, self.storage_options)[0]
+            self.fs = self.location.fs
 
     @classmethod
-    def open(cls, output_url: str, run_id: str, storage_options: dict | None = None) -> "RunWriter":
+    def open(cls, output: Location | str, run_id: str) -> "RunWriter":
         """The writer of one run. Locally, refuses (LinkRefused) an output root whose folders are links."""
-        fs, root = filesystem(output_url, storage_options)
+        output = Location.of(output)
+        fs, root = output.fs, output.path
         if is_local(fs):
             for name in FOLDERS:  # the model store and scratch are written from their own roots: check here
                 if os.path.islink(os.path.join(root, name)):
                     raise LinkRefused(f"{scrub(os.path.join(root, name))} is a symbolic link: refusing to write "
                                       f"through it (the job writes only real folders under the output root)")
-        return cls(fs, root, run_id, url=output_url, storage_options=dict(storage_options or {}))
+        return cls(fs, root, run_id, location=output)
 
     @property
     def layout(self) -> OutputLayout:
@@ -226,17 +224,26 @@ class OutputStore:
     (`ModelStore.of`). No other code builds these paths: lstm_core.layout holds them.
     """
 
-    url: str
-    fs: fsspec.AbstractFileSystem
-    root: str  # the filesystem's path for `url`
-    storage_options: dict[str, Any]
+    location: Location  # the output root: its URL and the filesystem that reaches it
     scratch_url: str | None = None
 
     @classmethod
     def open(cls, config) -> "OutputStore":
         """The store of `config.output_url` (a ForecastConfig); scratch under `scratch_url` when set."""
-        fs, root = filesystem(config.output_url, config.storage_options)
-        return cls(config.output_url, fs, root, dict(config.storage_options or {}), config.scratch_url)
+        return cls(config.location(config.output_url), config.scratch_url)
+
+    @property
+    def url(self) -> str:
+        return self.location.url
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self.location.fs
+
+    @property
+    def root(self) -> str:
+        """The filesystem's path for `url`."""
+        return self.location.path
 
     @property
     def layout(self) -> OutputLayout:
@@ -250,10 +257,10 @@ class OutputStore:
 
     def writer(self, run_id: str) -> RunWriter:
         """The writer of one run (refuses, locally, an output root whose folders are links)."""
-        return RunWriter.open(self.url, run_id, self.storage_options)
+        return RunWriter.open(self.location, run_id)
 
     def committed_runs(self) -> list[str]:
-        return committed_runs(self.url, self.storage_options)
+        return committed_runs(self.location)
 
     def partitions(self, run_id: str, tables: Sequence[str]) -> dict[str, str]:
         """table -> its partition of `run_id` (the manifest's `outputs` of a sharded run)."""
@@ -263,7 +270,7 @@ class OutputStore:
         """Remove the run's scratch folder (a sharded run's split input)."""
         from lstm_core.sharding import remove_scratch
 
-        remove_scratch(self.url_layout.scratch(), run_id, self.storage_options)
+        remove_scratch(self.location.with_url(self.url_layout.scratch()), run_id)
 
 
 def _tz_of(column: pd.Series) -> str | None:
@@ -271,9 +278,11 @@ def _tz_of(column: pd.Series) -> str | None:
     return str(tz) if tz is not None else None
 
 
-def committed_runs(output_url: str, storage_options: dict | None = None) -> list[str]:
-    """Run ids whose manifest says succeeded: the runs a reader may trust."""
-    fs, root = filesystem(output_url, storage_options)
+def committed_runs(output: Location | str, storage_options: dict | None = None) -> list[str]:
+    """Run ids whose manifest says succeeded: the runs a reader may trust. `output`: the output root
+    (a URL, reached with the fsspec `storage_options`, or a Location)."""
+    output = Location.of(output, storage_options)
+    fs, root = output.fs, output.path
     layout = OutputLayout(root)
     base = layout.runs()
     fs.invalidate_cache(base)
@@ -295,11 +304,13 @@ def committed_runs(output_url: str, storage_options: dict | None = None) -> list
     return sorted(ok)
 
 
-def read_committed(output_url: str, table: str, storage_options: dict | None = None) -> pd.DataFrame:
-    """A table's rows from committed runs only (what a careful downstream reader does)."""
-    fs, root = filesystem(output_url, storage_options)
+def read_committed(output: Location | str, table: str, storage_options: dict | None = None) -> pd.DataFrame:
+    """A table's rows from committed runs only (what a careful downstream reader does). `output`: the
+    output root (a URL, reached with the fsspec `storage_options`, or a Location)."""
+    output = Location.of(output, storage_options)
+    fs, root = output.fs, output.path
     frames = []
-    for rid in committed_runs(output_url, storage_options):
+    for rid in committed_runs(output):
         partition = OutputLayout(root).partition(table, rid)
         fs.invalidate_cache(partition)
         try:
@@ -313,7 +324,7 @@ def read_committed(output_url: str, table: str, storage_options: dict | None = N
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def table_schema(output_url: str, table: str, storage_options: dict | None = None) -> pa.Schema:
+def table_schema(output: Location | str, table: str, storage_options: dict | None = None) -> pa.Schema:
     """The schema of every run of `table` together, for reading its folder as one dataset.
 
     pandas and pyarrow take a dataset's schema from its first file, so a run written before a column
@@ -324,7 +335,8 @@ def table_schema(output_url: str, table: str, storage_options: dict | None = Non
     """
     import pyarrow.parquet as pq
 
-    fs, root = filesystem(output_url, storage_options)
+    output = Location.of(output, storage_options)
+    fs, root = output.fs, output.path
     base = join(root, table)
     fs.invalidate_cache(base)
     try:
@@ -336,7 +348,7 @@ def table_schema(output_url: str, table: str, storage_options: dict | None = Non
         with fs.open(path, "rb") as fh:
             schemas.append(pq.read_schema(fh).remove_metadata())
     if not schemas:
-        raise FileNotFoundError(f"no part files under {scrub(join(output_url, table))}")
+        raise FileNotFoundError(f"no part files under {scrub(join(output.url, table))}")
     unified = pa.unify_schemas(schemas, promote_options="permissive")
     return unified if "run" in unified.names else unified.append(pa.field("run", pa.string()))
 

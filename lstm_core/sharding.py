@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 
 from lstm_core import layout
 from lstm_core.errors import DataValidationError, StorageError
-from lstm_core.storage import (REQUIRED, _explain_read_failure, _physical_schemas, column_types, filesystem, is_local,
+from lstm_core.storage import (REQUIRED, Location, _explain_read_failure, _physical_schemas, column_types, is_local,
                                join, open_dataset, parquet_read_bytes, put_bytes, read_schema, remove_tree, to_frame)
 
 SHARD_KEY = "lstm-fc-shard-01"  # 16-byte SipHash keys: shard assignment and training sample are independent
@@ -139,14 +139,14 @@ class _Input:
     ignored: list[str] = field(default_factory=list)  # the first file's columns that are not read
 
 
-def _open_input(url: str, storage_options: dict | None, columns: list[str] | None,
+def _open_input(source: Location, columns: list[str] | None,
                 filters: list[list[Any]] | None, group_column: str | None, *, input_format: str = "auto",
                 names: dict[str, str] | None = None, numeric: list[str] | tuple[str, ...] = ()) -> _Input:
     """The same dataset, columns, types and checks as `storage.read_series`, without reading the rows."""
     names = {**{c: c for c in REQUIRED}, **(names or {})}
     required = [names[c] for c in REQUIRED]
     numeric = [names["y"], *numeric]
-    dataset, fs, path, url, _ = open_dataset(url, storage_options, input_format,
+    dataset, fs, path, url, _ = open_dataset(source, input_format,
                                              column_types(names, numeric))  # url: as messages may name it
     files = list(dataset.files)
     try:
@@ -261,8 +261,7 @@ def _decoded(column: pa.ChunkedArray | pa.Array) -> pa.Array:
 
 # --- plan -------------------------------------------------------------------
 def plan_shards(
-    url: str,
-    storage_options: dict | None = None,
+    source: Location | str,
     *,
     columns: list[str] | None = None,
     filters: list[list[Any]] | None = None,
@@ -287,7 +286,9 @@ def plan_shards(
     needs more than one shard. `names` maps series_id, ds and y to the input's column names;
     `infer_freq`: also read the timestamps of a sample of series and infer their frequency.
     """
-    src = _open_input(url, storage_options, columns, filters, group_column, input_format=input_format,
+    source = Location.of(source)
+    url = source.shown
+    src = _open_input(source, columns, filters, group_column, input_format=input_format,
                       names=names, numeric=numeric)
     keys = [src.names["series_id"], *([group_column] if group_column else [])]
     row_bytes = _RowBytes(src, [*src.columns, *([group_column] if group_column else [])])
@@ -460,9 +461,10 @@ class _ScratchShard:
             self._open()
 
 
-def read_shard(url: str, storage_options: dict | None = None, names: dict[str, str] | None = None) -> pd.DataFrame:
+def read_shard(shard: Location | str, names: dict[str, str] | None = None) -> pd.DataFrame:
     """A shard's rows, as `storage.read_series` would return them from the input (standard column names)."""
-    fs, folder = filesystem(url, storage_options)
+    shard = Location.of(shard)
+    fs, folder, url = shard.fs, shard.path, shard.shown
     fs.invalidate_cache(folder)
     try:
         parts = sorted(p for p in fs.ls(folder, detail=False) if p.endswith(".arrow"))
@@ -477,31 +479,35 @@ def read_shard(url: str, storage_options: dict | None = None, names: dict[str, s
     return to_frame(pa.concat_tables(tables), names)
 
 
-def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
+def split_shards(source: Location | str, plan: ShardPlan, *,
                  filters: list[list[Any]] | None = None, columns: list[str] | None = None,
                  input_format: str = "auto", names: dict[str, str] | None = None,
                  numeric: list[str] | tuple[str, ...] = ()) -> ShardPlan:
     """Write each shard's rows (and each group's training sample) to its scratch file in one pass.
 
-    Returns the plan with the rows written per shard. Memory: one input batch plus at most
+    The scratch files are reached with `source`'s storage options. Returns the plan with the rows
+    written per shard. Memory: one input batch plus at most
     `SCRATCH_BUFFER_BYTES` of compressed rows waiting to be written, whatever the input's size.
     """
     if not plan.sharded:
         return plan
-    src = _open_input(url, storage_options, columns, filters, plan.group_column, input_format=input_format,
+    source = Location.of(source)
+    url = source.shown
+    src = _open_input(source, columns, filters, plan.group_column, input_format=input_format,
                       names=names, numeric=numeric)
-    fs, _ = filesystem(plan.scratch, storage_options)
+    scratch = source.with_url(plan.scratch)
+    fs = scratch.fs
     read = [*plan.columns, *([plan.group_column] if plan.group_column else [])]
     # The input's pandas metadata too, so a shard reads back with the dtypes the input itself reads with.
     schema = pa.schema([src.dataset.schema.field(c) for c in plan.columns], metadata=src.dataset.schema.metadata)
     by_index = {s.index: s for s in plan.shards}
     outs: dict[Any, _ScratchShard] = {}
-    root = _path_of(plan.scratch, storage_options)  # no link below the run's scratch folder is followed
+    root = scratch.path  # no link below the run's scratch folder is followed
     for s in plan.shards:
-        outs[s.index] = _ScratchShard(fs, _path_of(s.url, storage_options), schema, root)
+        outs[s.index] = _ScratchShard(fs, source.with_url(s.url).path, schema, root)
     for gi, g in enumerate(plan.groups):
         if g.train is not None and g.train.url is not None:
-            outs[("train", gi)] = _ScratchShard(fs, _path_of(g.train.url, storage_options), schema, root)
+            outs[("train", gi)] = _ScratchShard(fs, source.with_url(g.train.url).path, schema, root)
     buffered = 0
     group_index = {g.name: gi for gi, g in enumerate(plan.groups)}
     n_shards = np.array([g.n_shards for g in plan.groups], dtype=np.uint64)
@@ -550,7 +556,7 @@ def split_shards(url: str, storage_options: dict | None, plan: ShardPlan, *,
                 largest.flush()
                 buffered += largest.size  # the fresh, empty stream's header
     except BaseException:
-        remove_tree(fs, _path_of(plan.scratch, storage_options))
+        remove_tree(fs, scratch.path)
         raise
     for out in outs.values():
         out.flush(last=True)
@@ -571,14 +577,12 @@ def _write(out: _ScratchShard, table: pa.Table) -> int:
     return out.size - before
 
 
-def _path_of(url: str, storage_options: dict | None) -> str:
-    return filesystem(url, storage_options)[1]
-
-
-def remove_scratch(scratch_root: str, run_id: str, storage_options: dict | None = None) -> None:
+def remove_scratch(scratch_root: Location | str, run_id: str) -> None:
     """Remove the run's scratch folder, and the scratch root when no other run uses it."""
-    fs, path = filesystem(layout.run_scratch(scratch_root, run_id), storage_options)
-    remove_tree(fs, path, root=filesystem(scratch_root, storage_options)[1])
+    scratch_root = Location.of(scratch_root)
+    run_scratch = scratch_root.with_url(layout.run_scratch(scratch_root.url, run_id))
+    fs, path = run_scratch.fs, run_scratch.path
+    remove_tree(fs, path, root=scratch_root.path)
     if is_local(fs):
         try:
             fs.rmdir(path.rsplit("/", 1)[0])  # only if empty

@@ -13,7 +13,9 @@ import io
 import json
 import os
 import uuid
-from typing import Any, NamedTuple, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import fsspec
 import pandas as pd
@@ -24,7 +26,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from lstm_core.errors import DataValidationError, LstmForecastError, StorageError
-from lstm_core.secrets import scrub, url_credentials
+from lstm_core.secrets import scrub, url_credentials, without_secrets
 
 REQUIRED = ("series_id", "ds", "y")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.lz4")
@@ -70,6 +72,70 @@ def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple
 
 def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+@dataclass(frozen=True, eq=False)
+class Location:
+    """A URL bound to the filesystem that reaches it: the one place storage options are applied.
+
+    Functions that read or write storage take a Location, never a (url, storage_options) pair; a
+    configuration makes them (`ForecastConfig.location`). `fs` and `path` are fsspec's filesystem and
+    the path on it (trailing '/' dropped), made on first use. Pickled (to a Dask worker), a Location
+    leaves its secret options behind and takes them from the receiving process's environment, as
+    ForecastConfig does.
+    """
+
+    url: str
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def of(cls, where: "str | Location", storage_options: Mapping[str, Any] | None = None) -> "Location":
+        """`where` as a Location: a URL gets `storage_options` (none by default); a Location is kept."""
+        return where if isinstance(where, Location) else cls(str(where), dict(storage_options or {}))
+
+    @cached_property
+    def _reached(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        return filesystem(self.url, dict(self.options))
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self._reached[0]
+
+    @property
+    def path(self) -> str:
+        return self._reached[1]
+
+    @property
+    def shown(self) -> str:
+        """The URL as messages may name it: without credentials."""
+        return scrub(self.url)
+
+    def child(self, *parts: str) -> "Location":
+        """The Location of `parts` below this one, on the same storage."""
+        return Location(join(self.url, *parts), self.options)
+
+    def with_url(self, url: str) -> "Location":
+        """Another URL reached with the same storage options (a shard of this run's scratch, say)."""
+        return Location(url, self.options)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Location) and (self.url, dict(self.options)) == (other.url, dict(other.options))
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    def __reduce__(self):
+        return (_relocated, (self.url, without_secrets(dict(self.options))))
+
+    def __str__(self) -> str:
+        return self.shown
+
+
+def _relocated(url: str, options: dict[str, Any]) -> Location:
+    """A Location rebuilt in another process: its secret options from this process's environment."""
+    from lstm_core.config import with_environment_secrets  # noqa: PLC0415 - config imports this module
+
+    return Location(url, with_environment_secrets(options))
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -132,9 +198,9 @@ def file_format(input_format: str, column_types: dict[str, pa.DataType] | None =
     return PARQUET
 
 
-def open_dataset(url: str, storage_options: dict[str, Any] | None = None, input_format: str = "auto",
+def open_dataset(source: Location | str, input_format: str = "auto",
                  column_types: dict[str, pa.DataType] | None = None) -> OpenedDataset:
-    """The dataset (Parquet or CSV; file or hive folder) at `url`, listed but not read.
+    """The dataset (Parquet or CSV; file or hive folder) at `source`, listed but not read.
 
     `input_format` 'auto': CSV when the path, or every file of the folder, ends in .csv (optionally
     compressed), else Parquet. A missing, empty or unreadable input raises DataValidationError naming it;
@@ -142,9 +208,9 @@ def open_dataset(url: str, storage_options: dict[str, Any] | None = None, input_
     """
     if input_format not in ("auto", "parquet", "csv"):
         raise ValueError(f"input_format must be auto, parquet or csv, not {input_format!r}")
-    shown = scrub(url)
-    hide = url_credentials(url)
-    fs, path = filesystem(url, storage_options)
+    source = Location.of(source)
+    shown, hide = source.shown, url_credentials(source.url)
+    fs, path = source.fs, source.path
     try:
         exists = fs.exists(path)
     except Exception as exc:  # noqa: BLE001 - anything here is about reaching storage
@@ -186,11 +252,11 @@ def column_types(names: dict[str, str], numeric: list[str] | tuple[str, ...] = (
             **{c: pa.float64() for c in numeric}}
 
 
-def check_input(url: str, storage_options: dict[str, Any] | None = None, input_format: str = "auto",
+def check_input(source: Location | str, input_format: str = "auto",
                 required: list[str] | tuple[str, ...] | None = None) -> OpenedDataset:
     """Cheap check that the input exists and is readable: list it, read the first file's schema, and
     find the `required` columns. No rows are read. Raises DataValidationError or StorageError."""
-    opened = open_dataset(url, storage_options, input_format)
+    opened = open_dataset(source, input_format)
     fragment = next(iter(opened.dataset.get_fragments()), None)
     if fragment is not None:
         try:
@@ -240,8 +306,7 @@ def _utf8(value: Any) -> bytes:
 
 
 def read_series(
-    url: str,
-    storage_options: dict[str, Any] | None = None,
+    source: Location | str,
     columns: list[str] | None = None,
     filters: list[list[Any]] | None = None,
     *,
@@ -261,8 +326,7 @@ def read_series(
     names = {**{c: c for c in REQUIRED}, **(names or {})}
     required = [names[c] for c in REQUIRED]
     numeric = [names["y"], *numeric]
-    dataset, fs, path, shown, hide = open_dataset(url, storage_options, input_format,
-                                                  column_types(names, numeric))
+    dataset, fs, path, shown, hide = open_dataset(source, input_format, column_types(names, numeric))
     expr = pq.filters_to_expression(filters) if filters else None
     try:
         fragments = list(dataset.get_fragments(filter=expr)) if expr is not None else list(dataset.get_fragments())

@@ -388,9 +388,7 @@ def study_url(config: ForecastConfig, study: str | None = None) -> str:
 
 
 def _fs(config: ForecastConfig):
-    from lstm_core.storage import filesystem
-
-    return filesystem(config.output_url, config.storage_options)[0]
+    return config.location(config.output_url).fs
 
 
 def load_trials(config: ForecastConfig, study: str | None = None) -> list:

@@ -21,7 +21,7 @@ def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.Da
     logger = get_run_logger()
     if shard is not None and shard.url is not None:
         source = shard.url
-        frame = read_shard(shard.url, config.storage_options, config.column_names())
+        frame = read_shard(config.location(shard.url), config.column_names())
     else:
         source = config.input_url
         filters = config.filters
@@ -29,7 +29,7 @@ def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.Da
             filters = [*(filters or []), [config.id_column, "in", list(shard.series_ids)]]
         # Only the id, time, target and declared covariate columns are read (the group column names
         # the model and is read by the planner only).
-        frame = read_series(config.input_url, config.storage_options, config.read_columns(), filters,
+        frame = read_series(config.location(config.input_url), config.read_columns(), filters,
                             **config.input_options())
     logger.info("%sread %d rows, %d series from %s", f"{shard.name}: " if shard is not None else "", len(frame),
                 frame["series_id"].nunique(), redact_url(source))

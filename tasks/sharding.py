@@ -19,7 +19,7 @@ def plan_shards(config: ForecastConfig, run_id: str) -> ShardPlan:
     frequency from a sample of the series when it is not set."""
     logger = get_run_logger()
     scratch = config.layout().run_scratch(run_id)
-    plan = sharding.plan_shards(config.input_url, config.storage_options, columns=config.read_columns(),
+    plan = sharding.plan_shards(config.location(config.input_url), columns=config.read_columns(),
                                 filters=config.filters, shard_size=config.shard_size, shard_rows=config.shard_rows,
                                 shard_bytes=config.shard_bytes,
                                 group_column=config.group_column, max_train_series=config.training.max_series,
@@ -43,7 +43,7 @@ def split_shards(config: ForecastConfig, plan: ShardPlan) -> ShardPlan:
     """One streaming pass over the input that writes each shard's rows to its own scratch file."""
     logger = get_run_logger()
     t0 = time.perf_counter()
-    split = sharding.split_shards(config.input_url, config.storage_options, plan, filters=config.filters,
+    split = sharding.split_shards(config.location(config.input_url), plan, filters=config.filters,
                                   columns=config.read_columns(), **config.input_options())
     split.split_seconds = round(time.perf_counter() - t0, 3)
     logger.info("split %d rows into %d shard files in %.1f s", sum(s.rows or 0 for s in split.shards),

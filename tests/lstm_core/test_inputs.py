@@ -31,7 +31,7 @@ def both_ways(url: str, tmp_path, **kw) -> tuple[pd.DataFrame, pd.DataFrame]:
     plan = plan_shards(url, columns=columns, shard_size=2, shard_rows=10**9, scratch=str(tmp_path / "scratch"),
                        **kw)
     assert plan.sharded
-    split = split_shards(url, None, plan, columns=columns, **kw)
+    split = split_shards(url, plan, columns=columns, **kw)
     sharded = pd.concat([read_shard(s.url, names=kw.get("names")) for s in split.shards], ignore_index=True)
     order = ["series_id", "ds"]
     return (direct.sort_values(order).reset_index(drop=True), sharded.sort_values(order).reset_index(drop=True))

@@ -39,7 +39,7 @@ def test_small_input_is_one_shard_read_directly(tmp_path):
     plan = plan_shards(url, shard_size=100, scratch=str(tmp_path / "scratch"))
     assert plan.n_series == 12 and plan.n_shards == 1 and not plan.sharded
     assert plan.shards[0].url is None and plan.groups[0].train is None  # trains on its only shard
-    assert split_shards(url, None, plan) is plan and not (tmp_path / "scratch").exists()
+    assert split_shards(url, plan) is plan and not (tmp_path / "scratch").exists()
 
 
 def test_split_writes_each_shard_its_own_series_and_rows(tmp_path):
@@ -50,7 +50,7 @@ def test_split_writes_each_shard_its_own_series_and_rows(tmp_path):
     expected = {k: set(ids[shard_of(ids, n) == k]) for k in range(n)}
     assert plan.sharded and plan.rows == len(frame)
     assert {s.index: s.n_series for s in plan.shards} == {k: len(v) for k, v in expected.items() if v}
-    split = split_shards(url, None, plan)
+    split = split_shards(url, plan)
     seen = 0
     for s in split.shards:
         part = read_shard(s.url)
@@ -76,7 +76,7 @@ def test_training_sample_is_bounded_stable_and_written_in_the_same_pass(tmp_path
     again = plan_shards(url, shard_size=10, max_train_series=8, scratch=str(tmp_path / "s"))
     g = plan.groups[0]
     assert g.sample_size == 8 and g.train is not None and g.train.role == "train"
-    split = split_shards(url, None, plan)
+    split = split_shards(url, plan)
     sample = read_shard(split.groups[0].train.url)
     assert sample["series_id"].nunique() == 8 and split.groups[0].train.rows == 8 * 60
     assert g.train_threshold == again.groups[0].train_threshold  # the same sample every run
@@ -90,7 +90,7 @@ def test_groups_get_their_own_shards(tmp_path):
     plan = plan_shards(url, shard_size=4, group_column="line", scratch=str(tmp_path / "s"))
     assert [g.name for g in plan.groups] == ["a", "b"] and plan.columns == ["series_id", "ds", "y"]
     assert plan.features == ("y",)  # the group column is not a covariate
-    split = split_shards(url, None, plan)
+    split = split_shards(url, plan)
     group_of = frame.drop_duplicates("series_id").set_index("series_id")["line"]
     for s in split.shards:
         assert set(group_of[read_shard(s.url)["series_id"].unique()]) == {s.group}

@@ -16,7 +16,7 @@ import flows.batch_forecast as bf
 from lstm_core import sharding
 from lstm_core.errors import StorageError
 from lstm_core.outputs import read_committed
-from lstm_core.storage import read_series
+from lstm_core.storage import Location, read_series
 from tests.conftest import make_frame
 from tests.faultproxy import Rule
 from tests.reliability.conftest import FAST, H, direct_fs, keys_under, put_frame, read_parquet
@@ -137,12 +137,13 @@ def test_denied_listing_is_a_storage_error_when_planning_shards_as_when_reading(
     put_frame(fs, f"{s3_bucket}/in/part-1.parquet", frame.iloc[100:])
     # The existence check (a listing of one key) passes; listing the dataset's files is denied.
     proxy = make_proxy(rate=0.0, rules=[Rule("403", "GET", r"(?!.*max-keys=1).*list-type=2.*")])
-    url, options = f"{s3_bucket}/in", {"endpoint_url": proxy.url}
+    url = f"{s3_bucket}/in"
+    source = Location(url, {"endpoint_url": proxy.url})
     with pytest.raises(StorageError) as planned:
-        sharding.plan_shards(url, options, columns=None, filters=None, shard_size=2, shard_rows=10**6,
+        sharding.plan_shards(source, columns=None, filters=None, shard_size=2, shard_rows=10**6,
                              group_column=None, max_train_series=None, scratch=f"{s3_bucket}/scratch")
     with pytest.raises(StorageError) as read:
-        read_series(url, options)
+        read_series(source)
     for err in (planned.value, read.value):
         assert f"input {url}: cannot list the dataset: permission denied" in str(err)
         assert not err.transient

@@ -142,7 +142,7 @@ def test_configuration_and_writer_pickle_without_credentials(s3_bucket, s3_endpo
     secret, key = "pickled-secret-0123456789", "AKIAPICKLED0123"
     options = {"key": key, "secret": secret, "endpoint_url": s3_endpoint}
     config = validate_config({"output_url": f"{s3_bucket}/out", "storage_options": options})
-    writer = RunWriter.open(config.output_url, "r1", config.storage_options)
+    writer = RunWriter.open(config.location(config.output_url), "r1")
     monkeypatch.delenv("LSTM_FORECAST_STORAGE_OPTIONS", raising=False)
     for obj in (config, writer):
         blob = pickle.dumps(obj)
