@@ -94,9 +94,15 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
 
 
 # --- the model store ----------------------------------------------------------------------------------
+# Under `refit`, the model that scored the backtest (trained before the earliest cutoff) is kept inside the
+# version of the final one, at `<version>/backtest/<version>/`: below a version, so never a candidate to load.
+BACKTEST_MODEL = "backtest"
+
+
 @dataclass(frozen=True)
 class ModelStore:
-    """Where models are kept: `<url>/<model key>/<version>/` (weights, metadata, saved intervals).
+    """Where models are kept: `<url>/<model key>/<version>/` (weights, metadata, saved intervals; under
+    `refit`, the model that scored the backtest in `backtest/<version>/`).
 
     Opened once per run (`ModelStore.of(config)`); it owns its `Location` (URL and filesystem), so
     callers pass the store, not URLs and options.
@@ -117,13 +123,19 @@ class ModelStore:
         model is checked against (None under retrain 'never' or a pinned model)."""
         return decide_for(spec.config, self.location, newest, spec.group)
 
-    def save(self, forecaster: Forecaster, spec: ModelSpec, fingerprint: str, version: str) -> None:
-        """Write a version (retried in place on storage hiccups: the training is never repeated)."""
+    def save(self, forecaster: Forecaster, spec: ModelSpec, fingerprint: str, version: str,
+             backtest: Forecaster | None = None) -> None:
+        """Write a version (retried in place on storage hiccups: the training is never repeated).
+        `backtest`: under refit, the model that scores the backtest, written first (inside the version,
+        which is complete only once its own metadata is written last)."""
         config = spec.config
+        extra = {"group": spec.group} if config.group_column is not None else None
+        if backtest is not None:
+            call_with_retries(artifacts.save, backtest, self.location.child(spec.key, version), BACKTEST_MODEL,
+                              config=config.public_dict(), fingerprint=fingerprint, version=version, extra=extra,
+                              what="saving the backtest model")
         call_with_retries(artifacts.save, forecaster, self.location, spec.key, config=config.public_dict(),
-                          fingerprint=fingerprint, version=version,
-                          extra={"group": spec.group} if config.group_column is not None else None,
-                          what="saving the model")
+                          fingerprint=fingerprint, version=version, extra=extra, what="saving the model")
 
     def save_intervals(self, intervals: ConformalIntervals, key: str, version: str) -> None:
         call_with_retries(save_intervals, intervals, self.location, key, version, what="saving the intervals")
@@ -138,8 +150,12 @@ class ModelStore:
         # a model pinned by `model_url` may live in another store than this run's
         store = self.location.with_url(split_model_url(config.model_url)[0]) if config.model_url else self.location
         loaded = artifacts.load(store, ref.model_key, ref.version, max_bytes=config.max_model_bytes)
+        scorer = loaded.forecaster
+        if ref.refit:
+            scorer = artifacts.load(store.child(ref.model_key, ref.version), BACKTEST_MODEL, ref.version,
+                                    max_bytes=config.max_model_bytes).forecaster
         decision = Decision(ref.decision["action"], ref.decision["reason"], loaded)
-        return ModelChoice(loaded.forecaster, loaded.forecaster, decision, ref.version, ref.group,
+        return ModelChoice(scorer, loaded.forecaster, decision, ref.version, ref.group,
                            first_window=ref.first_window, intervals=_saved_intervals(self, loaded, config, log),
                            model_key=ref.model_key)
 
@@ -178,11 +194,13 @@ class ModelRef:
     first_window: int
     decision: dict[str, Any]  # `Decision.as_dict()`: action, reason (and the loaded version)
     training: dict[str, Any]  # the training summary the version was saved with
+    refit: bool = False  # the version keeps the model that scores the backtest apart (`BACKTEST_MODEL`)
 
     @classmethod
     def of(cls, choice: "ModelChoice") -> "ModelRef":
         return cls(choice.model_key, choice.version, choice.group, int(choice.first_window),
-                   choice.decision.as_dict(), dict(choice.forecaster.training or {}))
+                   choice.decision.as_dict(), dict(choice.forecaster.training or {}),
+                   refit=choice.forecaster is not choice.final)
 
 
 def intervals_fit(intervals: ConformalIntervals | None, config: ForecastConfig) -> bool:
@@ -276,7 +294,7 @@ def get_or_train(store: ModelStore, spec: ModelSpec, data: Prepared | None, *, c
                              first_window=data.first_window)
         return choice, decision
     version = artifacts.new_version()  # fixed across retries: a retry rewrites the same objects
-    store.save(final, spec, data.fingerprint, version)
+    store.save(final, spec, data.fingerprint, version, backtest=forecaster if final is not forecaster else None)
     log.info("%ssaved model %s/%s/%s", label, "models", spec.key, version)
     choice = ModelChoice(forecaster, final, decision, version, spec.group, first_window=data.first_window,
                          model_key=spec.key)

@@ -15,7 +15,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core.config import ForecastConfig
-from lstm_core.modelling import ModelChoice, ModelRef, Prepared
+from lstm_core.modelling import ModelRef, Prepared
 from lstm_core.outputs import RunWriter
 from lstm_core.records import ShardSummary
 from lstm_core.sharding import ShardSpec
@@ -49,12 +49,10 @@ class _Steps:
 
 @dataclass
 class Trained:
-    """A group's model as its shards get it: by reference (they open the stored version), with the trained
-    objects themselves only under `refit` (the model that scores the backtest is not the one stored)."""
+    """A group's model as its shards get it: by reference (they open the stored version)."""
 
     ref: ModelRef
     seconds: dict[str, float] = field(default_factory=dict)
-    choice: ModelChoice | None = None
 
 
 @task(name="train_group", cache_policy=NO_CACHE)
@@ -69,7 +67,7 @@ def train_group(config: ForecastConfig, group: str | None = None, sample: ShardS
     else:
         choice = steps(train_or_load_model, prepared=steps.prepared(sample, config), config=config, group=group,
                        calibrate=True)
-    return Trained(ModelRef.of(choice), steps.seconds, choice if config.refit else None)
+    return Trained(ModelRef.of(choice), steps.seconds)
 
 
 @dataclass
@@ -100,7 +98,7 @@ def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, m
         choice = steps(train_or_load_model, prepared=prepared, config=config, group=spec.group)
         trained = ModelRef.of(choice)
     else:
-        choice = model.choice if model.choice is not None else steps(open_model, ref=model.ref, config=config)
+        choice = steps(open_model, ref=model.ref, config=config)
     forecasts = steps(forecast, choice=choice, prepared=prepared, config=config, save=single)
     evaluation = steps(evaluate, forecasts=forecasts, choice=choice, prepared=prepared, config=config)
     plots = None

@@ -129,6 +129,38 @@ def test_groups_train_one_model_each(tmp_path):
     assert all(e["training"]["series"] == 4 for e in models.values())
 
 
+def test_refit_shards_open_the_refit_model_and_score_the_backtest_with_the_one_before_the_cutoff(tmp_path):
+    """Under refit, shards get the group's model by reference as always (no Keras objects cross): the stored
+    version is the model refit on all data, and the model trained before the earliest cutoff, which scores the
+    backtest, is kept inside it. The backtest rows the shards wrote are that model's, not the refit one's."""
+    from dataclasses import replace
+
+    from lstm_core.modelling import BACKTEST_MODEL, ModelRef, ModelStore, prepare_data, run_backtest
+    from lstm_core.validation import validate_for
+
+    frame, input_url = _dataset(tmp_path, n_series=10)
+    out = str(tmp_path / "out")
+    settings = {**FAST, "input_url": input_url, "output_url": out, "shard_size": 4, "refit": True}
+    m = batch_forecast(settings={**settings, "run_id": "refit"})
+    assert m["shards"]["count"] >= 2 and m["status"] == "succeeded"
+    (model,) = m["models"]
+    key, version = model["model_key"], model["model_version"]
+    assert (Path(out) / "models" / key / version / BACKTEST_MODEL / version / "metadata.json").is_file()
+
+    config = load_config(None, overrides=settings)
+    data = prepare_data(validate_for(frame.drop(columns=[]), config), config)
+    opened = ModelStore.of(config).open(ModelRef(key, version, None, 0, model["retrain"], {}, refit=True), config)
+    keys = ["series_id", "cutoff", "step"]
+    written = _sorted(_table(out, "backtest", "refit"), keys)
+    scored_by = {name: _sorted(run_backtest(choice, data, config).frame, keys)
+                 for name, choice in (("before the cutoff", opened),
+                                      ("refit", replace(opened, forecaster=opened.final)))}
+    for expected in scored_by.values():
+        assert list(expected["series_id"]) == list(written["series_id"])
+    np.testing.assert_allclose(written["yhat"], scored_by["before the cutoff"]["yhat"], rtol=1e-5)
+    assert not np.allclose(written["yhat"], scored_by["refit"]["yhat"], rtol=1e-3)
+
+
 @pytest.mark.slow
 def test_dask_local_cluster_gives_the_same_outputs_as_in_process(tmp_path):
     """Two worker processes (spawned), groups trained in parallel, shards mapped: same rows as in process."""

@@ -89,3 +89,32 @@ def test_retrain_never_without_a_model_names_the_key(tmp_path):
 
     with pytest.raises(ArtifactError, match=cfg.model_key()):
         get_or_train(ModelStore.of(cfg), cfg.model_spec(), None)
+
+
+def test_a_refit_model_travels_by_reference_with_the_model_that_scores_its_backtest(tmp_path):
+    """Under refit the stored version is the model refit on all data; the one trained before the earliest
+    cutoff (it scores the backtest) is kept inside that version, so a shard opening the reference gets both."""
+    from lstm_core.modelling import BACKTEST_MODEL, ModelRef
+
+    cfg = fast_config(output_url=str(tmp_path), retrain="auto", refit=True)
+    data = prepare_data(validate_for(make_frame(n_series=4, length=160), cfg), cfg)
+    store = ModelStore.of(cfg)
+    trained, _ = get_or_train(store, cfg.model_spec(), data)
+    assert trained.forecaster is not trained.final
+    ref = ModelRef.of(trained)
+    assert ref.refit
+    inner = tmp_path / "models" / ref.model_key / ref.version / BACKTEST_MODEL / ref.version / "metadata.json"
+    assert inner.exists()
+    # the inner model is below the version, never a version of its own
+    from lstm_core.artifacts import list_versions
+
+    assert list_versions(store.location, ref.model_key) == [ref.version]
+    opened = store.open(ref, cfg)
+    for mine, theirs in ((opened.forecaster, trained.forecaster), (opened.final, trained.final)):
+        np.testing.assert_allclose(mine.forecast(data.panel, H), theirs.forecast(data.panel, H), rtol=1e-6)
+    assert not np.allclose(opened.forecaster.forecast(data.panel, H), opened.final.forecast(data.panel, H))
+    # without refit, one model does both and nothing is kept inside the version
+    once = fast_config(output_url=str(tmp_path / "plain"), retrain="auto")
+    plain = ModelRef.of(get_or_train(ModelStore.of(once), once.model_spec(), data)[0])
+    assert not plain.refit and not (tmp_path / "plain" / "models" / plain.model_key / plain.version /
+                                    BACKTEST_MODEL).exists()
