@@ -25,8 +25,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from lstm_core.config import load_config  # noqa: E402
-from lstm_core.engine import fit, prepare  # noqa: E402
+from lstm_core.engine import fit, panel_of  # noqa: E402
 from lstm_core.metrics import mase_scale, per_series, seasonal_naive  # noqa: E402
+from lstm_core.validation import validate_for  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 
@@ -52,7 +53,8 @@ def weekly(series: int | None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
 def score(train: pd.DataFrame, test: pd.DataFrame, settings: dict, calendar, sets: list[str]) -> dict:
     cfg = load_config(overrides={**settings, "calendar_features": calendar}, sets=sets, environ={})
     t0 = time.perf_counter()
-    panel, report = prepare(train, cfg)
+    report = validate_for(train, cfg)
+    panel = panel_of(report, cfg)
     model = fit(panel.drop_last(cfg.horizon), cfg)
     yhat = model.forecast(panel, cfg.horizon)
     seconds = time.perf_counter() - t0

@@ -16,13 +16,12 @@ from lstm_core.config import ForecastConfig
 from lstm_core.covariates import CovariateSpec, StaticEncoder
 from lstm_core.forecasting import recursive_forecast
 from lstm_core.frequency import dates_after
-from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
 from lstm_core.model import build_lstm, model_geometry
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler, TargetTransform
 from lstm_core.seasonality import SeasonalIndices
 from lstm_core.training import BatchHook, EpochHook, TrainingResult, train
-from lstm_core.validation import ValidationResult, length_rule, min_train_length, validate_for
+from lstm_core.validation import ValidationResult, length_rule, min_train_length
 from lstm_core.windows import validation_span
 
 log = logging.getLogger("lstm_core.engine")
@@ -120,16 +119,6 @@ class Forecaster:
             future = space.scale_future(panel.known_ahead(horizon), self.known)  # (S, H, K)
         z = recursive_forecast(self.members, windows, horizon, future, self.known)
         return space.to_original(z, panel.lengths, panel.series_ids)
-
-
-def prepare(df: pd.DataFrame, config: ForecastConfig, source: str | None = None,
-            errors: str = "skip") -> tuple[Panel, ValidationResult]:
-    """Validate a long frame and pack it into a Panel (its frequency inferred when `config.freq` is unset:
-    `panel.freq`, and `config.resolved(panel.freq)` is the configuration it implies)."""
-    result = validate_for(df, config, source=source, errors=errors)
-    if not config.is_resolved:
-        config = config.resolved(result.freq)
-    return panel_of(result, config), result
 
 
 def panel_of(result: ValidationResult, config: ForecastConfig) -> Panel:
@@ -255,26 +244,6 @@ class Evaluation:
         m = self.metrics
         row = m[(m["model"] == model) & (m["metric"] == metric) & m["series_id"].isna()]
         return float(row["value"].iloc[0])
-
-
-def evaluate(forecaster: Forecaster, panel: Panel, config: ForecastConfig, model_name: str = "lstm",
-             future_covariates: np.ndarray | None = None) -> Evaluation:
-    """Forecast the last H points of each series from what precedes them; score it and seasonal naive.
-
-    The holdout takes the same covariate path as the published forecast: known-ahead columns at their
-    true values over the last H points (`drop_last` keeps them), historic ones carried forward.
-    """
-    if not config.is_resolved:
-        config = config.resolved(panel.freq)
-    h = config.horizon
-    history = panel.drop_last(h)
-    actual = panel.last_values(h)[:, :, 0]
-    forecasts = {
-        model_name: forecaster.forecast(history, h, future_covariates),
-        "seasonal_naive": seasonal_naive(history, h, config.season_length),
-    }
-    scale = mase_scale(history, config.season_length)
-    return Evaluation(history.series_ids, actual, forecasts, metrics_frame(history.series_ids, actual, forecasts, scale))
 
 
 def predictions_frame(panel: Panel, yhat: np.ndarray, freq: str) -> pd.DataFrame:

@@ -127,3 +127,36 @@ def fast_config(**overrides) -> ForecastConfig:
         else:
             base[k] = v
     return ForecastConfig.model_validate(base)
+
+
+def prepare(df: pd.DataFrame, cfg: ForecastConfig, **kw):
+    """(panel, validation result) of a long frame: the product's validate_for, then panel_of (its frequency
+    inferred when the configuration leaves it unset), as prepare_data does before windowing."""
+    from lstm_core.engine import panel_of
+    from lstm_core.validation import validate_for
+
+    result = validate_for(df, cfg, **kw)
+    return panel_of(result, cfg), result
+
+
+class Holdout:
+    """Today's holdout as the product scores it: the backtest's one window of step H (the last H points of
+    each series, forecast from what precedes them), for the LSTM and seasonal naive."""
+
+    def __init__(self, forecaster, panel, cfg: ForecastConfig, model_name: str = "lstm") -> None:
+        from lstm_core.backtest import backtest
+
+        if not cfg.is_resolved:
+            cfg = cfg.resolved(panel.freq)
+        h = cfg.horizon
+        bt = backtest(panel, forecaster.forecast, horizon=h, season_length=cfg.season_length, windows=1, levels=())
+        f = bt.frame
+        self.actual = f["y"].to_numpy().reshape(-1, h)  # (S, H)
+        self.forecasts = {model_name: f["yhat"].to_numpy().reshape(-1, h),
+                          "seasonal_naive": f["seasonal_naive"].to_numpy().reshape(-1, h)}
+        self.metrics = bt.metrics(model_name)
+
+    def overall(self, model: str, metric: str) -> float:
+        m = self.metrics
+        row = m[(m["model"] == model) & (m["metric"] == metric) & m["series_id"].isna() & m["window"].isna()]
+        return float(row["value"].iloc[0])

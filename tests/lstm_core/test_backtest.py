@@ -8,9 +8,9 @@ import pytest
 
 from lstm_core import engine
 from lstm_core.backtest import FRAME_COLUMNS, backtest, backtest_from_config, backtest_metrics, cutoff_drops
-from lstm_core.metrics import mase_scale, seasonal_naive
+from lstm_core.metrics import mase_scale, metrics_frame, seasonal_naive
 from lstm_core.panel import Panel
-from tests.conftest import fast_config, make_frame
+from tests.conftest import fast_config, make_frame, prepare
 from tests.m4ref import m4_scorer
 
 H = 12
@@ -27,7 +27,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def panel(cfg):
-    return engine.prepare(make_frame(n_series=6, length=160), cfg)[0]
+    return prepare(make_frame(n_series=6, length=160), cfg)[0]
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_refit_with_a_real_model_never_sees_a_spike_after_the_cutoff(panel, cfg)
 def test_series_too_short_for_a_window_skip_that_window_only(cfg):
     df = make_frame(n_series=3, length=160)
     df = df[~((df["series_id"] == "s01") & (df["ds"] < df["ds"].min() + pd.Timedelta(hours=100)))]  # 60 points
-    p = engine.prepare(df, cfg)[0]
+    p = prepare(df, cfg)[0]
     bt = backtest(p, snaive, horizon=H, season_length=24, windows=3, min_history=30)
     # s01 has 60 points: 60 - 36 = 24 < 30 before window 0's cutoff; 36 and 48 before windows 1 and 2
     assert bt.skipped[["series_id", "window", "history"]].values.tolist() == [["s01", 0, 24]]
@@ -157,22 +157,28 @@ def test_known_future_covariates_of_each_window_reach_the_forecast(cfg):
 
 
 def test_one_window_of_step_h_is_todays_holdout(panel, trained, cfg):
-    ev = engine.evaluate(trained, panel, cfg, model_name="lstm")
+    # today's holdout, built from the parts: the last H points, forecast from what precedes them
+    history = panel.drop_last(H)
+    actual = panel.last_values(H)[:, :, 0]
+    forecasts = {"lstm": trained.forecast(history, H), "seasonal_naive": seasonal_naive(history, H, cfg.season_length)}
+    expected = metrics_frame(history.series_ids, actual, forecasts, mase_scale(history, cfg.season_length))
     bt = backtest(panel, trained.forecast, horizon=H, season_length=cfg.season_length, windows=1)
     f = bt.frame
-    np.testing.assert_array_equal(f["yhat"].to_numpy().reshape(6, H), ev.forecasts["lstm"])
-    np.testing.assert_array_equal(f["seasonal_naive"].to_numpy().reshape(6, H), ev.forecasts["seasonal_naive"])
-    np.testing.assert_array_equal(f["y"].to_numpy().reshape(6, H), ev.actual)
+    np.testing.assert_array_equal(f["yhat"].to_numpy().reshape(6, H), forecasts["lstm"])
+    np.testing.assert_array_equal(f["seasonal_naive"].to_numpy().reshape(6, H), forecasts["seasonal_naive"])
+    np.testing.assert_array_equal(f["y"].to_numpy().reshape(6, H), actual)
     m = bt.metrics("lstm")
     for model in ("lstm", "seasonal_naive"):
         for metric in ("mae", "rmse", "smape", "mase"):
             ours = m[(m["model"] == model) & (m["metric"] == metric) & m["window"].notna() & m["series_id"].notna()]
-            theirs = ev.metrics[(ev.metrics["model"] == model) & (ev.metrics["metric"] == metric)
-                                & ev.metrics["series_id"].notna()]
+            theirs = expected[(expected["model"] == model) & (expected["metric"] == metric)
+                              & expected["series_id"].notna()]
             np.testing.assert_allclose(ours.sort_values("series_id")["value"], theirs.sort_values("series_id")["value"],
                                        rtol=1e-12)
             pooled = m[(m["model"] == model) & (m["metric"] == metric) & m["series_id"].isna() & m["window"].isna()]
-            assert float(pooled["value"].iloc[0]) == pytest.approx(ev.overall(model, metric), rel=1e-12)
+            overall = expected[(expected["model"] == model) & (expected["metric"] == metric)
+                               & expected["series_id"].isna()]
+            assert float(pooled["value"].iloc[0]) == pytest.approx(float(overall["value"].iloc[0]), rel=1e-12)
     # one window has no earlier window to calibrate its intervals on
     assert f[["yhat_lo_80", "yhat_hi_95"]].isna().all().all() and bt.intervals is not None
 

@@ -7,10 +7,10 @@ import pytest
 
 from dataclasses import replace
 
-from lstm_core.engine import fit, prepare
+from lstm_core.engine import fit
 from lstm_core.panel import Panel
 from lstm_core.scaling import TargetTransform
-from tests.conftest import fast_config, make_frame
+from tests.conftest import fast_config, make_frame, prepare
 
 
 def _panel(rows: dict[str, np.ndarray]) -> Panel:

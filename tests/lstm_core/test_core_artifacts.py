@@ -14,7 +14,7 @@ from keras import layers
 
 from lstm_core import artifacts, engine
 from lstm_core.errors import ArtifactError
-from tests.conftest import fast_config, make_frame
+from tests.conftest import fast_config, make_frame, prepare
 
 H = 12
 
@@ -26,7 +26,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def panel(cfg):
-    return engine.prepare(make_frame(n_series=4, length=120), cfg)[0]
+    return prepare(make_frame(n_series=4, length=120), cfg)[0]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 from lstm_core import engine
 from lstm_core.metrics import METRICS
 from lstm_core.panel import Panel
-from tests.conftest import fast_config, make_frame
+from tests.conftest import Holdout, fast_config, make_frame, prepare
 
 H = 12
 
@@ -21,7 +21,7 @@ def cfg():
 @pytest.fixture(scope="module")
 def data(cfg):
     df = make_frame()  # 6 hourly series, levels 10..60
-    panel, result = engine.prepare(df, cfg)
+    panel, result = prepare(df, cfg)
     return df, panel, result
 
 
@@ -48,7 +48,7 @@ def test_fit_records_training_summary(trained, cfg):
 
 def test_fit_evaluate_forecast_gives_finite_forecasts_on_each_series_scale(trained, data, cfg):
     _, panel, _ = data
-    ev = engine.evaluate(trained, panel, cfg)
+    ev = Holdout(trained, panel, cfg)
     assert ev.actual.shape == (6, H) and set(ev.forecasts) == {"lstm", "seasonal_naive"}
     np.testing.assert_array_equal(ev.actual, panel.last_values(H)[:, :, 0])
     for name, fc in ev.forecasts.items():
@@ -69,7 +69,7 @@ def test_evaluation_never_sees_the_holdout(trained, data, cfg):
     tail = np.concatenate([np.arange(e - H, e) for e in panel.offsets[1:]])
     changed[tail, 0] = 1e4
     other = Panel(panel.series_ids, panel.offsets, changed, panel.feature_names, panel.last_ds, panel.freq)
-    a, b = engine.evaluate(trained, panel, cfg), engine.evaluate(trained, other, cfg)
+    a, b = Holdout(trained, panel, cfg), Holdout(trained, other, cfg)
     np.testing.assert_array_equal(a.forecasts["lstm"], b.forecasts["lstm"])
     np.testing.assert_array_equal(a.forecasts["seasonal_naive"], b.forecasts["seasonal_naive"])
     assert (b.actual == 1e4).all()
@@ -101,7 +101,7 @@ def test_predictions_continue_weekly_series_on_mondays():
     frames = [make_frame(n_series=1, length=40, freq="W-MON", start="2024-01-01"),
               make_frame(n_series=1, length=50, freq="W-MON", start="2023-06-05").assign(series_id="late")]
     cfg = fast_config(freq="W-MON", season_length=4, window=8, horizon=4)
-    panel, result = engine.prepare(pd.concat(frames, ignore_index=True).astype({"series_id": "string"}), cfg)
+    panel, result = prepare(pd.concat(frames, ignore_index=True).astype({"series_id": "string"}), cfg)
     assert result.skipped == [] and panel.n_series == 2
     out = engine.predictions_frame(panel, np.zeros((2, 5)), "W-MON")
     for i, sid in enumerate(panel.series_ids):
@@ -116,7 +116,7 @@ def test_predictions_keep_utc_timestamps():
     df = make_frame(n_series=2, length=60)
     df["ds"] = df["ds"].dt.tz_localize("UTC")
     cfg = fast_config()
-    panel, _ = engine.prepare(df, cfg)
+    panel, _ = prepare(df, cfg)
     out = engine.predictions_frame(panel, np.zeros((2, 3)), "h")
     assert str(out["ds"].dt.tz) == "UTC" and str(out["cutoff"].dt.tz) == "UTC"
     assert out["ds"].iloc[0] == df["ds"].iloc[59] + pd.Timedelta("1h")
@@ -128,19 +128,19 @@ def test_covariates_flow_through_fit_and_evaluate():
     df["hour_sin"] = np.sin(2 * np.pi * t / 24)
     df["ignored"] = 1.0  # not declared: not used
     cfg = fast_config(training={"epochs": 1}, historic_covariates=["hour_sin"])
-    panel, result = engine.prepare(df, cfg)
+    panel, result = prepare(df, cfg)
     assert result.covariates == ["hour_sin"] and panel.n_features == 2 and panel.roles == ("target", "historic")
     f = engine.fit(panel.drop_last(H), cfg)
     # the window carries the covariate's history; its values over each chunk are a second input
     # a historic covariate is only in the window (carried forward); known-ahead ones would be a second input
     assert f.members[0].input_shape == (None, cfg.window, 2) and f.known == ()
-    ev = engine.evaluate(f, panel, cfg)
+    ev = Holdout(f, panel, cfg)
     assert np.isfinite(ev.forecasts["lstm"]).all()
 
 
 def test_per_series_mode_trains_one_model_per_series():
     cfg = fast_config(mode="per_series", training={"epochs": 1})
-    panel, _ = engine.prepare(make_frame(n_series=2, length=80), cfg)
+    panel, _ = prepare(make_frame(n_series=2, length=80), cfg)
     f = engine.fit(panel.drop_last(H), cfg)
     assert f.members == [] and set(f.per_series) == {"s00", "s01"}
     assert f.per_series["s00"].members[0] is not f.per_series["s01"].members[0]
@@ -160,7 +160,7 @@ def test_training_relies_on_the_same_minimum_length_as_validation():
     with pytest.raises(ValueError, match="each needs 24 points before its holdout"):
         engine.fit(short, cfg)
     # a series validation keeps (exactly min_length points) trains once its holdout is dropped
-    panel, result = engine.prepare(make_frame(n_series=2, length=min_length(cfg)), cfg)
+    panel, result = prepare(make_frame(n_series=2, length=min_length(cfg)), cfg)
     assert result.skipped == [] and (panel.drop_last(H).lengths == min_train_length(cfg)).all()
 
 
@@ -181,7 +181,7 @@ def test_a_series_shorter_than_the_window_trains_and_forecasts():
     them at the front, and the forecast is finite and on each series' level."""
     cfg = fast_config(window=48)
     df = make_frame(n_series=3, length=40)
-    panel, result = engine.prepare(df, cfg)
+    panel, result = prepare(df, cfg)
     assert result.skipped == [] and (panel.lengths < cfg.window).all()
     f = engine.fit(panel.drop_last(H), cfg)
     fc = f.forecast(panel, H)

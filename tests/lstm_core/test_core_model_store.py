@@ -11,7 +11,7 @@ from lstm_core.config import validate_config
 from lstm_core.errors import ArtifactError
 from lstm_core.model_store import decide, decide_for, validation_loss
 from lstm_core.panel import Panel
-from tests.conftest import fast_config, make_frame
+from tests.conftest import fast_config, make_frame, prepare
 
 H = 12
 
@@ -23,7 +23,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def train_panel(cfg):
-    return engine.prepare(make_frame(n_series=4, length=120), cfg)[0].drop_last(H)
+    return prepare(make_frame(n_series=4, length=120), cfg)[0].drop_last(H)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from lstm_core import engine
 from lstm_core.panel import Panel
 from lstm_core.scaling import TargetTransform
 from lstm_core.seasonality import MIN_STRENGTH, SeasonalIndices, classical_indices, seasonal_strength
-from tests.conftest import fast_config
+from tests.conftest import fast_config, prepare
 
 M = 24
 
@@ -109,7 +109,7 @@ def test_the_forecaster_restores_the_seasonal_shape_and_logs_what_it_skipped(cap
                                   "y": v}) for k, v in rows.items()], ignore_index=True)
     cfg = fast_config(horizon=24, window=48, model={"chunk": 12, "patch": 12, "deseasonalize": "auto"},
                       training={"epochs": 2})
-    panel, _ = engine.prepare(df.astype({"series_id": "string"}), cfg)
+    panel, _ = prepare(df.astype({"series_id": "string"}), cfg)
     with caplog.at_level(logging.INFO, logger="lstm_core.engine"):
         f = engine.fit(panel.drop_last(24), cfg)
     assert f.training["deseasonalized_series"] == 4

@@ -12,7 +12,7 @@ from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
 from lstm_core.training import WindowBatches, device_info, train
 from lstm_core.windows import tail_windows, target_bounds
-from tests.conftest import fast_config, make_frame
+from tests.conftest import fast_config, make_frame, prepare
 
 W, H = 24, 12
 
@@ -20,7 +20,7 @@ W, H = 24, 12
 @pytest.fixture(scope="module")
 def scaled() -> Panel:
     cfg = fast_config()
-    panel, _ = engine.prepare(make_frame(n_series=4, length=120), cfg)
+    panel, _ = prepare(make_frame(n_series=4, length=120), cfg)
     return SeriesScaler.fit(panel).transform(panel)
 
 
@@ -81,7 +81,7 @@ def test_max_train_minutes_is_the_default_budget(scaled):
 
 def test_same_seed_same_forecasts_and_another_seed_differs():
     cfg = fast_config()
-    panel, _ = engine.prepare(make_frame(n_series=4, length=120), cfg)
+    panel, _ = prepare(make_frame(n_series=4, length=120), cfg)
     train_part = panel.drop_last(H)
     a = engine.fit(train_part, cfg).forecast(panel, H)
     b = engine.fit(train_part, cfg).forecast(panel, H)

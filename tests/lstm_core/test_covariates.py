@@ -9,7 +9,7 @@ import pytest
 from lstm_core import artifacts, engine
 from lstm_core.covariates import (StaticEncoder, calendar_names, calendar_values, resolve_calendar_features,
                                   suited_calendar_features)
-from tests.conftest import fast_config, make_frame
+from tests.conftest import Holdout, fast_config, make_frame, prepare
 
 H = 12
 
@@ -39,7 +39,7 @@ SPEC = {"historic_covariates": ["visits"], "future_covariates": ["price"], "stat
 def prepared():
     cfg = fast_config(**SPEC, training={"epochs": 2})
     df = covariate_frame()
-    panel, result = engine.prepare(df, cfg)
+    panel, result = prepare(df, cfg)
     return cfg, df, panel, result
 
 
@@ -72,7 +72,7 @@ def test_drop_last_keeps_the_true_known_values_as_the_holdouts_future(prepared):
 def test_holdout_and_published_forecast_take_the_same_covariate_path(prepared):
     cfg, _, panel, _ = prepared
     model = engine.fit(panel.drop_last(H), cfg)
-    ev = engine.evaluate(model, panel, cfg)
+    ev = Holdout(model, panel, cfg)
     history = panel.drop_last(H)
     np.testing.assert_array_equal(ev.forecasts["lstm"], model.forecast(history, H))
     # historic columns are carried forward: their true holdout values are not used ...
@@ -81,12 +81,12 @@ def test_holdout_and_published_forecast_take_the_same_covariate_path(prepared):
     tail = np.concatenate([np.arange(e - H, e) for e in panel.offsets[1:]])
     changed[tail, idx_visits] = 1e4
     other = type(panel)(**{**panel.__dict__, "values": changed})
-    np.testing.assert_array_equal(engine.evaluate(model, other, cfg).forecasts["lstm"], ev.forecasts["lstm"])
+    np.testing.assert_array_equal(Holdout(model, other, cfg).forecasts["lstm"], ev.forecasts["lstm"])
     # ... known-ahead ones are, at their true values, as the published forecast uses the given ones
     changed = panel.values.copy()
     changed[tail, idx_price] = 1e4
     other = type(panel)(**{**panel.__dict__, "values": changed})
-    assert np.abs(engine.evaluate(model, other, cfg).forecasts["lstm"] - ev.forecasts["lstm"]).max() > 1e-6
+    assert np.abs(Holdout(model, other, cfg).forecasts["lstm"] - ev.forecasts["lstm"]).max() > 1e-6
     published = model.forecast(panel, H)
     future = panel.future.copy()
     future[:, :, 0] = 1e4
@@ -104,7 +104,7 @@ def test_static_vocabulary_is_saved_with_the_model_and_unseen_categories_encode_
     np.testing.assert_allclose(loaded.forecast(panel, H), model.forecast(panel, H), rtol=1e-6)
     # new data: one series moved to a region the model never saw, and only two regions left
     new = df.assign(region=df["region"].replace({"apac": "latam", "us": "eu"}))
-    new_panel, _ = engine.prepare(new, cfg)
+    new_panel, _ = prepare(new, cfg)
     assert "region=latam" in new_panel.feature_names  # its own vocabulary ...
     adapted = loaded.adapt(new_panel)
     assert adapted.feature_names == model.feature_names  # ... read through the model's

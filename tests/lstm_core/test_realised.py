@@ -12,7 +12,7 @@ from lstm_core.backtest import backtest
 from lstm_core.metrics import interval_columns
 from lstm_core.panel import Panel
 from lstm_core.realised import interval_levels, realised_accuracy, realised_metrics, realised_schema, realised_sums
-from tests.conftest import fast_config, make_frame
+from tests.conftest import fast_config, make_frame, prepare
 from tests.m4ref import m4_scorer
 
 H, M = 24, 24
@@ -32,7 +32,7 @@ def actuals():
 def earlier_runs(cfg, actuals):
     """Committed predictions of two earlier runs by a really trained model with conformal intervals:
     r1 from 48 points before today's end (all 24 steps now observed), r2 from 12 before (12 observed)."""
-    panel = engine.prepare(actuals, cfg)[0]
+    panel = prepare(actuals, cfg)[0]
     model = engine.fit(panel.drop_last(48 + 2 * H), cfg)
     frames = []
     for run_id, drop in (("r1", 48), ("r2", 12)):

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from lstm_core import engine, tuning
+from lstm_core import tuning
 from lstm_core.config import ConfigError, load_config
-from tests.conftest import fast_config, make_frame
+from tests.conftest import fast_config, make_frame, prepare
 
 # A small space so a trial trains in a second or two; the rest stays at the configuration's values.
 SPACE = {"model.units": [4, 8], "model.layers": None, "training.ensemble_size": None, "training.batch_size": None,
@@ -28,7 +28,7 @@ def tiny_config(tmp_path, **over):
 
 @pytest.fixture(scope="module")
 def panel():
-    return engine.prepare(make_frame(n_series=6, length=160), fast_config())[0]
+    return prepare(make_frame(n_series=6, length=160), fast_config())[0]
 
 
 def _valid(result: tuning.TuneResult, config, n: int) -> pd.DataFrame:

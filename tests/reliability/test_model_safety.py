@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from lstm_core import artifacts
-from lstm_core.engine import fit, prepare
+from lstm_core.engine import fit
 from lstm_core.model_store import decide
-from tests.conftest import fast_config, make_frame
+from tests.conftest import fast_config, make_frame, prepare
 from tests.reliability.conftest import FAST, direct_fs, put_frame
 
 ROOT = Path(__file__).resolve().parents[2]
