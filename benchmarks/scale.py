@@ -41,7 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 import psutil  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
@@ -168,8 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"data ready in {time.perf_counter() - t0:.1f} s: " + ", ".join(
         f"{n:,} series ({files[n].stat().st_size / 2**20:.0f} MiB)" for n in sizes), flush=True)
     t0 = time.perf_counter()
-    trained = run_flow(sample, out, "train-model", ["--set", "retrain=always", "--set", "training.epochs=5",
-                                                    "--set", "training.patience=2"], env)
+    run_flow(sample, out, "train-model", ["--set", "retrain=always", "--set", "training.epochs=5",
+                                          "--set", "training.patience=2"], env)
     print(f"model trained on 200 series and saved in {time.perf_counter() - t0:.1f} s", flush=True)
 
     rows, details = [], []

@@ -19,7 +19,6 @@ the study sees `panel.drop_last(horizon)` only.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import math
 import os

@@ -5,11 +5,9 @@ Models load only after the archive allowlist, then through Keras safe mode; noth
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import shutil
-import zipfile
 from datetime import timedelta
 from pathlib import Path
 
