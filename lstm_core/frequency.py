@@ -35,11 +35,6 @@ def step_positions(ds: pd.Series, first: pd.Series, freq: str) -> tuple[np.ndarr
     return pos.astype(np.int64), on
 
 
-def future_dates(last: pd.Timestamp, freq: str, steps: int) -> pd.DatetimeIndex:
-    """The `steps` timestamps that follow `last` at `freq`."""
-    return pd.date_range(last, periods=steps + 1, freq=freq)[1:]
-
-
 def dates_after(last_ds: np.ndarray | pd.Series, freq: str, steps: int) -> np.ndarray:
     """(S, steps) timestamps continuing each series' last timestamp (vectorised for fixed freqs)."""
     last = pd.DatetimeIndex(last_ds)

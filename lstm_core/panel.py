@@ -109,10 +109,6 @@ class Panel:
         """Columns known ahead (future, calendar, static), in feature order."""
         return np.array([i for i, r in enumerate(self.roles) if r in KNOWN_AHEAD], dtype=np.int64)
 
-    @property
-    def historic_index(self) -> np.ndarray:
-        return np.array([i for i, r in enumerate(self.roles) if r == "historic"], dtype=np.int64)
-
     def codes(self) -> np.ndarray:
         """Series index of every row."""
         return np.repeat(np.arange(self.n_series), self.lengths)
