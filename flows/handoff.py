@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
+from flows.parameters import settings_dict
 from lstm_core.config import ForecastConfig
 from lstm_core.secrets import has_credentials
 
@@ -74,8 +75,6 @@ def handed_config(config_path: str | None, settings: Mapping[str, Any]) -> Forec
     handed = _HANDED.get()
     if handed is None:
         return None
-    from flows.parameters import settings_dict
-
     if config_path != handed.parameters["config_path"] or \
             dict(settings) != settings_dict(handed.parameters["settings"]):
         raise RuntimeError("the flow was called with parameters other than those of the configuration handed "
