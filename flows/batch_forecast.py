@@ -24,6 +24,7 @@ from prefect import flow, get_client, get_run_logger, unmapped
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
+from flows.handoff import handed_config
 from flows.parameters import Overridable, RunSettings, check_overrides, overrides_list, settings_dict
 from flows.runners import RunTaskRunner, run_task_runner
 from lstm_core.artifacts import package_versions
@@ -57,17 +58,22 @@ def batch_forecast(config_path: str | None = None, settings: RunSettings | None 
     In a deployment run, `settings` are merged over the deployment's own `settings`, so a manual
     run passes only what changes; settings that decide where data goes or where code runs are the
     deployment's unless it lists them in `allow_overrides`. A run the scheduler created gets the run
-    id of its slot (`sched-<UTC start>-<config hash>`) unless `run_id` is set.
+    id of its slot (`sched-<UTC start>-<config hash>`) unless `run_id` is set. Called by the CLI, the
+    flow runs with the configuration the CLI built and checked (flows/handoff.py), whose public settings
+    are the parameters.
 
     Args:
-        config_path: YAML configuration file, re-read at every run. Secrets belong here or in the
-            environment, never in parameters (the Prefect server stores them). Fixed by the deployment.
+        config_path: YAML configuration file, re-read at every run of a deployment. Secrets belong here or
+            in the environment, never in parameters (the Prefect server stores them). Fixed by the deployment.
         settings: settings of this run, over the config file's (and the deployment's); empty fields keep theirs.
         allow_overrides: the protected settings (URLs, dask_address, storage_options, config_path) a run of
             this deployment may change. Set by the deployment; a run cannot change it.
     """
     given = settings_dict(settings)  # stops here on a bad parameter, before any work
     overrides_list(allow_overrides)
+    handed = handed_config(config_path, given)
+    if handed is not None:  # called by the CLI in its process: the configuration it built and checked
+        return run_pipeline(handed)
     deployment = _deployment()
     if deployment is not None:  # stops here on a refused override, before any work
         check_overrides(f"batch-forecast/{deployment.name}", deployment.parameters or {},

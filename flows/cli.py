@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.metadata
-import json
 import logging
 import os
 import sys
@@ -133,26 +132,18 @@ _SECRETS: set[str] = set()  # credential values seen by this process, scrubbed f
 
 
 def _resolve(config_path: str | None, settings: dict[str, Any], sets: list[str]):
-    """Validate the configuration; split it into flow parameters and what must not become one.
+    """The configuration, built and validated once: defaults <- file <- environment <- flags <- --set.
 
-    Flow parameters are stored by the Prefect server, so storage options and URLs that carry
-    credentials reach the flow through this process's environment (LSTM_FORECAST_*) instead.
+    The flow called in this process runs with this object (flows/handoff.py); its credentials never go
+    into the process environment nor become flow parameters. Its values are remembered to be scrubbed
+    from what the CLI prints.
     """
-    from lstm_core.config import ENV_PREFIX, load_config
-    from lstm_core.secrets import has_credentials, secret_values
+    from lstm_core.config import load_config
+    from lstm_core.secrets import secret_values
 
     config = load_config(config_path, overrides=settings, sets=sets)
     _SECRETS.update(secret_values(config.storage_options, config.urls()))
-    resolved = config.model_dump(mode="json", exclude={"storage_options"}, exclude_defaults=True)
-    private: dict[str, str] = {}
-    if config.storage_options:
-        private["STORAGE_OPTIONS"] = json.dumps(config.storage_options)
-    for key in config.url_settings():  # user-info or a signed query string: never a flow parameter
-        if has_credentials(getattr(config, key)):
-            private[key.upper()] = getattr(config, key)
-            resolved.pop(key, None)
-    os.environ.update({ENV_PREFIX + k: v for k, v in private.items()})
-    return config, resolved
+    return config
 
 
 def check_input(config) -> None:
@@ -165,9 +156,9 @@ def check_input(config) -> None:
 
 
 def _checked_flow(args: argparse.Namespace, flow_name: str):
-    """(the flow, the run's settings): settings and input checked first (a missing input fails in about a
-    second, before TensorFlow is imported), then the flow imported quietly."""
-    config, resolved = _resolve(args.config, settings_from_args(args), args.sets)
+    """(the flow, the run's configuration): settings and input checked first (a missing input fails in about
+    a second, before TensorFlow is imported), then the flow imported quietly."""
+    config = _resolve(args.config, settings_from_args(args), args.sets)
     check_input(config)
     with quiet_native_startup():
         if flow_name == "tune":
@@ -175,19 +166,25 @@ def _checked_flow(args: argparse.Namespace, flow_name: str):
         else:
             from flows.batch_forecast import batch_forecast as flow
     quiet_console_tracebacks()
-    return flow, resolved
+    return flow, config
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    batch_forecast, resolved = _checked_flow(args, "batch-forecast")
-    manifest = batch_forecast(config_path=args.config, settings=resolved)
+    from flows.handoff import handing
+
+    batch_forecast, config = _checked_flow(args, "batch-forecast")
+    with handing(config, args.config) as parameters:  # the flow runs with this configuration, as checked
+        manifest = batch_forecast(**parameters)
     _report(manifest)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    tune, resolved = _checked_flow(args, "tune")
-    summary = tune(config_path=args.config, settings=resolved)
+    from flows.handoff import handing
+
+    tune, config = _checked_flow(args, "tune")
+    with handing(config, args.config) as parameters:
+        summary = tune(**parameters)
     best = summary.get("best")
     print(f"study {summary['study']}: {summary['trials']} trials ("
           + ", ".join(f"{n} {s}" for s, n in summary["states"].items())
@@ -336,13 +333,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "input_url": str(data), "output_url": str(DEMO_DIR / "output"), "freq": "h", "horizon": 24,
         "season_length": 24, "window": 48, "training": {"epochs": 30, "patience": 6},
     }
-    _, resolved = _resolve(None, settings, args.sets)
+    config = _resolve(None, settings, args.sets)
     with quiet_native_startup():
         from flows.batch_forecast import batch_forecast
+    from flows.handoff import handing
 
     quiet_console_tracebacks()
     print(f"demo dataset: {data} (24 hourly series, 4 weeks)")
-    manifest = batch_forecast(config_path=None, settings=resolved)
+    with handing(config) as parameters:
+        manifest = batch_forecast(**parameters)
     _report(manifest)
     out = DEMO_DIR / "output"
     print(f"outputs under {out}/: predictions/, metrics/, quarantine/, runs/{manifest['run_id']}/manifest.json, models/")

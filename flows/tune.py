@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 from prefect import flow, get_run_logger
 
+from flows.handoff import handed_config
 from flows.parameters import RunSettings, settings_dict
 from lstm_core.config import ForecastConfig, load_config
 from lstm_core.engine import panel_of
@@ -29,7 +30,11 @@ def tune(config_path: str | None = None, settings: RunSettings | None = None) ->
         settings: settings over the file's; `tuning.study`, `tuning.trials` and `tuning.minutes` set the study
             and its budget.
     """
-    config = load_config(config_path, overrides=settings_dict(settings))  # stops here on a bad setting
+    given = settings_dict(settings)  # stops here on a bad parameter
+    # Called by the CLI: the configuration it built and checked; a deployment run builds its own.
+    config = handed_config(config_path, given)
+    if config is None:
+        config = load_config(config_path, overrides=given)  # stops here on a bad setting
     return run_tuning(config)
 
 

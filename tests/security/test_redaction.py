@@ -82,18 +82,22 @@ def test_log_filter_scrubs_bare_user_info_and_query_strings():
 
 
 def test_cli_keeps_every_credentialed_url_out_of_the_flow_parameters(monkeypatch):
-    from flows import cli
-
-    for name in ("LSTM_FORECAST_SCRATCH_URL", "LSTM_FORECAST_INPUT_URL", "LSTM_FORECAST_OUTPUT_URL",
-                 "LSTM_FORECAST_STORAGE_OPTIONS"):
-        monkeypatch.setenv(name, "")  # recorded, so what _resolve exports is removed after the test
-        monkeypatch.delenv(name)
-    scratch = "s3://su:sp-secret@lake/scratch"
-    signed = "https://h/in.parquet?X-Amz-Signature=sig-secret"
-    _, resolved = cli._resolve(None, {"input_url": signed, "output_url": "s3://lake/out"},
-                               [f"scratch_url={scratch}"])
-    assert "scratch_url" not in resolved and "input_url" not in resolved
-    assert resolved["output_url"] == "s3://lake/out"
     import os
 
-    assert os.environ["LSTM_FORECAST_SCRATCH_URL"] == scratch and os.environ["LSTM_FORECAST_INPUT_URL"] == signed
+    from flows import cli
+    from flows.handoff import run_parameters
+
+    names = ("LSTM_FORECAST_SCRATCH_URL", "LSTM_FORECAST_INPUT_URL", "LSTM_FORECAST_OUTPUT_URL",
+             "LSTM_FORECAST_STORAGE_OPTIONS")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    scratch = "s3://su:sp-secret@lake/scratch"
+    signed = "https://h/in.parquet?X-Amz-Signature=sig-secret"
+    config = cli._resolve(None, {"input_url": signed, "output_url": "s3://lake/out"}, [f"scratch_url={scratch}"])
+    resolved = run_parameters(config, None)["settings"]  # what the CLI calls the flow with
+    assert "scratch_url" not in resolved and "input_url" not in resolved
+    assert resolved["output_url"] == "s3://lake/out"
+    # They reach the flow in the configuration object it is handed (flows/handoff.py), never through the
+    # process environment.
+    assert config.scratch_url == scratch and config.input_url == signed
+    assert not [name for name in names if name in os.environ]
