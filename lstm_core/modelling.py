@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,20 +141,37 @@ class ModelStore:
     def save_intervals(self, intervals: ConformalIntervals, key: str, version: str) -> None:
         call_with_retries(save_intervals, intervals, self.location, key, version, what="saving the intervals")
 
+    def holding(self, config: ForecastConfig) -> Location:
+        """The store `config`'s versions live in: this one, or the one a `model_url` pins."""
+        return self.location.with_url(split_model_url(config.model_url)[0]) if config.model_url else self.location
+
+    def backtest_model(self, key: str, version: str, config: ForecastConfig) -> Forecaster | None:
+        """The model kept inside a refit version, trained before its earliest cutoff: what scores backtests
+        with that version (None when the version was not refit). Raises ArtifactError when it cannot be used."""
+        inside = self.holding(config).child(key, version)
+        if not inside.fs.exists(inside.child(BACKTEST_MODEL, version, "metadata.json").path):
+            return None
+        return artifacts.load(inside, BACKTEST_MODEL, version, max_bytes=config.max_model_bytes).forecaster
+
     def open(self, ref: ModelRef, config: ForecastConfig, log=None) -> "ModelChoice":
         """The stored version `ref` names, with the intervals saved beside it: what its shards forecast with.
 
         Opened through the same checks as any saved model (allowlist, sizes, checksums, signature); raises
-        ArtifactError when it cannot be used.
+        ArtifactError when it cannot be used. The shards of a run open the same version: it is opened once
+        per process (`_OPENED`), so its compiled forecast loop is traced once, not once per shard.
         """
         log = log or _log
-        # a model pinned by `model_url` may live in another store than this run's
-        store = self.location.with_url(split_model_url(config.model_url)[0]) if config.model_url else self.location
-        loaded = artifacts.load(store, ref.model_key, ref.version, max_bytes=config.max_model_bytes)
-        scorer = loaded.forecaster
-        if ref.refit:
-            scorer = artifacts.load(store.child(ref.model_key, ref.version), BACKTEST_MODEL, ref.version,
-                                    max_bytes=config.max_model_bytes).forecaster
+        cached = (self.holding(config).url, ref.model_key, ref.version, ref.refit, config.max_model_bytes)
+        if cached not in _OPENED:
+            loaded = artifacts.load(self.holding(config), ref.model_key, ref.version, max_bytes=config.max_model_bytes)
+            scorer = self.backtest_model(ref.model_key, ref.version, config) if ref.refit else loaded.forecaster
+            if scorer is None:
+                raise ArtifactError(f"model {loaded.url} was refit but keeps no {BACKTEST_MODEL}/ model inside it")
+            _OPENED[cached] = (loaded, scorer)
+            while len(_OPENED) > _OPENED_MAX:
+                _OPENED.popitem(last=False)
+        _OPENED.move_to_end(cached)
+        loaded, scorer = _OPENED[cached]
         decision = Decision(ref.decision["action"], ref.decision["reason"], loaded)
         return ModelChoice(scorer, loaded.forecaster, decision, ref.version, ref.group,
                            first_window=ref.first_window, intervals=_saved_intervals(self, loaded, config, log),
@@ -164,6 +182,11 @@ class ModelStore:
         Raises ArtifactError when they are corrupt."""
         store, key, version = split_model_url(url)
         return load_intervals(self.location.with_url(store), key, version)
+
+
+# Versions opened in this process, newest last: (store URL, key, version, refit, size cap) -> (loaded, scorer).
+_OPENED: "OrderedDict[tuple, tuple[Any, Forecaster]]" = OrderedDict()
+_OPENED_MAX = 4
 
 
 # --- get or train ------------------------------------------------------------------------------------
@@ -275,9 +298,14 @@ def get_or_train(store: ModelStore, spec: ModelSpec, data: Prepared | None, *, c
     log.info("%smodel decision: %s (%s)", label, decision.action, decision.reason)
     if decision.action == "load":
         loaded = decision.loaded
-        choice = ModelChoice(loaded.forecaster, loaded.forecaster, decision, loaded.metadata["version"], spec.group,
-                             intervals=_saved_intervals(store, loaded, config, log),
-                             model_key=loaded.metadata.get("model_key") or spec.key)
+        version, key = loaded.metadata["version"], loaded.metadata.get("model_key") or spec.key
+        # A refit version has seen every backtest window: they are scored by the model kept inside it.
+        scorer = store.backtest_model(key, version, config) if config.mode != "per_series" else None
+        if scorer is not None:
+            log.info("%smodel %s was refit on all data: its backtest is scored by the model kept inside it, "
+                     "trained before its earliest cutoff", label, version)
+        choice = ModelChoice(scorer or loaded.forecaster, loaded.forecaster, decision, version, spec.group,
+                             intervals=_saved_intervals(store, loaded, config, log), model_key=key)
         return choice, decision
 
     trainer = _TrainingProgress(config.training.epochs, log)

@@ -113,8 +113,32 @@ def test_a_refit_model_travels_by_reference_with_the_model_that_scores_its_backt
     for mine, theirs in ((opened.forecaster, trained.forecaster), (opened.final, trained.final)):
         np.testing.assert_allclose(mine.forecast(data.panel, H), theirs.forecast(data.panel, H), rtol=1e-6)
     assert not np.allclose(opened.forecaster.forecast(data.panel, H), opened.final.forecast(data.panel, H))
+    # a later run that loads the refit version scores its backtest with the model inside it too: the refit
+    # one has seen every backtest window
+    again, decision = get_or_train(store, cfg.model_spec(), data)
+    assert decision.action == "load" and again.version == ref.version and ModelRef.of(again).refit
+    np.testing.assert_allclose(again.forecaster.forecast(data.panel, H), trained.forecaster.forecast(data.panel, H),
+                               rtol=1e-6)
+    np.testing.assert_allclose(again.final.forecast(data.panel, H), trained.final.forecast(data.panel, H), rtol=1e-6)
     # without refit, one model does both and nothing is kept inside the version
     once = fast_config(output_url=str(tmp_path / "plain"), retrain="auto")
     plain = ModelRef.of(get_or_train(ModelStore.of(once), once.model_spec(), data)[0])
     assert not plain.refit and not (tmp_path / "plain" / "models" / plain.model_key / plain.version /
                                     BACKTEST_MODEL).exists()
+
+
+def test_shards_of_a_process_share_one_opened_version_so_the_forecast_loop_is_traced_once(run, caplog):
+    """Every shard opens its group's version; each fresh copy traced the compiled forecast loop again and
+    TensorFlow warned of frequent retracing. The version is opened once per process."""
+    import logging
+
+    from lstm_core.modelling import ModelRef
+
+    cfg, data, store, _, (first, _), _ = run
+    ref = ModelRef.of(first)
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        opened = [store.open(ref, cfg) for _ in range(6)]  # six shards
+        for choice in opened:
+            choice.final.forecast(data.panel, H)
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+    assert all(choice.final is opened[0].final for choice in opened)
