@@ -345,7 +345,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _report(manifest)
     out = DEMO_DIR / "output"
     print(f"outputs under {out}/: predictions/, metrics/, quarantine/, runs/{manifest['run_id']}/manifest.json, models/")
-    print(f"read the committed runs with: python -c \"from lstm_core.outputs import read_committed; "
+    python = os.path.relpath(sys.executable) if sys.executable else "python"  # the environment it ran in
+    print(f"read the committed runs with: {python} -c \"from lstm_core.outputs import read_committed; "
           f"print(read_committed('{out}', 'predictions'))\"")
     return 0
 
@@ -379,9 +380,11 @@ def _report(manifest: dict[str, Any]) -> None:
           f"({manifest.get('retrain', {}).get('action')}: {manifest.get('retrain', {}).get('reason')})")
     print(f"series forecast {counts.get('series_forecast')}, skipped {counts.get('series_skipped')}; "
           f"prediction rows {counts.get('prediction_rows')}")
-    for model, values in metrics.items():
+    windows = (manifest.get("backtest") or {}).get("windows")
+    for model, values in metrics.items():  # pooled over every backtest window, not the last one alone
         name = "lstm" if model == manifest.get("model_version") else model
-        print(f"  holdout {name:>15}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items())))
+        print(f"  backtest ({windows} windows) {name:>15}: "
+              + ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items())))
 
 
 class RunNameFormatter(logging.Formatter):

@@ -306,9 +306,15 @@ def committed_runs(output: Location | str, storage_options: dict | None = None) 
 
 def read_committed(output: Location | str, table: str, storage_options: dict | None = None) -> pd.DataFrame:
     """A table's rows from committed runs only (what a careful downstream reader does). `output`: the
-    output root (a URL, reached with the fsspec `storage_options`, or a Location)."""
+    output root (a URL, reached with the fsspec `storage_options`, or a Location). Empty when no run is
+    committed yet; a misspelt table raises ValueError and an output root that does not exist
+    FileNotFoundError (a typo would otherwise read as 'nothing committed')."""
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}: the output tables are {', '.join(TABLES)}")
     output = Location.of(output, storage_options)
     fs, root = output.fs, output.path
+    if not fs.exists(root):
+        raise FileNotFoundError(f"no output at {output.shown}")
     frames = []
     for rid in committed_runs(output):
         partition = OutputLayout(root).partition(table, rid)

@@ -247,6 +247,13 @@ def test_demo_works_in_a_fresh_clone_after_make_setup(tmp_path):
     assert json.loads((runs[0] / "manifest.json").read_text())["status"] == "succeeded"
     preds = pd.read_parquet(clone / "data/demo/output/predictions")
     assert len(preds) == 24 * 24 and preds["yhat"].notna().all()
+    # the read hint it prints works as printed, from the clone, with the system python3 first on PATH
+    hint = next(line for line in out.stdout.splitlines() if line.startswith("read the committed runs with: "))
+    command = hint.split(": ", 1)[1]
+    assert command.startswith(".venv/bin/python -c ")
+    read = subprocess.run(command, shell=True, cwd=clone, env=env, capture_output=True, text=True, timeout=300)
+    assert read.returncode == 0, read.stderr[-2000:]
+    assert "[576 rows x" in read.stdout
 
 
 @pytest.mark.slow

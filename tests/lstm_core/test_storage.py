@@ -68,6 +68,11 @@ def test_readers_see_only_committed_runs(tmp_path):
     assert committed_runs(out) == ["run-a"]
     got = read_committed(out, "predictions")
     assert got["yhat"].tolist() == [1.0] and got["run_id"].tolist() == ["run-a"]
+    # a typo is an error, not an empty answer that reads as 'nothing committed'
+    with pytest.raises(ValueError, match="unknown table 'prediction': the output tables are predictions, metrics"):
+        read_committed(out, "prediction")
+    with pytest.raises(FileNotFoundError, match="no output at .*/no-such-out"):
+        read_committed(str(tmp_path / "no-such-out"), "predictions")
     # Re-running a run id removes the manifest before anything else.
     done.begin()
     assert committed_runs(out) == []
