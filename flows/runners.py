@@ -165,9 +165,10 @@ def _real_runner(config: ForecastConfig, logger: logging.Logger | None = None
                                     "env": worker_env(config.workers, config)},
                 )
                 description = {"runner": "dask", "cluster": "LocalCluster"}
-            quiet = logging.getLogger("distributed")
-            if quiet.level == logging.NOTSET:  # scheduler and nanny chatter; the run's own logs say enough
-                quiet.setLevel(logging.WARNING)
+            # Scheduler and nanny chatter (distributed sets its own logger to INFO on import); the run's own
+            # logs say enough. DASK_LOGGING__DISTRIBUTED chooses another level, as it does for the workers.
+            logging.getLogger("distributed").setLevel(
+                os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning").upper())
             with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
                 with runner:
                     t0 = time.perf_counter()

@@ -261,6 +261,8 @@ def test_cli_workers_flag_runs_on_a_local_cluster_without_a_configured_api(tmp_p
     assert manifest["timings_s"]["write_outputs"] > 0 and manifest["timings_s"]["forecast"] > 0
     # The spawned workers load TensorFlow quietly, as the CLI's own process does.
     assert "absl::InitializeLog" not in out.stderr and "oneDNN custom operations" not in out.stderr, out.stderr[-3000:]
+    # Nor does Dask's scheduler and nanny chatter reach the console (its warnings would).
+    assert "INFO distributed." not in out.stderr + out.stdout, (out.stderr + out.stdout)[-3000:]
 
 
 def test_scale_settings_are_validated_and_reach_the_cli():
