@@ -7,6 +7,15 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Under pytest-xdist (`-n auto`, pyproject's addopts) the workers share the cores: each worker's TensorFlow and
+# BLAS get its share of them, as flows.runners.worker_env does for Dask workers, or N workers each running N
+# threads oversubscribe the machine and every step waits on the others. Set before anything imports
+# TensorFlow; the CLI subprocesses a test starts inherit it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _per_worker = str(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))))
+    for _name, _value in (("TF_NUM_INTRAOP_THREADS", _per_worker), ("TF_NUM_INTEROP_THREADS", "1"),
+                          ("OMP_NUM_THREADS", _per_worker)):
+        os.environ.setdefault(_name, _value)
 
 import numpy as np
 import pandas as pd
