@@ -169,3 +169,14 @@ class Holdout:
         m = self.metrics
         row = m[(m["model"] == model) & (m["metric"] == metric) & m["series_id"].isna() & m["window"].isna()]
         return float(row["value"].iloc[0])
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Under xdist, files holding a `slow` (end-to-end) test go first, each file's tests kept together and in
+    order. `--dist loadfile` hands files out in collection order, so the longest start early and the short
+    unit-test files fill in at the end instead of a worker running an end-to-end file alone at the tail.
+    In one process (`-n 0`) the order is left as collected."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    heavy = {item.path for item in items if item.get_closest_marker("slow") is not None}
+    items.sort(key=lambda item: item.path not in heavy)  # stable: the order within each group is kept
