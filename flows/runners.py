@@ -98,6 +98,13 @@ def shared_api_url() -> str:
     return server.api_url
 
 
+def quiet_dask_logs() -> None:
+    """Silence the scheduler and nanny chatter in this process (distributed sets its own logger to INFO on
+    import); the run's own logs say enough. DASK_LOGGING__DISTRIBUTED chooses another level, as it does for
+    the workers."""
+    logging.getLogger("distributed").setLevel(os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning").upper())
+
+
 def quiet_workers(client) -> None:
     """Have each Dask worker load TensorFlow once, with its native start-up lines discarded (as the CLI does
     in its own process), before any task reaches it: otherwise every spawned worker prints them."""
@@ -165,10 +172,7 @@ def _real_runner(config: ForecastConfig, logger: logging.Logger | None = None
                                     "env": worker_env(config.workers, config)},
                 )
                 description = {"runner": "dask", "cluster": "LocalCluster"}
-            # Scheduler and nanny chatter (distributed sets its own logger to INFO on import); the run's own
-            # logs say enough. DASK_LOGGING__DISTRIBUTED chooses another level, as it does for the workers.
-            logging.getLogger("distributed").setLevel(
-                os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning").upper())
+            quiet_dask_logs()
             with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
                 with runner:
                     t0 = time.perf_counter()

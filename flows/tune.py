@@ -70,11 +70,9 @@ def study_client(config: ForecastConfig, logger=None) -> Iterator[Any]:
     import dask
     from distributed import Client, LocalCluster
 
-    from flows.runners import quiet_workers, worker_env
+    from flows.runners import quiet_dask_logs, quiet_workers, worker_env
 
-    quiet = logging.getLogger("distributed")
-    if quiet.level == logging.NOTSET:
-        quiet.setLevel(logging.WARNING)
+    quiet_dask_logs()
     if config.dask_address is not None:
         with Client(config.dask_address) as client:
             yield client

@@ -23,10 +23,11 @@ from pandas.tseries.offsets import Tick
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lstm_core.errors import ConfigError
-if TYPE_CHECKING:
-    from lstm_core.layout import OutputLayout
 from lstm_core.secrets import MASK, has_credentials, is_secret_name, scrub, without_secrets
 from lstm_core.storage import Location
+
+if TYPE_CHECKING:
+    from lstm_core.layout import OutputLayout
 
 __all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "TuningConfig", "default_season_length",
            "default_window", "load_config", "validate_config"]

@@ -90,7 +90,8 @@ def decide(
     problems = []
     for version in versions:  # newest first; fall back past corrupt or incompatible ones
         try:
-            loaded = load(store, model_key, version, expect_features=expect, expect_window=window, max_bytes=max_model_bytes, now=now)
+            loaded = load(store, model_key, version, expect_features=expect, expect_window=window,
+                          max_bytes=max_model_bytes, now=now)
             if train_panel is not None:
                 # the data as this model reads them (its static vocabulary): the same columns?
                 have = tuple(loaded.forecaster.adapt(train_panel).feature_names)
@@ -274,7 +275,8 @@ def load_pinned(config, store: Location | str, train_panel: Panel | None) -> Dec
         store = store.with_url(url)
     else:
         version = config.model_version
-        found = [k for k, _, _ in saved_models(store) if store.fs.exists(join(store.path, k, version, "metadata.json"))]
+        found = [k for k, _, _ in saved_models(store)
+                 if store.fs.exists(join(store.path, k, version, "metadata.json"))]
         if not found:
             newest = [f"{k}/{v}" for k, v, _ in saved_models(store)[:5]]
             raise ArtifactError(f"model_version {version} is not in the model store {store.shown} "

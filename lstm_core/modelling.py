@@ -161,9 +161,10 @@ class ModelStore:
         per process (`_OPENED`), so its compiled forecast loop is traced once, not once per shard.
         """
         log = log or _log
-        cached = (self.holding(config).url, ref.model_key, ref.version, ref.refit, config.max_model_bytes)
+        holding = self.holding(config)
+        cached = (holding.url, ref.model_key, ref.version, ref.refit, config.max_model_bytes)
         if cached not in _OPENED:
-            loaded = artifacts.load(self.holding(config), ref.model_key, ref.version, max_bytes=config.max_model_bytes)
+            loaded = artifacts.load(holding, ref.model_key, ref.version, max_bytes=config.max_model_bytes)
             scorer = self.backtest_model(ref.model_key, ref.version, config) if ref.refit else loaded.forecaster
             if scorer is None:
                 raise ArtifactError(f"model {loaded.url} was refit but keeps no {BACKTEST_MODEL}/ model inside it")
