@@ -31,6 +31,7 @@ from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
+from lstm_core.modelling import candidates_of
 from lstm_core.outputs import OutputStore, RunWriter, new_run_id, slot_run_id
 from lstm_core.progress import Progress
 from lstm_core.records import (BacktestEntry, Counts, Decision, Execution, Frequency, Manifest, ManifestDraft,
@@ -41,7 +42,7 @@ from lstm_core.sharding import ShardPlan
 from lstm_core.storage import is_storage_failure
 from lstm_core.tuning import apply_tuned
 from tasks.data import no_valid_series
-from tasks.outputs import SKIPPED_IN_SUMMARY, commit_run, overall_metrics, realised_overall_rows
+from tasks.outputs import SKIPPED_IN_SUMMARY, commit_run, overall_metrics, realised_overall_rows, serving_entry
 from tasks.reporting import publish_artifacts, publish_failure
 from tasks.shard import forecast_shard, train_group
 from tasks.sharding import plan_shards, split_shards
@@ -344,6 +345,9 @@ class _Run:
             prediction_rows=sum(s.prediction_rows for s in summaries),
             points_filled=sum(s.points_filled for s in summaries),
         )
+        serving = serving_entry(summaries, [float(v) for v in config.levels], candidates_of(config))
+        counts.series_by_model = serving.series_by_model
+        manifest.serving = serving
         fingerprints = [s.fingerprint for s in summaries]
         models = [self._model_entry(key, choice) for key, choice in sorted(choices.items(), key=lambda kv: str(kv[0]))]
         one = models[0] if len(models) == 1 else None

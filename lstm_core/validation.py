@@ -84,14 +84,17 @@ def length_rule(config: Any, horizon: bool = False) -> str:
             + (f" + horizon {config.horizon}" if horizon else ""))
 
 
-def validate_for(df: pd.DataFrame, config: Any, source: str | None = None, errors: str = "skip") -> ValidationResult:
-    """`validate` with everything taken from a configuration (its frequency may still be unset: inferred)."""
+def validate_for(df: pd.DataFrame, config: Any, source: str | None = None, errors: str = "skip",
+                 keep_short: bool = False) -> ValidationResult:
+    """`validate` with everything taken from a configuration (its frequency may still be unset: inferred).
+    `keep_short`: see `validate` (the forecast path keeps them: every series gets a forecast)."""
     spec = CovariateSpec.from_config(config) if config.is_resolved else None
     return validate(df, config.freq, window=config.window, horizon=config.horizon,
                     validation_steps=config.validation_steps, chunk=config.chunk_length if config.is_resolved else 1,
                     patch=config.patch_length if config.is_resolved else None,
                     gap_policy=config.gap_policy,
-                    max_gap=config.max_gap, source=source, errors=errors, covariates=spec, config=config)
+                    max_gap=config.max_gap, source=source, errors=errors, covariates=spec, config=config,
+                    keep_short=keep_short)
 
 
 def validate(
@@ -109,12 +112,17 @@ def validate(
     errors: str = "skip",
     covariates: CovariateSpec | None = None,
     config: Any = None,
+    keep_short: bool = False,
 ) -> ValidationResult:
     """Validate and regularise `df`. `errors='raise'` turns series-level problems into errors too.
 
     `freq` None: the frequency is inferred from the series (they must agree). `covariates`: the
     declared roles; other columns are ignored. A series needs `window + horizon + validation_steps + 1`
     points (validation_steps defaults to horizon).
+
+    `keep_short`: keep the series shorter than that, and constant ones, in `frame` (they are no data
+    fault: the network cannot learn from them, a statistical fallback serves them; see
+    `modelling.network_serves`). Without it they are skipped with their reason, as before.
     """
     if gap_policy not in ("fill", "skip", "error"):
         raise ValueError(f"gap_policy must be fill, skip or error, not {gap_policy!r}")
@@ -187,6 +195,10 @@ def validate(
     short = n < need
     overflow = ~short & (~np.isfinite(mean) | ~np.isfinite(ss))
     constant = ~short & ~overflow & (ss == 0)
+    if keep_short:  # shortness and a constant history are no data fault: the fallback serves them
+        overflow = ~np.isfinite(mean) | ~np.isfinite(ss)
+        short = np.zeros_like(short)
+        constant = np.zeros_like(constant)
     vs = validation_steps or horizon
     for i in np.flatnonzero(short | overflow | constant):
         sid = str(uniques[i])

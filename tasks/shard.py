@@ -20,7 +20,7 @@ from lstm_core.outputs import RunWriter
 from lstm_core.records import ShardSummary
 from lstm_core.sharding import ShardSpec
 from tasks.data import load_series, prepare_windows, validate_series
-from tasks.modelling import evaluate, forecast, open_model, train_or_load_model
+from tasks.modelling import combine, evaluate, fit_statistical, forecast, open_model, train_or_load_model
 from tasks.outputs import score_realised, write_outputs
 from tasks.reporting import RunPlots, render_plots
 
@@ -85,7 +85,9 @@ class ShardResult:
 def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, model: Trained | None = None,
                    single: bool = False, earlier_runs: list[str] | None = None) -> ShardResult:
     """One shard: load_series -> validate_series -> prepare_windows -> [train_or_load_model] -> forecast ->
-    evaluate -> [render_plots] -> score_realised -> write_outputs, each a nested task run.
+    fit_statistical -> combine -> evaluate -> [render_plots] -> score_realised -> write_outputs, each a nested
+    task run. `forecast` is the network's (backtest and future); `combine` serves every series of the shard,
+    those too short for the network included, from the network, the statistical models or a combination.
 
     `model`: the group's model, trained beforehand; None when this shard's own data trains it (a group
     of one shard, or mode per_series). `single`: the run has this one shard (it writes the overall
@@ -99,7 +101,10 @@ def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, m
         trained = ModelRef.of(choice)
     else:
         choice = steps(open_model, ref=model.ref, config=config)
-    forecasts = steps(forecast, choice=choice, prepared=prepared, config=config, save=single)
+    network = steps(forecast, choice=choice, prepared=prepared, config=config, save=single)
+    stat = steps(fit_statistical, prepared=prepared, config=config)
+    forecasts = steps(combine, forecasts=network, statistical=stat, choice=choice, prepared=prepared, config=config)
+    del stat
     evaluation = steps(evaluate, forecasts=forecasts, choice=choice, prepared=prepared, config=config)
     plots = None
     if single:
