@@ -65,6 +65,8 @@ def _broken(sid: str, kind: str, seed: int) -> tuple[pd.DataFrame, str]:
     if kind == "nan":
         s.loc[s.index[30], "y"] = np.nan
         return s, "y"
+    if kind == "missing":  # every value missing
+        return s.assign(y=np.nan), "y"
     return pd.concat([s, s.iloc[[5]]]), "ds"  # a duplicate timestamp
 
 
@@ -84,7 +86,8 @@ def sharded(s3_endpoint, tmp_path_factory):
 
     n_shards = -(-(GOOD + 6) // SHARD_SIZE)
     bad_ids = _bad_ids(n_shards)
-    kinds = ["short", "constant", "nan", "dup", "short", "nan"]
+    # data faults only: a short or constant series is no fault, a statistical fallback forecasts it (issue 22)
+    kinds = ["nan", "dup", "nan", "dup", "nan", "dup"]
     parts, expected = [_series(f"good-{i:02d}", i) for i in range(GOOD)], {}
     for i, (sid, kind) in enumerate(zip(bad_ids, kinds)):
         rows, field = _broken(sid, kind, 50 + i)
@@ -183,7 +186,7 @@ def test_part_files_have_the_contract_columns_and_dtypes(sharded, local_runs):
 @pytest.fixture(scope="module")
 def local_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("local")
-    frame = pd.concat([_series(f"s{i}", i) for i in range(3)] + [_broken("flat", "constant", 9)[0]],
+    frame = pd.concat([_series(f"s{i}", i) for i in range(3)] + [_broken("flat", "missing", 9)[0]],
                       ignore_index=True).astype({"series_id": "string"})
     frame.to_parquet(tmp / "series.parquet", index=False)
     out = tmp / "out"
@@ -248,11 +251,15 @@ def test_the_manifest_holds_every_documented_field(local_runs):
     assert manifest["config"]["horizon"] == H and manifest["config"]["storage_options"] == {}
     assert manifest["model_version"] and manifest["model_key"]
     assert manifest["retrain"]["action"] == "train" and manifest["retrain"]["reason"]
+    by_model = manifest["counts"].pop("series_by_model")
+    assert sum(by_model.values()) == 3 and by_model == manifest["serving"]["series_by_model"]
     assert manifest["counts"] == {"series_read": 4, "rows_read": 4 * 80, "series_forecast": 3, "series_skipped": 1,
                                   "prediction_rows": 3 * H, "points_filled": 0}
     assert manifest["skipped"] == [{"series_id": "flat", "field": "y", "reason": manifest["skipped"][0]["reason"]}]
-    assert "constant" in manifest["skipped"][0]["reason"]
-    assert set(manifest["overall_metrics"]) == {manifest["model_version"], "seasonal_naive"}
+    assert "all values missing" in manifest["skipped"][0]["reason"]
+    # every model side by side on the same backtest windows (issue 22)
+    assert set(manifest["overall_metrics"]) == {manifest["model_version"], "seasonal_naive", "autoets", "autotheta",
+                                                "naive", "served"}
     # the point metrics for both models, coverage and MSIS per level for the model with intervals
     assert set(manifest["overall_metrics"]["seasonal_naive"]) == set(POINT)
     assert set(manifest["overall_metrics"][manifest["model_version"]]) == \
