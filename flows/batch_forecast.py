@@ -259,7 +259,8 @@ class _Run:
         choices: dict[Any, Any] = {}
         for group, future in trained.items():  # a failed training raises its own error here
             result = future.result()
-            choices[group] = result.ref
+            if result.ref is not None:  # None: no series of the group for the network, the fallback serves it
+                choices[group] = result.ref
             self._add_seconds(result.seconds)
         summaries = self._shard_results(plan, shards, choices)
         self._timed("shards", t0)
@@ -351,11 +352,15 @@ class _Run:
         fingerprints = [s.fingerprint for s in summaries]
         models = [self._model_entry(key, choice) for key, choice in sorted(choices.items(), key=lambda kv: str(kv[0]))]
         one = models[0] if len(models) == 1 else None
+        if not models:  # no series was long enough for the network: every series was served by the fallback
+            manifest.retrain = Decision(action="train", reason="no series is long enough for the network: every "
+                                        "series is served by the statistical fallback")
         manifest.input_fingerprint = fingerprints[0] if single else \
             hashlib.sha256("".join(fingerprints).encode()).hexdigest()[:32]
         manifest.model_version = one.model_version if one else None
         manifest.model_key = one.model_key if one else None
-        manifest.retrain = one.retrain if one else _retrain_summary(models)
+        if models:
+            manifest.retrain = one.retrain if one else _retrain_summary(models)
         manifest.training = one.training if one else None
         manifest.models = models
         manifest.counts = counts

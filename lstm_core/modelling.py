@@ -502,7 +502,7 @@ def combine(forecasts: Forecasts | None, stat: StatisticalBacktest, choice: Mode
         lstm_future[pos] = forecasts.future["yhat"].to_numpy(np.float64).reshape(data.panel.n_series, h)
     future["lstm"] = lstm_future
     values, labels = serve_future(rows, future, full.series_ids, full.lengths, cands, horizon=h, min_history=need)
-    version = choice.version if choice is not None else "none"
+    version = choice.version if choice is not None else None  # null: the network served no series
     frame = predictions_frame(full, values, config.freq).assign(
         model_version=version, model=pd.Series(np.repeat(np.asarray(labels, dtype=object), h), dtype="string"))
     for name in CANDIDATE_COLUMNS:  # every candidate's own forecast beside the served one (NaN: not available)
@@ -575,26 +575,31 @@ class Scored:
         return self.holdout.series_ids
 
 
-def score(forecasts: Forecasts, choice: ModelChoice, data: Prepared, config: ForecastConfig, log=None) -> Scored:
-    """Score every backtest window of the model and of seasonal naive, with interval coverage and MSIS."""
+def score(forecasts: Forecasts, choice: ModelChoice | None, data: Prepared, config: ForecastConfig,
+          log=None) -> Scored:
+    """Score every backtest window of every model (the network, seasonal naive and, on a served backtest,
+    the statistical models and the served forecast), with interval coverage and MSIS."""
     log = log or _log
     bt = forecasts.backtest
-    sums = bt.sums(choice.version)
+    version = choice.version if choice is not None else "lstm"  # None: the network served no series
+    sums = bt.sums(version)
     metrics = backtest_metrics(sums)  # the same as bt.metrics(), without summing the rows twice
-    holdout = _holdout_of(bt, data, choice, config)
+    holdout = _holdout_of(bt, data, version, config)
     latest = {int(w): c for w, c in bt.scales.groupby("window")["cutoff"].max().items()}
     scored = Scored(holdout, metrics, sums.totals(()), sums.totals(("window",)), latest)
     pooled = scored.pooled.finalize()
-    for name in (choice.version, "seasonal_naive"):
+    for name in (version, "seasonal_naive", *STATISTICAL_MODELS, "naive", "served"):
+        if not (pooled["model"] == name).any():
+            continue
         values = dict(zip(pooled.loc[pooled["model"] == name, "metric"], pooled.loc[pooled["model"] == name, "value"]))
         log.info("backtest %s (%d windows): MAE %.4f sMAPE %.3f MASE %.4f%s",
-                 "lstm" if name == choice.version else name, bt.windows, values.get("mae", np.nan),
+                 "lstm" if name == version else name, bt.windows, values.get("mae", np.nan),
                  values.get("smape", np.nan), values.get("mase", np.nan),
                  "".join(f" coverage_{k[9:]} {v:.3f}" for k, v in values.items() if k.startswith("coverage_")))
     return scored
 
 
-def _holdout_of(bt: Backtest, data: Prepared, choice: ModelChoice, config: ForecastConfig) -> Evaluation:
+def _holdout_of(bt: Backtest, data: Prepared, version: str, config: ForecastConfig) -> Evaluation:
     """The last window (every series has it: it is the holdout validation guarantees) as (S, H) arrays."""
     h = config.horizon
     ids = data.panel.series_ids
@@ -602,11 +607,11 @@ def _holdout_of(bt: Backtest, data: Prepared, choice: ModelChoice, config: Forec
     rows = bt.frame.merge(bt.scales.loc[bt.scales["window"] == window, ["series_id", "cutoff"]],
                           on=["series_id", "cutoff"], how="inner")
     actual = np.full((len(ids), h), np.nan)  # (S, H)
-    fc = {choice.version: np.full((len(ids), h), np.nan), "seasonal_naive": np.full((len(ids), h), np.nan)}
+    fc = {version: np.full((len(ids), h), np.nan), "seasonal_naive": np.full((len(ids), h), np.nan)}
     pos = pd.Index(ids.astype(str)).get_indexer(rows["series_id"].astype(str))
     step = rows["step"].to_numpy(np.int64) - 1
     ok = pos >= 0
     actual[pos[ok], step[ok]] = rows["y"].to_numpy(np.float64)[ok]
-    fc[choice.version][pos[ok], step[ok]] = rows["yhat"].to_numpy(np.float64)[ok]
+    fc[version][pos[ok], step[ok]] = rows["yhat"].to_numpy(np.float64)[ok]
     fc["seasonal_naive"][pos[ok], step[ok]] = rows["seasonal_naive"].to_numpy(np.float64)[ok]
     return Evaluation(ids, actual, fc, pd.DataFrame())

@@ -56,6 +56,6 @@ def combine(forecasts: Forecasts | None, statistical: StatisticalBacktest, choic
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(forecasts: Forecasts, choice: ModelChoice, prepared: Prepared, config: ForecastConfig) -> Scored:
+def evaluate(forecasts: Forecasts, choice: ModelChoice | None, prepared: Prepared, config: ForecastConfig) -> Scored:
     """Score every backtest window of the model and of seasonal naive, with interval coverage and MSIS."""
     return modelling.score(forecasts, choice, prepared, config, log=get_run_logger())

@@ -51,7 +51,7 @@ class _Steps:
 class Trained:
     """A group's model as its shards get it: by reference (they open the stored version)."""
 
-    ref: ModelRef
+    ref: ModelRef | None  # None: the group has no series the network can take (all served by the fallback)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -65,9 +65,17 @@ def train_group(config: ForecastConfig, group: str | None = None, sample: ShardS
     if sample is None:
         choice = steps(train_or_load_model, prepared=None, config=config, group=group)
     else:
-        choice = steps(train_or_load_model, prepared=steps.prepared(sample, config), config=config, group=group,
-                       calibrate=True)
+        prepared = steps.prepared(sample, config, allow_empty=True)
+        if not _network_has_series(prepared, config):
+            return Trained(None, steps.seconds)  # no series the network can take: the fallback serves the group
+        choice = steps(train_or_load_model, prepared=prepared, config=config, group=group, calibrate=True)
     return Trained(ModelRef.of(choice), steps.seconds)
+
+
+def _network_has_series(prepared: Prepared, config: ForecastConfig) -> bool:
+    """The network can train: some series is long enough (a loaded or pinned model needs none of its own data,
+    but a run with no such series at all serves every series by the statistical fallback)."""
+    return prepared.panel.n_series > 0
 
 
 @dataclass
@@ -96,18 +104,22 @@ def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, m
     steps = _Steps()
     prepared = steps.prepared(spec, config, allow_empty=not single and model is not None)
     trained = None
-    if model is None:
+    choice, network = None, None
+    if model is None and not _network_has_series(prepared, config):
+        pass  # every series is too short for the network (or constant): the statistical fallback serves them all
+    elif model is None:
         choice = steps(train_or_load_model, prepared=prepared, config=config, group=spec.group)
         trained = ModelRef.of(choice)
-    else:
+    elif model.ref is not None:
         choice = steps(open_model, ref=model.ref, config=config)
-    network = steps(forecast, choice=choice, prepared=prepared, config=config, save=single)
+    if choice is not None:
+        network = steps(forecast, choice=choice, prepared=prepared, config=config, save=single)
     stat = steps(fit_statistical, prepared=prepared, config=config)
     forecasts = steps(combine, forecasts=network, statistical=stat, choice=choice, prepared=prepared, config=config)
     del stat
     evaluation = steps(evaluate, forecasts=forecasts, choice=choice, prepared=prepared, config=config)
     plots = None
-    if single:
+    if single and choice is not None:
         plots = steps(render_plots, choice=choice, evaluation=evaluation, prepared=prepared, config=config,
                       forecasts=forecasts)
     realised = steps(score_realised, writer=writer, prepared=prepared, config=config,

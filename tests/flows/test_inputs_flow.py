@@ -262,20 +262,36 @@ def test_the_issues_short_series_are_forecast_as_validation_accepts_them(s3_buck
     assert manifest["config"]["window"] == 168 and manifest["skipped"] == []
 
 
-def test_no_valid_series_fails_with_the_reasons_and_a_quarantine_table(s3_bucket, s3_endpoint):
-    """3 series x 60 hourly points, H 24: each needs 72 (history 12 + chunk 12 + validation 24 + horizon 24)."""
+def test_series_all_too_short_for_the_network_are_served_by_the_statistical_fallback(s3_bucket, s3_endpoint):
+    """3 series x 60 hourly points, H 24: the network needs 72 (history 12 + chunk 12 + validation 24 +
+    horizon 24), so it trains on none; every series is still forecast, by a named statistical model (issue 22)."""
     fs = _fs(s3_endpoint)
     url = _put(fs, f"{s3_bucket}/in/short.parquet", make_frame(n_series=3, length=60))
+    settings = {**FAST, "horizon": 24, "window": None, "input_url": url, "output_url": f"{s3_bucket}/out",
+                "run_id": "tooshort"}
+    manifest = batch_forecast(settings=settings)
+    assert manifest["status"] == "succeeded" and manifest["skipped"] == []
+    assert manifest["counts"]["series_forecast"] == 3 and manifest["models"] == []
+    assert sum(manifest["counts"]["series_by_model"].values()) == 3
+    assert not any("lstm" in k for k in manifest["counts"]["series_by_model"])
+    preds = _preds(fs, f"{s3_bucket}/out", "tooshort")
+    assert len(preds) == 3 * 24 and np.isfinite(preds["yhat"]).all() and preds["model"].notna().all()
+
+
+def test_no_valid_series_fails_with_the_reasons_and_a_quarantine_table(s3_bucket, s3_endpoint):
+    """3 series whose every value is missing: a data fault, so nothing is left to forecast."""
+    fs = _fs(s3_endpoint)
+    url = _put(fs, f"{s3_bucket}/in/short.parquet", make_frame(n_series=3, length=60).assign(y=np.nan))
     settings = {**FAST, "horizon": 24, "window": None, "input_url": url, "output_url": f"{s3_bucket}/out",
                 "run_id": "short"}
     with pytest.raises(NoValidSeriesError) as exc:
         batch_forecast(settings=settings)
     assert "all 3 were skipped" in str(exc.value)
-    assert "needs 72 (history 12 + chunk 12 + validation 24 + horizon 24)" in str(exc.value)
+    assert "all values missing" in str(exc.value)
     manifest = json.loads(fs.cat_file(f"{s3_bucket}/out/runs/short/manifest.json"))
     assert manifest["status"] == "failed" and manifest["error"].startswith("NoValidSeriesError")
     assert [s["series_id"] for s in manifest["skipped"]] == ["s00", "s01", "s02"]
-    assert all("series too short: 60 points, needs 72" in s["reason"] for s in manifest["skipped"])
+    assert all("all values missing" in s["reason"] for s in manifest["skipped"])
     quarantine = _read(fs, f"{s3_bucket}/out/quarantine/run=short/part-0.parquet")
     assert sorted(quarantine["series_id"]) == ["s00", "s01", "s02"] and (quarantine["field"] == "y").all()
     assert not fs.exists(f"{s3_bucket}/out/predictions/run=short")
