@@ -35,7 +35,7 @@ from lstm_core.model_store import Decision, decide_for, split_model_url
 from lstm_core.panel import Panel
 from lstm_core.progress import Progress
 from lstm_core.retries import call_with_retries
-from lstm_core.statistical import STATISTICAL_MODELS, StatisticalBacktest, statistical_backtest
+from lstm_core.statistical import STATISTICAL_MODELS, StatisticalBacktest, long_history, statistical_backtest
 from lstm_core.storage import Location
 from lstm_core.tuning import check_tuned_fits
 from lstm_core.validation import SkippedSeries, ValidationResult, min_train_length
@@ -441,11 +441,14 @@ def forecast(choice: ModelChoice, data: Prepared, config: ForecastConfig, *, sto
 
 # --- the statistical standards and the served forecast --------------------------------------------------
 def statistical(data: Prepared, config: ForecastConfig, log=None) -> StatisticalBacktest:
-    """AutoETS, AutoTheta, seasonal naive and naive on every series (the network's and the fallback's), on
-    the network's backtest cutoffs and past T (`lstm_core.statistical.statistical_backtest`)."""
+    """AutoETS, AutoTheta, seasonal naive and naive on the network's backtest cutoffs and past T
+    (`lstm_core.statistical.statistical_backtest`): the naive ones on every series, the standards on the
+    series the network cannot serve and those shorter than `statistical.long_history` (8 horizons)."""
     drops = cutoff_drops(config.backtest.windows, config.backtest_step, config.horizon)
-    return statistical_backtest(data.all_series, horizon=config.horizon, season_length=config.season_length,
-                                drops=drops, models=STATISTICAL_MODELS, log=log or _log)
+    full = data.all_series
+    fit = ~network_serves(full, config) | (full.lengths < long_history(config.horizon))
+    return statistical_backtest(full, horizon=config.horizon, season_length=config.season_length,
+                                drops=drops, models=STATISTICAL_MODELS, fit=fit, log=log or _log)
 
 
 CANDIDATE_COLUMNS = ("lstm", *STATISTICAL_MODELS, "seasonal_naive", "naive")  # `yhat_<name>` of predictions

@@ -142,12 +142,13 @@ def test_a_sharded_run_quarantines_every_skipped_series_of_every_shard(sharded):
     means = per_window.groupby(["model", "metric"])["value"].mean()
     window_means = per_window.groupby(["model", "metric", "window"])["value"].mean()
     pooled = overall[overall["window"].isna() & overall["metric"].isin(POINT)]
-    assert overall["series_id"].isna().all() and len(pooled) == len(means) == 8
+    # six models side by side: the LSTM, seasonal naive, AutoETS, AutoTheta, naive and the served forecast
+    assert overall["series_id"].isna().all() and len(pooled) == len(means) == 6 * 4
     for row in pooled.itertuples():
         assert row.value == pytest.approx(means[(row.model, row.metric)], rel=1e-12)
         assert manifest["overall_metrics"][row.model][row.metric] == pytest.approx(row.value, rel=1e-12)
     windows = overall[overall["window"].notna() & overall["metric"].isin(POINT)]
-    assert len(windows) == len(window_means) == 8 * 3
+    assert len(windows) == len(window_means) == 6 * 4 * 3
     for row in windows.itertuples():
         assert row.value == pytest.approx(window_means[(row.model, row.metric, row.window)], rel=1e-12)
     # Coverage pools the points of every shard: the manifest's equals the backtest table's.
@@ -173,9 +174,10 @@ def test_part_files_have_the_contract_columns_and_dtypes(sharded, local_runs):
     # One shard, one part: part-0 holds the overall rows too (over all windows, and per window).
     local = pd.read_parquet(local_runs["out"] / "metrics" / "run=one" / "part-0.parquet")
     point = local[local["metric"].isin(POINT)]
-    assert (point["series_id"].isna() & point["window"].isna()).sum() == 8
-    assert (point["series_id"].notna() & point["window"].isna()).sum() == 8 * 3
-    assert (point["series_id"].isna() & point["window"].notna()).sum() == 8 * 3
+    per_model = 4 * 6  # 4 point metrics x 6 models (the LSTM, seasonal naive, AutoETS, AutoTheta, naive, served)
+    assert (point["series_id"].isna() & point["window"].isna()).sum() == per_model
+    assert (point["series_id"].notna() & point["window"].isna()).sum() == per_model * 3
+    assert (point["series_id"].isna() & point["window"].notna()).sum() == per_model * 3
     # Predictions and backtest gain the interval columns, after the contract's own.
     for table in ("predictions", "backtest"):
         names = pq.read_schema(local_runs["out"] / table / "run=one" / "part-0.parquet").names
