@@ -117,8 +117,8 @@ def serving_entry(summaries: list[ShardSummary], levels: list[float], candidates
 
 SERVING_RULE = ("per series, the equal-weight mean of the candidates whose backtest error (mean |y - f| over the "
                 "naive-error scale), shrunk toward the pool of series of the same history band, is within 10% of "
-                "the best; chosen on backtest windows only; series the network cannot serve get the statistical "
-                "models, series of 1-2 points the naive ones")
+                "the best; chosen on backtest windows only; AutoETS and AutoTheta are fitted to series shorter "
+                "than 8 horizons and to those the network cannot serve; series of 1-2 points get the naive ones")
 
 
 def overall_metrics(summaries: list[ShardSummary]) -> pd.DataFrame:
