@@ -181,7 +181,14 @@ def test_part_files_have_the_contract_columns_and_dtypes(sharded, local_runs):
     # Predictions and backtest gain the interval columns, after the contract's own.
     for table in ("predictions", "backtest"):
         names = pq.read_schema(local_runs["out"] / table / "run=one" / "part-0.parquet").names
-        assert [n for n in names if n.startswith("yhat_")] == INTERVALS, (table, names)
+        assert [n for n in names if n.startswith(("yhat_lo_", "yhat_hi_"))] == INTERVALS, (table, names)
+    # ... then the served forecast's: what served each row and every candidate's own forecast (issue 22)
+    names = pq.read_schema(local_runs["out"] / "predictions" / "run=one" / "part-0.parquet").names
+    assert names[names.index("yhat_hi_95") + 1:] == ["model", "yhat_lstm", "yhat_autoets", "yhat_autotheta",
+                                                     "yhat_seasonal_naive", "yhat_naive"], names
+    names = pq.read_schema(local_runs["out"] / "backtest" / "run=one" / "part-0.parquet").names
+    assert names[names.index("run_id") + 1:] == ["autoets", "autotheta", "naive", "served", "model",
+                                                 *(c.replace("yhat_", "served_") for c in INTERVALS), "history"]
 
 
 # --- a local output location with two committed runs, one half-written -------------------------------
