@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import importlib.metadata
+import io
 import json
 import os
 import tempfile
@@ -33,7 +34,7 @@ from lstm_core.config import ConfigError, ForecastConfig
 from lstm_core.covariates import StaticEncoder
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError
-from lstm_core.model_guard import UnsafeArchive, check_archive
+from lstm_core.model_guard import UnsafeArchive, checked_copy
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
 from lstm_core.secrets import scrub
@@ -324,16 +325,15 @@ def load(store: Location | str, model_key: str, version: str,
             data = _read(fs, join(base, name), name, url, max_bytes, missing=f"{name} missing")
             # Check the bytes before anything parses them: a damaged file gets a plain message.
             _sha256_ok(name, data, checksums, url, signed=key is not None)
-            local = os.path.join(tmp, name)
-            with open(local, "wb") as fh:
-                fh.write(data)
-            del data
-            if not zipfile.is_zipfile(local):
+            if not zipfile.is_zipfile(io.BytesIO(data)):
                 raise ArtifactError(f"model {url}: {name} is corrupt: not a .keras (zip) archive")
+            folder = tempfile.mkdtemp(prefix=f"member-{i}-", dir=tmp)  # private (0700), fresh per member
             try:
-                check_archive(local, max_bytes)
+                # Keras reads a fresh archive of exactly the entries that were checked, never the stored one.
+                local = checked_copy(data, max_bytes, folder)
             except UnsafeArchive as exc:
                 raise ArtifactError(f"model {url}: {name} is corrupt or unsafe: {exc}") from None
+            del data
             try:
                 # Safe mode as a second line: no Python lambdas, no pickle, from any artifact.
                 members.append(keras.saving.load_model(local, compile=False, safe_mode=True))
