@@ -41,7 +41,7 @@ from lstm_core.secrets import scrub
 from lstm_core.storage import Location, join, put_bytes, storage_error, write_json
 
 FORMAT_VERSION = 2  # 2: chunked, patched network with deseasonalisation
-PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
+PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "h5py", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
 SIGNING_KEY_ENV = "LSTM_FORECAST_MODEL_SIGNING_KEY"
 MIN_SIGNING_KEY_LENGTH = 32
 MAX_MODEL_BYTES = 2**30  # default cap on one member archive (setting max_model_bytes)
@@ -50,12 +50,17 @@ CLOCK_SKEW = timedelta(hours=1)  # a model "created" further in the future than 
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of the packages a saved model depends on, and of the HDF5 library h5py bundles (it parses
+    the weights file: tracked because its advisories reach loads; see README "Security")."""
     out = {}
     for name in PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
+    import h5py
+
+    out["hdf5"] = h5py.version.hdf5_version
     return out
 
 
