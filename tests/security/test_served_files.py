@@ -413,3 +413,33 @@ def test_named_cross_field_errors_in_metadata_are_refused_with_the_reason(plain,
     with pytest.raises(ArtifactError, match=pattern):  # a pinned model is loaded without an expected window
         artifacts.load(str(root), cfg.model_key(), version_dir.name)
     assert _decide(cfg, train, root).action == "train"
+
+
+def test_widened_intervals_of_a_signed_model_are_never_published(tmp_path, monkeypatch):
+    """The review's reproduction through the modelling path a run takes: a signed model trained and calibrated
+    (intervals saved beside it), its quantiles then multiplied by 50 with the checksum forged. The next run
+    refuses the version and retrains; its published intervals are not the widened ones."""
+    from lstm_core.modelling import forecast, get_or_train, prepare_data
+    from lstm_core.validation import validate_for
+
+    monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
+    cfg = fast_config(output_url=str(tmp_path / "out"), retrain="auto")
+    data = prepare_data(validate_for(make_frame(n_series=4, length=160), cfg), cfg)
+    store, spec = ModelStore.of(cfg), cfg.model_spec()
+    first, _ = get_or_train(store, spec, data, calibrate=True)
+    version_dir = tmp_path / "out" / "models" / spec.key / first.version
+    assert "intervals.json" in json.loads((version_dir / "metadata.json").read_text())["sha256"]
+    again, decision = get_or_train(store, spec, data)  # untampered: loaded, with its intervals
+    assert decision.action == "load" and forecast(again, data, cfg).intervals_source == "model"
+    width = _width(forecast(again, data, cfg).future)
+
+    _widen(version_dir)
+    _forge(version_dir, "intervals.json")
+    third, decision = get_or_train(store, spec, data)
+    assert decision.action == "train" and "its signature does not match" in decision.reason, decision.reason
+    published = forecast(third, data, cfg, store=store).future
+    assert _width(published) < 5 * width  # not the ×50 quantiles
+
+
+def _width(frame: pd.DataFrame) -> float:
+    return float((frame["yhat_hi_95"] - frame["yhat_lo_95"]).mean())
