@@ -359,7 +359,7 @@ def _integer(value: int, where: str, lo: int, hi: int) -> int:
 
 def _array(value: Any, where: str, shape: tuple[int, ...], integer: bool = False) -> np.ndarray:
     """Nested JSON lists of exactly `shape`, each leaf a finite number (an integer when `integer`)."""
-    def walk(node: Any, depth: int) -> list:
+    def walk(node: Any, depth: int) -> Any:  # nested lists of floats
         if depth == len(shape):
             number = _number(node, where)
             if integer and (isinstance(node, float) or not number.is_integer()):

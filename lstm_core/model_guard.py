@@ -169,12 +169,12 @@ def read_archive(source: str | bytes, max_bytes: int) -> CheckedArchive:
         with zipfile.ZipFile(io.BytesIO(source) if isinstance(source, bytes) else source) as z:
             infos = z.infolist()
             seen: dict[str, str] = {}
-            for info in infos:
-                key = canonical_name(info.filename)
+            for entry in infos:
+                key = canonical_name(entry.filename)
                 if key in seen:
-                    raise UnsafeArchive(f"the entry {info.filename!r} repeats {seen[key]!r}: an archive names each "
+                    raise UnsafeArchive(f"the entry {entry.filename!r} repeats {seen[key]!r}: an archive names each "
                                         f"file once (readers differ on which copy they take)")
-                seen[key] = info.filename
+                seen[key] = entry.filename
             unknown = sorted({i.filename for i in infos} - vocab.entries)
             if unknown:
                 raise UnsafeArchive(f"unexpected entries {unknown[:5]} (a saved model holds only "

@@ -25,10 +25,21 @@ import pytest
 from lstm_core import artifacts
 from lstm_core.engine import fit
 from lstm_core.errors import ArtifactError
-from lstm_core.model_guard import UnsafeArchive, canonical_name, check_archive, checked_copy
+from lstm_core.model_guard import (
+    UnsafeArchive,
+    canonical_name,
+    check_archive,
+    checked_copy,
+)
 from lstm_core.model_store import decide
 from tests.conftest import fast_config, make_frame, prepare
-from tests.security.gadgets import entries_of, epsilon_gadget, with_second_config, writer_gadget, zip_bytes
+from tests.security.gadgets import (
+    entries_of,
+    epsilon_gadget,
+    with_second_config,
+    writer_gadget,
+    zip_bytes,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,6 @@ store, intervals fitted by `fit_conformal` on real residuals of that model, file
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from datetime import timedelta
 from pathlib import Path
@@ -22,9 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lstm_core import artifacts
-from lstm_core.errors import ArtifactError
 from lstm_core.engine import fit
-from lstm_core.intervals import ConformalIntervals, fit_conformal, naive_scales, save_intervals
+from lstm_core.errors import ArtifactError
+from lstm_core.intervals import (
+    ConformalIntervals,
+    fit_conformal,
+    naive_scales,
+    save_intervals,
+)
 from lstm_core.model_store import decide, validation_loss
 from lstm_core.modelling import ModelStore
 from lstm_core.records import TrainingSummary
@@ -209,7 +213,7 @@ def test_intervals_the_signature_never_covered_are_not_served(trained, tmp_path,
     """A signed version whose intervals were written beside it without being recorded (as before this fix):
     they are not used; the run calibrates its own."""
     monkeypatch.setenv(artifacts.SIGNING_KEY_ENV, KEY)
-    cfg, _, train, forecaster, intervals, _ = trained
+    cfg, _, _, forecaster, intervals, _ = trained
     root = tmp_path / "store"
     version = artifacts.save(forecaster, str(root), cfg.model_key(), config=cfg.public_dict(), fingerprint="t")
     save_intervals(ConformalIntervals.from_dict({**intervals.to_dict(), "quantiles": {

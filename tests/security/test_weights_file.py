@@ -100,10 +100,10 @@ def _big_attribute(f):
 
 
 CASES = {
-    "huge kernel": (_huge, r"dataset layers/lstm/cell/vars/0 declares shape \(100000, 4000\) <f4; the network "
-                           r"config.json describes has \(6, 32\) <f4"),
-    "huge optimizer slot": (_huge_optimizer_slot, r"optimizer dataset optimizer/vars/99 declares shape \(100000, "
-                                                  r"4000\), which no variable of the network has"),
+    "huge kernel": (_huge, (r"dataset layers/lstm/cell/vars/0 declares shape \(100000, 4000\) <f4; the network "
+                            r"config.json describes has \(6, 32\) <f4")),
+    "huge optimizer slot": (_huge_optimizer_slot, (r"optimizer dataset optimizer/vars/99 declares shape \(100000, "
+                                                   r"4000\), which no variable of the network has")),
     "extra dataset": (_extra_dataset, r"dataset layers/lstm/cell/vars/3 .* is not a variable of the network"),
     "soft link": (_soft_link, r"layers/lstm/cell/vars/0 is a SoftLink"),
     "external link": (_external_link, r"layers/lstm/cell/vars/0 is a ExternalLink"),
