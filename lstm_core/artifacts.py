@@ -1,14 +1,19 @@
 """Versioned model artifacts: Keras `.keras` members + scaler + config + metadata, via fsspec.
 
-Layout: `<store>/<model_key>/<version>/{member-0.keras, ..., scaler.json, metadata.json}`;
+Layout: `<store>/<model_key>/<version>/{member-0.keras, ..., scaler.json, intervals.json, metadata.json}`;
 `metadata.json` is written last, so a version without it is incomplete and ignored; it records
-the sha256 of each member and of scaler.json, checked before anything parses those files.
+the sha256 of each member, of scaler.json and of intervals.json (saved after the model by `add_file`,
+which adds its sha256 and re-signs), checked before anything parses those files. A load reads exactly
+these files and serves nothing else.
 
 Whoever can write the model store can write those checksums too, so on their own they detect
 corruption, not tampering. With `LSTM_FORECAST_MODEL_SIGNING_KEY` set, the metadata (checksums
 included) carries an HMAC-SHA256 made with that key, and a model whose signature is missing or
-wrong is not loaded. Either way, a member is loaded only when its `config.json` holds nothing but
-what the model builder produces (lstm_core.model_guard), then through Keras safe mode.
+wrong is not loaded. Either way, a member is loaded only when its archive holds nothing but what the
+model builder produces, each entry named once, and its weights file declares exactly the network's
+variables (lstm_core.model_guard); Keras then loads, in safe mode, a fresh archive re-packed from the
+checked entries, never the stored one. Malformed metadata or intervals (any shape, or fields that
+disagree with each other or with the network) are an ArtifactError naming the field.
 """
 from __future__ import annotations
 
