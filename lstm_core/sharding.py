@@ -393,7 +393,7 @@ def sample_frequency(src: _Input, max_rows: int = INFER_ROWS, time_format: str |
     Raises DataValidationError when series disagree or none tells (then freq must be set).
     """
     from lstm_core import timestamps
-    from lstm_core.frequency import FrequencyDisagreement, infer_frequency
+    from lstm_core.validation import infer_parsed_frequency
 
     id_col, ds_col = src.names["series_id"], src.names["ds"]
     parts, rows = [], 0
@@ -408,22 +408,7 @@ def sample_frequency(src: _Input, max_rows: int = INFER_ROWS, time_format: str |
     ids = frame["series_id"].astype(object).astype(str)
     parsed = timestamps.parse(frame["ds"], ids, src.url, lambda *_: None, time_format=time_format,
                               column=src.names["ds"])
-    error = None
-    for ds in (parsed.instants, parsed.wall):
-        if ds is None:
-            continue
-        try:
-            freq = infer_frequency(pd.DataFrame({"series_id": ids.to_numpy(), "ds": ds.to_numpy()}))
-        except FrequencyDisagreement as exc:
-            error = exc
-            continue
-        if freq is not None:
-            return freq
-    if error is not None:
-        raise DataValidationError(str(error), source=src.url, column=src.names["ds"],
-                                  series_id=next(iter(error.examples.values())))
-    raise DataValidationError("cannot infer the frequency: no series has three regularly spaced timestamps; "
-                              "set freq", source=src.url, column=src.names["ds"])
+    return infer_parsed_frequency(parsed, ids, src.url, src.names["ds"])
 
 
 # --- split ------------------------------------------------------------------

@@ -32,6 +32,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from lstm_core.errors import DataValidationError
 
@@ -96,6 +97,11 @@ def parse(col: pd.Series, series_id: pd.Series, source: str | None, skip: Skip, 
     series_id = series_id.reset_index(drop=True)
     if isinstance(col.dtype, pd.CategoricalDtype):
         col = col.astype(col.cat.categories.dtype)
+    if isinstance(col.dtype, pd.ArrowDtype):  # pandas' pyarrow-backed columns (dtype_backend="pyarrow")
+        arrow = pa.array(col)
+        if pa.types.is_date(arrow.type):  # milliseconds hold every date (9999-12-31 too)
+            arrow = arrow.cast(pa.timestamp("ms"))
+        col = pd.Series(arrow.to_pandas())
     if time_format in EPOCH_UNITS:
         return _from_epoch(col, series_id, source, EPOCH_UNITS[time_format], column, skip)
     if pd.api.types.is_datetime64_any_dtype(col):

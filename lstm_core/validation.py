@@ -265,24 +265,37 @@ def _result(frame, skipped, numeric, future, filled, rows, spec, static, freq) -
 
 
 def _infer(parsed: timestamps.Timestamps, series_id: pd.Series, source: str | None) -> str:
-    """The frequency the series agree on: counted on instants, else (days across a clock change) wall time."""
+    return infer_parsed_frequency(parsed, series_id, source)
+
+
+def infer_parsed_frequency(parsed: timestamps.Timestamps, series_id: pd.Series, source: str | None,
+                           column: str = "ds") -> str:
+    """The frequency the series agree on. With a zone or offsets, a calendar frequency (days, weeks,
+    months) is inferred on the data's own wall clock, where it is counted (weeks of Sundays at +05:30 are
+    Saturdays in UTC); fixed steps (hours) on the instants, which a daylight-saving switch leaves regular.
+    Raises DataValidationError when the series disagree or none tells (then freq must be set)."""
     last_error = None
-    for ds in (parsed.instants, parsed.wall):
+    found: list[str] = []
+    for ds in (parsed.wall, parsed.instants):
         if ds is None:
             continue
-        frame = pd.DataFrame({"series_id": series_id, "ds": ds})
+        frame = pd.DataFrame({"series_id": series_id.to_numpy(), "ds": ds.to_numpy()})
         try:
             freq = infer_frequency(frame)
         except FrequencyDisagreement as exc:
             last_error = exc
             continue
         if freq is not None:
-            return freq
+            if parsed.wall is None or ds is parsed.instants or not is_fixed(freq):
+                return freq
+            found.append(freq)  # a fixed step on the wall clock: the instants decide
+    if found:
+        return found[0]
     if last_error is not None:
         sid = next(iter(last_error.examples.values()))
-        raise DataValidationError(str(last_error), source=source, column="ds", series_id=sid)
+        raise DataValidationError(str(last_error), source=source, column=column, series_id=sid)
     raise DataValidationError("cannot infer the frequency: no series has three regularly spaced timestamps; "
-                              "set freq", source=source, column="ds")
+                              "set freq", source=source, column=column)
 
 
 def _drop(frame: pd.DataFrame, skipped: dict) -> pd.DataFrame:
