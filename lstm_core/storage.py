@@ -34,7 +34,7 @@ REQUIRED = ("series_id", "ds", "y")
 # `1,234.50` without `thousands`) is no number: refused, naming the row (setting `missing_values`).
 DEFAULT_MISSING = ("", "NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "None", "none", "<NA>",
                    "#N/A", "#N/A N/A", "#NA", "-", "--", "?")
-CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.lz4")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.zstd", ".csv.lz4")
 # Spark writes INT96 timestamps; read as microseconds, so a 9999-12-31 placeholder does not overflow.
 PARQUET = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(coerce_int96_timestamp_unit="us"))
 
@@ -494,8 +494,17 @@ def _physical_schemas(fs, fragments, shown: str) -> list[tuple[str, pa.Schema]]:
     from concurrent.futures import ThreadPoolExecutor
 
     def one(fragment):
+        if fragment.path.lower().endswith(".csv.zst"):
+            # pyarrow picks the codec by extension and knows zstd only as '.zstd'
+            raise DataValidationError("a zstd-compressed CSV is read with the extension .csv.zstd (pyarrow "
+                                      "does not decompress .zst): rename the file", source=scrub(fragment.path))
         try:
-            return fragment.path, fragment.physical_schema
+            schema = fragment.physical_schema
+            schema.names  # noqa: B018 - a header that is not UTF-8 fails here, not later
+            return fragment.path, schema
+        except UnicodeDecodeError as exc:
+            raise DataValidationError(f"not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8",
+                                      source=scrub(fragment.path)) from None
         except Exception as exc:  # noqa: BLE001
             if is_storage_failure(exc):
                 raise storage_error(f"input {shown}: cannot read {scrub(fragment.path)}", exc) from None

@@ -320,3 +320,22 @@ def test_files_written_by_polars_and_duckdb_read_right(tmp_path):
     for name in ("polars.parquet", "polars.csv", "duck.parquet", "duck.csv"):
         assert_reads_back(run_input(str(tmp_path / name), **SALES), data)
     assert os.path.getsize(tmp_path / "duck.parquet") > 0
+
+
+def test_compressed_csv_of_every_codec_and_text_that_is_not_utf8(tmp_path):
+    import bz2
+
+    data = daily_sales(n=1, length=30)
+    body = data.assign(date=data["date"].dt.strftime("%Y-%m-%d")).to_csv(index=False).encode()
+    (tmp_path / "a.csv.bz2").write_bytes(bz2.compress(body))
+    for codec, suffix in (("zstd", "zstd"), ("lz4", "lz4")):
+        with pa.CompressedOutputStream(str(tmp_path / f"a.csv.{suffix}"), codec) as fh:
+            fh.write(body)
+    for name in ("a.csv.bz2", "a.csv.zstd", "a.csv.lz4"):
+        assert_reads_back(run_input(str(tmp_path / name), **SALES), data)
+    (tmp_path / "a.csv.zst").write_bytes((tmp_path / "a.csv.zstd").read_bytes())
+    with pytest.raises(DataValidationError, match=r"a\.csv\.zst: .*rename"):
+        run_input(str(tmp_path / "a.csv.zst"), **SALES)
+    (tmp_path / "latin.csv").write_bytes(body.replace(b"store", "magasin_é".encode("latin-1")))
+    with pytest.raises(DataValidationError, match=r"latin\.csv: not UTF-8 text"):
+        run_input(str(tmp_path / "latin.csv"), **SALES)
