@@ -24,7 +24,7 @@ class DataValidationError(LstmForecastError):
             where.append(f"row {row}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
-    def renamed(self, names: dict[str, str]) -> "DataValidationError":
+    def renamed(self, names: dict[str, str]) -> DataValidationError:
         """The same error with its column in the user's names (`names`: standard name -> input column)."""
         column = names.get(self.column, self.column) if self.column is not None else None
         return DataValidationError(self.message, source=self.source, column=column, series_id=self.series_id,

@@ -29,7 +29,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 
 from lstm_core import layout
 from lstm_core.errors import DataValidationError, StorageError

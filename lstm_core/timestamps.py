@@ -137,7 +137,7 @@ def _from_epoch(col: pd.Series, series_id: pd.Series, source: str | None, unit: 
     span = {"s": 1, "ms": 1_000}[unit]
     lo, hi = NS_MIN.value / 1e9 * span, NS_MAX.value / 1e9 * span
     out = (raw < lo) | (raw > hi)
-    parsed = pd.Series(pd.to_datetime(np.where(out, 0, raw).astype(np.int64), unit=unit))
+    parsed = pd.to_datetime(pd.Series(np.where(out, 0, raw).astype(np.int64)), unit=unit)
     _skip_rows(out, pd.Series(raw), series_id, skip, column)
     return Timestamps(parsed.astype("datetime64[ns]"), None, None)
 

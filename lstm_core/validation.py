@@ -42,7 +42,7 @@ class TextRules:
     static_types: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_config(cls, config: Any) -> "TextRules":
+    def from_config(cls, config: Any) -> TextRules:
         return cls(tuple(config.missing_values), config.decimal, config.thousands, config.time_format,
                    tuple(sorted(config.static_types.items())))
 
@@ -352,7 +352,7 @@ def _numbers_from_text(col: pd.Series, name: str, source: str | None, rules: Tex
                        series_id: pd.Series | None) -> pd.Series:
     values = col.astype(object)
     is_text = values.map(lambda v: isinstance(v, str)).to_numpy(bool)
-    text = pd.Series(np.where(is_text, values, None), dtype=object).str.strip()
+    text = values.where(is_text, None).str.strip()
     missing = ~is_text & values.isna().to_numpy() | text.isin(set(rules.missing_values)).to_numpy()
     clean = text
     if rules.thousands:

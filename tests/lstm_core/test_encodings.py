@@ -339,3 +339,30 @@ def test_compressed_csv_of_every_codec_and_text_that_is_not_utf8(tmp_path):
     (tmp_path / "latin.csv").write_bytes(body.replace(b"store", "magasin_é".encode("latin-1")))
     with pytest.raises(DataValidationError, match=r"latin\.csv: not UTF-8 text"):
         run_input(str(tmp_path / "latin.csv"), **SALES)
+
+
+def test_a_sharded_read_takes_the_same_declared_settings(tmp_path):
+    """Split into shards (as a run over more than shard_size series reads), a `;` CSV with decimal commas,
+    day-first dates, postcodes and numeric-looking ids validates to the same frame as read whole."""
+    from lstm_core.sharding import plan_shards, read_shard, split_shards
+
+    data = daily_sales(n=4, length=30).assign(store=lambda f: "0" + f["store"])
+    data["postcode"] = data["store"].map({"0000": "01067", "0001": "D-10115", "0002": "80331", "0003": "00100"})
+    text = data.assign(date=data["date"].dt.strftime("%d.%m.%Y"), sales=data["sales"].map(lambda v: f"{v}"
+                                                                                            .replace(".", ",")))
+    text.to_csv(tmp_path / "in.csv", sep=";", index=False)
+    url = str(tmp_path / "in.csv")
+    config = validate_config({"input_url": url, **settings(static_covariates=["postcode"], delimiter=";",
+                                                            decimal=",", shard_size=2, **SALES)})
+    plan = plan_shards(url, columns=config.read_columns(), shard_size=2, shard_rows=10**9,
+                       scratch=str(tmp_path / "scratch"), infer_freq=True, time_format=config.time_format,
+                       **config.input_options())
+    assert plan.sharded and plan.freq == "D"
+    split = split_shards(url, plan, columns=config.read_columns(), **config.input_options())
+    parts = [validate_for(read_shard(s.url, names=config.column_names()), config, source=url) for s in split.shards]
+    whole = run_input(url, static_covariates=["postcode"], delimiter=";", decimal=",", **SALES)
+    sharded = pd.concat([p.frame for p in parts]).sort_values(["series_id", "ds"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(sharded, whole.frame)
+    statics = pd.concat([p.static for p in parts]).sort_index()
+    assert statics["postcode"].tolist() == ["01067", "D-10115", "80331", "00100"]
+    assert_reads_back(whole, data.drop(columns="postcode"))
