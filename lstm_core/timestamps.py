@@ -13,7 +13,7 @@ turns all of them into nanosecond timestamps once:
 
 Text is read without guessing (`read_text`): ISO-8601 dates, months (`2023-01`) and date-times (with
 `T` or a space, with or without `Z` or an offset; an offset is only ever read after a time of day, so
-the `-02` of `2023-01-02` stays the day), quarters (`2023Q1`, its first day), `YYYYMMDD`, and dates
+the `-02` of `2023-01-02` stays the day), quarters (`2023Q1`, its first day), ISO weeks (`2023-W01`, its Monday), years (`2023`), `YYYYMMDD`, and dates
 in other orders (`DD.MM.YYYY`, `MM/DD/YYYY`, `YYYY/MM/DD`...) when only one order reads every value
 of the column. Several orders that read the values differently are refused, naming the row and the
 `time_format` setting. `time_format` declares the form: a strftime pattern (`%d.%m.%Y`), or
@@ -41,6 +41,7 @@ OFFSET_RE = r"(?<=[T ]\d\d:\d\d)(?::\d\d(?:[.,]\d+)?)?\s*(?:Z|[+-]\d{2}(?::?\d{2
 _OFFSET_ONLY = r"\s*(?:Z|[+-]\d{2}(?::?\d{2})?)$"
 ISO_RE = re.compile(r"^\d{4}-\d{2}(?:-\d{2}(?:[T ]\d{1,2}(?::\d{2}(?::\d{2}(?:[.,]\d+)?)?)?)?)?$")
 QUARTER_RE = re.compile(r"^(\d{4})-?Q([1-4])$", re.IGNORECASE)
+WEEK_RE = re.compile(r"^(\d{4})-?W(\d{2})(?:-?([1-7]))?$")  # ISO weeks: 2023-W01 is Monday 2023-01-02
 # Date orders read when exactly one of them reads every value (else: refused, naming time_format).
 DATE_ORDERS = ("%Y/%m/%d", "%Y.%m.%d", "%Y%m%d", "%d.%m.%Y", "%m.%d.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y",
                "%m-%d-%Y")
@@ -204,6 +205,7 @@ def _from_strings(col: pd.Series, series_id: pd.Series, source: str | None, skip
     text = pd.Series(text.map(lambda v: v if isinstance(v, str) else str(v)), dtype=object).str.strip()
     if time_format is not None:
         return _declared(text, series_id, source, skip, time_format, column)
+    text = text.str.replace(r"(?<=\d)\s*(?:UTC|GMT)$", "Z", regex=True)  # '2023-01-02 00:00:00 UTC'
     has_offset = text.str.contains(OFFSET_RE, regex=True).to_numpy(bool)
     if has_offset.any() and not has_offset.all():
         # Per series: a series whose own values mix both forms cannot be placed on one clock.
@@ -271,6 +273,13 @@ def read_text(text: pd.Series, series_id: pd.Series, source: str | None, column:
     if quarter.notna().all().all():
         years, qs = quarter[0].astype(int).to_numpy(), quarter[1].astype(int).to_numpy()
         return pd.Series(pd.to_datetime({"year": years, "month": 3 * qs - 2, "day": np.ones_like(years)}))
+    week = text.str.extract(WEEK_RE)
+    if week[[0, 1]].notna().all().all():
+        try:
+            return pd.Series(pd.to_datetime([datetime.fromisocalendar(int(y), int(w), int(d) if isinstance(d, str) else 1)
+                                             for y, w, d in week.itertuples(index=False)]))
+        except ValueError:
+            pass  # week 53 of a year without one: named below
     # Other date orders: the date part (before a space or T), then an optional time of day.
     split = text.str.extract(r"^([^ T]+)(?:[ T](.+))?$")
     dates, times = split[0], split[1]

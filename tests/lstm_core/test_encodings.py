@@ -366,3 +366,18 @@ def test_a_sharded_read_takes_the_same_declared_settings(tmp_path):
     statics = pd.concat([p.static for p in parts]).sort_index()
     assert statics["postcode"].tolist() == ["01067", "D-10115", "80331", "00100"]
     assert_reads_back(whole, data.drop(columns="postcode"))
+
+
+@pytest.mark.parametrize("form,freq", [
+    ("%Y-%m-%d %H:%M:%S UTC", "D"),  # a zone word after the time
+    ("%Y-%m-%dT%H:%M:%S.000Z", "D"),
+    ("%G-W%V", "W-MON"),  # ISO weeks: their Monday
+    ("%Y", "YS-JAN"),  # years: their first day
+    ("%Y-%m-%d 00:00:00.000", "D"),
+])
+def test_more_text_forms_read_without_declaring(tmp_path, form, freq):
+    data = daily_sales(n=2, length=30, start="1990-01-01", freq=freq)
+    data.assign(date=data["date"].dt.strftime(form)).to_csv(tmp_path / "in.csv", index=False)
+    result = run_input(str(tmp_path / "in.csv"), **SALES)
+    assert pd.tseries.frequencies.to_offset(result.freq) == pd.tseries.frequencies.to_offset(freq)
+    assert_reads_back(result, data)
