@@ -81,6 +81,38 @@ def overrides_list(allow_overrides: Any) -> list[str]:
                           f"{exc.errors()[0]['msg']}") from None
 
 
+def current_deployment():
+    """The deployment the current flow run was created from (None outside deployments and flow runs)."""
+    from prefect import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    run = ctx.flow_run if ctx is not None else None
+    if run is None or run.deployment_id is None:
+        return None
+    with get_client(sync_client=True) as client:
+        return client.read_deployment(run.deployment_id)
+
+
+def deployment_settings(flow_name: str, config_path: str | None, given: Mapping[str, Any],
+                        allow_overrides: Any) -> dict[str, Any]:
+    """The settings of this run: in a deployment run, the deployment's `settings` with the run's (`given`)
+    merged over them, after refusing (ConfigError, naming it) a run that changes a setting the deployment
+    fixes (`check_overrides`); outside deployments, `given` itself.
+
+    Every flow a deployment names calls this before it reads any setting: the one contract of all of them
+    (tests/security/test_deployment_contract.py walks infra/prefect.yaml).
+    """
+    overrides_list(allow_overrides)
+    deployment = current_deployment()
+    if deployment is None:
+        return dict(given)
+    fixed = deployment.parameters or {}
+    check_overrides(f"{flow_name}/{deployment.name}", fixed,
+                    {"config_path": config_path, "settings": given, "allow_overrides": allow_overrides})
+    return merge_settings(dict(fixed.get("settings") or {}), given)
+
+
 def check_overrides(deployment: str, fixed: Mapping[str, Any], given: Mapping[str, Any]) -> None:
     """Refuse (ConfigError, naming the setting) a run of `deployment` that changes a protected setting the
     deployment does not list in `allow_overrides`.

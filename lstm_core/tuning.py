@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from lstm_core.config import ConfigError, ForecastConfig, merge_settings, names_a_setting, validate_config
+from lstm_core.config import ConfigError, ForecastConfig, merge_settings, names_a_setting, redact_url, validate_config
 from lstm_core.panel import Panel
 
 log = logging.getLogger("lstm_core.tuning")
@@ -786,14 +786,14 @@ def apply_tuned(config: ForecastConfig) -> tuple[ForecastConfig, dict[str, Any] 
         best = read_json(_fs(config), url)
     except FileNotFoundError:
         raise ConfigError(f"setting 'tuned': 'latest', but tuning study {config.tuning.study!r} has no best settings "
-                          f"under {study_url(config)} (run lstm-forecast tune --study {config.tuning.study} first)") \
+                          f"under {redact_url(study_url(config))} (run lstm-forecast tune --study {config.tuning.study} first)") \
             from None
     settings = best.get("settings") or {}
     chosen: dict[str, Any] = {}
     for dotted in best.get("tuned") or []:
         if not _tunable(str(dotted)):  # best.json lives in storage: it may change the model, nothing else
             raise ConfigError(f"setting 'tuned': the best settings of study {config.tuning.study!r} name "
-                              f"{dotted!r}, which is not a tunable setting; refusing {url}")
+                              f"{dotted!r}, which is not a tunable setting; refusing {redact_url(url)}")
         node: Any = settings
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, Mapping) else None
@@ -809,7 +809,8 @@ def apply_tuned(config: ForecastConfig) -> tuple[ForecastConfig, dict[str, Any] 
             from None
     record = {"study": best.get("study"), "trial": best.get("trial"), "objective": best.get("objective"),
               "metric": best.get("metric"), "written_at": best.get("written_at"),
-              "best_yaml": join(study_url(config), "best.yaml"), "settings": chosen}
+              # a URL that carried credentials is recorded without them (the manifest is read by many)
+              "best_yaml": redact_url(join(study_url(config), "best.yaml")), "settings": chosen}
     return tuned, record
 
 
