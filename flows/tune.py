@@ -7,7 +7,6 @@ infra/prefect.yaml), beside the nightly batch-forecast ones.
 """
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -84,17 +83,18 @@ def study_client(config: ForecastConfig, logger=None) -> Iterator[Any]:
     import dask
     from distributed import Client, LocalCluster
 
-    from flows.runners import quiet_dask_logs, quiet_workers, worker_env
+    from flows.runners import (cluster_dask_config, give_storage_options, local_cluster_kwargs, quiet_dask_logs,
+                               quiet_workers)
 
     quiet_dask_logs()
     if config.dask_address is not None:
         with Client(config.dask_address) as client:
             yield client
         return
-    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
-        with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          silence_logs=logging.WARNING, env=worker_env(config.workers, config)) as cluster, \
-                Client(cluster) as client:
+    with dask.config.set(cluster_dask_config()):
+        # TLS, loopback, no dashboard: the same local cluster as the batch flow's (flows/runners.py)
+        with LocalCluster(**local_cluster_kwargs(config.workers, config)) as cluster, Client(cluster) as client:
             client.wait_for_workers(config.workers, timeout=600)
             quiet_workers(client)
+            give_storage_options(client, config)
             yield client

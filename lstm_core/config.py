@@ -34,7 +34,8 @@ __all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "Tu
 
 ENV_PREFIX = "LSTM_FORECAST_"
 # Variables with the prefix that the project reads for itself (not settings).
-NOT_SETTINGS = {"LSTM_FORECAST_DEBUG", "LSTM_FORECAST_PROGRESS", "LSTM_FORECAST_MODEL_SIGNING_KEY"}
+NOT_SETTINGS = {"LSTM_FORECAST_DEBUG", "LSTM_FORECAST_PROGRESS", "LSTM_FORECAST_MODEL_SIGNING_KEY",
+                "LSTM_FORECAST_DASK_DASHBOARD"}
 DASK_ADDRESS = r"^(tcp|tls)://[^\s/:]+:[0-9]{1,5}$"
 log = logging.getLogger("lstm_core.config")
 
@@ -321,7 +322,7 @@ class ForecastConfig(_Strict):
     # --- crossing process boundaries ------------------------------------
     # Tasks on Dask workers get the configuration pickled through the scheduler. Whatever pickles it,
     # it carries no secret storage options; the process that unpickles it takes them from its own
-    # environment (LSTM_FORECAST_STORAGE_OPTIONS: a LocalCluster's workers get it from the flow;
+    # memory or environment (a LocalCluster's workers hold the flow's, `hold_storage_options`;
     # an existing cluster's workers set it, or the AWS_* variables, themselves).
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -548,17 +549,36 @@ def default_season_length(freq: str) -> int:
     return 1
 
 
+# Storage options (credentials included) handed to this process in memory: a LocalCluster's workers get the
+# run's from the flow through a worker plugin over the cluster's TLS connections (flows/runners.py), never
+# through their environment, which their child processes would inherit.
+_HELD_STORAGE_OPTIONS: dict[str, Any] = {}
+
+
+def hold_storage_options(options: Mapping[str, Any]) -> None:
+    """Keep `options` in this process's memory: every configuration or Location unpickled here from now on
+    gets them back (merged over what travelled), as from LSTM_FORECAST_STORAGE_OPTIONS."""
+    _HELD_STORAGE_OPTIONS.clear()
+    _HELD_STORAGE_OPTIONS.update(dict(options))
+
+
 def with_environment_secrets(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """`options` with the storage options of this process's environment (LSTM_FORECAST_STORAGE_OPTIONS,
-    JSON) merged over them: how a worker gets the credentials a pickled configuration left behind."""
+    """`options` with the storage options of this process merged over them: those of its environment
+    (LSTM_FORECAST_STORAGE_OPTIONS, JSON: the workers of an existing cluster set it themselves), then those
+    held in memory (`hold_storage_options`: a LocalCluster's workers). How a worker gets the credentials a
+    pickled configuration left behind."""
     raw = (os.environ if environ is None else environ).get(ENV_PREFIX + "STORAGE_OPTIONS")
-    if not raw:
-        return dict(options)
-    try:
-        extra = json.loads(raw)
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}STORAGE_OPTIONS is not JSON") from None
-    return merge_settings(options, extra) if isinstance(extra, Mapping) else dict(options)
+    merged = dict(options)
+    if raw:
+        try:
+            extra = json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}STORAGE_OPTIONS is not JSON") from None
+        if isinstance(extra, Mapping):
+            merged = merge_settings(merged, extra)
+    if _HELD_STORAGE_OPTIONS and environ is None:
+        merged = merge_settings(merged, _HELD_STORAGE_OPTIONS)
+    return merged
 
 
 def resolve_chunk(chunk: Any, horizon: int) -> int:
