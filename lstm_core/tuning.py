@@ -13,8 +13,8 @@ the study sees `panel.drop_last(horizon)` only.
 - Where: in this process, or on a Dask cluster (`client`): one trial per worker at a time, the study in
   optuna-integration's `DaskStorage` on the scheduler, so every worker reports to the same pruner.
 - Results under `<output_url>/tuning/study=<name>/`: `journal.log` (the study, Optuna's journal format:
-  a rerun with the same name resumes it), `trials.parquet`, `best.yaml` (a configuration file `run --config`
-  accepts as it is), `best.json` (what `tuned: latest` applies, and where it came from), `objective.png`.
+  a rerun with the same name resumes it), `trials.parquet`, `best.yaml` (the tuned and data settings, which
+  `run --config` reads as a tuning result: nothing else is accepted from a file of that name), `best.json` (what `tuned: latest` applies, and where it came from), `objective.png`.
 """
 from __future__ import annotations
 
@@ -555,8 +555,9 @@ def write_results(result: TuneResult, config: ForecastConfig) -> dict[str, str]:
     if best is not None:
         settings = best_settings(best, config)
         header = (f"# best settings of tuning study {name!r}: trial {best.number}, pooled backtest MASE "
-                  f"{best.value:.4f}\n# written {datetime.now(timezone.utc).isoformat()}; use as it is: "
-                  "lstm-forecast run --config best.yaml --input ... --output ...\n")
+                  f"{best.value:.4f}\n# written {datetime.now(timezone.utc).isoformat()}; use it as a tuning result: "
+                  "lstm-forecast run --config best.yaml --input ... --output ...\n# (a file named best.yaml gives "
+                  "only tuned and data settings: inputs, outputs, storage and Dask come from the run)\n")
         put_bytes(fs, join(base, "best.yaml"), (header + yaml.safe_dump(settings, sort_keys=True)).encode(), root=root)
         urls["best_yaml"] = join(base, "best.yaml")
         tuned_keys = sorted({"window", *(k if k != LAYERS else "model.units" for k in best.params)})
