@@ -856,9 +856,9 @@ def check_tuning_result(settings: Mapping[str, Any], where: str) -> None:
 def parse_sets(sets: list[str] | None) -> dict[str, Any]:
     """`--set key=value` items (dotted keys for sections) as nested settings.
 
-    A credential is refused (ConfigError naming the key, never quoting the value): a secret-named storage
-    option, or a URL carrying user-info or a signed query string. A command line is visible to every local
-    user (`ps`) and kept in shell history; credentials belong in the environment or the config file.
+    A secret-named storage option is refused (ConfigError naming the key, never quoting the value): a command
+    line is visible to every local user (`ps`) and kept in shell history; credentials belong in the environment
+    or the config file. (A URL setting carrying credentials, as `--input` may, is redacted everywhere instead.)
     """
     data: dict[str, Any] = {}
     for item in sets or []:
@@ -866,7 +866,7 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item.split('=', 1)[0]!r}: expected key=value")
         parts = key.strip().split(".")
-        if (parts[0] == "storage_options" and any(is_secret_name(p) for p in parts[1:])) or has_credentials(raw):
+        if parts[0] == "storage_options" and any(is_secret_name(p) for p in parts[1:]):
             raise ConfigError(f"--set {key.strip()}: a credential on the command line is visible to every local "
                               f"user (ps) and kept in shell history; put it in the environment (AWS_*, "
                               f"LSTM_FORECAST_STORAGE_OPTIONS) or the config file's storage_options")

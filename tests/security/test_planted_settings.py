@@ -135,8 +135,7 @@ def test_any_horizon_validates_quickly_and_only_up_to_the_bound(horizon):
 # --- --set -----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("item", ["storage_options.secret=s3cr3t-value-1", "storage_options.key=AKIAFLAG12345",
                                   "storage_options.client_kwargs.aws_secret_access_key=s3cr3t-value-2",
-                                  "input_url=s3://user:s3cr3t-value-3@bucket/in",
-                                  "output_url=https://h/out?X-Amz-Signature=s3cr3t-value-4"])
+                                  "storage_options.token=s3cr3t-value-3"])
 def test_set_refuses_credentials_without_repeating_them(item):
     with pytest.raises(ConfigError, match="a credential on the command line") as err:
         parse_sets([item])
