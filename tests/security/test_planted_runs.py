@@ -18,8 +18,8 @@ from fsspec.implementations.local import LocalFileSystem
 
 from lstm_core.realised import PREDICTION_COLUMNS, earlier_predictions
 from tests.conftest import make_frame
-from tests.security.prefect_api import api_logs
 from tests.reliability.conftest import FAST, H
+from tests.security.prefect_api import api_logs
 
 
 def _predictions(run_id: str, n_series: int = 3) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import jsonschema
 import pytest
@@ -25,8 +25,14 @@ from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
 from flows.parameters import RunSettings
-from lstm_core.config import (TUNED_FILE_TOP, ConfigError, ForecastConfig, load_config, parse_sets,
-                              validate_config)
+from lstm_core.config import (
+    TUNED_FILE_TOP,
+    ConfigError,
+    ForecastConfig,
+    load_config,
+    parse_sets,
+    validate_config,
+)
 from lstm_core.tuning import apply_tuned
 from tasks.reporting import failure_markdown, md_code, md_text, summary_markdown
 
@@ -94,7 +100,7 @@ def test_a_planted_best_json_cannot_set_huge_values(tmp_path, settings, tuned, s
     study.mkdir(parents=True)
     (study / "best.json").write_text(json.dumps({
         "study": "default", "trial": 1, "objective": 0.5, "metric": "pooled backtest MASE", "settings": settings,
-        "tuned": tuned, "written_at": datetime.now(timezone.utc).isoformat()}))
+        "tuned": tuned, "written_at": datetime.now(UTC).isoformat()}))
     config = validate_config({"output_url": str(tmp_path / "out"), "tuned": "latest", "freq": "h"})
     with pytest.raises(ConfigError, match=f"setting '{setting}'"):
         apply_tuned(config)

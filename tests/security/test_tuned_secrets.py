@@ -17,13 +17,23 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from tests.conftest import make_frame
-from tests.reliability.conftest import FAST_FLAGS, cli_env, direct_fs, error_lines, put_frame, run_cli
-from tests.security.test_secret_channels import _prefect_api_text, _prefect_database_bytes
+from tests.reliability.conftest import (
+    FAST_FLAGS,
+    cli_env,
+    direct_fs,
+    error_lines,
+    put_frame,
+    run_cli,
+)
+from tests.security.test_secret_channels import (
+    _prefect_api_text,
+    _prefect_database_bytes,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +61,7 @@ def test_credentials_in_the_output_url_never_reach_prefect_or_the_manifest(s3_bu
     (study / "best.json").write_text(json.dumps({
         "study": "default", "trial": 3, "objective": 0.9, "metric": "pooled backtest MASE",
         "settings": {"model": {"units": [8]}, "window": 24}, "tuned": ["model.units", "window"],
-        "written_at": datetime.now(timezone.utc).isoformat()}))
+        "written_at": datetime.now(UTC).isoformat()}))
 
     runs = {
         "tuned-failed": run_cli(
