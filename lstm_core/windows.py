@@ -73,6 +73,10 @@ def plan_windows(lengths: np.ndarray, window: int, chunk: int, span: int, min_in
 def gather(values: np.ndarray, starts: np.ndarray, window: int, chunk: int = 1,
            known: tuple[int, ...] = ()) -> Windows:
     """Inputs `values[s:s+window]`, targets `values[s+window : s+window+chunk, 0]` for each global start `s`."""
+    if len(values) < window:  # no window fits anywhere (a panel of a few very short series): none to gather
+        f = values.shape[1]
+        return Windows(np.zeros((0, window, f), values.dtype), np.zeros((0, chunk), values.dtype),
+                       np.zeros((0, chunk, len(known)), values.dtype) if known else None)
     view = sliding_window_view(values, window, axis=0)  # (N - window + 1, F, window), no copy
     x = view[starts].transpose(0, 2, 1)  # one copy; contiguous when F == 1
     if not x.flags.c_contiguous:
