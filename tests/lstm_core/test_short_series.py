@@ -212,3 +212,22 @@ def test_each_series_trains_up_to_its_own_earliest_cutoff():
         i = int(np.flatnonzero(train.series_ids == sid)[0])
         assert cutoffs[sid] >= train.last_ds[i]  # scored only after its training part ends
     assert "d5" not in set(bt.frame["series_id"])
+
+
+def test_thirty_monthly_products_of_20_to_40_months_are_all_served_by_the_network():
+    """The issue's planning case: 30 monthly series of 20-40 months, horizon 12 (26 of 30 got no forecast).
+    None is skipped and none is handed to the fallback (each has the 12 points, patch 6 + chunk 6, the network
+    learns from); those with 12 points before the last cutoff (24 in all) are in its training panel."""
+    cfg = fast_config(freq="MS", horizon=12, season_length=None, window=None)
+    rng = np.random.default_rng(1)
+    parts = []
+    for i, n in enumerate(rng.integers(20, 41, size=30)):
+        t = np.arange(n)
+        y = 50 + i + 10 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 1, n)
+        parts.append(pd.DataFrame({"series_id": f"p{i:02d}", "ds": pd.date_range(end="2025-12-01", periods=n,
+                                                                                  freq="MS"), "y": y}))
+    frame = pd.concat(parts, ignore_index=True).astype({"series_id": "string"})
+    data = prepare_data(validate_for(frame, cfg), cfg)
+    assert data.skipped == [] and data.fallback == [] and data.panel.n_series == 30
+    assert min_train_length(cfg) == 12
+    assert set(data.train_panel.series_ids) == set(data.panel.series_ids[data.panel.lengths >= 24])
