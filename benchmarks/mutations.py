@@ -222,6 +222,23 @@ MUTATIONS: list[Mutation] = [
     Mutation("T4", "a rerun of a study resumes it (its trial numbers continue)", "lstm_core/tuning.py",
              "previous = load_trials(config) if save else []", "previous = []",
              (f"{TUNING}::test_a_resumed_study_continues_its_trial_numbers",)),
+    # --- issue 26: the model store's files ---------------------------------------------------------------
+    Mutation("G1", "an archive naming a file twice is refused", "lstm_core/model_guard.py",
+             "                if key in seen:\n", "                if False:\n",
+             ("tests/security/test_archive_differential.py::test_a_second_config_json_is_refused_and_runs_nothing",)),
+    Mutation("G2", "the weights file declares exactly the checked network's variables", "lstm_core/model_guard.py",
+             "    check_weights(archive, max_bytes)\n    return archive", "    return archive",
+             ("tests/security/test_weights_file.py::test_weights_that_are_not_the_networks_are_refused",)),
+    Mutation("G3", "intervals.json is checked against its recorded sha256", "lstm_core/artifacts.py",
+             "    _sha256_ok(INTERVALS_FILE, raw, checksums, url, signed)\n", "",
+             ("tests/security/test_served_files.py::test_each_served_file_of_a_signed_version_is_covered",
+              "tests/security/test_served_files.py::test_without_a_key_checksums_refuse_a_changed_file")),
+    Mutation("G4", "a saved lower quantile above its upper one is refused", "lstm_core/intervals.py",
+             "if (arr[:, 0, :] > arr[:, 1, :]).any():", "if False:",
+             ("tests/security/test_served_files.py::test_named_malformed_intervals_are_refused_with_the_reason",)),
+    Mutation("G5", "metadata's window, features and known are the inputs the members take", "lstm_core/artifacts.py",
+             "    _check_geometry(members, meta, url)\n", "",
+             ("tests/security/test_served_files.py::test_named_cross_field_errors_in_metadata_are_refused_with_the_reason",)),
 ]
 
 

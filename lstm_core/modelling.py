@@ -12,6 +12,7 @@ Every function takes an optional `log` (a `logging.Logger` or adapter) so a task
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -27,7 +28,7 @@ from lstm_core.backtest import Backtest, WindowHook, backtest_from_config, backt
 from lstm_core.config import ForecastConfig, ModelSpec
 from lstm_core.engine import Evaluation, Forecaster, fit, panel_of, predictions_frame
 from lstm_core.errors import ArtifactError
-from lstm_core.intervals import ConformalIntervals, load_intervals, save_intervals, with_intervals
+from lstm_core.intervals import INTERVALS_FILE, ConformalIntervals, with_intervals
 from lstm_core.metrics import MetricTotals, interval_columns
 from lstm_core.model_store import Decision, decide_for, split_model_url
 from lstm_core.panel import Panel
@@ -147,8 +148,16 @@ class ModelStore:
         call_with_retries(artifacts.save, forecaster, self.location, spec.key, config=config.public_dict(),
                           fingerprint=fingerprint, version=version, extra=extra, what="saving the model")
 
-    def save_intervals(self, intervals: ConformalIntervals, key: str, version: str) -> None:
-        call_with_retries(save_intervals, intervals, self.location, key, version, what="saving the intervals")
+    def save_intervals(self, intervals: ConformalIntervals, key: str, version: str, log=None) -> None:
+        """Save `intervals.json` beside a version, its sha256 recorded in the version's (signed) metadata,
+        so a loaded version serves only checked intervals. A version whose metadata cannot be extended
+        (signed, and no key now) keeps none: later runs calibrate their own (a warning says why)."""
+        data = json.dumps(intervals.to_dict(), indent=2, sort_keys=True, allow_nan=False).encode()
+        try:
+            call_with_retries(artifacts.add_file, self.location, key, version, INTERVALS_FILE, data,
+                              what="saving the intervals")
+        except ArtifactError as exc:
+            (log or _log).warning("the intervals are not saved beside the model: %s", exc)
 
     def holding(self, config: ForecastConfig) -> Location:
         """The store `config`'s versions live in: this one, or the one a `model_url` pins."""
@@ -186,12 +195,6 @@ class ModelStore:
         return ModelChoice(scorer, loaded.forecaster, decision, ref.version, ref.group,
                            first_window=ref.first_window, intervals=_saved_intervals(self, loaded, config, log),
                            model_key=ref.model_key)
-
-    def load_intervals(self, url: str) -> ConformalIntervals | None:
-        """The intervals saved beside the version at `url` (`<store>/<key>/<version>`); None when it has none.
-        Raises ArtifactError when they are corrupt."""
-        store, key, version = split_model_url(url)
-        return load_intervals(self.location.with_url(store), key, version)
 
 
 # Versions opened in this process, newest last: (store URL, key, version, refit, size cap) -> (loaded, scorer).
@@ -247,11 +250,7 @@ def _saved_intervals(store: ModelStore, loaded, config: ForecastConfig, log) -> 
     if not config.levels:
         return None
     version = split_model_url(loaded.url)[2]
-    try:
-        saved = store.load_intervals(loaded.url)
-    except ArtifactError as exc:  # a corrupt file is recalibrated from this run's backtest, not a failed run
-        log.warning("the saved intervals are not used: %s", exc)
-        return None
+    saved = loaded.intervals  # read and checked with the version (checksum, signature, shape)
     if saved is None:
         log.info("model %s has no saved intervals: they are calibrated on this run's backtest", version)
     elif not intervals_fit(saved, config):
@@ -340,7 +339,7 @@ def get_or_train(store: ModelStore, spec: ModelSpec, data: Prepared | None, *, c
         bt = run_backtest(choice, data, config)
         if bt.intervals is not None:
             choice.intervals = bt.intervals
-            store.save_intervals(bt.intervals, spec.key, version)
+            store.save_intervals(bt.intervals, spec.key, version, log=log)
             log.info("%scalibrated intervals on the training sample's backtest (%d rows)", label, len(bt.frame))
     return choice, decision
 
@@ -392,7 +391,7 @@ def forecast(choice: ModelChoice, data: Prepared, config: ForecastConfig, *, sto
         elif bt.intervals is not None:
             intervals, source = bt.intervals, "run"
             if store is not None and choice.model_key is not None and choice.decision.action == "train":
-                store.save_intervals(intervals, choice.model_key, choice.version)
+                store.save_intervals(intervals, choice.model_key, choice.version, log=log)
     if panel.n_series == 0:  # a shard whose series were all skipped
         future = np.zeros((0, h))
     else:
