@@ -36,8 +36,8 @@ from lstm_core.progress import Progress
 from lstm_core.retries import call_with_retries
 from lstm_core.storage import Location
 from lstm_core.tuning import check_tuned_fits
-from lstm_core.validation import SkippedSeries, ValidationResult, min_train_length
-from lstm_core.windows import target_bounds, validation_span, windows_per_series
+from lstm_core.validation import SkippedSeries, ValidationResult, min_input, min_train_length, network_reasons
+from lstm_core.windows import plan_windows, target_bounds, validation_span, windows_per_series
 
 _log = logging.getLogger("lstm_core.modelling")
 
@@ -58,6 +58,9 @@ class Prepared:
     filled_points: int = 0
     rows_read: int = 0
     first_window: int = 0
+    # series the network cannot learn (too few points for one training window), with the reason: the
+    # fallback serves them; they stay in `panel` (shortness is never a reason to skip a series)
+    fallback: list[SkippedSeries] = field(default_factory=list)
 
     @property
     def series_read(self) -> int:
@@ -81,18 +84,24 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
     first_window, train_panel = training_cutoff(panel, config)
     chunk = config.chunk_length
     span = validation_span(config.validation_steps, chunk)
-    lo, hi = target_bounds(train_panel, config.window, span, chunk)
+    plan = plan_windows(train_panel.lengths, config.window, chunk, span, min_input(config))
+    padded = train_panel.pad_rows(plan.pad)
+    lo, hi = target_bounds(padded, config.window, plan.holdout, chunk, plan.first_target)
     train_windows = int((hi - lo).clip(min=0).sum())
-    val_windows = int(((train_panel.lengths - span - config.window) // chunk + span // chunk)
-                      .clip(min=0, max=span // chunk).sum())
+    val_windows = int(np.where(plan.holdout > 0, span // chunk, 0).sum())
+    fallback = [SkippedSeries(str(sid), "y", reason) for sid, reason in
+                zip(panel.series_ids, network_reasons(panel.lengths, config)) if reason is not None]
+    if fallback:
+        log.info("%d series are too short for the network to learn (fewer than %d points): handed to the "
+                 "fallback", len(fallback), min_train_length(config))
     log.info("%d series, %d features; %d training windows available (%d sampled per series per epoch), "
              "%d validation windows; training cutoff: backtest window %d of %d (%d series)", panel.n_series,
              panel.n_features, train_windows,
-             windows_per_series(train_panel, config.window, span, chunk, config.training.windows_per_series,
-                                config.training.min_windows_per_epoch), val_windows, first_window,
+             windows_per_series(padded, config.window, plan.holdout, chunk, config.training.windows_per_series,
+                                config.training.min_windows_per_epoch, plan.first_target), val_windows, first_window,
              config.backtest.windows, train_panel.n_series)
     return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows,
-                    list(validated.skipped), validated.filled_points, validated.rows_read, first_window)
+                    list(validated.skipped), validated.filled_points, validated.rows_read, first_window, fallback)
 
 
 # --- the model store ----------------------------------------------------------------------------------
@@ -292,7 +301,7 @@ def get_or_train(store: ModelStore, spec: ModelSpec, data: Prepared | None, *, c
     if config.mode == "per_series":
         decision = Decision("train", "mode 'per_series' trains one model per series on every run")
     else:
-        newest = data.panel.drop_last(config.horizon) if data is not None and data.panel.n_series else \
+        newest = data.panel.drop_upto(config.horizon) if data is not None and data.panel.n_series else \
             (data.train_panel if data is not None else None)
         decision = store.decide(spec, newest)
     log.info("%smodel decision: %s (%s)", label, decision.action, decision.reason)

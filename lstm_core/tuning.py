@@ -816,16 +816,17 @@ def apply_tuned(config: ForecastConfig) -> tuple[ForecastConfig, dict[str, Any] 
 
 
 def check_tuned_fits(config: ForecastConfig, panel: Panel) -> None:
-    """Refuse (ConfigError naming the setting) a tuned window the data cannot use: one longer than the shortest
-    series. Nothing is clipped: the run stops before training."""
+    """Refuse (ConfigError naming the setting) a tuned window the data cannot use: one longer than every series
+    (shorter series are padded at the front, but some series must fill the window for it to have been tuned
+    on these data). Nothing is clipped: the run stops before training."""
     if config.tuned == "off" or panel.n_series == 0 or config.window is None:
         return
-    i = int(np.argmin(panel.lengths))
-    shortest = int(panel.lengths[i])
-    if int(config.window) > shortest:
+    i = int(np.argmax(panel.lengths))
+    longest = int(panel.lengths[i])
+    if int(config.window) > longest:
         raise ConfigError(
             f"setting 'window': the tuned value {config.window} (tuned: latest, study {config.tuning.study!r}) is "
-            f"longer than the shortest series ({panel.series_ids[i]!r}, {shortest} points); the data cannot use it: "
+            f"longer than the longest series ({panel.series_ids[i]!r}, {longest} points); the data cannot use it: "
             f"retune on these data, narrow tuning.space.window, or set tuned: off")
 
 

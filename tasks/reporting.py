@@ -81,7 +81,7 @@ def _holdout_plot(choice: ModelChoice, scored: Scored, prepared: Prepared, confi
     evaluation = scored.holdout
     picks = plots.pick_examples(lstm_mase)
     h = config.horizon
-    history = prepared.panel.drop_last(h) if prepared.panel.n_series else prepared.panel
+    history = prepared.panel.drop_upto(h)  # a series of H points or fewer keeps its first
     holdout_ds = dates_after(history.last_ds, config.freq, h)
     context = max(config.window, 2 * config.season_length, 2 * h)
     examples = []
