@@ -39,8 +39,8 @@ from lstm_core.retries import call_with_retries
 from lstm_core.statistical import STATISTICAL_MODELS, StatisticalBacktest, long_history, statistical_backtest
 from lstm_core.storage import Location
 from lstm_core.tuning import check_tuned_fits
-from lstm_core.validation import SkippedSeries, ValidationResult, min_train_length
-from lstm_core.windows import target_bounds, validation_span, windows_per_series
+from lstm_core.validation import SkippedSeries, ValidationResult, min_input, min_train_length, network_reasons
+from lstm_core.windows import plan_windows, target_bounds, validation_span, windows_per_series
 
 _log = logging.getLogger("lstm_core.modelling")
 
@@ -61,8 +61,11 @@ class Prepared:
     filled_points: int = 0
     rows_read: int = 0
     first_window: int = 0
-    # every valid series, those the network cannot serve included (too short for it, or constant): the
-    # statistical models and the served forecast cover these; None: the same as `panel`
+    # series the network cannot learn (too few points for one training window, or constant), with the reason:
+    # the fallback serves them (shortness is never a reason to skip a series)
+    fallback: list[SkippedSeries] = field(default_factory=list)
+    # every valid series, those the network cannot serve included: the statistical models and the served
+    # forecast cover these; None: the same as `panel` (which holds the series the network serves)
     full: Panel | None = None
 
     @property
@@ -90,43 +93,45 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
     full = panel_of(validated, config)
     serves = network_serves(full, config)
     panel = full if serves.all() else full.select(serves)
-    if not serves.all():
-        log.info("%d of %d series are too short for the network (or constant): a statistical fallback serves "
-                 "them", int((~serves).sum()), full.n_series)
     check_tuned_fits(config, panel)  # tuned: latest: a tuned window the data cannot use is refused, not clipped
     first_window, train_panel = training_cutoff(panel, config)
     chunk = config.chunk_length
     span = validation_span(config.validation_steps, chunk)
-    lo, hi = target_bounds(train_panel, config.window, span, chunk)
+    plan = plan_windows(train_panel.lengths, config.window, chunk, span, min_input(config))
+    padded = train_panel.pad_rows(plan.pad)
+    lo, hi = target_bounds(padded, config.window, plan.holdout, chunk, plan.first_target)
     train_windows = int((hi - lo).clip(min=0).sum())
-    val_windows = int(((train_panel.lengths - span - config.window) // chunk + span // chunk)
-                      .clip(min=0, max=span // chunk).sum())
+    val_windows = int(np.where(plan.holdout > 0, span // chunk, 0).sum())
+    fallback = [SkippedSeries(str(sid), "y", reason or "constant history: handed to the fallback") for sid, reason, ok
+                in zip(full.series_ids, network_reasons(full.lengths, config), serves) if not ok]
+    if fallback:
+        log.info("%d series are too short for the network to learn (fewer than %d points): handed to the "
+                 "fallback", len(fallback), min_train_length(config))
     log.info("%d series, %d features; %d training windows available (%d sampled per series per epoch), "
              "%d validation windows; training cutoff: backtest window %d of %d (%d series)", panel.n_series,
              panel.n_features, train_windows,
-             windows_per_series(train_panel, config.window, span, chunk, config.training.windows_per_series,
-                                config.training.min_windows_per_epoch), val_windows, first_window,
+             windows_per_series(padded, config.window, plan.holdout, chunk, config.training.windows_per_series,
+                                config.training.min_windows_per_epoch, plan.first_target), val_windows, first_window,
              config.backtest.windows, train_panel.n_series)
     return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows,
-                    list(validated.skipped), validated.filled_points, validated.rows_read, first_window,
+                    list(validated.skipped), validated.filled_points, validated.rows_read, first_window, fallback,
                     full=None if serves.all() else full)
 
 
 def network_serves(panel: Panel, config: ForecastConfig) -> np.ndarray:
-    """(S,) bool: the series the network can train on and forecast, i.e. those of at least
-    `validation.min_length(config)` points that are not constant. The others are served by the
-    statistical fallback (`lstm_core.combination`); lowering the network's minimum length serves more.
+    """(S,) bool: the series the network learns and forecasts: those `validation.network_reasons` keeps (at
+    least `min_train_length(config)` points) that are not constant. The others are served by the statistical
+    fallback (`lstm_core.combination`); a lower network minimum serves more, with nothing to change here.
     """
-    from lstm_core.validation import min_length
+    from lstm_core.validation import network_reasons
 
     if panel.n_series == 0:
         return np.zeros(0, dtype=bool)
     y = panel.y
-    starts = panel.offsets[:-1]
-    lengths = panel.lengths
-    safe = np.minimum(starts, max(len(y) - 1, 0))
+    safe = np.minimum(panel.offsets[:-1], max(len(y) - 1, 0))
     varies = np.maximum.reduceat(y, safe) > np.minimum.reduceat(y, safe)
-    return (lengths >= min_length(config)) & np.where(lengths > 0, varies, False)
+    learns = np.array([r is None for r in network_reasons(panel.lengths, config)], dtype=bool)
+    return learns & np.where(panel.lengths > 0, varies, False)
 
 
 # --- the model store ----------------------------------------------------------------------------------
@@ -326,7 +331,7 @@ def get_or_train(store: ModelStore, spec: ModelSpec, data: Prepared | None, *, c
     if config.mode == "per_series":
         decision = Decision("train", "mode 'per_series' trains one model per series on every run")
     else:
-        newest = data.panel.drop_last(config.horizon) if data is not None and data.panel.n_series else \
+        newest = data.panel.drop_upto(config.horizon) if data is not None and data.panel.n_series else \
             (data.train_panel if data is not None else None)
         decision = store.decide(spec, newest)
     log.info("%smodel decision: %s (%s)", label, decision.action, decision.reason)

@@ -263,10 +263,10 @@ def test_the_issues_short_series_are_forecast_as_validation_accepts_them(s3_buck
 
 
 def test_series_all_too_short_for_the_network_are_served_by_the_statistical_fallback(s3_bucket, s3_endpoint):
-    """3 series x 60 hourly points, H 24: the network needs 72 (history 12 + chunk 12 + validation 24 +
-    horizon 24), so it trains on none; every series is still forecast, by a named statistical model (issue 22)."""
+    """3 series x 10 hourly points, H 24: fewer than the network needs to learn a series (an input patch and
+    a chunk of targets), so it trains on none; every series is still forecast, by a named statistical model."""
     fs = _fs(s3_endpoint)
-    url = _put(fs, f"{s3_bucket}/in/short.parquet", make_frame(n_series=3, length=60))
+    url = _put(fs, f"{s3_bucket}/in/short.parquet", make_frame(n_series=3, length=10))
     settings = {**FAST, "horizon": 24, "window": None, "input_url": url, "output_url": f"{s3_bucket}/out",
                 "run_id": "tooshort"}
     manifest = batch_forecast(settings=settings)
