@@ -213,6 +213,7 @@ class BandedIntervals:
     horizon: int
     by_band: dict[str, ConformalIntervals]
     pooled: ConformalIntervals | None
+    levels: tuple[float, ...] = (80.0, 95.0)
 
     def predict(self, panel: Panel, yhat: np.ndarray) -> dict[str, np.ndarray]:
         """Interval columns (S, H) for `yhat` (S, H) of `panel`'s series (NaN where nothing is calibrated)."""
@@ -220,9 +221,11 @@ class BandedIntervals:
         out: dict[str, np.ndarray] = {}
         for b in np.unique(band) if panel.n_series else []:
             fitted = self.by_band.get(b, self.pooled)
-            if fitted is None:
-                continue
             mask = band == b
+            if fitted is None:  # no backtest window anywhere (every series shorter than H): a random-walk spread
+                for col, values in _random_walk_bounds(panel.select(mask), yhat[mask], self.levels).items():
+                    out.setdefault(col, np.full(yhat.shape, np.nan))[mask] = values
+                continue
             for col, values in fitted.predict(panel.select(mask), yhat[mask]).items():
                 out.setdefault(col, np.full(yhat.shape, np.nan))[mask] = values
         return out
@@ -251,7 +254,8 @@ def served_intervals(rows: pd.DataFrame, scales: pd.DataFrame, *, levels: Sequen
         except ValueError:
             pooled = None
     by_band: dict[str, ConformalIntervals] = {}
-    windows_per_band = table.groupby("band")[["series_id", "window"]].apply(lambda g: len(g.drop_duplicates()))
+    windows_per_band = table[["band", "series_id", "window"]].drop_duplicates().groupby("band").size() \
+        if len(table) else pd.Series(dtype="int64")
     for b, n in windows_per_band.items():
         if n < need:
             continue
@@ -267,7 +271,25 @@ def served_intervals(rows: pd.DataFrame, scales: pd.DataFrame, *, levels: Sequen
     out = pd.DataFrame(np.nan, index=rows.index,
                        columns=[c.replace("yhat_", "served_") for lv in levels for c in interval_columns(lv)])
     out.loc[rows.index[ok], :] = bounds.to_numpy()
-    return BandedIntervals(horizon, by_band, pooled), out
+    return BandedIntervals(horizon, by_band, pooled, tuple(float(v) for v in levels)), out
+
+
+def _random_walk_bounds(panel: Panel, yhat: np.ndarray, levels: Sequence[float]) -> dict[str, np.ndarray]:
+    """Bounds when nothing could be calibrated (no series has a backtest window): yhat +- z x s x sqrt(h), s the
+    naive-error scale of each history (`intervals.naive_scales`, at least mean |y|): a random walk's spread,
+    never a bound equal to the forecast."""
+    from statistics import NormalDist
+
+    from lstm_core.intervals import naive_scales
+
+    scale, _ = naive_scales(panel, 1, log=False)
+    steps = np.sqrt(np.arange(1, yhat.shape[1] + 1))[None, :]
+    out = {}
+    for lv in levels:
+        z = NormalDist().inv_cdf(0.5 + float(lv) / 200.0)
+        lo_col, hi_col = interval_columns(lv)
+        out[lo_col], out[hi_col] = yhat - z * scale[:, None] * steps, yhat + z * scale[:, None] * steps
+    return out
 
 
 def coverage_sums(rows: pd.DataFrame, levels: Sequence[float], horizon: int) -> pd.DataFrame:

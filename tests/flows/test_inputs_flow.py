@@ -276,6 +276,10 @@ def test_series_all_too_short_for_the_network_are_served_by_the_statistical_fall
     assert not any("lstm" in k for k in manifest["counts"]["series_by_model"])
     preds = _preds(fs, f"{s3_bucket}/out", "tooshort")
     assert len(preds) == 3 * 24 and np.isfinite(preds["yhat"]).all() and preds["model"].notna().all()
+    # no series has a backtest window to calibrate on: a random walk's spread, never a bound on the forecast
+    assert np.isfinite(preds[["yhat_lo_95", "yhat_lo_80", "yhat_hi_80", "yhat_hi_95"]].to_numpy()).all()
+    assert (preds["yhat_lo_95"] < preds["yhat_lo_80"]).all() and (preds["yhat_lo_80"] < preds["yhat"]).all()
+    assert (preds["yhat"] < preds["yhat_hi_80"]).all() and (preds["yhat_hi_80"] < preds["yhat_hi_95"]).all()
 
 
 def test_no_valid_series_fails_with_the_reasons_and_a_quarantine_table(s3_bucket, s3_endpoint):
