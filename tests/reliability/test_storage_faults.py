@@ -166,4 +166,6 @@ def test_a_failed_model_save_is_retried_in_place_not_by_training_again(s3_input,
     puts = [r.path.split("?")[0] for r in proxy.seen_requests() if r.method == "PUT"]
     member = [p for p in puts if p.endswith("/member-0.keras")]
     assert len(member) == 2 and len(set(member)) == 1 and manifest["model_version"] in member[0]
-    assert sum(p.endswith("/metadata.json") for p in puts) == 5 + 1
+    # 5 refused PUTs, the save's own, then the one that records intervals.json's checksum (issue 26)
+    assert sum(p.endswith("/metadata.json") for p in puts) == 5 + 1 + 1
+    assert sum(p.endswith("/intervals.json") for p in puts) == 1
