@@ -31,7 +31,7 @@ from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
-from lstm_core.outputs import OutputStore, RunWriter, new_run_id, slot_run_id
+from lstm_core.outputs import OUTPUT_SCHEMA_VERSION, OutputStore, RunWriter, new_run_id, slot_run_id
 from lstm_core.progress import Progress
 from lstm_core.records import (BacktestEntry, Counts, Decision, Execution, Frequency, Manifest, ManifestDraft,
                                ModelEntry, Outputs, PlanSummary, ShardsEntry, ShardSummary, SkippedEntry,
@@ -165,6 +165,7 @@ def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, l
         versions=package_versions(),
         flow_run_id=_flow_run_id(),
         tuned=tuned,  # which study's best settings this run used (tuned: latest), else null
+        output_schema_version=OUTPUT_SCHEMA_VERSION,
     ))
     try:
         with run_task_runner(config, logger) as runner:
@@ -334,7 +335,7 @@ class _Run:
             error.quarantine_written = True  # each shard wrote its part of the quarantine table
             raise error
         single = plan.n_shards == 1
-        overall = overall_metrics(summaries)
+        overall = overall_metrics(summaries, {choice.version for choice in choices.values()})
         realised = None if single else realised_overall_rows(summaries)
         counts = Counts(
             series_read=sum(s.series_read for s in summaries),
@@ -357,8 +358,11 @@ class _Run:
         manifest.counts = counts
         manifest.skipped = skipped[:SKIPPED_IN_SUMMARY]
         # over all backtest windows (the per-window rows are in the metrics table)
+        # keyed as before (output schema 1): the LSTM by its model version, a baseline by its name
+        runs = overall[overall["backtest_window"].isna()]
+        key = runs["model_version"].astype(object).where(runs["model_version"].notna(), runs["model"].astype(object))
         manifest.overall_metrics = {model: dict(zip(g["metric"], g["value"].astype(float)))
-                                    for model, g in overall[overall["window"].isna()].groupby("model", sort=False)}
+                                    for model, g in runs.groupby(key, sort=False)}
         manifest.backtest = self._backtest_entry(summaries, choices)
         manifest.shards = ShardsEntry(count=plan.n_shards, shard_size=config.shard_size, split=plan.sharded,
                                       in_flight=self.runner.capacity, items=[s.entry() for s in summaries])

@@ -23,7 +23,8 @@ import pandas as pd
 
 from lstm_core import artifacts
 from lstm_core.artifacts import data_fingerprint
-from lstm_core.backtest import Backtest, WindowHook, backtest_from_config, backtest_metrics, training_cutoff
+from lstm_core.backtest import (Backtest, WindowHook, backtest_from_config, backtest_metrics, metrics_table,
+                               training_cutoff)
 from lstm_core.config import ForecastConfig, ModelSpec
 from lstm_core.engine import Evaluation, Forecaster, fit, panel_of, predictions_frame
 from lstm_core.errors import ArtifactError
@@ -409,7 +410,8 @@ class Scored:
     and what the flow pools over shards."""
 
     holdout: Evaluation  # the last window (today's holdout) of every series, for the plots
-    metrics: pd.DataFrame  # `backtest_metrics` layout: series_id, metric, value, model, cutoff, window
+    metrics: pd.DataFrame  # `metrics_table` layout: series_id, metric, value, model, cutoff, backtest_window,
+    # model_version
     pooled: MetricTotals  # over every series and window, by model and metric
     per_window: MetricTotals  # by window, model and metric
     window_cutoffs: dict[int, Any] = field(default_factory=dict)  # window -> its latest cutoff
@@ -424,7 +426,8 @@ def score(forecasts: Forecasts, choice: ModelChoice, data: Prepared, config: For
     log = log or _log
     bt = forecasts.backtest
     sums = bt.sums(choice.version)
-    metrics = backtest_metrics(sums)  # the same as bt.metrics(), without summing the rows twice
+    # the same as bt.metrics(), without summing the rows twice; labelled as the metrics table has them
+    metrics = metrics_table(backtest_metrics(sums), {choice.version})
     holdout = _holdout_of(bt, data, choice, config)
     latest = {int(w): c for w, c in bt.scales.groupby("window")["cutoff"].max().items()}
     scored = Scored(holdout, metrics, sums.totals(()), sums.totals(("window",)), latest)

@@ -581,9 +581,11 @@ def put_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, root: st
 
 
 def parquet_bytes(df: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
+    """`df` as one Parquet file (zstd), in `schema` when given. Timestamps are written in microseconds
+    whatever `df` holds (pandas' are nanoseconds, which Spark 3 refuses); a sub-microsecond part is dropped."""
     table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", coerce_timestamps="us", allow_truncated_timestamps=True)
     return buf.getvalue()
 
 

@@ -1,13 +1,13 @@
 """The tasks that write a run's outputs: each shard's part files, then the commit with the manifest."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lstm_core.backtest import history_frame
+from lstm_core.backtest import history_frame, metrics_table
 from lstm_core.config import ForecastConfig
 from lstm_core.outputs import RunWriter
 from lstm_core.realised import earlier_predictions, realised_metrics, realised_overall, realised_sums
@@ -82,9 +82,10 @@ def shard_summary(shard: ShardSpec, forecasts: Forecasts, evaluation: Scored, pr
 
 
 
-def overall_metrics(summaries: list[ShardSummary]) -> pd.DataFrame:
+def overall_metrics(summaries: list[ShardSummary], lstm_versions: Collection[str]) -> pd.DataFrame:
     """Rows of the metrics table over all series (series_id null) pooled over all shards, as unsharded:
-    per backtest window (`window`, `cutoff` its latest cutoff) and over all windows (both null)."""
+    per backtest window (`backtest_window`, `cutoff` its latest cutoff) and over all windows (both null).
+    `lstm_versions`: the LSTM model versions the shards used (their rows get `model` `lstm`)."""
     pooled = [s.totals.pooled for s in summaries]
     windows = [s.totals.window for s in summaries]
     overall = pooled[0].merge(*pooled[1:]).finalize()
@@ -105,8 +106,8 @@ def overall_metrics(summaries: list[ShardSummary]) -> pd.DataFrame:
                       "window": pd.Series([pd.NA] * len(overall), dtype="Int64")}),
     ], ignore_index=True)
     frame = frame[frame["value"].notna() | frame["metric"].isin(("mae", "rmse", "smape", "mase"))]
-    return frame.astype({"series_id": "string", "metric": "string", "value": "float64",
-                         "model": "string"}).reset_index(drop=True)
+    frame = frame.astype({"series_id": "string", "metric": "string", "value": "float64", "model": "string"})
+    return metrics_table(frame.reset_index(drop=True), lstm_versions)
 
 
 def realised_overall_rows(summaries: list[ShardSummary]) -> pd.DataFrame | None:

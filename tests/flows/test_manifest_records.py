@@ -53,7 +53,7 @@ def test_a_succeeded_run_s_manifest_validates_and_round_trips(tmp_path):
         "run_id", "run_id_source", "scheduled_start", "input_url", "output_url", "config", "started_at", "versions",
         "flow_run_id", "tuned", "execution", "frequency", "ignored_columns", "plan", "input_fingerprint",
         "model_version", "model_key", "retrain", "training", "models", "counts", "skipped", "overall_metrics",
-        "backtest", "shards", "outputs", "timings_s", "finished_at", "status"}
+        "backtest", "shards", "outputs", "timings_s", "finished_at", "status", "output_schema_version"}
 
 
 @pytest.mark.parametrize("shard_size", [5000, 1], ids=["one shard", "sharded"])
