@@ -27,6 +27,7 @@ from prefect.futures import as_completed
 from flows.handoff import handed_config
 from flows.parameters import Overridable, RunSettings, check_overrides, overrides_list, settings_dict
 from flows.runners import RunTaskRunner, run_task_runner
+from lstm_core import interrupt
 from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
@@ -168,7 +169,9 @@ def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, l
         output_schema_version=OUTPUT_SCHEMA_VERSION,
     ))
     try:
-        with run_task_runner(config, logger) as runner:
+        # the CLI's Ctrl-C and SIGTERM handlers over the flow engine's own (which would leave the task threads
+        # training on): every thread stops at its next safe point
+        with interrupt.rearmed(), run_task_runner(config, logger) as runner:
             run.runner = runner
             run.manifest.execution = Execution(**runner.description)
             committed = run.execute()
@@ -457,7 +460,8 @@ def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: Ba
             logger.error("run %s failed before writing; the earlier committed attempt stays: %s", writer.run_id, reason)
             return
         failed: dict[str, Any] = {"status": "failed", "error": reason, "timings_s": timings,
-                                  "finished_at": datetime.now(timezone.utc)}
+                                  "finished_at": datetime.now(timezone.utc),
+                                  "reason": "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"}
         if isinstance(exc, NoValidSeriesError):
             # Every series was skipped: say which and why, in the manifest and the quarantine table.
             failed["skipped"] = [SkippedEntry.of(s) for s in exc.skipped[:SKIPPED_IN_SUMMARY]]

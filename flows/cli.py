@@ -157,7 +157,8 @@ def check_input(config) -> None:
 
 def _checked_flow(args: argparse.Namespace, flow_name: str):
     """(the flow, the run's configuration): settings and input checked first (a missing input fails in about
-    a second, before TensorFlow is imported), then the flow imported quietly."""
+    a second, before TensorFlow is imported), then the flow imported quietly and the temporary Prefect API
+    started (when no PREFECT_API_URL is set)."""
     config = _resolve(args.config, settings_from_args(args), args.sets)
     check_input(config)
     with quiet_native_startup():
@@ -166,7 +167,46 @@ def _checked_flow(args: argparse.Namespace, flow_name: str):
         else:
             from flows.batch_forecast import batch_forecast as flow
     quiet_console_tracebacks()
+    start_temporary_api()
     return flow, config
+
+
+def start_temporary_api() -> None:
+    """Without PREFECT_API_URL, start the temporary local Prefect API now, with SIGINT blocked in it.
+
+    Prefect would start it on the flow's first call, in this terminal's process group: a Ctrl-C (which the
+    terminal sends to the whole group) then stopped the API at once while the run went on, and every later
+    call to it failed (`ConnectError`) or waited (the event drain at exit). Started here it is the same
+    server the flow's client uses (one per process), it ignores the terminal's Ctrl-C, and this process
+    stops it in order when it exits (Prefect's own exit hook: SIGTERM, then up to 5 s)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from lstm_core.interrupt import sigint_blocked
+
+    with sigint_blocked():
+        SubprocessASGIServer().start()  # registers its stop as an exit hook
+    import atexit
+
+    atexit.register(drain_prefect_workers)  # registered after it, so it runs before it: while the API is up
+
+
+DRAIN_SECONDS = 3.0
+
+
+def drain_prefect_workers(timeout: float = DRAIN_SECONDS) -> None:
+    """Send what Prefect's background workers still hold (log lines, events) to the API, waiting at most
+    `timeout` seconds for each kind. Called at exit before the temporary API stops: afterwards the logging
+    module's own shutdown found the API gone and waited 5 s, and the event drain retried for minutes."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):  # a drain that fails must not hide the run's own outcome
+            worker.drain_all(timeout=timeout)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -339,6 +379,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flows.handoff import handing
 
     quiet_console_tracebacks()
+    start_temporary_api()
     print(f"demo dataset: {data} (24 hourly series, 4 weeks)")
     with handing(config) as parameters:
         manifest = batch_forecast(**parameters)
@@ -412,6 +453,19 @@ def ephemeral_api_failure() -> str:
             "setting, or start a server and set PREFECT_API_URL")
 
 
+def _exit_now(code: int) -> None:
+    """End the process with `code` after the exit hooks (Prefect's: the event drain and the temporary API's
+    ordered stop) and flushing the console, skipping the interpreter's teardown, where TensorFlow's native
+    destructors take 5 to 7 s after an interrupted training (measured; a stopped run must exit within 10 s)."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lstm_core.config import ConfigError
@@ -428,15 +482,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lstm-forecast: error: {scrub(line, _SECRETS | secret_values())}", file=sys.stderr)
         return code
 
+    from lstm_core.interrupt import handle_signals
+
+    command = {"run": cmd_run, "serve": cmd_serve, "tune": cmd_tune, "demo": cmd_demo}[args.command]
+    # run, tune and demo stop on the first Ctrl-C or SIGTERM within seconds (exit 130 or 143); serve keeps its
+    # own handling (a clean stop, exit 0)
+    stopping = handle_signals() if args.command != "serve" else contextlib.nullcontext()
     try:
-        return {"run": cmd_run, "serve": cmd_serve, "tune": cmd_tune, "demo": cmd_demo}[args.command](args)
+        with stopping:
+            return command(args)
     except RunLockedError as exc:
         return fail(str(exc), 3)
     except (ConfigError, LstmForecastError) as exc:
         return fail(str(exc), 2)
-    except KeyboardInterrupt:
-        print("lstm-forecast: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # lstm_core.interrupt.RunInterrupted, or a Ctrl-C before it was armed
+        name = str(exc) or "interrupted"
+        print(f"lstm-forecast: {name}: stopped without committing (a run that had started is marked failed, "
+              f"reason 'interrupted')", file=sys.stderr)
+        code = getattr(exc, "exit_code", 130)
+        if argv is None:  # the console script: leave within seconds, as promised
+            _exit_now(code)
+        return code
     except Exception as exc:  # noqa: BLE001 - one line, no traceback, for any other failure
         if "ephemeral Prefect API server" in str(exc):
             return fail(ephemeral_api_failure(), 2)

@@ -23,6 +23,7 @@ from typing import Callable, Collection, Sequence
 import numpy as np
 import pandas as pd
 
+from lstm_core import interrupt
 from lstm_core.config import ForecastConfig
 from lstm_core.frequency import dates_after
 from lstm_core.intervals import (PRIOR_WINDOWS, ConformalIntervals, fit_conformal, held_out_bounds, naive_scales,
@@ -172,6 +173,7 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
     if on_window is not None:
         on_window(0, windows)
     for w in range(windows):
+        interrupt.check()  # a stop request (Ctrl-C, SIGTERM) ends the backtest between windows
         mask = eligible[w]
         for i in np.flatnonzero(~mask):
             have = max(int(panel.lengths[i] - drops[w]), 0)

@@ -330,6 +330,9 @@ class Manifest(ManifestDraft):
                                                                "`failed`: see `error`")
     error: str | None = Field(None, description="why the run failed (`<exception type>: <first line>`); absent when "
                                                 "it succeeded")
+    reason: Literal["interrupted", "error"] | None = Field(
+        None, description="what stopped a failed run: `interrupted` (Ctrl-C or SIGTERM; `error` names the signal: "
+                          "`RunInterrupted: interrupted by SIGINT`) or `error`; absent when it succeeded")
     timings_s: dict[str, float] = Field(
         description="seconds per task name (summed over its runs), and wall-clock seconds of the flow's "
                           "phases (`wall_<phase>`, `wall_total`)")

@@ -7,6 +7,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from lstm_core import interrupt
 from lstm_core.backtest import history_frame, metrics_table
 from lstm_core.config import ForecastConfig
 from lstm_core.outputs import RunWriter
@@ -35,14 +36,18 @@ def write_outputs(writer: RunWriter, forecasts: Forecasts, evaluation: Scored, p
     run writes the overall rows once, at commit. A retry rewrites the same files.
     """
     logger = get_run_logger()
+    interrupt.check()  # a stopped run writes nothing more (what it wrote is never committed)
     metrics = evaluation.metrics if overall_rows else evaluation.metrics[evaluation.metrics["series_id"].notna()]
     part = shard.index
-    paths = {
-        "predictions": writer.write("predictions", forecasts.future, part),
-        "metrics": writer.write("metrics", metrics, part),
-        "quarantine": writer.write("quarantine", prepared.skipped_frame(), part),
-        "backtest": writer.write("backtest", forecasts.backtest.frame, part),
-    }
+    paths = {}
+    interrupt.check()  # and between the files: a stop request leaves the rest unwritten
+    paths["predictions"] = writer.write("predictions", forecasts.future, part)
+    interrupt.check()
+    paths["metrics"] = writer.write("metrics", metrics, part)
+    interrupt.check()
+    paths["quarantine"] = writer.write("quarantine", prepared.skipped_frame(), part)
+    interrupt.check()
+    paths["backtest"] = writer.write("backtest", forecasts.backtest.frame, part)
     if realised is not None and len(realised.table):
         table = realised.table if overall_rows else realised.table[realised.table["series_id"].notna()]
         paths["realised"] = writer.write("realised", table, part)
@@ -168,6 +173,7 @@ def commit_run(writer: RunWriter, manifest: Manifest, overall: pd.DataFrame | No
     if plots:
         outputs.plots = {name: writer.write_file(f"plots/{name}", png) for name, png in plots.items()}
     manifest = manifest.model_copy(update={"status": "succeeded", "outputs": outputs})
+    interrupt.check()  # the last moment a stop request keeps the run from committing
     writer.commit(manifest)
     counts, shards = manifest.counts, manifest.shards
     logger.info("committed run %s: %s prediction rows, %s quarantined series, %s shard(s)", writer.run_id,

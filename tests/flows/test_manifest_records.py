@@ -79,5 +79,6 @@ def test_a_run_failing_before_planning_leaves_a_failed_manifest_without_a_plan(t
                                  "run_id": "early"})
     text, m = _record(out, "early")
     assert m.status == "failed" and "input path does not exist" in m.error
+    assert m.reason == "error"  # not stopped by a signal (that is `interrupted`: tests/flows/test_interrupt.py)
     assert not {"plan", "frequency", "counts", "outputs", "skipped"} & set(json.loads(text))
     assert m.execution.runner == "in-process" and m.timings_s is not None and m.started_at <= m.finished_at
