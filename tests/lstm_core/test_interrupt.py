@@ -55,7 +55,7 @@ def test_the_backtest_stops_before_its_next_window():
         if done == 1:
             interrupt.request_stop(signal.SIGINT)
 
-    naive = lambda history, horizon, future: seasonal_naive(history, horizon, 24)  # noqa: E731
+    naive = lambda history, horizon, future: seasonal_naive(history, horizon, 24)
     with pytest.raises(RunInterrupted):
         backtest(panel, naive, horizon=12, season_length=24, windows=3, on_window=on_window)
     assert seen == [0, 1]
