@@ -13,6 +13,10 @@ touched.
     error     pytest could not run them (a named test no longer exists, a collection error), or
               they already fail on the unmutated copy (the baseline)
 
+The outcome is read from what pytest reports (its FAILED/ERROR lines and closing counts), not from its
+exit code alone: under pytest-xdist, `-x` interrupts the other workers and pytest exits 2 although a
+named test failed, which the exit code alone would call an error.
+
 Usage (from the repository root, with the project's environment):
     .venv/bin/python benchmarks/mutations.py                 # all, with a baseline run first
     .venv/bin/python benchmarks/mutations.py --only M1 --only M5
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -247,11 +252,38 @@ def run_tests(copy: Path, tests: tuple[str, ...], timeout: float,
         return "timeout", None, str(tail), time.monotonic() - t0
     seconds = time.monotonic() - t0
     lines = (proc.stdout + proc.stderr).strip().splitlines()
-    outcome = {0: "passed", 1: "failed"}.get(proc.returncode, "error")
+    outcome = classify(proc.returncode, lines)
     summary = next((i for i, line in enumerate(lines) if "short test summary info" in line), len(lines))
     failed = [line for line in lines[summary:] if line.startswith(("FAILED ", "ERROR "))]
     tail = "\n".join(failed) if outcome == "failed" and failed else "\n".join(lines[-15:])
     return outcome, proc.returncode, tail, seconds
+
+
+_COUNT_RE = re.compile(r"(\d+) (failed|passed|errors?|skipped|deselected|xfailed|xpassed)\b")
+
+
+def classify(returncode: int, lines: list[str]) -> str:
+    """'failed', 'passed' or 'error' from what pytest reports, not from its exit code alone.
+
+    Under pytest-xdist, `-x` stops the other workers and pytest exits 2 ("interrupted") although a named
+    test did fail, so exit 2 with a reported failure is a failure. A collection error or an import error
+    with no test failing stays an error: the mutant was never tested.
+    """
+    counts: dict[str, int] = {}
+    for line in reversed(lines):  # pytest's closing line, e.g. "1 failed, 3 passed in 12.1s"
+        found = _COUNT_RE.findall(line)
+        if found and (" in " in line or line.startswith("=")):
+            counts = {kind.rstrip("s") if kind.startswith("error") else kind: int(n) for n, kind in found}
+            break
+    # a test whose fixture broke on the mutant ("ERROR path::test") did not pass either; an ERROR line
+    # naming only a file is a collection error
+    failed_lines = [line for line in lines
+                    if line.startswith("FAILED ") or (line.startswith("ERROR ") and "::" in line.split(" - ")[0])]
+    if counts.get("failed", 0) or failed_lines:
+        return "failed"
+    if returncode == 0 and counts.get("passed", 0):
+        return "passed"
+    return "error"
 
 
 def check_isolation(copy: Path) -> None:

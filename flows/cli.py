@@ -152,7 +152,7 @@ def check_input(config) -> None:
     from lstm_core.storage import check_input as check
 
     check(config.location(config.input_url), config.input_format,
-          required=[config.id_column, config.time_column, config.target_column])
+          required=[config.id_column, config.time_column, config.target_column], delimiter=config.delimiter)
 
 
 def _checked_flow(args: argparse.Namespace, flow_name: str):

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lstm_core.errors import ConfigError
 from lstm_core.secrets import MASK, has_credentials, is_secret_name, scrub, without_secrets
-from lstm_core.storage import Location
+from lstm_core.storage import DEFAULT_MISSING, Location
 
 if TYPE_CHECKING:
     from lstm_core.layout import OutputLayout
@@ -145,6 +145,22 @@ class ForecastConfig(_Strict):
         "auto", description="features of the timestamp used as known-ahead inputs: 'off', 'on' (those that suit "
         "the frequency), a list such as [hour, dayofweek], or 'auto' (see covariates.AUTO_CALENDAR)")
     filters: list[list[Any]] | None = Field(None, description="pyarrow filters, e.g. [['region', '==', 'eu']]")
+    time_format: str | None = Field(
+        None, description="how the time column is written when the file cannot say it: a strftime pattern such as "
+        "'%d.%m.%Y' or '%m/%d/%Y', or 'epoch_s' / 'epoch_ms' for integers counting seconds / milliseconds since "
+        "1970-01-01 UTC; unset: ISO-8601 and date orders only one reading fits (ambiguous ones are refused)")
+    delimiter: str = Field(",", min_length=1, max_length=1, description="CSV field separator (';' for European "
+                           "spreadsheet exports, '\\t' for TSV)")
+    decimal: Literal[".", ","] = Field(".", description="decimal mark of numbers written as text (CSV)")
+    thousands: Literal[",", ".", " ", "'", "_"] | None = Field(
+        None, description="thousands separator of numbers written as text, dropped before reading; none unless set")
+    missing_values: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_MISSING), description="text read as a missing value in the target "
+        "and numeric covariates (empty cells always are); other text there is refused, naming the row")
+    static_types: dict[str, Literal["categorical", "numeric"]] = Field(
+        default_factory=dict, description="type of a static covariate: 'categorical' (text, one-hot, whatever it "
+        "looks like: postcodes, codes) or 'numeric' (standardised); undeclared: as stored (CSV stores text: "
+        "categorical)")
 
     freq: str | None = Field(None, description="pandas frequency of the series; unset: inferred from the data")
     horizon: int = Field(24, ge=1, description="steps to forecast (and the holdout length)")
@@ -220,6 +236,23 @@ class ForecastConfig(_Strict):
             to_offset(v)
         except (ValueError, TypeError) as exc:
             raise ValueError(f"unknown pandas frequency {v!r}") from exc
+        return v
+
+    @field_validator("time_format")
+    @classmethod
+    def _known_time_format(cls, v: str | None) -> str | None:
+        if v is None or v in ("epoch_s", "epoch_ms"):
+            return v
+        if "%" not in v:
+            raise ValueError(f"{v!r} is neither a strftime pattern (such as '%d.%m.%Y') nor epoch_s / epoch_ms")
+        from datetime import datetime
+
+        try:  # the pattern must read back what it writes
+            sample = datetime(2023, 12, 31, 13, 45, 30)
+            written = sample.strftime(v)
+            datetime.strptime(written, v)
+        except ValueError as exc:
+            raise ValueError(f"{v!r} is not a usable strftime pattern: {exc}") from None
         return v
 
     @model_validator(mode="before")
@@ -306,6 +339,13 @@ class ForecastConfig(_Strict):
                 if name in sources or name in ("series_id", "ds", "y") or name == self.group_column:
                     raise ValueError(f"{role}: {name!r} is the id, time, target or group column, not a covariate")
                 seen[name] = role
+        undeclared = [c for c in self.static_types if c not in self.static_covariates]
+        if undeclared:
+            raise ValueError(f"static_types: {undeclared} are not static_covariates {self.static_covariates}")
+        if self.thousands is not None and self.thousands == self.decimal:
+            raise ValueError(f"thousands and decimal cannot both be {self.decimal!r}")
+        if self.delimiter in ('"', "\n", "\r"):
+            raise ValueError(f"delimiter cannot be {self.delimiter!r}")
         if isinstance(self.calendar_features, list):
             from lstm_core.covariates import CALENDAR_FEATURES
 
@@ -410,7 +450,8 @@ class ForecastConfig(_Strict):
     def input_options(self) -> dict[str, Any]:
         """How to read the input (`storage.read_series` and the shard planner take these keywords)."""
         return {"input_format": self.input_format, "names": self.column_names(),
-                "numeric": [*self.historic_covariates, *self.future_covariates]}
+                "numeric": [*self.historic_covariates, *self.future_covariates],
+                "static": list(self.static_covariates), "delimiter": self.delimiter}
 
     def calendar(self) -> tuple[str, ...]:
         """The calendar features this run uses (the setting resolved for the frequency)."""
@@ -440,6 +481,8 @@ class ForecastConfig(_Strict):
             "mode": self.mode,
             "model": {**self.model.model_dump(), "chunk": self.chunk_length, "patch": self.patch_length},
             "covariates": self.covariate_roles(),
+            # how a static covariate is encoded (one-hot or standardised): only when declared, so keys stay
+            **({"static_types": dict(sorted(self.static_types.items()))} if self.static_types else {}),
         }
 
     def training_settings(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ class DataValidationError(LstmForecastError):
     def __init__(self, message: str, *, source: str | None = None, column: str | None = None,
                  series_id: str | None = None, row: int | None = None) -> None:
         self.source, self.column, self.series_id, self.row = source, column, series_id, row
+        self.message = message
         where = []
         if source:
             where.append(f"file {source}")
@@ -22,6 +23,12 @@ class DataValidationError(LstmForecastError):
         if row is not None:
             where.append(f"row {row}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+    def renamed(self, names: dict[str, str]) -> DataValidationError:
+        """The same error with its column in the user's names (`names`: standard name -> input column)."""
+        column = names.get(self.column, self.column) if self.column is not None else None
+        return DataValidationError(self.message, source=self.source, column=column, series_id=self.series_id,
+                                   row=self.row)
 
 
 class ConfigError(LstmForecastError, ValueError):

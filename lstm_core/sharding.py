@@ -29,11 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.ipc as ipc
-import pyarrow.parquet as pq
 
 from lstm_core import layout
 from lstm_core.errors import DataValidationError, StorageError
-from lstm_core.storage import (REQUIRED, Location, _explain_read_failure, _physical_schemas, column_types, is_local,
+from lstm_core.storage import (REQUIRED, Location, _explain_read_failure, _physical_schemas, column_types,
+                               filter_expression, is_local,
                                join, open_dataset, parquet_read_bytes, put_bytes, read_schema, remove_tree, to_frame)
 
 SHARD_KEY = "lstm-fc-shard-01"  # 16-byte SipHash keys: shard assignment and training sample are independent
@@ -141,13 +141,14 @@ class _Input:
 
 def _open_input(source: Location, columns: list[str] | None,
                 filters: list[list[Any]] | None, group_column: str | None, *, input_format: str = "auto",
-                names: dict[str, str] | None = None, numeric: list[str] | tuple[str, ...] = ()) -> _Input:
+                names: dict[str, str] | None = None, numeric: list[str] | tuple[str, ...] = (),
+                static: list[str] | tuple[str, ...] = (), delimiter: str = ",") -> _Input:
     """The same dataset, columns, types and checks as `storage.read_series`, without reading the rows."""
     names = {**{c: c for c in REQUIRED}, **(names or {})}
     required = [names[c] for c in REQUIRED]
     numeric = [names["y"], *numeric]
-    dataset, fs, path, url, _ = open_dataset(source, input_format,
-                                             column_types(names, numeric))  # url: as messages may name it
+    dataset, fs, path, url, _ = open_dataset(source, input_format, column_types(names, numeric, static),
+                                             delimiter)  # url: as messages may name it
     files = list(dataset.files)
     try:
         first = next(iter(dataset.get_fragments())).physical_schema.names
@@ -169,9 +170,9 @@ def _open_input(source: Location, columns: list[str] | None,
     unified = read_schema(schemas, [*wanted, *([group_column] if group_column else [])], dataset.schema, url,
                           numeric)
     if unified is not None:
-        dataset = pads.dataset(path, filesystem=fs, format=dataset.format, partitioning="hive",
+        dataset = pads.dataset(path, filesystem=fs, format=dataset.format, partitioning=dataset.partitioning or "hive",
                                exclude_invalid_files=False, schema=unified)
-    expr = pq.filters_to_expression(filters) if filters else None
+    expr = filter_expression(filters, dataset.schema, url, names["ds"])
     return _Input(dataset, files, fs, url, wanted, expr, names, ignored)
 
 
@@ -274,7 +275,10 @@ def plan_shards(
     input_format: str = "auto",
     names: dict[str, str] | None = None,
     numeric: list[str] | tuple[str, ...] = (),
+    static: list[str] | tuple[str, ...] = (),
+    delimiter: str = ",",
     infer_freq: bool = False,
+    time_format: str | None = None,
 ) -> ShardPlan:
     """List the series (reading only the id and group columns) and assign them to shards.
 
@@ -284,12 +288,13 @@ def plan_shards(
     `storage.parquet_read_bytes`). A series that alone exceeds `shard_bytes` is refused with
     DataValidationError. `scratch` is the run's scratch folder, used only when the input
     needs more than one shard. `names` maps series_id, ds and y to the input's column names;
-    `infer_freq`: also read the timestamps of a sample of series and infer their frequency.
+    `infer_freq`: also read the timestamps of a sample of series and infer their frequency (written
+    as `time_format` declares). `static`, `delimiter`: as `storage.read_series` takes them.
     """
     source = Location.of(source)
     url = source.shown
     src = _open_input(source, columns, filters, group_column, input_format=input_format,
-                      names=names, numeric=numeric)
+                      names=names, numeric=numeric, static=static, delimiter=delimiter)
     keys = [src.names["series_id"], *([group_column] if group_column else [])]
     row_bytes = _RowBytes(src, [*src.columns, *([group_column] if group_column else [])])
     parts: list[pa.Table] = []
@@ -376,18 +381,18 @@ def plan_shards(
         elif not whole:
             sample = ids[train_hash <= np.uint64(g.train_threshold)]
             g.train = ShardSpec(-1, g.name, g.sample_size, series_ids=tuple(sorted(map(str, sample))), role="train")
-    freq = sample_frequency(src) if infer_freq else None
+    freq = sample_frequency(src, time_format=time_format) if infer_freq else None
     return ShardPlan(len(ids), rows, shard_size, src.columns, _features(src), group_column, plans, specs,
                      run_scratch, ignored_columns=src.ignored, freq=freq, bytes=int(series_bytes.sum()))
 
 
-def sample_frequency(src: _Input, max_rows: int = INFER_ROWS) -> str:
+def sample_frequency(src: _Input, max_rows: int = INFER_ROWS, time_format: str | None = None) -> str:
     """The frequency the series follow, inferred from the timestamps of the input's first rows.
 
     Raises DataValidationError when series disagree or none tells (then freq must be set).
     """
     from lstm_core import timestamps
-    from lstm_core.frequency import FrequencyDisagreement, infer_frequency
+    from lstm_core.validation import infer_parsed_frequency
 
     id_col, ds_col = src.names["series_id"], src.names["ds"]
     parts, rows = [], 0
@@ -400,23 +405,9 @@ def sample_frequency(src: _Input, max_rows: int = INFER_ROWS) -> str:
     if frame.empty:  # say so, rather than that no series tells its frequency
         raise DataValidationError("dataset has no rows", source=src.url)
     ids = frame["series_id"].astype(object).astype(str)
-    parsed = timestamps.parse(frame["ds"], ids, src.url, lambda *_: None)
-    error = None
-    for ds in (parsed.instants, parsed.wall):
-        if ds is None:
-            continue
-        try:
-            freq = infer_frequency(pd.DataFrame({"series_id": ids.to_numpy(), "ds": ds.to_numpy()}))
-        except FrequencyDisagreement as exc:
-            error = exc
-            continue
-        if freq is not None:
-            return freq
-    if error is not None:
-        raise DataValidationError(str(error), source=src.url, column=src.names["ds"],
-                                  series_id=next(iter(error.examples.values())))
-    raise DataValidationError("cannot infer the frequency: no series has three regularly spaced timestamps; "
-                              "set freq", source=src.url, column=src.names["ds"])
+    parsed = timestamps.parse(frame["ds"], ids, src.url, lambda *_: None, time_format=time_format,
+                              column=src.names["ds"])
+    return infer_parsed_frequency(parsed, ids, src.url, src.names["ds"])
 
 
 # --- split ------------------------------------------------------------------
@@ -482,7 +473,8 @@ def read_shard(shard: Location | str, names: dict[str, str] | None = None) -> pd
 def split_shards(source: Location | str, plan: ShardPlan, *,
                  filters: list[list[Any]] | None = None, columns: list[str] | None = None,
                  input_format: str = "auto", names: dict[str, str] | None = None,
-                 numeric: list[str] | tuple[str, ...] = ()) -> ShardPlan:
+                 numeric: list[str] | tuple[str, ...] = (), static: list[str] | tuple[str, ...] = (),
+                 delimiter: str = ",") -> ShardPlan:
     """Write each shard's rows (and each group's training sample) to its scratch file in one pass.
 
     The scratch files are reached with `source`'s storage options. Returns the plan with the rows
@@ -494,7 +486,7 @@ def split_shards(source: Location | str, plan: ShardPlan, *,
     source = Location.of(source)
     url = source.shown
     src = _open_input(source, columns, filters, plan.group_column, input_format=input_format,
-                      names=names, numeric=numeric)
+                      names=names, numeric=numeric, static=static, delimiter=delimiter)
     scratch = source.with_url(plan.scratch)
     fs = scratch.fs
     read = [*plan.columns, *([plan.group_column] if plan.group_column else [])]

@@ -29,7 +29,12 @@ from lstm_core.errors import DataValidationError, LstmForecastError, StorageErro
 from lstm_core.secrets import scrub, url_credentials, without_secrets
 
 REQUIRED = ("series_id", "ds", "y")
-CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.lz4")
+# Cells read as missing in numeric columns (target, numeric covariates, numeric statics): pandas' own
+# list, the dashes spreadsheets print for "nothing", and Excel's #N/A. Other text (`#VALUE!`,
+# `1,234.50` without `thousands`) is no number: refused, naming the row (setting `missing_values`).
+DEFAULT_MISSING = ("", "NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "None", "none", "<NA>",
+                   "#N/A", "#N/A N/A", "#NA", "-", "--", "?")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.bz2", ".csv.zst", ".csv.zstd", ".csv.lz4")
 # Spark writes INT96 timestamps; read as microseconds, so a 9999-12-31 placeholder does not overflow.
 PARQUET = pads.ParquetFileFormat(read_options=pads.ParquetReadOptions(coerce_int96_timestamp_unit="us"))
 
@@ -189,22 +194,28 @@ def is_csv_path(path: str) -> bool:
     return path.lower().endswith(CSV_SUFFIXES)
 
 
-def file_format(input_format: str, column_types: dict[str, pa.DataType] | None = None):
-    """The pyarrow file format to read with. CSV: the named columns get the given types (ids and
-    timestamps as text, numbers as float64) instead of per-file guesses that could disagree."""
+def file_format(input_format: str, column_types: dict[str, pa.DataType] | None = None, delimiter: str = ","):
+    """The pyarrow file format to read with. CSV: the named columns get the given types (the declared
+    columns as text: `validation` reads numbers, placeholders and dates from it the same way whatever
+    file they came from) instead of per-file guesses that could disagree; only an empty cell is null
+    (the reader's own placeholders such as `NA` are left as text, so an id `NA` stays an id)."""
     if input_format == "csv":
-        return pads.CsvFileFormat(convert_options=pacsv.ConvertOptions(
-            column_types=dict(column_types or {}), strings_can_be_null=True))
+        return pads.CsvFileFormat(
+            parse_options=pacsv.ParseOptions(delimiter=delimiter),
+            convert_options=pacsv.ConvertOptions(column_types=dict(column_types or {}), strings_can_be_null=True,
+                                                 null_values=[""], quoted_strings_can_be_null=True))
     return PARQUET
 
 
 def open_dataset(source: Location | str, input_format: str = "auto",
-                 column_types: dict[str, pa.DataType] | None = None) -> OpenedDataset:
+                 column_types: dict[str, pa.DataType] | None = None, delimiter: str = ",") -> OpenedDataset:
     """The dataset (Parquet or CSV; file or hive folder) at `source`, listed but not read.
 
     `input_format` 'auto': CSV when the path, or every file of the folder, ends in .csv (optionally
-    compressed), else Parquet. A missing, empty or unreadable input raises DataValidationError naming it;
-    failing to reach storage raises StorageError (transient unless permissions are at fault).
+    compressed), else Parquet. Hive partition values (`series_id=007/`, `ds=2023-01-01/`) are read as
+    text, as a CSV cell is: an id keeps its leading zeros, a date its form. A missing, empty or unreadable
+    input raises DataValidationError naming it; failing to reach storage raises StorageError (transient
+    unless permissions are at fault).
     """
     if input_format not in ("auto", "parquet", "csv"):
         raise ValueError(f"input_format must be auto, parquet or csv, not {input_format!r}")
@@ -225,8 +236,13 @@ def open_dataset(source: Location | str, input_format: str = "auto",
             raise storage_error(f"input {shown}: cannot list the dataset", exc, hide) from None
     kind = "CSV" if fmt == "csv" else "Parquet"
     try:
-        dataset = pads.dataset(path, filesystem=fs, format=file_format(fmt, column_types), partitioning="hive",
-                               exclude_invalid_files=False)
+        dataset = pads.dataset(path, filesystem=fs, format=file_format(fmt, column_types, delimiter),
+                               partitioning="hive", exclude_invalid_files=False)
+        keys = _partition_keys(list(dataset.files), path)
+        if any(not pa.types.is_string(dataset.schema.field(k).type) for k in keys if k in dataset.schema.names):
+            # pyarrow guesses a type per partition key (007 -> int32 7): read every key as text instead
+            dataset = pads.dataset(path, filesystem=fs, format=dataset.format, exclude_invalid_files=False,
+                                   partitioning=pads.HivePartitioning(pa.schema([(k, pa.string()) for k in keys])))
     except Exception as exc:  # noqa: BLE001
         if is_storage_failure(exc):
             raise storage_error(f"input {shown}: cannot list the dataset", exc, hide) from None
@@ -234,6 +250,19 @@ def open_dataset(source: Location | str, input_format: str = "auto",
     if not dataset.files:
         raise DataValidationError(f"dataset is empty (no {kind} files)", source=shown)
     return OpenedDataset(dataset, fs, path, shown, hide)
+
+
+def _partition_keys(files: list[str], root: str) -> list[str]:
+    """The hive keys of the folders between `root` and each file (`series_id=007/ds=2023-01-01/x.parquet`),
+    in folder order."""
+    keys: dict[str, None] = {}
+    prefix = root.rstrip("/") + "/"
+    for f in files:
+        if f.startswith(prefix):
+            for part in f[len(prefix):].split("/")[:-1]:
+                if "=" in part:
+                    keys.setdefault(part.split("=", 1)[0], None)
+    return list(keys)
 
 
 def _looks_csv(fs, path: str) -> bool:
@@ -246,17 +275,20 @@ def _looks_csv(fs, path: str) -> bool:
     return bool(files) and all(is_csv_path(f) for f in files)
 
 
-def column_types(names: dict[str, str], numeric: list[str] | tuple[str, ...] = ()) -> dict[str, pa.DataType]:
-    """CSV column types: the id and time columns as text, the target and numeric covariates as float64."""
-    return {names["series_id"]: pa.string(), names["ds"]: pa.string(), names["y"]: pa.float64(),
-            **{c: pa.float64() for c in numeric}}
+def column_types(names: dict[str, str], numeric: list[str] | tuple[str, ...] = (),
+                 text: list[str] | tuple[str, ...] = ()) -> dict[str, pa.DataType]:
+    """CSV column types: every declared column as text (id, time, target, `numeric` covariates and the
+    `text` ones); `validation` turns the target and numeric columns into numbers with the run's
+    placeholders and decimal settings, naming the row of a value that is not one."""
+    return {c: pa.string() for c in dict.fromkeys([names["series_id"], names["ds"], names["y"], *numeric, *text])}
 
 
 def check_input(source: Location | str, input_format: str = "auto",
-                required: list[str] | tuple[str, ...] | None = None) -> OpenedDataset:
+                required: list[str] | tuple[str, ...] | None = None, delimiter: str = ",") -> OpenedDataset:
     """Cheap check that the input exists and is readable: list it, read the first file's schema, and
-    find the `required` columns. No rows are read. Raises DataValidationError or StorageError."""
-    opened = open_dataset(source, input_format)
+    find the `required` columns (CSV split on `delimiter`). No rows are read. Raises DataValidationError
+    or StorageError."""
+    opened = open_dataset(source, input_format, delimiter=delimiter)
     fragment = next(iter(opened.dataset.get_fragments()), None)
     if fragment is not None:
         try:
@@ -313,12 +345,17 @@ def read_series(
     input_format: str = "auto",
     names: dict[str, str] | None = None,
     numeric: list[str] | tuple[str, ...] = (),
+    static: list[str] | tuple[str, ...] = (),
+    delimiter: str = ",",
 ) -> pd.DataFrame:
     """Read a long-format dataset (Parquet or CSV; file or hive-partitioned folder) into a frame.
 
     Only `series_id`, `ds`, `y` and `columns` are read (all the file's columns when `columns` is None).
     `names` maps those three to the input's own column names ({'series_id': 'store', ...}); the frame
-    comes back with the standard names. `numeric`: columns read as float64 (the target always is).
+    comes back with the standard names. `numeric`: columns read as float64 from Parquet (the target
+    always is); from CSV every declared column (`static` ones too) is read as text, split on `delimiter`.
+    `filters` literals are converted to their column's type (an ISO string for a timestamp column),
+    or refused naming `filters`.
     A `ds` written as the pandas index comes back as a column. Bad data raises DataValidationError
     naming the file and column; failures to reach storage raise StorageError (transient unless
     permissions are at fault), which callers may retry.
@@ -326,8 +363,9 @@ def read_series(
     names = {**{c: c for c in REQUIRED}, **(names or {})}
     required = [names[c] for c in REQUIRED]
     numeric = [names["y"], *numeric]
-    dataset, fs, path, shown, hide = open_dataset(source, input_format, column_types(names, numeric))
-    expr = pq.filters_to_expression(filters) if filters else None
+    dataset, fs, path, shown, hide = open_dataset(source, input_format, column_types(names, numeric, static),
+                                                  delimiter)
+    expr = filter_expression(filters, dataset.schema, shown, names["ds"])
     try:
         fragments = list(dataset.get_fragments(filter=expr)) if expr is not None else list(dataset.get_fragments())
     except Exception as exc:  # noqa: BLE001 - a filter naming an unknown field, for instance
@@ -344,7 +382,7 @@ def read_series(
                                   column=missing[0])
     unified = read_schema(schemas, wanted, dataset.schema, shown, numeric)
     if unified is not None:  # compatible differences (int vs float, decimals, time units): read as one schema
-        dataset = pads.dataset(path, filesystem=fs, format=dataset.format, partitioning="hive",
+        dataset = pads.dataset(path, filesystem=fs, format=dataset.format, partitioning=dataset.partitioning or "hive",
                                exclude_invalid_files=False, schema=unified)
     try:
         table = dataset.to_table(columns=wanted, filter=expr)
@@ -353,6 +391,75 @@ def read_series(
             raise storage_error(f"input {shown}: read failed", exc, hide) from None
         raise _explain_read_failure(shown, fs, list(dataset.files), wanted, exc) from None
     return to_frame(table, names)
+
+
+_RANGE_OPS = {"<", "<=", ">", ">="}
+
+
+def filter_expression(filters: list[list[Any]] | None, schema: pa.Schema, shown: str, time_column: str | None = None):
+    """`filters` (pyarrow's DNF: [[col, op, value], ...] or a list of such lists) as a dataset expression,
+    each value converted to its column's type: an ISO string to a timestamp (in the column's zone) or a
+    date, a number to text for a text column (hive keys are text), text to a number. A value that does
+    not convert, or a range on a time column stored as text (text order is not time order), raises
+    DataValidationError naming `filters`."""
+    if not filters:
+        return None
+    groups = filters if filters and isinstance(filters[0], (list, tuple)) and filters[0] \
+        and isinstance(filters[0][0], (list, tuple)) else [filters]
+    typed = []
+    for group in groups:
+        out = []
+        for term in group:
+            if not isinstance(term, (list, tuple)) or len(term) != 3:
+                raise DataValidationError(f"setting 'filters': {term!r} is not [column, op, value]", source=shown)
+            col, op, value = term
+            if col not in schema.names:
+                raise DataValidationError(f"setting 'filters': no column {col!r} (have {schema.names})",
+                                          source=shown, column=str(col))
+            t = schema.field(col).type
+            if pa.types.is_dictionary(t):
+                t = t.value_type
+            if col == time_column and pa.types.is_string(t) and op in _RANGE_OPS:
+                raise DataValidationError(
+                    f"setting 'filters': {[col, op, value]!r} compares the time column, which this input stores as "
+                    "text (text order is not time order): filter on a partition or other column, or store the "
+                    "time column as a timestamp", source=shown, column=str(col))
+            many = op in ("in", "not in")
+            values = list(value) if many and isinstance(value, (list, tuple, set)) else [value]
+            converted = [_literal(v, t, col, op, shown) for v in values]
+            out.append((col, op, converted if many else converted[0]))
+        typed.append(out)
+    try:
+        return pq.filters_to_expression(typed)
+    except Exception as exc:  # noqa: BLE001 - an unknown operator, for instance
+        raise DataValidationError(f"setting 'filters': {filters!r}: {_first_line(exc)}", source=shown) from None
+
+
+def _literal(value: Any, t: pa.DataType, col: str, op: str, shown: str) -> Any:
+    """One filter value as a scalar of the column's type `t` (see `filter_expression`)."""
+    try:
+        if value is None:
+            return None
+        if pa.types.is_timestamp(t):
+            ts = pd.Timestamp(value)
+            if t.tz is not None:
+                ts = ts.tz_localize(t.tz) if ts.tzinfo is None else ts.tz_convert(t.tz)
+            elif ts.tzinfo is not None:
+                ts = ts.tz_convert("UTC").tz_localize(None)
+            return pa.scalar(ts.to_pydatetime(), type=pa.timestamp("us", tz=t.tz)).cast(t)
+        if pa.types.is_date(t):
+            return pa.scalar(pd.Timestamp(value).date(), type=t)
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return value if isinstance(value, str) else str(value)
+        if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+            if isinstance(value, str):
+                number = float(value)
+                return int(number) if pa.types.is_integer(t) and number.is_integer() else number
+            return value
+    except (ValueError, TypeError, OverflowError, pa.ArrowException) as exc:
+        raise DataValidationError(f"setting 'filters': {value!r} ({op}) cannot be compared with column {col!r} "
+                                  f"of type {t}: {exc}", source=shown, column=str(col)) from None
+    return value
 
 
 def to_frame(table: pa.Table, names: dict[str, str] | None = None) -> pd.DataFrame:
@@ -387,8 +494,17 @@ def _physical_schemas(fs, fragments, shown: str) -> list[tuple[str, pa.Schema]]:
     from concurrent.futures import ThreadPoolExecutor
 
     def one(fragment):
+        if fragment.path.lower().endswith(".csv.zst"):
+            # pyarrow picks the codec by extension and knows zstd only as '.zstd'
+            raise DataValidationError("a zstd-compressed CSV is read with the extension .csv.zstd (pyarrow "
+                                      "does not decompress .zst): rename the file", source=scrub(fragment.path))
         try:
-            return fragment.path, fragment.physical_schema
+            schema = fragment.physical_schema
+            schema.names  # noqa: B018 - a header that is not UTF-8 fails here, not later
+            return fragment.path, schema
+        except UnicodeDecodeError as exc:
+            raise DataValidationError(f"not UTF-8 text ({exc.reason} at byte {exc.start}): save it as UTF-8",
+                                      source=scrub(fragment.path)) from None
         except Exception as exc:  # noqa: BLE001
             if is_storage_failure(exc):
                 raise storage_error(f"input {shown}: cannot read {scrub(fragment.path)}", exc) from None

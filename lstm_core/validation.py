@@ -19,12 +19,38 @@ import pandas as pd
 from lstm_core import timestamps
 from lstm_core.covariates import CovariateSpec, is_numeric_column
 from lstm_core.errors import DataValidationError
+from lstm_core.storage import DEFAULT_MISSING
 from lstm_core.windows import min_train_length as min_train_length_of
 from lstm_core.windows import validation_span
 from lstm_core.frequency import FrequencyDisagreement, dates_after, infer_frequency, is_fixed, series_frequency, \
     step_positions
 
 REQUIRED = ("series_id", "ds", "y")
+@dataclass(frozen=True)
+class TextRules:
+    """How text becomes numbers and timestamps when the file cannot say it (settings of the same names).
+
+    `missing_values`: cells read as missing in numeric columns; `decimal`: the decimal mark ('.' or ',');
+    `thousands`: a thousands separator to drop (none unless declared); `time_format`: see `timestamps`;
+    `static_types`: static covariate -> 'categorical' (text, whatever it looks like) or 'numeric'.
+    """
+
+    missing_values: tuple[str, ...] = DEFAULT_MISSING
+    decimal: str = "."
+    thousands: str | None = None
+    time_format: str | None = None
+    static_types: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_config(cls, config: Any) -> TextRules:
+        return cls(tuple(config.missing_values), config.decimal, config.thousands, config.time_format,
+                   tuple(sorted(config.static_types.items())))
+
+    def hint(self) -> str:
+        return ("read as missing: empty cells and " + ", ".join(repr(v) for v in self.missing_values if v)
+                + f" (setting missing_values); decimal mark {self.decimal!r} (setting decimal); "
+                + (f"thousands separator {self.thousands!r}" if self.thousands else
+                   "no thousands separator unless declared (setting thousands)"))
 
 
 @dataclass(frozen=True)
@@ -91,7 +117,8 @@ def validate_for(df: pd.DataFrame, config: Any, source: str | None = None, error
                     validation_steps=config.validation_steps, chunk=config.chunk_length if config.is_resolved else 1,
                     patch=config.patch_length if config.is_resolved else None,
                     gap_policy=config.gap_policy,
-                    max_gap=config.max_gap, source=source, errors=errors, covariates=spec, config=config)
+                    max_gap=config.max_gap, source=source, errors=errors, covariates=spec, config=config,
+                    names=config.column_names(), rules=TextRules.from_config(config))
 
 
 def validate(
@@ -109,13 +136,34 @@ def validate(
     errors: str = "skip",
     covariates: CovariateSpec | None = None,
     config: Any = None,
+    names: dict[str, str] | None = None,
+    rules: TextRules | None = None,
 ) -> ValidationResult:
     """Validate and regularise `df`. `errors='raise'` turns series-level problems into errors too.
 
     `freq` None: the frequency is inferred from the series (they must agree). `covariates`: the
     declared roles; other columns are ignored. A series needs `window + horizon + validation_steps + 1`
-    points (validation_steps defaults to horizon).
+    points (validation_steps defaults to horizon). `names` (standard name -> the input's column) puts the
+    user's column names in errors and in the quarantine's `field`; `rules`: how text is read (TextRules).
     """
+    names = {k: v for k, v in (names or {}).items() if k != v}
+    if not names:
+        return _validate(df, freq, window=window, horizon=horizon, validation_steps=validation_steps, chunk=chunk,
+                         patch=patch, gap_policy=gap_policy, max_gap=max_gap, source=source, errors=errors,
+                         covariates=covariates, config=config, rules=rules or TextRules())
+    try:
+        result = _validate(df, freq, window=window, horizon=horizon, validation_steps=validation_steps, chunk=chunk,
+                           patch=patch, gap_policy=gap_policy, max_gap=max_gap, source=source, errors=errors,
+                           covariates=covariates, config=config, rules=rules or TextRules())
+    except DataValidationError as exc:
+        raise exc.renamed(names) from None
+    result.skipped = [SkippedSeries(s.series_id, names.get(s.field, s.field), s.reason) for s in result.skipped]
+    return result
+
+
+def _validate(df: pd.DataFrame, freq: str | None, *, window: int | None, horizon: int, validation_steps: int | None,
+              chunk: int, patch: int | None, gap_policy: str, max_gap: int, source: str | None, errors: str,
+              covariates: CovariateSpec | None, config: Any, rules: TextRules) -> ValidationResult:
     if gap_policy not in ("fill", "skip", "error"):
         raise ValueError(f"gap_policy must be fill, skip or error, not {gap_policy!r}")
     for col in REQUIRED:
@@ -131,7 +179,7 @@ def validate(
 
     df = df.reset_index(drop=True)
     series_id = _check_series_id(df["series_id"], source)
-    y = _check_numeric(df["y"], "y", source)
+    y = _check_numeric(df["y"], "y", source, rules, series_id)
     numeric = list(spec.numeric)
     skipped: dict[str, SkippedSeries] = {}
 
@@ -140,7 +188,7 @@ def validate(
             raise DataValidationError(reason, source=source, column=fld, series_id=sid)
         skipped.setdefault(sid, SkippedSeries(sid, fld, reason))
 
-    parsed = timestamps.parse(df["ds"], series_id, source, skip)
+    parsed = timestamps.parse(df["ds"], series_id, source, skip, time_format=rules.time_format)
     if freq is None:
         freq = _infer(parsed, series_id, source)
         if config is not None and not config.is_resolved:
@@ -151,10 +199,11 @@ def validate(
         raise ValueError("validate needs a window (or a configuration to derive it from)")
     frame = pd.DataFrame({"series_id": series_id, "ds": parsed.for_frequency(is_fixed(freq)), "y": y})
     for c in numeric:
-        frame[c] = _check_numeric(df[c], c, source)
+        frame[c] = _check_numeric(df[c], c, source, rules, series_id)
     static_cols = list(spec.static)
+    declared = dict(rules.static_types)
     for c in static_cols:
-        frame[c] = df[c].reset_index(drop=True)
+        frame[c] = _static_column(df[c].reset_index(drop=True), c, declared.get(c), source, rules, series_id)
     frame["_row"] = np.arange(len(frame))
     frame = _drop(frame, skipped)
     frame = frame.sort_values(["series_id", "ds"], kind="stable").reset_index(drop=True)
@@ -216,24 +265,37 @@ def _result(frame, skipped, numeric, future, filled, rows, spec, static, freq) -
 
 
 def _infer(parsed: timestamps.Timestamps, series_id: pd.Series, source: str | None) -> str:
-    """The frequency the series agree on: counted on instants, else (days across a clock change) wall time."""
+    return infer_parsed_frequency(parsed, series_id, source)
+
+
+def infer_parsed_frequency(parsed: timestamps.Timestamps, series_id: pd.Series, source: str | None,
+                           column: str = "ds") -> str:
+    """The frequency the series agree on. With a zone or offsets, a calendar frequency (days, weeks,
+    months) is inferred on the data's own wall clock, where it is counted (weeks of Sundays at +05:30 are
+    Saturdays in UTC); fixed steps (hours) on the instants, which a daylight-saving switch leaves regular.
+    Raises DataValidationError when the series disagree or none tells (then freq must be set)."""
     last_error = None
-    for ds in (parsed.instants, parsed.wall):
+    found: list[str] = []
+    for ds in (parsed.wall, parsed.instants):
         if ds is None:
             continue
-        frame = pd.DataFrame({"series_id": series_id, "ds": ds})
+        frame = pd.DataFrame({"series_id": series_id.to_numpy(), "ds": ds.to_numpy()})
         try:
             freq = infer_frequency(frame)
         except FrequencyDisagreement as exc:
             last_error = exc
             continue
         if freq is not None:
-            return freq
+            if parsed.wall is None or ds is parsed.instants or not is_fixed(freq):
+                return freq
+            found.append(freq)  # a fixed step on the wall clock: the instants decide
+    if found:
+        return found[0]
     if last_error is not None:
         sid = next(iter(last_error.examples.values()))
-        raise DataValidationError(str(last_error), source=source, column="ds", series_id=sid)
+        raise DataValidationError(str(last_error), source=source, column=column, series_id=sid)
     raise DataValidationError("cannot infer the frequency: no series has three regularly spaced timestamps; "
-                              "set freq", source=source, column="ds")
+                              "set freq", source=source, column=column)
 
 
 def _drop(frame: pd.DataFrame, skipped: dict) -> pd.DataFrame:
@@ -271,14 +333,59 @@ def _check_series_id(col: pd.Series, source: str | None) -> pd.Series:
     return col.astype("string")
 
 
-def _check_numeric(col: pd.Series, name: str, source: str | None) -> pd.Series:
-    """float64 with NaN for missing values, from any numeric encoding (nullable, decimal, mixed int/float)."""
+def _check_numeric(col: pd.Series, name: str, source: str | None, rules: TextRules | None = None,
+                   series_id: pd.Series | None = None) -> pd.Series:
+    """float64 with NaN for missing values, from any numeric encoding (nullable, decimal, mixed int/float) or
+    from text (CSV): placeholders (`rules.missing_values`) are missing, `rules.decimal` / `rules.thousands`
+    are read as declared, and any other text raises DataValidationError naming the column, series and row."""
     col = col.reset_index(drop=True)
     if pd.api.types.is_object_dtype(col) and len(col) and col.dropna().map(_is_number).all():
         col = pd.to_numeric(col, errors="coerce")  # Decimal and number objects (decimal columns, mixed files)
+    if pd.api.types.is_string_dtype(col) or pd.api.types.is_object_dtype(col):
+        col = _numbers_from_text(col, name, source, rules or TextRules(), series_id)
     if not _is_numeric(col):
         raise DataValidationError(f"must be numeric, got {col.dtype}", source=source, column=name)
     return pd.Series(col.to_numpy(dtype=np.float64, na_value=np.nan), name=col.name)
+
+
+def _numbers_from_text(col: pd.Series, name: str, source: str | None, rules: TextRules,
+                       series_id: pd.Series | None) -> pd.Series:
+    values = col.astype(object)
+    is_text = values.map(lambda v: isinstance(v, str)).to_numpy(bool)
+    text = values.where(is_text, None).str.strip()
+    missing = ~is_text & values.isna().to_numpy() | text.isin(set(rules.missing_values)).to_numpy()
+    clean = text
+    if rules.thousands:
+        clean = clean.str.replace(rules.thousands, "", regex=False)
+    if rules.decimal != ".":
+        clean = clean.str.replace(rules.decimal, ".", regex=False)
+    numbers = pd.to_numeric(clean.where(is_text & ~missing, None), errors="coerce")
+    others = ~is_text & ~values.isna().to_numpy()
+    if others.any():  # numbers among text (an object column from mixed files)
+        numbers = numbers.where(~others, pd.to_numeric(values.where(others, None), errors="coerce"))
+    bad = (is_text & ~missing & numbers.isna().to_numpy()) | (others & numbers.isna().to_numpy())
+    if bad.any():
+        r = int(np.argmax(bad))
+        sid = str(series_id.iloc[r]) if series_id is not None else None
+        raise DataValidationError(f"not a number: {values.iloc[r]!r}; {rules.hint()}", source=source, column=name,
+                                  series_id=sid, row=r)
+    return pd.Series(numbers.to_numpy(dtype=np.float64, na_value=np.nan), name=col.name)
+
+
+def _static_column(col: pd.Series, name: str, declared: str | None, source: str | None, rules: TextRules,
+                   series_id: pd.Series) -> pd.Series:
+    """A static covariate as declared: 'categorical' as text (postcode 01067 stays '01067'; a stored number
+    as its text), 'numeric' as float64 (text read like the target), undeclared as stored (CSV: text)."""
+    if declared == "numeric":
+        return _check_numeric(col, name, source, rules, series_id)
+    if declared == "categorical" or isinstance(col.dtype, pd.CategoricalDtype):
+        from lstm_core.covariates import category_text
+
+        values = col.astype(object)
+        return pd.Series([None if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA
+                          else category_text(v.item() if hasattr(v, "item") else v) for v in values],
+                         dtype=object, name=col.name)
+    return col
 
 
 def _is_number(v: Any) -> bool:

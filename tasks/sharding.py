@@ -23,7 +23,8 @@ def plan_shards(config: ForecastConfig, run_id: str) -> ShardPlan:
                                 filters=config.filters, shard_size=config.shard_size, shard_rows=config.shard_rows,
                                 shard_bytes=config.shard_bytes,
                                 group_column=config.group_column, max_train_series=config.training.max_series,
-                                scratch=scratch, infer_freq=config.freq is None, **config.input_options())
+                                scratch=scratch, infer_freq=config.freq is None, time_format=config.time_format,
+                                **config.input_options())
     if plan.ignored_columns:
         logger.info("ignoring input columns no setting declares: %s (declare covariates as future_covariates, "
                     "historic_covariates or static_covariates to use them)", ", ".join(plan.ignored_columns))

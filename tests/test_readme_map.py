@@ -22,7 +22,7 @@ def test_every_test_in_the_promise_map_exists():
     assert not missing, f"tests/README.md names tests that do not exist: {missing}"
 
 
-def test_every_test_a_mutation_names_exists_and_its_code_is_there_once():
+def _mutations_module():
     spec = importlib.util.spec_from_file_location("mutations", ROOT / "benchmarks" / "mutations.py")
     mutations = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mutations  # dataclasses look their module up there
@@ -30,6 +30,26 @@ def test_every_test_a_mutation_names_exists_and_its_code_is_there_once():
         spec.loader.exec_module(mutations)
     finally:
         del sys.modules[spec.name]
+    return mutations
+
+
+def test_a_mutant_is_classified_by_what_pytest_reports():
+    classify = _mutations_module().classify
+    # xdist's -x: a named test failed, the other workers were interrupted, pytest exits 2
+    interrupted = ["FAILED tests/a.py::test_x - assert 1 == 2",
+                   "!!!!!!!!!!!!!! xdist.dsession.Interrupted: stopping after 1 failures !!!!!!!!!!!!!!",
+                   "1 failed, 3 passed in 4.20s"]
+    assert classify(2, interrupted) == "failed"
+    assert classify(1, ["ERROR tests/a.py::test_x - RuntimeError: fixture broke", "1 error in 0.5s"]) == "failed"
+    assert classify(0, ["4 passed in 3.00s"]) == "passed"
+    # never tested: a collection error, a missing file, no test run
+    assert classify(2, ["ERROR tests/a.py - ImportError: cannot import name", "1 error in 0.3s"]) == "error"
+    assert classify(4, ["ERROR: file or directory not found: tests/gone.py", "no tests ran in 0.01s"]) == "error"
+    assert classify(0, ["no tests ran in 0.01s"]) == "error"
+
+
+def test_every_test_a_mutation_names_exists_and_its_code_is_there_once():
+    mutations = _mutations_module()
     assert len(mutations.MUTATIONS) >= 13 and len({m.name for m in mutations.MUTATIONS}) == len(mutations.MUTATIONS)
     for m in mutations.MUTATIONS:
         assert (ROOT / m.file).is_file(), (m.name, m.file)

@@ -371,3 +371,41 @@ def test_the_temporary_api_waits_longer_than_prefects_default():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     assert int(out.stdout.strip().splitlines()[-1]) == 120
+
+
+# --- issue 25: a daily CSV as users write it, and a zone no reader could name ---------------------------
+@pytest.mark.slow
+def test_daily_csv_in_a_fixed_offset_commits_outputs_every_reader_takes_and_realised_accuracy_follows(tmp_path):
+    """`store,date,sales` with dates `2023-01-02T00:00:00+05:30` as CSV text, then as the Parquet column in the
+    fixed offset +05:30 that pandas makes of them: predictions, backtest and metrics read back with
+    pd.read_parquet, their dates are local midnights continuing each series' days, and the later run
+    scores the first one (realised accuracy not skipped)."""
+    frame = make_frame(n_series=3, length=90, freq="D", season=7, start="2023-01-02")
+    data = pd.DataFrame({"store": frame["series_id"].str.replace("s", "0"),  # '000', '001', '002'
+                         "date": frame["ds"].dt.strftime("%Y-%m-%dT00:00:00+05:30"), "sales": frame["y"].round(3)})
+    early = data.groupby("store").head(76)
+    early.to_csv(tmp_path / "early.csv", index=False)
+    # the later input as pandas makes it of those strings: a Parquet column in the fixed offset +05:30
+    parsed = data.assign(date=pd.to_datetime(data["date"]))
+    assert str(parsed["date"].dt.tz) == "UTC+05:30"
+    parsed.to_parquet(tmp_path / "late.parquet", index=False)
+    settings = {k: v for k, v in FAST.items() if k not in ("freq", "season_length", "window")}
+    common = {**settings, "horizon": 14, "output_url": str(tmp_path / "out"), "id_column": "store",
+              "time_column": "date", "target_column": "sales"}
+    first = batch_forecast(settings={**common, "input_url": str(tmp_path / "early.csv"), "run_id": "early"})
+    assert first["status"] == "succeeded" and first["config"]["freq"] == "D"
+    out = tmp_path / "out"
+    for table in ("predictions", "backtest", "metrics"):
+        read = pd.read_parquet(out / table / "run=early")  # no UnknownTimeZoneError
+        assert len(read)
+    preds = pd.read_parquet(out / "predictions" / "run=early").sort_values(["series_id", "ds"])
+    assert sorted(preds["series_id"].unique()) == ["000", "001", "002"]
+    assert getattr(preds["ds"].dt, "tz", None) is None  # the data's wall clock, written without a zone
+    assert list(preds.loc[preds["series_id"] == "000", "ds"]) == list(pd.date_range("2023-03-19", periods=14))
+    second = batch_forecast(settings={**common, "input_url": str(tmp_path / "late.parquet"), "run_id": "late",
+                                      "retrain": "never"})
+    assert second["status"] == "succeeded"
+    for table in ("predictions", "backtest", "metrics"):
+        assert getattr(pd.read_parquet(out / table / "run=late")["cutoff"].dt, "tz", None) is None
+    realised = pd.read_parquet(out / "realised" / "run=late")
+    assert set(realised["forecast_run_id"]) == {"early"} and realised["value"].notna().any()

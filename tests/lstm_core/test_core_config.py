@@ -356,6 +356,12 @@ KEY_KEEPS = {  # setting -> another value; none may change the key (where and wh
     "tuning.space": {"model.units": [16]},
     "tuning.pruning": False,
     "tuned": "latest",
+    # issue 25: how the input's text is read (the frame validation hands on is the same)
+    "time_format": "%d.%m.%Y",
+    "delimiter": ";",
+    "decimal": ",",
+    "thousands": ",",
+    "missing_values": ["-"],
 }
 # Settings deliberately not asserted either way, with the reason.
 KEY_UNDECIDED = {
@@ -363,6 +369,7 @@ KEY_UNDECIDED = {
     "refit": "a refit model is saved under the same key, and a later run that loads it scores a holdout the "
              "model has seen; whether refit belongs in the key is open",
     "group_column": "tested on its own below: the column and each group's value name the model",
+    "static_types": "needs static_covariates: tested on its own below (a declared type changes the encoding)",
 }
 # explicit window and chunk, so horizon and season do not move the derived window or the chunk
 BASE = {"window": 48, "freq": "h", "model": {"chunk": 12}}
@@ -437,3 +444,27 @@ def test_deseasonalize_off_survives_yaml(tmp_path):
     assert load_config(path, environ={}).model.deseasonalize == "off"
     assert load_config(sets=["model.deseasonalize=off"], environ={}).model.deseasonalize == "off"
     assert load_config(environ={"LSTM_FORECAST_MODEL__DESEASONALIZE": "off"}).model.deseasonalize == "off"
+
+
+def test_a_declared_static_type_changes_the_model_key():
+    base = validate_config({**BASE, "static_covariates": ["postcode"]})
+    as_text = validate_config({**BASE, "static_covariates": ["postcode"], "static_types": {"postcode": "categorical"}})
+    as_number = validate_config({**BASE, "static_covariates": ["postcode"], "static_types": {"postcode": "numeric"}})
+    assert len({base.model_key(), as_text.model_key(), as_number.model_key()}) == 3
+
+
+def test_input_reading_settings_are_validated_once():
+    for bad, needle in [({"static_types": {"postcode": "categorical"}}, "not static_covariates"),
+                        ({"static_covariates": ["p"], "static_types": {"p": "text"}}, "static_types"),
+                        ({"time_format": "dd.mm.yyyy"}, "neither a strftime pattern"),
+                        ({"time_format": "epoch_us"}, "neither a strftime pattern"),
+                        ({"delimiter": ";;"}, "delimiter"),
+                        ({"decimal": ",", "thousands": ","}, "thousands and decimal"),
+                        ({"decimal": ";"}, "decimal")]:
+        with pytest.raises(ConfigError, match=needle):
+            validate_config({**BASE, **bad})
+    config = load_config(sets=["time_format=%d.%m.%Y", "delimiter=;", "decimal=,", "thousands=.",
+                               "missing_values=[n.v., '-']", "time_column=Order Date"])
+    assert (config.time_format, config.delimiter, config.decimal, config.thousands) == ("%d.%m.%Y", ";", ",", ".")
+    assert config.missing_values == ["n.v.", "-"]
+    assert load_config(sets=["time_format=epoch_ms"]).time_format == "epoch_ms"

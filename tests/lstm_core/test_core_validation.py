@@ -65,9 +65,14 @@ def test_mixed_object_series_id_names_the_row(base):
         check(df)
 
 
-def test_string_y_is_refused(base):
-    with pytest.raises(DataValidationError, match="column 'y': must be numeric") as exc:
-        check(base.assign(y=base["y"].astype(str)))
+def test_y_written_as_text_is_read_as_numbers_and_other_text_is_refused_naming_the_row(base):
+    # issue 25: text numbers (CSV, a text column in Parquet) read like numbers; other text names its row
+    as_text = check(base.assign(y=base["y"].astype(str)))
+    assert np.allclose(as_text.frame["y"], check(base).frame["y"])
+    df = base.assign(y=base["y"].astype(str))
+    df.loc[42, "y"] = "#VALUE!"
+    with pytest.raises(DataValidationError, match=r"column 'y', series '.*', row 42: not a number: '#VALUE!'") as exc:
+        check(df)
     assert exc.value.column == "y"
 
 

@@ -66,8 +66,10 @@ DATASET_CASES = {
                    ["column 'ds'", "missing required column"]),
     "missing y": ({"in/x.parquet": _parquet_bytes(_good().drop(columns="y"))}, "in/x.parquet", {},
                   ["column 'y'", "missing required column"]),
-    "y not numeric": ({"in/x.parquet": _parquet_bytes(_good().assign(y=lambda f: f["y"].round(2).astype(str)))},
-                      "in/x.parquet", {}, ["column 'y'", "must be numeric"]),
+    # numbers written as text read as numbers (issue 25); text that is no number names its row
+    "y not numeric": ({"in/x.parquet": _parquet_bytes(_good().assign(y=lambda f: f["y"].round(2).astype(str)
+                                                                     .where(f.index != 5, "#VALUE!")))},
+                      "in/x.parquet", {}, ["column 'y'", "row 5: not a number: '#VALUE!'"]),
     "ds not a timestamp": ({"in/x.parquet": _parquet_bytes(_good().assign(ds=np.arange(180)))}, "in/x.parquet", {},
                            ["column 'ds'", "must be a timestamp, got int64"]),
     "ds strings that do not parse": ({"in/x.parquet": _parquet_bytes(_ds_strings(_good()))}, "in/x.parquet", {},
