@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import flows  # noqa: F401 - sets logging and analytics environment before Prefect loads
 
 DEMO_DIR = Path("data/demo")
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: storage could not be reached; retry later
 DEFAULT_CRON = "0 2 * * *"
 SERVE_TAGS = ["lstm-forecast", "batch-forecast"]
 
@@ -147,12 +148,22 @@ def _resolve(config_path: str | None, settings: dict[str, Any], sets: list[str])
 
 
 def check_input(config) -> None:
-    """Fail fast on an input that is missing or unreadable: list it and read one file's schema, before
-    TensorFlow is imported or a Prefect server started (a wrong path is reported in about a second)."""
+    """Fail fast, before TensorFlow is imported or a Prefect server started (about a second): an input that is
+    missing or unreadable (list it and read one file's schema) or lacks a required or declared column
+    (covariates, group column: exit 2, naming the setting), an output location that is a file or cannot be
+    written (exit 2), and storage that cannot be reached (StorageError, exit 75: retry later)."""
     from lstm_core.storage import check_input as check
+    from lstm_core.storage import check_output
 
+    declared = {col: role for role in ("historic_covariates", "future_covariates", "static_covariates")
+                for col in getattr(config, role)}
+    if config.group_column:
+        declared[config.group_column] = "group_column"
     check(config.location(config.input_url), config.input_format,
-          required=[config.id_column, config.time_column, config.target_column], delimiter=config.delimiter)
+          required=[config.id_column, config.time_column, config.target_column], delimiter=config.delimiter,
+          declared=declared)
+    # where the run writes: a file there, or a folder it cannot write, is refused now, not after training
+    check_output(config.location(config.output_url), "output_url")
 
 
 def _checked_flow(args: argparse.Namespace, flow_name: str):
@@ -469,7 +480,7 @@ def _exit_now(code: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lstm_core.config import ConfigError
-    from lstm_core.errors import LstmForecastError, RunLockedError
+    from lstm_core.errors import LstmForecastError, RunLockedError, StorageError
 
     logging.basicConfig(level=logging.WARNING)
     for handler in logging.getLogger().handlers:
@@ -493,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
             return command(args)
     except RunLockedError as exc:
         return fail(str(exc), 3)
+    except StorageError as exc:
+        # storage that cannot be reached (network, 5xx, throttling, after the retries) is not bad input: a
+        # scheduler should retry later; a refused permission is a configuration problem (2)
+        return fail(str(exc), EXIT_TEMPFAIL if exc.transient else 2)
     except (ConfigError, LstmForecastError) as exc:
         return fail(str(exc), 2)
     except KeyboardInterrupt as exc:  # lstm_core.interrupt.RunInterrupted, or a Ctrl-C before it was armed
