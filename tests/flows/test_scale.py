@@ -178,7 +178,8 @@ def test_dask_local_cluster_gives_the_same_outputs_as_in_process(tmp_path):
     assert dask["shards"]["count"] == local["shards"]["count"] >= 4
     assert dask["counts"] == local["counts"]
 
-    for table, keys in (("predictions", ["series_id", "step"]), ("metrics", ["series_id", "backtest_window", "model", "metric"])):
+    for table, keys in (("predictions", ["series_id", "step"]),
+                        ("metrics", ["series_id", "backtest_window", "model", "model_version", "metric"])):
         a = _sorted(_by_group(_table(str(tmp_path / "local"), table, "r"), local), keys)
         b = _sorted(_by_group(_table(str(tmp_path / "dask"), table, "r"), dask), keys)
         assert len(a) == len(b) > 0
