@@ -20,16 +20,16 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from prefect import flow, get_client, get_run_logger, unmapped
+from prefect import flow, get_run_logger, unmapped
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 
 from flows.handoff import handed_config
-from flows.parameters import Overridable, RunSettings, check_overrides, overrides_list, settings_dict
+from flows.parameters import Overridable, RunSettings, deployment_settings, overrides_list, settings_dict
 from flows.runners import RunTaskRunner, run_task_runner
 from lstm_core import interrupt
 from lstm_core.artifacts import package_versions
-from lstm_core.config import ForecastConfig, load_config, merge_settings, redact_url
+from lstm_core.config import ForecastConfig, load_config, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
 from lstm_core.outputs import OUTPUT_SCHEMA_VERSION, OutputStore, RunWriter, new_run_id, slot_run_id
@@ -37,7 +37,7 @@ from lstm_core.progress import Progress
 from lstm_core.records import (BacktestEntry, Counts, Decision, Execution, Frequency, Manifest, ManifestDraft,
                                ModelEntry, Outputs, PlanSummary, ShardsEntry, ShardSummary, SkippedEntry,
                                TrainingSummary, Tuned)
-from lstm_core.secrets import install_log_scrubber, scrub, secret_values
+from lstm_core.secrets import install_log_scrubber, scrub, scrubbing, secret_values
 from lstm_core.sharding import ShardPlan
 from lstm_core.storage import is_storage_failure
 from lstm_core.tuning import apply_tuned
@@ -70,32 +70,24 @@ def batch_forecast(config_path: str | None = None, settings: RunSettings | None 
         allow_overrides: the protected settings (URLs, dask_address, storage_options, config_path) a run of
             this deployment may change. Set by the deployment; a run cannot change it.
     """
-    given = settings_dict(settings)  # stops here on a bad parameter, before any work
-    overrides_list(allow_overrides)
-    handed = handed_config(config_path, given)
-    if handed is not None:  # called by the CLI in its process: the configuration it built and checked
-        return run_pipeline(handed)
-    deployment = _deployment()
-    if deployment is not None:  # stops here on a refused override, before any work
-        check_overrides(f"batch-forecast/{deployment.name}", deployment.parameters or {},
-                        {"config_path": config_path, "settings": given, "allow_overrides": allow_overrides})
-    base = dict((deployment.parameters or {}).get("settings") or {}) if deployment is not None else {}
-    config = load_config(config_path, overrides=merge_settings(base, given))  # stops here on a bad setting
-    return run_pipeline(config)
+    # Credentials are scrubbed from every log line and from the run's failure, from the first line on.
+    with scrubbing() as scrubber:
+        given = settings_dict(settings)  # stops here on a bad parameter, before any work
+        overrides_list(allow_overrides)
+        handed = handed_config(config_path, given)
+        if handed is not None:  # called by the CLI in its process: the configuration it built and checked
+            scrubber.values.update(secret_values(handed.storage_options, handed.urls()))
+            return run_pipeline(handed)
+        # stops here on a refused override, before any work
+        merged = deployment_settings("batch-forecast", config_path, given, allow_overrides)
+        config = load_config(config_path, overrides=merged)  # stops here on a bad setting
+        scrubber.values.update(secret_values(config.storage_options, config.urls()))
+        return run_pipeline(config)
 
 
 def _flow_run():
     ctx = FlowRunContext.get()
     return ctx.flow_run if ctx is not None else None
-
-
-def _deployment():
-    """The deployment this flow run was created from (None outside deployments)."""
-    run = _flow_run()
-    if run is None or run.deployment_id is None:
-        return None
-    with get_client(sync_client=True) as client:
-        return client.read_deployment(run.deployment_id)
 
 
 def scheduled_slot() -> datetime | None:
@@ -120,13 +112,13 @@ def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tupl
 
 def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     logger = get_run_logger()
+    secrets = secret_values(config.storage_options, config.urls())
+    install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential: before any reading
     config, applied = apply_tuned(config)  # tuned: latest -> the study's newest best settings (ConfigError if none)
     tuned = None if applied is None else Tuned(**applied)
     if tuned is not None:
         logger.info("tuned settings of study %r, trial %s (backtest MASE %.4f): %s", tuned.study, tuned.trial,
                     tuned.objective, tuned.settings)
-    secrets = secret_values(config.storage_options, config.urls())
-    install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential
     slot = scheduled_slot()
     run_id, run_id_source = resolve_run_id(config, slot)
     store = OutputStore.open(config)  # the output URL, opened once: every path of the run comes from it

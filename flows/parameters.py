@@ -11,22 +11,43 @@
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
 from typing_extensions import Annotated
 
 from lstm_core.config import ConfigError, ForecastConfig, format_validation_error, merge_settings
-from lstm_core.secrets import is_secret_name
+from lstm_core.secrets import SECRET_NAME_PARTS, SECRET_QUERY_NAMES, has_credentials, is_secret_name
 
 # What a deployment fixes unless it opts in, setting by setting.
 PROTECTED: tuple[str, ...] = ("config_path", *ForecastConfig.url_settings(), "dask_address", "storage_options")
 Overridable = Literal[PROTECTED]  # type: ignore[valid-type]
 
 
+def _any_case(word: str) -> str:
+    """`word` as an ECMA regex matching it in any case (JSON Schema patterns have no flags)."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+_SECRET_WORDS = "|".join(_any_case(w) for w in SECRET_NAME_PARTS)
+_QUERY_WORDS = "|".join(_any_case(w) for w in (*SECRET_NAME_PARTS, *sorted(SECRET_QUERY_NAMES)))
+# What the Prefect UI's form (and a server enforcing the deployment's parameter schema) refuses before a run is
+# created, so a secret typed into the form is never stored: secret-named storage options, and URLs carrying
+# user-info or a credential query parameter. The flow refuses the same again (settings_dict), whoever skipped it.
+NO_SECRET_KEYS = {"propertyNames": {"not": {"pattern": f"({_SECRET_WORDS})"}}}
+NO_URL_CREDENTIALS = {"not": {"pattern": f"(^[A-Za-z][A-Za-z0-9+.-]*://[^/@\\s]+@)|([?&;][^=&#]*({_QUERY_WORDS})[^=&#]*=)"}}
+_FORM_DESCRIPTIONS = {
+    "storage_options": "fsspec options without credentials (endpoint_url, client_kwargs...): the Prefect server "
+                       "stores every parameter, so keys, secrets and tokens are refused here; they belong in the "
+                       "config file or the worker's environment",
+}
+
+
 def _optional(model: type[BaseModel], name: str, validators: dict | None = None) -> type[BaseModel]:
     """`model` with every field optional (default None) and its sections likewise; descriptions,
-    constraints and value types kept; unknown keys refused."""
+    constraints and value types kept; unknown keys refused. Storage options and URLs carry JSON Schema
+    constraints that keep credentials out of the form (`NO_SECRET_KEYS`, `NO_URL_CREDENTIALS`)."""
     fields: dict[str, Any] = {}
     for field_name, info in model.model_fields.items():
         annotation = info.annotation
@@ -34,7 +55,10 @@ def _optional(model: type[BaseModel], name: str, validators: dict | None = None)
             annotation = _optional(annotation, annotation.__name__.replace("Config", "Settings"))
         elif info.metadata:
             annotation = Annotated[annotation, *info.metadata]
-        fields[field_name] = (Optional[annotation], Field(None, description=info.description))
+        extra = NO_SECRET_KEYS if field_name == "storage_options" else \
+            NO_URL_CREDENTIALS if model is ForecastConfig and field_name.endswith("_url") else None
+        fields[field_name] = (Optional[annotation], Field(None, description=_FORM_DESCRIPTIONS.get(
+            field_name, info.description), json_schema_extra=extra))
     return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=model.__doc__,
                         __validators__=validators or {}, **fields)
 
@@ -54,8 +78,16 @@ def _storage_options_without_secrets(cls, value):
     return value
 
 
+def _urls_without_credentials(cls, value):
+    if value is not None and has_credentials(value):
+        raise ValueError("its URL carries credentials (user-info or a signed query string), and flow parameters "
+                         "are stored by the Prefect server: put the URL in the config file or the environment")
+    return value
+
+
 RunSettings = _optional(ForecastConfig, "RunSettings", {
-    "no_secrets": field_validator("storage_options")(_storage_options_without_secrets)})
+    "no_secrets": field_validator("storage_options")(_storage_options_without_secrets),
+    "no_url_credentials": field_validator(*ForecastConfig.url_settings())(_urls_without_credentials)})
 RunSettings.__doc__ = ("Settings of this run, over the deployment's and the config file's (leave a field empty "
                        "to keep theirs). Secrets never go here: parameters are stored by the Prefect server.")
 
@@ -79,6 +111,38 @@ def overrides_list(allow_overrides: Any) -> list[str]:
     except ValidationError as exc:
         raise ConfigError(f"parameter 'allow_overrides': each item must be one of {', '.join(PROTECTED)}; "
                           f"{exc.errors()[0]['msg']}") from None
+
+
+def current_deployment():
+    """The deployment the current flow run was created from (None outside deployments and flow runs)."""
+    from prefect import get_client
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    run = ctx.flow_run if ctx is not None else None
+    if run is None or run.deployment_id is None:
+        return None
+    with get_client(sync_client=True) as client:
+        return client.read_deployment(run.deployment_id)
+
+
+def deployment_settings(flow_name: str, config_path: str | None, given: Mapping[str, Any],
+                        allow_overrides: Any) -> dict[str, Any]:
+    """The settings of this run: in a deployment run, the deployment's `settings` with the run's (`given`)
+    merged over them, after refusing (ConfigError, naming it) a run that changes a setting the deployment
+    fixes (`check_overrides`); outside deployments, `given` itself.
+
+    Every flow a deployment names calls this before it reads any setting: the one contract of all of them
+    (tests/security/test_deployment_contract.py walks infra/prefect.yaml).
+    """
+    overrides_list(allow_overrides)
+    deployment = current_deployment()
+    if deployment is None:
+        return dict(given)
+    fixed = deployment.parameters or {}
+    check_overrides(f"{flow_name}/{deployment.name}", fixed,
+                    {"config_path": config_path, "settings": given, "allow_overrides": allow_overrides})
+    return merge_settings(dict(fixed.get("settings") or {}), given)
 
 
 def check_overrides(deployment: str, fixed: Mapping[str, Any], given: Mapping[str, Any]) -> None:

@@ -11,7 +11,6 @@ flow's temporary local API is exported to the workers (otherwise each would star
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import time
@@ -141,14 +140,12 @@ def detach_local_workers(client) -> None:
 
 
 def worker_env(workers: int, config: ForecastConfig | None = None) -> dict[str, str]:
-    """Environment of each local worker: TensorFlow threads split between the workers, and the run's storage
-    options, credentials included. They reach the worker processes from this one, never through the
-    scheduler: tasks get the configuration without them (ForecastConfig pickles without secrets)."""
+    """Environment of each local worker: TensorFlow threads split between the workers, quiet logs. No
+    credential: a worker's environment is inherited by every process it starts and readable as
+    /proc/<pid>/environ; the run's storage options reach the workers in memory (`give_storage_options`)."""
     cores = os.cpu_count() or 1
     per_worker = max(1, cores // max(workers, 1))
-    secrets = {"LSTM_FORECAST_STORAGE_OPTIONS": json.dumps(config.storage_options)} \
-        if config is not None and config.storage_options else {}
-    return {**secrets,
+    return {
         "TF_NUM_INTRAOP_THREADS": str(per_worker),
         "TF_NUM_INTEROP_THREADS": "1",
         "OMP_NUM_THREADS": str(per_worker),
@@ -156,6 +153,72 @@ def worker_env(workers: int, config: ForecastConfig | None = None) -> dict[str, 
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DASK_LOGGING__DISTRIBUTED": os.environ.get("DASK_LOGGING__DISTRIBUTED", "warning"),
     }
+
+
+DASHBOARD_VARIABLE = "LSTM_FORECAST_DASK_DASHBOARD"
+
+
+def dashboard_address() -> str | None:
+    """Where the local cluster's Dask dashboard listens: nowhere unless LSTM_FORECAST_DASK_DASHBOARD asks
+    (a port, `8787`, or `host:port`); a bare port listens on loopback only. The dashboard has no login."""
+    asked = os.environ.get(DASHBOARD_VARIABLE, "").strip()
+    if not asked:
+        return None
+    return f"127.0.0.1:{asked.lstrip(':')}" if ":" not in asked.lstrip(":") else asked
+
+
+def local_cluster_kwargs(workers: int, config: ForecastConfig | None = None) -> dict[str, Any]:
+    """`distributed.LocalCluster` keywords of a run's local cluster (`workers: N`), safe by default.
+
+    - TLS with a certificate made for this cluster (`Security.temporary()`): every connection to the
+      scheduler, the nannies and the workers must present it, and only this process and the workers it
+      spawned hold it. Any other local user (or process) that finds the port cannot connect, so it can neither
+      submit code to the workers nor read their memory.
+    - Every listener on 127.0.0.1: nothing is reachable from another machine.
+    - No dashboard (it has no login) unless LSTM_FORECAST_DASK_DASHBOARD asks for one (`dashboard_address`).
+    """
+    from distributed.security import Security
+
+    dashboard = dashboard_address()
+    kwargs = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "host": "127.0.0.1",
+              "protocol": "tls://", "security": Security.temporary(), "dashboard_address": dashboard,
+              "worker_dashboard_address": None, "silence_logs": logging.WARNING, "env": worker_env(workers, config)}
+    if dashboard is None:
+        # The scheduler always serves HTTP (health checks): on a free loopback port, not on 8787.
+        kwargs["scheduler_kwargs"] = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
+    return kwargs
+
+
+def cluster_dask_config() -> dict[str, Any]:
+    """Dask settings for starting a run's local cluster: spawned workers (TensorFlow hangs in forked
+    children) and, without a dashboard, HTTP routes limited to the health check (no cluster or task
+    information served without login)."""
+    settings: dict[str, Any] = {"distributed.worker.multiprocessing-method": "spawn"}
+    if dashboard_address() is None:
+        settings["distributed.scheduler.http.routes"] = ["distributed.http.health"]
+        settings["distributed.worker.http.routes"] = ["distributed.http.health"]
+    return settings
+
+
+def give_storage_options(client, config: ForecastConfig) -> None:
+    """Hand the run's storage options (credentials included) to each worker of the local cluster, in memory
+    (`lstm_core.config.hold_storage_options`), over the cluster's TLS connections; never to an existing
+    cluster (`dask_address`), whose workers bring their own credentials."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    if not config.storage_options:
+        return
+
+    class StorageOptions(WorkerPlugin):
+        def __init__(self, options: dict[str, Any]) -> None:
+            self.options = options
+
+        def setup(self, worker) -> None:
+            from lstm_core.config import hold_storage_options
+
+            hold_storage_options(self.options)
+
+    client.register_plugin(StorageOptions(dict(config.storage_options)), name="lstm-forecast-storage-options")
 
 
 @contextmanager
@@ -185,15 +248,11 @@ def _real_runner(config: ForecastConfig, logger: logging.Logger | None = None
                 runner = DaskTaskRunner(address=config.dask_address)
                 description = {"runner": "dask", "address": config.dask_address}
             else:
-                runner = DaskTaskRunner(
-                    cluster_class="distributed.LocalCluster",
-                    cluster_kwargs={"n_workers": config.workers, "threads_per_worker": 1, "processes": True,
-                                    "dashboard_address": ":0", "silence_logs": logging.WARNING,
-                                    "env": worker_env(config.workers, config)},
-                )
+                runner = DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                                        cluster_kwargs=local_cluster_kwargs(config.workers, config))
                 description = {"runner": "dask", "cluster": "LocalCluster"}
             quiet_dask_logs()
-            with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}), ExitStack() as stack:
+            with dask.config.set(cluster_dask_config()), ExitStack() as stack:
                 # The cluster's event-loop thread and worker processes start with SIGINT blocked: a terminal's
                 # Ctrl-C (sent to the whole process group) reaches the flow's process only, which stops the
                 # run and closes the cluster in order (lstm_core.interrupt); a SIGINT meanwhile waits till here.
@@ -205,6 +264,9 @@ def _real_runner(config: ForecastConfig, logger: logging.Logger | None = None
                     quiet_workers(runner.client)
                     if config.workers is not None:
                         detach_local_workers(runner.client)
+                        give_storage_options(runner.client, config)
+                        if dashboard_address() is not None:
+                            log.info("Dask dashboard: %s", runner.client.dashboard_link)
                 info = runner.client.scheduler_info(n_workers=-1) if _takes_n_workers(runner.client) \
                     else runner.client.scheduler_info()
                 workers = info.get("workers", {})

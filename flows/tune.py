@@ -7,36 +7,49 @@ infra/prefect.yaml), beside the nightly batch-forecast ones.
 """
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 from typing import Any, Iterator
 
 from prefect import flow, get_run_logger
 
 from flows.handoff import handed_config
-from flows.parameters import RunSettings, settings_dict
+from flows.parameters import Overridable, RunSettings, deployment_settings, overrides_list, settings_dict
 from lstm_core import interrupt
 from lstm_core.config import ForecastConfig, load_config
 from lstm_core.engine import panel_of
+from lstm_core.secrets import scrubbing, secret_values
 from tasks.data import load_series, no_valid_series, validate_series
 from tasks.tuning import publish_tuning, run_study
 
 
 @flow(name="tune", log_prints=True, validate_parameters=False)
-def tune(config_path: str | None = None, settings: RunSettings | None = None) -> dict[str, Any]:
+def tune(config_path: str | None = None, settings: RunSettings | None = None,
+         allow_overrides: list[Overridable] | None = None) -> dict[str, Any]:
     """Run (or resume) the tuning study `tuning.study` on `input_url` within `tuning.trials` / `tuning.minutes`.
 
+    The same parameter contract as batch-forecast: in a deployment run, `settings` are merged over the
+    deployment's own, and the settings that decide where data goes or where code runs (every `*_url`,
+    `dask_address`, `storage_options`, `config_path`) are the deployment's unless it lists them in
+    `allow_overrides`: a run cannot send the series to another Dask cluster or write `best.json` elsewhere.
+
     Args:
-        config_path: YAML configuration file (the one the nightly run uses, with its `tuning` section).
+        config_path: YAML configuration file (the one the nightly run uses, with its `tuning` section). Secrets
+            belong here or in the environment, never in parameters (the Prefect server stores them).
         settings: settings over the file's; `tuning.study`, `tuning.trials` and `tuning.minutes` set the study
             and its budget.
+        allow_overrides: the protected settings a run of this deployment may change. Set by the deployment.
     """
-    given = settings_dict(settings)  # stops here on a bad parameter
-    # Called by the CLI: the configuration it built and checked; a deployment run builds its own.
-    config = handed_config(config_path, given)
-    if config is None:
-        config = load_config(config_path, overrides=given)  # stops here on a bad setting
-    return run_tuning(config)
+    # Credentials are scrubbed from every log line and from the run's failure, from the first line on.
+    with scrubbing() as scrubber:
+        given = settings_dict(settings)  # stops here on a bad parameter
+        overrides_list(allow_overrides)
+        # Called by the CLI: the configuration it built and checked; a deployment run builds its own.
+        config = handed_config(config_path, given)
+        if config is None:
+            merged = deployment_settings("tune", config_path, given, allow_overrides)  # refused overrides stop here
+            config = load_config(config_path, overrides=merged)  # stops here on a bad setting
+        scrubber.values.update(secret_values(config.storage_options, config.urls()))
+        return run_tuning(config)
 
 
 def run_tuning(config: ForecastConfig) -> dict[str, Any]:
@@ -78,17 +91,18 @@ def study_client(config: ForecastConfig, logger=None) -> Iterator[Any]:
     import dask
     from distributed import Client, LocalCluster
 
-    from flows.runners import quiet_dask_logs, quiet_workers, worker_env
+    from flows.runners import (cluster_dask_config, give_storage_options, local_cluster_kwargs, quiet_dask_logs,
+                               quiet_workers)
 
     quiet_dask_logs()
     if config.dask_address is not None:
         with Client(config.dask_address) as client:
             yield client
         return
-    with dask.config.set({"distributed.worker.multiprocessing-method": "spawn"}):
-        with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          silence_logs=logging.WARNING, env=worker_env(config.workers, config)) as cluster, \
-                Client(cluster) as client:
+    with dask.config.set(cluster_dask_config()):
+        # TLS, loopback, no dashboard: the same local cluster as the batch flow's (flows/runners.py)
+        with LocalCluster(**local_cluster_kwargs(config.workers, config)) as cluster, Client(cluster) as client:
             client.wait_for_workers(config.workers, timeout=600)
             quiet_workers(client)
+            give_storage_options(client, config)
             yield client

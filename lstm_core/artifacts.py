@@ -1,21 +1,28 @@
 """Versioned model artifacts: Keras `.keras` members + scaler + config + metadata, via fsspec.
 
-Layout: `<store>/<model_key>/<version>/{member-0.keras, ..., scaler.json, metadata.json}`;
+Layout: `<store>/<model_key>/<version>/{member-0.keras, ..., scaler.json, intervals.json, metadata.json}`;
 `metadata.json` is written last, so a version without it is incomplete and ignored; it records
-the sha256 of each member and of scaler.json, checked before anything parses those files.
+the sha256 of each member, of scaler.json and of intervals.json (saved after the model by `add_file`,
+which adds its sha256 and re-signs), checked before anything parses those files. A load reads exactly
+these files and serves nothing else.
 
 Whoever can write the model store can write those checksums too, so on their own they detect
 corruption, not tampering. With `LSTM_FORECAST_MODEL_SIGNING_KEY` set, the metadata (checksums
 included) carries an HMAC-SHA256 made with that key, and a model whose signature is missing or
-wrong is not loaded. Either way, a member is loaded only when its `config.json` holds nothing but
-what the model builder produces (lstm_core.model_guard), then through Keras safe mode.
+wrong is not loaded. Either way, a member is loaded only when its archive holds nothing but what the
+model builder produces, each entry named once, and its weights file declares exactly the network's
+variables (lstm_core.model_guard); Keras then loads, in safe mode, a fresh archive re-packed from the
+checked entries, never the stored one. Malformed metadata or intervals (any shape, or fields that
+disagree with each other or with the network) are an ArtifactError naming the field.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
 import importlib.metadata
+import io
 import json
+import logging
 import os
 import tempfile
 import typing
@@ -26,35 +33,44 @@ from typing import Annotated, Any, Literal
 
 import keras
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator,
+                      model_validator)
 
 import lstm_core.model  # noqa: F401 - registers custom layers for safe-mode loading
 from lstm_core.config import ConfigError, ForecastConfig
 from lstm_core.covariates import StaticEncoder
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError
-from lstm_core.model_guard import UnsafeArchive, check_archive
+from lstm_core.model_guard import UnsafeArchive, checked_copy
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
 from lstm_core.secrets import scrub
 from lstm_core.storage import Location, join, put_bytes, storage_error, write_json
 
 FORMAT_VERSION = 2  # 2: chunked, patched network with deseasonalisation
-PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
+PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "h5py", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
 SIGNING_KEY_ENV = "LSTM_FORECAST_MODEL_SIGNING_KEY"
 MIN_SIGNING_KEY_LENGTH = 32
 MAX_MODEL_BYTES = 2**30  # default cap on one member archive (setting max_model_bytes)
 MAX_METADATA_BYTES = 16 * 2**20
+_log = logging.getLogger("lstm_core.artifacts")
+MAX_WINDOW = 100_000  # far above any network this project trains (checked against the network too)
+MAX_SEASON_LENGTH = 1_000_000
 CLOCK_SKEW = timedelta(hours=1)  # a model "created" further in the future than this is not trusted
 
 
 def package_versions() -> dict[str, str]:
+    """Versions of the packages a saved model depends on, and of the HDF5 library h5py bundles (it parses
+    the weights file: tracked because its advisories reach loads; see README "Security")."""
     out = {}
     for name in PACKAGES:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
+    import h5py
+
+    out["hdf5"] = h5py.version.hdf5_version
     return out
 
 
@@ -78,17 +94,25 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class _MemberRecord(BaseModel):
-    """What the product reads of a member's training record (plots, summaries); the rest is kept."""
+    """What the product reads of a member's training record (plots, summaries, the manifest); the rest is kept."""
 
     model_config = ConfigDict(extra="allow")
     history: dict[str, list[float | None]] = Field(default_factory=dict)
-    best_epoch: StrictInt = 0
+    best_epoch: StrictInt = Field(0, ge=0)
+    epochs_run: StrictInt | None = Field(None, ge=0)
+    stopped_by: StrictStr | None = None
 
 
 class _TrainingRecord(BaseModel):
+    """The training summary a loaded model brings to the manifest (`records.TrainingSummary`)."""
+
     model_config = ConfigDict(extra="allow")
     best_val_loss: float | None = None
     members: list[_MemberRecord] = Field(default_factory=list)
+    device: StrictStr | None = None
+    cudnn: StrictBool | None = None
+    seconds: float | None = None
+    series: StrictInt | None = Field(None, ge=0)
 
 
 def _choices(setting: str) -> Any:
@@ -105,11 +129,11 @@ class ModelMetadata(BaseModel):
     version: StrictStr
     created_at: StrictStr  # ISO 8601 with a time zone (checked below)
     members: StrictInt = Field(ge=1, le=1000)
-    window: StrictInt = Field(ge=1)
+    window: StrictInt = Field(ge=1, le=MAX_WINDOW)
     feature_names: list[StrictStr] = Field(min_length=1)
     scaler_kind: _choices("scaler")  # type: ignore[valid-type]
     target_transform: _choices("target_transform") = "none"  # type: ignore[valid-type]
-    season_length: StrictInt = Field(1, ge=1)
+    season_length: StrictInt = Field(1, ge=1, le=MAX_SEASON_LENGTH)
     deseasonalize: Literal["auto", "multiplicative", "additive", "off"] = "off"
     known: list[StrictInt] = Field(default_factory=list)  # feature columns known ahead (model inputs)
     config: dict[str, Any] = Field(default_factory=dict)
@@ -127,6 +151,18 @@ class ModelMetadata(BaseModel):
         if datetime.fromisoformat(v).tzinfo is None:  # ValueError for a string that is no time at all
             raise ValueError("must be an ISO 8601 time with a time zone")
         return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelMetadata":
+        """Fields that must agree with each other (the network's own shapes are checked once loaded)."""
+        if len(set(self.feature_names)) != len(self.feature_names):
+            raise ValueError(f"feature_names {self.feature_names} repeat a name")
+        if any(k < 1 or k >= len(self.feature_names) for k in self.known) or sorted(set(self.known)) != self.known:
+            raise ValueError(f"known {self.known} must be ascending column indexes of feature_names other than the "
+                             f"target (1 to {len(self.feature_names) - 1})")
+        if len(self.training.members) > self.members:
+            raise ValueError(f"training records {len(self.training.members)} members, the model has {self.members}")
+        return self
 
 
 def parse_metadata(raw: bytes, url: str, key: bytes | None = None) -> dict[str, Any]:
@@ -202,6 +238,7 @@ class LoadedModel:
     forecaster: Forecaster
     metadata: dict[str, Any]
     url: str
+    intervals: Any = None  # the checked `intervals.ConformalIntervals` saved beside it, or None
 
 
 def save(forecaster: Forecaster, store: Location | str, model_key: str, *, config: dict[str, Any],
@@ -324,22 +361,22 @@ def load(store: Location | str, model_key: str, version: str,
             data = _read(fs, join(base, name), name, url, max_bytes, missing=f"{name} missing")
             # Check the bytes before anything parses them: a damaged file gets a plain message.
             _sha256_ok(name, data, checksums, url, signed=key is not None)
-            local = os.path.join(tmp, name)
-            with open(local, "wb") as fh:
-                fh.write(data)
-            del data
-            if not zipfile.is_zipfile(local):
+            if not zipfile.is_zipfile(io.BytesIO(data)):
                 raise ArtifactError(f"model {url}: {name} is corrupt: not a .keras (zip) archive")
+            folder = tempfile.mkdtemp(prefix=f"member-{i}-", dir=tmp)  # private (0700), fresh per member
             try:
-                check_archive(local, max_bytes)
+                # Keras reads a fresh archive of exactly the entries that were checked, never the stored one.
+                local = checked_copy(data, max_bytes, folder)
             except UnsafeArchive as exc:
                 raise ArtifactError(f"model {url}: {name} is corrupt or unsafe: {exc}") from None
+            del data
             try:
                 # Safe mode as a second line: no Python lambdas, no pickle, from any artifact.
                 members.append(keras.saving.load_model(local, compile=False, safe_mode=True))
             except Exception as exc:  # noqa: BLE001 - Keras raises many types for a broken file
                 raise ArtifactError(f"model {url}: {name} is corrupt or unsafe: "
                                     f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    _check_geometry(members, meta, url)
     scaler = None
     try:
         raw = _read(fs, join(base, "scaler.json"), "scaler.json", url, MAX_METADATA_BYTES, missing=None)
@@ -361,7 +398,83 @@ def load(store: Location | str, model_key: str, version: str,
                             meta["training"], scaler, target_transform=meta["target_transform"],
                             static_encoder=encoder, season_length=meta["season_length"],
                             deseasonalize=meta["deseasonalize"], known=tuple(meta["known"]))
-    return LoadedModel(forecaster, meta, url)
+    return LoadedModel(forecaster, meta, url, _read_intervals(fs, base, url, checksums, key is not None))
+
+
+def _check_geometry(members: list[Any], meta: dict[str, Any], url: str) -> None:
+    """The metadata's window, features and known-ahead columns are the inputs every member takes."""
+    from lstm_core.model import model_geometry
+
+    want = {"input_size": meta["window"], "n_features": len(meta["feature_names"]), "n_future": len(meta["known"])}
+    chunks = set()
+    for i, member in enumerate(members):
+        try:
+            geometry = model_geometry(member)
+        except Exception as exc:  # noqa: BLE001 - a network of another shape than the builder's
+            raise ArtifactError(f"model {url}: member-{i}.keras is corrupt: its inputs are not the model builder's "
+                                f"({type(exc).__name__})") from None
+        chunks.add(geometry["chunk"])
+        for name, value in want.items():
+            if geometry[name] != value:
+                field = {"input_size": "window", "n_features": "feature_names", "n_future": "known"}[name]
+                raise ArtifactError(f"model {url}: metadata.json is corrupt: field {field!r} gives {name} {value}, "
+                                    f"member-{i}.keras takes {geometry[name]}")
+    if len(chunks) > 1:
+        raise ArtifactError(f"model {url}: its members forecast different chunk lengths {sorted(chunks)}")
+
+
+def _read_intervals(fs, base: str, url: str, checksums: dict[str, str], signed: bool) -> Any:
+    """The conformal intervals saved beside the version (`intervals.json`), checked like every file it serves:
+    its sha256 recorded in the metadata (and so signed, with a key), then its shape
+    (`ConformalIntervals.from_dict`). None when the version has none, or (with a key) when they are not covered
+    by the signature: they are then calibrated in the run. Raises ArtifactError when they are corrupt.
+    """
+    from lstm_core.intervals import INTERVALS_FILE, ConformalIntervals
+
+    listed = INTERVALS_FILE in checksums
+    try:
+        raw = _read(fs, join(base, INTERVALS_FILE), INTERVALS_FILE, url, MAX_METADATA_BYTES, missing=None)
+    except FileNotFoundError:
+        if listed:
+            raise ArtifactError(f"model {url}: {INTERVALS_FILE} missing (its sha256 is recorded)") from None
+        return None
+    if not listed and signed:
+        _log.warning("model %s: %s is not covered by the signature (saved before intervals were recorded in the "
+                     "metadata): not used, the intervals are calibrated in this run", url, INTERVALS_FILE)
+        return None
+    _sha256_ok(INTERVALS_FILE, raw, checksums, url, signed)
+    try:
+        return ConformalIntervals.from_dict(json.loads(raw))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"model {url}: {INTERVALS_FILE} is corrupt: {exc}") from None
+
+
+def add_file(store: Location | str, model_key: str, version: str, name: str, data: bytes) -> None:
+    """Add a file beside a complete version (its intervals) and record its sha256 in the version's metadata,
+    re-signed when a signing key is set, so the checksums (and the signature) cover everything a loaded
+    version serves. The file is written first: a reader that sees it before the metadata update finds it
+    unrecorded (not used with a key, calibrated in the run instead).
+
+    Raises ArtifactError when the version's metadata cannot be verified (then the file is not added).
+    """
+    store = Location.of(store)
+    fs, root = store.fs, store.path
+    base = join(root, model_key, version)
+    url = scrub(f"{store.url.rstrip('/')}/{model_key}/{version}")
+    key = signing_key()
+    raw = _read(fs, join(base, "metadata.json"), "metadata.json", url, MAX_METADATA_BYTES,
+                missing="metadata.json missing (incomplete artifact)")
+    parse_metadata(raw, url, key)  # verified (signature first) before it is extended
+    metadata = json.loads(raw)
+    if key is None and metadata.get("signature"):
+        raise ArtifactError(f"model {url} is signed and {SIGNING_KEY_ENV} is not set: {name} cannot be recorded in "
+                            f"its signed metadata")
+    put_bytes(fs, join(base, name), data, root=root)
+    metadata.setdefault("sha256", {})[name] = hashlib.sha256(data).hexdigest()
+    metadata.pop("signature", None)
+    if key is not None:
+        metadata["signature"] = sign(metadata, key)
+    write_json(fs, join(base, "metadata.json"), metadata, root=root)
 
 
 def _read(fs, path: str, name: str, url: str, max_bytes: int, missing: str | None) -> bytes:

@@ -241,23 +241,32 @@ def backtest_from_config(panel: Panel, config: ForecastConfig, forecast_fn: Fore
 
 
 def training_cutoff(panel: Panel, config: ForecastConfig) -> tuple[int, Panel]:
-    """(first window, training panel) of a run: the model that scores the backtest is trained once on
-    the data before the earliest cutoff where a series has the history training needs
-    (`validation.min_train_length`, the same a holdout needs), of the series that have it.
+    """(first window, training panel) of a run: the model that scores the backtest is trained on each series
+    up to the earliest cutoff before which it has the points the network learns from
+    (`validation.min_train_length`: a patch of input and a chunk of targets); series with no such cutoff
+    are left out of training. The first window is the earliest of those cutoffs.
 
-    With one window that is every validated series without its last H points: today's holdout split.
-    A panel with no such series (or none at all) gets the last window's split of every series.
+    A series is scored by the backtest from the window whose cutoff ends its training part on (that is the
+    first window where it has `min_train_length` points, `backtest`'s `min_history`), so no window scores
+    the model on points of a series it learned (in calendar time, a short series' training part may overlap a
+    longer one's earlier windows, as with any global model over series that end on different dates). Long
+    histories all share the earliest cutoff (as before); on short ones
+    the earlier windows drop for the series that cannot reach them, and each still trains on what it has
+    (a 14-point yearly series of H 6 trains on its first 8 points). With one window that is every series
+    without its last H points. A panel where no series reaches any cutoff gets the last window's split of
+    every series.
     """
     from lstm_core.validation import min_train_length
 
     drops = cutoff_drops(config.backtest.windows, config.backtest_step, config.horizon)
     need = min_train_length(config)
-    for w, drop in enumerate(drops):
-        ok = (panel.lengths - drop) >= need
-        if ok.any():
-            return w, (panel if ok.all() else panel.select(ok)).drop_last(int(drop))
-    last = len(drops) - 1
-    return last, panel.drop_last(int(drops[last])) if panel.n_series else panel
+    reach = (panel.lengths[:, None] - drops[None, :]) >= need  # (S, windows): series i trains before cutoff w
+    ok = reach.any(axis=1)
+    if not ok.any():  # no series reaches a cutoff: fit refuses the panel, naming the rule
+        return len(drops) - 1, panel.drop_upto(int(drops[-1]))
+    first = np.argmax(reach, axis=1)  # each series' earliest reachable cutoff
+    sub = panel if ok.all() else panel.select(ok)
+    return int(first[ok].min()), sub.drop_each(drops[first[ok]])
 
 
 def history_frame(panel: Panel) -> pd.DataFrame:

@@ -34,8 +34,16 @@ __all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "Tu
 
 ENV_PREFIX = "LSTM_FORECAST_"
 # Variables with the prefix that the project reads for itself (not settings).
-NOT_SETTINGS = {"LSTM_FORECAST_DEBUG", "LSTM_FORECAST_PROGRESS", "LSTM_FORECAST_MODEL_SIGNING_KEY"}
+NOT_SETTINGS = {"LSTM_FORECAST_DEBUG", "LSTM_FORECAST_PROGRESS", "LSTM_FORECAST_MODEL_SIGNING_KEY",
+                "LSTM_FORECAST_DASK_DASHBOARD"}
 DASK_ADDRESS = r"^(tcp|tls)://[^\s/:]+:[0-9]{1,5}$"
+# Upper bounds of numeric settings: far above any real job, low enough that a planted or mistyped value fails
+# validation at once (a horizon of 1e8 took seconds to validate; epochs of 1e9 or 1e6 units would never end).
+MAX_STEPS = 100_000  # horizon, seasons, chunk, patch, backtest step, max_gap, validation steps
+MAX_WINDOW = 1_000_000  # input steps per window
+MAX_UNITS, MAX_LAYERS = 4_096, 16  # LSTM units per layer, stacked layers
+MAX_SERIES = 100_000_000  # max_series, shard_size
+MAX_MINUTES = 10_080.0  # a week: max_train_minutes, tuning.minutes
 log = logging.getLogger("lstm_core.config")
 
 
@@ -44,7 +52,8 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
-    units: list[int] = Field(default_factory=lambda: [64], description="LSTM units per stacked layer")
+    units: list[int] = Field(default_factory=lambda: [64], max_length=MAX_LAYERS,
+                             description=f"LSTM units per stacked layer (at most {MAX_LAYERS} layers of {MAX_UNITS:,})")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each LSTM layer")
     bidirectional: bool = Field(False, description="wrap each LSTM layer in Bidirectional")
     level_normalization: bool = Field(
@@ -65,6 +74,8 @@ class ModelConfig(_Strict):
     def _units_positive(cls, v: list[int]) -> list[int]:
         if not v or any(u <= 0 for u in v):
             raise ValueError("must be a non-empty list of positive integers")
+        if any(u > MAX_UNITS for u in v):
+            raise ValueError(f"at most {MAX_UNITS:,} units per layer")
         return v
 
     @field_validator("deseasonalize", mode="before")
@@ -76,43 +87,44 @@ class ModelConfig(_Strict):
     @field_validator("chunk", "patch")
     @classmethod
     def _positive_or_auto(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("must be a positive integer or 'auto'")
+        if isinstance(v, int) and not 1 <= v <= MAX_STEPS:
+            raise ValueError(f"must be an integer from 1 to {MAX_STEPS:,}, or 'auto'")
         return v
 
 
 class TrainingConfig(_Strict):
-    epochs: int = Field(100, ge=1, description="epoch cap")
-    batch_size: int = Field(256, ge=1, description="windows per batch (Adam)")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate")
+    epochs: int = Field(100, ge=1, le=100_000, description="epoch cap")
+    batch_size: int = Field(256, ge=1, le=2**20, description="windows per batch (Adam)")
+    learning_rate: float = Field(1e-3, gt=0, le=10, description="Adam learning rate")
     loss: Literal["mse", "mae", "huber"] = Field("mae", description="training loss")
-    patience: int = Field(15, ge=1, description="early-stopping patience, in epochs")
-    windows_per_series: int = Field(128, ge=1, description="random training windows per series per epoch")
+    patience: int = Field(15, ge=1, le=100_000, description="early-stopping patience, in epochs")
+    windows_per_series: int = Field(128, ge=1, le=1_000_000, description="random training windows per series per epoch")
     min_windows_per_epoch: int = Field(
-        32_768, ge=0, description="draw more windows per series when the panel is small, so an epoch has at least "
+        32_768, ge=0, le=100_000_000, description="draw more windows per series when the panel is small, so an epoch has at least "
         "this many (never more than the panel's distinct windows); 0 = off")
-    validation_steps: int | None = Field(None, ge=1, description="validation targets per series (default: horizon)")
-    max_train_minutes: float | None = Field(None, gt=0, description="wall-clock training budget")
-    ensemble_size: int = Field(1, ge=1, description="models trained with consecutive seeds and averaged")
-    snapshots: int = Field(5, ge=1, description="weights of the best epochs kept and averaged as an ensemble")
+    validation_steps: int | None = Field(None, ge=1, le=MAX_STEPS,
+                                         description="validation targets per series (default: horizon)")
+    max_train_minutes: float | None = Field(None, gt=0, le=MAX_MINUTES, description="wall-clock training budget")
+    ensemble_size: int = Field(1, ge=1, le=64, description="models trained with consecutive seeds and averaged")
+    snapshots: int = Field(5, ge=1, le=64, description="weights of the best epochs kept and averaged as an ensemble")
     max_series: int | None = Field(
-        10_000, ge=1, description="train each model on at most this many series (a stable hash sample); null = all"
+        10_000, ge=1, le=MAX_SERIES, description="train each model on at most this many series (a stable hash sample); null = all"
     )
 
 
 class BacktestConfig(_Strict):
-    windows: int = Field(3, ge=1, description="rolling-origin backtest windows (cutoffs) at the end of each series")
-    step: int | None = Field(None, ge=1, description="steps between consecutive cutoffs (default: horizon)")
+    windows: int = Field(3, ge=1, le=1_000, description="rolling-origin backtest windows (cutoffs) at the end of each series")
+    step: int | None = Field(None, ge=1, le=MAX_STEPS, description="steps between consecutive cutoffs (default: horizon)")
     refit: bool = Field(False, description="retrain for each window instead of once before the earliest cutoff")
 
 
 class TuningConfig(_Strict):
     study: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                        description="name of the tuning study (results under tuning/study=<name>/)")
-    trials: int | None = Field(20, ge=1, description="trials per tune call (null: until the minutes are spent)")
-    minutes: float | None = Field(None, gt=0, description="wall-clock budget of a tune call, in minutes")
+    trials: int | None = Field(20, ge=1, le=100_000, description="trials per tune call (null: until the minutes are spent)")
+    minutes: float | None = Field(None, gt=0, le=MAX_MINUTES, description="wall-clock budget of a tune call, in minutes")
     max_series: int | None = Field(
-        500, ge=1, description="tune on at most this many series (a stable hash sample); null = all")
+        500, ge=1, le=MAX_SERIES, description="tune on at most this many series (a stable hash sample); null = all")
     space: dict[str, Any] = Field(
         default_factory=dict, description="search space over the defaults (lstm_core.tuning.default_space): "
         "setting -> {low, high[, log, step]} or {choices: [...]} or a list of choices or one value; null drops it")
@@ -125,7 +137,9 @@ class ForecastConfig(_Strict):
     input_url: str = Field("data/demo/series.parquet",
                            description="Parquet file or hive-partitioned folder, any fsspec URL")
     output_url: str = Field("data/demo/output", description="where predictions, metrics, manifests and models go")
-    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options (secrets allowed)")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options (endpoint_url, client_kwargs...); credentials only in the "
+        "config file or the environment, never in flow parameters or a form (the Prefect server stores those)")
     input_format: Literal["auto", "parquet", "csv"] = Field(
         "auto", description="'auto': CSV when the path (or every file of a folder) ends in .csv, else Parquet")
     id_column: str = Field("series_id", min_length=1, description="input column naming each series")
@@ -163,12 +177,12 @@ class ForecastConfig(_Strict):
         "categorical)")
 
     freq: str | None = Field(None, description="pandas frequency of the series; unset: inferred from the data")
-    horizon: int = Field(24, ge=1, description="steps to forecast (and the holdout length)")
+    horizon: int = Field(24, ge=1, le=MAX_STEPS, description="steps to forecast (and the holdout length)")
     season_length: int | None = Field(
-        None, ge=1, description="season in steps (default from freq); a list such as [24, 168] gives more seasons")
+        None, ge=1, le=MAX_STEPS, description="season in steps (default from freq); a list such as [24, 168] gives more seasons")
     extra_season_lengths: list[int] = Field(
         default_factory=list, description="the further seasons of a season_length list, kept for the model")
-    window: int | None = Field(None, ge=2, description="input steps per window (input size); default: the smallest "
+    window: int | None = Field(None, ge=2, le=MAX_WINDOW, description="input steps per window (input size); default: the smallest "
                                "multiple of the patch covering three horizons, the season and the frequency's "
                                "natural cycle (a week for hourly and daily data, a year for weekly, monthly, "
                                "quarterly data)")
@@ -176,7 +190,7 @@ class ForecastConfig(_Strict):
     target_transform: Literal["auto", "log", "none"] = Field(
         "auto", description="model log(y): 'auto' for series whose training values are all positive")
     gap_policy: Literal["fill", "skip", "error"] = Field("fill", description="what a gap in a series does")
-    max_gap: int = Field(3, ge=0, description="longest run of missing steps that 'fill' interpolates")
+    max_gap: int = Field(3, ge=0, le=MAX_STEPS, description="longest run of missing steps that 'fill' interpolates")
     mode: Literal["global", "per_series"] = Field("global", description="one model for all series, or one each")
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
@@ -198,7 +212,7 @@ class ForecastConfig(_Strict):
     retrain: Literal["auto", "always", "never"] = Field("auto", description="train, or load the saved model")
     max_model_age: timedelta = Field(timedelta(days=7), description="older models are retrained under 'auto'")
     degradation_tolerance: float = Field(
-        0.5, ge=0, description="retrain when holdout error exceeds recorded validation error by this share"
+        0.5, ge=0, le=1_000, description="retrain when holdout error exceeds recorded validation error by this share"
     )
     refit: bool = Field(False, description="retrain on all data (no holdout) before the final forecast")
     model_version: str | None = Field(
@@ -207,7 +221,7 @@ class ForecastConfig(_Strict):
     model_url: str | None = Field(
         None, description="use the saved model version at this URL (<store>/<model_key>/<version>)")
     max_model_bytes: int = Field(
-        2**30, ge=1024, description="a saved model member larger than this (archive or unpacked) is not loaded")
+        2**30, ge=1024, le=2**40, description="a saved model member larger than this (archive or unpacked) is not loaded")
     seed: int = Field(42, description="same data, config and seed give the same forecasts")
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$",
                                description="name of the run's partition; re-running a run id replaces it")
@@ -217,13 +231,13 @@ class ForecastConfig(_Strict):
     )
 
     # --- scale-out ------------------------------------------------------
-    shard_size: int = Field(5_000, ge=1, description="series per shard; each shard is read and forecast alone")
-    shard_rows: int = Field(2_500_000, ge=1, description="rows per shard at most: long series, fewer per shard")
+    shard_size: int = Field(5_000, ge=1, le=MAX_SERIES, description="series per shard; each shard is read and forecast alone")
+    shard_rows: int = Field(2_500_000, ge=1, le=10**10, description="rows per shard at most: long series, fewer per shard")
     shard_bytes: int = Field(
-        256 * 2**20, ge=1, description="bytes per shard at most, uncompressed, of the columns read (from the "
+        256 * 2**20, ge=1, le=2**40, description="bytes per shard at most, uncompressed, of the columns read (from the "
         "Parquet metadata): wide or hostile files are split into more shards, a series alone over it is refused")
     group_column: str | None = Field(None, min_length=1, description="column naming each series' model group")
-    workers: int | None = Field(None, ge=1, description="start a local Dask cluster of this many worker processes")
+    workers: int | None = Field(None, ge=1, le=1_024, description="start a local Dask cluster of this many worker processes")
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster")
     scratch_url: str | None = Field(None, description="where shard files go during a run (default <output_url>/_scratch)")
 
@@ -277,6 +291,9 @@ class ForecastConfig(_Strict):
                 data["season_length"] = default_season_length(data["freq"])
             except (ValueError, TypeError):
                 pass  # the freq validator names the bad value
+        if not all(_in_bounds(data.get(k)) for k in ("horizon", "season_length")) or \
+                not all(_in_bounds(v) for v in data.get("extra_season_lengths") or ()):
+            return data  # the field validators name the value out of bounds (no default computed from it)
         if data.get("window") is None and data.get("season_length") is not None and data.get("freq") is not None:
             model = data.get("model") if isinstance(data.get("model"), Mapping) else {}
             data["window"] = default_window(data["season_length"], data.get("horizon", 24), data["freq"],
@@ -324,8 +341,8 @@ class ForecastConfig(_Strict):
         if (self.model_version or self.model_url) and (self.group_column or self.mode == "per_series"):
             raise ValueError("a pinned model (model_version / model_url) is one model: not with group_column "
                              "or mode 'per_series'")
-        if any(m < 1 for m in self.extra_season_lengths):
-            raise ValueError("extra_season_lengths must be positive")
+        if any(not 1 <= m <= MAX_STEPS for m in self.extra_season_lengths):
+            raise ValueError(f"extra_season_lengths must be from 1 to {MAX_STEPS:,}")
         sources = (self.id_column, self.time_column, self.target_column)
         if len(set(sources)) < 3:
             raise ValueError(f"id_column, time_column and target_column must differ (got {list(sources)})")
@@ -361,7 +378,7 @@ class ForecastConfig(_Strict):
     # --- crossing process boundaries ------------------------------------
     # Tasks on Dask workers get the configuration pickled through the scheduler. Whatever pickles it,
     # it carries no secret storage options; the process that unpickles it takes them from its own
-    # environment (LSTM_FORECAST_STORAGE_OPTIONS: a LocalCluster's workers get it from the flow;
+    # memory or environment (a LocalCluster's workers hold the flow's, `hold_storage_options`;
     # an existing cluster's workers set it, or the AWS_* variables, themselves).
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -591,17 +608,43 @@ def default_season_length(freq: str) -> int:
     return 1
 
 
+# Storage options (credentials included) handed to this process in memory: a LocalCluster's workers get the
+# run's from the flow through a worker plugin over the cluster's TLS connections (flows/runners.py), never
+# through their environment, which their child processes would inherit.
+_HELD_STORAGE_OPTIONS: dict[str, Any] = {}
+
+
+def hold_storage_options(options: Mapping[str, Any]) -> None:
+    """Keep `options` in this process's memory: every configuration or Location unpickled here from now on
+    gets them back (merged over what travelled), as from LSTM_FORECAST_STORAGE_OPTIONS."""
+    _HELD_STORAGE_OPTIONS.clear()
+    _HELD_STORAGE_OPTIONS.update(dict(options))
+
+
+def _in_bounds(value: Any) -> bool:
+    """A step count a default may be computed from (anything else is reported by the field validators)."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    return value is None or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_STEPS)
+
+
 def with_environment_secrets(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """`options` with the storage options of this process's environment (LSTM_FORECAST_STORAGE_OPTIONS,
-    JSON) merged over them: how a worker gets the credentials a pickled configuration left behind."""
+    """`options` with the storage options of this process merged over them: those of its environment
+    (LSTM_FORECAST_STORAGE_OPTIONS, JSON: the workers of an existing cluster set it themselves), then those
+    held in memory (`hold_storage_options`: a LocalCluster's workers). How a worker gets the credentials a
+    pickled configuration left behind."""
     raw = (os.environ if environ is None else environ).get(ENV_PREFIX + "STORAGE_OPTIONS")
-    if not raw:
-        return dict(options)
-    try:
-        extra = json.loads(raw)
-    except ValueError:
-        raise ConfigError(f"{ENV_PREFIX}STORAGE_OPTIONS is not JSON") from None
-    return merge_settings(options, extra) if isinstance(extra, Mapping) else dict(options)
+    merged = dict(options)
+    if raw:
+        try:
+            extra = json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"{ENV_PREFIX}STORAGE_OPTIONS is not JSON") from None
+        if isinstance(extra, Mapping):
+            merged = merge_settings(merged, extra)
+    if _HELD_STORAGE_OPTIONS and environ is None:
+        merged = merge_settings(merged, _HELD_STORAGE_OPTIONS)
+    return merged
 
 
 def resolve_chunk(chunk: Any, horizon: int) -> int:
@@ -768,6 +811,8 @@ def load_config(
                               f"{getattr(exc, 'problem', None) or type(exc).__name__}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of settings")
+        if Path(path).name == TUNING_RESULT_FILE:
+            check_tuning_result(loaded, str(path))
         data = _merge(data, loaded)
     data = _merge(data, env_overrides(environ))
     if overrides:
@@ -776,13 +821,55 @@ def load_config(
     return validate_config(data)
 
 
+# A tune writes <output_url>/tuning/study=<name>/best.yaml into the shared output store, where others can write
+# too: read as a configuration (`run --config .../best.yaml`), a file of that name gives only the settings a
+# tune writes (the tuned ones and the data settings they were tuned for); where data goes, where code runs and
+# storage come from the run's own flags, file and environment.
+TUNING_RESULT_FILE = "best.yaml"
+TUNED_FILE_TOP = ("window", "scaler", "target_transform", "calendar_features", "freq", "horizon", "season_length",
+                  "extra_season_lengths", "mode", "historic_covariates", "future_covariates", "static_covariates",
+                  "seed")
+TUNED_FILE_SECTIONS = ("model.", "training.")
+TUNED_FILE_EXCLUDED = ("training.max_series", "training.max_train_minutes")  # a run's budgets, not its model
+
+
+def check_tuning_result(settings: Mapping[str, Any], where: str) -> None:
+    """Refuse (ConfigError naming the setting) a tuning result (`best.yaml`) that holds anything but tuned and
+    data settings: never a URL, storage options, Dask, the model store or a run id."""
+    def leaves(node: Mapping[str, Any], prefix: str = "") -> list[str]:
+        out = []
+        for key, value in node.items():
+            dotted = f"{prefix}{key}"
+            out.extend(leaves(value, dotted + ".") if isinstance(value, Mapping) and value else [dotted])
+        return out
+
+    for dotted in leaves(settings):
+        allowed = dotted in TUNED_FILE_TOP or dotted == "tuning.study" or \
+            (dotted.startswith(TUNED_FILE_SECTIONS) and dotted not in TUNED_FILE_EXCLUDED)
+        if not allowed:
+            raise ConfigError(f"config file {where} is a tuning result ({TUNING_RESULT_FILE}): setting {dotted!r} is "
+                              f"not one a tune writes; only the tuned settings (model.*, training.*, window...) "
+                              f"and the data settings they were tuned for are read from it, and inputs, outputs, "
+                              f"storage and Dask come from the run's own flags, file and environment")
+
+
 def parse_sets(sets: list[str] | None) -> dict[str, Any]:
-    """`--set key=value` items (dotted keys for sections) as nested settings."""
+    """`--set key=value` items (dotted keys for sections) as nested settings.
+
+    A secret-named storage option is refused (ConfigError naming the key, never quoting the value): a command
+    line is visible to every local user (`ps`) and kept in shell history; credentials belong in the environment
+    or the config file. (A URL setting carrying credentials, as `--input` may, is redacted everywhere instead.)
+    """
     data: dict[str, Any] = {}
     for item in sets or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value")
+            raise ConfigError(f"--set {item.split('=', 1)[0]!r}: expected key=value")
+        parts = key.strip().split(".")
+        if parts[0] == "storage_options" and any(is_secret_name(p) for p in parts[1:]):
+            raise ConfigError(f"--set {key.strip()}: a credential on the command line is visible to every local "
+                              f"user (ps) and kept in shell history; put it in the environment (AWS_*, "
+                              f"LSTM_FORECAST_STORAGE_OPTIONS) or the config file's storage_options")
         flat: dict[str, Any] = {}
         _set_dotted(flat, key.strip(), _parse_value(raw))
         data = _merge(data, flat)

@@ -22,8 +22,8 @@ from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler, TargetTransform
 from lstm_core.seasonality import SeasonalIndices
 from lstm_core.training import BatchHook, EpochHook, TrainingResult, train
-from lstm_core.validation import ValidationResult, length_rule, min_train_length
-from lstm_core.windows import validation_span
+from lstm_core.validation import ValidationResult, length_rule, min_input, min_train_length
+from lstm_core.windows import plan_windows, validation_span
 
 log = logging.getLogger("lstm_core.engine")
 
@@ -74,14 +74,19 @@ class Forecaster:
     def chunk(self) -> int:
         return model_geometry(self.members[0])["chunk"] if self.members else 1
 
+    @property
+    def patch(self) -> int:
+        """Window steps the LSTM reads at once (the span of its level layer); 1 without members."""
+        return int(self.members[0].get_layer("level").span) if self.members else 1
+
     def adapt(self, panel: Panel) -> Panel:
         """`panel` with its static covariates encoded as this model was trained (its vocabulary)."""
         return panel.encode_static(self.static_encoder)
 
-    def model_space(self, panel: Panel, pad_to: int | None = None) -> ModelSpace:
+    def model_space(self, panel: Panel, pad_to: int | None = None, pad: np.ndarray | None = None) -> ModelSpace:
         """`panel` as the network sees it: log where chosen, seasonal profile removed, scaled per series,
         and series shorter than `pad_to` points (default: the window) padded at the front with their first
-        value, so every series fills a window.
+        value, so every series fills a window; `pad` (S,): rows of front padding per series instead.
 
         All three are fitted on the history given (never on what follows it), so a loaded model
         forecasts any series.
@@ -92,7 +97,8 @@ class Forecaster:
         seasonal = SeasonalIndices.fit(shaped, self.season_length, self.deseasonalize, transform.log_mask)
         adjusted = seasonal.remove(shaped)
         scaler = SeriesScaler.fit(adjusted, self.scaler_kind)
-        scaled = scaler.transform(adjusted).pad_front(self.window if pad_to is None else pad_to)
+        scaled = scaler.transform(adjusted)
+        scaled = scaled.pad_rows(pad) if pad is not None else scaled.pad_front(self.window if pad_to is None else pad_to)
         return ModelSpace(scaled, transform, seasonal, scaler)
 
     def forecast(self, panel: Panel, horizon: int, future_covariates: np.ndarray | None = None) -> np.ndarray:
@@ -155,8 +161,11 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
                         target_transform=config.target_transform, static_encoder=panel.static_encoder,
                         season_length=config.season_length, deseasonalize=config.model.deseasonalize, known=known)
     chunk, patch = config.chunk_length, config.patch_length
-    # short series are padded so that each has one training chunk and its validation chunks after a window
-    space = shaper.model_space(panel, pad_to=config.window + chunk + validation_span(config.validation_steps, chunk))
+    # short series are padded so that every position with a real input point gives a training window; those
+    # too short to spare validation points only train (windows.plan_windows)
+    plan = plan_windows(panel.lengths, config.window, chunk, validation_span(config.validation_steps, chunk),
+                        min_input(config))
+    space = shaper.model_space(panel, pad=plan.pad)
     members, results = [], []
     n = config.training.ensemble_size
     budget = time_budget_s if time_budget_s is not None else (
@@ -173,7 +182,7 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         result = train(model, space.panel, window=config.window, config=config.training,
                        validation_steps=config.validation_steps, seed=seed, chunk=chunk, known=known,
                        checkpoint_dir=checkpoint_dir, time_budget_s=member_budget, on_epoch=on_epoch,
-                       on_batch=on_batch, callbacks=callbacks)
+                       on_batch=on_batch, callbacks=callbacks, plan=plan)
         results.append(result)
         members.extend(_snapshot_members(model, result))
     seasonal = space.seasonal

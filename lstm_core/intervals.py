@@ -53,6 +53,9 @@ METHODS = ("conformal", "conformal_log")
 PRIOR_WINDOWS = 3.0  # k of the per-series blend; see the module docstring
 FORMAT_VERSION = 1
 INTERVALS_FILE = "intervals.json"
+MAX_LEVELS = 20  # bounds on a saved file's fields (a run's own are bounded by its configuration)
+MAX_HORIZON = 100_000
+MAX_SEASON_LENGTH = 1_000_000
 KINDS = ("linear", "log")  # score scales: y - yhat, or log y - log yhat
 _TINY = np.finfo(np.float64).tiny
 
@@ -269,32 +272,104 @@ class ConformalIntervals:
 
     @classmethod
     def from_dict(cls, data: Any) -> "ConformalIntervals":
-        """Inverse of `to_dict`; ValueError naming the field when the data does not fit."""
+        """Inverse of `to_dict`. Any other shape raises ValueError naming the field (never another type):
+        numbers finite and of their type (no booleans, no strings), levels ascending inside (0, 100),
+        horizon and season length positive and bounded, quantiles of shape (levels, 2, horizon) with each
+        lower quantile at most its upper one, calibration points non-negative integers per step, series
+        factors positive."""
         if not isinstance(data, dict):
             raise ValueError("intervals: expected a JSON object")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"intervals: format {data.get('format_version')} is not supported "
+        if data.get("format_version") != FORMAT_VERSION or isinstance(data.get("format_version"), bool):
+            raise ValueError(f"intervals: format {data.get('format_version')!r} is not supported "
                              f"(expected {FORMAT_VERSION})")
-        try:
-            levels = tuple(float(v) for v in data["levels"])
-            horizon, method = int(data["horizon"]), str(data["method"])
-            if method not in METHODS:
-                raise ValueError(f"intervals: unknown method {method!r}")
-            quantiles = {str(k): np.asarray(v, dtype=np.float64) for k, v in data["quantiles"].items()}
-            for k, q in quantiles.items():
-                if k not in KINDS or q.shape != (len(levels), 2, horizon):
-                    raise ValueError(f"intervals: quantiles[{k!r}] has shape {q.shape}, expected "
-                                     f"({len(levels)}, 2, {horizon})")
-            if "linear" not in quantiles:
-                raise ValueError("intervals: quantiles['linear'] missing")
-            prior = data.get("prior_windows")
-            return cls(levels, method, horizon, int(data["season_length"]), quantiles,
-                       {str(k): np.asarray(v, dtype=np.int64) for k, v in data.get("calibration_points", {}).items()},
-                       {str(k): {str(s): float(f) for s, f in v.items()}
-                        for k, v in data.get("series_factor", {}).items()},
-                       math.inf if prior is None else float(prior))
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"intervals: field {exc} missing or malformed") from None
+        levels_raw = _field(data, "levels", list)
+        levels = tuple(_number(v, f"levels[{i}]") for i, v in enumerate(levels_raw))
+        if not levels or len(levels) > MAX_LEVELS or any(not 0 < v < 100 for v in levels) \
+                or list(levels) != sorted(set(levels)):
+            raise ValueError(f"intervals: levels {list(levels)} must be 1 to {MAX_LEVELS} unique ascending values "
+                             f"inside (0, 100)")
+        method = _field(data, "method", str)
+        if method not in METHODS:
+            raise ValueError(f"intervals: unknown method {method!r}")
+        horizon = _integer(_field(data, "horizon", int), "horizon", 1, MAX_HORIZON)
+        season_length = _integer(_field(data, "season_length", int), "season_length", 1, MAX_SEASON_LENGTH)
+        prior = data.get("prior_windows")
+        prior_windows = math.inf if prior is None else _number(prior, "prior_windows")
+        if prior_windows < 0:
+            raise ValueError(f"intervals: prior_windows {prior_windows} is negative")
+        quantiles = {}
+        for kind, q in _field(data, "quantiles", dict).items():
+            if kind not in KINDS:
+                raise ValueError(f"intervals: quantiles[{kind!r}]: the kinds are {list(KINDS)}")
+            arr = _array(q, f"quantiles[{kind!r}]", (len(levels), 2, horizon))
+            if (arr[:, 0, :] > arr[:, 1, :]).any():
+                raise ValueError(f"intervals: quantiles[{kind!r}] has a lower quantile above its upper one")
+            quantiles[kind] = arr
+        if "linear" not in quantiles:
+            raise ValueError("intervals: quantiles['linear'] missing")
+        points = {}
+        for kind, c in _field(data, "calibration_points", dict, {}).items():
+            if kind not in quantiles:
+                raise ValueError(f"intervals: calibration_points[{kind!r}] has no quantiles")
+            arr = _array(c, f"calibration_points[{kind!r}]", (horizon,), integer=True)
+            if (arr < 0).any():
+                raise ValueError(f"intervals: calibration_points[{kind!r}] has a negative count")
+            points[kind] = arr.astype(np.int64)
+        factors: dict[str, dict[str, float]] = {}
+        for kind, per_series in _field(data, "series_factor", dict, {}).items():
+            if kind not in quantiles or not isinstance(per_series, dict):
+                raise ValueError(f"intervals: series_factor[{kind!r}] must be an object of a kind with quantiles")
+            factors[kind] = {}
+            for sid, f in per_series.items():
+                value = _number(f, f"series_factor[{kind!r}][{sid!r}]")
+                if value <= 0:
+                    raise ValueError(f"intervals: series_factor[{kind!r}][{sid!r}] = {value} is not positive")
+                factors[kind][str(sid)] = value
+        return cls(levels, method, horizon, season_length, quantiles, points, factors, prior_windows)
+
+
+
+def _field(data: dict, name: str, kind: type, default: Any = ...) -> Any:
+    if name not in data:
+        if default is ...:
+            raise ValueError(f"intervals: field {name!r} missing")
+        return default
+    value = data[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"intervals: field {name!r} must be a JSON {kind.__name__.replace('dict', 'object')}, "
+                         f"not {type(value).__name__}")
+    return value
+
+
+def _number(value: Any, where: str) -> float:
+    """A finite JSON number (not a boolean, not a string)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"intervals: {where} must be a number, not {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"intervals: {where} is not finite")
+    return value
+
+
+def _integer(value: int, where: str, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise ValueError(f"intervals: {where} {value} is outside {lo} to {hi}")
+    return value
+
+
+def _array(value: Any, where: str, shape: tuple[int, ...], integer: bool = False) -> np.ndarray:
+    """Nested JSON lists of exactly `shape`, each leaf a finite number (an integer when `integer`)."""
+    def walk(node: Any, depth: int) -> Any:  # nested lists of floats
+        if depth == len(shape):
+            number = _number(node, where)
+            if integer and (isinstance(node, float) or not number.is_integer()):
+                raise ValueError(f"intervals: {where} must hold integers")
+            return number
+        if not isinstance(node, list) or len(node) != shape[depth]:
+            got = f"{len(node)} entries" if isinstance(node, list) else type(node).__name__
+            raise ValueError(f"intervals: {where} must have shape {shape} (dimension {depth}: {got})")
+        return [walk(child, depth + 1) for child in node]
+    return np.asarray(walk(value, 0), dtype=np.float64)
 
 
 # --- fitting -----------------------------------------------------------------------------------------
@@ -435,7 +510,10 @@ def with_intervals(predictions: pd.DataFrame, bounds: dict[str, np.ndarray]) -> 
 
 # --- beside a model version ----------------------------------------------------------------------------
 def save_intervals(intervals: ConformalIntervals, store: Location | str, model_key: str, version: str) -> str:
-    """Write `intervals.json` into the model version's folder (one whole object); returns its path."""
+    """Write `intervals.json` into the model version's folder (one whole object); returns its path.
+
+    The file alone: the model store saves intervals through `artifacts.add_file`, which also records their
+    sha256 in the version's (signed) metadata, and loads them with the version (`artifacts.load`)."""
     store = Location.of(store)
     fs, root = store.fs, store.path
     path = join(root, model_key, version, INTERVALS_FILE)
@@ -445,6 +523,7 @@ def save_intervals(intervals: ConformalIntervals, store: Location | str, model_k
 
 def load_intervals(store: Location | str, model_key: str, version: str) -> ConformalIntervals | None:
     """The intervals saved beside a model version; None when it has none (fitted before they existed).
+    The file alone, not checked against the version's checksums (`artifacts.load` does that).
 
     Raises ArtifactError for a corrupt file, StorageError when storage cannot be reached.
     """

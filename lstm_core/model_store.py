@@ -14,7 +14,7 @@ from lstm_core.panel import Panel
 from lstm_core.secrets import scrub
 from lstm_core.storage import Location, is_storage_failure, join, read_json
 from lstm_core.training import model_inputs
-from lstm_core.windows import tail_windows, validation_span
+from lstm_core.windows import plan_windows, tail_windows, validation_span
 
 log = logging.getLogger("lstm_core.model_store")
 
@@ -35,8 +35,11 @@ class Decision:
 def validation_loss(forecaster: Forecaster, panel: Panel, steps: int, loss: str) -> float:
     """Loss on the validation chunks covering each series' last `steps` points, in the units training
     reported (of the best member: training records the best epoch's loss, not the snapshot ensemble's)."""
-    space = forecaster.model_space(panel, pad_to=forecaster.window + validation_span(steps, forecaster.chunk))
-    val = tail_windows(space.panel, forecaster.window, steps, forecaster.chunk, known=forecaster.known)
+    plan = plan_windows(panel.lengths, forecaster.window, forecaster.chunk, validation_span(steps, forecaster.chunk),
+                        forecaster.patch)
+    space = forecaster.model_space(panel, pad=plan.pad)
+    val = tail_windows(space.panel, forecaster.window, steps, forecaster.chunk, known=forecaster.known,
+                       series=plan.holdout > 0)
     if len(val.y) == 0:
         return float("nan")
     pred = forecaster.members[0].predict(model_inputs(val), verbose=0, batch_size=8192)

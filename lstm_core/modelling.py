@@ -12,6 +12,7 @@ Every function takes an optional `log` (a `logging.Logger` or adapter) so a task
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import OrderedDict
@@ -28,7 +29,7 @@ from lstm_core.backtest import (Backtest, WindowHook, backtest_from_config, back
 from lstm_core.config import ForecastConfig, ModelSpec
 from lstm_core.engine import Evaluation, Forecaster, fit, panel_of, predictions_frame
 from lstm_core.errors import ArtifactError
-from lstm_core.intervals import ConformalIntervals, load_intervals, save_intervals, with_intervals
+from lstm_core.intervals import INTERVALS_FILE, ConformalIntervals, with_intervals
 from lstm_core.metrics import MetricTotals, interval_columns
 from lstm_core.model_store import Decision, decide_for, split_model_url
 from lstm_core.panel import Panel
@@ -36,8 +37,8 @@ from lstm_core.progress import Progress
 from lstm_core.retries import call_with_retries
 from lstm_core.storage import Location
 from lstm_core.tuning import check_tuned_fits
-from lstm_core.validation import SkippedSeries, ValidationResult, min_train_length
-from lstm_core.windows import target_bounds, validation_span, windows_per_series
+from lstm_core.validation import SkippedSeries, ValidationResult, min_input, min_train_length, network_reasons
+from lstm_core.windows import plan_windows, target_bounds, validation_span, windows_per_series
 
 _log = logging.getLogger("lstm_core.modelling")
 
@@ -58,6 +59,9 @@ class Prepared:
     filled_points: int = 0
     rows_read: int = 0
     first_window: int = 0
+    # series the network cannot learn (too few points for one training window), with the reason: the
+    # fallback serves them; they stay in `panel` (shortness is never a reason to skip a series)
+    fallback: list[SkippedSeries] = field(default_factory=list)
 
     @property
     def series_read(self) -> int:
@@ -81,18 +85,24 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
     first_window, train_panel = training_cutoff(panel, config)
     chunk = config.chunk_length
     span = validation_span(config.validation_steps, chunk)
-    lo, hi = target_bounds(train_panel, config.window, span, chunk)
+    plan = plan_windows(train_panel.lengths, config.window, chunk, span, min_input(config))
+    padded = train_panel.pad_rows(plan.pad)
+    lo, hi = target_bounds(padded, config.window, plan.holdout, chunk, plan.first_target)
     train_windows = int((hi - lo).clip(min=0).sum())
-    val_windows = int(((train_panel.lengths - span - config.window) // chunk + span // chunk)
-                      .clip(min=0, max=span // chunk).sum())
+    val_windows = int(np.where(plan.holdout > 0, span // chunk, 0).sum())
+    fallback = [SkippedSeries(str(sid), "y", reason) for sid, reason in
+                zip(panel.series_ids, network_reasons(panel.lengths, config)) if reason is not None]
+    if fallback:
+        log.info("%d series are too short for the network to learn (fewer than %d points): handed to the "
+                 "fallback", len(fallback), min_train_length(config))
     log.info("%d series, %d features; %d training windows available (%d sampled per series per epoch), "
              "%d validation windows; training cutoff: backtest window %d of %d (%d series)", panel.n_series,
              panel.n_features, train_windows,
-             windows_per_series(train_panel, config.window, span, chunk, config.training.windows_per_series,
-                                config.training.min_windows_per_epoch), val_windows, first_window,
+             windows_per_series(padded, config.window, plan.holdout, chunk, config.training.windows_per_series,
+                                config.training.min_windows_per_epoch, plan.first_target), val_windows, first_window,
              config.backtest.windows, train_panel.n_series)
     return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows,
-                    list(validated.skipped), validated.filled_points, validated.rows_read, first_window)
+                    list(validated.skipped), validated.filled_points, validated.rows_read, first_window, fallback)
 
 
 # --- the model store ----------------------------------------------------------------------------------
@@ -139,8 +149,16 @@ class ModelStore:
         call_with_retries(artifacts.save, forecaster, self.location, spec.key, config=config.public_dict(),
                           fingerprint=fingerprint, version=version, extra=extra, what="saving the model")
 
-    def save_intervals(self, intervals: ConformalIntervals, key: str, version: str) -> None:
-        call_with_retries(save_intervals, intervals, self.location, key, version, what="saving the intervals")
+    def save_intervals(self, intervals: ConformalIntervals, key: str, version: str, log=None) -> None:
+        """Save `intervals.json` beside a version, its sha256 recorded in the version's (signed) metadata,
+        so a loaded version serves only checked intervals. A version whose metadata cannot be extended
+        (signed, and no key now) keeps none: later runs calibrate their own (a warning says why)."""
+        data = json.dumps(intervals.to_dict(), indent=2, sort_keys=True, allow_nan=False).encode()
+        try:
+            call_with_retries(artifacts.add_file, self.location, key, version, INTERVALS_FILE, data,
+                              what="saving the intervals")
+        except ArtifactError as exc:
+            (log or _log).warning("the intervals are not saved beside the model: %s", exc)
 
     def holding(self, config: ForecastConfig) -> Location:
         """The store `config`'s versions live in: this one, or the one a `model_url` pins."""
@@ -178,12 +196,6 @@ class ModelStore:
         return ModelChoice(scorer, loaded.forecaster, decision, ref.version, ref.group,
                            first_window=ref.first_window, intervals=_saved_intervals(self, loaded, config, log),
                            model_key=ref.model_key)
-
-    def load_intervals(self, url: str) -> ConformalIntervals | None:
-        """The intervals saved beside the version at `url` (`<store>/<key>/<version>`); None when it has none.
-        Raises ArtifactError when they are corrupt."""
-        store, key, version = split_model_url(url)
-        return load_intervals(self.location.with_url(store), key, version)
 
 
 # Versions opened in this process, newest last: (store URL, key, version, refit, size cap) -> (loaded, scorer).
@@ -239,11 +251,7 @@ def _saved_intervals(store: ModelStore, loaded, config: ForecastConfig, log) -> 
     if not config.levels:
         return None
     version = split_model_url(loaded.url)[2]
-    try:
-        saved = store.load_intervals(loaded.url)
-    except ArtifactError as exc:  # a corrupt file is recalibrated from this run's backtest, not a failed run
-        log.warning("the saved intervals are not used: %s", exc)
-        return None
+    saved = loaded.intervals  # read and checked with the version (checksum, signature, shape)
     if saved is None:
         log.info("model %s has no saved intervals: they are calibrated on this run's backtest", version)
     elif not intervals_fit(saved, config):
@@ -294,7 +302,7 @@ def get_or_train(store: ModelStore, spec: ModelSpec, data: Prepared | None, *, c
     if config.mode == "per_series":
         decision = Decision("train", "mode 'per_series' trains one model per series on every run")
     else:
-        newest = data.panel.drop_last(config.horizon) if data is not None and data.panel.n_series else \
+        newest = data.panel.drop_upto(config.horizon) if data is not None and data.panel.n_series else \
             (data.train_panel if data is not None else None)
         decision = store.decide(spec, newest)
     log.info("%smodel decision: %s (%s)", label, decision.action, decision.reason)
@@ -332,7 +340,7 @@ def get_or_train(store: ModelStore, spec: ModelSpec, data: Prepared | None, *, c
         bt = run_backtest(choice, data, config)
         if bt.intervals is not None:
             choice.intervals = bt.intervals
-            store.save_intervals(bt.intervals, spec.key, version)
+            store.save_intervals(bt.intervals, spec.key, version, log=log)
             log.info("%scalibrated intervals on the training sample's backtest (%d rows)", label, len(bt.frame))
     return choice, decision
 
@@ -384,7 +392,7 @@ def forecast(choice: ModelChoice, data: Prepared, config: ForecastConfig, *, sto
         elif bt.intervals is not None:
             intervals, source = bt.intervals, "run"
             if store is not None and choice.model_key is not None and choice.decision.action == "train":
-                store.save_intervals(intervals, choice.model_key, choice.version)
+                store.save_intervals(intervals, choice.model_key, choice.version, log=log)
     if panel.n_series == 0:  # a shard whose series were all skipped
         future = np.zeros((0, h))
     else:

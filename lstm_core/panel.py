@@ -189,7 +189,11 @@ class Panel:
         observation (a common device of global models). Timestamps (`last_ds`) and `future` are unchanged;
         positions counted from a series' start move by its padding, so use this last (model space).
         """
-        pad = np.maximum(int(length) - self.lengths, 0)
+        return self.pad_rows(np.maximum(int(length) - self.lengths, 0))
+
+    def pad_rows(self, pad: np.ndarray) -> "Panel":
+        """Each series with `pad` (S,) copies of its first row before its start (see `pad_front`)."""
+        pad = np.asarray(pad, dtype=np.int64)
         if not pad.any():
             return self
         lengths = self.lengths + pad
@@ -198,6 +202,39 @@ class Panel:
         local = np.arange(int(offsets[-1])) - np.repeat(offsets[:-1], lengths)
         source = np.repeat(self.offsets[:-1], lengths) + np.maximum(local - np.repeat(pad, lengths), 0)
         return replace(self, offsets=offsets, values=self.values[source])
+
+    def drop_upto(self, k: int) -> "Panel":
+        """Each series without its last `k` points, keeping at least its first point (a series of `k` points
+        or fewer keeps one): for checks and plots over a panel that may hold very short series."""
+        return self.drop_each(np.minimum(int(k), np.maximum(self.lengths - 1, 0))) if self.n_series else self
+
+    def drop_each(self, drops: np.ndarray) -> "Panel":
+        """Each series without its own last `drops[i]` points (`drop_last` with a count per series).
+
+        Known-ahead values of the dropped points start `future` as in `drop_last`, trimmed to the shortest
+        such block over the series (a training panel's future is never read past its first steps).
+        Raises ValueError when a series would lose every point.
+        """
+        drops = np.asarray(drops, dtype=np.int64)
+        kinds = np.unique(drops)
+        if len(kinds) <= 1:
+            return self.drop_last(int(kinds[0])) if len(kinds) else self
+        parts = [(np.flatnonzero(drops == d), self.select(drops == d).drop_last(int(d))) for d in kinds]
+        order = np.argsort(np.concatenate([idx for idx, _ in parts]), kind="stable")
+        lengths = np.concatenate([p.lengths for _, p in parts])[order]
+        starts = np.concatenate([p.offsets[:-1] + sum(len(q.values) for _, q in parts[:k])
+                                 for k, (_, p) in enumerate(parts)])[order]
+        values = np.concatenate([p.values for _, p in parts])
+        rows = np.concatenate([np.arange(a, a + n) for a, n in zip(starts, lengths)]) if len(lengths) else \
+            np.zeros(0, dtype=np.int64)
+        future = None
+        if all(p.future is not None for _, p in parts):
+            steps = min(p.future.shape[1] for _, p in parts)
+            future = np.concatenate([p.future[:, :steps] for _, p in parts])[order]
+        static = None if self.static is None else self.static
+        return replace(self, offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                       values=values[rows], last_ds=np.concatenate([p.last_ds for _, p in parts])[order],
+                       future=future, static=static)
 
     def select(self, mask: np.ndarray) -> "Panel":
         """Keep the series where `mask` is true."""

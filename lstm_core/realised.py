@@ -152,35 +152,101 @@ def realised_accuracy(predictions: pd.DataFrame, actuals: pd.DataFrame, *, seaso
                             per_series=per_series)
 
 
-def earlier_predictions(fs, root: str, run_ids: Sequence[str], series_ids: Sequence[str] | None = None) -> pd.DataFrame:
+def earlier_predictions(fs, root: str, run_ids: Sequence[str], series_ids: Sequence[str] | None = None,
+                        skipped: list[tuple[str, str]] | None = None) -> pd.DataFrame:
     """The committed predictions of `run_ids` (under `root`/predictions/run=<id>/), of `series_ids` only
-    when given, read as one dataset whatever columns each run wrote: the schemas of all part files are
-    unified, so a run written before intervals existed reads with null bounds. Empty when none exist."""
+    when given, as one frame whatever columns each run wrote (a run written before intervals existed
+    reads with null bounds). Empty when none exist.
+
+    Each run is read on its own, and a run that cannot be read as predictions (a part that is a folder, a
+    truncated or non-Parquet file, a wrong schema: missing columns or values of the wrong type) is left
+    out, with `(run_id, reason)` appended to `skipped`: an earlier run, planted or damaged, is a view of the
+    past and never fails tonight's run. Transient storage failures (connection, 5xx) are raised, so the
+    calling task retries them.
+    """
+    frames = []
+    for rid in run_ids:
+        try:
+            frame = _run_predictions(fs, root, rid, series_ids)
+        except Exception as exc:  # noqa: BLE001 - sorted below: only a retry-able failure propagates
+            if _retryable(exc):
+                raise
+            if skipped is not None:
+                skipped.append((rid, f"{type(exc).__name__}: {_one_line(exc)}"))
+            continue
+        if frame is not None and len(frame):
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=list(PREDICTION_COLUMNS))
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+# What each prediction column must read as; a run whose columns do not is not scored.
+_COLUMN_TYPES = {"series_id": "string", "ds": "datetime", "cutoff": "datetime", "step": "int",
+                 "yhat": "float", "model_version": "string", "run_id": "string"}
+
+
+def _run_predictions(fs, root: str, rid: str, series_ids: Sequence[str] | None) -> pd.DataFrame | None:
+    """One earlier run's predictions (None when it has none), checked; raises on anything unreadable."""
     import pyarrow.dataset as pds
     import pyarrow.parquet as pq
 
+    partition = OutputLayout(root).partition("predictions", rid)
+    fs.invalidate_cache(partition)
+    try:
+        entries = fs.ls(partition, detail=True)
+    except FileNotFoundError:
+        return None
     paths = []
-    for rid in run_ids:
-        partition = OutputLayout(root).partition("predictions", rid)
-        fs.invalidate_cache(partition)
-        try:
-            paths += sorted(p for p in fs.ls(partition, detail=False)
-                            if p.rsplit("/", 1)[-1].startswith("part-") and p.endswith(".parquet"))
-        except FileNotFoundError:
+    for entry in entries:
+        name = str(entry["name"]).rstrip("/")
+        if not (name.rsplit("/", 1)[-1].startswith("part-") and name.endswith(".parquet")):
             continue
+        if entry.get("type") != "file":  # a folder (or link) where a part file belongs
+            raise IsADirectoryError(f"{name} is not a file")
+        paths.append(name)
     if not paths:
-        return pd.DataFrame(columns=list(PREDICTION_COLUMNS))
+        return None
     schemas = []
-    for path in paths:
+    for path in sorted(paths):
         with fs.open(path, "rb") as fh:
             schemas.append(pq.read_schema(fh).remove_metadata())
     # permissive: files other writers made (string or large_string, ns or us) read as one
-    dataset = pds.dataset(paths, schema=pa.unify_schemas(schemas, promote_options="permissive"), format="parquet",
-                          filesystem=fs)
+    schema = pa.unify_schemas(schemas, promote_options="permissive")
+    missing = [c for c in PREDICTION_COLUMNS if c not in schema.names]
+    if missing:
+        raise ValueError(f"no column(s) {missing}")
+    for column, kind in _COLUMN_TYPES.items():
+        t = schema.field(column).type
+        ok = {"string": pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t),
+              "datetime": pa.types.is_timestamp(t), "int": pa.types.is_integer(t),
+              "float": pa.types.is_floating(t) or pa.types.is_integer(t)}[kind]
+        if not ok:
+            raise ValueError(f"column {column!r} is {t}, not {kind}")
+    for column in schema.names:  # interval bounds are scored as numbers
+        if re.match(r"^yhat_(lo|hi)_", column) and not (pa.types.is_floating(schema.field(column).type)
+                                                         or pa.types.is_integer(schema.field(column).type)):
+            raise ValueError(f"column {column!r} is {schema.field(column).type}, not float")
+    dataset = pds.dataset(sorted(paths), schema=schema, format="parquet", filesystem=fs)
     condition = None
     if series_ids is not None:
         condition = pds.field("series_id").isin(pa.array([str(s) for s in series_ids], pa.string()))
     return dataset.to_table(filter=condition).to_pandas()
+
+
+def _retryable(exc: BaseException) -> bool:
+    """A storage hiccup a retry may fix; not a folder, a missing or unreadable file, or bad bytes."""
+    from lstm_core.retries import is_transient  # noqa: PLC0415 - retries imports config, which is heavier
+
+    if isinstance(exc, (IsADirectoryError, NotADirectoryError, FileNotFoundError, PermissionError,
+                        UnicodeDecodeError, pa.ArrowException, ValueError, TypeError, KeyError)):
+        return False
+    return is_transient(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
 
 
 def realised_overall(totals: "MetricTotals", points: pd.DataFrame) -> pd.DataFrame:

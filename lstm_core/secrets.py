@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, Iterable, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import unquote
 
 MASK = "***"
@@ -157,3 +158,44 @@ def install_log_scrubber(values: Iterable[str]) -> ScrubFilter:
             if _FILTER not in handler.filters:
                 handler.addFilter(_FILTER)
     return _FILTER
+
+
+def scrubbed_exception(exc: BaseException, values: Iterable[str] = ()) -> BaseException:
+    """`exc` itself when its message carries no credential; otherwise a copy of the same type (ConfigError
+    stays a ConfigError: the CLI's exit code follows the type) whose message is scrubbed, or, for a type
+    that cannot be rebuilt from a message, an LstmForecastError naming the type."""
+    from lstm_core.errors import LstmForecastError  # noqa: PLC0415 - errors is tiny, but keep this module leaf
+
+    text = str(exc)
+    clean = scrub(text, values)
+    if clean == text:
+        return exc
+    if isinstance(exc, LstmForecastError):
+        try:
+            copy = type(exc).__new__(type(exc))
+            Exception.__init__(copy, clean)
+            copy.__dict__.update({k: scrub(v, values) if isinstance(v, str) else v for k, v in vars(exc).items()})
+            return copy
+        except Exception:  # noqa: BLE001 - fall back to the base type below
+            pass
+    return LstmForecastError(f"{type(exc).__name__}: {clean.splitlines()[0] if clean else ''}")
+
+
+@contextmanager
+def scrubbing(values: Iterable[str] = ()) -> Iterator[ScrubFilter]:
+    """Scrub credentials from every log record from here on, and from the exception that leaves the block.
+
+    The first line of every flow: before any setting is read, the patterns alone (URL user-info, credential
+    query parameters) are scrubbed; add the run's own secret values to the filter it yields
+    (`scrubber.values.update(...)`) once they are known. An exception whose message carried a credential
+    leaves as a scrubbed copy without its chain (`from None`), so the flow run's state message, its
+    failure artifact and its events never hold one.
+    """
+    scrubber = install_log_scrubber(values)
+    try:
+        yield scrubber
+    except BaseException as exc:
+        safe = scrubbed_exception(exc, scrubber.values)
+        if safe is exc:
+            raise
+        raise safe from None

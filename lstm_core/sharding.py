@@ -29,11 +29,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.ipc as ipc
+import pyarrow.parquet as pq
 
 from lstm_core import layout
 from lstm_core.errors import DataValidationError, StorageError
-from lstm_core.storage import (REQUIRED, Location, _explain_read_failure, _physical_schemas, column_types,
-                               filter_expression, is_local,
+from lstm_core.storage import (MAX_ID_BYTES, REQUIRED, Location, _explain_read_failure, _physical_schemas, column_types,
+                               filter_expression, is_local, parquet_longest_values,
                                join, open_dataset, parquet_read_bytes, put_bytes, read_schema, remove_tree, to_frame)
 
 SHARD_KEY = "lstm-fc-shard-01"  # 16-byte SipHash keys: shard assignment and training sample are independent
@@ -195,29 +196,81 @@ def _count(table: pa.Table, keys: list[str]) -> pa.Table:
     return pa.table({**{k: out.column(k) for k in keys}, "n": out.column("n_sum"), "b": out.column("b_sum")})
 
 
-class _RowBytes:
-    """Bytes per row of each input file, over the columns a shard reads, from the file's Parquet footer.
+def _dictionary_chunks(meta: pq.FileMetaData, columns: list[str]) -> Iterator[tuple[int, Any]]:
+    """(row group, column chunk) of each dictionary-encoded string column chunk of `columns`."""
+    wanted = set(columns)
+    for rg in range(meta.num_row_groups):
+        group = meta.row_group(rg)
+        for ci in range(group.num_columns):
+            chunk = group.column(ci)
+            if chunk.path_in_schema in wanted and chunk.physical_type == "BYTE_ARRAY" and chunk.has_dictionary_page:
+                yield rg, chunk
 
-    CSV files have no such metadata: they count 0 here and are bounded by `shard_rows` alone.
+
+def _stats_longest_values(meta: pq.FileMetaData, columns: list[str]) -> Iterator[tuple[tuple[int, str], int]]:
+    """((row group, column), longest value in bytes) of the dictionary string chunks whose statistics say."""
+    for rg, chunk in _dictionary_chunks(meta, columns):
+        stats = chunk.statistics if chunk.is_stats_set else None
+        if stats is not None and stats.has_min_max:
+            yield (rg, chunk.path_in_schema), max(len(_bytes(stats.min)), len(_bytes(stats.max)))
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
+
+
+def _count_n(table: pa.Table, keys: list[str]) -> pa.Table:
+    """Distinct keys with their summed row counts `n`."""
+    out = table.group_by(keys).aggregate([("n", "sum")])
+    return pa.table({**{k: out.column(k) for k in keys}, "n": out.column("n_sum")})
+
+
+class _RowBytes:
+    """Bytes per row of each input file, over the columns a shard reads, from the file's Parquet footer and
+    the longest value of each dictionary-encoded string column (statistics, or measured from the dictionary:
+    `storage.parquet_longest_values`).
+
+    Per row of the rows really read from the file (counted while streaming), never of the footer's
+    `num_rows`, which a crafted file can forge (1e12 rows would make any file look small per row). Each row
+    counts at least the longest value of each such column, so a footer that understates its sizes does not
+    shrink the estimate below what the rows decode to. CSV files have no such metadata: they count 0 here
+    and are bounded by `shard_rows` alone.
     """
 
     def __init__(self, src: "_Input", columns: list[str]) -> None:
         self.src, self.columns = src, columns
         self.fragments = {f.path: f for f in src.dataset.get_fragments()}
-        self.per_file: dict[str, float] = {}
+        self.per_file: dict[str, tuple[float, float, dict]] = {}  # path -> (footer bytes, bytes per row at least, longest)
 
-    def __call__(self, path: str) -> float:
+    def longest(self, path: str) -> dict[tuple[int, str], int]:
+        """(row group, column) -> longest value in bytes, of the file's dictionary string columns read."""
+        return self._measure(path)[2]
+
+    def _measure(self, path: str) -> tuple[float, float, dict[tuple[int, str], int]]:
         if path not in self.per_file:
             fragment = self.fragments.get(path)
             if not isinstance(fragment, pads.ParquetFileFragment):
-                self.per_file[path] = 0.0
-                return 0.0
+                self.per_file[path] = (0.0, 0.0, {})
+                return self.per_file[path]
             try:
                 meta = fragment.metadata
+                longest = dict(_stats_longest_values(meta, self.columns))
+                if len(longest) < sum(1 for _ in _dictionary_chunks(meta, self.columns)):  # some lack statistics
+                    with self.src.fs.open(path, "rb") as fh:
+                        longest = parquet_longest_values(fh, self.columns)
             except _READ_ERRORS as exc:
                 raise _explain_read_failure(self.src.url, self.src.fs, [path], self.columns, exc) from None
-            self.per_file[path] = parquet_read_bytes(meta, self.columns) / max(meta.num_rows, 1)
+            floor: dict[str, int] = {}
+            for (_, column), length in longest.items():
+                floor[column] = max(floor.get(column, 0), length + 4)
+            self.per_file[path] = (float(parquet_read_bytes(meta, self.columns, longest)),
+                                   float(sum(floor.values())), longest)
         return self.per_file[path]
+
+    def per_row(self, path: str, rows: int) -> float:
+        """Bytes per row of `path`, over the `rows` really read from it."""
+        footer, floor, _ = self._measure(path)
+        return max(footer / max(rows, 1), floor)
 
 
 def _shards_for_bytes(n_shards: int, hashes: np.ndarray, weights: np.ndarray, budget: int) -> int:
@@ -297,23 +350,43 @@ def plan_shards(
                       names=names, numeric=numeric, static=static, delimiter=delimiter)
     keys = [src.names["series_id"], *([group_column] if group_column else [])]
     row_bytes = _RowBytes(src, [*src.columns, *([group_column] if group_column else [])])
+    # Before any row is decoded: a key column whose values are huge (no statistics bound them) is refused
+    # here, since listing the series decodes it batch by batch.
+    for path in src.files:
+        for (_, column), length in row_bytes.longest(path).items():
+            if column in keys and length > MAX_ID_BYTES:
+                raise DataValidationError(f"a value of {length:,} bytes; ids and group values may be at most "
+                                          f"{MAX_ID_BYTES:,} bytes", source=url, column=column)
     parts: list[pa.Table] = []
+    files: dict[str, int] = {}
     held, rows = 0, 0
     for batch in _batches(src, [*keys, "__filename"]):  # each batch comes from one file
         rows += batch.num_rows
         _check_ids(batch.column(0), url, keys[0])
-        per_row = row_bytes(batch.column(len(keys))[0].as_py()) if batch.num_rows else 0.0
+        if not batch.num_rows:
+            continue
+        f = files.setdefault(batch.column(len(keys))[0].as_py(), len(files))
         table = pa.table({**{k: _decoded(batch.column(i)) for i, k in enumerate(keys)},
-                          "n": pa.array(np.ones(batch.num_rows, dtype=np.int64)),
-                          "b": pa.array(np.full(batch.num_rows, per_row, dtype=np.float64))})
-        parts.append(_count(table, keys))
+                          "f": pa.array(np.full(batch.num_rows, f, dtype=np.int32)),
+                          "n": pa.array(np.ones(batch.num_rows, dtype=np.int64))})
+        parts.append(_count_n(table, [*keys, "f"]))
         held += parts[-1].num_rows
         if held > 4 * BATCH_ROWS:  # keep only distinct keys (and their row counts) while streaming
-            parts = [_count(pa.concat_tables(parts), keys)]
+            parts = [_count_n(pa.concat_tables(parts), [*keys, "f"])]
             held = parts[0].num_rows
-    pairs = _count(pa.concat_tables(parts), keys) if parts else pa.table(
-        {**{k: pa.array([], pa.string()) for k in keys}, "n": pa.array([], pa.int64()),
-         "b": pa.array([], pa.float64())})
+    if parts:
+        per_file = _count_n(pa.concat_tables(parts), [*keys, "f"])
+        # bytes per row of each file over the rows really read from it (the footer's row count is not trusted)
+        f_col, n_col = per_file.column("f").to_numpy(), per_file.column("n").to_numpy()
+        file_rows = np.bincount(f_col, weights=n_col, minlength=len(files))
+        paths = sorted(files, key=files.get)
+        per_row = np.array([row_bytes.per_row(p, int(file_rows[i])) for i, p in enumerate(paths)], dtype=np.float64)
+        weighted = pa.table({**{k: per_file.column(k) for k in keys}, "n": per_file.column("n"),
+                             "b": pa.array(n_col * per_row[f_col])})
+        pairs = _count(weighted, keys)
+    else:
+        pairs = pa.table({**{k: pa.array([], pa.string()) for k in keys}, "n": pa.array([], pa.int64()),
+                          "b": pa.array([], pa.float64())})
     ids = np.asarray(pairs.column(keys[0]).to_pylist(), dtype=object)
     series_rows = pairs.column("n").to_numpy()
     series_bytes = pairs.column("b").to_numpy()

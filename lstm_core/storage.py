@@ -362,13 +362,21 @@ def check_output(target: Location | str, setting: str = "output_url") -> None:
                           f"can write predictions/, metrics/, runs/ ... under")
 
 
-def parquet_read_bytes(metadata: pq.FileMetaData, columns: Sequence[str]) -> int:
-    """Bytes the named columns of a Parquet file take once read, from its footer alone (nothing decoded).
+# Longest series id (or group value) accepted, in bytes: listing the series decodes the id column batch by
+# batch, so a file of huge ids is refused before it is read (ids are names, not data).
+MAX_ID_BYTES = 4096
+
+
+def parquet_read_bytes(metadata: pq.FileMetaData, columns: Sequence[str],
+                       longest: Mapping[tuple[int, str], int] | None = None) -> int:
+    """Bytes the named columns of a Parquet file take once read, from its footer (nothing decoded).
 
     Each column chunk counts its uncompressed size. A dictionary-encoded string column's encoded size
     hides how often a long value repeats (a few KB can decode to GBs), so it counts at least one
-    value of the longest length its statistics show per row (plus Arrow's 4-byte offset). Without
-    statistics only the encoded size is known.
+    value of its longest length per row (plus Arrow's 4-byte offset): `longest[(row group, column)]`
+    when given (`parquet_longest_values` measures it), else what its statistics show. Without either,
+    only the encoded size is known: pyarrow writes no statistics for values over 4 KB, so a caller that
+    bounds memory measures them (the footer's row counts can be forged too: see lstm_core.sharding).
     """
     wanted = set(columns)
     total = 0
@@ -381,12 +389,52 @@ def parquet_read_bytes(metadata: pq.FileMetaData, columns: Sequence[str]) -> int
                 continue
             size = chunk.total_uncompressed_size
             if chunk.physical_type in ("BYTE_ARRAY", "FIXED_LEN_BYTE_ARRAY") and chunk.has_dictionary_page:
-                stats = chunk.statistics if chunk.is_stats_set else None
-                if stats is not None and stats.has_min_max:
-                    longest = max(len(_utf8(stats.min)), len(_utf8(stats.max)))
-                    size = max(size, chunk.num_values * (longest + 4))
+                length = (longest or {}).get((rg, path))
+                if length is None:
+                    length = _stats_longest(chunk)
+                if length is not None:
+                    size = max(size, chunk.num_values * (length + 4))
             total += size
     return total
+
+
+def _stats_longest(chunk: Any) -> int | None:
+    stats = chunk.statistics if chunk.is_stats_set else None
+    if stats is not None and stats.has_min_max:
+        return max(len(_utf8(stats.min)), len(_utf8(stats.max)))
+    return None
+
+
+def parquet_longest_values(source: Any, columns: Sequence[str]) -> dict[tuple[int, str], int]:
+    """The longest value, in bytes, of each dictionary-encoded string column chunk of `columns`:
+    {(row group, column): bytes}. From the chunk's statistics when they hold a min and max; otherwise
+    measured by decoding that chunk's dictionary only (each distinct value once, an index per row), never
+    the values row by row: what a file without statistics (pyarrow writes none for values over 4 KB) will
+    decode to is known before it is read."""
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    # `source`: a path or an open file; its string columns read as dictionaries (the values once each)
+    parquet_file = pq.ParquetFile(source, read_dictionary=list(columns))
+    metadata = parquet_file.metadata
+    wanted = set(columns)
+    out: dict[tuple[int, str], int] = {}
+    for rg in range(metadata.num_row_groups):
+        group = metadata.row_group(rg)
+        for ci in range(group.num_columns):
+            chunk = group.column(ci)
+            path = chunk.path_in_schema
+            if path not in wanted or chunk.physical_type != "BYTE_ARRAY" or not chunk.has_dictionary_page:
+                continue
+            length = _stats_longest(chunk)
+            if length is None:
+                column = parquet_file.read_row_group(rg, columns=[path]).column(0)
+                lengths = [pc.max(pc.binary_length(c.dictionary)).as_py() or 0 for c in column.chunks
+                           if pa.types.is_dictionary(c.type) and len(c.dictionary)]
+                plain = [pc.max(pc.binary_length(c)).as_py() or 0 for c in column.chunks
+                         if not pa.types.is_dictionary(c.type) and len(c)]
+                length = max([0, *lengths, *plain])
+            out[(rg, path)] = int(length)
+    return out
 
 
 def _utf8(value: Any) -> bytes:

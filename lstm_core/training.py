@@ -16,7 +16,7 @@ from lstm_core import interrupt
 from lstm_core.config import TrainingConfig
 from lstm_core.model import cudnn_eligible, forward_flops
 from lstm_core.panel import Panel
-from lstm_core.windows import Windows, sample_windows, tail_windows, validation_span, windows_per_series
+from lstm_core.windows import Windows, WindowPlan, sample_windows, tail_windows, validation_span, windows_per_series
 
 log = logging.getLogger("lstm_core.training")
 
@@ -72,10 +72,12 @@ class WindowBatches(keras.utils.PyDataset):
     races with the prefetch thread, and training would depend on timing (machine load, threads).
     """
 
-    def __init__(self, panel: Panel, window: int, per_series: int, holdout: int, batch_size: int, seed: int,
-                 chunk: int = 1, known: tuple[int, ...] = ()) -> None:
+    def __init__(self, panel: Panel, window: int, per_series: int, holdout: int | np.ndarray, batch_size: int,
+                 seed: int, chunk: int = 1, known: tuple[int, ...] = (),
+                 first_target: np.ndarray | None = None) -> None:
         super().__init__()
         self.panel, self.window, self.per_series, self.holdout = panel, window, per_series, holdout
+        self.first_target = first_target
         self.batch_size, self.chunk, self.known = batch_size, chunk, known
         self.rng = np.random.default_rng(seed)
         self.values = panel.values.astype(np.float32)
@@ -84,7 +86,7 @@ class WindowBatches(keras.utils.PyDataset):
 
     def _resample(self) -> None:
         w = sample_windows(self.panel, self.window, self.per_series, self.rng, self.holdout, values=self.values,
-                           chunk=self.chunk, known=self.known)
+                           chunk=self.chunk, known=self.known, first_target=self.first_target)
         order = self.rng.permutation(len(w.y))
         self.x, self.y = w.x[order], w.y[order]
         self.future = None if w.future is None else w.future[order]
@@ -207,9 +209,15 @@ def train(
     on_epoch: EpochHook | None = None,
     on_batch: BatchHook | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
+    plan: WindowPlan | None = None,
 ) -> TrainingResult:
     """Fit `model` on scaled windows of `panel`; validation = whole chunks covering the last `validation_steps`
     points of each series, whose targets training never uses.
+
+    `plan` (`windows.plan_windows`, for `panel` already padded by its `pad`): per series, the first training
+    target and whether its last points are held out for validation (series too short to spare them only
+    train). When no series can spare them, early stopping watches the last chunk of each series' training
+    targets instead (a tiny panel; said in the log).
 
     `chunk`: target values per sample (the model's output size); `known`: feature columns whose values over
     the targets are a second model input. `callbacks`: further Keras callbacks, called after the project's
@@ -220,13 +228,23 @@ def train(
     cudnn = cudnn_eligible(model)
     log.info("training on %s; cuDNN LSTM kernel %s", info["device"],
              "on" if cudnn and info["gpus"] else ("eligible (no GPU)" if cudnn else "off: layer settings not eligible"))
-    val = tail_windows(panel, window, validation_steps, chunk, known=known)
+    span = validation_span(validation_steps, chunk)
+    holdout: int | np.ndarray = span
+    first_target = None
+    if plan is None:
+        val = tail_windows(panel, window, validation_steps, chunk, known=known)
+    else:
+        holdout, first_target = plan.holdout, plan.first_target
+        val = tail_windows(panel, window, validation_steps, chunk, known=known, series=plan.holdout > 0)
+        if len(val.y) == 0:  # no series can spare validation points: watch the last training chunk
+            log.info("no series is long enough to hold validation points out: early stopping watches the last "
+                     "chunk of each series' training targets")
+            val = tail_windows(panel, window, chunk, chunk, known=known)
     if len(val.y) == 0:
         raise ValueError("no validation windows: series are too short for window + validation steps")
-    span = validation_span(validation_steps, chunk)
-    per_series = windows_per_series(panel, window, span, chunk, config.windows_per_series,
-                                    config.min_windows_per_epoch)
-    batches = WindowBatches(panel, window, per_series, span, config.batch_size, seed, chunk, known)
+    per_series = windows_per_series(panel, window, holdout, chunk, config.windows_per_series,
+                                    config.min_windows_per_epoch, first_target)
+    batches = WindowBatches(panel, window, per_series, holdout, config.batch_size, seed, chunk, known, first_target)
     if len(batches.y) == 0:
         raise ValueError("no training windows: series are too short for window + chunk + validation steps")
 

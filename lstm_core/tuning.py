@@ -13,8 +13,8 @@ the study sees `panel.drop_last(horizon)` only.
 - Where: in this process, or on a Dask cluster (`client`): one trial per worker at a time, the study in
   optuna-integration's `DaskStorage` on the scheduler, so every worker reports to the same pruner.
 - Results under `<output_url>/tuning/study=<name>/`: `journal.log` (the study, Optuna's journal format:
-  a rerun with the same name resumes it), `trials.parquet`, `best.yaml` (a configuration file `run --config`
-  accepts as it is), `best.json` (what `tuned: latest` applies, and where it came from), `objective.png`.
+  a rerun with the same name resumes it), `trials.parquet`, `best.yaml` (the tuned and data settings, which
+  `run --config` reads as a tuning result: nothing else is accepted from a file of that name), `best.json` (what `tuned: latest` applies, and where it came from), `objective.png`.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from lstm_core.config import ConfigError, ForecastConfig, merge_settings, names_a_setting, validate_config
+from lstm_core.config import ConfigError, ForecastConfig, merge_settings, names_a_setting, redact_url, validate_config
 from lstm_core.panel import Panel
 
 log = logging.getLogger("lstm_core.tuning")
@@ -553,8 +553,9 @@ def write_results(result: TuneResult, config: ForecastConfig) -> dict[str, str]:
     if best is not None:
         settings = best_settings(best, config)
         header = (f"# best settings of tuning study {name!r}: trial {best.number}, pooled backtest MASE "
-                  f"{best.value:.4f}\n# written {datetime.now(timezone.utc).isoformat()}; use as it is: "
-                  "lstm-forecast run --config best.yaml --input ... --output ...\n")
+                  f"{best.value:.4f}\n# written {datetime.now(timezone.utc).isoformat()}; use it as a tuning result: "
+                  "lstm-forecast run --config best.yaml --input ... --output ...\n# (a file named best.yaml gives "
+                  "only tuned and data settings: inputs, outputs, storage and Dask come from the run)\n")
         put_bytes(fs, join(base, "best.yaml"), (header + yaml.safe_dump(settings, sort_keys=True)).encode(), root=root)
         urls["best_yaml"] = join(base, "best.yaml")
         tuned_keys = sorted({"window", *(k if k != LAYERS else "model.units" for k in best.params)})
@@ -784,14 +785,14 @@ def apply_tuned(config: ForecastConfig) -> tuple[ForecastConfig, dict[str, Any] 
         best = read_json(_fs(config), url)
     except FileNotFoundError:
         raise ConfigError(f"setting 'tuned': 'latest', but tuning study {config.tuning.study!r} has no best settings "
-                          f"under {study_url(config)} (run lstm-forecast tune --study {config.tuning.study} first)") \
+                          f"under {redact_url(study_url(config))} (run lstm-forecast tune --study {config.tuning.study} first)") \
             from None
     settings = best.get("settings") or {}
     chosen: dict[str, Any] = {}
     for dotted in best.get("tuned") or []:
         if not _tunable(str(dotted)):  # best.json lives in storage: it may change the model, nothing else
             raise ConfigError(f"setting 'tuned': the best settings of study {config.tuning.study!r} name "
-                              f"{dotted!r}, which is not a tunable setting; refusing {url}")
+                              f"{dotted!r}, which is not a tunable setting; refusing {redact_url(url)}")
         node: Any = settings
         for part in dotted.split("."):
             node = node.get(part) if isinstance(node, Mapping) else None
@@ -807,21 +808,23 @@ def apply_tuned(config: ForecastConfig) -> tuple[ForecastConfig, dict[str, Any] 
             from None
     record = {"study": best.get("study"), "trial": best.get("trial"), "objective": best.get("objective"),
               "metric": best.get("metric"), "written_at": best.get("written_at"),
-              "best_yaml": join(study_url(config), "best.yaml"), "settings": chosen}
+              # a URL that carried credentials is recorded without them (the manifest is read by many)
+              "best_yaml": redact_url(join(study_url(config), "best.yaml")), "settings": chosen}
     return tuned, record
 
 
 def check_tuned_fits(config: ForecastConfig, panel: Panel) -> None:
-    """Refuse (ConfigError naming the setting) a tuned window the data cannot use: one longer than the shortest
-    series. Nothing is clipped: the run stops before training."""
+    """Refuse (ConfigError naming the setting) a tuned window the data cannot use: one longer than every series
+    (shorter series are padded at the front, but some series must fill the window for it to have been tuned
+    on these data). Nothing is clipped: the run stops before training."""
     if config.tuned == "off" or panel.n_series == 0 or config.window is None:
         return
-    i = int(np.argmin(panel.lengths))
-    shortest = int(panel.lengths[i])
-    if int(config.window) > shortest:
+    i = int(np.argmax(panel.lengths))
+    longest = int(panel.lengths[i])
+    if int(config.window) > longest:
         raise ConfigError(
             f"setting 'window': the tuned value {config.window} (tuned: latest, study {config.tuning.study!r}) is "
-            f"longer than the shortest series ({panel.series_ids[i]!r}, {shortest} points); the data cannot use it: "
+            f"longer than the longest series ({panel.series_ids[i]!r}, {longest} points); the data cannot use it: "
             f"retune on these data, narrow tuning.space.window, or set tuned: off")
 
 

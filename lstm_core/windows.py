@@ -28,17 +28,55 @@ def validation_span(steps: int, chunk: int) -> int:
     return chunk * -(-steps // chunk)
 
 
-def min_train_length(window: int, chunk: int = 1, validation_steps: int = 1, patch: int | None = None) -> int:
-    """Real points a series' training part needs: one chunk of training targets after some history, then the
-    validation span. The history is one patch (default: the whole window): a series shorter than the window is
-    padded at the front with its first value (`Panel.pad_front`), so a patch of real history is enough."""
-    history = window if patch is None else min(patch, window)
-    return history + chunk + validation_span(validation_steps, chunk)
+def min_train_length(chunk: int = 1, min_input: int = 1) -> int:
+    """Real points from which the network learns a series: one chunk of targets after `min_input` real
+    input points (the run's patch: `validation.min_input`). Shorter series have no training window."""
+    return min_input + chunk
+
+
+class WindowPlan(NamedTuple):
+    """Where each series' training and validation windows lie, from its length alone.
+
+    pad: (S,) rows of front padding (the series' first value repeated) added before windowing;
+    first_target: (S,) the lowest target position usable for training, in padded positions;
+    holdout: (S,) validation points at each series' end that training never targets (0: the series only
+    trains; validation drops before the series does).
+    """
+
+    pad: np.ndarray
+    first_target: np.ndarray
+    holdout: np.ndarray
+
+    def select(self, mask: np.ndarray) -> "WindowPlan":
+        return WindowPlan(self.pad[mask], self.first_target[mask], self.holdout[mask])
+
+
+def plan_windows(lengths: np.ndarray, window: int, chunk: int, span: int, min_input: int = 1) -> WindowPlan:
+    """The window plan of series of `lengths` real points for a network of input size `window` forecasting
+    `chunk` steps, with `span` validation points per series and `min_input` real points in every input.
+
+    A long series (at least `window + chunk + span` points) is windowed as it is: full windows of real
+    history, its last `span` points for validation. A shorter one is padded at the front by `window -
+    min_input` rows so that every position with at least `min_input` real input points gives a training
+    window (short data have few windows: use all of them, as N-BEATS and ES-RNN did); it keeps its last
+    `span` points for validation only when a training chunk still precedes them, else it only trains.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    min_input = max(1, min(int(min_input), int(window)))
+    short = lengths < window + chunk + span
+    pad = np.where(short, window - min_input, 0).astype(np.int64)
+    holdout = np.where(lengths >= span + min_train_length(chunk, min_input), span, 0).astype(np.int64)
+    first = np.full(len(lengths), window, dtype=np.int64)
+    return WindowPlan(pad, first, holdout)
 
 
 def gather(values: np.ndarray, starts: np.ndarray, window: int, chunk: int = 1,
            known: tuple[int, ...] = ()) -> Windows:
     """Inputs `values[s:s+window]`, targets `values[s+window : s+window+chunk, 0]` for each global start `s`."""
+    if len(values) < window:  # no window fits anywhere (a panel of a few very short series): none to gather
+        f = values.shape[1]
+        return Windows(np.zeros((0, window, f), values.dtype), np.zeros((0, chunk), values.dtype),
+                       np.zeros((0, chunk, len(known)), values.dtype) if known else None)
     view = sliding_window_view(values, window, axis=0)  # (N - window + 1, F, window), no copy
     x = view[starts].transpose(0, 2, 1)  # one copy; contiguous when F == 1
     if not x.flags.c_contiguous:
@@ -49,21 +87,24 @@ def gather(values: np.ndarray, starts: np.ndarray, window: int, chunk: int = 1,
     return Windows(x, y, future)
 
 
-def target_bounds(panel: Panel, window: int, holdout: int, chunk: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Per series, the local first-target positions usable for training: [window, length - holdout - chunk]."""
-    lo = np.full(panel.n_series, window, dtype=np.int64)
-    return lo, panel.lengths - holdout - chunk + 1
+def target_bounds(panel: Panel, window: int, holdout: int | np.ndarray, chunk: int = 1,
+                  first_target: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Per series, the local first-target positions usable for training: [lo, length - holdout - chunk], where
+    lo is `first_target` (per series, default `window`); `holdout` is one count or one per series."""
+    lo = np.full(panel.n_series, window, dtype=np.int64) if first_target is None else \
+        np.maximum(np.asarray(first_target, dtype=np.int64), window)
+    return lo, panel.lengths - np.asarray(holdout, dtype=np.int64) - chunk + 1
 
 
-def windows_per_series(panel: Panel, window: int, holdout: int, chunk: int, per_series: int,
-                       min_per_epoch: int = 0) -> int:
+def windows_per_series(panel: Panel, window: int, holdout: int | np.ndarray, chunk: int, per_series: int,
+                       min_per_epoch: int = 0, first_target: np.ndarray | None = None) -> int:
     """Windows drawn per series in an epoch: `per_series`, raised so the epoch has about `min_per_epoch`
     windows when the panel has that many distinct ones.
 
     Why: a fixed draw per series gives a 40-series panel a tenth of the gradient steps of a 400-series
     one per epoch, and early stopping's patience then ends its training before it has learnt the shape.
     """
-    lo, hi = target_bounds(panel, window, holdout, chunk)
+    lo, hi = target_bounds(panel, window, holdout, chunk, first_target)
     available = int(np.maximum(hi - lo, 0).sum())
     if panel.n_series == 0:
         return per_series
@@ -71,11 +112,13 @@ def windows_per_series(panel: Panel, window: int, holdout: int, chunk: int, per_
 
 
 def sample_windows(
-    panel: Panel, window: int, per_series: int, rng: np.random.Generator, holdout: int = 0,
+    panel: Panel, window: int, per_series: int, rng: np.random.Generator, holdout: int | np.ndarray = 0,
     values: np.ndarray | None = None, chunk: int = 1, known: tuple[int, ...] = (),
+    first_target: np.ndarray | None = None,
 ) -> Windows:
-    """Up to `per_series` random windows per series (with replacement); no target among the last `holdout` points."""
-    lo, hi = target_bounds(panel, window, holdout, chunk)
+    """Up to `per_series` random windows per series (with replacement); no target among the last `holdout` points
+    (one count or one per series), none before `first_target` (per series; default `window`)."""
+    lo, hi = target_bounds(panel, window, holdout, chunk, first_target)
     avail = np.maximum(hi - lo, 0)
     take = np.minimum(avail, per_series)
     draws = rng.random((panel.n_series, per_series))
@@ -87,12 +130,15 @@ def sample_windows(
 
 
 def tail_windows(panel: Panel, window: int, steps: int, chunk: int = 1, dtype=np.float32,
-                 known: tuple[int, ...] = ()) -> Windows:
+                 known: tuple[int, ...] = (), series: np.ndarray | None = None) -> Windows:
     """Chronological validation windows: whole chunks ending at each series' end and covering its last
-    `steps` points, for the series that have a full window before them. Ordered by series, then time."""
+    `steps` points, for the series that have a full window before them (and, given `series` (S,) bool, only
+    for those it marks). Ordered by series, then time."""
     n_chunks = -(-steps // chunk)
     first = panel.lengths[:, None] - chunk * np.arange(n_chunks, 0, -1)[None, :]  # first target of each chunk
     mask = first >= window
+    if series is not None:
+        mask &= np.asarray(series, dtype=bool)[:, None]
     starts = (panel.offsets[:-1, None] + first - window)[mask]
     return gather(panel.values.astype(dtype, copy=False), starts, window, chunk, known)
 

@@ -10,7 +10,7 @@ from lstm_core.errors import NoValidSeriesError
 from lstm_core.modelling import Prepared, prepare_data
 from lstm_core.sharding import ShardSpec, read_shard
 from lstm_core.storage import read_series
-from lstm_core.validation import SkippedSeries, ValidationResult, min_length, validate_for
+from lstm_core.validation import SkippedSeries, ValidationResult, validate_for
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 
 
@@ -56,8 +56,7 @@ NO_VALID_SERIES = "no valid series left to forecast (all were skipped; see the m
 def no_valid_series(skipped: list[SkippedSeries], config: ForecastConfig | None = None) -> NoValidSeriesError:
     """The error of a run whose series were all skipped: one line with the commonest reason and an example."""
     if not skipped:
-        return NoValidSeriesError(f"no valid series left to forecast: the input has none"
-                                  f"{f' of at least {min_length(config)} points' if config else ''}")
+        return NoValidSeriesError("no valid series left to forecast: the input has none with a valid observation")
     from collections import Counter
 
     kinds = Counter(s.reason.split(":")[0].split(" (")[0] for s in skipped)

@@ -134,8 +134,10 @@ def score_realised(writer: RunWriter, prepared: Prepared, config: ForecastConfig
     logger = get_run_logger()
     if not earlier_runs or prepared.panel.n_series == 0:
         return None
+    skipped: list[tuple[str, str]] = []
     try:
-        predictions = earlier_predictions(writer.fs, writer.root, earlier_runs, list(prepared.panel.series_ids))
+        predictions = earlier_predictions(writer.fs, writer.root, earlier_runs, list(prepared.panel.series_ids),
+                                          skipped=skipped)
     except Exception as exc:  # noqa: BLE001
         if is_transient(exc) or is_storage_failure(exc):
             raise  # storage hiccup: the task retries
@@ -144,6 +146,8 @@ def score_realised(writer: RunWriter, prepared: Prepared, config: ForecastConfig
         logger.error("realised accuracy skipped: the earlier predictions could not be read: %s: %s",
                      type(exc).__name__, exc)
         return None
+    for rid, reason in skipped:  # a damaged or planted earlier run is left out, never fatal
+        logger.warning("realised accuracy: earlier run %s skipped, its predictions cannot be read: %s", rid, reason)
     if predictions.empty:
         return None
     sums = realised_sums(predictions, history_frame(prepared.panel), season_length=config.season_length)

@@ -1,6 +1,8 @@
 """What people see of a run: plots written beside its outputs, and Prefect artifacts in the UI."""
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +82,7 @@ def _holdout_plot(choice: ModelChoice, scored: Scored, prepared: Prepared, confi
     evaluation = scored.holdout
     picks = plots.pick_examples(lstm_mase)
     h = config.horizon
-    history = prepared.panel.drop_last(h) if prepared.panel.n_series else prepared.panel
+    history = prepared.panel.drop_upto(h)  # a series of H points or fewer keeps its first
     holdout_ds = dates_after(history.last_ds, config.freq, h)
     context = max(config.window, 2 * config.season_length, 2 * h)
     examples = []
@@ -166,6 +168,32 @@ def metrics_table(overall: dict[str, dict[str, float]], model_version: str | Non
     return rows
 
 
+# What lets text become a link, an image, an autolink, HTML, a table cell, emphasis or code (`(` alone cannot).
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]!|<>~:&])")
+
+
+def md_text(value: Any) -> str:
+    """Untrusted text (series ids, reasons, column names: they come from the input) as literal Markdown text:
+    on one line, every character Markdown or HTML would act on backslash-escaped, so no link, image, table
+    cell or tag can be made from it."""
+    one_line = _MD_SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
+    # a block marker where the text starts a line (a list item, heading, numbered item) stays literal too
+    return re.sub(r"^(\d+)([.)])", r"\1\\\2", re.sub(r"^([-+#=])", r"\\\1", one_line))
+
+
+def md_code(value: Any, cell: bool = False) -> str:
+    """Untrusted text as an inline code span: fenced by more backticks than any run inside it (CommonMark),
+    on one line, so nothing in it is interpreted and it cannot close the span early. `cell`: inside a table
+    row, where a `|` would end the cell even within the span (GFM), so it is escaped."""
+    text = " ".join(str(value).split())
+    if cell:
+        text = text.replace("|", "\\|")
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
 def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None = None) -> str:
     """The run in a page: decision and reason, counts, skipped series, where the outputs and plots are."""
     counts = manifest.get("counts", {})
@@ -174,14 +202,14 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
     plot_names = set(outputs.get("plots", {}))
     plot_notes = plot_notes or {}
     lines = [
-        f"# Run `{manifest['run_id']}`: {manifest.get('status')}",
+        f"# Run {md_code(manifest['run_id'])}: {md_text(manifest.get('status'))}",
         "",
-        f"Input `{manifest.get('input_url')}` (fingerprint `{str(manifest.get('input_fingerprint'))[:16]}`), "
-        f"output `{manifest.get('output_url')}`.",
+        f"Input {md_code(manifest.get('input_url'))} (fingerprint {md_code(str(manifest.get('input_fingerprint'))[:16])}), "
+        f"output {md_code(manifest.get('output_url'))}.",
         "",
         "## Model",
-        f"- version `{manifest.get('model_version')}` (key `{manifest.get('model_key')}`)",
-        f"- decision: **{retrain.get('action')}**: {retrain.get('reason')}",
+        f"- version {md_code(manifest.get('model_version'))} (key {md_code(manifest.get('model_key'))})",
+        f"- decision: **{md_text(retrain.get('action'))}**: {md_text(retrain.get('reason'))}",
         "",
         "## Counts",
         "| what | count |",
@@ -205,8 +233,7 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
     if skipped:
         lines += ["| series | field | reason |", "|---|---|---|"]
         for s in skipped[:MAX_SKIPPED_LISTED]:
-            reason = str(s.get("reason", "")).replace("|", "\\|")
-            lines.append(f"| `{s.get('series_id')}` | {s.get('field')} | {reason} |")
+            lines.append(f"| {md_code(s.get('series_id'), cell=True)} | {md_text(s.get('field'))} | {md_text(s.get('reason', ''))} |")
         if len(skipped) > MAX_SKIPPED_LISTED:
             lines.append(f"\n... and {len(skipped) - MAX_SKIPPED_LISTED} more: all are in the quarantine table.")
     else:
@@ -214,14 +241,15 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
     layout = OutputLayout(str(manifest.get("output_url", "")))
     run_id = manifest["run_id"]
     lines += ["", "## Outputs"]
-    lines += [f"- {table}: `{layout.partition(table, run_id)}/`" for table in TABLES if table in outputs]
-    lines += [f"- manifest (the commit marker): `{layout.manifest(run_id)}`", "", "## Plots"]
+    lines += [f"- {table}: {md_code(layout.partition(table, run_id) + '/')}" for table in TABLES if table in outputs]
+    lines += [f"- manifest (the commit marker): {md_code(layout.manifest(run_id))}", "", "## Plots"]
     for name, title in PLOT_TITLES.items():
         if name in plot_names:
             url = layout.run_file(run_id, f"plots/{name}")
-            lines.append(f"- [{title}]({url}): `{url}`")
+            # the output URL and run id are the operator's (settings, validated), not the input's
+            lines.append(f"- [{title}]({url}): {md_code(url)}")
         if name in plot_notes:
-            lines.append(f"- {plot_notes[name]}")
+            lines.append(f"- {md_text(plot_notes[name])}")
     return "\n".join(lines) + "\n"
 
 
@@ -261,8 +289,8 @@ def publish_artifacts(manifest: dict[str, Any], plot_notes: dict[str, str]) -> d
 
 def failure_markdown(flow_run_name: str, message: str | None) -> str:
     """What a person opening a failed run in the UI reads first: the reason, and where the record is."""
-    reason = (message or "no reason recorded").strip()
-    return (f"# Run failed: {flow_run_name}\n\n**Reason:** {reason}\n\n"
+    reason = md_text((message or "no reason recorded").strip())
+    return (f"# Run failed: {md_text(flow_run_name)}\n\n**Reason:** {reason}\n\n"
             "The run's manifest (`runs/<run_id>/manifest.json` under the output URL) says `status: failed` with "
             "the same reason, and the skipped series when none was valid; earlier committed runs are untouched.\n")
 

@@ -12,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from lstm_core import tuning
 from lstm_core.config import ForecastConfig, redact_url
 from lstm_core.panel import Panel
+from lstm_core.secrets import scrubbing
 
 TRIALS_SHOWN = 500  # rows of the trials table artifact (all of them are in trials.parquet)
 
@@ -28,6 +29,11 @@ def run_study(panel: Panel, config: ForecastConfig, client=None) -> dict[str, An
 
     The trials run in this process, or one per worker on the Dask cluster of `client`. Returns the summary
     (study, trials, new trial numbers, states, best trial and its settings, URLs, why it stopped)."""
+    with scrubbing():  # the task run's state message quotes its exception: never a credential in it
+        return _run_study(panel, config, client)
+
+
+def _run_study(panel: Panel, config: ForecastConfig, client=None) -> dict[str, Any]:
     logger = get_run_logger()
 
     def on_trial(t) -> None:

@@ -263,19 +263,19 @@ def test_the_issues_short_series_are_forecast_as_validation_accepts_them(s3_buck
 
 
 def test_no_valid_series_fails_with_the_reasons_and_a_quarantine_table(s3_bucket, s3_endpoint):
-    """3 series x 60 hourly points, H 24: each needs 72 (history 12 + chunk 12 + validation 24 + horizon 24)."""
+    """3 series x 60 hourly points without one valid value (shortness is no longer a reason to skip: issue 22)."""
     fs = _fs(s3_endpoint)
-    url = _put(fs, f"{s3_bucket}/in/short.parquet", make_frame(n_series=3, length=60))
+    url = _put(fs, f"{s3_bucket}/in/short.parquet", make_frame(n_series=3, length=60).assign(y=np.nan))
     settings = {**FAST, "horizon": 24, "window": None, "input_url": url, "output_url": f"{s3_bucket}/out",
                 "run_id": "short"}
     with pytest.raises(NoValidSeriesError) as exc:
         batch_forecast(settings=settings)
     assert "all 3 were skipped" in str(exc.value)
-    assert "needs 72 (history 12 + chunk 12 + validation 24 + horizon 24)" in str(exc.value)
+    assert "all values missing" in str(exc.value)
     manifest = json.loads(fs.cat_file(f"{s3_bucket}/out/runs/short/manifest.json"))
     assert manifest["status"] == "failed" and manifest["error"].startswith("NoValidSeriesError")
     assert [s["series_id"] for s in manifest["skipped"]] == ["s00", "s01", "s02"]
-    assert all("series too short: 60 points, needs 72" in s["reason"] for s in manifest["skipped"])
+    assert all("all values missing" in s["reason"] for s in manifest["skipped"])
     quarantine = _read(fs, f"{s3_bucket}/out/quarantine/run=short/part-0.parquet")
     assert sorted(quarantine["series_id"]) == ["s00", "s01", "s02"] and (quarantine["field"] == "y").all()
     assert not fs.exists(f"{s3_bucket}/out/predictions/run=short")

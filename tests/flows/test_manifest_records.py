@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -33,7 +34,7 @@ def _record(out: Path, run_id: str) -> tuple[str, Manifest]:
 
 def test_a_succeeded_run_s_manifest_validates_and_round_trips(tmp_path):
     frame = pd.concat([make_frame(n_series=4, length=150),
-                       make_frame(n_series=1, length=20).assign(series_id="short")], ignore_index=True)
+                       make_frame(n_series=1, length=20).assign(series_id="empty", y=np.nan)], ignore_index=True)
     frame.astype({"series_id": "string"}).to_parquet(tmp_path / "series.parquet", index=False)
     out = tmp_path / "out"
     returned = batch_forecast(settings={**FAST, "input_url": str(tmp_path / "series.parquet"), "output_url": str(out),
@@ -42,7 +43,7 @@ def test_a_succeeded_run_s_manifest_validates_and_round_trips(tmp_path):
     assert returned == json.loads(text)  # the flow returns the manifest as written
     assert m.status == "succeeded" and "error" not in json.loads(text)
     assert m.counts.series_forecast == 4 and m.counts.series_skipped == 1 and m.counts.rows_read == 4 * 150 + 20
-    assert [s.series_id for s in m.skipped] == ["short"] and m.skipped[0].field == "y"
+    assert [s.series_id for s in m.skipped] == ["empty"] and m.skipped[0].field == "y"
     assert m.shards.count == 1 and m.shards.items[0].series_read == 5 and m.shards.items[0].intervals == "run"
     assert m.models[0].model_version == m.model_version and m.retrain.action == "train"
     assert set(m.overall_metrics) == {m.model_version, "seasonal_naive"}
@@ -58,7 +59,7 @@ def test_a_succeeded_run_s_manifest_validates_and_round_trips(tmp_path):
 
 @pytest.mark.parametrize("shard_size", [5000, 1], ids=["one shard", "sharded"])
 def test_a_run_with_no_valid_series_leaves_a_failed_manifest_that_validates(tmp_path, shard_size):
-    make_frame(n_series=3, length=20).to_parquet(tmp_path / "short.parquet", index=False)
+    make_frame(n_series=3, length=20).assign(y=np.nan).to_parquet(tmp_path / "short.parquet", index=False)
     out = tmp_path / "out"
     with pytest.raises(NoValidSeriesError):
         batch_forecast(settings={**FAST, "input_url": str(tmp_path / "short.parquet"), "output_url": str(out),

@@ -59,8 +59,8 @@ def _series(sid: str, seed: int, length: int = 80) -> pd.DataFrame:
 def _broken(sid: str, kind: str, seed: int) -> tuple[pd.DataFrame, str]:
     """A series with one series-level problem, and the field the quarantine names."""
     s = _series(sid, seed)
-    if kind == "short":
-        return s.iloc[:20], "y"
+    if kind == "missing":  # shortness is no fault (issue 22): a series without a valid value is
+        return s.assign(y=np.nan), "y"
     if kind == "constant":
         return s.assign(y=3.0), "y"
     if kind == "nan":
@@ -85,7 +85,7 @@ def sharded(s3_endpoint, tmp_path_factory):
 
     n_shards = -(-(GOOD + 6) // SHARD_SIZE)
     bad_ids = _bad_ids(n_shards)
-    kinds = ["short", "constant", "nan", "dup", "short", "nan"]
+    kinds = ["missing", "constant", "nan", "dup", "missing", "nan"]
     parts, expected = [_series(f"good-{i:02d}", i) for i in range(GOOD)], {}
     for i, (sid, kind) in enumerate(zip(bad_ids, kinds)):
         rows, field = _broken(sid, kind, 50 + i)

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -38,11 +39,11 @@ class _Messages(logging.Handler):
 
 @pytest.fixture(scope="module")
 def sharded_run(tmp_path_factory):
-    """Six series (one too short: skipped) in shards of two, with the progress bars forced on and
+    """Six series (one with no valid value: skipped) in shards of two, with the progress bars forced on and
     stderr captured; returns the manifest, the flow run's log messages and what stderr received."""
     tmp = tmp_path_factory.mktemp("seen")
     frame = make_frame(n_series=6, length=150)
-    frame = frame[(frame["series_id"] != "s05") | (frame["ds"] < frame["ds"].min() + pd.Timedelta(hours=20))]
+    frame.loc[frame["series_id"] == "s05", "y"] = np.nan  # a data fault (shortness no longer is one: issue 22)
     frame.to_parquet(tmp / "series.parquet", index=False)
     log = _Messages()
     logger = logging.getLogger("prefect.flow_runs")

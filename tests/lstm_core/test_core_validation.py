@@ -7,7 +7,7 @@ import pytest
 
 from lstm_core.covariates import CovariateSpec
 from lstm_core.errors import DataValidationError
-from lstm_core.validation import min_length, required_points, validate
+from lstm_core.validation import min_length, validate
 from tests.conftest import fast_config, make_frame
 
 W, H = 24, 12  # need W + H + validation steps (H) + 1 = 49 points per series
@@ -163,19 +163,18 @@ def test_constant_series_is_skipped(base):
     assert skipped(r)["s00"] == ("y", "series is constant")
 
 
-def test_too_short_series_is_skipped_at_exactly_the_limit():
+def test_short_series_are_never_skipped_for_their_length():
+    """Issue 22: shortness is no data fault. Series of 1, 2 and 3 points are kept whatever the window and
+    horizon; a single point is no constant series; a series with no valid value at all is still skipped."""
     cfg = fast_config(window=W, horizon=H)
-    need = min_length(cfg)
-    # a patch of history (shorter windows are padded), one chunk of training targets, the validation
-    # chunks, the holdout
-    assert need == required_points(W, H, H, cfg.chunk_length, cfg.patch_length) == cfg.patch_length + cfg.chunk_length + H + H
-    ok = make_frame(n_series=1, length=need)
-    short = make_frame(n_series=1, length=need - 1).assign(series_id="short")
-    df = pd.concat([ok, short], ignore_index=True).astype({"series_id": "string"})
+    assert min_length(cfg) == 1
+    long = make_frame(n_series=1, length=100)
+    tiny = [make_frame(n_series=1, length=n, seed=n).assign(series_id=f"n{n}") for n in (1, 2, 3)]
+    empty = make_frame(n_series=1, length=4).assign(series_id="empty", y=np.nan)
+    df = pd.concat([long, *tiny, empty], ignore_index=True).astype({"series_id": "string"})
     r = check(df, chunk=cfg.chunk_length, patch=cfg.patch_length)
-    assert kept(r) == ["s00"]
-    field, reason = skipped(r)["short"]
-    assert field == "y" and f"series too short: {need - 1} points, needs {need}" in reason
+    assert kept(r) == ["n1", "n2", "n3", "s00"]
+    assert list(skipped(r)) == ["empty"] and not any("too short" in s.reason for s in r.skipped)
 
 
 def test_values_too_large_to_scale_are_skipped(base):

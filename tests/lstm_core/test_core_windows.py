@@ -143,7 +143,7 @@ def test_validation_chunks_end_at_each_series_end_and_cover_the_steps():
     series, t = decode(y)
     for i in range(2):
         np.testing.assert_array_equal(t[series[:, 0] == i].ravel(), np.arange(p.lengths[i] - 14, p.lengths[i]))
-    assert min_train_length(L, 7, 13) == L + 7 + 14
+    assert min_train_length(7, 3) == 3 + 7  # a patch of real input and a chunk of targets
     x, y, _ = sample_windows(p, L, 50, np.random.default_rng(0), holdout=validation_span(13, 7), chunk=7)
     _, t = decode(y)
     assert (t.max(axis=1) < np.array([60, 90])[decode(y[:, 0])[0]] - 14).all()

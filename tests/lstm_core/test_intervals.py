@@ -198,7 +198,7 @@ def test_round_trip_through_json_gives_the_same_intervals():
     assert ConformalIntervals.from_dict(json.loads(json.dumps(pooled.to_dict()))).prior_windows == math.inf
     bad = fitted.to_dict()
     bad["quantiles"]["linear"] = bad["quantiles"]["linear"][:1]
-    with pytest.raises(ValueError, match=r"quantiles\['linear'\] has shape"):
+    with pytest.raises(ValueError, match=r"quantiles\['linear'\] must have shape \(3, 2, 12\)"):
         ConformalIntervals.from_dict(bad)
 
 

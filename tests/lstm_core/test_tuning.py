@@ -232,7 +232,7 @@ def test_tuned_latest_applies_the_newest_best_settings_and_refuses_a_window_the_
     assert tuning.apply_tuned(fast_config()) == (fast_config(), None)  # tuned: off changes nothing
     tuning.check_tuned_fits(tuned, panel)  # 160 points: fits
     long = tuned.model_copy(update={"window": 200})
-    with pytest.raises(ConfigError, match=r"setting 'window': the tuned value 200 .* shortest series \('s0\d', 160"):
+    with pytest.raises(ConfigError, match=r"setting 'window': the tuned value 200 .* longest series \('s0\d', 160"):
         tuning.check_tuned_fits(long, panel)
 
 

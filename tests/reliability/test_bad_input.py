@@ -137,7 +137,6 @@ def _bad_series() -> dict[str, tuple[pd.DataFrame, str, str]]:
         s = _series(sid, 2)
         s.loc[20, "y"] = value
         out[sid] = (s, "y", f"non-finite value {kind} at 2026-01-01 20:00:00")
-    out["short"] = (_series("short", 3, length=30), "y", "series too short: 30 points, needs 36")
     out["all-missing"] = (_series("all-missing", 4).assign(y=np.nan), "y", "all values missing")
     out["constant"] = (_series("constant", 5).assign(y=7.0), "y", "series is constant")
     out["huge"] = (_series("huge", 6).assign(y=lambda f: f["y"] * 1e305), "y", "values too large to scale (overflow)")
@@ -179,6 +178,7 @@ def series_level_run(s3_endpoint, prefect_server):
     bucket = "series-level-run"
     fs.mkdir(bucket)
     good = [_series(sid, 20 + i) for i, sid in enumerate(["good-0", "good-1", *HOSTILE])]
+    good.append(_series("short", 3, length=30))  # short, not faulty: forecast, never quarantined (issue 22)
     bad = _bad_series()
     frame = pd.concat([*good, *(rows for rows, _, _ in bad.values())], ignore_index=True)
     frame = _with_string_ds(frame, "mixed-tz").astype({"series_id": "string"})
@@ -187,7 +187,7 @@ def series_level_run(s3_endpoint, prefect_server):
     manifest = batch_forecast(settings={**FAST, "input_url": f"s3://{bucket}/in/series.parquet", "output_url": out,
                                         "run_id": "mixed"})
     return {"fs": fs, "out": out, "bucket": bucket, "manifest": manifest, "bad": bad,
-            "good": ["good-0", "good-1", *HOSTILE]}
+            "good": ["good-0", "good-1", *HOSTILE, "short"]}
 
 
 def test_series_level_problems_quarantine_only_those_series(series_level_run):

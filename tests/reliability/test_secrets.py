@@ -100,11 +100,17 @@ def test_known_credentials_appear_nowhere(s3_bucket, s3_endpoint, prefect_api_ur
         "config key": _unique("AKIACFG"), "config secret": _unique("cfgsecret"), "flag token": _unique("settoken"),
         "url user": _unique("urluser"), "url password": _unique("urlpass"),
     }
+    # (a credential given with --set is refused: it would be visible in `ps`; the same token through the
+    # environment's storage options instead)
     env = cli_env(prefect_api_url, AWS_ACCESS_KEY_ID=secrets["env key id"],
-                  AWS_SECRET_ACCESS_KEY=secrets["env secret"], AWS_SESSION_TOKEN=secrets["env token"])
+                  AWS_SECRET_ACCESS_KEY=secrets["env secret"], AWS_SESSION_TOKEN=secrets["env token"],
+                  LSTM_FORECAST_STORAGE_OPTIONS=json.dumps({"token": secrets["flag token"]}))
     config = tmp_path / "job.yaml"
     config.write_text(f"storage_options:\n  key: {secrets['config key']}\n  secret: {secrets['config secret']}\n")
-    common = ("--config", str(config), *FAST_FLAGS, "--set", f"storage_options.token={secrets['flag token']}")
+    common = ("--config", str(config), *FAST_FLAGS)
+    flag = run_cli("run", "--input", f"{s3_bucket}/in/series.parquet", "--output", f"{s3_bucket}/out", *common,
+                   "--set", f"storage_options.token={secrets['flag token']}", env=env)
+    assert flag.returncode == 2 and "--set storage_options.token: a credential on the command line" in flag.stderr
 
     ok = run_cli("run", "--input", f"{s3_bucket}/in/series.parquet", "--output", f"{s3_bucket}/out", *common,
                  "--set", "run_id=sec-ok", env=env)
@@ -121,7 +127,8 @@ def test_known_credentials_appear_nowhere(s3_bucket, s3_endpoint, prefect_api_ur
     # the credentialed input URL is refused by the CLI's input check, before a run (and its manifest) exists
     assert not fs.exists(f"{s3_bucket}/out/runs/sec-bad/manifest.json")
 
-    printed = {"ok stdout": ok.stdout, "ok stderr": ok.stderr, "bad stdout": bad.stdout, "bad stderr": bad.stderr}
+    printed = {"ok stdout": ok.stdout, "ok stderr": ok.stderr, "bad stdout": bad.stdout, "bad stderr": bad.stderr,
+               "flag stdout": flag.stdout, "flag stderr": flag.stderr}
     stored = _everything_stored(fs, bucket)
     assert any(k.endswith("metadata.json") for k, _ in stored) and any("!" in k for k, _ in stored)
     prefect_text = _everything_prefect_holds()

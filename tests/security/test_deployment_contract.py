@@ -14,7 +14,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from flows.parameters import PROTECTED, RunSettings, check_overrides, overrides_list, settings_dict
+from flows.parameters import _FORM_DESCRIPTIONS, PROTECTED, RunSettings, check_overrides, overrides_list, settings_dict
 from lstm_core.config import ConfigError, ForecastConfig, ModelConfig, TrainingConfig, validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,9 +40,10 @@ def test_every_setting_is_a_typed_documented_parameter_field():
         assert definition["additionalProperties"] is False
         assert set(definition["properties"]) == set(model.model_fields)
         for field, info in model.model_fields.items():
-            assert definition["properties"][field]["description"] == info.description, field
+            expected = _FORM_DESCRIPTIONS.get(field, info.description) if model is ForecastConfig else info.description
+            assert definition["properties"][field]["description"] == expected, field
     horizon = schema["definitions"]["RunSettings"]["properties"]["horizon"]["anyOf"][0]
-    assert horizon == {"minimum": 1, "type": "integer"}
+    assert horizon == {"minimum": 1, "maximum": 100_000, "type": "integer"}
 
 
 def test_protected_settings_follow_the_configuration():
@@ -129,9 +130,10 @@ def test_serve_puts_the_opt_ins_in_the_deployment_parameters_and_refuses_secrets
     assert params["allow_overrides"] == ["input_url"] and params["settings"]["output_url"] == "s3://lake/out"
     with pytest.raises(ConfigError, match="--allow-override 'horizon': not a protected setting"):
         serve_parameters(_serve_args("--allow-override", "horizon"))
-    with pytest.raises(ConfigError, match="storage_options.secret looks like a secret"):
+    with pytest.raises(ConfigError, match="--set storage_options.secret: a credential on the command line") as err:
         serve_parameters(_serve_args("--set", "storage_options.secret=s3cr3t-value"))
-    with pytest.raises(ConfigError, match="setting 'input_url': its URL carries credentials"):
+    assert "s3cr3t-value" not in str(err.value)
+    with pytest.raises(ConfigError, match="setting 'input_url': .*its URL carries credentials"):
         serve_parameters(_serve_args("--input", "https://h/in.parquet?X-Amz-Signature=abc"))
 
 
@@ -157,13 +159,13 @@ def test_configuration_and_writer_pickle_without_credentials(s3_bucket, s3_endpo
     assert writer.fs.cat_file(path) == b"written by a copy"
 
 
-def test_a_local_cluster_gets_the_storage_options_through_its_workers_environment():
+def test_a_local_cluster_gets_no_credential_in_its_workers_environment():
+    # (they reach the workers in memory, over the cluster's TLS: tests/security/test_local_cluster.py)
     from flows.runners import worker_env
 
     config = validate_config({"workers": 2, "storage_options": {"key": "k-123456789", "secret": "s-123456789"}})
     env = worker_env(2, config)
-    assert json.loads(env["LSTM_FORECAST_STORAGE_OPTIONS"]) == config.storage_options
-    assert "LSTM_FORECAST_STORAGE_OPTIONS" not in worker_env(2, validate_config({"workers": 2}))
+    assert "LSTM_FORECAST_STORAGE_OPTIONS" not in env and "s-123456789" not in json.dumps(env)
 
 
 # --- compose ----------------------------------------------------------------------------------------
@@ -270,3 +272,67 @@ def test_the_job_key_policy_allows_only_the_bucket(compose):
                        "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"}
     command = service["command"][0]
     assert "mc admin policy attach local lake-rw --user" in command and "set -e" in command
+
+
+# --- every deployment of infra/prefect.yaml: the same contract (issue 26, finding 2) ----------------------
+def _deployments() -> list[dict]:
+    return yaml.safe_load((INFRA / "prefect.yaml").read_text())["deployments"]
+
+
+def _flow_of(entrypoint: str):
+    import importlib
+
+    path, name = entrypoint.split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+
+
+def test_every_deployment_names_a_flow_that_takes_the_contract():
+    """Each flow a deployment names takes `allow_overrides` (typed as the protected settings) and each
+    deployment sets it; a flow added to infra/prefect.yaml without it fails here."""
+    deployments = _deployments()
+    assert {d["entrypoint"] for d in deployments} == {"flows/batch_forecast.py:batch_forecast", "flows/tune.py:tune"}
+    for d in deployments:
+        schema = _flow_of(d["entrypoint"]).parameters.model_dump()
+        assert list(schema["properties"]) == ["config_path", "settings", "allow_overrides"], d["name"]
+        assert schema["properties"]["allow_overrides"]["anyOf"][0]["items"]["enum"] == list(PROTECTED), d["name"]
+        assert d["parameters"]["allow_overrides"] == [], d["name"]
+
+
+def _refused_cases() -> list[tuple[str, dict]]:
+    cases = []
+    for d in _deployments():
+        cases.append((d["name"], {"output_url": "ELSEWHERE"}))
+        if d["entrypoint"].startswith("flows/tune.py"):  # the finding: the tune run was sent to another cluster
+            cases.append((d["name"], {"dask_address": "tcp://203.0.113.9:8786"}))
+    return cases
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, override", _refused_cases())
+def test_a_deployment_run_changing_a_protected_setting_is_refused(name, override, prefect_api_url, tmp_path):
+    """Each deployment of infra/prefect.yaml, with its own parameters, really run as a worker runs it (a fresh
+    `python -m prefect.engine` process with only the flow run's id): a run that changes where data goes or
+    where code runs fails before any work, its state naming the setting, and nothing is written there."""
+    import sys
+    import uuid
+
+    from prefect.client.orchestration import get_client
+
+    [d] = [d for d in _deployments() if d["name"] == name]
+    flow = _flow_of(d["entrypoint"])
+    elsewhere = tmp_path / "elsewhere"
+    override = {k: (str(elsewhere) if v == "ELSEWHERE" else v) for k, v in override.items()}
+    deployment_name = f"{name}-{uuid.uuid4().hex[:8]}"
+    deployment_id = flow.to_deployment(deployment_name, parameters=d["parameters"]).apply()
+    with get_client(sync_client=True) as client:
+        flow_run = client.create_flow_run_from_deployment(deployment_id, parameters={"settings": override})
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LSTM_FORECAST_")}
+    env.update({"PREFECT_API_URL": prefect_api_url, "PYTHONUNBUFFERED": "1", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    done = subprocess.run([sys.executable, "-m", "prefect.engine", str(flow_run.id)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(flow_run.id).state
+    [setting] = override
+    expected = f"setting {setting!r}: fixed by the deployment {flow.name}/{deployment_name}"
+    assert state.is_failed() and expected in (state.message or ""), (state.message, done.stderr[-3000:])
+    assert not elsewhere.exists()

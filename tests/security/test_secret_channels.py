@@ -77,6 +77,8 @@ def test_a_secret_in_each_channel_appears_nowhere(s3_bucket, s3_endpoint, prefec
     env = cli_env(prefect_api_url, AWS_ACCESS_KEY_ID=s["env key id"], AWS_SECRET_ACCESS_KEY=s["env secret"],
                   AWS_SESSION_TOKEN=s["env token"], LSTM_FORECAST_MODEL_SIGNING_KEY=s["signing key"] * 2,
                   LSTM_FORECAST_SERVICE_HOST="10.96.0.1", LSTM_FORECAST_SERVICE_PORT="8080")
+    # the store run's token, which a --set would have given: refused on the command line (see "flag" below)
+    store_env = {**env, "LSTM_FORECAST_STORAGE_OPTIONS": json.dumps({"token": s["flag token"]})}
     config = tmp_path / "job.yaml"
     config.write_text(f"storage_options:\n  key: {s['config key']}\n  secret: {s['config secret']}\n")
 
@@ -94,7 +96,10 @@ def test_a_secret_in_each_channel_appears_nowhere(s3_bucket, s3_endpoint, prefec
         # env, config file and --set credentials; a sharded run through scratch without credentials
         "store": run_cli("run", "--config", str(config), "--input", f"{s3_bucket}/in/series.parquet",
                          "--output", f"{s3_bucket}/out", *FAST_FLAGS, "--set", "run_id=sec-store",
-                         "--set", "shard_size=2", "--set", f"storage_options.token={s['flag token']}", env=env),
+                         "--set", "shard_size=2", env=store_env),
+        # a credential with --set: refused, before any work, without repeating it
+        "flag": run_cli("run", "--input", f"{s3_bucket}/in/series.parquet", "--output", f"{s3_bucket}/out",
+                        "--set", f"storage_options.token={s['flag token']}", env=env),
         # the output URL's: refused by the store, the error must not repeat them
         "output": run_cli("run", "--input", f"{s3_bucket}/in/series.parquet", "--output",
                           f"s3://{s['output user']}:{s['output password']}@{bucket}/out2?sig={s['output sig']}",
@@ -107,6 +112,7 @@ def test_a_secret_in_each_channel_appears_nowhere(s3_bucket, s3_endpoint, prefec
             f"{bucket}/scratch?X-Amz-Security-Token={s['scratch token']}", env=env),
     }
     assert runs["store"].returncode == 0, runs["store"].stderr[-3000:]
+    assert runs["flag"].returncode == 2 and "--set storage_options.token: a credential" in runs["flag"].stderr
     for name in ("output", "input and scratch"):
         assert runs[name].returncode == 2, (name, runs[name].stderr[-3000:])
         assert len(error_lines(runs[name].stderr)) == 1 and "Traceback" not in runs[name].stderr

@@ -1,8 +1,10 @@
 """Through the flow, on S3 (moto): a tampered model store never fails a run and never runs its payload.
 
 Run 1 trains and saves. Then its member is replaced by a crafted one (a Lambda calling
-`keras.config.set_epsilon`, checksum forged) and a newer version with malformed metadata
-(`members: "x"`) is added: run 2 retrains, records both reasons, and the payload never ran.
+`keras.config.set_epsilon`, checksum forged), a newer version with malformed metadata
+(`members: "x"`) is added, and a newer one still whose member carries a second `config.json` holding
+the Lambda after the checked one (issue 26, finding 1; default settings, no signing key): run 2
+retrains, records the three reasons, commits no forecast from any of them, and no payload ran.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import keras
 import pytest
 
 from tests.conftest import make_frame
+from tests.security.gadgets import epsilon_gadget, with_second_config
 from tests.reliability.conftest import FAST, direct_fs, put_frame
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
@@ -67,6 +70,14 @@ def test_tampered_store_retrains_and_records_why(s3_bucket, s3_endpoint, monkeyp
     meta = json.loads(fs.cat_file(f"{saved}/metadata.json"))
     fs.pipe_file(f"{newer}/metadata.json", json.dumps({**meta, "version": newer.rsplit("/", 1)[1],
                                                        "members": "x"}).encode())
+    # Newest: the saved member with a second config.json (the gadget) after the checked one.
+    duplicate = f"{models}/{first['model_version'][:-1]}zz"
+    crafted = with_second_config(fs.cat_file(f"{saved}/member-0.keras"), epsilon_gadget)
+    fs.pipe_file(f"{duplicate}/member-0.keras", crafted)
+    fs.pipe_file(f"{duplicate}/scaler.json", fs.cat_file(f"{saved}/scaler.json"))
+    fs.pipe_file(f"{duplicate}/metadata.json", json.dumps({
+        **meta, "version": duplicate.rsplit("/", 1)[1],
+        "sha256": {**meta["sha256"], "member-0.keras": hashlib.sha256(crafted).hexdigest()}}).encode())
     _plant_lambda(fs, saved)
 
     second = batch_forecast(settings={**settings, "run_id": "second"})
@@ -75,8 +86,11 @@ def test_tampered_store_retrains_and_records_why(s3_bucket, s3_endpoint, monkeyp
     reason = stored["retrain"]["reason"]
     assert "metadata.json is corrupt: field 'members'" in reason
     assert "member-0.keras is corrupt or unsafe: a function entry" in reason and "keras.config.set_epsilon" in reason
+    assert "member-0.keras is corrupt or unsafe: the entry 'config.json' repeats 'config.json'" in reason, reason
     assert keras.config.epsilon() == 1e-7, "the planted Lambda ran"
-    assert second["model_version"] not in (first["model_version"], newer.rsplit("/", 1)[1])
+    assert second["model_version"] not in (first["model_version"], newer.rsplit("/", 1)[1],
+                                           duplicate.rsplit("/", 1)[1])
+    assert stored["model_version"] == second["model_version"]  # the forecasts committed are the new model's
     # Nothing but the run's own outputs and models appeared in the bucket.
     fs.invalidate_cache()
     tops = {k.split("/", 2)[1] for k in fs.find(s3_bucket)}
