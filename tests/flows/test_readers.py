@@ -43,12 +43,12 @@ def _duckdb_reserved() -> set[str]:
 @pytest.fixture(scope="module")
 def committed(tmp_path_factory, prefect_api_url) -> dict:
     """Two committed CLI runs on one output: `early` on the data without their last H hours, `late` on all
-    of it (so it scores `early`'s forecasts: the realised table), with timestamps in UTC and one series too
-    short to forecast (the quarantine table)."""
+    of it (so it scores `early`'s forecasts: the realised table), with timestamps in UTC and one series without
+    a value (the quarantine table)."""
     tmp = tmp_path_factory.mktemp("readers")
     frame = make_frame(n_series=3, length=150)
     frame["ds"] = frame["ds"].dt.tz_localize("UTC")
-    short = make_frame(n_series=1, length=20).assign(series_id="short")
+    short = make_frame(n_series=1, length=20).assign(series_id="short", y=float("nan"))  # no value: quarantined
     short["ds"] = short["ds"].dt.tz_localize("UTC")
     full = pd.concat([frame, short], ignore_index=True).astype({"series_id": "string"})
     last = full.groupby("series_id")["ds"].transform("max")
