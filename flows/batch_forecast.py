@@ -32,6 +32,7 @@ from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
+from lstm_core.modelling import candidates_of
 from lstm_core.outputs import OUTPUT_SCHEMA_VERSION, OutputStore, RunWriter, new_run_id, slot_run_id
 from lstm_core.progress import Progress
 from lstm_core.records import (BacktestEntry, Counts, Decision, Execution, Frequency, Manifest, ManifestDraft,
@@ -42,7 +43,7 @@ from lstm_core.sharding import ShardPlan
 from lstm_core.storage import is_storage_failure
 from lstm_core.tuning import apply_tuned
 from tasks.data import no_valid_series
-from tasks.outputs import SKIPPED_IN_SUMMARY, commit_run, overall_metrics, realised_overall_rows
+from tasks.outputs import SKIPPED_IN_SUMMARY, commit_run, overall_metrics, realised_overall_rows, serving_entry
 from tasks.reporting import publish_artifacts, publish_failure
 from tasks.shard import forecast_shard, train_group
 from tasks.sharding import plan_shards, split_shards
@@ -254,7 +255,8 @@ class _Run:
         choices: dict[Any, Any] = {}
         for group, future in trained.items():  # a failed training raises its own error here
             result = future.result()
-            choices[group] = result.ref
+            if result.ref is not None:  # None: no series of the group for the network, the fallback serves it
+                choices[group] = result.ref
             self._add_seconds(result.seconds)
         summaries = self._shard_results(plan, shards, choices)
         self._timed("shards", t0)
@@ -330,7 +332,7 @@ class _Run:
             error.quarantine_written = True  # each shard wrote its part of the quarantine table
             raise error
         single = plan.n_shards == 1
-        overall = overall_metrics(summaries, {choice.version for choice in choices.values()})
+        overall = overall_metrics(summaries, {c.version for c in choices.values() if c is not None})
         realised = None if single else realised_overall_rows(summaries)
         counts = Counts(
             series_read=sum(s.series_read for s in summaries),
@@ -340,14 +342,21 @@ class _Run:
             prediction_rows=sum(s.prediction_rows for s in summaries),
             points_filled=sum(s.points_filled for s in summaries),
         )
+        serving = serving_entry(summaries, [float(v) for v in config.levels], candidates_of(config))
+        counts.series_by_model = serving.series_by_model
+        manifest.serving = serving
         fingerprints = [s.fingerprint for s in summaries]
         models = [self._model_entry(key, choice) for key, choice in sorted(choices.items(), key=lambda kv: str(kv[0]))]
         one = models[0] if len(models) == 1 else None
+        if not models:  # no series was long enough for the network: every series was served by the fallback
+            manifest.retrain = Decision(action="train", reason="no series is long enough for the network: every "
+                                        "series is served by the statistical fallback")
         manifest.input_fingerprint = fingerprints[0] if single else \
             hashlib.sha256("".join(fingerprints).encode()).hexdigest()[:32]
         manifest.model_version = one.model_version if one else None
         manifest.model_key = one.model_key if one else None
-        manifest.retrain = one.retrain if one else _retrain_summary(models)
+        if models:
+            manifest.retrain = one.retrain if one else _retrain_summary(models)
         manifest.training = one.training if one else None
         manifest.models = models
         manifest.counts = counts

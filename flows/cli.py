@@ -432,6 +432,9 @@ def _report(manifest: dict[str, Any]) -> None:
           f"({manifest.get('retrain', {}).get('action')}: {manifest.get('retrain', {}).get('reason')})")
     print(f"series forecast {counts.get('series_forecast')}, skipped {counts.get('series_skipped')}; "
           f"prediction rows {counts.get('prediction_rows')}")
+    by_model = counts.get("series_by_model") or {}
+    if by_model:  # nothing silent: which model served how many series
+        print("series per serving model: " + ", ".join(f"{k} {v}" for k, v in by_model.items()))
     windows = (manifest.get("backtest") or {}).get("windows")
     for model, values in metrics.items():  # pooled over every backtest window, not the last one alone
         name = "lstm" if model == manifest.get("model_version") else model

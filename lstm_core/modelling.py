@@ -24,17 +24,19 @@ import pandas as pd
 
 from lstm_core import artifacts
 from lstm_core.artifacts import data_fingerprint
-from lstm_core.backtest import (Backtest, WindowHook, backtest_from_config, backtest_metrics, metrics_table,
-                               training_cutoff)
+from lstm_core.backtest import (KEYS, Backtest, WindowHook, backtest_from_config, backtest_metrics, cutoff_drops,
+                                metrics_table, training_cutoff)
+from lstm_core.combination import coverage_sums, serve_backtest, serve_future, served_intervals
 from lstm_core.config import ForecastConfig, ModelSpec
 from lstm_core.engine import Evaluation, Forecaster, fit, panel_of, predictions_frame
 from lstm_core.errors import ArtifactError
-from lstm_core.intervals import INTERVALS_FILE, ConformalIntervals, with_intervals
-from lstm_core.metrics import MetricTotals, interval_columns
+from lstm_core.intervals import INTERVALS_FILE, PRIOR_WINDOWS, ConformalIntervals, with_intervals
+from lstm_core.metrics import ErrorSums, MetricTotals, interval_columns
 from lstm_core.model_store import Decision, decide_for, split_model_url
 from lstm_core.panel import Panel
 from lstm_core.progress import Progress
 from lstm_core.retries import call_with_retries
+from lstm_core.statistical import STATISTICAL_MODELS, StatisticalBacktest, long_history, statistical_backtest
 from lstm_core.storage import Location
 from lstm_core.tuning import check_tuned_fits
 from lstm_core.validation import SkippedSeries, ValidationResult, min_input, min_train_length, network_reasons
@@ -59,13 +61,21 @@ class Prepared:
     filled_points: int = 0
     rows_read: int = 0
     first_window: int = 0
-    # series the network cannot learn (too few points for one training window), with the reason: the
-    # fallback serves them; they stay in `panel` (shortness is never a reason to skip a series)
+    # series the network cannot learn (too few points for one training window, or constant), with the reason:
+    # the fallback serves them (shortness is never a reason to skip a series)
     fallback: list[SkippedSeries] = field(default_factory=list)
+    # every valid series, those the network cannot serve included: the statistical models and the served
+    # forecast cover these; None: the same as `panel` (which holds the series the network serves)
+    full: Panel | None = None
+
+    @property
+    def all_series(self) -> Panel:
+        """Every valid series: what gets a forecast (the network's `panel` plus the fallback's)."""
+        return self.panel if self.full is None else self.full
 
     @property
     def series_read(self) -> int:
-        return int(self.panel.n_series) + len(self.skipped)
+        return int(self.all_series.n_series) + len(self.skipped)
 
     def skipped_frame(self) -> pd.DataFrame:
         return ValidationResult(pd.DataFrame(), self.skipped).skipped_frame()
@@ -80,7 +90,9 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
     that is an error (see `no_valid_series`).
     """
     log = log or _log
-    panel = panel_of(validated, config)
+    full = panel_of(validated, config)
+    serves = network_serves(full, config)
+    panel = full if serves.all() else full.select(serves)
     check_tuned_fits(config, panel)  # tuned: latest: a tuned window the data cannot use is refused, not clipped
     first_window, train_panel = training_cutoff(panel, config)
     chunk = config.chunk_length
@@ -90,8 +102,8 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
     lo, hi = target_bounds(padded, config.window, plan.holdout, chunk, plan.first_target)
     train_windows = int((hi - lo).clip(min=0).sum())
     val_windows = int(np.where(plan.holdout > 0, span // chunk, 0).sum())
-    fallback = [SkippedSeries(str(sid), "y", reason) for sid, reason in
-                zip(panel.series_ids, network_reasons(panel.lengths, config)) if reason is not None]
+    fallback = [SkippedSeries(str(sid), "y", reason or "constant history: handed to the fallback") for sid, reason, ok
+                in zip(full.series_ids, network_reasons(full.lengths, config), serves) if not ok]
     if fallback:
         log.info("%d series are too short for the network to learn (fewer than %d points): handed to the "
                  "fallback", len(fallback), min_train_length(config))
@@ -102,7 +114,24 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
                                 config.training.min_windows_per_epoch, plan.first_target), val_windows, first_window,
              config.backtest.windows, train_panel.n_series)
     return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows,
-                    list(validated.skipped), validated.filled_points, validated.rows_read, first_window, fallback)
+                    list(validated.skipped), validated.filled_points, validated.rows_read, first_window, fallback,
+                    full=None if serves.all() else full)
+
+
+def network_serves(panel: Panel, config: ForecastConfig) -> np.ndarray:
+    """(S,) bool: the series the network learns and forecasts: those `validation.network_reasons` keeps (at
+    least `min_train_length(config)` points) that are not constant. The others are served by the statistical
+    fallback (`lstm_core.combination`); a lower network minimum serves more, with nothing to change here.
+    """
+    from lstm_core.validation import network_reasons
+
+    if panel.n_series == 0:
+        return np.zeros(0, dtype=bool)
+    y = panel.y
+    safe = np.minimum(panel.offsets[:-1], max(len(y) - 1, 0))
+    varies = np.maximum.reduceat(y, safe) > np.minimum.reduceat(y, safe)
+    learns = np.array([r is None for r in network_reasons(panel.lengths, config)], dtype=bool)
+    return learns & np.where(panel.lengths > 0, varies, False)
 
 
 # --- the model store ----------------------------------------------------------------------------------
@@ -368,6 +397,9 @@ class Forecasts:
     future: pd.DataFrame  # predictions past T, long format, with the interval columns of `config.levels`
     intervals_source: str = "none"  # "model" (saved beside it), "run" (this shard's backtest) or "none"
     backtest_seconds: float = 0.0  # forecasting (and refitting) the backtest windows
+    series_by_model: dict[str, int] = field(default_factory=dict)  # served: series per `model` value
+    coverage: pd.DataFrame | None = None  # served: held-out interval hits per history band (`coverage_sums`)
+    statistical_seconds: float = 0.0  # fitting the statistical models and choosing what serves each series
 
 
 def forecast(choice: ModelChoice, data: Prepared, config: ForecastConfig, *, store: ModelStore | None = None,
@@ -411,6 +443,128 @@ def forecast(choice: ModelChoice, data: Prepared, config: ForecastConfig, *, sto
     return Forecasts(bt, frame, source, seconds)
 
 
+# --- the statistical standards and the served forecast --------------------------------------------------
+def statistical(data: Prepared, config: ForecastConfig, log=None) -> StatisticalBacktest:
+    """AutoETS, AutoTheta, seasonal naive and naive on the network's backtest cutoffs and past T
+    (`lstm_core.statistical.statistical_backtest`): the naive ones on every series, the standards on the
+    series the network cannot serve and those shorter than `statistical.long_history` (8 horizons)."""
+    drops = cutoff_drops(config.backtest.windows, config.backtest_step, config.horizon)
+    full = data.all_series
+    fit = ~network_serves(full, config) | (full.lengths < long_history(config.horizon))
+    return statistical_backtest(full, horizon=config.horizon, season_length=config.season_length,
+                                drops=drops, models=STATISTICAL_MODELS, fit=fit, log=log or _log)
+
+
+CANDIDATE_COLUMNS = ("lstm", *STATISTICAL_MODELS, "seasonal_naive", "naive")  # `yhat_<name>` of predictions
+
+
+def candidates_of(config: ForecastConfig, network: bool = True) -> list[str]:
+    """The candidates a series may be served: the network (when it runs), the statistical models and the
+    naive ones (seasonal naive only where the season is above 1: at season 1 it is naive itself)."""
+    return [*(("lstm",) if network else ()), *STATISTICAL_MODELS,
+            *(("seasonal_naive",) if config.season_length > 1 else ()), "naive"]
+
+
+def combine(forecasts: Forecasts | None, stat: StatisticalBacktest, choice: ModelChoice | None, data: Prepared,
+            config: ForecastConfig, log=None) -> Forecasts:
+    """The served forecast: per series the network, a statistical model or an equal-weight combination,
+    chosen on backtest windows only (`lstm_core.combination`), with conformal intervals calibrated on the
+    served forecast's own held-out backtest residuals, pooled per history-length band.
+
+    `forecasts`: the network's (None when it serves no series). Returns Forecasts whose `future` has a
+    `model` column (what served each row) and whose `backtest` holds every candidate side by side.
+    """
+    log = log or _log
+    t0 = time.perf_counter()
+    h, step = config.horizon, config.backtest_step
+    full = data.all_series
+    levels = tuple(float(v) for v in config.levels)
+    lstm_cols = ["yhat", *(c for lv in levels for c in interval_columns(lv))]
+    network = forecasts is not None and data.panel.n_series > 0
+    rows = stat.frame.merge(stat.scales[["series_id", "cutoff", "interval_scale"]], on=["series_id", "cutoff"],
+                            how="left", validate="many_to_one")
+    if network:
+        lstm = forecasts.backtest.frame[["series_id", "cutoff", "step", *lstm_cols]]
+        rows = rows.merge(lstm.astype({"cutoff": rows["cutoff"].dtype}), on=["series_id", "cutoff", "step"],
+                          how="left", validate="one_to_one")
+    else:
+        for c in lstm_cols:
+            rows[c] = np.nan
+    rows["lstm"] = rows["yhat"]
+    cands = candidates_of(config, network)
+    need = {"seasonal_naive": config.season_length}  # shorter than a season, it is no seasonal naive
+    served = serve_backtest(rows, cands, horizon=h, step=step, min_history=need)
+    rows = served.rows
+    banded = None
+    if levels:
+        banded, bounds = served_intervals(rows, stat.scales, levels=levels, horizon=h, step=step,
+                                          season_length=config.season_length, method=config.interval_method,
+                                          prior_windows=PRIOR_WINDOWS)
+        rows = pd.concat([rows, bounds], axis=1)
+    # the forecast past T
+    future = dict(stat.future)
+    lstm_future = np.full((full.n_series, h), np.nan)
+    if network:
+        pos = pd.Index(full.series_ids.astype(str)).get_indexer(data.panel.series_ids.astype(str))
+        lstm_future[pos] = forecasts.future["yhat"].to_numpy(np.float64).reshape(data.panel.n_series, h)
+    future["lstm"] = lstm_future
+    values, labels = serve_future(rows, future, full.series_ids, full.lengths, cands, horizon=h, min_history=need)
+    version = choice.version if choice is not None else None  # null: the network served no series
+    frame = predictions_frame(full, values, config.freq).assign(
+        model_version=version, model=pd.Series(np.repeat(np.asarray(labels, dtype=object), h), dtype="string"))
+    for name in CANDIDATE_COLUMNS:  # every candidate's own forecast beside the served one (NaN: not available)
+        frame[f"yhat_{name}"] = future[name].reshape(-1).astype(np.float64)
+    if levels:
+        bounds = banded.predict(full, values) if banded is not None else {}
+        frame = with_intervals(frame, {c: bounds.get(c, np.full(values.shape, np.nan))
+                                       for lv in levels for c in interval_columns(lv)})
+    keep = ["series_id", "cutoff", "ds", "step", "y", "yhat", "seasonal_naive", *lstm_cols[1:],
+            *STATISTICAL_MODELS, "naive", "served", "model",
+            *(c.replace("yhat_", "served_") for lv in levels for c in interval_columns(lv)), "history"]
+    out = rows[[c for c in keep if c in rows.columns]].sort_values(["series_id", "cutoff", "step"], kind="stable")
+    lstm_bt = forecasts.backtest if forecasts is not None else None
+    backtest = ServedBacktest(out.reset_index(drop=True), stat.scales, lstm_bt.skipped if lstm_bt is not None else
+                              pd.DataFrame(columns=["series_id", "window", "history", "reason"]), h,
+                              config.season_length, config.backtest.windows, step, levels,
+                              lstm_bt.intervals if lstm_bt is not None else None)
+    coverage = coverage_sums(rows, levels, h) if levels else pd.DataFrame()
+    by_model = pd.Series(labels, dtype=object).value_counts().sort_index()
+    seconds = time.perf_counter() - t0
+    log.info("served %d series: %s (statistical models %.1f s, combination %.1f s)", full.n_series,
+             ", ".join(f"{k} {v}" for k, v in by_model.items()), stat.seconds, seconds)
+    return Forecasts(backtest, frame, "run" if levels else "none",
+                     forecasts.backtest_seconds if forecasts is not None else 0.0,
+                     series_by_model={str(k): int(v) for k, v in by_model.items()},
+                     coverage=coverage, statistical_seconds=round(stat.seconds + seconds, 3))
+
+
+class ServedBacktest(Backtest):
+    """The backtest of every candidate side by side: `yhat` (the network, with its interval columns),
+    `seasonal_naive`, `autoets`, `autotheta`, `naive`, and `served` (with `served_lo_<L>`/`served_hi_<L>`).
+    Each is scored on the rows where it has a forecast; coverage and MSIS for the network and the served."""
+
+    def sums(self, model_name: str = "lstm") -> ErrorSums:
+        rows = self.frame.merge(self.scales[["series_id", "cutoff", "window", "mase_scale"]],
+                                on=["series_id", "cutoff"], how="left")
+        bounds = [c for lv in self.levels for c in interval_columns(lv)]
+        no_bounds = rows.assign(**{c: np.nan for c in bounds})
+        with_served = rows.assign(**{c: rows[c.replace("yhat_", "served_")] for c in bounds}) \
+            if self.levels else rows
+        parts = [(rows, model_name, "yhat"), (no_bounds, "seasonal_naive", "seasonal_naive"),
+                 *((no_bounds, m, m) for m in (*STATISTICAL_MODELS, "naive") if m in rows.columns),
+                 (with_served, "served", "served")]
+        sums = []
+        for frame, name, column in parts:
+            part = frame[np.isfinite(frame[column].to_numpy(np.float64))]
+            if len(part):
+                sums.append(ErrorSums.from_rows(part, forecasts={name: column}, scale="mase_scale", keys=KEYS,
+                                                interval_model=name, levels=self.levels))
+        if not sums:
+            return ErrorSums.from_rows(rows, forecasts={model_name: "yhat"}, scale="mase_scale", keys=KEYS,
+                                       interval_model=model_name, levels=self.levels)
+        return sums[0].merge(*sums[1:]) if len(sums) > 1 else sums[0]
+
+
 # --- score ----------------------------------------------------------------------------------------------
 @dataclass
 class Scored:
@@ -429,27 +583,33 @@ class Scored:
         return self.holdout.series_ids
 
 
-def score(forecasts: Forecasts, choice: ModelChoice, data: Prepared, config: ForecastConfig, log=None) -> Scored:
-    """Score every backtest window of the model and of seasonal naive, with interval coverage and MSIS."""
+def score(forecasts: Forecasts, choice: ModelChoice | None, data: Prepared, config: ForecastConfig,
+          log=None) -> Scored:
+    """Score every backtest window of every model (the network, seasonal naive and, on a served backtest,
+    the statistical models and the served forecast), with interval coverage and MSIS."""
     log = log or _log
     bt = forecasts.backtest
-    sums = bt.sums(choice.version)
-    # the same as bt.metrics(), without summing the rows twice; labelled as the metrics table has them
-    metrics = metrics_table(backtest_metrics(sums), {choice.version})
-    holdout = _holdout_of(bt, data, choice, config)
+    version = choice.version if choice is not None else "lstm"  # None: the network served no series
+    sums = bt.sums(version)
+    # the same as bt.metrics(), without summing the rows twice; labelled as the metrics table has them (the
+    # LSTM as `lstm` beside its version; with no network model, `lstm` rows have no version)
+    metrics = metrics_table(backtest_metrics(sums), {choice.version} if choice is not None else set())
+    holdout = _holdout_of(bt, data, version, config)
     latest = {int(w): c for w, c in bt.scales.groupby("window")["cutoff"].max().items()}
     scored = Scored(holdout, metrics, sums.totals(()), sums.totals(("window",)), latest)
     pooled = scored.pooled.finalize()
-    for name in (choice.version, "seasonal_naive"):
+    for name in (version, "seasonal_naive", *STATISTICAL_MODELS, "naive", "served"):
+        if not (pooled["model"] == name).any():
+            continue
         values = dict(zip(pooled.loc[pooled["model"] == name, "metric"], pooled.loc[pooled["model"] == name, "value"]))
         log.info("backtest %s (%d windows): MAE %.4f sMAPE %.3f MASE %.4f%s",
-                 "lstm" if name == choice.version else name, bt.windows, values.get("mae", np.nan),
+                 "lstm" if name == version else name, bt.windows, values.get("mae", np.nan),
                  values.get("smape", np.nan), values.get("mase", np.nan),
                  "".join(f" coverage_{k[9:]} {v:.3f}" for k, v in values.items() if k.startswith("coverage_")))
     return scored
 
 
-def _holdout_of(bt: Backtest, data: Prepared, choice: ModelChoice, config: ForecastConfig) -> Evaluation:
+def _holdout_of(bt: Backtest, data: Prepared, version: str, config: ForecastConfig) -> Evaluation:
     """The last window (every series has it: it is the holdout validation guarantees) as (S, H) arrays."""
     h = config.horizon
     ids = data.panel.series_ids
@@ -457,11 +617,11 @@ def _holdout_of(bt: Backtest, data: Prepared, choice: ModelChoice, config: Forec
     rows = bt.frame.merge(bt.scales.loc[bt.scales["window"] == window, ["series_id", "cutoff"]],
                           on=["series_id", "cutoff"], how="inner")
     actual = np.full((len(ids), h), np.nan)  # (S, H)
-    fc = {choice.version: np.full((len(ids), h), np.nan), "seasonal_naive": np.full((len(ids), h), np.nan)}
+    fc = {version: np.full((len(ids), h), np.nan), "seasonal_naive": np.full((len(ids), h), np.nan)}
     pos = pd.Index(ids.astype(str)).get_indexer(rows["series_id"].astype(str))
     step = rows["step"].to_numpy(np.int64) - 1
     ok = pos >= 0
     actual[pos[ok], step[ok]] = rows["y"].to_numpy(np.float64)[ok]
-    fc[choice.version][pos[ok], step[ok]] = rows["yhat"].to_numpy(np.float64)[ok]
+    fc[version][pos[ok], step[ok]] = rows["yhat"].to_numpy(np.float64)[ok]
     fc["seasonal_naive"][pos[ok], step[ok]] = rows["seasonal_naive"].to_numpy(np.float64)[ok]
     return Evaluation(ids, actual, fc, pd.DataFrame())

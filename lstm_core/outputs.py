@@ -4,12 +4,15 @@ Under the output URL, hive-partitioned by run (`run=<run_id>`), each file also
 carrying a `run_id` column so a single file stands on its own:
 
     predictions/run=<id>/part-<k>.parquet   series_id, ds, step, yhat, model_version, run_id, cutoff,
-                                            yhat_lo_<L>, yhat_hi_<L> per interval level
+                                            yhat_lo_<L>, yhat_hi_<L> per interval level, model,
+                                            yhat_lstm, yhat_autoets, yhat_autotheta, yhat_seasonal_naive, yhat_naive
     metrics/run=<id>/part-<k>.parquet       series_id (null = overall), metric, value, model (a label: `lstm`,
-                                            `seasonal_naive`), run_id, cutoff, backtest_window (null: over all
-                                            backtest windows), model_version (the LSTM's; null for baselines)
+                                            `seasonal_naive`, `autoets`, ..., `served`), run_id, cutoff,
+                                            backtest_window (null: over all backtest windows), model_version (the
+                                            LSTM's; null for the other models)
     quarantine/run=<id>/part-<k>.parquet    series_id, field, reason, run_id
-    backtest/run=<id>/part-<k>.parquet      series_id, cutoff, ds, step, y, yhat, seasonal_naive, intervals, run_id
+    backtest/run=<id>/part-<k>.parquet      series_id, cutoff, ds, step, y, yhat, seasonal_naive, intervals, run_id,
+                                            autoets, autotheta, naive, served, model, served intervals, history
     realised/run=<id>/part-<k>.parquet      series_id, metric, value, model, forecast_run_id, cutoff, points, run_id,
                                             model_version
 
@@ -63,19 +66,33 @@ def _interval_fields(levels: Sequence[float]) -> list[tuple[str, pa.DataType]]:
     return [(c, pa.float64()) for lv in levels for c in interval_columns(lv)]
 
 
-def predictions_schema(tz: str | None = None, levels: Sequence[float] = ()) -> pa.Schema:
-    """Columns of `predictions/`: the original seven, then the bounds of each interval level."""
+# The served forecast's columns (lstm_core.combination): which model served a row, each candidate's own forecast.
+CANDIDATES = ("lstm", "autoets", "autotheta", "seasonal_naive", "naive")
+
+
+def predictions_schema(tz: str | None = None, levels: Sequence[float] = (), served: bool = False) -> pa.Schema:
+    """Columns of `predictions/`: the original seven, then the bounds of each interval level; a served run
+    (`served`) adds `model` (what served the row) and `yhat_<candidate>` (each candidate's own forecast)."""
     return pa.schema([
         ("series_id", pa.string()), ("ds", _ts(tz)), ("step", pa.int64()), ("yhat", pa.float64()),
         ("model_version", pa.string()), ("run_id", pa.string()), ("cutoff", _ts(tz)), *_interval_fields(levels),
+        *((("model", pa.string()), *((f"yhat_{c}", pa.float64()) for c in CANDIDATES)) if served else ()),
     ])
 
 
-def backtest_schema(tz: str | None = None, levels: Sequence[float] = ()) -> pa.Schema:
-    """Columns of `backtest/`: utilsforecast's cross-validation layout, intervals, the run id."""
+def backtest_schema(tz: str | None = None, levels: Sequence[float] = (), served: bool = False) -> pa.Schema:
+    """Columns of `backtest/`: utilsforecast's cross-validation layout, intervals, the run id; a served run
+    adds every candidate side by side (`autoets`, `autotheta`, `naive`), the served forecast (`served`,
+    `model`, `served_lo_<L>`, `served_hi_<L>`, calibrated on earlier windows only) and `history` (points
+    before the cutoff)."""
+    extra = [("autoets", pa.float64()), ("autotheta", pa.float64()), ("naive", pa.float64()),
+             ("served", pa.float64()), ("model", pa.string()),
+             *((c.replace("yhat_", "served_"), pa.float64()) for lv in levels for c in interval_columns(lv)),
+             ("history", pa.int64())] if served else []
     return pa.schema([
         ("series_id", pa.string()), ("cutoff", _ts(tz)), ("ds", _ts(tz)), ("step", pa.int64()), ("y", pa.float64()),
         ("yhat", pa.float64()), ("seasonal_naive", pa.float64()), *_interval_fields(levels), ("run_id", pa.string()),
+        *extra,
     ])
 
 
@@ -189,7 +206,9 @@ class RunWriter:
         if table in ("predictions", "backtest"):
             tz = _tz_of(df["ds"])
             levels = interval_levels(list(df.columns))
-            schema = predictions_schema(tz, levels) if table == "predictions" else backtest_schema(tz, levels)
+            served = "model" in df.columns
+            schema = predictions_schema(tz, levels, served) if table == "predictions" else \
+                backtest_schema(tz, levels, served)
         elif table == "metrics":
             df = df.assign(**{c: df[c] if c in df.columns else None
                               for c in ("cutoff", "backtest_window", "model_version")})

@@ -74,6 +74,8 @@ class ShardEntry(Record):
     backtest_rows: int = Field(description="rows written to `backtest/`")
     backtest_seconds: float = Field(description="seconds spent forecasting (and refitting) the backtest windows")
     backtest_skipped_windows: int = Field(description="backtest windows skipped (series too short for them)")
+    series_by_model: dict[str, int] = Field(default_factory=dict, description="series per serving model: the "
+                                            "`model` value of their `predictions/` rows")
     intervals: IntervalSource = Field(description="where its intervals came from: `model` (saved beside the model "
                                                   "version), `run` (calibrated on its backtest) or `none`")
 
@@ -121,6 +123,9 @@ class ShardSummary(ShardEntry):
     totals: ShardTotals = Field(description="the sums behind its pooled and per-window metrics")
     realised: RealisedTotals | None = Field(description="its realised accuracy of earlier runs; null when none")
     outputs: dict[str, str] = Field(description="table -> the part file it wrote")
+    coverage: list[dict[str, Any]] = Field(default_factory=list, description="served interval hits per history "
+                                           "band (`combination.coverage_sums` rows): they add over shards")
+    statistical_seconds: float = Field(0.0, description="seconds fitting the statistical models and combining")
 
     def entry(self) -> ShardEntry:
         """Its entry in the manifest's `shards.items`."""
@@ -205,6 +210,33 @@ class ModelEntry(Record):
     training: TrainingSummary = Field(description="how it was trained")
 
 
+class BandCoverage(Record):
+    """Coverage of the served forecast's intervals on its held-out backtest windows, for one band of
+    history length (points before the cutoff)."""
+
+    band: str = Field(description="history-length band in points, in multiples of the horizon: `1-2`, "
+                                  "`3-<2H-1>`, `<2H>-<4H-1>`, `<4H>-<8H-1>`, `<8H>+`")
+    series_windows: int = Field(description="series x backtest windows in the band")
+    points: int = Field(description="forecast points in the band")
+    coverage: dict[str, float | None] = Field(description="level (e.g. `80`) -> fraction of actuals inside the "
+                                                          "interval, over the points that have bounds (null: none)")
+    scored_points: dict[str, int] = Field(description="level -> points with bounds (the earliest window has none)")
+
+
+class Serving(Record):
+    """Which model served each series and how that was decided (README "Which model serves a series")."""
+
+    rule: str = Field(description="the rule, in words")
+    candidates: list[str] = Field(description="the candidates a series may be served (`lstm`, `autoets`, "
+                                              "`autotheta`, `seasonal_naive`, `naive`)")
+    series_by_model: dict[str, int] = Field(description="series per `model` value of `predictions/` (a "
+                                                        "combination is its candidates joined by `+`)")
+    statistical_seconds: float = Field(description="seconds fitting the statistical models and combining, "
+                                                   "summed over shards")
+    coverage_by_history: list[BandCoverage] = Field(description="the served intervals' held-out coverage per "
+                                                                "history-length band")
+
+
 class Counts(Record):
     """What the run read and wrote, over all shards."""
 
@@ -212,6 +244,8 @@ class Counts(Record):
     rows_read: int | None = Field(None, description="input rows read (absent when no series was valid)")
     series_forecast: int = Field(description="series forecast")
     series_skipped: int = Field(description="series skipped by validation (all are in `quarantine/`)")
+    series_by_model: dict[str, int] | None = Field(None, description="series forecast per serving model (the "
+                                                   "`model` value of their `predictions/` rows); absent when none")
     prediction_rows: int | None = Field(None, description="rows written to `predictions/` (absent when no series "
                                                           "was valid)")
     points_filled: int | None = Field(None, description="missing time steps filled (absent when no series was valid)")
@@ -311,10 +345,13 @@ class ManifestDraft(Record):
     skipped_truncated: bool | None = Field(None, description="true when `skipped` does not list every skipped "
                                                              "series; absent otherwise")
     overall_metrics: dict[str, dict[str, float]] | None = Field(
-        None, description="model (the LSTM's version, or `seasonal_naive`) -> metric -> value, pooled over every "
-                          "series and backtest window: `mae`, `rmse`, `smape` (percent), `mase`, and for the LSTM "
+        None, description="model (the LSTM's version, `seasonal_naive`, `autoets`, `autotheta`, `naive`, `served`) "
+                          "-> metric -> value, pooled over every series and backtest window where the model has a "
+                          "forecast: `mae`, `rmse`, `smape` (percent), `mase`, and for the LSTM and `served` "
                           "`coverage_<L>` (fraction) and `msis_<L>` per level")
     backtest: BacktestEntry | None = Field(None, description="the backtest's settings and cost")
+    serving: Serving | None = Field(None, description="which model served the series, and the served intervals' "
+                                                      "coverage per history band (absent when the run failed)")
     shards: ShardsEntry | None = Field(None, description="the shards and what each read")
     outputs: Outputs | None = Field(None, description="where the outputs are")
 

@@ -122,15 +122,17 @@ def length_rule(config: Any, horizon: bool = False) -> str:
     return f"input {min_input(config)} + chunk {config.chunk_length}"
 
 
-def validate_for(df: pd.DataFrame, config: Any, source: str | None = None, errors: str = "skip") -> ValidationResult:
-    """`validate` with everything taken from a configuration (its frequency may still be unset: inferred)."""
+def validate_for(df: pd.DataFrame, config: Any, source: str | None = None, errors: str = "skip",
+                 keep_short: bool = False) -> ValidationResult:
+    """`validate` with everything taken from a configuration (its frequency may still be unset: inferred).
+    `keep_short`: see `validate` (the forecast path keeps them: every series gets a forecast)."""
     spec = CovariateSpec.from_config(config) if config.is_resolved else None
     return validate(df, config.freq, window=config.window, horizon=config.horizon,
                     validation_steps=config.validation_steps, chunk=config.chunk_length if config.is_resolved else 1,
                     patch=config.patch_length if config.is_resolved else None,
                     gap_policy=config.gap_policy,
                     max_gap=config.max_gap, source=source, errors=errors, covariates=spec, config=config,
-                    names=config.column_names(), rules=TextRules.from_config(config))
+                    names=config.column_names(), rules=TextRules.from_config(config), keep_short=keep_short)
 
 
 def validate(
@@ -150,6 +152,7 @@ def validate(
     config: Any = None,
     names: dict[str, str] | None = None,
     rules: TextRules | None = None,
+    keep_short: bool = False,
 ) -> ValidationResult:
     """Validate and regularise `df`. `errors='raise'` turns series-level problems into errors too.
 
@@ -158,16 +161,21 @@ def validate(
     (`MIN_POINTS`): shortness is never a reason to skip; `window`, `chunk`, `patch` and `validation_steps`
     no longer bound the length (kept for callers). `names` (standard name -> the input's column) puts the
     user's column names in errors and in the quarantine's `field`; `rules`: how text is read (TextRules).
+
+    `keep_short`: keep the series shorter than that, and constant ones, in `frame` (they are no data
+    fault: the network cannot learn from them, a statistical fallback serves them; see
+    `modelling.network_serves`). Without it they are skipped with their reason, as before.
     """
     names = {k: v for k, v in (names or {}).items() if k != v}
     if not names:
         return _validate(df, freq, window=window, horizon=horizon, validation_steps=validation_steps, chunk=chunk,
                          patch=patch, gap_policy=gap_policy, max_gap=max_gap, source=source, errors=errors,
-                         covariates=covariates, config=config, rules=rules or TextRules())
+                         covariates=covariates, config=config, rules=rules or TextRules(), keep_short=keep_short)
     try:
         result = _validate(df, freq, window=window, horizon=horizon, validation_steps=validation_steps, chunk=chunk,
                            patch=patch, gap_policy=gap_policy, max_gap=max_gap, source=source, errors=errors,
-                           covariates=covariates, config=config, rules=rules or TextRules())
+                           covariates=covariates, config=config, rules=rules or TextRules(),
+                           keep_short=keep_short)
     except DataValidationError as exc:
         raise exc.renamed(names) from None
     result.skipped = [SkippedSeries(s.series_id, names.get(s.field, s.field), s.reason) for s in result.skipped]
@@ -176,7 +184,8 @@ def validate(
 
 def _validate(df: pd.DataFrame, freq: str | None, *, window: int | None, horizon: int, validation_steps: int | None,
               chunk: int, patch: int | None, gap_policy: str, max_gap: int, source: str | None, errors: str,
-              covariates: CovariateSpec | None, config: Any, rules: TextRules) -> ValidationResult:
+              covariates: CovariateSpec | None, config: Any, rules: TextRules,
+              keep_short: bool = False) -> ValidationResult:
     if gap_policy not in ("fill", "skip", "error"):
         raise ValueError(f"gap_policy must be fill, skip or error, not {gap_policy!r}")
     for col in REQUIRED:
@@ -248,6 +257,8 @@ def _validate(df: pd.DataFrame, freq: str | None, *, window: int | None, horizon
     short = n < need  # no valid observation at all
     overflow = ~short & (~np.isfinite(mean) | ~np.isfinite(ss))
     constant = ~short & ~overflow & (ss == 0) & (n > 1)  # a single point is no constant series
+    if keep_short:  # a constant history is no data fault either: the statistical fallback serves it
+        constant = np.zeros_like(constant)
     for i in np.flatnonzero(short | overflow | constant):
         sid = str(uniques[i])
         if short[i]:

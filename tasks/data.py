@@ -39,7 +39,8 @@ def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.Da
 @task(name="validate_series", cache_policy=NO_CACHE)
 def validate_series(frame: pd.DataFrame, config: ForecastConfig) -> ValidationResult:
     logger = get_run_logger()
-    result = validate_for(frame, config, source=redact_url(config.input_url))
+    # series too short for the network (or constant) are kept: a statistical fallback serves them
+    result = validate_for(frame, config, source=redact_url(config.input_url), keep_short=True)
     kept = result.frame["series_id"].nunique()
     logger.info("%d series valid, %d skipped, %d missing points filled", kept, len(result.skipped),
                 result.filled_points)

@@ -7,10 +7,11 @@ from prefect.cache_policies import NO_CACHE
 from lstm_core import modelling
 from lstm_core.config import ForecastConfig
 from lstm_core.modelling import Forecasts, ModelChoice, ModelRef, ModelStore, Prepared, Scored, run_backtest
+from lstm_core.statistical import StatisticalBacktest
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 
-__all__ = ["Forecasts", "ModelChoice", "Scored", "evaluate", "forecast", "open_model", "run_backtest",
-           "train_or_load_model"]
+__all__ = ["Forecasts", "ModelChoice", "Scored", "combine", "evaluate", "fit_statistical", "forecast", "open_model",
+           "run_backtest", "train_or_load_model"]
 
 
 # Retried for storage failures while deciding (listing or loading the model store); the save after
@@ -40,7 +41,21 @@ def forecast(choice: ModelChoice, prepared: Prepared, config: ForecastConfig, sa
                               log=get_run_logger())
 
 
+@task(name="fit_statistical", cache_policy=NO_CACHE)
+def fit_statistical(prepared: Prepared, config: ForecastConfig) -> StatisticalBacktest:
+    """AutoETS, AutoTheta and the naive forecasts of every series of the shard, on the network's backtest
+    cutoffs and past T (`lstm_core.modelling.statistical`): each shard fits its own series."""
+    return modelling.statistical(prepared, config, log=get_run_logger())
+
+
+@task(name="combine", cache_policy=NO_CACHE)
+def combine(forecasts: Forecasts | None, statistical: StatisticalBacktest, choice: ModelChoice | None,
+            prepared: Prepared, config: ForecastConfig) -> Forecasts:
+    """The served forecast of every series, chosen on backtest windows only (`lstm_core.modelling.combine`)."""
+    return modelling.combine(forecasts, statistical, choice, prepared, config, log=get_run_logger())
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate(forecasts: Forecasts, choice: ModelChoice, prepared: Prepared, config: ForecastConfig) -> Scored:
+def evaluate(forecasts: Forecasts, choice: ModelChoice | None, prepared: Prepared, config: ForecastConfig) -> Scored:
     """Score every backtest window of the model and of seasonal naive, with interval coverage and MSIS."""
     return modelling.score(forecasts, choice, prepared, config, log=get_run_logger())

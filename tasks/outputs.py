@@ -12,8 +12,8 @@ from lstm_core.backtest import history_frame, metrics_table
 from lstm_core.config import ForecastConfig
 from lstm_core.outputs import RunWriter
 from lstm_core.realised import earlier_predictions, realised_metrics, realised_overall, realised_sums
-from lstm_core.records import (Manifest, Outputs, RealisedScores, RealisedTotals, ShardSummary, ShardTotals,
-                               SkippedEntry)
+from lstm_core.records import (BandCoverage, Manifest, Outputs, RealisedScores, RealisedTotals, Serving,
+                               ShardSummary, ShardTotals, SkippedEntry)
 from lstm_core.sharding import ShardSpec
 from lstm_core.storage import is_storage_failure
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, is_transient, retry_transient
@@ -51,6 +51,9 @@ def write_outputs(writer: RunWriter, forecasts: Forecasts, evaluation: Scored, p
     if realised is not None and len(realised.table):
         table = realised.table if overall_rows else realised.table[realised.table["series_id"].notna()]
         paths["realised"] = writer.write("realised", table, part)
+    if forecasts.series_by_model:
+        logger.info("%s: series per serving model: %s", shard.name,
+                    ", ".join(f"{k} {v}" for k, v in sorted(forecasts.series_by_model.items())))
     logger.info("%s: wrote %d prediction rows, %d metric rows, %d backtest rows, %d quarantined series%s",
                 shard.name, len(forecasts.future), len(metrics), len(forecasts.backtest.frame), len(prepared.skipped),
                 f", {len(realised.table)} realised accuracy rows" if realised and len(realised.table) else "")
@@ -67,7 +70,8 @@ def shard_summary(shard: ShardSpec, forecasts: Forecasts, evaluation: Scored, pr
         series_planned=shard.n_series,
         rows_read=int(prepared.rows_read),
         series_read=int(prepared.series_read),
-        series_forecast=int(prepared.panel.n_series),
+        series_forecast=int(prepared.all_series.n_series),
+        series_by_model=dict(forecasts.series_by_model),
         series_skipped=len(prepared.skipped),
         points_filled=int(prepared.filled_points),
         prediction_rows=int(len(forecasts.future)),
@@ -83,8 +87,43 @@ def shard_summary(shard: ShardSpec, forecasts: Forecasts, evaluation: Scored, pr
         realised=None if not realised or not len(realised.table) else
         RealisedTotals(totals=realised.totals, points=realised.points, rows=int(len(realised.table))),
         outputs=paths,
+        coverage=[] if forecasts.coverage is None else forecasts.coverage.to_dict("records"),
+        statistical_seconds=float(forecasts.statistical_seconds),
     )
 
+
+
+def serving_entry(summaries: list[ShardSummary], levels: list[float], candidates: list[str]) -> Serving:
+    """The manifest's `serving`: series per model and the served intervals' coverage per history band,
+    summed over shards."""
+    from lstm_core.metrics import level_label
+
+    by_model: dict[str, int] = {}
+    for s in summaries:
+        for k, v in s.series_by_model.items():
+            by_model[k] = by_model.get(k, 0) + int(v)
+    rows = [r for s in summaries for r in s.coverage]
+    bands = []
+    if rows:
+        frame = pd.DataFrame(rows).groupby("band", sort=False).sum(numeric_only=True)
+        order = sorted(frame.index, key=lambda b: int(str(b).split("-")[0].rstrip("+")))
+        for band in order:
+            r = frame.loc[band]
+            labels = [level_label(lv) for lv in levels]
+            n = {lb: int(r.get(f"n_{lb}", 0)) for lb in labels}
+            bands.append(BandCoverage(
+                band=str(band), series_windows=int(r["series_windows"]), points=int(r["points"]),
+                coverage={lb: (round(float(r[f"hits_{lb}"]) / n[lb], 4) if n[lb] else None) for lb in labels},
+                scored_points=n))
+    return Serving(rule=SERVING_RULE, candidates=candidates, series_by_model=dict(sorted(by_model.items())),
+                   statistical_seconds=round(sum(s.statistical_seconds for s in summaries), 3),
+                   coverage_by_history=bands)
+
+
+SERVING_RULE = ("per series, the equal-weight mean of the candidates whose backtest error (mean |y - f| over the "
+                "naive-error scale), shrunk toward the pool of series of the same history band, is within 10% of "
+                "the best; chosen on backtest windows only; AutoETS and AutoTheta are fitted to series shorter "
+                "than 8 horizons and to those the network cannot serve; series of 1-2 points get the naive ones")
 
 
 def overall_metrics(summaries: list[ShardSummary], lstm_versions: Collection[str]) -> pd.DataFrame:

@@ -20,7 +20,7 @@ from lstm_core.outputs import RunWriter
 from lstm_core.records import ShardSummary
 from lstm_core.sharding import ShardSpec
 from tasks.data import load_series, prepare_windows, validate_series
-from tasks.modelling import evaluate, forecast, open_model, train_or_load_model
+from tasks.modelling import combine, evaluate, fit_statistical, forecast, open_model, train_or_load_model
 from tasks.outputs import score_realised, write_outputs
 from tasks.reporting import RunPlots, render_plots
 
@@ -51,7 +51,7 @@ class _Steps:
 class Trained:
     """A group's model as its shards get it: by reference (they open the stored version)."""
 
-    ref: ModelRef
+    ref: ModelRef | None  # None: the group has no series the network can take (all served by the fallback)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -65,9 +65,17 @@ def train_group(config: ForecastConfig, group: str | None = None, sample: ShardS
     if sample is None:
         choice = steps(train_or_load_model, prepared=None, config=config, group=group)
     else:
-        choice = steps(train_or_load_model, prepared=steps.prepared(sample, config), config=config, group=group,
-                       calibrate=True)
+        prepared = steps.prepared(sample, config, allow_empty=True)
+        if not _network_has_series(prepared, config):
+            return Trained(None, steps.seconds)  # no series the network can take: the fallback serves the group
+        choice = steps(train_or_load_model, prepared=prepared, config=config, group=group, calibrate=True)
     return Trained(ModelRef.of(choice), steps.seconds)
+
+
+def _network_has_series(prepared: Prepared, config: ForecastConfig) -> bool:
+    """The network can train: some series is long enough (a loaded or pinned model needs none of its own data,
+    but a run with no such series at all serves every series by the statistical fallback)."""
+    return prepared.panel.n_series > 0
 
 
 @dataclass
@@ -85,7 +93,9 @@ class ShardResult:
 def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, model: Trained | None = None,
                    single: bool = False, earlier_runs: list[str] | None = None) -> ShardResult:
     """One shard: load_series -> validate_series -> prepare_windows -> [train_or_load_model] -> forecast ->
-    evaluate -> [render_plots] -> score_realised -> write_outputs, each a nested task run.
+    fit_statistical -> combine -> evaluate -> [render_plots] -> score_realised -> write_outputs, each a nested
+    task run. `forecast` is the network's (backtest and future); `combine` serves every series of the shard,
+    those too short for the network included, from the network, the statistical models or a combination.
 
     `model`: the group's model, trained beforehand; None when this shard's own data trains it (a group
     of one shard, or mode per_series). `single`: the run has this one shard (it writes the overall
@@ -94,15 +104,22 @@ def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, m
     steps = _Steps()
     prepared = steps.prepared(spec, config, allow_empty=not single and model is not None)
     trained = None
-    if model is None:
+    choice, network = None, None
+    if model is None and not _network_has_series(prepared, config):
+        pass  # every series is too short for the network (or constant): the statistical fallback serves them all
+    elif model is None:
         choice = steps(train_or_load_model, prepared=prepared, config=config, group=spec.group)
         trained = ModelRef.of(choice)
-    else:
+    elif model.ref is not None:
         choice = steps(open_model, ref=model.ref, config=config)
-    forecasts = steps(forecast, choice=choice, prepared=prepared, config=config, save=single)
+    if choice is not None:
+        network = steps(forecast, choice=choice, prepared=prepared, config=config, save=single)
+    stat = steps(fit_statistical, prepared=prepared, config=config)
+    forecasts = steps(combine, forecasts=network, statistical=stat, choice=choice, prepared=prepared, config=config)
+    del stat
     evaluation = steps(evaluate, forecasts=forecasts, choice=choice, prepared=prepared, config=config)
     plots = None
-    if single:
+    if single and choice is not None:
         plots = steps(render_plots, choice=choice, evaluation=evaluation, prepared=prepared, config=config,
                       forecasts=forecasts)
     realised = steps(score_realised, writer=writer, prepared=prepared, config=config,

@@ -262,8 +262,28 @@ def test_the_issues_short_series_are_forecast_as_validation_accepts_them(s3_buck
     assert manifest["config"]["window"] == 168 and manifest["skipped"] == []
 
 
+def test_series_all_too_short_for_the_network_are_served_by_the_statistical_fallback(s3_bucket, s3_endpoint):
+    """3 series x 10 hourly points, H 24: fewer than the network needs to learn a series (an input patch and
+    a chunk of targets), so it trains on none; every series is still forecast, by a named statistical model."""
+    fs = _fs(s3_endpoint)
+    url = _put(fs, f"{s3_bucket}/in/short.parquet", make_frame(n_series=3, length=10))
+    settings = {**FAST, "horizon": 24, "window": None, "input_url": url, "output_url": f"{s3_bucket}/out",
+                "run_id": "tooshort"}
+    manifest = batch_forecast(settings=settings)
+    assert manifest["status"] == "succeeded" and manifest["skipped"] == []
+    assert manifest["counts"]["series_forecast"] == 3 and manifest["models"] == []
+    assert sum(manifest["counts"]["series_by_model"].values()) == 3
+    assert not any("lstm" in k for k in manifest["counts"]["series_by_model"])
+    preds = _preds(fs, f"{s3_bucket}/out", "tooshort")
+    assert len(preds) == 3 * 24 and np.isfinite(preds["yhat"]).all() and preds["model"].notna().all()
+    # no series has a backtest window to calibrate on: a random walk's spread, never a bound on the forecast
+    assert np.isfinite(preds[["yhat_lo_95", "yhat_lo_80", "yhat_hi_80", "yhat_hi_95"]].to_numpy()).all()
+    assert (preds["yhat_lo_95"] < preds["yhat_lo_80"]).all() and (preds["yhat_lo_80"] < preds["yhat"]).all()
+    assert (preds["yhat"] < preds["yhat_hi_80"]).all() and (preds["yhat_hi_80"] < preds["yhat_hi_95"]).all()
+
+
 def test_no_valid_series_fails_with_the_reasons_and_a_quarantine_table(s3_bucket, s3_endpoint):
-    """3 series x 60 hourly points without one valid value (shortness is no longer a reason to skip: issue 22)."""
+    """3 series whose every value is missing: a data fault, so nothing is left to forecast."""
     fs = _fs(s3_endpoint)
     url = _put(fs, f"{s3_bucket}/in/short.parquet", make_frame(n_series=3, length=60).assign(y=np.nan))
     settings = {**FAST, "horizon": 24, "window": None, "input_url": url, "output_url": f"{s3_bucket}/out",

@@ -85,7 +85,8 @@ def sharded(s3_endpoint, tmp_path_factory):
 
     n_shards = -(-(GOOD + 6) // SHARD_SIZE)
     bad_ids = _bad_ids(n_shards)
-    kinds = ["missing", "constant", "nan", "dup", "missing", "nan"]
+    # data faults only: a short or constant series is no fault, a statistical fallback forecasts it (issue 22)
+    kinds = ["missing", "dup", "nan", "dup", "missing", "nan"]
     parts, expected = [_series(f"good-{i:02d}", i) for i in range(GOOD)], {}
     for i, (sid, kind) in enumerate(zip(bad_ids, kinds)):
         rows, field = _broken(sid, kind, 50 + i)
@@ -140,14 +141,16 @@ def test_a_sharded_run_quarantines_every_skipped_series_of_every_shard(sharded):
     means = per_window.groupby(["model", "metric"])["value"].mean()
     window_means = per_window.groupby(["model", "metric", "backtest_window"])["value"].mean()
     pooled = overall[overall["backtest_window"].isna() & overall["metric"].isin(POINT)]
-    assert overall["series_id"].isna().all() and len(pooled) == len(means) == 8
+    # six models side by side: the LSTM, seasonal naive, AutoETS, AutoTheta, naive and the served forecast
+    assert overall["series_id"].isna().all() and len(pooled) == len(means) == 6 * 4
     assert set(overall.loc[overall["model"] == "lstm", "model_version"]) == {manifest["model_version"]}
+    assert overall.loc[overall["model"] != "lstm", "model_version"].isna().all()
     for row in pooled.itertuples():
         assert row.value == pytest.approx(means[(row.model, row.metric)], rel=1e-12)
         key = manifest["model_version"] if row.model == "lstm" else row.model  # the manifest keys by version
         assert manifest["overall_metrics"][key][row.metric] == pytest.approx(row.value, rel=1e-12)
     windows = overall[overall["backtest_window"].notna() & overall["metric"].isin(POINT)]
-    assert len(windows) == len(window_means) == 8 * 3
+    assert len(windows) == len(window_means) == 6 * 4 * 3
     for row in windows.itertuples():
         assert row.value == pytest.approx(window_means[(row.model, row.metric, row.backtest_window)], rel=1e-12)
     # Coverage pools the points of every shard: the manifest's equals the backtest table's.
@@ -173,20 +176,28 @@ def test_part_files_have_the_contract_columns_and_dtypes(sharded, local_runs):
     # One shard, one part: part-0 holds the overall rows too (over all windows, and per window).
     local = pd.read_parquet(local_runs["out"] / "metrics" / "run=one" / "part-0.parquet")
     point = local[local["metric"].isin(POINT)]
-    assert (point["series_id"].isna() & point["backtest_window"].isna()).sum() == 8
-    assert (point["series_id"].notna() & point["backtest_window"].isna()).sum() == 8 * 3
-    assert (point["series_id"].isna() & point["backtest_window"].notna()).sum() == 8 * 3
+    per_model = 4 * 6  # 4 point metrics x 6 models (the LSTM, seasonal naive, AutoETS, AutoTheta, naive, served)
+    assert (point["series_id"].isna() & point["backtest_window"].isna()).sum() == per_model
+    assert (point["series_id"].notna() & point["backtest_window"].isna()).sum() == per_model * 3
+    assert (point["series_id"].isna() & point["backtest_window"].notna()).sum() == per_model * 3
     # Predictions and backtest gain the interval columns, after the contract's own.
     for table in ("predictions", "backtest"):
         names = pq.read_schema(local_runs["out"] / table / "run=one" / "part-0.parquet").names
-        assert [n for n in names if n.startswith("yhat_")] == INTERVALS, (table, names)
+        assert [n for n in names if n.startswith(("yhat_lo_", "yhat_hi_"))] == INTERVALS, (table, names)
+    # ... then the served forecast's: what served each row and every candidate's own forecast (issue 22)
+    names = pq.read_schema(local_runs["out"] / "predictions" / "run=one" / "part-0.parquet").names
+    assert names[names.index("yhat_hi_95") + 1:] == ["model", "yhat_lstm", "yhat_autoets", "yhat_autotheta",
+                                                     "yhat_seasonal_naive", "yhat_naive"], names
+    names = pq.read_schema(local_runs["out"] / "backtest" / "run=one" / "part-0.parquet").names
+    assert names[names.index("run_id") + 1:] == ["autoets", "autotheta", "naive", "served", "model",
+                                                 *(c.replace("yhat_", "served_") for c in INTERVALS), "history"]
 
 
 # --- a local output location with two committed runs, one half-written -------------------------------
 @pytest.fixture(scope="module")
 def local_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("local")
-    frame = pd.concat([_series(f"s{i}", i) for i in range(3)] + [_broken("flat", "constant", 9)[0]],
+    frame = pd.concat([_series(f"s{i}", i) for i in range(3)] + [_broken("flat", "missing", 9)[0]],
                       ignore_index=True).astype({"series_id": "string"})
     frame.to_parquet(tmp / "series.parquet", index=False)
     out = tmp / "out"
@@ -251,11 +262,15 @@ def test_the_manifest_holds_every_documented_field(local_runs):
     assert manifest["config"]["horizon"] == H and manifest["config"]["storage_options"] == {}
     assert manifest["model_version"] and manifest["model_key"]
     assert manifest["retrain"]["action"] == "train" and manifest["retrain"]["reason"]
+    by_model = manifest["counts"].pop("series_by_model")
+    assert sum(by_model.values()) == 3 and by_model == manifest["serving"]["series_by_model"]
     assert manifest["counts"] == {"series_read": 4, "rows_read": 4 * 80, "series_forecast": 3, "series_skipped": 1,
                                   "prediction_rows": 3 * H, "points_filled": 0}
     assert manifest["skipped"] == [{"series_id": "flat", "field": "y", "reason": manifest["skipped"][0]["reason"]}]
-    assert "constant" in manifest["skipped"][0]["reason"]
-    assert set(manifest["overall_metrics"]) == {manifest["model_version"], "seasonal_naive"}
+    assert "all values missing" in manifest["skipped"][0]["reason"]
+    # every model side by side on the same backtest windows (issue 22)
+    assert set(manifest["overall_metrics"]) == {manifest["model_version"], "seasonal_naive", "autoets", "autotheta",
+                                                "naive", "served"}
     # the point metrics for both models, coverage and MSIS per level for the model with intervals
     assert set(manifest["overall_metrics"]["seasonal_naive"]) == set(POINT)
     assert set(manifest["overall_metrics"][manifest["model_version"]]) == \

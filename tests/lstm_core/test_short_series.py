@@ -91,7 +91,10 @@ def mixed():
 def test_no_series_is_skipped_for_being_short(mixed):
     cfg, result, data, _ = mixed
     assert result.skipped == [] and data.skipped == []
-    assert set(data.panel.series_ids) == {"long0", "long1", "long2", "long3", "p1", "p2", "p5", "p10"}
+    # every series is kept (`all_series`); the network's own panel holds those it learns (issue 22: the rest
+    # is served by the statistical fallback)
+    assert set(data.all_series.series_ids) == {"long0", "long1", "long2", "long3", "p1", "p2", "p5", "p10"}
+    assert set(data.panel.series_ids) == {"long0", "long1", "long2", "long3", "p10"}
     assert not any("too short" in s.reason for s in result.skipped)
 
 
@@ -106,9 +109,9 @@ def test_series_the_network_cannot_learn_are_handed_to_the_fallback_with_a_reaso
 
 def test_every_series_gets_a_finite_forecast_and_backtest_rows_where_its_history_allows(mixed):
     cfg, _, data, model = mixed
-    fc = model.forecast(data.panel, H)
+    fc = model.forecast(data.all_series, H)  # the network can forecast any length (front padding)
     assert fc.shape == (8, H) and np.isfinite(fc).all()
-    bt = backtest_from_config(data.panel, cfg, model.forecast, min_history=min_train_length(cfg),
+    bt = backtest_from_config(data.all_series, cfg, model.forecast, min_history=min_train_length(cfg),
                               first_window=data.first_window)
     scored = set(bt.frame["series_id"])
     assert scored == {"long0", "long1", "long2", "long3"}
