@@ -27,12 +27,13 @@ from prefect.futures import as_completed
 from flows.handoff import handed_config
 from flows.parameters import Overridable, RunSettings, deployment_settings, overrides_list, settings_dict
 from flows.runners import RunTaskRunner, run_task_runner
+from lstm_core import interrupt
 from lstm_core.artifacts import package_versions
 from lstm_core.config import ForecastConfig, load_config, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
 from lstm_core.modelling import candidates_of
-from lstm_core.outputs import OutputStore, RunWriter, new_run_id, slot_run_id
+from lstm_core.outputs import OUTPUT_SCHEMA_VERSION, OutputStore, RunWriter, new_run_id, slot_run_id
 from lstm_core.progress import Progress
 from lstm_core.records import (BacktestEntry, Counts, Decision, Execution, Frequency, Manifest, ManifestDraft,
                                ModelEntry, Outputs, PlanSummary, ShardsEntry, ShardSummary, SkippedEntry,
@@ -158,9 +159,12 @@ def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, l
         versions=package_versions(),
         flow_run_id=_flow_run_id(),
         tuned=tuned,  # which study's best settings this run used (tuned: latest), else null
+        output_schema_version=OUTPUT_SCHEMA_VERSION,
     ))
     try:
-        with run_task_runner(config, logger) as runner:
+        # the CLI's Ctrl-C and SIGTERM handlers over the flow engine's own (which would leave the task threads
+        # training on): every thread stops at its next safe point
+        with interrupt.rearmed(), run_task_runner(config, logger) as runner:
             run.runner = runner
             run.manifest.execution = Execution(**runner.description)
             committed = run.execute()
@@ -328,7 +332,7 @@ class _Run:
             error.quarantine_written = True  # each shard wrote its part of the quarantine table
             raise error
         single = plan.n_shards == 1
-        overall = overall_metrics(summaries)
+        overall = overall_metrics(summaries, {c.version for c in choices.values() if c is not None})
         realised = None if single else realised_overall_rows(summaries)
         counts = Counts(
             series_read=sum(s.series_read for s in summaries),
@@ -358,8 +362,11 @@ class _Run:
         manifest.counts = counts
         manifest.skipped = skipped[:SKIPPED_IN_SUMMARY]
         # over all backtest windows (the per-window rows are in the metrics table)
+        # keyed as before (output schema 1): the LSTM by its model version, a baseline by its name
+        runs = overall[overall["backtest_window"].isna()]
+        key = runs["model_version"].astype(object).where(runs["model_version"].notna(), runs["model"].astype(object))
         manifest.overall_metrics = {model: dict(zip(g["metric"], g["value"].astype(float)))
-                                    for model, g in overall[overall["window"].isna()].groupby("model", sort=False)}
+                                    for model, g in runs.groupby(key, sort=False)}
         manifest.backtest = self._backtest_entry(summaries, choices)
         manifest.shards = ShardsEntry(count=plan.n_shards, shard_size=config.shard_size, split=plan.sharded,
                                       in_flight=self.runner.capacity, items=[s.entry() for s in summaries])
@@ -454,7 +461,8 @@ def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: Ba
             logger.error("run %s failed before writing; the earlier committed attempt stays: %s", writer.run_id, reason)
             return
         failed: dict[str, Any] = {"status": "failed", "error": reason, "timings_s": timings,
-                                  "finished_at": datetime.now(timezone.utc)}
+                                  "finished_at": datetime.now(timezone.utc),
+                                  "reason": "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"}
         if isinstance(exc, NoValidSeriesError):
             # Every series was skipped: say which and why, in the manifest and the quarantine table.
             failed["skipped"] = [SkippedEntry.of(s) for s in exc.skipped[:SKIPPED_IN_SUMMARY]]

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import flows  # noqa: F401 - sets logging and analytics environment before Prefect loads
 
 DEMO_DIR = Path("data/demo")
+EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: storage could not be reached; retry later
 DEFAULT_CRON = "0 2 * * *"
 SERVE_TAGS = ["lstm-forecast", "batch-forecast"]
 
@@ -147,17 +148,28 @@ def _resolve(config_path: str | None, settings: dict[str, Any], sets: list[str])
 
 
 def check_input(config) -> None:
-    """Fail fast on an input that is missing or unreadable: list it and read one file's schema, before
-    TensorFlow is imported or a Prefect server started (a wrong path is reported in about a second)."""
+    """Fail fast, before TensorFlow is imported or a Prefect server started (about a second): an input that is
+    missing or unreadable (list it and read one file's schema) or lacks a required or declared column
+    (covariates, group column: exit 2, naming the setting), an output location that is a file or cannot be
+    written (exit 2), and storage that cannot be reached (StorageError, exit 75: retry later)."""
     from lstm_core.storage import check_input as check
+    from lstm_core.storage import check_output
 
+    declared = {col: role for role in ("historic_covariates", "future_covariates", "static_covariates")
+                for col in getattr(config, role)}
+    if config.group_column:
+        declared[config.group_column] = "group_column"
     check(config.location(config.input_url), config.input_format,
-          required=[config.id_column, config.time_column, config.target_column], delimiter=config.delimiter)
+          required=[config.id_column, config.time_column, config.target_column], delimiter=config.delimiter,
+          declared=declared)
+    # where the run writes: a file there, or a folder it cannot write, is refused now, not after training
+    check_output(config.location(config.output_url), "output_url")
 
 
 def _checked_flow(args: argparse.Namespace, flow_name: str):
     """(the flow, the run's configuration): settings and input checked first (a missing input fails in about
-    a second, before TensorFlow is imported), then the flow imported quietly."""
+    a second, before TensorFlow is imported), then the flow imported quietly and the temporary Prefect API
+    started (when no PREFECT_API_URL is set)."""
     config = _resolve(args.config, settings_from_args(args), args.sets)
     check_input(config)
     with quiet_native_startup():
@@ -166,7 +178,46 @@ def _checked_flow(args: argparse.Namespace, flow_name: str):
         else:
             from flows.batch_forecast import batch_forecast as flow
     quiet_console_tracebacks()
+    start_temporary_api()
     return flow, config
+
+
+def start_temporary_api() -> None:
+    """Without PREFECT_API_URL, start the temporary local Prefect API now, with SIGINT blocked in it.
+
+    Prefect would start it on the flow's first call, in this terminal's process group: a Ctrl-C (which the
+    terminal sends to the whole group) then stopped the API at once while the run went on, and every later
+    call to it failed (`ConnectError`) or waited (the event drain at exit). Started here it is the same
+    server the flow's client uses (one per process), it ignores the terminal's Ctrl-C, and this process
+    stops it in order when it exits (Prefect's own exit hook: SIGTERM, then up to 5 s)."""
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from lstm_core.interrupt import sigint_blocked
+
+    with sigint_blocked():
+        SubprocessASGIServer().start()  # registers its stop as an exit hook
+    import atexit
+
+    atexit.register(drain_prefect_workers)  # registered after it, so it runs before it: while the API is up
+
+
+DRAIN_SECONDS = 3.0
+
+
+def drain_prefect_workers(timeout: float = DRAIN_SECONDS) -> None:
+    """Send what Prefect's background workers still hold (log lines, events) to the API, waiting at most
+    `timeout` seconds for each kind. Called at exit before the temporary API stops: afterwards the logging
+    module's own shutdown found the API gone and waited 5 s, and the event drain retried for minutes."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):  # a drain that fails must not hide the run's own outcome
+            worker.drain_all(timeout=timeout)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -339,6 +390,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flows.handoff import handing
 
     quiet_console_tracebacks()
+    start_temporary_api()
     print(f"demo dataset: {data} (24 hourly series, 4 weeks)")
     with handing(config) as parameters:
         manifest = batch_forecast(**parameters)
@@ -415,10 +467,23 @@ def ephemeral_api_failure() -> str:
             "setting, or start a server and set PREFECT_API_URL")
 
 
+def _exit_now(code: int) -> None:
+    """End the process with `code` after the exit hooks (Prefect's: the event drain and the temporary API's
+    ordered stop) and flushing the console, skipping the interpreter's teardown, where TensorFlow's native
+    destructors take 5 to 7 s after an interrupted training (measured; a stopped run must exit within 10 s)."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from lstm_core.config import ConfigError
-    from lstm_core.errors import LstmForecastError, RunLockedError
+    from lstm_core.errors import LstmForecastError, RunLockedError, StorageError
 
     logging.basicConfig(level=logging.WARNING)
     for handler in logging.getLogger().handlers:
@@ -431,15 +496,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lstm-forecast: error: {scrub(line, _SECRETS | secret_values())}", file=sys.stderr)
         return code
 
+    from lstm_core.interrupt import handle_signals
+
+    command = {"run": cmd_run, "serve": cmd_serve, "tune": cmd_tune, "demo": cmd_demo}[args.command]
+    # run, tune and demo stop on the first Ctrl-C or SIGTERM within seconds (exit 130 or 143); serve keeps its
+    # own handling (a clean stop, exit 0)
+    stopping = handle_signals() if args.command != "serve" else contextlib.nullcontext()
     try:
-        return {"run": cmd_run, "serve": cmd_serve, "tune": cmd_tune, "demo": cmd_demo}[args.command](args)
+        with stopping:
+            return command(args)
     except RunLockedError as exc:
         return fail(str(exc), 3)
+    except StorageError as exc:
+        # storage that cannot be reached (network, 5xx, throttling, after the retries) is not bad input: a
+        # scheduler should retry later; a refused permission is a configuration problem (2)
+        return fail(str(exc), EXIT_TEMPFAIL if exc.transient else 2)
     except (ConfigError, LstmForecastError) as exc:
         return fail(str(exc), 2)
-    except KeyboardInterrupt:
-        print("lstm-forecast: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # lstm_core.interrupt.RunInterrupted, or a Ctrl-C before it was armed
+        name = str(exc) or "interrupted"
+        print(f"lstm-forecast: {name}: stopped without committing (a run that had started is marked failed, "
+              f"reason 'interrupted')", file=sys.stderr)
+        code = getattr(exc, "exit_code", 130)
+        if argv is None:  # the console script: leave within seconds, as promised
+            _exit_now(code)
+        return code
     except Exception as exc:  # noqa: BLE001 - one line, no traceback, for any other failure
         if "ephemeral Prefect API server" in str(exc):
             return fail(ephemeral_api_failure(), 2)

@@ -10,16 +10,18 @@ flow's temporary local API is exported to the workers (otherwise each would star
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator
 
 from prefect.context import FlowRunContext
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from lstm_core.config import ForecastConfig
+from lstm_core.interrupt import request_stop, sigint_blocked
 
 
 class RunTaskRunner(TaskRunner):
@@ -117,6 +119,24 @@ def quiet_workers(client) -> None:
                 pass
 
     client.register_plugin(QuietNativeStartup(), name="lstm-forecast-quiet-native-startup")
+
+
+def detach_local_workers(client) -> None:
+    """Have the workers of this run's own LocalCluster ignore SIGINT: they are in the terminal's process group,
+    so a Ctrl-C reached them too and each died printing a traceback, while the flow's process stops the run and
+    closes the cluster in order (lstm_core.interrupt). Never for a cluster the run did not start."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class IgnoreTerminalInterrupt(WorkerPlugin):
+        def setup(self, worker) -> None:
+            import signal
+
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            except ValueError:  # not the process's main thread: leave it
+                pass
+
+    client.register_plugin(IgnoreTerminalInterrupt(), name="lstm-forecast-ignore-terminal-interrupt")
 
 
 def worker_env(workers: int, config: ForecastConfig | None = None) -> dict[str, str]:
@@ -232,24 +252,36 @@ def _real_runner(config: ForecastConfig, logger: logging.Logger | None = None
                                         cluster_kwargs=local_cluster_kwargs(config.workers, config))
                 description = {"runner": "dask", "cluster": "LocalCluster"}
             quiet_dask_logs()
-            with dask.config.set(cluster_dask_config()):
-                with runner:
+            with dask.config.set(cluster_dask_config()), ExitStack() as stack:
+                # The cluster's event-loop thread and worker processes start with SIGINT blocked: a terminal's
+                # Ctrl-C (sent to the whole process group) reaches the flow's process only, which stops the
+                # run and closes the cluster in order (lstm_core.interrupt); a SIGINT meanwhile waits till here.
+                with sigint_blocked():
+                    stack.enter_context(runner)
                     t0 = time.perf_counter()
                     if config.workers is not None:
                         runner.client.wait_for_workers(config.workers, timeout=600)
                     quiet_workers(runner.client)
                     if config.workers is not None:
+                        detach_local_workers(runner.client)
                         give_storage_options(runner.client, config)
                         if dashboard_address() is not None:
                             log.info("Dask dashboard: %s", runner.client.dashboard_link)
-                    info = runner.client.scheduler_info(n_workers=-1) if _takes_n_workers(runner.client) \
-                        else runner.client.scheduler_info()
-                    workers = info.get("workers", {})
-                    threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
-                    description.update({"workers": len(workers), "threads": threads})
-                    log.info("Dask %s: %d worker(s), %d thread(s), ready in %.1f s",
-                             config.dask_address or "LocalCluster", len(workers), threads, time.perf_counter() - t0)
+                info = runner.client.scheduler_info(n_workers=-1) if _takes_n_workers(runner.client) \
+                    else runner.client.scheduler_info()
+                workers = info.get("workers", {})
+                threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
+                description.update({"workers": len(workers), "threads": threads})
+                log.info("Dask %s: %d worker(s), %d thread(s), ready in %.1f s",
+                         config.dask_address or "LocalCluster", len(workers), threads, time.perf_counter() - t0)
+                try:
                     yield runner, description, threads
+                except KeyboardInterrupt:
+                    # Ctrl-C or SIGTERM here: have the workers' tasks stop at their next batch too, so the cluster
+                    # closes at once instead of waiting for them (a local worker is killed after 4 s otherwise)
+                    with contextlib.suppress(Exception):
+                        runner.client.run(request_stop)
+                    raise
     finally:
         if saved is None:
             os.environ.pop("PREFECT_API_URL", None)

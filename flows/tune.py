@@ -14,6 +14,7 @@ from prefect import flow, get_run_logger
 
 from flows.handoff import handed_config
 from flows.parameters import Overridable, RunSettings, deployment_settings, overrides_list, settings_dict
+from lstm_core import interrupt
 from lstm_core.config import ForecastConfig, load_config
 from lstm_core.engine import panel_of
 from lstm_core.secrets import scrubbing, secret_values
@@ -52,6 +53,13 @@ def tune(config_path: str | None = None, settings: RunSettings | None = None,
 
 
 def run_tuning(config: ForecastConfig) -> dict[str, Any]:
+    # the CLI's Ctrl-C and SIGTERM handlers over the flow engine's SIGTERM bridge: a trial stops at its next
+    # batch and the command exits 130 or 143 (lstm_core.interrupt), as a run does
+    with interrupt.rearmed():
+        return _run_tuning(config)
+
+
+def _run_tuning(config: ForecastConfig) -> dict[str, Any]:
     logger = get_run_logger()
     frame = load_series(config=config)
     validated = validate_series(frame=frame, config=config)

@@ -18,11 +18,12 @@ all windows, for the published forecast.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import numpy as np
 import pandas as pd
 
+from lstm_core import interrupt
 from lstm_core.config import ForecastConfig
 from lstm_core.frequency import dates_after
 from lstm_core.intervals import (PRIOR_WINDOWS, ConformalIntervals, fit_conformal, held_out_bounds, naive_scales,
@@ -117,6 +118,26 @@ def backtest_metrics(sums: ErrorSums) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+LSTM = "lstm"  # the metrics table's `model` label of the LSTM's rows (its version is in `model_version`)
+
+
+def metrics_table(metrics: pd.DataFrame, lstm_versions: Collection[str]) -> pd.DataFrame:
+    """`backtest_metrics` rows (or the overall rows built like them) in the layout of the `metrics/` table.
+
+    The sums key the LSTM by its model version; the table labels it `lstm` and keeps the version in
+    `model_version` (null on a baseline's rows, e.g. `seasonal_naive`), and names the backtest window
+    `backtest_window` (`window` is a reserved word of DuckDB and of SQL:2016). `lstm_versions`: the model
+    versions among `metrics["model"]` (several when group models are pooled). Columns:
+    `series_id, metric, value, model, cutoff, backtest_window, model_version`.
+    """
+    versions = {str(v) for v in lstm_versions}
+    model = metrics["model"].astype("string")
+    is_lstm = model.isin(versions).fillna(False).to_numpy(bool)
+    out = metrics.rename(columns={"window": "backtest_window"})
+    return out.assign(model=model.where(~is_lstm, LSTM),
+                      model_version=model.where(is_lstm, pd.NA).astype("string")).reset_index(drop=True)
+
+
 def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: int, season_length: int,
              windows: int = 3, step: int | None = None, fit_fn: FitFn | None = None, refit: bool = False,
              min_history: int = 1, levels: Sequence[float] = (80, 95), interval_method: str = "conformal",
@@ -152,6 +173,7 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
     if on_window is not None:
         on_window(0, windows)
     for w in range(windows):
+        interrupt.check()  # a stop request (Ctrl-C, SIGTERM) ends the backtest between windows
         mask = eligible[w]
         for i in np.flatnonzero(~mask):
             have = max(int(panel.lengths[i] - drops[w]), 0)

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pandas as pd
 
+from lstm_core import interrupt
 from lstm_core.config import ForecastConfig
 from lstm_core.covariates import CovariateSpec, StaticEncoder
 from lstm_core.forecasting import recursive_forecast
@@ -170,6 +171,7 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     budget = time_budget_s if time_budget_s is not None else (
         config.training.max_train_minutes * 60 if config.training.max_train_minutes else None)
     for i in range(n):
+        interrupt.check()  # between ensemble members too (each member's batches check on their own)
         seed = config.seed + i
         keras.utils.set_random_seed(seed)
         model = build_lstm(config.window, panel.n_features, config.model.units, chunk=chunk, patch=patch,

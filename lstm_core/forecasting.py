@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from lstm_core import interrupt
 from lstm_core.model import model_geometry
 
 # Compiled loops per ensemble (keyed by its first member), so repeated calls do not trace again.
@@ -101,8 +102,10 @@ def recursive_forecast(
     else:
         future = np.zeros((s, steps * chunk, 0), dtype=np.float32)
     loop = _compiled_loop(members, horizon, known)
-    parts = [loop(tf.constant(windows[i:i + batch_size]), tf.constant(future[i:i + batch_size])).numpy()
-             for i in range(0, s, batch_size)]
+    parts = []
+    for i in range(0, s, batch_size):
+        interrupt.check()  # a stop request (Ctrl-C, SIGTERM) ends the forecast between batches
+        parts.append(loop(tf.constant(windows[i:i + batch_size]), tf.constant(future[i:i + batch_size])).numpy())
     out = np.concatenate(parts, axis=1) if parts else np.zeros((len(members), 0, horizon), np.float32)
     return out.mean(axis=0) if reduce else out
 

@@ -19,6 +19,11 @@ from dataclasses import dataclass
 from lstm_core.storage import join
 
 TABLES = ("predictions", "metrics", "quarantine", "backtest", "realised")
+# The version of the tables' columns and types, recorded in each manifest (`output_schema_version`).
+# 1 (manifests without the field): nanosecond timestamps, the metrics' `window`, the LSTM's metric rows
+# labelled by its version. 2: microsecond timestamps, `backtest_window`, `model` a label (`lstm`,
+# `seasonal_naive`) with the version in `model_version`.
+OUTPUT_SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 LEASE = "lease.json"
 FOLDERS = (*TABLES, "runs", "models", "_scratch")  # what a run writes under the output root

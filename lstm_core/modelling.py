@@ -25,7 +25,7 @@ import pandas as pd
 from lstm_core import artifacts
 from lstm_core.artifacts import data_fingerprint
 from lstm_core.backtest import (KEYS, Backtest, WindowHook, backtest_from_config, backtest_metrics, cutoff_drops,
-                                training_cutoff)
+                                metrics_table, training_cutoff)
 from lstm_core.combination import coverage_sums, serve_backtest, serve_future, served_intervals
 from lstm_core.config import ForecastConfig, ModelSpec
 from lstm_core.engine import Evaluation, Forecaster, fit, panel_of, predictions_frame
@@ -572,7 +572,8 @@ class Scored:
     and what the flow pools over shards."""
 
     holdout: Evaluation  # the last window (today's holdout) of every series, for the plots
-    metrics: pd.DataFrame  # `backtest_metrics` layout: series_id, metric, value, model, cutoff, window
+    metrics: pd.DataFrame  # `metrics_table` layout: series_id, metric, value, model, cutoff, backtest_window,
+    # model_version
     pooled: MetricTotals  # over every series and window, by model and metric
     per_window: MetricTotals  # by window, model and metric
     window_cutoffs: dict[int, Any] = field(default_factory=dict)  # window -> its latest cutoff
@@ -590,7 +591,9 @@ def score(forecasts: Forecasts, choice: ModelChoice | None, data: Prepared, conf
     bt = forecasts.backtest
     version = choice.version if choice is not None else "lstm"  # None: the network served no series
     sums = bt.sums(version)
-    metrics = backtest_metrics(sums)  # the same as bt.metrics(), without summing the rows twice
+    # the same as bt.metrics(), without summing the rows twice; labelled as the metrics table has them (the
+    # LSTM as `lstm` beside its version; with no network model, `lstm` rows have no version)
+    metrics = metrics_table(backtest_metrics(sums), {choice.version} if choice is not None else set())
     holdout = _holdout_of(bt, data, version, config)
     latest = {int(w): c for w, c in bt.scales.groupby("window")["cutoff"].max().items()}
     scored = Scored(holdout, metrics, sums.totals(()), sums.totals(("window",)), latest)

@@ -6,12 +6,19 @@ carrying a `run_id` column so a single file stands on its own:
     predictions/run=<id>/part-<k>.parquet   series_id, ds, step, yhat, model_version, run_id, cutoff,
                                             yhat_lo_<L>, yhat_hi_<L> per interval level, model,
                                             yhat_lstm, yhat_autoets, yhat_autotheta, yhat_seasonal_naive, yhat_naive
-    metrics/run=<id>/part-<k>.parquet       series_id (null = overall), metric, value, model, run_id, cutoff,
-                                            window (null: over all backtest windows)
+    metrics/run=<id>/part-<k>.parquet       series_id (null = overall), metric, value, model (a label: `lstm`,
+                                            `seasonal_naive`, `autoets`, ..., `served`), run_id, cutoff,
+                                            backtest_window (null: over all backtest windows), model_version (the
+                                            LSTM's; null for the other models)
     quarantine/run=<id>/part-<k>.parquet    series_id, field, reason, run_id
     backtest/run=<id>/part-<k>.parquet      series_id, cutoff, ds, step, y, yhat, seasonal_naive, intervals, run_id,
                                             autoets, autotheta, naive, served, model, served intervals, history
-    realised/run=<id>/part-<k>.parquet      series_id, metric, value, model, forecast_run_id, cutoff, points, run_id
+    realised/run=<id>/part-<k>.parquet      series_id, metric, value, model, forecast_run_id, cutoff, points, run_id,
+                                            model_version
+
+Every timestamp is written in microseconds (`timestamp[us]`, what Spark 3, DuckDB, polars and pandas all
+read), and no column is named by a reserved word of DuckDB or Spark SQL: version `OUTPUT_SCHEMA_VERSION`
+of the tables, recorded in the manifest.
     runs/<id>/plots/*.png                   the run's plots (written before the manifest)
     runs/<id>/manifest.json                 written last; readers trust status == "succeeded"
     runs/<id>/lease.json                    held while a process runs this run id (lstm_core.lease)
@@ -36,7 +43,7 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
-from lstm_core.layout import FOLDERS, LEASE, MANIFEST, TABLES, OutputLayout
+from lstm_core.layout import FOLDERS, LEASE, MANIFEST, OUTPUT_SCHEMA_VERSION, TABLES, OutputLayout
 from lstm_core.metrics import interval_columns
 from lstm_core.realised import interval_levels, realised_schema
 from lstm_core.records import Manifest
@@ -44,12 +51,15 @@ from lstm_core.secrets import scrub
 from lstm_core.storage import (LinkRefused, Location, is_local, join, put_bytes, read_json, remove_file, remove_tree,
                                write_json, write_parquet)
 
-__all__ = ["FOLDERS", "MANIFEST", "TABLES", "OutputStore", "RunWriter", "committed_runs", "read_committed",
+__all__ = ["FOLDERS", "MANIFEST", "OUTPUT_SCHEMA_VERSION", "TABLES", "OutputStore", "RunWriter", "committed_runs", "read_committed",
            "table_schema"]
 
 
+TIME_UNIT = "us"  # Spark 3 refuses Parquet's nanosecond timestamps; microseconds every reader takes
+
+
 def _ts(tz: str | None) -> pa.DataType:
-    return pa.timestamp("ns", tz=tz)
+    return pa.timestamp(TIME_UNIT, tz=tz)
 
 
 def _interval_fields(levels: Sequence[float]) -> list[tuple[str, pa.DataType]]:
@@ -87,11 +97,13 @@ def backtest_schema(tz: str | None = None, levels: Sequence[float] = (), served:
 
 
 def metrics_schema(tz: str | None = None) -> pa.Schema:
-    """Columns of `metrics/`: the original five, then the backtest window's `cutoff` and `window`
-    (both null on the rows over all windows: the run's figures)."""
+    """Columns of `metrics/`: the original five, then the backtest window's `cutoff` and `backtest_window`
+    (both null on the rows over all windows: the run's figures), then `model_version` (the LSTM's version on
+    its rows, null on a baseline's; `model` is the label: `lstm`, `seasonal_naive`)."""
     return pa.schema([
         ("series_id", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("model", pa.string()),
-        ("run_id", pa.string()), ("cutoff", _ts(tz)), ("window", pa.int64()),
+        ("run_id", pa.string()), ("cutoff", _ts(tz)), ("backtest_window", pa.int64()),
+        ("model_version", pa.string()),
     ])
 
 
@@ -198,7 +210,8 @@ class RunWriter:
             schema = predictions_schema(tz, levels, served) if table == "predictions" else \
                 backtest_schema(tz, levels, served)
         elif table == "metrics":
-            df = df.assign(**{c: df[c] if c in df.columns else None for c in ("cutoff", "window")})
+            df = df.assign(**{c: df[c] if c in df.columns else None
+                              for c in ("cutoff", "backtest_window", "model_version")})
             schema = metrics_schema(_tz_of(df["cutoff"]))
         elif table == "realised":
             schema = realised_schema(_tz_of(df["cutoff"]))

@@ -24,16 +24,17 @@ from lstm_core.metrics import ErrorSums, MetricTotals
 
 KEYS = ("forecast_run_id", "model_version", "cutoff", "series_id")
 PREDICTION_COLUMNS = ("series_id", "ds", "step", "yhat", "model_version", "run_id", "cutoff")
-COLUMNS = ("series_id", "metric", "value", "model", "forecast_run_id", "cutoff", "points")
+COLUMNS = ("series_id", "metric", "value", "model", "forecast_run_id", "cutoff", "points", "model_version")
+LSTM = "lstm"  # the `model` label of the LSTM's rows (its version is in `model_version`)
 _BOUND = re.compile(r"^yhat_lo_(\d+(?:\.\d+)?)$")
 
 
 def realised_schema(tz: str | None = None) -> pa.Schema:
     """Parquet schema of `realised/` part files (the writer's `run_id` is the scoring run's)."""
-    ts = pa.timestamp("ns", tz=tz)
+    ts = pa.timestamp("us", tz=tz)  # microseconds: what every reader takes (Spark 3 refuses nanoseconds)
     return pa.schema([("series_id", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
                       ("model", pa.string()), ("forecast_run_id", pa.string()), ("cutoff", ts),
-                      ("points", pa.int64()), ("run_id", pa.string())])
+                      ("points", pa.int64()), ("run_id", pa.string()), ("model_version", pa.string())])
 
 
 def interval_levels(columns: Sequence[str]) -> tuple[float, ...]:
@@ -128,16 +129,18 @@ def realised_metrics(sums: ErrorSums, per_series: bool = True) -> pd.DataFrame:
         return pd.DataFrame({"series_id": pd.Series([], dtype="string"), "metric": pd.Series([], dtype="string"),
                              "value": pd.Series([], dtype="float64"), "model": pd.Series([], dtype="string"),
                              "forecast_run_id": pd.Series([], dtype="string"),
-                             "cutoff": pd.Series([], dtype="datetime64[ns]"), "points": pd.Series([], dtype="int64")})
+                             "cutoff": pd.Series([], dtype="datetime64[ns]"), "points": pd.Series([], dtype="int64"),
+                             "model_version": pd.Series([], dtype="string")})
     out = pd.concat(parts, ignore_index=True)
     out = out[out["value"].notna() | out["metric"].isin(("mae", "rmse", "smape", "mase"))]
-    model = np.where(out["model"] == "forecast", out["model_version"].astype(object), "seasonal_naive")
+    model = np.where(out["model"] == "forecast", LSTM, "seasonal_naive")
     frame = pd.DataFrame({
         "series_id": (out["series_id"] if "series_id" in out.columns else pd.NA),
         "metric": out["metric"], "value": out["value"], "model": model,
         "forecast_run_id": out["forecast_run_id"], "cutoff": out["cutoff"], "points": out["points"],
+        "model_version": out["model_version"],
     }).astype({"series_id": "string", "metric": "string", "value": "float64", "model": "string",
-               "forecast_run_id": "string", "points": "int64"})
+               "forecast_run_id": "string", "points": "int64", "model_version": "string"})
     return frame.sort_values(["forecast_run_id", "cutoff", "series_id", "model", "metric"], na_position="first",
                              kind="stable").reset_index(drop=True)
 
@@ -254,9 +257,10 @@ def realised_overall(totals: "MetricTotals", points: pd.DataFrame) -> pd.DataFra
     points = points.groupby([*group, "model"], dropna=False)["n"].sum().rename("points").reset_index()
     out = overall.merge(points, on=[*group, "model"], how="left")
     out = out[out["value"].notna() | out["metric"].isin(("mae", "rmse", "smape", "mase"))]
-    model = np.where(out["model"] == "forecast", out["model_version"].astype(object), "seasonal_naive")
+    model = np.where(out["model"] == "forecast", LSTM, "seasonal_naive")
     return pd.DataFrame({
         "series_id": pd.Series([pd.NA] * len(out), dtype="string"), "metric": out["metric"].astype("string"),
         "value": out["value"].astype("float64"), "model": pd.Series(model, dtype="string"),
         "forecast_run_id": out["forecast_run_id"].astype("string"), "cutoff": out["cutoff"].to_numpy(),
-        "points": out["points"].fillna(0).astype("int64")}).reset_index(drop=True)
+        "points": out["points"].fillna(0).astype("int64"),
+        "model_version": out["model_version"].astype("string").to_numpy()}).reset_index(drop=True)

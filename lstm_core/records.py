@@ -320,6 +320,12 @@ class ManifestDraft(Record):
     versions: dict[str, str] = Field(description="package -> installed version")
     flow_run_id: str | None = Field(description="the Prefect flow run's id")
     tuned: Tuned | None = Field(description="the tuned settings applied (`tuned: latest`); null otherwise")
+    output_schema_version: int | None = Field(
+        None, description="the version of the output tables' columns and types (`lstm_core.layout."
+                          "OUTPUT_SCHEMA_VERSION`): 2 = microsecond timestamps, the metrics' `backtest_window`, "
+                          "`model` a label (`lstm`, `seasonal_naive`) beside `model_version`; absent in manifests "
+                          "written before it existed (version 1: nanosecond timestamps, the metrics' `window`, "
+                          "the LSTM's metric rows labelled by its version)")
     execution: Execution | None = Field(None, description="where tasks ran (absent when the run failed before)")
     frequency: Frequency | None = Field(None, description="frequency and seasons (absent when the run failed before "
                                                           "planning)")
@@ -361,6 +367,9 @@ class Manifest(ManifestDraft):
                                                                "`failed`: see `error`")
     error: str | None = Field(None, description="why the run failed (`<exception type>: <first line>`); absent when "
                                                 "it succeeded")
+    reason: Literal["interrupted", "error"] | None = Field(
+        None, description="what stopped a failed run: `interrupted` (Ctrl-C or SIGTERM; `error` names the signal: "
+                          "`RunInterrupted: interrupted by SIGINT`) or `error`; absent when it succeeded")
     timings_s: dict[str, float] = Field(
         description="seconds per task name (summed over its runs), and wall-clock seconds of the flow's "
                           "phases (`wall_<phase>`, `wall_total`)")

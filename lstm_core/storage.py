@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import os
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -284,10 +285,12 @@ def column_types(names: dict[str, str], numeric: list[str] | tuple[str, ...] = (
 
 
 def check_input(source: Location | str, input_format: str = "auto",
-                required: list[str] | tuple[str, ...] | None = None, delimiter: str = ",") -> OpenedDataset:
+                required: list[str] | tuple[str, ...] | None = None, delimiter: str = ",",
+                declared: Mapping[str, str] | None = None) -> OpenedDataset:
     """Cheap check that the input exists and is readable: list it, read the first file's schema, and
-    find the `required` columns (CSV split on `delimiter`). No rows are read. Raises DataValidationError
-    or StorageError."""
+    find the `required` columns (CSV split on `delimiter`) and the `declared` ones (column -> the setting
+    that declares it: a covariate, the group column), by the user's names. No rows are read. Raises
+    DataValidationError (naming the column, and the setting for a declared one) or StorageError."""
     opened = open_dataset(source, input_format, delimiter=delimiter)
     fragment = next(iter(opened.dataset.get_fragments()), None)
     if fragment is not None:
@@ -303,7 +306,60 @@ def check_input(source: Location | str, input_format: str = "auto",
             if col not in have:
                 raise DataValidationError(f"missing required column (have {sorted(have)})", source=opened.shown,
                                           column=col)
+        for col, setting in (declared or {}).items():
+            if col not in have:
+                raise DataValidationError(f"declared in setting {setting!r} but not in the input (have "
+                                          f"{sorted(have)}): fix the name there or in the data", source=opened.shown,
+                                          column=col)
     return opened
+
+
+def check_output(target: Location | str, setting: str = "output_url") -> None:
+    """Cheap check, before any work, that the run can write under `target` (the output root): refuses a
+    path that is a file (or lies under one) and, locally, a folder this process cannot write (ConfigError
+    naming `setting`); raises StorageError when the storage cannot be reached (transient: retry later).
+    Nothing is left written. On object stores a write permission shows only at the first write (a refused PUT
+    fails the run then: StorageError, permanent)."""
+    from lstm_core.errors import ConfigError  # noqa: PLC0415
+
+    target = Location.of(target)
+    hide = url_credentials(target.url)  # what a library may quote without the URL around it
+    try:
+        fs, path = target.fs, target.path
+    except Exception as exc:  # noqa: BLE001 - a filesystem that cannot even be set up
+        if is_storage_failure(exc):
+            raise storage_error(f"output {target.shown}: cannot reach storage", exc, hide) from None
+        raise
+    shown = target.shown
+    if is_local(fs):
+        where = os.path.abspath(path)
+        if os.path.exists(where) and not os.path.isdir(where):
+            raise ConfigError(f"setting {setting!r}: {shown} is a file, not a folder: give a folder (the run writes "
+                              f"predictions/, metrics/, runs/ ... under it)")
+        probe = where
+        while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+            probe = os.path.dirname(probe)
+        if not os.path.isdir(probe):
+            raise ConfigError(f"setting {setting!r}: {shown} cannot be created: {probe} is a file, not a folder")
+        # Try it: a folder made and removed at once where the output (or its first missing parent) would be
+        # created. Permission bits alone do not say it (root, ACLs, read-only or special file systems).
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".lstm-forecast-write-check-", dir=probe))
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            raise ConfigError(f"setting {setting!r}: {shown} is not writable ({probe}: {why})") from None
+        return
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return  # not there yet: the run creates it
+    except Exception as exc:  # noqa: BLE001
+        if is_storage_failure(exc):
+            raise storage_error(f"output {shown}: cannot reach storage", exc, hide) from None
+        raise
+    if info.get("type") == "file":
+        raise ConfigError(f"setting {setting!r}: {shown} is a file (an object), not a folder: give a prefix the run "
+                          f"can write predictions/, metrics/, runs/ ... under")
 
 
 # Longest series id (or group value) accepted, in bytes: listing the series decodes the id column batch by
@@ -745,9 +801,11 @@ def put_bytes(fs: fsspec.AbstractFileSystem, path: str, data: bytes, *, root: st
 
 
 def parquet_bytes(df: pd.DataFrame, schema: pa.Schema | None = None) -> bytes:
+    """`df` as one Parquet file (zstd), in `schema` when given. Timestamps are written in microseconds
+    whatever `df` holds (pandas' are nanoseconds, which Spark 3 refuses); a sub-microsecond part is dropped."""
     table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, compression="zstd", coerce_timestamps="us", allow_truncated_timestamps=True)
     return buf.getvalue()
 
 

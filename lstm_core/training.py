@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import keras
 import numpy as np
 
+from lstm_core import interrupt
 from lstm_core.config import TrainingConfig
 from lstm_core.model import cudnn_eligible, forward_flops
 from lstm_core.panel import Panel
@@ -141,6 +142,17 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class StopOnRequest(keras.callbacks.Callback):
+    """Raise RunInterrupted at the first batch (training or validation) after a stop was requested (Ctrl-C,
+    SIGTERM: lstm_core.interrupt), so a run stops within a batch instead of training on to its last epoch."""
+
+    def on_train_batch_end(self, batch, logs=None) -> None:
+        interrupt.check()
+
+    def on_test_batch_end(self, batch, logs=None) -> None:
+        interrupt.check()
+
+
 class Pace(keras.callbacks.Callback):
     """Training samples and the seconds spent on training batches (validation and callbacks left out)."""
 
@@ -253,7 +265,7 @@ def train(
     try:
         hist = model.fit(batches, validation_data=(model_inputs(val), val.y), epochs=config.epochs, verbose=0,
                          validation_batch_size=max(config.batch_size, 1024),
-                         callbacks=[early, checkpoint, budget, snapshots, pace,
+                         callbacks=[StopOnRequest(), early, checkpoint, budget, snapshots, pace,
                                     EpochLog(config.epochs, on_epoch, on_batch), *callbacks], shuffle=False)
         if ckpt.exists():
             model.load_weights(str(ckpt))  # best epoch, whatever stopped training

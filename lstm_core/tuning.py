@@ -538,16 +538,14 @@ class TuneResult:
 def write_results(result: TuneResult, config: ForecastConfig) -> dict[str, str]:
     """Write trials.parquet, objective.png and, when a trial completed, best.yaml and best.json (written last,
     so a best.json always points at a best.yaml of its own trial). Returns the URLs written."""
-    from lstm_core.storage import join, put_bytes, write_json
+    from lstm_core.storage import join, parquet_bytes, put_bytes, write_json
 
     fs, name = _fs(config), result.study.study_name
     root = config.output_url if _is_local(config) else None
     base = study_url(config, name)
     frame = result.trials
     urls = {"journal": save_journal(result.study, config)}
-    buf = io.BytesIO()
-    frame.to_parquet(buf, index=False)
-    put_bytes(fs, join(base, "trials.parquet"), buf.getvalue(), root=root)
+    put_bytes(fs, join(base, "trials.parquet"), parquet_bytes(frame), root=root)  # microsecond timestamps
     urls["trials"] = join(base, "trials.parquet")
     put_bytes(fs, join(base, "objective.png"), objective_plot(frame, name), root=root)
     urls["plot"] = join(base, "objective.png")

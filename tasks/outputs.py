@@ -1,13 +1,14 @@
 """The tasks that write a run's outputs: each shard's part files, then the commit with the manifest."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Collection
 
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from lstm_core.backtest import history_frame
+from lstm_core import interrupt
+from lstm_core.backtest import history_frame, metrics_table
 from lstm_core.config import ForecastConfig
 from lstm_core.outputs import RunWriter
 from lstm_core.realised import earlier_predictions, realised_metrics, realised_overall, realised_sums
@@ -35,14 +36,18 @@ def write_outputs(writer: RunWriter, forecasts: Forecasts, evaluation: Scored, p
     run writes the overall rows once, at commit. A retry rewrites the same files.
     """
     logger = get_run_logger()
+    interrupt.check()  # a stopped run writes nothing more (what it wrote is never committed)
     metrics = evaluation.metrics if overall_rows else evaluation.metrics[evaluation.metrics["series_id"].notna()]
     part = shard.index
-    paths = {
-        "predictions": writer.write("predictions", forecasts.future, part),
-        "metrics": writer.write("metrics", metrics, part),
-        "quarantine": writer.write("quarantine", prepared.skipped_frame(), part),
-        "backtest": writer.write("backtest", forecasts.backtest.frame, part),
-    }
+    paths = {}
+    interrupt.check()  # and between the files: a stop request leaves the rest unwritten
+    paths["predictions"] = writer.write("predictions", forecasts.future, part)
+    interrupt.check()
+    paths["metrics"] = writer.write("metrics", metrics, part)
+    interrupt.check()
+    paths["quarantine"] = writer.write("quarantine", prepared.skipped_frame(), part)
+    interrupt.check()
+    paths["backtest"] = writer.write("backtest", forecasts.backtest.frame, part)
     if realised is not None and len(realised.table):
         table = realised.table if overall_rows else realised.table[realised.table["series_id"].notna()]
         paths["realised"] = writer.write("realised", table, part)
@@ -121,9 +126,10 @@ SERVING_RULE = ("per series, the equal-weight mean of the candidates whose backt
                 "than 8 horizons and to those the network cannot serve; series of 1-2 points get the naive ones")
 
 
-def overall_metrics(summaries: list[ShardSummary]) -> pd.DataFrame:
+def overall_metrics(summaries: list[ShardSummary], lstm_versions: Collection[str]) -> pd.DataFrame:
     """Rows of the metrics table over all series (series_id null) pooled over all shards, as unsharded:
-    per backtest window (`window`, `cutoff` its latest cutoff) and over all windows (both null)."""
+    per backtest window (`backtest_window`, `cutoff` its latest cutoff) and over all windows (both null).
+    `lstm_versions`: the LSTM model versions the shards used (their rows get `model` `lstm`)."""
     pooled = [s.totals.pooled for s in summaries]
     windows = [s.totals.window for s in summaries]
     overall = pooled[0].merge(*pooled[1:]).finalize()
@@ -144,8 +150,8 @@ def overall_metrics(summaries: list[ShardSummary]) -> pd.DataFrame:
                       "window": pd.Series([pd.NA] * len(overall), dtype="Int64")}),
     ], ignore_index=True)
     frame = frame[frame["value"].notna() | frame["metric"].isin(("mae", "rmse", "smape", "mase"))]
-    return frame.astype({"series_id": "string", "metric": "string", "value": "float64",
-                         "model": "string"}).reset_index(drop=True)
+    frame = frame.astype({"series_id": "string", "metric": "string", "value": "float64", "model": "string"})
+    return metrics_table(frame.reset_index(drop=True), lstm_versions)
 
 
 def realised_overall_rows(summaries: list[ShardSummary]) -> pd.DataFrame | None:
@@ -210,6 +216,7 @@ def commit_run(writer: RunWriter, manifest: Manifest, overall: pd.DataFrame | No
     if plots:
         outputs.plots = {name: writer.write_file(f"plots/{name}", png) for name, png in plots.items()}
     manifest = manifest.model_copy(update={"status": "succeeded", "outputs": outputs})
+    interrupt.check()  # the last moment a stop request keeps the run from committing
     writer.commit(manifest)
     counts, shards = manifest.counts, manifest.shards
     logger.info("committed run %s: %s prediction rows, %s quarantined series, %s shard(s)", writer.run_id,

@@ -43,10 +43,11 @@ class RunPlots:
 
 
 def _series_mase(evaluation: Scored, model: str, window: int | None = None) -> np.ndarray:
-    """Per-series MASE of `model`: over all backtest windows (None) or in one window."""
+    """Per-series MASE of `model` (its label in the metrics table: `lstm`, `seasonal_naive`): over all
+    backtest windows (None) or in one window."""
     m = evaluation.metrics
     rows = m[(m["model"] == model) & (m["metric"] == "mase") & m["series_id"].notna()]
-    rows = rows[rows["window"].isna()] if window is None else rows[rows["window"] == window]
+    rows = rows[rows["backtest_window"].isna()] if window is None else rows[rows["backtest_window"] == window]
     by_id = dict(zip(rows["series_id"].astype(str), rows["value"].astype(float)))
     return np.array([by_id.get(str(s), np.nan) for s in evaluation.series_ids], dtype=float)
 
@@ -76,7 +77,7 @@ def _loss_plot(choice: ModelChoice, config: ForecastConfig, out: RunPlots) -> No
 def _holdout_plot(choice: ModelChoice, scored: Scored, prepared: Prepared, config: ForecastConfig,
                   out: RunPlots) -> None:
     last = config.backtest.windows - 1  # the last backtest window is the holdout
-    lstm_mase = _series_mase(scored, choice.version, last)
+    lstm_mase = _series_mase(scored, "lstm", last)
     naive_mase = _series_mase(scored, "seasonal_naive", last)
     evaluation = scored.holdout
     picks = plots.pick_examples(lstm_mase)
@@ -108,7 +109,7 @@ def _interval_plots(choice: ModelChoice, scored: Scored, forecasts: Forecasts, p
                     config: ForecastConfig, out: RunPlots) -> None:
     """The published forecast with its intervals after the last weeks of history, and the backtest
     windows against the actuals, for the best, median and worst series by pooled backtest MASE."""
-    mase = pd.Series(_series_mase(scored, choice.version), index=[str(s) for s in scored.series_ids], dtype=float)
+    mase = pd.Series(_series_mase(scored, "lstm"), index=[str(s) for s in scored.series_ids], dtype=float)
     mase = mase[np.isfinite(mase.to_numpy())]
     if mase.empty:
         out.notes["forecast_intervals.png"] = "no interval plots: no series has a finite backtest MASE"

@@ -98,12 +98,12 @@ def test_backtest_metrics_equal_the_metrics_table(spiked):
         hist = frame[(frame["series_id"] == sid) & (frame["ds"] <= cutoff)].sort_values("ds")["y"].to_numpy()
         scale = np.mean(np.abs(hist[M:] - hist[:-M]))
         y = g["y"].to_numpy()
-        for model, col in ((lstm, "yhat"), ("seasonal_naive", "seasonal_naive")):
+        for model, col in (("lstm", "yhat"), ("seasonal_naive", "seasonal_naive")):
             f = g[col].to_numpy()
             e = y - f
             values = {"mae": np.mean(np.abs(e)), "rmse": np.sqrt(np.mean(e ** 2)),
                       "smape": np.mean(200 * np.abs(e) / (np.abs(y) + np.abs(f))), "mase": np.mean(np.abs(e)) / scale}
-            if model == lstm and g["yhat_lo_95"].notna().all():
+            if model == "lstm" and g["yhat_lo_95"].notna().all():
                 for level in LEVELS:
                     lo, hi, a = g[f"yhat_lo_{level}"].to_numpy(), g[f"yhat_hi_{level}"].to_numpy(), 1 - level / 100
                     values[f"coverage_{level}"] = np.mean((y >= lo) & (y <= hi))
@@ -112,21 +112,24 @@ def test_backtest_metrics_equal_the_metrics_table(spiked):
             by_hand += [{"series_id": sid, "cutoff": cutoff, "model": model, "metric": k, "expected": v,
                          "points": len(g)} for k, v in values.items()]
     by_hand = pd.DataFrame(by_hand)
-    table = metrics[metrics["series_id"].notna() & metrics["window"].notna()]
+    table = metrics[metrics["series_id"].notna() & metrics["backtest_window"].notna()]
+    assert set(table.loc[table["model"] == "lstm", "model_version"]) == {lstm}  # the label, and the version beside it
+    assert table.loc[table["model"] == "seasonal_naive", "model_version"].isna().all()
     joined = by_hand.merge(table.astype({"series_id": object}), on=["series_id", "cutoff", "model", "metric"],
                            how="outer", indicator=True)
     assert (joined["_merge"] == "both").all(), joined[joined["_merge"] != "both"]
     np.testing.assert_allclose(joined["value"], joined["expected"], rtol=1e-9)
-    assert sorted(table["window"].unique()) == list(range(WINDOWS))
+    assert sorted(table["backtest_window"].unique()) == list(range(WINDOWS))
     # Pooled rows (no series, no window): the mean over every series and window; coverage over every point.
-    pooled = metrics[metrics["series_id"].isna() & metrics["window"].isna()].set_index(["model", "metric"])["value"]
+    pooled = metrics[metrics["series_id"].isna() & metrics["backtest_window"].isna()].set_index(["model", "metric"])["value"]
     for (model, metric), g in by_hand.groupby(["model", "metric"]):
         expected = (np.average(g["expected"], weights=g["points"]) if metric.startswith("coverage")
                     else g["expected"].mean())
         assert pooled[(model, metric)] == pytest.approx(expected, rel=1e-9), (model, metric)
-        assert run["overall_metrics"][model][metric] == pytest.approx(expected, rel=1e-9)
+        # the manifest keys the LSTM by its version, as it always has
+        assert run["overall_metrics"][lstm if model == "lstm" else model][metric] == pytest.approx(expected, rel=1e-9)
     # Per window (no series): the mean over the window's series, with its cutoff.
-    per_window = metrics[metrics["series_id"].isna() & metrics["window"].notna()]
+    per_window = metrics[metrics["series_id"].isna() & metrics["backtest_window"].notna()]
     for (model, metric, cutoff), g in by_hand[by_hand["metric"].isin(POINT)].groupby(["model", "metric", "cutoff"]):
         row = per_window[(per_window["model"] == model) & (per_window["metric"] == metric)
                          & (per_window["cutoff"] == cutoff)]
@@ -163,7 +166,7 @@ def realised(tmp_path_factory):
     (out / "predictions" / "run=a-old").mkdir(parents=True)
     pq.write_table(pa.Table.from_pandas(old_preds, preserve_index=False),
                    out / "predictions" / "run=a-old" / "part-0.parquet")
-    old_metrics = _table(out, "metrics", "early").drop(columns=["cutoff", "window"])
+    old_metrics = _table(out, "metrics", "early").drop(columns=["cutoff", "backtest_window", "model_version"])
     (out / "metrics" / "run=a-old").mkdir(parents=True)
     pq.write_table(pa.Table.from_pandas(old_metrics.assign(run_id="a-old"), preserve_index=False),
                    out / "metrics" / "run=a-old" / "part-0.parquet")
@@ -185,7 +188,9 @@ def test_realised_accuracy_equals_the_scorer_on_the_later_actuals(realised):
         test = frame.merge(preds[["series_id", "ds"]], on=["series_id", "ds"])
         assert len(test) == 4 * H
         rows = table[(table["forecast_run_id"] == run_id) & table["series_id"].isna()
-                     & (table["model"] == preds["model_version"].iloc[0])].set_index("metric")["value"]
+                     & (table["model"] == "lstm")].set_index("metric")["value"]
+        assert set(table.loc[(table["forecast_run_id"] == run_id) & (table["model"] == "lstm"), "model_version"]) \
+            == {preds["model_version"].iloc[0]}
         ref = m4.score(train, test, preds, "yhat", M)
         assert rows["smape"] == pytest.approx(ref["smape"], abs=6e-4)
         assert rows["mase"] == pytest.approx(ref["mase"], abs=6e-4)
@@ -214,7 +219,7 @@ def test_a_loaded_model_brings_its_saved_intervals(realised):
 
 def test_old_and_new_outputs_read_as_one_dataset_with_pandas_and_pyarrow(realised):
     out = realised["out"]
-    for table, new in (("predictions", "yhat_lo_95"), ("metrics", "window")):
+    for table, new in (("predictions", "yhat_lo_95"), ("metrics", "backtest_window")):
         schema = table_schema(str(out), table)
         assert new in schema.names and "run" in schema.names
         by_pandas = pd.read_parquet(out / table, schema=schema)

@@ -70,11 +70,13 @@ def test_flow_reads_s3_and_commits_predictions_metrics_manifest(s3_input, s3_end
     assert (preds["yhat_hi_95"] > preds["yhat_lo_95"]).all()
 
     metrics = _read(fs, f"{output_url}/metrics/run={run_id}/part-0.parquet")
-    overall = metrics[metrics["series_id"].isna() & metrics["window"].isna()]
-    assert set(overall["model"]) == {stored["model_version"], "seasonal_naive"}
+    overall = metrics[metrics["series_id"].isna() & metrics["backtest_window"].isna()]
+    assert set(overall["model"]) == {"lstm", "seasonal_naive"}  # the label; the LSTM's version beside it
+    assert set(overall.loc[overall["model"] == "lstm", "model_version"]) == {stored["model_version"]}
+    assert overall.loc[overall["model"] == "seasonal_naive", "model_version"].isna().all()
     point, interval = {"mae", "rmse", "smape", "mase"}, {"coverage_80", "msis_80", "coverage_95", "msis_95"}
     assert set(overall.loc[overall["model"] == "seasonal_naive", "metric"]) == point
-    assert set(overall.loc[overall["model"] == stored["model_version"], "metric"]) == point | interval
+    assert set(overall.loc[overall["model"] == "lstm", "metric"]) == point | interval
     assert np.isfinite(metrics["value"]).all()
     # 5 series x 3 windows: point metrics of both models per series and window, per series, per window and
     # pooled; interval metrics of the LSTM where the window has intervals calibrated on earlier windows (2 of 3).

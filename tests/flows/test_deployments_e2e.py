@@ -238,10 +238,12 @@ def test_artifacts_hold_the_metrics_of_the_metrics_parquet(stack):
     table = by_key[METRICS_KEY].data
     table = json.loads(table) if isinstance(table, str) else table
     metrics = _rows_of(stack, "metrics", run_id)
-    overall = metrics[metrics["series_id"].isna() & metrics["window"].isna()]  # pooled over the backtest
+    overall = metrics[metrics["series_id"].isna() & metrics["backtest_window"].isna()]  # pooled over the backtest
     assert len(table) == 2 == overall["model"].nunique()
-    for row in table:
-        expected = overall[overall["model"] == row["version"]].set_index("metric")["value"]
+    for row in table:  # the artifact keys the LSTM by its version, the table by its label beside `model_version`
+        expected = overall[overall["model"] == row["model"]].set_index("metric")["value"]
+        assert set(overall.loc[overall["model"] == row["model"], "model_version"].dropna()) == \
+            ({row["version"]} if row["model"] == "lstm" else set())
         assert len(expected) == (8 if row["model"] == "lstm" else 4), row  # the LSTM's coverage and MSIS too
         for metric, value in expected.items():
             assert row[metric] == pytest.approx(value, rel=1e-9), (row["model"], metric)
@@ -283,7 +285,7 @@ def test_rerunning_the_same_slot_leaves_one_set_of_rows(stack):
     assert len(preds) == N_SERIES * H
     assert not preds.duplicated(["series_id", "step"]).any()
     metrics = _rows_of(stack, "metrics", run_id)
-    metrics = metrics[metrics["window"].isna() & metrics["metric"].isin(["mae", "rmse", "smape", "mase"])]
+    metrics = metrics[metrics["backtest_window"].isna() & metrics["metric"].isin(["mae", "rmse", "smape", "mase"])]
     assert len(metrics) == 2 * 4 * (N_SERIES + 1)
     stack["fs"].invalidate_cache()
     assert stack["fs"].ls(f"{stack['output']}/predictions/run={run_id}", detail=False) == [

@@ -33,13 +33,14 @@ SETTINGS = {
     "freq": "h", "horizon": H, "season_length": 24, "window": 24, "model": {"units": [8]},
     "training": {"epochs": 3, "patience": 2, "windows_per_series": 16, "batch_size": 64, "snapshots": 1},
 }
-# The contract's columns and types; tables may gain columns, never lose or retype these.
-TIMESTAMP = pa.timestamp("ns")
+# The contract's columns and types (output schema 2); tables may gain columns, never lose or retype these.
+TIMESTAMP = pa.timestamp("us")  # microseconds: Spark 3 refuses nanoseconds
 CONTRACT = {
     "predictions": [("series_id", pa.string()), ("ds", TIMESTAMP), ("step", pa.int64()), ("yhat", pa.float64()),
                     ("model_version", pa.string()), ("run_id", pa.string()), ("cutoff", TIMESTAMP)],
     "metrics": [("series_id", pa.string()), ("metric", pa.string()), ("value", pa.float64()),
-                ("model", pa.string()), ("run_id", pa.string()), ("cutoff", TIMESTAMP), ("window", pa.int64())],
+                ("model", pa.string()), ("run_id", pa.string()), ("cutoff", TIMESTAMP),
+                ("backtest_window", pa.int64()), ("model_version", pa.string())],
     "quarantine": [("series_id", pa.string()), ("field", pa.string()), ("reason", pa.string()),
                    ("run_id", pa.string())],
     "backtest": [("series_id", pa.string()), ("cutoff", TIMESTAMP), ("ds", TIMESTAMP), ("step", pa.int64()),
@@ -136,19 +137,22 @@ def test_a_sharded_run_quarantines_every_skipped_series_of_every_shard(sharded):
     overall = metrics.pop("part-overall.parquet").to_pandas()
     per_series = pd.concat([t.to_pandas() for t in metrics.values()], ignore_index=True)
     assert per_series["series_id"].notna().all() and per_series["series_id"].nunique() == GOOD
-    per_window = per_series[per_series["window"].notna() & per_series["metric"].isin(POINT)]
+    per_window = per_series[per_series["backtest_window"].notna() & per_series["metric"].isin(POINT)]
     means = per_window.groupby(["model", "metric"])["value"].mean()
-    window_means = per_window.groupby(["model", "metric", "window"])["value"].mean()
-    pooled = overall[overall["window"].isna() & overall["metric"].isin(POINT)]
+    window_means = per_window.groupby(["model", "metric", "backtest_window"])["value"].mean()
+    pooled = overall[overall["backtest_window"].isna() & overall["metric"].isin(POINT)]
     # six models side by side: the LSTM, seasonal naive, AutoETS, AutoTheta, naive and the served forecast
     assert overall["series_id"].isna().all() and len(pooled) == len(means) == 6 * 4
+    assert set(overall.loc[overall["model"] == "lstm", "model_version"]) == {manifest["model_version"]}
+    assert overall.loc[overall["model"] != "lstm", "model_version"].isna().all()
     for row in pooled.itertuples():
         assert row.value == pytest.approx(means[(row.model, row.metric)], rel=1e-12)
-        assert manifest["overall_metrics"][row.model][row.metric] == pytest.approx(row.value, rel=1e-12)
-    windows = overall[overall["window"].notna() & overall["metric"].isin(POINT)]
+        key = manifest["model_version"] if row.model == "lstm" else row.model  # the manifest keys by version
+        assert manifest["overall_metrics"][key][row.metric] == pytest.approx(row.value, rel=1e-12)
+    windows = overall[overall["backtest_window"].notna() & overall["metric"].isin(POINT)]
     assert len(windows) == len(window_means) == 6 * 4 * 3
     for row in windows.itertuples():
-        assert row.value == pytest.approx(window_means[(row.model, row.metric, row.window)], rel=1e-12)
+        assert row.value == pytest.approx(window_means[(row.model, row.metric, row.backtest_window)], rel=1e-12)
     # Coverage pools the points of every shard: the manifest's equals the backtest table's.
     bt = pd.concat([t.to_pandas() for t in _s3_parts(fs, out, "backtest", "sharded").values()], ignore_index=True)
     has = bt["yhat_lo_95"].notna()
@@ -173,9 +177,9 @@ def test_part_files_have_the_contract_columns_and_dtypes(sharded, local_runs):
     local = pd.read_parquet(local_runs["out"] / "metrics" / "run=one" / "part-0.parquet")
     point = local[local["metric"].isin(POINT)]
     per_model = 4 * 6  # 4 point metrics x 6 models (the LSTM, seasonal naive, AutoETS, AutoTheta, naive, served)
-    assert (point["series_id"].isna() & point["window"].isna()).sum() == per_model
-    assert (point["series_id"].notna() & point["window"].isna()).sum() == per_model * 3
-    assert (point["series_id"].isna() & point["window"].notna()).sum() == per_model * 3
+    assert (point["series_id"].isna() & point["backtest_window"].isna()).sum() == per_model
+    assert (point["series_id"].notna() & point["backtest_window"].isna()).sum() == per_model * 3
+    assert (point["series_id"].isna() & point["backtest_window"].notna()).sum() == per_model * 3
     # Predictions and backtest gain the interval columns, after the contract's own.
     for table in ("predictions", "backtest"):
         names = pq.read_schema(local_runs["out"] / table / "run=one" / "part-0.parquet").names

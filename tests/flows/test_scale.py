@@ -92,11 +92,11 @@ def test_each_shard_reads_only_its_own_series(tmp_path):
     np.testing.assert_array_equal(b["yhat"], a["yhat"])
     # Point metrics: the backtest windows' interval metrics are calibrated within each shard (README: Scaling out).
     point = ["mae", "rmse", "smape", "mase"]
-    ma = _sorted(_table(out, "metrics", "whole"), ["series_id", "window", "model", "metric"])
-    mb = _sorted(_table(out, "metrics", "sharded"), ["series_id", "window", "model", "metric"])
-    ma, mb = (_sorted(m[m["metric"].isin(point)], ["series_id", "window", "model", "metric"]) for m in (ma, mb))
+    ma = _sorted(_table(out, "metrics", "whole"), ["series_id", "backtest_window", "model", "metric"])
+    mb = _sorted(_table(out, "metrics", "sharded"), ["series_id", "backtest_window", "model", "metric"])
+    ma, mb = (_sorted(m[m["metric"].isin(point)], ["series_id", "backtest_window", "model", "metric"]) for m in (ma, mb))
     assert len(ma) == len(mb)
-    assert (ma["window"].isna() & ma["metric"].isin(point)).sum() == 2 * 4 * (24 + 1)
+    assert (ma["backtest_window"].isna() & ma["metric"].isin(point)).sum() == 2 * 4 * (24 + 1)
     per_series = ma["series_id"].notna().to_numpy()
     np.testing.assert_array_equal(mb["value"][per_series], ma["value"][per_series])
     # Overall rows pool the shards' sums: the same mean, summed in another order.
@@ -178,7 +178,8 @@ def test_dask_local_cluster_gives_the_same_outputs_as_in_process(tmp_path):
     assert dask["shards"]["count"] == local["shards"]["count"] >= 4
     assert dask["counts"] == local["counts"]
 
-    for table, keys in (("predictions", ["series_id", "step"]), ("metrics", ["series_id", "window", "model", "metric"])):
+    for table, keys in (("predictions", ["series_id", "step"]),
+                        ("metrics", ["series_id", "backtest_window", "model", "model_version", "metric"])):
         a = _sorted(_by_group(_table(str(tmp_path / "local"), table, "r"), local), keys)
         b = _sorted(_by_group(_table(str(tmp_path / "dask"), table, "r"), dask), keys)
         assert len(a) == len(b) > 0

@@ -107,8 +107,9 @@ def test_the_manifest_counts_series_per_model_and_shows_every_candidate(served_r
     assert "p20" in set(bt["series_id"])  # a short series is backtested where it has points before a cutoff
     # metrics: each model on the backtest windows, per series too
     metrics = pd.read_parquet(served_run["out"] / "metrics" / "run=served")
-    assert {"served", "autoets", "autotheta", "naive", "seasonal_naive"} <= set(metrics["model"])
-    served_rows = metrics[(metrics["model"] == "served") & metrics["series_id"].notna() & metrics["window"].isna()]
+    assert {"lstm", "served", "autoets", "autotheta", "naive", "seasonal_naive"} <= set(metrics["model"])
+    assert set(metrics.loc[metrics["model"] == "lstm", "model_version"]) == {manifest["model_version"]}
+    served_rows = metrics[(metrics["model"] == "served") & metrics["series_id"].notna() & metrics["backtest_window"].isna()]
     assert "p20" in set(served_rows["series_id"])
 
 

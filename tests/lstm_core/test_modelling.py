@@ -62,8 +62,9 @@ def test_forecast_and_score_return_frames(run):
     assert fc.intervals_source == "model"  # calibrated by get_or_train and reused
     np.testing.assert_allclose(frame["yhat"].to_numpy().reshape(-1, H), first.final.forecast(data.panel, H))
     scored = score(fc, first, data, cfg)
-    pooled = scored.metrics[scored.metrics["series_id"].isna() & scored.metrics["window"].isna()]
-    assert set(pooled["model"]) == {first.version, "seasonal_naive"}
+    pooled = scored.metrics[scored.metrics["series_id"].isna() & scored.metrics["backtest_window"].isna()]
+    assert set(pooled["model"]) == {"lstm", "seasonal_naive"}
+    assert set(pooled.loc[pooled["model"] == "lstm", "model_version"]) == {first.version}
     assert {"mae", "smape", "mase", "coverage_95", "msis_95"} <= set(pooled["metric"])
     assert scored.holdout.actual.shape == (data.panel.n_series, H)
 

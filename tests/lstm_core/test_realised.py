@@ -58,7 +58,12 @@ def snaive_reference(train: pd.DataFrame, test: pd.DataFrame, m: int) -> pd.Data
 
 
 def overall(table: pd.DataFrame, run_id: str, model: str) -> pd.Series:
-    sel = (table["forecast_run_id"] == run_id) & table["series_id"].isna() & (table["model"] == model)
+    """The overall rows of `model`: `seasonal_naive`, or the LSTM by its version (`model` `lstm` beside it)."""
+    if model == "seasonal_naive":
+        which = table["model"] == model
+    else:
+        which = (table["model"] == "lstm") & (table["model_version"] == model)
+    sel = (table["forecast_run_id"] == run_id) & table["series_id"].isna() & which
     return table[sel].set_index("metric")["value"]
 
 
@@ -133,7 +138,9 @@ def test_shards_of_the_input_merge_to_the_whole(earlier_runs, actuals):
 
 def test_table_is_ready_to_write_as_a_realised_part_file(earlier_runs, actuals, tmp_path):
     table = realised_accuracy(earlier_runs, actuals, season_length=M)
-    assert list(table.columns) == ["series_id", "metric", "value", "model", "forecast_run_id", "cutoff", "points"]
+    assert list(table.columns) == ["series_id", "metric", "value", "model", "forecast_run_id", "cutoff", "points",
+                                   "model_version"]
+    assert set(table["model"]) == {"lstm", "seasonal_naive"}
     schema = realised_schema()
     written = pa.Table.from_pandas(table.assign(run_id="now"), schema=schema, preserve_index=False)
     path = tmp_path / "realised" / "run=now" / "part-0.parquet"

@@ -224,7 +224,7 @@ def test_hostile_series_ids_never_reach_a_path_and_come_back_unchanged(series_le
     for sid in HOSTILE:
         assert (preds["series_id"] == sid).sum() == H, sid
         assert sorted(preds.loc[preds["series_id"] == sid, "step"]) == list(range(1, H + 1))
-        run_rows = metrics[(metrics["series_id"] == sid) & metrics["window"].isna()]  # over all backtest windows
+        run_rows = metrics[(metrics["series_id"] == sid) & metrics["backtest_window"].isna()]  # over all backtest windows
         # 4 metrics x 6 models: the LSTM, seasonal naive, AutoETS, AutoTheta, naive and the served forecast
         assert run_rows["metric"].isin(["mae", "rmse", "smape", "mase"]).sum() == 4 * 6, sid
     # Every object the run wrote is one of the contract's paths, under the output URL.

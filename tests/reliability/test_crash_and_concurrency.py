@@ -37,7 +37,7 @@ def _assert_one_complete_copy(fs, out: str, run_id: str, opts: dict) -> None:
     assert sorted(preds.groupby("series_id")["step"].apply(sorted).iloc[0]) == list(range(1, H + 1))
     metrics = read_committed(out, "metrics", opts)
     metrics = metrics[metrics["run_id"] == run_id]
-    metrics = metrics[metrics["window"].isna() & metrics["metric"].isin(["mae", "rmse", "smape", "mase"])]  # over all windows
+    metrics = metrics[metrics["backtest_window"].isna() & metrics["metric"].isin(["mae", "rmse", "smape", "mase"])]  # over all windows
     assert len(metrics) == 2 * 4 * (N_SERIES + 1) and not metrics.duplicated(["series_id", "metric", "model"]).any()
     manifest = json.loads(fs.cat_file(f"{out}/runs/{run_id}/manifest.json"))
     assert manifest["status"] == "succeeded" and manifest["counts"]["prediction_rows"] == N_SERIES * H

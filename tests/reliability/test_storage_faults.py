@@ -35,9 +35,9 @@ def _outputs(fs, output_url: str, run_id: str) -> tuple[pd.DataFrame, pd.DataFra
     metrics = read_parquet(fs, f"{output_url}/metrics/run={run_id}/part-0.parquet")
     preds = preds.drop(columns=["run_id", "model_version"]).sort_values(["series_id", "step"]).reset_index(drop=True)
     metrics = metrics[metrics["model"] == "seasonal_naive"].drop(columns=["run_id"]) \
-        .sort_values(["series_id", "window", "metric"], na_position="first").reset_index(drop=True), \
-        metrics[metrics["model"] != "seasonal_naive"].drop(columns=["run_id", "model"]) \
-        .sort_values(["series_id", "window", "metric"], na_position="first").reset_index(drop=True)
+        .sort_values(["series_id", "backtest_window", "metric"], na_position="first").reset_index(drop=True), \
+        metrics[metrics["model"] != "seasonal_naive"].drop(columns=["run_id", "model_version"]) \
+        .sort_values(["series_id", "backtest_window", "metric"], na_position="first").reset_index(drop=True)
     return preds, metrics
 
 
