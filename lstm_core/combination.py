@@ -10,7 +10,8 @@ noisy, so the rule here is the robust one the combination literature supports fo
 unless the evidence is strong; Kourentzes, Barrow & Petropoulos 2019, IJPE 209, "forecast combination
 pools": combine the candidates not clearly worse than the best):
 
-1. Candidates: `lstm` (where the network serves the series), `autoets`, `autotheta`, `seasonal_naive`,
+1. Candidates: `lstm` (where the network serves the series), `autoets`, `autotheta`, `dynamic_theta`,
+   `seasonal_naive`,
    `naive` (`lstm_core.statistical`), each where its forecast is finite.
 2. Error of a candidate on one series and window: mean over the H steps of |y - f| / s, with s the
    series' naive-error scale before the cutoff (`intervals.naive_scales`): scale-free, so it pools.
@@ -43,9 +44,10 @@ import pandas as pd
 from lstm_core.intervals import ConformalIntervals, fit_conformal, held_out_bounds, min_scores, score_table
 from lstm_core.metrics import interval_columns, level_label
 from lstm_core.panel import Panel
+from lstm_core.statistical import NAIVE_MODELS, STATISTICAL_MODELS
 
-CANDIDATES = ("lstm", "autoets", "autotheta", "seasonal_naive", "naive")  # canonical order of labels
-PRIOR = ("lstm", "autoets", "autotheta")  # served without any evidence (equal weights of those available)
+CANDIDATES = ("lstm", *STATISTICAL_MODELS, *NAIVE_MODELS)  # canonical order of labels
+PRIOR = ("lstm", *STATISTICAL_MODELS)  # served without any evidence (equal weights of those available)
 MARGIN = 0.10
 PRIOR_WINDOWS = 20.0
 

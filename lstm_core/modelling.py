@@ -540,7 +540,7 @@ def combine(forecasts: Forecasts | None, stat: StatisticalBacktest, choice: Mode
 
 class ServedBacktest(Backtest):
     """The backtest of every candidate side by side: `yhat` (the network, with its interval columns),
-    `seasonal_naive`, `autoets`, `autotheta`, `naive`, and `served` (with `served_lo_<L>`/`served_hi_<L>`).
+    `seasonal_naive`, `autoets`, `autotheta`, `dynamic_theta`, `naive`, and `served` (with `served_lo_<L>`/`served_hi_<L>`).
     Each is scored on the rows where it has a forecast; coverage and MSIS for the network and the served."""
 
     def sums(self, model_name: str = "lstm") -> ErrorSums:

@@ -5,14 +5,16 @@ carrying a `run_id` column so a single file stands on its own:
 
     predictions/run=<id>/part-<k>.parquet   series_id, ds, step, yhat, model_version, run_id, cutoff,
                                             yhat_lo_<L>, yhat_hi_<L> per interval level, model,
-                                            yhat_lstm, yhat_autoets, yhat_autotheta, yhat_seasonal_naive, yhat_naive
+                                            yhat_lstm, yhat_autoets, yhat_autotheta, yhat_dynamic_theta,
+                                            yhat_seasonal_naive, yhat_naive
     metrics/run=<id>/part-<k>.parquet       series_id (null = overall), metric, value, model (a label: `lstm`,
                                             `seasonal_naive`, `autoets`, ..., `served`), run_id, cutoff,
                                             backtest_window (null: over all backtest windows), model_version (the
                                             LSTM's; null for the other models)
     quarantine/run=<id>/part-<k>.parquet    series_id, field, reason, run_id
     backtest/run=<id>/part-<k>.parquet      series_id, cutoff, ds, step, y, yhat, seasonal_naive, intervals, run_id,
-                                            autoets, autotheta, naive, served, model, served intervals, history
+                                            autoets, autotheta, dynamic_theta, naive, served, model, served
+                                            intervals, history
     realised/run=<id>/part-<k>.parquet      series_id, metric, value, model, forecast_run_id, cutoff, points, run_id,
                                             model_version
 
@@ -48,6 +50,7 @@ from lstm_core.metrics import interval_columns
 from lstm_core.realised import interval_levels, realised_schema
 from lstm_core.records import Manifest
 from lstm_core.secrets import scrub
+from lstm_core.statistical import NAIVE_MODELS, STATISTICAL_MODELS
 from lstm_core.storage import (LinkRefused, Location, is_local, join, put_bytes, read_json, remove_file, remove_tree,
                                write_json, write_parquet)
 
@@ -67,7 +70,7 @@ def _interval_fields(levels: Sequence[float]) -> list[tuple[str, pa.DataType]]:
 
 
 # The served forecast's columns (lstm_core.combination): which model served a row, each candidate's own forecast.
-CANDIDATES = ("lstm", "autoets", "autotheta", "seasonal_naive", "naive")
+CANDIDATES = ("lstm", *STATISTICAL_MODELS, *NAIVE_MODELS)
 
 
 def predictions_schema(tz: str | None = None, levels: Sequence[float] = (), served: bool = False) -> pa.Schema:
@@ -82,10 +85,10 @@ def predictions_schema(tz: str | None = None, levels: Sequence[float] = (), serv
 
 def backtest_schema(tz: str | None = None, levels: Sequence[float] = (), served: bool = False) -> pa.Schema:
     """Columns of `backtest/`: utilsforecast's cross-validation layout, intervals, the run id; a served run
-    adds every candidate side by side (`autoets`, `autotheta`, `naive`), the served forecast (`served`,
+    adds every candidate side by side (`autoets`, `autotheta`, `dynamic_theta`, `naive`), the served forecast (`served`,
     `model`, `served_lo_<L>`, `served_hi_<L>`, calibrated on earlier windows only) and `history` (points
     before the cutoff)."""
-    extra = [("autoets", pa.float64()), ("autotheta", pa.float64()), ("naive", pa.float64()),
+    extra = [*((m, pa.float64()) for m in STATISTICAL_MODELS), ("naive", pa.float64()),
              ("served", pa.float64()), ("model", pa.string()),
              *((c.replace("yhat_", "served_"), pa.float64()) for lv in levels for c in interval_columns(lv)),
              ("history", pa.int64())] if served else []

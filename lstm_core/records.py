@@ -228,7 +228,7 @@ class Serving(Record):
 
     rule: str = Field(description="the rule, in words")
     candidates: list[str] = Field(description="the candidates a series may be served (`lstm`, `autoets`, "
-                                              "`autotheta`, `seasonal_naive`, `naive`)")
+                                              "`autotheta`, `dynamic_theta`, `seasonal_naive`, `naive`)")
     series_by_model: dict[str, int] = Field(description="series per `model` value of `predictions/` (a "
                                                         "combination is its candidates joined by `+`)")
     statistical_seconds: float = Field(description="seconds fitting the statistical models and combining, "
@@ -345,7 +345,7 @@ class ManifestDraft(Record):
     skipped_truncated: bool | None = Field(None, description="true when `skipped` does not list every skipped "
                                                              "series; absent otherwise")
     overall_metrics: dict[str, dict[str, float]] | None = Field(
-        None, description="model (the LSTM's version, `seasonal_naive`, `autoets`, `autotheta`, `naive`, `served`) "
+        None, description="model (the LSTM's version, `seasonal_naive`, `autoets`, `autotheta`, `dynamic_theta`, `naive`, `served`) "
                           "-> metric -> value, pooled over every series and backtest window where the model has a "
                           "forecast: `mae`, `rmse`, `smape` (percent), `mase`, and for the LSTM and `served` "
                           "`coverage_<L>` (fraction) and `msis_<L>` per level")

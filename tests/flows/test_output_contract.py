@@ -141,8 +141,9 @@ def test_a_sharded_run_quarantines_every_skipped_series_of_every_shard(sharded):
     means = per_window.groupby(["model", "metric"])["value"].mean()
     window_means = per_window.groupby(["model", "metric", "backtest_window"])["value"].mean()
     pooled = overall[overall["backtest_window"].isna() & overall["metric"].isin(POINT)]
-    # six models side by side: the LSTM, seasonal naive, AutoETS, AutoTheta, naive and the served forecast
-    assert overall["series_id"].isna().all() and len(pooled) == len(means) == 6 * 4
+    # seven models side by side: the LSTM, seasonal naive, AutoETS, AutoTheta, DynamicOptimizedTheta, naive and
+    # the served forecast
+    assert overall["series_id"].isna().all() and len(pooled) == len(means) == 7 * 4
     assert set(overall.loc[overall["model"] == "lstm", "model_version"]) == {manifest["model_version"]}
     assert overall.loc[overall["model"] != "lstm", "model_version"].isna().all()
     for row in pooled.itertuples():
@@ -150,7 +151,7 @@ def test_a_sharded_run_quarantines_every_skipped_series_of_every_shard(sharded):
         key = manifest["model_version"] if row.model == "lstm" else row.model  # the manifest keys by version
         assert manifest["overall_metrics"][key][row.metric] == pytest.approx(row.value, rel=1e-12)
     windows = overall[overall["backtest_window"].notna() & overall["metric"].isin(POINT)]
-    assert len(windows) == len(window_means) == 6 * 4 * 3
+    assert len(windows) == len(window_means) == 7 * 4 * 3
     for row in windows.itertuples():
         assert row.value == pytest.approx(window_means[(row.model, row.metric, row.backtest_window)], rel=1e-12)
     # Coverage pools the points of every shard: the manifest's equals the backtest table's.
@@ -176,7 +177,8 @@ def test_part_files_have_the_contract_columns_and_dtypes(sharded, local_runs):
     # One shard, one part: part-0 holds the overall rows too (over all windows, and per window).
     local = pd.read_parquet(local_runs["out"] / "metrics" / "run=one" / "part-0.parquet")
     point = local[local["metric"].isin(POINT)]
-    per_model = 4 * 6  # 4 point metrics x 6 models (the LSTM, seasonal naive, AutoETS, AutoTheta, naive, served)
+    per_model = 4 * 7  # 4 point metrics x 7 models (the LSTM, seasonal naive, AutoETS, AutoTheta, DynamicOptimizedTheta,
+    # naive, served)
     assert (point["series_id"].isna() & point["backtest_window"].isna()).sum() == per_model
     assert (point["series_id"].notna() & point["backtest_window"].isna()).sum() == per_model * 3
     assert (point["series_id"].isna() & point["backtest_window"].notna()).sum() == per_model * 3
@@ -186,10 +188,10 @@ def test_part_files_have_the_contract_columns_and_dtypes(sharded, local_runs):
         assert [n for n in names if n.startswith(("yhat_lo_", "yhat_hi_"))] == INTERVALS, (table, names)
     # ... then the served forecast's: what served each row and every candidate's own forecast (issue 22)
     names = pq.read_schema(local_runs["out"] / "predictions" / "run=one" / "part-0.parquet").names
-    assert names[names.index("yhat_hi_95") + 1:] == ["model", "yhat_lstm", "yhat_autoets", "yhat_autotheta",
+    assert names[names.index("yhat_hi_95") + 1:] == ["model", "yhat_lstm", "yhat_autoets", "yhat_autotheta", "yhat_dynamic_theta",
                                                      "yhat_seasonal_naive", "yhat_naive"], names
     names = pq.read_schema(local_runs["out"] / "backtest" / "run=one" / "part-0.parquet").names
-    assert names[names.index("run_id") + 1:] == ["autoets", "autotheta", "naive", "served", "model",
+    assert names[names.index("run_id") + 1:] == ["autoets", "autotheta", "dynamic_theta", "naive", "served", "model",
                                                  *(c.replace("yhat_", "served_") for c in INTERVALS), "history"]
 
 
@@ -269,7 +271,7 @@ def test_the_manifest_holds_every_documented_field(local_runs):
     assert manifest["skipped"] == [{"series_id": "flat", "field": "y", "reason": manifest["skipped"][0]["reason"]}]
     assert "all values missing" in manifest["skipped"][0]["reason"]
     # every model side by side on the same backtest windows (issue 22)
-    assert set(manifest["overall_metrics"]) == {manifest["model_version"], "seasonal_naive", "autoets", "autotheta",
+    assert set(manifest["overall_metrics"]) == {manifest["model_version"], "seasonal_naive", "autoets", "autotheta", "dynamic_theta",
                                                 "naive", "served"}
     # the point metrics for both models, coverage and MSIS per level for the model with intervals
     assert set(manifest["overall_metrics"]["seasonal_naive"]) == set(POINT)

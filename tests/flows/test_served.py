@@ -93,7 +93,7 @@ def test_the_manifest_counts_series_per_model_and_shows_every_candidate(served_r
     assert counts["series_forecast"] == sum(expected.values()) == 11 and counts["series_skipped"] == 1
     assert counts["prediction_rows"] == 11 * H
     overall = manifest["overall_metrics"]
-    assert {manifest["model_version"], "autoets", "autotheta", "seasonal_naive", "naive", "served"} <= set(overall)
+    assert {manifest["model_version"], "autoets", "autotheta", "dynamic_theta", "seasonal_naive", "naive", "served"} <= set(overall)
     assert {"coverage_80", "coverage_95", "msis_95"} <= set(overall["served"])
     bands = manifest["serving"]["coverage_by_history"]
     assert bands and all(set(b["coverage"]) == {"80", "95"} for b in bands)
@@ -101,13 +101,13 @@ def test_the_manifest_counts_series_per_model_and_shows_every_candidate(served_r
     assert manifest["serving"]["statistical_seconds"] > 0
     # the backtest holds every candidate side by side on the same rows, and the served forecast's own bounds
     bt = pd.read_parquet(served_run["out"] / "backtest" / "run=served")
-    assert {"autoets", "autotheta", "naive", "served", "model", "served_lo_80", "served_hi_95", "history"} <= \
+    assert {"autoets", "autotheta", "dynamic_theta", "naive", "served", "model", "served_lo_80", "served_hi_95", "history"} <= \
         set(bt.columns)
     assert bt["served"].notna().all() and bt["model"].notna().all()
     assert "p20" in set(bt["series_id"])  # a short series is backtested where it has points before a cutoff
     # metrics: each model on the backtest windows, per series too
     metrics = pd.read_parquet(served_run["out"] / "metrics" / "run=served")
-    assert {"lstm", "served", "autoets", "autotheta", "naive", "seasonal_naive"} <= set(metrics["model"])
+    assert {"lstm", "served", "autoets", "autotheta", "dynamic_theta", "naive", "seasonal_naive"} <= set(metrics["model"])
     assert set(metrics.loc[metrics["model"] == "lstm", "model_version"]) == {manifest["model_version"]}
     served_rows = metrics[(metrics["model"] == "served") & metrics["series_id"].notna() & metrics["backtest_window"].isna()]
     assert "p20" in set(served_rows["series_id"])
@@ -117,7 +117,7 @@ def test_model_and_candidate_columns_read_with_pandas_and_pyarrow(served_run):
     out = served_run["out"]
     schema = table_schema(str(out), "predictions")
     assert schema.field("model").type == pa.string()
-    for c in ("lstm", "autoets", "autotheta", "seasonal_naive", "naive"):
+    for c in ("lstm", "autoets", "autotheta", "dynamic_theta", "seasonal_naive", "naive"):
         assert schema.field(f"yhat_{c}").type == pa.float64()
     table = pads.dataset(str(out / "predictions"), partitioning="hive", schema=schema).to_table()
     assert table.num_rows == 11 * H and table.column("model").null_count == 0

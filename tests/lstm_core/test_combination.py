@@ -23,11 +23,11 @@ CANDS = ["autoets", "autotheta", "naive"]
 def test_every_length_has_a_forecast_from_some_model(n):
     y = 50 + np.cumsum(np.random.default_rng(n).normal(size=n))
     out = forecast_series(y, H, 4)
-    assert set(out) == {"autoets", "autotheta", "seasonal_naive", "naive"}
+    assert set(out) == {"autoets", "autotheta", "dynamic_theta", "seasonal_naive", "naive"}
     assert all(v.shape == (H,) for v in out.values())
     assert np.isfinite(out["naive"]).all() and np.allclose(out["naive"], y[-1])
     if n >= 10:  # statsforecast fits both standards from ten points on
-        assert np.isfinite(out["autoets"]).all() and np.isfinite(out["autotheta"]).all()
+        assert all(np.isfinite(out[m]).all() for m in ("autoets", "autotheta", "dynamic_theta"))
 
 
 def test_statistical_backtest_uses_the_networks_cutoffs_and_covers_short_series():
