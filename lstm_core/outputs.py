@@ -102,7 +102,8 @@ def backtest_schema(tz: str | None = None, levels: Sequence[float] = (), served:
 def metrics_schema(tz: str | None = None) -> pa.Schema:
     """Columns of `metrics/`: the original five, then the backtest window's `cutoff` and `backtest_window`
     (both null on the rows over all windows: the run's figures), then `model_version` (the LSTM's version on
-    its rows, null on a baseline's; `model` is the label: `lstm`, `seasonal_naive`)."""
+    its rows, null on the others'; `model` is the label: `lstm`, `seasonal_naive`, each statistical model, `naive`
+    and `served`)."""
     return pa.schema([
         ("series_id", pa.string()), ("metric", pa.string()), ("value", pa.float64()), ("model", pa.string()),
         ("run_id", pa.string()), ("cutoff", _ts(tz)), ("backtest_window", pa.int64()),

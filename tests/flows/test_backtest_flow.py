@@ -93,19 +93,28 @@ def test_backtest_metrics_equal_the_metrics_table(spiked):
     bt = _table(out, "backtest", "a")
     metrics = _table(out, "metrics", "a")
     lstm = run["model_version"]
+    # Every model of the metrics table, each scored on the backtest rows where it has a forecast (README, Output
+    # contract): the network (`yhat`, its intervals), each statistical candidate's column and the served forecast
+    # (`served`, its `served_lo/hi` intervals, calibrated on earlier windows only).
+    columns = {"lstm": ("yhat", "yhat"), "seasonal_naive": ("seasonal_naive", None), "autoets": ("autoets", None),
+               "autotheta": ("autotheta", None), "dynamic_theta": ("dynamic_theta", None), "naive": ("naive", None),
+               "served": ("served", "served")}
+    assert set(columns) <= set(bt.columns) | {"lstm"}
     by_hand = []
-    for (sid, cutoff), g in bt.groupby(["series_id", "cutoff"]):
+    for (sid, cutoff), whole in bt.groupby(["series_id", "cutoff"]):
         hist = frame[(frame["series_id"] == sid) & (frame["ds"] <= cutoff)].sort_values("ds")["y"].to_numpy()
         scale = np.mean(np.abs(hist[M:] - hist[:-M]))
-        y = g["y"].to_numpy()
-        for model, col in (("lstm", "yhat"), ("seasonal_naive", "seasonal_naive")):
-            f = g[col].to_numpy()
+        for model, (col, bounds) in columns.items():
+            g = whole[np.isfinite(whole[col].to_numpy(np.float64))]
+            if g.empty:
+                continue  # this candidate has no forecast for this series and window: no row
+            y, f = g["y"].to_numpy(), g[col].to_numpy()
             e = y - f
             values = {"mae": np.mean(np.abs(e)), "rmse": np.sqrt(np.mean(e ** 2)),
                       "smape": np.mean(200 * np.abs(e) / (np.abs(y) + np.abs(f))), "mase": np.mean(np.abs(e)) / scale}
-            if model == "lstm" and g["yhat_lo_95"].notna().all():
+            if bounds is not None and g[f"{bounds}_lo_95"].notna().all():
                 for level in LEVELS:
-                    lo, hi, a = g[f"yhat_lo_{level}"].to_numpy(), g[f"yhat_hi_{level}"].to_numpy(), 1 - level / 100
+                    lo, hi, a = g[f"{bounds}_lo_{level}"].to_numpy(), g[f"{bounds}_hi_{level}"].to_numpy(), 1 - level / 100
                     values[f"coverage_{level}"] = np.mean((y >= lo) & (y <= hi))
                     score = (hi - lo) + 2 / a * (lo - y) * (y < lo) + 2 / a * (y - hi) * (y > hi)
                     values[f"msis_{level}"] = np.mean(score) / scale
@@ -114,7 +123,14 @@ def test_backtest_metrics_equal_the_metrics_table(spiked):
     by_hand = pd.DataFrame(by_hand)
     table = metrics[metrics["series_id"].notna() & metrics["backtest_window"].notna()]
     assert set(table.loc[table["model"] == "lstm", "model_version"]) == {lstm}  # the label, and the version beside it
-    assert table.loc[table["model"] == "seasonal_naive", "model_version"].isna().all()
+    assert table.loc[table["model"] != "lstm", "model_version"].isna().all()
+    # Long series: the statistical models are not fitted (their columns are all null), so the table holds the
+    # network, the two naive candidates and the served forecast, each with its full set of metrics.
+    assert bt[["autoets", "autotheta", "dynamic_theta"]].isna().all().all()
+    assert set(table["model"]) == set(by_hand["model"]) == {"lstm", "seasonal_naive", "naive", "served"}
+    interval = {f"{k}_{lv}" for k in ("coverage", "msis") for lv in LEVELS}
+    for model, g in table.groupby("model"):
+        assert set(g["metric"]) == set(POINT) | (interval if model in ("lstm", "served") else set()), model
     joined = by_hand.merge(table.astype({"series_id": object}), on=["series_id", "cutoff", "model", "metric"],
                            how="outer", indicator=True)
     assert (joined["_merge"] == "both").all(), joined[joined["_merge"] != "both"]

@@ -52,9 +52,22 @@ def test_flow_reads_s3_and_commits_predictions_metrics_manifest(s3_input, s3_end
 
     preds = _read(fs, f"{output_url}/predictions/run={run_id}/part-0.parquet")
     assert len(preds) == 5 * H
+    candidates = ["lstm", "autoets", "autotheta", "dynamic_theta", "seasonal_naive", "naive"]
     assert list(preds.columns) == ["series_id", "ds", "step", "yhat", "model_version", "run_id", "cutoff",
-                                   "yhat_lo_80", "yhat_hi_80", "yhat_lo_95", "yhat_hi_95"]
+                                   "yhat_lo_80", "yhat_hi_80", "yhat_lo_95", "yhat_hi_95",
+                                   "model", *(f"yhat_{c}" for c in candidates)]
     assert np.isfinite(preds["yhat"]).all()
+    # Which model served each row (README, Which model serves a series): long series are served by the network,
+    # seasonal naive, naive or the equal-weight mean of several; the statistical models are not fitted to them.
+    assert preds[["yhat_autoets", "yhat_autotheta", "yhat_dynamic_theta"]].isna().all().all()
+    assert np.isfinite(preds[["yhat_lstm", "yhat_seasonal_naive", "yhat_naive"]].to_numpy()).all()
+    assert (preds.groupby("series_id")["model"].nunique() == 1).all()  # one choice per series
+    for label, g in preds.groupby("model"):
+        served_by = label.split("+")
+        assert served_by and set(served_by) <= {"lstm", "seasonal_naive", "naive"}, label
+        np.testing.assert_allclose(g["yhat"], g[[f"yhat_{c}" for c in served_by]].mean(axis=1), rtol=1e-9)
+    by_model = preds.drop_duplicates("series_id")["model"].value_counts().to_dict()
+    assert stored["counts"]["series_by_model"] == by_model
     last = frame.groupby("series_id")["ds"].max()
     for sid, g in preds.groupby("series_id"):
         g = g.sort_values("step")
@@ -71,16 +84,22 @@ def test_flow_reads_s3_and_commits_predictions_metrics_manifest(s3_input, s3_end
 
     metrics = _read(fs, f"{output_url}/metrics/run={run_id}/part-0.parquet")
     overall = metrics[metrics["series_id"].isna() & metrics["backtest_window"].isna()]
-    assert set(overall["model"]) == {"lstm", "seasonal_naive"}  # the label; the LSTM's version beside it
+    # the labels side by side (the statistical models have no rows: not fitted to long series); the LSTM's
+    # version beside its label, null on the others
+    assert set(overall["model"]) == {"lstm", "seasonal_naive", "naive", "served"}
     assert set(overall.loc[overall["model"] == "lstm", "model_version"]) == {stored["model_version"]}
-    assert overall.loc[overall["model"] == "seasonal_naive", "model_version"].isna().all()
+    assert overall.loc[overall["model"] != "lstm", "model_version"].isna().all()
     point, interval = {"mae", "rmse", "smape", "mase"}, {"coverage_80", "msis_80", "coverage_95", "msis_95"}
-    assert set(overall.loc[overall["model"] == "seasonal_naive", "metric"]) == point
-    assert set(overall.loc[overall["model"] == "lstm", "metric"]) == point | interval
+    with_intervals = {"lstm", "served"}  # the network and the served forecast have intervals; the naive ones not
+    for model, g in overall.groupby("model"):
+        assert set(g["metric"]) == point | (interval if model in with_intervals else set()), model
     assert np.isfinite(metrics["value"]).all()
-    # 5 series x 3 windows: point metrics of both models per series and window, per series, per window and
-    # pooled; interval metrics of the LSTM where the window has intervals calibrated on earlier windows (2 of 3).
-    assert len(metrics) == 2 * 4 * (5 * 3 + 5 + 3 + 1) + 4 * (5 * 2 + 5 + 2 + 1)
+    # 5 series x 3 windows: point metrics of each of the 4 models per series and window, per series, per window
+    # and pooled; interval metrics of the LSTM and the served forecast where the window has intervals calibrated
+    # on earlier windows (2 of 3).
+    models = set(overall["model"])
+    assert len(metrics) == len(models) * 4 * (5 * 3 + 5 + 3 + 1) + len(with_intervals) * 4 * (5 * 2 + 5 + 2 + 1)
+    assert not metrics.duplicated(["series_id", "backtest_window", "model", "metric"]).any()
 
     # Secrets from the environment never reach the manifest.
     assert "testing" not in json.dumps(stored)

@@ -239,15 +239,20 @@ def test_artifacts_hold_the_metrics_of_the_metrics_parquet(stack):
     table = json.loads(table) if isinstance(table, str) else table
     metrics = _rows_of(stack, "metrics", run_id)
     overall = metrics[metrics["series_id"].isna() & metrics["backtest_window"].isna()]  # pooled over the backtest
-    assert len(table) == 2 == overall["model"].nunique()
+    # One artifact row per model of the metrics table, side by side: on these long series the network, the two
+    # naive candidates and the served forecast (the statistical models are not fitted to long series).
+    models = {"lstm", "seasonal_naive", "naive", "served"}
+    assert set(overall["model"]) == models
+    assert len(table) == len(models) and {r["model"] for r in table} == models
     for row in table:  # the artifact keys the LSTM by its version, the table by its label beside `model_version`
         expected = overall[overall["model"] == row["model"]].set_index("metric")["value"]
         assert set(overall.loc[overall["model"] == row["model"], "model_version"].dropna()) == \
             ({row["version"]} if row["model"] == "lstm" else set())
-        assert len(expected) == (8 if row["model"] == "lstm" else 4), row  # the LSTM's coverage and MSIS too
+        assert row["model"] == "lstm" or row["version"] == row["model"], row
+        # the LSTM's and the served forecast's coverage and MSIS too
+        assert len(expected) == (8 if row["model"] in ("lstm", "served") else 4), row
         for metric, value in expected.items():
             assert row[metric] == pytest.approx(value, rel=1e-9), (row["model"], metric)
-    assert {r["model"] for r in table} == {"lstm", "seasonal_naive"}
 
     markdown = by_key[SUMMARY_KEY].data
     manifest = _manifest(stack, run_id)
@@ -286,7 +291,11 @@ def test_rerunning_the_same_slot_leaves_one_set_of_rows(stack):
     assert not preds.duplicated(["series_id", "step"]).any()
     metrics = _rows_of(stack, "metrics", run_id)
     metrics = metrics[metrics["backtest_window"].isna() & metrics["metric"].isin(["mae", "rmse", "smape", "mase"])]
-    assert len(metrics) == 2 * 4 * (N_SERIES + 1)
+    # 4 point metrics of each model per series and pooled: the network, the two naive candidates and the served
+    # forecast (no statistical model on these long series), and no duplicate
+    assert set(metrics["model"]) == {"lstm", "seasonal_naive", "naive", "served"}
+    assert len(metrics) == 4 * 4 * (N_SERIES + 1)
+    assert not metrics.duplicated(["series_id", "metric", "model"]).any()
     stack["fs"].invalidate_cache()
     assert stack["fs"].ls(f"{stack['output']}/predictions/run={run_id}", detail=False) == [
         f"{stack['bucket']}/output/predictions/run={run_id}/part-0.parquet"]

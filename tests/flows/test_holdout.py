@@ -174,6 +174,12 @@ def test_the_last_h_points_never_reach_training(twin_runs):
                            stored_metrics(out, "b", "seasonal_naive", ids)["mae"])
 
 
+def naive_by_hand(frame: pd.DataFrame, ids: list[str]) -> np.ndarray:
+    """The training part's last value, repeated over the holdout."""
+    return np.asarray([[frame[frame["series_id"] == sid].sort_values("ds")["y"].to_numpy(np.float64)[:-H][-1]] * H
+                       for sid in ids])
+
+
 def test_holdout_scores_of_both_models_equal_a_hand_computation(twin_runs):
     out, frame, run = twin_runs["out"], twin_runs["frames"]["a"], twin_runs["manifests"]["a"]
     ids, lstm = reference_holdout(_model_dir(out, run), frame)
@@ -182,12 +188,28 @@ def test_holdout_scores_of_both_models_equal_a_hand_computation(twin_runs):
     expected = {run["model_version"]: hand_metrics(frame, ids, lstm), "seasonal_naive": naive}
     assert_metrics_match(stored_metrics(out, "a", run["model_version"], ids), expected[run["model_version"]],
                          rtol=1e-5)
-    # The overall rows (series_id null) and the manifest hold the mean over series.
+    # Long series (README, Which model serves a series): the statistical models are not fitted; the candidates
+    # are the network, seasonal naive and naive, and the served forecast is the equal-weight mean of those the
+    # backtest's `model` names per series. Both are recomputed here from the hand-made forecasts.
+    by_hand = {"lstm": lstm, "seasonal_naive": seasonal_naive_by_hand(frame, ids), "naive": naive_by_hand(frame, ids)}
+    expected["naive"] = hand_metrics(frame, ids, by_hand["naive"])
+    assert_metrics_match(stored_metrics(out, "a", "naive", ids), expected["naive"], rtol=1e-12)
+    backtest = pd.read_parquet(out / "backtest" / "run=a")
+    served_by = backtest.groupby("series_id")["model"].agg(set)
+    assert all(len(labels) == 1 for labels in served_by), served_by  # one window: one choice per series
+    chosen = [next(iter(served_by[sid])).split("+") for sid in ids]
+    assert set().union(*chosen) <= set(by_hand), chosen
+    served = np.asarray([np.mean([by_hand[c][i] for c in cands], axis=0) for i, cands in enumerate(chosen)])
+    expected["served"] = hand_metrics(frame, ids, served)
+    assert_metrics_match(stored_metrics(out, "a", "served", ids), expected["served"], rtol=1e-5)
+    # The overall rows (series_id null) and the manifest hold the mean over series, for each of the four models.
     metrics = pd.read_parquet(out / "metrics" / "run=a")
     overall = metrics[metrics["series_id"].isna() & metrics["backtest_window"].isna()]
     overall = overall[overall["metric"].isin(["mae", "rmse", "smape", "mase"])]
     overall = overall.assign(key=_model_key(overall))
-    assert len(overall) == 2 * 4
+    assert set(overall["model"]) == {"lstm", "seasonal_naive", "naive", "served"}
+    assert set(overall["key"]) == set(expected)
+    assert len(overall) == len(expected) * 4 and not overall.duplicated(["key", "metric"]).any()
     for _, row in overall.iterrows():
         mean = float(np.mean(expected[row["key"]][row["metric"]]))
         assert row["value"] == pytest.approx(mean, rel=1e-5), (row["key"], row["metric"])
