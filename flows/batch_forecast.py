@@ -330,6 +330,9 @@ class _Run:
 
             error = no_valid_series([SkippedSeries(**s.model_dump()) for s in skipped], config)
             error.quarantine_written = True  # each shard wrote its part of the quarantine table
+            # The failed manifest points at that table (nothing else: no forecast was committed).
+            error.quarantine = (summaries[0].outputs.get("quarantine") if plan.n_shards == 1 else
+                                self.store.partitions(self.writer.run_id, ("quarantine",)).get("quarantine"))
             raise error
         single = plan.n_shards == 1
         overall = overall_metrics(summaries, {c.version for c in choices.values() if c is not None})
@@ -470,7 +473,9 @@ def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: Ba
                                       series_skipped=len(exc.skipped))
             if len(exc.skipped) > SKIPPED_IN_SUMMARY:
                 failed["skipped_truncated"] = True
-            if not getattr(exc, "quarantine_written", False):
+            if getattr(exc, "quarantine_written", False):
+                failed["outputs"] = Outputs(quarantine=getattr(exc, "quarantine", None))
+            else:
                 from lstm_core.validation import ValidationResult
 
                 failed["outputs"] = Outputs(quarantine=writer.write(

@@ -514,10 +514,24 @@ def combine(forecasts: Forecasts | None, stat: StatisticalBacktest, choice: Mode
         model_version=version, model=pd.Series(np.repeat(np.asarray(labels, dtype=object), h), dtype="string"))
     for name in CANDIDATE_COLUMNS:  # every candidate's own forecast beside the served one (NaN: not available)
         frame[f"yhat_{name}"] = future[name].reshape(-1).astype(np.float64)
+    source = "none"
     if levels:
         bounds = banded.predict(full, values) if banded is not None else {}
-        frame = with_intervals(frame, {c: bounds.get(c, np.full(values.shape, np.nan))
-                                       for lv in levels for c in interval_columns(lv)})
+        bounds = {c: bounds.get(c, np.full(values.shape, np.nan)) for lv in levels for c in interval_columns(lv)}
+        source = "run"
+        if network and forecasts.intervals_source != "none":
+            # A series the network serves alone publishes the network's own conformal intervals: those saved
+            # beside a loaded model version (read and checked with it: checksum, signature, shape), else this
+            # run's. Every other series (statistical or combined) has the served forecast's banded intervals.
+            alone = np.flatnonzero(np.asarray(labels, dtype=object) == "lstm")
+            if len(alone):
+                for c in bounds:
+                    own = np.full((full.n_series, h), np.nan)
+                    own[pos] = forecasts.future[c].to_numpy(np.float64).reshape(data.panel.n_series, h)
+                    bounds[c] = bounds[c].copy()
+                    bounds[c][alone] = own[alone]
+            source = forecasts.intervals_source  # `model` or `run`: where the network's intervals came from
+        frame = with_intervals(frame, bounds)
     keep = ["series_id", "cutoff", "ds", "step", "y", "yhat", "seasonal_naive", *lstm_cols[1:],
             *STATISTICAL_MODELS, "naive", "served", "model",
             *(c.replace("yhat_", "served_") for lv in levels for c in interval_columns(lv)), "history"]
@@ -532,7 +546,7 @@ def combine(forecasts: Forecasts | None, stat: StatisticalBacktest, choice: Mode
     seconds = time.perf_counter() - t0
     log.info("served %d series: %s (statistical models %.1f s, combination %.1f s)", full.n_series,
              ", ".join(f"{k} {v}" for k, v in by_model.items()), stat.seconds, seconds)
-    return Forecasts(backtest, frame, "run" if levels else "none",
+    return Forecasts(backtest, frame, source,
                      forecasts.backtest_seconds if forecasts is not None else 0.0,
                      series_by_model={str(k): int(v) for k, v in by_model.items()},
                      coverage=coverage, statistical_seconds=round(stat.seconds + seconds, 3))

@@ -84,31 +84,60 @@ def test_each_shard_reads_only_its_own_series(tmp_path):
     assert sharded["counts"]["series_read"] == 24 and sharded["counts"]["rows_read"] == len(frame)
     assert not (Path(out) / "_scratch").exists()  # scratch files go when the run ends
 
-    # Same model, same forecasts and metrics as the unsharded run; overall = mean over all series.
+    # Same model: the network's own forecast is the unsharded run's.
     assert sharded["model_version"] == whole["model_version"]
     keys = ["series_id", "step"]
     a, b = _sorted(_table(out, "predictions", "whole"), keys), _sorted(preds, keys)
     assert (a["series_id"] == b["series_id"]).all() and (a["ds"] == b["ds"]).all()
-    np.testing.assert_array_equal(b["yhat"], a["yhat"])
-    # Point metrics: the backtest windows' interval metrics are calibrated within each shard (README: Scaling out).
+    np.testing.assert_array_equal(b["yhat_lstm"], a["yhat_lstm"])
+    # The served forecast is chosen per shard (README: Scaling out, Which model serves a series): each shard
+    # serves exactly what a run over only its series serves with the same model version.
+    served_cols = ["yhat", "model", "yhat_lo_80", "yhat_hi_80", "yhat_lo_95", "yhat_hi_95"]
+    alone_metrics = []
+    for k in range(n):
+        path = tmp_path / f"shard-{k}-alone.parquet"
+        frame[frame["series_id"].isin(expected[k])].to_parquet(path, index=False)
+        run = batch_forecast(settings={**base, "input_url": str(path), "run_id": f"alone-{k}", "retrain": "never"})
+        assert run["model_version"] == whole["model_version"] and run["backtest"]["intervals"] == "model"
+        own = _sorted(_table(out, "predictions", f"alone-{k}"), keys)
+        part = b[b["series_id"].isin(expected[k])].reset_index(drop=True)
+        assert (own["series_id"] == part["series_id"]).all()
+        assert (own["model"] == part["model"]).all()
+        for col in served_cols[:1] + served_cols[2:]:
+            np.testing.assert_allclose(part[col], own[col], rtol=1e-12, err_msg=f"shard {k}: {col}")
+        alone_metrics.append(_table(out, "metrics", f"alone-{k}"))
+    # Where the network serves a series alone in both runs, the published intervals are the network's own,
+    # saved beside the model by the whole run: the same whatever the sharding.
+    both = ((a["model"] == "lstm") & (b["model"] == "lstm")).to_numpy()
+    assert both.any()
+    np.testing.assert_array_equal(b["yhat"][both], a["yhat"][both])
+    for col in served_cols[2:]:
+        np.testing.assert_allclose(b[col][both], a[col][both], rtol=1e-12)
+    # Point metrics of every candidate per series equal the unsharded run's; the served rows the per-shard rule's.
     point = ["mae", "rmse", "smape", "mase"]
-    ma = _sorted(_table(out, "metrics", "whole"), ["series_id", "backtest_window", "model", "metric"])
-    mb = _sorted(_table(out, "metrics", "sharded"), ["series_id", "backtest_window", "model", "metric"])
-    ma, mb = (_sorted(m[m["metric"].isin(point)], ["series_id", "backtest_window", "model", "metric"]) for m in (ma, mb))
+    mkeys = ["series_id", "backtest_window", "model", "metric"]
+    ma, mb = (_sorted(m[m["metric"].isin(point)], mkeys)
+              for m in (_table(out, "metrics", "whole"), _table(out, "metrics", "sharded")))
     assert len(ma) == len(mb)
-    assert (ma["backtest_window"].isna() & ma["metric"].isin(point)).sum() == 2 * 4 * (24 + 1)
+    models = set(ma["model"].astype(str))
+    assert {"lstm", "seasonal_naive", "naive", "served"} <= models  # the statistical ones: not fitted on long series
+    assert (ma["backtest_window"].isna() & ma["metric"].isin(point)).sum() == len(models) * 4 * (24 + 1)
     per_series = ma["series_id"].notna().to_numpy()
-    np.testing.assert_array_equal(mb["value"][per_series], ma["value"][per_series])
-    # Overall rows pool the shards' sums: the same mean, summed in another order.
-    np.testing.assert_allclose(mb["value"][~per_series], ma["value"][~per_series], rtol=1e-12)
+    candidate = (ma["model"] != "served").to_numpy()
+    assert (mb["model"] != "served").to_numpy().tolist() == candidate.tolist()
+    np.testing.assert_array_equal(mb["value"][per_series & candidate], ma["value"][per_series & candidate])
+    mc = pd.concat(alone_metrics, ignore_index=True)
+    mc = _sorted(mc[mc["metric"].isin(point) & mc["series_id"].notna() & (mc["model"] == "served")], mkeys)
+    mb_served = mb[per_series & ~candidate].reset_index(drop=True)
+    assert len(mc) == len(mb_served) > 0
+    np.testing.assert_allclose(mb_served["value"], mc["value"], rtol=1e-12)
+    # Overall rows pool the shards' sums: the same mean for every candidate, summed in another order.
+    np.testing.assert_allclose(mb["value"][~per_series & candidate], ma["value"][~per_series & candidate], rtol=1e-12)
     for model, values in whole["overall_metrics"].items():
         for metric, v in values.items():
-            if metric in point:
+            if metric in point and model != "served":
                 assert sharded["overall_metrics"][model][metric] == pytest.approx(v, rel=1e-12)
-    # The published intervals are the model's, saved beside it by the whole run: the same in every shard.
     assert sharded["backtest"]["intervals"] == "model"
-    for col in ("yhat_lo_80", "yhat_hi_80", "yhat_lo_95", "yhat_hi_95"):
-        np.testing.assert_allclose(b[col], a[col], rtol=1e-12)
 
 
 def test_groups_train_one_model_each(tmp_path):
