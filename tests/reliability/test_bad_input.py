@@ -225,8 +225,9 @@ def test_hostile_series_ids_never_reach_a_path_and_come_back_unchanged(series_le
         assert (preds["series_id"] == sid).sum() == H, sid
         assert sorted(preds.loc[preds["series_id"] == sid, "step"]) == list(range(1, H + 1))
         run_rows = metrics[(metrics["series_id"] == sid) & metrics["backtest_window"].isna()]  # over all backtest windows
-        # 4 metrics x 6 models: the LSTM, seasonal naive, AutoETS, AutoTheta, naive and the served forecast
-        assert run_rows["metric"].isin(["mae", "rmse", "smape", "mase"]).sum() == 4 * 6, sid
+        # 4 metrics x 7 models: the LSTM, seasonal naive, AutoETS, AutoTheta, DynamicOptimizedTheta, naive and the
+        # served forecast
+        assert run_rows["metric"].isin(["mae", "rmse", "smape", "mase"]).sum() == 4 * 7, sid
     # Every object the run wrote is one of the contract's paths, under the output URL.
     allowed = ("predictions/run=mixed/part-0.parquet", "metrics/run=mixed/part-0.parquet",
                "quarantine/run=mixed/part-0.parquet", "backtest/run=mixed/part-0.parquet", "runs/mixed/manifest.json",
