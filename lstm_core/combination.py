@@ -44,9 +44,8 @@ import pandas as pd
 from lstm_core.intervals import ConformalIntervals, fit_conformal, held_out_bounds, min_scores, score_table
 from lstm_core.metrics import interval_columns, level_label
 from lstm_core.panel import Panel
-from lstm_core.statistical import NAIVE_MODELS, STATISTICAL_MODELS
+from lstm_core.statistical import CANDIDATES, STATISTICAL_MODELS
 
-CANDIDATES = ("lstm", *STATISTICAL_MODELS, *NAIVE_MODELS)  # canonical order of labels
 PRIOR = ("lstm", *STATISTICAL_MODELS)  # served without any evidence (equal weights of those available)
 MARGIN = 0.10
 PRIOR_WINDOWS = 20.0

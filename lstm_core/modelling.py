@@ -36,7 +36,7 @@ from lstm_core.model_store import Decision, decide_for, split_model_url
 from lstm_core.panel import Panel
 from lstm_core.progress import Progress
 from lstm_core.retries import call_with_retries
-from lstm_core.statistical import STATISTICAL_MODELS, StatisticalBacktest, long_history, statistical_backtest
+from lstm_core.statistical import CANDIDATES, STATISTICAL_MODELS, StatisticalBacktest, long_history, statistical_backtest
 from lstm_core.storage import Location
 from lstm_core.tuning import check_tuned_fits
 from lstm_core.validation import SkippedSeries, ValidationResult, min_input, min_train_length, network_reasons
@@ -455,7 +455,6 @@ def statistical(data: Prepared, config: ForecastConfig, log=None) -> Statistical
                                 drops=drops, models=STATISTICAL_MODELS, fit=fit, log=log or _log)
 
 
-CANDIDATE_COLUMNS = ("lstm", *STATISTICAL_MODELS, "seasonal_naive", "naive")  # `yhat_<name>` of predictions
 
 
 def candidates_of(config: ForecastConfig, network: bool = True) -> list[str]:
@@ -512,7 +511,7 @@ def combine(forecasts: Forecasts | None, stat: StatisticalBacktest, choice: Mode
     version = choice.version if choice is not None else None  # null: the network served no series
     frame = predictions_frame(full, values, config.freq).assign(
         model_version=version, model=pd.Series(np.repeat(np.asarray(labels, dtype=object), h), dtype="string"))
-    for name in CANDIDATE_COLUMNS:  # every candidate's own forecast beside the served one (NaN: not available)
+    for name in CANDIDATES:  # every candidate's own forecast beside the served one (NaN: not available)
         frame[f"yhat_{name}"] = future[name].reshape(-1).astype(np.float64)
     source = "none"
     if levels:

@@ -50,7 +50,7 @@ from lstm_core.metrics import interval_columns
 from lstm_core.realised import interval_levels, realised_schema
 from lstm_core.records import Manifest
 from lstm_core.secrets import scrub
-from lstm_core.statistical import NAIVE_MODELS, STATISTICAL_MODELS
+from lstm_core.statistical import CANDIDATES, STATISTICAL_MODELS
 from lstm_core.storage import (LinkRefused, Location, is_local, join, put_bytes, read_json, remove_file, remove_tree,
                                write_json, write_parquet)
 
@@ -70,7 +70,6 @@ def _interval_fields(levels: Sequence[float]) -> list[tuple[str, pa.DataType]]:
 
 
 # The served forecast's columns (lstm_core.combination): which model served a row, each candidate's own forecast.
-CANDIDATES = ("lstm", *STATISTICAL_MODELS, *NAIVE_MODELS)
 
 
 def predictions_schema(tz: str | None = None, levels: Sequence[float] = (), served: bool = False) -> pa.Schema:

@@ -41,6 +41,7 @@ _log = logging.getLogger("lstm_core.statistical")
 STATISTICAL_MODELS = ("autoets", "autotheta", "dynamic_theta")  # fitted by statsforecast
 NAIVE_MODELS = ("seasonal_naive", "naive")  # closed form, defined for any series of one point or more
 ALL_MODELS = (*STATISTICAL_MODELS, *NAIVE_MODELS)
+CANDIDATES = ("lstm", *ALL_MODELS)  # every label a series may be served, in canonical order
 
 
 def history_limit(season_length: int, horizon: int) -> int:
