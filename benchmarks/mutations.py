@@ -188,9 +188,9 @@ MUTATIONS: list[Mutation] = [
     Mutation("E1", "exit code 3 when the run id is already running", "flows/cli.py",
              "return fail(str(exc), 3)", "return fail(str(exc), 2)",
              (f"{CLI}::test_a_run_id_already_running_is_exit_code_3_with_one_line",)),
-    Mutation("E2", "LSTM_FORECAST_DEBUG=1 keeps the traceback in the console log", "flows/cli.py",
-             'def quiet_console_tracebacks() -> None:\n    if os.environ.get("LSTM_FORECAST_DEBUG"):',
-             "def quiet_console_tracebacks() -> None:\n    if False:",
+    Mutation("E2", "LSTM_FORECAST_DEBUG=1 keeps the traceback in the console log", "flows/console.py",
+             'if os.environ.get("LSTM_FORECAST_DEBUG"):\n        return\n    seen = set()',
+             "if False:\n        return\n    seen = set()",
              (f"{CLI}::test_anything_else_is_exit_code_1_and_debug_keeps_the_traceback",)),
     # --- retrain decision ----------------------------------------------------------------------------
     Mutation("R1", "degradation_tolerance is the allowed relative rise of the validation loss",
