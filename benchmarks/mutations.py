@@ -150,9 +150,10 @@ MUTATIONS: list[Mutation] = [
              "prepared.skipped[:SKIPPED_IN_SUMMARY]", "prepared.skipped[:1]",
              (f"{CONTRACT}::test_a_sharded_run_quarantines_every_skipped_series_of_every_shard",)),
     # --- metrics -------------------------------------------------------------------------------------
-    Mutation("S1", "a sharded run's overall metrics are the mean over all series", "tasks/outputs.py",
+    Mutation("S1", "a sharded run's overall metrics are the mean over all series", "lstm_core/manifest.py",
              "overall = pooled[0].merge(*pooled[1:]).finalize()", "overall = pooled[0].finalize()",
-             (f"{CONTRACT}::test_a_sharded_run_quarantines_every_skipped_series_of_every_shard",)),
+             ("tests/lstm_core/test_manifest_assembly.py::test_a_sharded_run_of_two_groups_sums_its_shards_in_shard_order",
+              f"{CONTRACT}::test_a_sharded_run_quarantines_every_skipped_series_of_every_shard")),
     Mutation("S2", "MASE is scaled by the seasonal difference (season_length)", "lstm_core/backtest.py",
              "seasonal = mase_scale(history, season_length)", "seasonal = mase_scale(history, 1)",
              (f"{HOLDOUT}::test_holdout_scores_of_both_models_equal_a_hand_computation",

@@ -60,8 +60,6 @@ def dask_cluster(config: ForecastConfig, logger: logging.Logger | None = None,
     import dask
     from distributed import Client, LocalCluster
 
-    if config.workers is None and config.dask_address is None:
-        raise ValueError("dask_cluster: the configuration sets neither workers nor dask_address")
     log = logger or logging.getLogger("flows.cluster")
     quiet_dask_logs()
     with dask.config.set(cluster_dask_config()), ExitStack() as stack:
@@ -71,10 +69,12 @@ def dask_cluster(config: ForecastConfig, logger: logging.Logger | None = None,
             if config.dask_address is not None:
                 description: dict[str, Any] = {"runner": "dask", "address": config.dask_address}
                 client = stack.enter_context(Client(config.dask_address, set_as_default=default_client))
-            else:
+            elif config.workers is not None:
                 description = {"runner": "dask", "cluster": "LocalCluster"}
                 cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(config.workers, config)))
                 client = stack.enter_context(Client(cluster, set_as_default=default_client))
+            else:
+                raise ValueError("dask_cluster: the configuration sets neither workers nor dask_address")
             if config.workers is not None:
                 client.wait_for_workers(config.workers, timeout=600)
             quiet_workers(client)

@@ -84,7 +84,7 @@ def build_deployments(cron: str, timezone: str, parameters: dict[str, Any]) -> t
     with quiet_native_startup():  # imports TensorFlow: after the cheap checks
         from flows.batch_forecast import batch_forecast
 
-    common = {"parameters": parameters, "version": version, "concurrency_limit": limit}
+    common: dict[str, Any] = {"parameters": parameters, "version": version, "concurrency_limit": limit}
     scheduled = batch_forecast.to_deployment(
         "scheduled", schedules=[schedule], tags=[*SERVE_TAGS, "scheduled"],
         description=f"Nightly batch forecast on cron {cron!r} ({timezone}); each slot writes run "
