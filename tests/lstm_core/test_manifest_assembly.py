@@ -55,7 +55,8 @@ def _summary(shard: int, group: str | None, forecast: int, skipped: int, version
                      {(0, version): mae, (0, "seasonal_naive"): (2 * mae[0], mae[1])})
     return ShardSummary(
         shard=shard, group=group, source="input", series_planned=forecast + skipped,
-        rows_read=100 * (forecast + skipped), series_read=forecast + skipped, series_forecast=forecast, series_skipped=skipped, points_filled=shard,
+        rows_read=100 * (forecast + skipped), series_read=forecast + skipped, series_forecast=forecast,
+        series_skipped=skipped, points_filled=shard,
         prediction_rows=4 * forecast, fingerprint=f"fp{shard}", backtest_rows=12 * forecast, backtest_seconds=0.25,
         backtest_skipped_windows=0, intervals=intervals, series_by_model=by_model or {"lstm": forecast},
         skipped=[SkippedEntry(series_id=f"s{shard}-{i}", field="y", reason="constant") for i in range(skipped)],
