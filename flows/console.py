@@ -13,9 +13,12 @@ import contextlib
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flows  # noqa: F401 - sets logging and analytics environment before Prefect loads
+
+if TYPE_CHECKING:
+    from lstm_core.tuning.records import TuneSummary
 
 
 @contextlib.contextmanager
@@ -162,14 +165,14 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def report_tune(summary: dict[str, Any]) -> None:
+def report_tune(summary: TuneSummary) -> None:
     """Print a tune's outcome: its trials by state, what stopped it, and the best trial's settings (if any)."""
-    best = summary.get("best")
-    print(f"study {summary['study']}: {summary['trials']} trials ("
-          + ", ".join(f"{n} {s}" for s, n in summary["states"].items())
-          + f"), {len(summary['new_trials'])} new, stopped by the {summary['stopped_by']} budget")
+    best = summary.best
+    print(f"study {summary.study}: {summary.trials} trials ("
+          + ", ".join(f"{n} {s}" for s, n in summary.states.items())
+          + f"), {len(summary.new_trials)} new, stopped by the {summary.stopped_by} budget")
     if best:
-        print(f"best: trial {best['trial']}, pooled backtest MASE {best['objective']:.4f}: {best['params']}")
-        print(f"best settings: {summary['urls'].get('best_yaml')} (lstm-forecast run --config ..., or tuned: latest)")
+        print(f"best: trial {best.trial}, pooled backtest MASE {best.objective:.4f}: {best.params}")
+        print(f"best settings: {summary.urls.get('best_yaml')} (lstm-forecast run --config ..., or tuned: latest)")
     else:
         print("no trial completed yet: no best settings")
