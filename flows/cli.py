@@ -62,6 +62,7 @@ def _common_flags(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `lstm-forecast` parser: `run`, `serve`, `tune` and `demo`, each with its flags and help."""
     parser = argparse.ArgumentParser(prog="lstm-forecast", description="Batch LSTM forecasting of many series.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('lstm-forecast')}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +172,7 @@ def _checked_flow(args: argparse.Namespace, flow_name: str):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """`run`: one batch-forecast flow run with the checked configuration, then its summary; 0 when committed."""
     from flows.handoff import handing
 
     batch_forecast, config = _checked_flow(args, "batch-forecast")
@@ -181,6 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    """`tune`: run or resume the tuning study with the checked configuration, then its summary."""
     from flows.handoff import handing
 
     tune, config = _checked_flow(args, "tune")
@@ -191,6 +194,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """`serve`: the two deployments, their parameters checked first, served until Ctrl-C or SIGTERM (0)."""
     from flows.serve import serve, serve_parameters
 
     parameters = serve_parameters(args.config, settings_from_args(args), args.sets, args.allow_overrides)
@@ -199,6 +203,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """`demo`: write the bundled sample dataset under ./data/demo and forecast it."""
     from flows.demo_data import write_demo_dataset
 
     data = write_demo_dataset(DEMO_DIR / "series.parquet")
@@ -226,6 +231,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The console script: parse `argv`, run the command, and map its outcome to the exit code (module doc);
+    a failure prints one line, `lstm-forecast: error: <reason>`, with credentials scrubbed."""
     args = build_parser().parse_args(argv)
     from lstm_core.config import ConfigError
     from lstm_core.errors import LstmForecastError, RunLockedError, StorageError
