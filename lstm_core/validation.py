@@ -19,7 +19,7 @@ import pandas as pd
 from lstm_core import timestamps
 from lstm_core.covariates import CovariateSpec, is_numeric_column
 from lstm_core.errors import DataValidationError
-from lstm_core.storage import DEFAULT_MISSING
+from lstm_core.inputs import DEFAULT_MISSING
 from lstm_core.windows import min_train_length as min_train_length_of
 from lstm_core.frequency import FrequencyDisagreement, dates_after, infer_frequency, is_fixed, series_frequency, \
     step_positions
