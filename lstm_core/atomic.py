@@ -197,7 +197,7 @@ def check_output(target: Location | str, setting: str = "output_url") -> None:
     hide = url_credentials(target.url)  # what a library may quote without the URL around it
     try:
         fs, path = target.fs, target.path
-    except Exception as exc:  # noqa: BLE001 - a filesystem that cannot even be set up
+    except Exception as exc:  # a filesystem that cannot even be set up (re-raised unless storage failed)
         if is_storage_failure(exc):
             raise storage_error(f"output {target.shown}: cannot reach storage", exc, hide) from None
         raise
@@ -224,7 +224,7 @@ def check_output(target: Location | str, setting: str = "output_url") -> None:
         info = fs.info(path)
     except FileNotFoundError:
         return  # not there yet: the run creates it
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # re-raised unless storage failed
         if is_storage_failure(exc):
             raise storage_error(f"output {shown}: cannot reach storage", exc, hide) from None
         raise

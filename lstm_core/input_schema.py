@@ -12,8 +12,9 @@ series reads the same whichever way it was read:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Sequence
+from typing import Any
 
 import fsspec
 import pandas as pd

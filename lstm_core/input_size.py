@@ -11,7 +11,8 @@ in `lstm_core.location`). The shard planner bounds each shard's memory with thes
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc

@@ -13,8 +13,9 @@ way whether the input is read whole or split into shards.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import fsspec
 import pandas as pd
@@ -23,8 +24,16 @@ import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
 from lstm_core.errors import DataValidationError
-from lstm_core.input_schema import (READ_ERRORS, arrow_reason, explain_read_failure, filter_expression, first_line,
-                                    is_csv_path, physical_schemas, read_schema)
+from lstm_core.input_schema import (
+    READ_ERRORS,
+    arrow_reason,
+    explain_read_failure,
+    filter_expression,
+    first_line,
+    is_csv_path,
+    physical_schemas,
+    read_schema,
+)
 from lstm_core.location import Location, is_storage_failure, storage_error
 from lstm_core.secrets import scrub, url_credentials
 

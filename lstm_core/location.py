@@ -16,9 +16,10 @@ Local paths, s3:// (AWS, MinIO, R2) and any other fsspec URL are reached the sam
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any
 
 import fsspec
 import pyarrow as pa

@@ -154,7 +154,7 @@ def split_shards(source: Location | str, plan: ShardPlan, *,
             ordered = data.take(pa.array(order))  # one copy, then zero-copy slices per shard
             keys, starts = np.unique(row_shard[order], return_index=True)
             ends = np.append(starts[1:], len(order))
-            for k, lo, hi in zip(keys, starts, ends):
+            for k, lo, hi in zip(keys, starts, ends, strict=True):
                 if int(k) not in by_index:
                     raise StorageError(f"input {url} changed during the run: rows of an unplanned shard {int(k)}")
                 buffered += _write(outs[int(k)], ordered.slice(lo, hi - lo))

@@ -11,8 +11,7 @@ below are the same objects as in their homes.
 """
 from __future__ import annotations
 
-from lstm_core.shard_plan import (GroupPlan, ShardPlan, ShardSpec, plan_shards, sample_frequency, shard_of,
-                                  stable_hash)
+from lstm_core.shard_plan import GroupPlan, ShardPlan, ShardSpec, plan_shards, sample_frequency, shard_of, stable_hash
 from lstm_core.shard_split import read_shard, remove_scratch, split_shards
 
 __all__ = ["GroupPlan", "ShardPlan", "ShardSpec", "plan_shards", "read_shard", "remove_scratch", "sample_frequency",

@@ -15,14 +15,43 @@ the flows) import unchanged; the names below are the same objects as in their ho
 """
 from __future__ import annotations
 
-from lstm_core.atomic import (LinkRefused, check_output, open_dir, parquet_bytes, put_bytes, read_json, remove_file,
-                              remove_tree, write_json, write_parquet)
+from lstm_core.atomic import (
+    LinkRefused,
+    check_output,
+    open_dir,
+    parquet_bytes,
+    put_bytes,
+    read_json,
+    remove_file,
+    remove_tree,
+    write_json,
+    write_parquet,
+)
 from lstm_core.input_schema import CSV_SUFFIXES, filter_expression, is_csv_path, read_schema
 from lstm_core.input_size import MAX_ID_BYTES, parquet_longest_values, parquet_read_bytes
-from lstm_core.inputs import (DEFAULT_MISSING, PARQUET, REQUIRED, OpenedDataset, check_input, column_types,
-                              file_format, open_dataset, read_series, to_frame)
-from lstm_core.location import (PERMANENT_ERROR_NAMES, S3_RETRIES, Location, filesystem, is_local, is_storage_failure,
-                                join, resolve_options, storage_error)
+from lstm_core.inputs import (
+    DEFAULT_MISSING,
+    PARQUET,
+    REQUIRED,
+    OpenedDataset,
+    check_input,
+    column_types,
+    file_format,
+    open_dataset,
+    read_series,
+    to_frame,
+)
+from lstm_core.location import (
+    PERMANENT_ERROR_NAMES,
+    S3_RETRIES,
+    Location,
+    filesystem,
+    is_local,
+    is_storage_failure,
+    join,
+    resolve_options,
+    storage_error,
+)
 
 __all__ = [
     "CSV_SUFFIXES", "DEFAULT_MISSING", "MAX_ID_BYTES", "PARQUET", "PERMANENT_ERROR_NAMES", "REQUIRED", "S3_RETRIES",
