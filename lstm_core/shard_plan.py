@@ -66,6 +66,7 @@ class ShardSpec:
 
     @property
     def name(self) -> str:
+        """How logs and errors name this shard: `shard 3 [group]`, or `train[group]` for a training sample."""
         if self.role == "train":
             return f"train[{self.group}]" if self.group is not None else "train"
         return f"shard {self.index}" + (f" [{self.group}]" if self.group is not None else "")
@@ -73,6 +74,8 @@ class ShardSpec:
 
 @dataclass
 class GroupPlan:
+    """One group's part of the plan (the whole input when there is no group column): its shards and sample."""
+
     name: str | None  # the group's value as a string; None without a group column
     n_series: int
     n_shards: int  # hash buckets of this group (some may be empty)
@@ -85,6 +88,9 @@ class GroupPlan:
 
 @dataclass
 class ShardPlan:
+    """The plan of a run: the series, the groups and the shards each task reads (`plan_shards` makes it,
+    `shard_split.split_shards` fills in the rows written per shard)."""
+
     n_series: int
     rows: int
     shard_size: int
@@ -101,16 +107,20 @@ class ShardPlan:
 
     @property
     def n_shards(self) -> int:
+        """Shards the run's tasks read (non-empty hash buckets; at least one)."""
         return len(self.shards)
 
     @property
     def sharded(self) -> bool:
+        """True when the input is split into scratch files; False when its single shard reads the input."""
         return self.scratch is not None
 
     def group(self, name: str | None) -> GroupPlan:
+        """The plan of group `name` (None without a group column); StopIteration when there is none."""
         return next(g for g in self.groups if g.name == name)
 
     def summary(self) -> dict[str, Any]:
+        """The plan in a few numbers for logs and the manifest: series, rows, bytes, shards, groups."""
         return {
             "series": self.n_series, "rows": self.rows, "bytes": self.bytes, "shard_size": self.shard_size,
             "shards": self.n_shards,
