@@ -12,10 +12,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Mapping, Optional
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
-from typing_extensions import Annotated
 
 from lstm_core.config import ConfigError, ForecastConfig, format_validation_error, merge_settings
 from lstm_core.secrets import SECRET_NAME_PARTS, SECRET_QUERY_NAMES, has_credentials, is_secret_name
@@ -57,7 +57,7 @@ def _optional(model: type[BaseModel], name: str, validators: dict | None = None)
             annotation = Annotated[annotation, *info.metadata]
         extra = NO_SECRET_KEYS if field_name == "storage_options" else \
             NO_URL_CREDENTIALS if model is ForecastConfig and field_name.endswith("_url") else None
-        fields[field_name] = (Optional[annotation], Field(None, description=_FORM_DESCRIPTIONS.get(
+        fields[field_name] = (annotation | None, Field(None, description=_FORM_DESCRIPTIONS.get(
             field_name, info.description), json_schema_extra=extra))
     return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=model.__doc__,
                         __validators__=validators or {}, **fields)
@@ -107,7 +107,7 @@ def settings_dict(settings: Any) -> dict[str, Any]:
 def overrides_list(allow_overrides: Any) -> list[str]:
     """`allow_overrides` checked: a list of protected settings' names (ConfigError otherwise)."""
     try:
-        return list(TypeAdapter(Optional[list[Overridable]]).validate_python(allow_overrides) or [])
+        return list(TypeAdapter(list[Overridable] | None).validate_python(allow_overrides) or [])
     except ValidationError as exc:
         raise ConfigError(f"parameter 'allow_overrides': each item must be one of {', '.join(PROTECTED)}; "
                           f"{exc.errors()[0]['msg']}") from None

@@ -17,8 +17,8 @@ all windows, for the published forecast.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Callable, Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,14 @@ import pandas as pd
 from lstm_core import interrupt
 from lstm_core.config import ForecastConfig
 from lstm_core.frequency import dates_after
-from lstm_core.intervals import (PRIOR_WINDOWS, ConformalIntervals, fit_conformal, held_out_bounds, naive_scales,
-                                 score_table)
+from lstm_core.intervals import (
+    PRIOR_WINDOWS,
+    ConformalIntervals,
+    fit_conformal,
+    held_out_bounds,
+    naive_scales,
+    score_table,
+)
 from lstm_core.metrics import ErrorSums, interval_columns, mase_scale, seasonal_naive
 from lstm_core.panel import Panel
 

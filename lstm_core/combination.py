@@ -35,8 +35,9 @@ are mostly noise: the band's pool carries most of the weight.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import pairwise
 
 import numpy as np
 import pandas as pd
@@ -58,7 +59,7 @@ def history_band(points: np.ndarray | Sequence[int], horizon: int) -> np.ndarray
     """
     n = np.asarray(points, dtype=np.int64)
     edges = [1, 3, max(4, 2 * horizon), max(5, 4 * horizon), max(6, 8 * horizon)]
-    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])] + [f"{edges[-1]}+"]
+    labels = [f"{lo}-{hi - 1}" for lo, hi in pairwise(edges)] + [f"{edges[-1]}+"]
     idx = np.clip(np.searchsorted(edges, n, side="right") - 1, 0, len(labels) - 1)
     return np.asarray(labels, dtype=object)[idx]
 
@@ -130,7 +131,7 @@ def label(chosen: tuple[str, ...]) -> str:
 def _mean_of(values: dict[str, np.ndarray], chosen: list[tuple[str, ...]], rows_of: list[np.ndarray],
              n_rows: int) -> np.ndarray:
     out = np.full(n_rows, np.nan)
-    for sel, rows in zip(chosen, rows_of):
+    for sel, rows in zip(chosen, rows_of, strict=True):
         if sel:
             out[rows] = np.mean([values[c][rows] for c in sel], axis=0)
     return out
@@ -179,7 +180,7 @@ def serve_backtest(rows: pd.DataFrame, candidates: Sequence[str], *, horizon: in
         rows_of = [inside[index[s]] for s in targets["series_id"]]
         part = _mean_of(values, chosen, rows_of, len(rows))
         served[inside] = part[inside]
-        for sel, r in zip(chosen, rows_of):
+        for sel, r in zip(chosen, rows_of, strict=True):
             labels[r] = label(sel)
         selections[int(w)] = pd.DataFrame({"series_id": targets["series_id"], "model": [label(c) for c in chosen]})
     return ServedBacktest(rows.assign(served=served, model=pd.Series(labels, dtype="string")), selections)

@@ -14,8 +14,9 @@ Future, calendar and static columns are the *known-ahead* inputs.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -132,7 +133,7 @@ class CovariateSpec:
     calendar: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, config: Any) -> "CovariateSpec":
+    def from_config(cls, config: Any) -> CovariateSpec:
         return cls(tuple(config.historic_covariates), tuple(config.future_covariates),
                    tuple(config.static_covariates), tuple(config.calendar()))
 
@@ -165,7 +166,7 @@ class StaticEncoder:
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column -> sorted vocabulary
 
     @classmethod
-    def fit(cls, static: pd.DataFrame) -> "StaticEncoder":
+    def fit(cls, static: pd.DataFrame) -> StaticEncoder:
         """`static`: one row per training series, one column per static covariate."""
         numeric, categories = {}, {}
         for c in static.columns:
@@ -213,9 +214,10 @@ class StaticEncoder:
                 "categories": {k: list(v) for k, v in self.categories.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "StaticEncoder":
+    def from_dict(cls, d: dict[str, Any] | None) -> StaticEncoder:
         d = d or {}
-        return cls(tuple(d.get("columns", ())), {k: (float(v[0]), float(v[1])) for k, v in d.get("numeric", {}).items()},
+        numeric = {k: (float(v[0]), float(v[1])) for k, v in d.get("numeric", {}).items()}
+        return cls(tuple(d.get("columns", ())), numeric,
                    {k: tuple(str(x) for x in v) for k, v in d.get("categories", {}).items()})
 
 

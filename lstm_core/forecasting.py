@@ -16,7 +16,7 @@ from lstm_core import interrupt
 from lstm_core.model import model_geometry
 
 # Compiled loops per ensemble (keyed by its first member), so repeated calls do not trace again.
-_LOOPS: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
+_LOOPS: weakref.WeakKeyDictionary[keras.Model, dict] = weakref.WeakKeyDictionary()
 
 
 def _compiled_loop(members: list[keras.Model], horizon: int, known: tuple[int, ...]):
@@ -82,8 +82,9 @@ def recursive_forecast(
     windows = np.asarray(windows, dtype=np.float32)
     s, length, f = windows.shape
     geo = model_geometry(members[0])
-    if (length, f) != (geo["input_size"], geo["n_features"]):
-        raise ValueError(f"windows of shape {(length, f)} do not fit the model's {(geo['input_size'], geo['n_features'])}")
+    expected = (geo["input_size"], geo["n_features"])
+    if (length, f) != expected:
+        raise ValueError(f"windows of shape {(length, f)} do not fit the model's {expected}")
     if known is None:
         known = tuple(range(1, f)) if future is not None else ()
     known = tuple(int(c) for c in known)

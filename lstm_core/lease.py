@@ -30,7 +30,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
@@ -50,7 +50,7 @@ def _now() -> float:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def _read_text(path: str) -> str | None:
@@ -130,7 +130,7 @@ class RunLease:
     # --- acquiring -------------------------------------------------------
     @classmethod
     def acquire(cls, fs: fsspec.AbstractFileSystem, root: str, run_id: str, ttl: float,
-                heartbeat: bool = True) -> "RunLease":
+                heartbeat: bool = True) -> RunLease:
         lease = cls(fs, OutputLayout(root).lease(run_id), run_id, float(ttl))
         if is_local(fs):
             lease._acquire_local(root)
@@ -359,7 +359,7 @@ class RunLease:
             log.warning("run %s: could not release lease (it expires after %.0f s): %s", self.run_id, self.ttl,
                         scrub(str(exc)))
 
-    def __enter__(self) -> "RunLease":
+    def __enter__(self) -> RunLease:
         return self
 
     def __exit__(self, *exc) -> None:

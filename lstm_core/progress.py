@@ -49,7 +49,7 @@ def progress_enabled(stream: TextIO | None = None) -> bool:
 class _ClearBeforeLog(logging.Filter):
     """Wipe the progress bars before a console log record prints, so the two never share a line."""
 
-    def __init__(self, display: "_Display") -> None:
+    def __init__(self, display: _Display) -> None:
         super().__init__()
         self.display = display
 
@@ -195,7 +195,7 @@ class Progress:
                 del _DISPLAYS[id(self.stream)]
                 display.detach()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,8 +12,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core import plots
-from lstm_core.config import ForecastConfig
 from lstm_core.backtest import history_frame
+from lstm_core.config import ForecastConfig
 from lstm_core.frequency import dates_after
 from lstm_core.layout import TABLES, OutputLayout
 from lstm_core.metrics import METRICS
@@ -48,7 +47,7 @@ def _series_mase(evaluation: Scored, model: str, window: int | None = None) -> n
     m = evaluation.metrics
     rows = m[(m["model"] == model) & (m["metric"] == "mase") & m["series_id"].notna()]
     rows = rows[rows["backtest_window"].isna()] if window is None else rows[rows["backtest_window"] == window]
-    by_id = dict(zip(rows["series_id"].astype(str), rows["value"].astype(float)))
+    by_id = dict(zip(rows["series_id"].astype(str), rows["value"].astype(float), strict=True))
     return np.array([by_id.get(str(s), np.nan) for s in evaluation.series_ids], dtype=float)
 
 
@@ -204,7 +203,8 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
     lines = [
         f"# Run {md_code(manifest['run_id'])}: {md_text(manifest.get('status'))}",
         "",
-        f"Input {md_code(manifest.get('input_url'))} (fingerprint {md_code(str(manifest.get('input_fingerprint'))[:16])}), "
+        f"Input {md_code(manifest.get('input_url'))} "
+        f"(fingerprint {md_code(str(manifest.get('input_fingerprint'))[:16])}), "
         f"output {md_code(manifest.get('output_url'))}.",
         "",
         "## Model",
@@ -233,7 +233,8 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
     if skipped:
         lines += ["| series | field | reason |", "|---|---|---|"]
         for s in skipped[:MAX_SKIPPED_LISTED]:
-            lines.append(f"| {md_code(s.get('series_id'), cell=True)} | {md_text(s.get('field'))} | {md_text(s.get('reason', ''))} |")
+            lines.append(f"| {md_code(s.get('series_id'), cell=True)} | {md_text(s.get('field'))} "
+                         f"| {md_text(s.get('reason', ''))} |")
         if len(skipped) > MAX_SKIPPED_LISTED:
             lines.append(f"\n... and {len(skipped) - MAX_SKIPPED_LISTED} more: all are in the quarantine table.")
     else:
@@ -277,7 +278,8 @@ def publish_artifacts(manifest: dict[str, Any], plot_notes: dict[str, str]) -> d
     run_id = manifest["run_id"]
     table = metrics_table(manifest.get("overall_metrics", {}), manifest.get("model_version"))
     table_id = create_table_artifact(table, key=METRICS_KEY,
-                                     description=f"Pooled backtest metrics of run {run_id}: LSTM (with interval coverage and MSIS) and seasonal naive")
+                                     description=f"Pooled backtest metrics of run {run_id}: LSTM (with interval "
+                                                 "coverage and MSIS) and seasonal naive")
     timings_id = create_table_artifact(timings_table(manifest.get("timings_s") or {}), key=TIMINGS_KEY,
                                        description=f"Seconds per step of run {run_id} and their share of its wall "
                                                    "time (tasks summed over shards; on Dask they overlap)")
