@@ -38,6 +38,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -75,7 +76,12 @@ def window_errors(rows: pd.DataFrame, candidates: Sequence[str], scale: str = "i
                           "history": rows["history"].to_numpy(), **parts})
     # a mean over steps that is NaN when any step is NaN (skipna=False)
     return frame.groupby(keys, sort=False).agg(
-        {"history": "first", **{c: (lambda v: v.mean(skipna=False)) for c in candidates}}).reset_index()
+        {"history": "first", **{c: _mean_or_nan for c in candidates}}).reset_index()
+
+
+def _mean_or_nan(values: pd.Series) -> float:
+    """The mean, NaN when any value is NaN (a window with a missing step has no error)."""
+    return float(values.mean(skipna=False))
 
 
 def choose(fit: pd.DataFrame, targets: pd.DataFrame, candidates: Sequence[str], horizon: int, *,
@@ -245,7 +251,8 @@ def served_intervals(rows: pd.DataFrame, scales: pd.DataFrame, *, levels: Sequen
     base = rows.loc[ok, ["series_id", "cutoff", "step", "y", "served", "history"]].rename(columns={"served": "yhat"})
     table = score_table(base, scales)
     table["band"] = history_band(base["history"].to_numpy(), horizon)
-    kw = dict(levels=levels, horizon=horizon, season_length=season_length, method=method, prior_windows=prior_windows)
+    kw = _ConformalSettings(levels=levels, horizon=horizon, season_length=season_length, method=method,
+                            prior_windows=prior_windows)
     need = min_scores(max(levels))
     pooled = None
     bounds = pd.DataFrame(np.nan, index=table.index, columns=[c for lv in levels for c in interval_columns(lv)])
@@ -274,6 +281,16 @@ def served_intervals(rows: pd.DataFrame, scales: pd.DataFrame, *, levels: Sequen
                        columns=[c.replace("yhat_", "served_") for lv in levels for c in interval_columns(lv)])
     out.loc[rows.index[ok], :] = bounds.to_numpy()
     return BandedIntervals(horizon, by_band, pooled, tuple(float(v) for v in levels)), out
+
+
+class _ConformalSettings(TypedDict):
+    """The keyword arguments `fit_conformal` and `held_out_bounds` share."""
+
+    levels: Sequence[float]
+    horizon: int
+    season_length: int
+    method: str
+    prior_windows: float
 
 
 def _random_walk_bounds(panel: Panel, yhat: np.ndarray, levels: Sequence[float]) -> dict[str, np.ndarray]:

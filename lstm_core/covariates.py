@@ -58,9 +58,8 @@ def suited_calendar_features(freq: str) -> tuple[str, ...]:
     """The calendar features that vary, and repeat, at this frequency (a cycle longer than one step)."""
     offset = to_offset(freq)
     kind = frequency_kind(freq)
-    if kind == "subdaily":
-        step = pd.Timedelta(offset)
-        minute = ("minute",) if step < pd.Timedelta(hours=1) else ()
+    if kind == "subdaily":  # a fixed step (Tick) shorter than a day
+        minute = ("minute",) if isinstance(offset, Tick) and pd.Timedelta(offset) < pd.Timedelta(hours=1) else ()
         return (*minute, "hour", "dayofweek")
     if kind == "daily":
         return ("dayofweek", "dayofmonth", "month")
@@ -99,6 +98,8 @@ def calendar_values(ds: Any, features: Sequence[str]) -> np.ndarray:
     """
     idx = pd.DatetimeIndex(np.asarray(ds).ravel() if not isinstance(ds, pd.DatetimeIndex) else ds)
     cols = []
+    pos: np.ndarray
+    period: float | np.ndarray  # one cycle's length in `pos` units, per row where it varies (month lengths)
     for f in features:
         if f == "minute":
             pos, period = idx.minute.to_numpy(), 60.0

@@ -120,18 +120,21 @@ def stepwise_forecast(model: keras.Model, windows: np.ndarray, horizon: int, fut
     f = window.shape[2]
     known = tuple(range(1, f)) if known is None and future is not None else tuple(known or ())
     steps = -(-horizon // chunk)
+    known_ahead: np.ndarray | None = None  # (S, steps x chunk, K) when there are known-ahead columns
     if known:
-        future = np.asarray(future, dtype=np.float32)
+        known_ahead = np.asarray(future, dtype=np.float32)
         pad = steps * chunk - horizon
-        future = np.concatenate([future, np.repeat(future[:, -1:], pad, axis=1)], axis=1) if pad else future
+        if pad:
+            known_ahead = np.concatenate([known_ahead, np.repeat(known_ahead[:, -1:], pad, axis=1)], axis=1)
     out = []
     for j in range(steps):
-        ahead = future[:, j * chunk:(j + 1) * chunk] if known else None
+        ahead = None if known_ahead is None else known_ahead[:, j * chunk:(j + 1) * chunk]
         yhat = model.predict([window, ahead] if n_future else window, verbose=0).astype(np.float32)
         out.append(yhat)
         rows = np.repeat(window[:, -1:, :], chunk, axis=1)
         rows[:, :, 0] = yhat
-        for i, c in enumerate(known):
-            rows[:, :, c] = ahead[:, :, i]
+        if ahead is not None:
+            for i, c in enumerate(known):
+                rows[:, :, c] = ahead[:, :, i]
         window = np.concatenate([window, rows], axis=1)[:, -window.shape[1]:]
     return np.concatenate(out, axis=1)[:, :horizon]

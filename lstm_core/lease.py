@@ -215,10 +215,11 @@ class RunLease:
         protocol = self.fs.protocol
         return bool(set(protocol if isinstance(protocol, (tuple, list)) else [protocol]) & {"s3", "s3a"})
 
-    def _put(self, **condition: str) -> bool:
+    def _put(self, **condition: str | None) -> bool:
         """Conditional PUT of our body; False when the condition failed.
 
-        Stores without conditional writes (not S3) get check-then-write: best effort, racy.
+        Stores without conditional writes (not S3) get check-then-write: best effort, racy. Only they may
+        see an `IfMatch` of None (a store that gives no ETag); they do not read it.
         """
         try:
             if not self._conditional:

@@ -50,6 +50,7 @@ class Panel:
         spec = spec or CovariateSpec(historic=tuple(covariates))
         numeric = [*spec.historic, *spec.future]
         cal = calendar_names(spec.calendar)
+        enc: StaticEncoder | None
         if len(frame) == 0:
             enc = encoder or StaticEncoder(tuple(spec.static))
             names = ("y", *numeric, *cal, *(enc.names if spec.static else ()))
@@ -66,7 +67,8 @@ class Panel:
         if spec.calendar:
             parts.append(calendar_values(frame["ds"], spec.calendar))
         last_ds = frame["ds"].iloc[offsets[1:] - 1].to_numpy()
-        static_rows, enc, enc_values = None, None, None
+        static_rows: pd.DataFrame | None = None
+        enc = None
         if spec.static:
             if static is None:
                 raise ValueError(f"static covariates {list(spec.static)} declared but no static values given")
@@ -228,9 +230,10 @@ class Panel:
         rows = np.concatenate([np.arange(a, a + n) for a, n in zip(starts, lengths, strict=True)]) \
             if len(lengths) else np.zeros(0, dtype=np.int64)
         future = None
-        if all(p.future is not None for _, p in parts):
-            steps = min(p.future.shape[1] for _, p in parts)
-            future = np.concatenate([p.future[:, :steps] for _, p in parts])[order]
+        futures = [p.future for _, p in parts if p.future is not None]
+        if len(futures) == len(parts):
+            steps = min(f.shape[1] for f in futures)
+            future = np.concatenate([f[:, :steps] for f in futures])[order]
         static = None if self.static is None else self.static
         return replace(self, offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                        values=values[rows], last_ds=np.concatenate([p.last_ds for _, p in parts])[order],

@@ -30,6 +30,7 @@ import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,7 @@ WEEK_RE = re.compile(r"^(\d{4})-?W(\d{2})(?:-?([1-7]))?$")  # ISO weeks: 2023-W0
 DATE_ORDERS = ("%Y/%m/%d", "%Y.%m.%d", "%Y%m%d", "%d.%m.%Y", "%m.%d.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y",
                "%m-%d-%Y")
 _TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?$")
-EPOCH_UNITS = {"epoch_s": "s", "epoch_ms": "ms"}
+EPOCH_UNITS: dict[str, Literal["s", "ms"]] = {"epoch_s": "s", "epoch_ms": "ms"}
 # What datetime64[ns] holds, to the day (1677-09-21 00:12 .. 2262-04-11 23:47).
 NS_MIN, NS_MAX = pd.Timestamp("1677-09-22"), pd.Timestamp("2262-04-11")
 Skip = Callable[[str, str, str], None]
@@ -73,6 +74,7 @@ class Timestamps:
         if fixed:
             return self.instants.dt.tz_localize("UTC")
         if self.zone == "offsets":
+            assert self.wall is not None, "read_text keeps the wall clock of offsets"
             return self.wall
         return self.instants.dt.tz_localize("UTC").dt.tz_convert(self.zone)
 
@@ -126,7 +128,7 @@ def parse(col: pd.Series, series_id: pd.Series, source: str | None, skip: Skip, 
     raise DataValidationError(f"must be a timestamp, got {col.dtype}{hint}", source=source, column=column)
 
 
-def _from_epoch(col: pd.Series, series_id: pd.Series, source: str | None, unit: str, column: str,
+def _from_epoch(col: pd.Series, series_id: pd.Series, source: str | None, unit: Literal["s", "ms"], column: str,
                 skip: Skip) -> Timestamps:
     """Integers (or their text) counting `unit` since 1970-01-01 UTC: naive UTC timestamps."""
     _check_nulls(col.isna().to_numpy(), series_id, source, column)
@@ -214,7 +216,7 @@ def _from_strings(col: pd.Series, series_id: pd.Series, source: str | None, skip
         codes, uniques = pd.factorize(series_id)
         with_off = np.bincount(codes, weights=has_offset, minlength=len(uniques))
         total = np.bincount(codes, minlength=len(uniques))
-        for i in np.flatnonzero((with_off > 0) & (with_off < total)):
+        for i in np.flatnonzero((with_off > 0) & (with_off < total)).tolist():
             skip(str(uniques[i]), column, "timestamps mix values with and without a UTC offset (row "
                  f"{int(np.flatnonzero((codes == i) & ~has_offset)[0])} has none)")
         if (with_off == total).any() and (with_off == 0).any():

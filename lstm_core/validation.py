@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.frequencies import to_offset
+from pandas.tseries.offsets import Tick
 
 from lstm_core import timestamps
 from lstm_core.covariates import CovariateSpec, is_numeric_column
@@ -265,7 +267,7 @@ def _validate(df: pd.DataFrame, freq: str | None, *, window: int | None, horizon
     constant = ~short & ~overflow & (ss == 0) & (n > 1)  # a single point is no constant series
     if keep_short:  # a constant history is no data fault either: the statistical fallback serves it
         constant = np.zeros_like(constant)
-    for i in np.flatnonzero(short | overflow | constant):
+    for i in np.flatnonzero(short | overflow | constant).tolist():
         sid = str(uniques[i])
         if short[i]:
             skip(sid, "y", "series has no valid observation")
@@ -564,9 +566,9 @@ def _fill(frame: pd.DataFrame, freq: str, covariates: list[str]) -> pd.DataFrame
     out_codes = np.repeat(np.arange(len(uniques)), lengths)
     local = glob_all - starts[out_codes]
     firsts = frame.groupby(codes, sort=False)["ds"].first()
-    if is_fixed(freq):
-        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
-        ds = pd.DatetimeIndex(firsts.to_numpy()[out_codes]) + step * local
+    offset = to_offset(freq)
+    if isinstance(offset, Tick):  # a fixed step (is_fixed): the k-th point is k steps after the first
+        ds = pd.DatetimeIndex(firsts.to_numpy()[out_codes]) + pd.Timedelta(offset) * local
     else:
         grid = pd.date_range(frame["ds"].min(), frame["ds"].max(), freq=freq)
         ds = grid[first_pos[out_codes] + local]

@@ -73,8 +73,18 @@ def _loss_plot(choice: ModelChoice, config: ForecastConfig, out: RunPlots) -> No
                                               best_epochs=[int(m.get("best_epoch", 0)) for m in members], note=note)
 
 
+def _resolved(config: ForecastConfig) -> tuple[str, int, int]:
+    """(freq, window, season_length) of the run's configuration; ValueError (the plot is left out with the
+    reason) if it was not resolved, which a run always does before it trains."""
+    freq, window, season_length = config.freq, config.window, config.season_length
+    if freq is None or window is None or season_length is None:
+        raise ValueError("the configuration is not resolved (freq, window or season_length unset)")
+    return freq, window, season_length
+
+
 def _holdout_plot(choice: ModelChoice, scored: Scored, prepared: Prepared, config: ForecastConfig,
                   out: RunPlots) -> None:
+    freq, window, season_length = _resolved(config)
     last = config.backtest.windows - 1  # the last backtest window is the holdout
     lstm_mase = _series_mase(scored, "lstm", last)
     naive_mase = _series_mase(scored, "seasonal_naive", last)
@@ -82,13 +92,13 @@ def _holdout_plot(choice: ModelChoice, scored: Scored, prepared: Prepared, confi
     picks = plots.pick_examples(lstm_mase)
     h = config.horizon
     history = prepared.panel.drop_upto(h)  # a series of H points or fewer keeps its first
-    holdout_ds = dates_after(history.last_ds, config.freq, h)
-    context = max(config.window, 2 * config.season_length, 2 * h)
+    holdout_ds = dates_after(history.last_ds, freq, h)
+    context = max(window, 2 * season_length, 2 * h)
     examples = []
     for label, i in picks.items():
         start, end = history.offsets[i], history.offsets[i + 1]
         k = int(min(context, end - start))
-        ds = pd.date_range(end=pd.Timestamp(history.last_ds[i]), periods=k, freq=config.freq)
+        ds = pd.date_range(end=pd.Timestamp(history.last_ds[i]), periods=k, freq=freq)
         examples.append(plots.SeriesExample(
             label=label, series_id=str(history.series_ids[i]), history_ds=ds.to_numpy(),
             history_y=history.values[end - k:end, 0], holdout_ds=pd.DatetimeIndex(holdout_ds[i]).to_numpy(),
@@ -116,7 +126,7 @@ def _interval_plots(choice: ModelChoice, scored: Scored, forecasts: Forecasts, p
     history = history_frame(prepared.panel)
     history = history.assign(series_id=history["series_id"].astype(str))
     predictions = forecasts.future.assign(series_id=forecasts.future["series_id"].astype(str))
-    context = max(2 * config.season_length, 3 * config.horizon)
+    context = max(2 * _resolved(config)[2], 3 * config.horizon)
     out.files["forecast_intervals.png"] = plots.forecast_intervals(
         plots.interval_examples(history, predictions, mase, history_points=context))
     frame = forecasts.backtest.frame
