@@ -538,7 +538,7 @@ def load_intervals(store: Location | str, model_key: str, version: str) -> Confo
         return None
     except (ValueError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{url} is corrupt: {exc}") from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any other failure: storage or a corrupt file, told apart here
         if is_storage_failure(exc):
             raise storage_error(f"cannot read {url}", exc) from None
         raise ArtifactError(f"{url} is corrupt: {exc}") from None

@@ -265,7 +265,7 @@ class RunLease:
                                  f"(another process keeps taking it)")
         except (RunLockedError, StorageError):
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - whatever the store raised: a StorageError naming the lease
             raise storage_error(f"run {self.run_id}: cannot take lease {scrub(self.path)}", exc) from None
 
     def _stale_reason(self, body: dict[str, Any]) -> str | None:
