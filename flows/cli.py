@@ -64,7 +64,8 @@ def _common_flags(p: argparse.ArgumentParser, required: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The `lstm-forecast` parser: `run`, `serve`, `tune` and `demo`, each with its flags and help."""
     parser = argparse.ArgumentParser(prog="lstm-forecast", description="Batch LSTM forecasting of many series.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('lstm-forecast')}")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {importlib.metadata.version('lstm-forecast')}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one manual flow run", description="Run the batch-forecast flow once.")
     _common_flags(run, required=True)
@@ -223,7 +224,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         manifest = batch_forecast(**parameters)
     report_run(manifest)
     out = DEMO_DIR / "output"
-    print(f"outputs under {out}/: predictions/, metrics/, quarantine/, runs/{manifest['run_id']}/manifest.json, models/")
+    print(f"outputs under {out}/: predictions/, metrics/, quarantine/, runs/{manifest['run_id']}/manifest.json, "
+          "models/")
     python = os.path.relpath(sys.executable) if sys.executable else "python"  # the environment it ran in
     print(f"read the committed runs with: {python} -c \"from lstm_core.outputs import read_committed; "
           f"print(read_committed('{out}', 'predictions'))\"")
