@@ -135,6 +135,7 @@ class CovariateSpec:
 
     @classmethod
     def from_config(cls, config: Any) -> CovariateSpec:
+        """The covariates a configuration declares (historic, future, static) and its calendar features."""
         return cls(tuple(config.historic_covariates), tuple(config.future_covariates),
                    tuple(config.static_covariates), tuple(config.calendar()))
 
@@ -149,6 +150,7 @@ class CovariateSpec:
         return (*self.historic, *self.future)
 
     def as_dict(self) -> dict[str, list[str]]:
+        """The spec as JSON lists by role (the manifest's and model metadata's `covariates`)."""
         return {"historic": list(self.historic), "future": list(self.future), "calendar": list(self.calendar),
                 "static": list(self.static)}
 
@@ -211,11 +213,13 @@ class StaticEncoder:
         return np.concatenate(parts, axis=1) if parts else np.zeros((len(static), 0))
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready state (columns, numeric mean/std, category vocabularies), read back by `from_dict`."""
         return {"columns": list(self.columns), "numeric": {k: list(v) for k, v in self.numeric.items()},
                 "categories": {k: list(v) for k, v in self.categories.items()}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> StaticEncoder:
+        """The encoder `to_dict` wrote; None or an empty state is an encoder of no columns."""
         d = d or {}
         numeric = {k: (float(v[0]), float(v[1])) for k, v in d.get("numeric", {}).items()}
         return cls(tuple(d.get("columns", ())), numeric,
@@ -223,6 +227,7 @@ class StaticEncoder:
 
 
 def is_numeric_column(col: pd.Series) -> bool:
+    """True for a numeric column that is not boolean (booleans are categories)."""
     return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
 
 

@@ -202,6 +202,7 @@ class ConformalIntervals:
     prior_windows: float = PRIOR_WINDOWS
 
     def columns(self) -> list[str]:
+        """The interval column names of every level, in level order: ['yhat_lo_80', 'yhat_hi_80', ...]."""
         return [c for lv in self.levels for c in interval_columns(lv)]
 
     def predict(self, history: Panel, yhat: np.ndarray) -> dict[str, np.ndarray]:

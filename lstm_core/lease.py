@@ -131,6 +131,10 @@ class RunLease:
     @classmethod
     def acquire(cls, fs: fsspec.AbstractFileSystem, root: str, run_id: str, ttl: float,
                 heartbeat: bool = True) -> RunLease:
+        """Take the lease of `run_id` under the output root `root`, valid `ttl` seconds unless renewed (a background
+        thread renews it every ttl / 4 on object stores when `heartbeat`). Raises RunLockedError when a live run
+        holds it, StorageError (naming the lease) when the store fails, LinkRefused when the run folder is a link.
+        """
         lease = cls(fs, OutputLayout(root).lease(run_id), run_id, float(ttl))
         if is_local(fs):
             lease._acquire_local(root)
@@ -331,6 +335,7 @@ class RunLease:
 
     @property
     def lost(self) -> bool:
+        """True once this process found that another one took its lease over."""
         return self._lost is not None
 
     # --- releasing -------------------------------------------------------

@@ -37,6 +37,8 @@ MAX_SKIPPED_LISTED = 50
 
 @dataclass
 class RunPlots:
+    """A run's plots drawn in memory (file name -> PNG bytes), and a note for each left out or worth reading."""
+
     files: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG bytes
     notes: dict[str, str] = field(default_factory=dict)  # file name -> why it is missing or how to read it
 
