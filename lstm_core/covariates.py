@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -155,6 +155,14 @@ class CovariateSpec:
                 "static": list(self.static)}
 
 
+class StaticEncoderState(TypedDict, total=False):
+    """`StaticEncoder` as JSON (in a model version's metadata); a missing field is empty."""
+
+    columns: list[str]  # the static covariates, in input order
+    numeric: dict[str, list[float]]  # numeric column -> [mean, std]
+    categories: dict[str, list[str]]  # categorical column -> its vocabulary, sorted
+
+
 @dataclass(frozen=True)
 class StaticEncoder:
     """How static covariates become network inputs, fitted on the training series.
@@ -212,13 +220,13 @@ class StaticEncoder:
                 parts.append((text[:, None] == np.array(vocab, dtype=object)[None, :]).astype(np.float64))
         return np.concatenate(parts, axis=1) if parts else np.zeros((len(static), 0))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> StaticEncoderState:
         """JSON-ready state (columns, numeric mean/std, category vocabularies), read back by `from_dict`."""
-        return {"columns": list(self.columns), "numeric": {k: list(v) for k, v in self.numeric.items()},
-                "categories": {k: list(v) for k, v in self.categories.items()}}
+        return StaticEncoderState(columns=list(self.columns), numeric={k: list(v) for k, v in self.numeric.items()},
+                                  categories={k: list(v) for k, v in self.categories.items()})
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> StaticEncoder:
+    def from_dict(cls, d: StaticEncoderState | None) -> StaticEncoder:
         """The encoder `to_dict` wrote; None or an empty state is an encoder of no columns."""
         d = d or {}
         numeric = {k: (float(v[0]), float(v[1])) for k, v in d.get("numeric", {}).items()}

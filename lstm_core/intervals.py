@@ -39,7 +39,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -183,6 +183,20 @@ def enforce_order(yhat: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tup
     return lower, upper
 
 
+class IntervalsState(TypedDict):
+    """`ConformalIntervals` as JSON (`intervals.json` of a model version), as `to_dict` writes it."""
+
+    format_version: int  # FORMAT_VERSION
+    levels: list[float]  # ascending, inside (0, 100)
+    method: str  # one of METHODS
+    horizon: int
+    season_length: int
+    prior_windows: float | None  # None: infinity (no prior)
+    quantiles: dict[str, list[list[list[float]]]]  # kind -> (levels, 2, horizon)
+    calibration_points: dict[str, list[int]]  # kind -> (horizon,)
+    series_factor: dict[str, dict[str, float]]  # kind -> series id -> width factor
+
+
 @dataclass
 class ConformalIntervals:
     """Fitted conformal quantiles: what turns a point forecast into intervals at each level.
@@ -258,7 +272,7 @@ class ConformalIntervals:
         return enforce_order(yhat, lower, upper)
 
     # --- serialisation --------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> IntervalsState:
         """JSON-ready: plain lists and floats (the prior's infinity as null)."""
         return {
             "format_version": FORMAT_VERSION,

@@ -6,13 +6,22 @@ tutorial's MinMaxScaler did); callers pass the training panel to `fit`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
 from lstm_core.panel import Panel
 
 KINDS = ("standard", "minmax", "naive")
+
+
+class ScalerState(TypedDict):
+    """`SeriesScaler` as JSON (the model version's `scaler.json`)."""
+
+    kind: str  # one of KINDS
+    series_ids: list[str]  # (S,)
+    loc: list[list[float]]  # (S, F)
+    scale: list[list[float]]  # (S, F)
 
 
 @dataclass(frozen=True)
@@ -90,13 +99,13 @@ class SeriesScaler:
             raise KeyError("scaler was not fitted on some of these series")
         return pos
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> ScalerState:
         """JSON-ready state (plain lists), read back by `from_dict`."""
-        return {"kind": self.kind, "series_ids": [str(s) for s in self.series_ids],
-                "loc": self.loc.tolist(), "scale": self.scale.tolist()}
+        return ScalerState(kind=self.kind, series_ids=[str(s) for s in self.series_ids],
+                           loc=self.loc.tolist(), scale=self.scale.tolist())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SeriesScaler:
+    def from_dict(cls, d: ScalerState) -> SeriesScaler:
         """The scaler `to_dict` wrote (loc and scale reshaped to (S, F)); KeyError when a field is missing."""
         return cls(d["kind"], np.array(d["series_ids"], dtype=object),
                    np.asarray(d["loc"], dtype=np.float64).reshape(len(d["series_ids"]), -1),
