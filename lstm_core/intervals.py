@@ -1,5 +1,10 @@
 """Conformal prediction intervals from rolling-origin backtest residuals.
 
+Split (inductive) conformal prediction: Vovk, Gammerman & Shafer 2005 (Algorithmic Learning in a Random
+World); Lei, G'Sell, Rinaldo, Tibshirani & Wasserman 2018 (JASA 113(523)). One calibration set of scores per
+forecast step, as Stankeviciute, Alaa & van der Schaar 2021 (Conformal time-series forecasting, NeurIPS) do
+for multi-step forecasts.
+
 How an interval is made (method 'conformal'):
 
 1. Each backtest residual y - yhat is divided by its series' naive-error scale: the in-sample MASE

@@ -103,7 +103,9 @@ def interval_columns(level: float) -> tuple[str, str]:
 def interval_score(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, level: float) -> np.ndarray:
     """Winkler/Gneiting interval score of each point (M4's MSIS numerator), in the units of y.
 
-    (hi - lo) + 2/a (lo - y) 1{y < lo} + 2/a (y - hi) 1{y > hi}, with a = 1 - level/100.
+    (hi - lo) + 2/a (lo - y) 1{y < lo} + 2/a (y - hi) 1{y > hi}, with a = 1 - level/100 (Winkler 1972, JASA
+    67(337); Gneiting & Raftery 2007, JASA 102(477)). MSIS divides its mean by the MASE scale (M4: Makridakis,
+    Spiliotis & Assimakopoulos 2020, IJF 36(1)).
     """
     a = 1.0 - float(level) / 100.0
     y, lo, hi = (np.asarray(v, dtype=np.float64) for v in (y, lo, hi))

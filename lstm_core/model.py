@@ -76,7 +76,8 @@ def build_lstm(
     level_normalization: bool = True,
     seed: int | None = None,
 ) -> keras.Model:
-    """Stacked LSTM over patches of the window (all layers but the last return sequences), Dense head.
+    """Stacked LSTM (Hochreiter & Schmidhuber 1997, Neural Computation 9(8)) over patches of the window (all layers
+    but the last return sequences), Dense head.
 
     Inputs `window` (batch, input_size, n_features) and, if `n_future`, `future` (batch, chunk,
     n_future); output (batch, chunk). Defaults keep TensorFlow's cuDNN kernel eligible on a GPU
