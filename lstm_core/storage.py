@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
 from lstm_core.errors import DataValidationError, LstmForecastError, StorageError
-from lstm_core.secrets import scrub, url_credentials, without_secrets
+from lstm_core.secrets import scrub, url_credentials, with_environment_secrets, without_secrets
 
 REQUIRED = ("series_id", "ds", "y")
 # Cells read as missing in numeric columns (target, numeric covariates, numeric statics): pandas' own
@@ -139,8 +139,6 @@ class Location:
 
 def _relocated(url: str, options: dict[str, Any]) -> Location:
     """A Location rebuilt in another process: its secret options from this process's environment."""
-    from lstm_core.config import with_environment_secrets  # noqa: PLC0415 - config imports this module
-
     return Location(url, with_environment_secrets(options))
 
 

@@ -1,137 +1,59 @@
-"""The one configuration object: defaults <- YAML file <- environment <- flags.
+"""The schema of the one configuration object: what each setting is, its bounds and how settings agree.
 
-Everything a run needs is here and validated before any work starts, so a bad
-value stops the run with a message naming the setting.
+`ForecastConfig` and its sections (`model`, `training`, `backtest`, `tuning`) are strict pydantic models:
+an unknown key or a bad value is a validation error naming the setting (`validate_config` turns it into a
+ConfigError). How a configuration is built from a file, the environment and flags is `loading`; what follows
+from the frequency, `defaults`; the model key and config hash, `identity` (the methods here delegate).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import os
 import re
-import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from datetime import timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-import pandas as pd
-import yaml
 from pandas.tseries.frequencies import to_offset
-from pandas.tseries.offsets import Tick
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from lstm_core.config import identity
+from lstm_core.config.defaults import frequency_defaults, resolve_chunk, resolve_patch
+from lstm_core.config.limits import DASK_ADDRESS, MAX_SERIES, MAX_STEPS, MAX_WINDOW
+from lstm_core.config.sections import (
+    BacktestConfig,
+    ModelConfig,
+    StrictSection,
+    TrainingConfig,
+    TuningConfig,
+)
 from lstm_core.errors import ConfigError
-from lstm_core.secrets import MASK, has_credentials, is_secret_name, scrub, without_secrets
+from lstm_core.secrets import (
+    has_credentials,
+    redact,
+    redact_url,
+    with_environment_secrets,
+    without_secrets,
+)
 from lstm_core.storage import DEFAULT_MISSING, Location
 
 if TYPE_CHECKING:
+    from lstm_core.config.identity import ModelSpec, NetworkSettings, TrainingSettings
     from lstm_core.layout import OutputLayout
 
-__all__ = ["ConfigError", "ForecastConfig", "ModelConfig", "TrainingConfig", "TuningConfig", "default_season_length",
-           "default_window", "load_config", "validate_config"]
-
-ENV_PREFIX = "LSTM_FORECAST_"
-# Variables with the prefix that the project reads for itself (not settings).
-NOT_SETTINGS = {"LSTM_FORECAST_DEBUG", "LSTM_FORECAST_PROGRESS", "LSTM_FORECAST_MODEL_SIGNING_KEY",
-                "LSTM_FORECAST_DASK_DASHBOARD"}
-DASK_ADDRESS = r"^(tcp|tls)://[^\s/:]+:[0-9]{1,5}$"
-# Upper bounds of numeric settings: far above any real job, low enough that a planted or mistyped value fails
-# validation at once (a horizon of 1e8 took seconds to validate; epochs of 1e9 or 1e6 units would never end).
-MAX_STEPS = 100_000  # horizon, seasons, chunk, patch, backtest step, max_gap, validation steps
-MAX_WINDOW = 1_000_000  # input steps per window
-MAX_UNITS, MAX_LAYERS = 4_096, 16  # LSTM units per layer, stacked layers
-MAX_SERIES = 100_000_000  # max_series, shard_size
-MAX_MINUTES = 10_080.0  # a week: max_train_minutes, tuning.minutes
-log = logging.getLogger("lstm_core.config")
+__all__ = ["BacktestConfig", "ForecastConfig", "InputOptions", "ModelConfig", "TrainingConfig", "TuningConfig",
+           "format_validation_error", "validate_config"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class InputOptions(TypedDict):
+    """How to read the input: the keywords `storage.read_series` and the shard planner take."""
+
+    input_format: str  # 'auto', 'parquet' or 'csv'
+    names: dict[str, str]  # canonical name (series_id, ds, y) -> the input's column
+    numeric: list[str]  # historic and future covariates: numbers
+    static: list[str]  # static covariates
+    delimiter: str  # CSV field separator
 
 
-class ModelConfig(_Strict):
-    units: list[int] = Field(default_factory=lambda: [64], max_length=MAX_LAYERS,
-                             description=f"LSTM units per stacked layer (at most {MAX_LAYERS} layers of {MAX_UNITS:,})")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout after each LSTM layer")
-    bidirectional: bool = Field(False, description="wrap each LSTM layer in Bidirectional")
-    level_normalization: bool = Field(
-        True, description="make each window relative to its level (the mean of its last patch of values)")
-    chunk: int | Literal["auto"] = Field(
-        "auto", description="steps forecast per recursive step; 'auto': half the horizon, rounded up (1 = one-step "
-        "recursion)")
-    patch: int | Literal["auto"] = Field(
-        "auto", description="window steps the LSTM reads at once (one LSTM step per patch); 'auto': the chunk (or "
-        "the largest divisor of the window below it)")
-    deseasonalize: Literal["auto", "multiplicative", "additive", "off"] = Field(
-        "auto", description="remove each series' seasonal profile (fitted on its history) before the network and "
-        "restore it after: 'auto' where the seasonality is strong (seasonal strength >= 0.6; multiplicative for "
-        "series modelled as log, additive otherwise), 'multiplicative' (skips series with zeros or negatives), 'additive', 'off'")
-
-    @field_validator("units")
-    @classmethod
-    def _units_positive(cls, v: list[int]) -> list[int]:
-        if not v or any(u <= 0 for u in v):
-            raise ValueError("must be a non-empty list of positive integers")
-        if any(u > MAX_UNITS for u in v):
-            raise ValueError(f"at most {MAX_UNITS:,} units per layer")
-        return v
-
-    @field_validator("deseasonalize", mode="before")
-    @classmethod
-    def _yaml_off(cls, v: Any) -> Any:
-        # YAML 1.1 reads a bare `off` (in a file, the environment or --set) as false
-        return "off" if v is False else v
-
-    @field_validator("chunk", "patch")
-    @classmethod
-    def _positive_or_auto(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and not 1 <= v <= MAX_STEPS:
-            raise ValueError(f"must be an integer from 1 to {MAX_STEPS:,}, or 'auto'")
-        return v
-
-
-class TrainingConfig(_Strict):
-    epochs: int = Field(100, ge=1, le=100_000, description="epoch cap")
-    batch_size: int = Field(256, ge=1, le=2**20, description="windows per batch (Adam)")
-    learning_rate: float = Field(1e-3, gt=0, le=10, description="Adam learning rate")
-    loss: Literal["mse", "mae", "huber"] = Field("mae", description="training loss")
-    patience: int = Field(15, ge=1, le=100_000, description="early-stopping patience, in epochs")
-    windows_per_series: int = Field(128, ge=1, le=1_000_000, description="random training windows per series per epoch")
-    min_windows_per_epoch: int = Field(
-        32_768, ge=0, le=100_000_000, description="draw more windows per series when the panel is small, so an epoch has at least "
-        "this many (never more than the panel's distinct windows); 0 = off")
-    validation_steps: int | None = Field(None, ge=1, le=MAX_STEPS,
-                                         description="validation targets per series (default: horizon)")
-    max_train_minutes: float | None = Field(None, gt=0, le=MAX_MINUTES, description="wall-clock training budget")
-    ensemble_size: int = Field(1, ge=1, le=64, description="models trained with consecutive seeds and averaged")
-    snapshots: int = Field(5, ge=1, le=64, description="weights of the best epochs kept and averaged as an ensemble")
-    max_series: int | None = Field(
-        10_000, ge=1, le=MAX_SERIES, description="train each model on at most this many series (a stable hash sample); null = all"
-    )
-
-
-class BacktestConfig(_Strict):
-    windows: int = Field(3, ge=1, le=1_000, description="rolling-origin backtest windows (cutoffs) at the end of each series")
-    step: int | None = Field(None, ge=1, le=MAX_STEPS, description="steps between consecutive cutoffs (default: horizon)")
-    refit: bool = Field(False, description="retrain for each window instead of once before the earliest cutoff")
-
-
-class TuningConfig(_Strict):
-    study: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-                       description="name of the tuning study (results under tuning/study=<name>/)")
-    trials: int | None = Field(20, ge=1, le=100_000, description="trials per tune call (null: until the minutes are spent)")
-    minutes: float | None = Field(None, gt=0, le=MAX_MINUTES, description="wall-clock budget of a tune call, in minutes")
-    max_series: int | None = Field(
-        500, ge=1, le=MAX_SERIES, description="tune on at most this many series (a stable hash sample); null = all")
-    space: dict[str, Any] = Field(
-        default_factory=dict, description="search space over the defaults (lstm_core.tuning.default_space): "
-        "setting -> {low, high[, log, step]} or {choices: [...]} or a list of choices or one value; null drops it")
-    pruning: bool = Field(True, description="stop unpromising trials early from their epoch validation losses")
-
-
-class ForecastConfig(_Strict):
+class ForecastConfig(StrictSection):
     """Settings of one batch forecasting job."""
 
     input_url: str = Field("data/demo/series.parquet",
@@ -274,32 +196,11 @@ class ForecastConfig(_Strict):
     def _defaults_from_frequency(cls, data: Any) -> Any:
         """season_length from freq (a list gives further seasons), then window from freq, season and horizon.
 
-        With freq unset, both wait for `resolved(freq)` once the data are seen.
+        With freq unset, both wait for `resolved(freq)` once the data are seen (`defaults.frequency_defaults`).
         """
         if not isinstance(data, dict):
             return data
-        data = dict(data)
-        season = data.get("season_length")
-        if isinstance(season, (list, tuple)):
-            if not season:
-                raise ValueError("season_length: an empty list; give one season or several, e.g. [24, 168]")
-            if data.get("extra_season_lengths"):
-                raise ValueError("give further seasons either as a season_length list or as extra_season_lengths")
-            data["season_length"], data["extra_season_lengths"] = season[0], list(season[1:])
-        if data.get("season_length") is None and data.get("freq") is not None:
-            try:
-                data["season_length"] = default_season_length(data["freq"])
-            except (ValueError, TypeError):
-                pass  # the freq validator names the bad value
-        if not all(_in_bounds(data.get(k)) for k in ("horizon", "season_length")) or \
-                not all(_in_bounds(v) for v in data.get("extra_season_lengths") or ()):
-            return data  # the field validators name the value out of bounds (no default computed from it)
-        if data.get("window") is None and data.get("season_length") is not None and data.get("freq") is not None:
-            model = data.get("model") if isinstance(data.get("model"), Mapping) else {}
-            data["window"] = default_window(data["season_length"], data.get("horizon", 24), data["freq"],
-                                            model.get("chunk", "auto"), model.get("patch", "auto"),
-                                            data.get("extra_season_lengths") or ())
-        return data
+        return frequency_defaults(data)
 
     @field_validator("levels")
     @classmethod
@@ -321,7 +222,7 @@ class ForecastConfig(_Strict):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ForecastConfig":
+    def _consistent(self) -> ForecastConfig:
         if self.workers is not None and self.dask_address is not None:
             raise ValueError("set either workers (a local Dask cluster) or dask_address (an existing one), not both")
         if self.workers is not None or self.dask_address is not None:
@@ -396,7 +297,7 @@ class ForecastConfig(_Strict):
         """True once the frequency is known (given, or inferred from the data by `resolved`)."""
         return self.freq is not None and self.season_length is not None and self.window is not None
 
-    def resolved(self, freq: str) -> "ForecastConfig":
+    def resolved(self, freq: str) -> ForecastConfig:
         """This configuration with `freq` set (inferred from the data) and the defaults that follow from it.
 
         Settings given explicitly are kept; an unset season_length and window are derived from `freq`.
@@ -407,7 +308,7 @@ class ForecastConfig(_Strict):
         data["freq"] = freq
         return validate_config(data)
 
-    def _require_resolved(self, what: str, needs_freq: bool = True) -> None:
+    def require_resolved(self, what: str, needs_freq: bool = True) -> None:
         known = self.is_resolved if needs_freq else self.season_length is not None
         if not known:
             raise ConfigError(f"{what} needs the frequency: set freq, or resolve it from the data first "
@@ -416,7 +317,7 @@ class ForecastConfig(_Strict):
     @property
     def season_lengths(self) -> tuple[int, ...]:
         """Every season in steps: season_length first (metrics and seasonal naive use it), then the others."""
-        self._require_resolved("season_lengths", needs_freq=False)
+        self.require_resolved("season_lengths", needs_freq=False)
         return (int(self.season_length), *self.extra_season_lengths)
 
     @property
@@ -435,7 +336,7 @@ class ForecastConfig(_Strict):
         """`url` bound to this configuration's storage options: how every part reaches storage."""
         return Location(url, self.storage_options)
 
-    def layout(self) -> "OutputLayout":
+    def layout(self) -> OutputLayout:
         """Every path of the output contract under `output_url` (scratch under `scratch_url` when set)."""
         from lstm_core.layout import OutputLayout
 
@@ -464,7 +365,7 @@ class ForecastConfig(_Strict):
         return list(dict.fromkeys([self.id_column, self.time_column, self.target_column,
                                    *self.historic_covariates, *self.future_covariates, *self.static_covariates]))
 
-    def input_options(self) -> dict[str, Any]:
+    def input_options(self) -> InputOptions:
         """How to read the input (`storage.read_series` and the shard planner take these keywords)."""
         return {"input_format": self.input_format, "names": self.column_names(),
                 "numeric": [*self.historic_covariates, *self.future_covariates],
@@ -474,7 +375,7 @@ class ForecastConfig(_Strict):
         """The calendar features this run uses (the setting resolved for the frequency)."""
         from lstm_core.covariates import resolve_calendar_features
 
-        self._require_resolved("calendar features")
+        self.require_resolved("calendar features")
         return resolve_calendar_features(self.calendar_features, self.freq)
 
     def covariate_roles(self) -> dict[str, list[str]]:
@@ -482,37 +383,15 @@ class ForecastConfig(_Strict):
         return {"historic": list(self.historic_covariates), "future": list(self.future_covariates),
                 "calendar": list(self.calendar()), "static": list(self.static_covariates)}
 
-    def network_settings(self) -> dict[str, Any]:
-        """The settings that define the network and what its inputs mean; they make up the model key.
+    def network_settings(self) -> NetworkSettings:
+        """The settings that define the network and what its inputs mean; they make up the model key
+        (`identity.network_settings`: the horizon and how the weights were fitted are left out)."""
+        return identity.network_settings(self)
 
-        Left out on purpose: the horizon (the model forecasts recursively, one step at a time, so any horizon
-        uses the same network) and how the weights were fitted (`training_settings`).
-        """
-        self._require_resolved("the model key")
-        return {
-            "freq": self.freq,
-            "season_lengths": list(self.season_lengths),
-            "window": self.window,
-            "scaler": self.scaler,
-            "target_transform": self.target_transform,
-            "mode": self.mode,
-            "model": {**self.model.model_dump(), "chunk": self.chunk_length, "patch": self.patch_length},
-            "covariates": self.covariate_roles(),
-            # how a static covariate is encoded (one-hot or standardised): only when declared, so keys stay
-            **({"static_types": dict(sorted(self.static_types.items()))} if self.static_types else {}),
-        }
-
-    def training_settings(self) -> dict[str, Any]:
-        """How the weights are fitted: under retrain 'auto' a saved model trained otherwise is retrained.
-
-        Budgets and stopping rules (epochs, patience, max_train_minutes, max_series) are left out: they
-        bound a training, they do not ask for a different one. Validation steps count only when set.
-        """
-        t = self.training
-        return {"loss": t.loss, "learning_rate": t.learning_rate, "batch_size": t.batch_size,
-                "windows_per_series": t.windows_per_series, "min_windows_per_epoch": t.min_windows_per_epoch,
-                "ensemble_size": t.ensemble_size,
-                "snapshots": t.snapshots, "validation_steps": t.validation_steps, "seed": self.seed}
+    def training_settings(self) -> TrainingSettings:
+        """How the weights are fitted: under retrain 'auto' a saved model trained otherwise is retrained
+        (`identity.training_settings`: budgets and stopping rules are left out)."""
+        return identity.training_settings(self)
 
     def model_key(self, group: str | None = None) -> str:
         """Stable hash of the network settings: models under one key take the same inputs and are interchangeable.
@@ -521,18 +400,13 @@ class ForecastConfig(_Strict):
         """
         return self.model_spec(group).key
 
-    def model_spec(self, group: str | None = None) -> "ModelSpec":
+    def model_spec(self, group: str | None = None) -> ModelSpec:
         """The frozen specification of this configuration's model (of `group` with `group_column`)."""
-        fields = self.network_settings()
-        if self.group_column is not None:
-            fields["group"] = {"column": self.group_column, "value": group}
-        return ModelSpec(json.dumps(fields, sort_keys=True, default=str), group, self)
+        return identity.model_spec(self, group)
 
     def config_hash(self) -> str:
         """Stable hash of the resolved public configuration (secrets redacted, run_id left out)."""
-        data = self.public_dict()
-        data.pop("run_id", None)
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return identity.config_hash(self)
 
     @classmethod
     def url_settings(cls) -> list[str]:
@@ -558,325 +432,8 @@ class ForecastConfig(_Strict):
 
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """What changes the network, frozen: its hash is the model key.
-
-    Two specs are equal when their networks are (same inputs, same architecture, same group), whatever
-    else the run's configuration says; `config` rides along for how to train, forecast and store it.
-    Build it with `ForecastConfig.model_spec(group)` (the configuration must be resolved).
-    """
-
-    network: str  # canonical JSON (sorted keys) of `ForecastConfig.network_settings()` and the group
-    group: str | None = None
-    config: ForecastConfig | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def key(self) -> str:
-        """16 hex digits: where the model's versions live in the store (`models/<key>/<version>/`)."""
-        return hashlib.sha256(self.network.encode()).hexdigest()[:16]
-
-    def settings(self) -> dict[str, Any]:
-        """The network settings (and group) as a dict."""
-        return json.loads(self.network)
-
-
-def default_season_length(freq: str) -> int:
-    """The usual season of a pandas frequency, in steps.
-
-    Hourly 24 (a day), daily 7 (a week), weekly 52, monthly 12, quarterly 4, yearly 1; sub-hourly steps
-    a day's worth (15min: 96); business days 5; multiples (2h, 2D) the same span in their steps.
-    """
-    offset = to_offset(freq)
-    name = offset.name.split("-")[0]
-    n = max(int(getattr(offset, "n", 1) or 1), 1)
-    day = pd.Timedelta(days=1)
-    if isinstance(offset, Tick):
-        step = pd.Timedelta(offset)
-        if step < day:
-            return max(1, int(day // step))  # the day's cycle: hourly 24, 15min 96, 30s 2880
-        if step == day:
-            return 7
-        return max(1, int(pd.Timedelta(weeks=1) // step)) if step < pd.Timedelta(weeks=1) else 1
-    per_year = {"D": 7, "B": 5, "C": 5, "W": 52, "SM": 24, "SMS": 24, "ME": 12, "MS": 12, "BME": 12, "BMS": 12,
-                "CBME": 12, "CBMS": 12, "QE": 4, "QS": 4, "BQE": 4, "BQS": 4, "YE": 1, "YS": 1, "BYE": 1, "BYS": 1}
-    if name in ("D", "B", "C"):
-        return max(1, per_year[name] // n) if per_year[name] % n == 0 else 1
-    if name in per_year:
-        m = per_year[name]
-        return m // n if m % n == 0 and m // n > 1 else 1
-    return 1
-
-
-# Storage options (credentials included) handed to this process in memory: a LocalCluster's workers get the
-# run's from the flow through a worker plugin over the cluster's TLS connections (flows/runners.py), never
-# through their environment, which their child processes would inherit.
-_HELD_STORAGE_OPTIONS: dict[str, Any] = {}
-
-
-def hold_storage_options(options: Mapping[str, Any]) -> None:
-    """Keep `options` in this process's memory: every configuration or Location unpickled here from now on
-    gets them back (merged over what travelled), as from LSTM_FORECAST_STORAGE_OPTIONS."""
-    _HELD_STORAGE_OPTIONS.clear()
-    _HELD_STORAGE_OPTIONS.update(dict(options))
-
-
-def _in_bounds(value: Any) -> bool:
-    """A step count a default may be computed from (anything else is reported by the field validators)."""
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value)
-    return value is None or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_STEPS)
-
-
-def with_environment_secrets(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """`options` with the storage options of this process merged over them: those of its environment
-    (LSTM_FORECAST_STORAGE_OPTIONS, JSON: the workers of an existing cluster set it themselves), then those
-    held in memory (`hold_storage_options`: a LocalCluster's workers). How a worker gets the credentials a
-    pickled configuration left behind."""
-    raw = (os.environ if environ is None else environ).get(ENV_PREFIX + "STORAGE_OPTIONS")
-    merged = dict(options)
-    if raw:
-        try:
-            extra = json.loads(raw)
-        except ValueError:
-            raise ConfigError(f"{ENV_PREFIX}STORAGE_OPTIONS is not JSON") from None
-        if isinstance(extra, Mapping):
-            merged = merge_settings(merged, extra)
-    if _HELD_STORAGE_OPTIONS and environ is None:
-        merged = merge_settings(merged, _HELD_STORAGE_OPTIONS)
-    return merged
-
-
-def resolve_chunk(chunk: Any, horizon: int) -> int:
-    """'auto': half the horizon, rounded up, so a forecast is two recursive steps (one when H = 1)."""
-    return int(chunk) if chunk != "auto" else max(1, -(-int(horizon) // 2))
-
-
-def resolve_patch(patch: Any, chunk: int, window: int | None = None) -> int:
-    """'auto': the chunk, so the network reads its input in the same pieces it writes its output; with a
-    window that is not a multiple of the chunk, the largest divisor of the window below the chunk."""
-    if patch != "auto":
-        return int(patch)
-    if window is None:
-        return int(chunk)
-    return max(d for d in range(1, min(int(chunk), int(window)) + 1) if window % d == 0)
-
-
-def natural_cycle(freq: Any) -> int:
-    """Steps in the longest regular cycle a window should see at this frequency: a day for data of minutes,
-    a week for hourly and daily data, a year for weekly, monthly and quarterly data (1 when unknown)."""
-    try:
-        offset = to_offset(freq)
-    except (TypeError, ValueError):
-        return 1
-    if isinstance(offset, Tick):
-        step = pd.Timedelta(offset)
-        span = pd.Timedelta("1D") if step < pd.Timedelta("1h") else pd.Timedelta("7D")
-        return max(1, int(span // step)) if step <= span else 1
-    name = offset.name.split("-")[0].upper()
-    cycles = {"W": 52, "MS": 12, "ME": 12, "M": 12, "SMS": 24, "SME": 24, "QS": 4, "QE": 4, "Q": 4,
-              "BQS": 4, "BQE": 4, "BMS": 12, "BME": 12, "B": 5, "C": 5}
-    return cycles.get(name, 1)
-
-
-def default_window(season_length: Any, horizon: Any, freq: Any = "h", chunk: Any = "auto", patch: Any = "auto",
-                   extra_seasons: Any = ()) -> int:
-    """The smallest multiple of the patch that covers three horizons, every season and the frequency's natural cycle.
-
-    Three horizons and the cycles of the data let the network see the pattern it continues: a week for
-    hourly data (which carry a weekly cycle besides the daily one), a year (52) for weekly data whatever
-    season the user passes, so `--season 1` and `--season 52` see the same history.
-    """
-    try:
-        m, h = max(1, int(season_length)), max(1, int(horizon))
-        p = resolve_patch(patch, resolve_chunk(chunk, h))
-    except (TypeError, ValueError):
-        return 48  # the field validators report the bad value itself
-    need = max(3 * h, m, *(int(e) for e in extra_seasons or ()), natural_cycle(freq))
-    return max(p, p * -(-need // p))
-
-
-def redact(options: Any) -> Any:
-    """Replace values whose key looks secret with '***' and credentials inside URLs, recursively."""
-    if isinstance(options, Mapping):
-        return {
-            k: (MASK if is_secret_name(k) and not isinstance(v, Mapping) else redact(v))
-            for k, v in options.items()
-        }
-    if isinstance(options, list):
-        return [redact(v) for v in options]
-    if isinstance(options, str):
-        return redact_url(options)
-    return options
-
-
-def redact_url(url: str) -> str:
-    """Drop credentials embedded in a URL: user-info (`scheme://user:pass@host/...`, with or without the
-    scheme) and credential query parameters (`X-Amz-Signature`, `X-Amz-Credential`, `sig`, `token`...)."""
-    return scrub(url) if isinstance(url, str) else url
-
-
-# --- loading ------------------------------------------------------------
-def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = target
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"setting {dotted!r}: {part!r} is not a section")
-    node[parts[-1]] = value
-
-
-def _parse_value(raw: str) -> Any:
-    # YAML scalars give ints, floats, bools, null and lists ("[32, 32]") for free.
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError:
-        return raw
-
-
-def names_a_setting(dotted: str, model: type[BaseModel] | None = None) -> bool:
-    """True when `dotted` (e.g. 'training.epochs', 'storage_options.key') is a setting of the configuration."""
-    node: Any = model or ForecastConfig
-    for i, part in enumerate(dotted.split(".")):
-        if not (isinstance(node, type) and issubclass(node, BaseModel)):
-            return False
-        field = node.model_fields.get(part)
-        if field is None:
-            return False
-        node = field.annotation
-        if typing.get_origin(node) is dict or node is dict:  # free-form (storage_options): any key below
-            return True
-    return True
-
-
-def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """LSTM_FORECAST_HORIZON=13, LSTM_FORECAST_TRAINING__EPOCHS=5 -> nested dict.
-
-    Only variables that name a setting are read. Others with the prefix are ignored with a debug
-    line: a platform may set them (Kubernetes adds LSTM_FORECAST_SERVICE_HOST for a Service named
-    lstm-forecast), and the project's own switches (NOT_SETTINGS) are not settings.
-    """
-    environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if key in NOT_SETTINGS or not key.startswith(ENV_PREFIX) or len(key) == len(ENV_PREFIX):
-            continue
-        dotted = key[len(ENV_PREFIX):].lower().replace("__", ".")
-        if not names_a_setting(dotted):
-            section = dotted.split(".", 1)[0]
-            if "." in dotted and names_a_setting(section):  # a section's own name: most likely a typo
-                log.warning("ignoring environment variable %s: %r has no setting %r", key, section,
-                            dotted.split(".", 1)[1])
-            else:
-                log.debug("ignoring environment variable %s: it names no setting", key)
-            continue
-        _set_dotted(out, dotted, _parse_value(raw))
-    return out
-
-
-def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for k, v in override.items():
-        if isinstance(v, Mapping) and isinstance(merged.get(k), dict):
-            merged[k] = _merge(merged[k], v)
-        else:
-            merged[k] = v
-    return merged
-
-
-def merge_settings(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    """Nested settings: `override` wins key by key, sections merge."""
-    return _merge(dict(base), override)
-
-
-def load_config(
-    path: str | Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    sets: list[str] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> ForecastConfig:
-    """Build and validate the configuration: defaults <- YAML <- environment <- overrides <- --set."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as exc:
-            # Name the place, never quote the line: it may hold a credential.
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            raise ConfigError(f"config file {path} is not valid YAML{where}: "
-                              f"{getattr(exc, 'problem', None) or type(exc).__name__}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path} must hold a mapping of settings")
-        if Path(path).name == TUNING_RESULT_FILE:
-            check_tuning_result(loaded, str(path))
-        data = _merge(data, loaded)
-    data = _merge(data, env_overrides(environ))
-    if overrides:
-        data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
-    data = _merge(data, parse_sets(sets))
-    return validate_config(data)
-
-
-# A tune writes <output_url>/tuning/study=<name>/best.yaml into the shared output store, where others can write
-# too: read as a configuration (`run --config .../best.yaml`), a file of that name gives only the settings a
-# tune writes (the tuned ones and the data settings they were tuned for); where data goes, where code runs and
-# storage come from the run's own flags, file and environment.
-TUNING_RESULT_FILE = "best.yaml"
-TUNED_FILE_TOP = ("window", "scaler", "target_transform", "calendar_features", "freq", "horizon", "season_length",
-                  "extra_season_lengths", "mode", "historic_covariates", "future_covariates", "static_covariates",
-                  "seed")
-TUNED_FILE_SECTIONS = ("model.", "training.")
-TUNED_FILE_EXCLUDED = ("training.max_series", "training.max_train_minutes")  # a run's budgets, not its model
-
-
-def check_tuning_result(settings: Mapping[str, Any], where: str) -> None:
-    """Refuse (ConfigError naming the setting) a tuning result (`best.yaml`) that holds anything but tuned and
-    data settings: never a URL, storage options, Dask, the model store or a run id."""
-    def leaves(node: Mapping[str, Any], prefix: str = "") -> list[str]:
-        out = []
-        for key, value in node.items():
-            dotted = f"{prefix}{key}"
-            out.extend(leaves(value, dotted + ".") if isinstance(value, Mapping) and value else [dotted])
-        return out
-
-    for dotted in leaves(settings):
-        allowed = dotted in TUNED_FILE_TOP or dotted == "tuning.study" or \
-            (dotted.startswith(TUNED_FILE_SECTIONS) and dotted not in TUNED_FILE_EXCLUDED)
-        if not allowed:
-            raise ConfigError(f"config file {where} is a tuning result ({TUNING_RESULT_FILE}): setting {dotted!r} is "
-                              f"not one a tune writes; only the tuned settings (model.*, training.*, window...) "
-                              f"and the data settings they were tuned for are read from it, and inputs, outputs, "
-                              f"storage and Dask come from the run's own flags, file and environment")
-
-
-def parse_sets(sets: list[str] | None) -> dict[str, Any]:
-    """`--set key=value` items (dotted keys for sections) as nested settings.
-
-    A secret-named storage option is refused (ConfigError naming the key, never quoting the value): a command
-    line is visible to every local user (`ps`) and kept in shell history; credentials belong in the environment
-    or the config file. (A URL setting carrying credentials, as `--input` may, is redacted everywhere instead.)
-    """
-    data: dict[str, Any] = {}
-    for item in sets or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {item.split('=', 1)[0]!r}: expected key=value")
-        parts = key.strip().split(".")
-        if parts[0] == "storage_options" and any(is_secret_name(p) for p in parts[1:]):
-            raise ConfigError(f"--set {key.strip()}: a credential on the command line is visible to every local "
-                              f"user (ps) and kept in shell history; put it in the environment (AWS_*, "
-                              f"LSTM_FORECAST_STORAGE_OPTIONS) or the config file's storage_options")
-        flat: dict[str, Any] = {}
-        _set_dotted(flat, key.strip(), _parse_value(raw))
-        data = _merge(data, flat)
-    return data
-
-
 def validate_config(data: Mapping[str, Any]) -> ForecastConfig:
+    """`data` (nested settings) as a validated ForecastConfig; ConfigError naming every bad setting."""
     try:
         return ForecastConfig.model_validate(dict(data))
     except ValidationError as exc:
@@ -884,6 +441,7 @@ def validate_config(data: Mapping[str, Any]) -> ForecastConfig:
 
 
 def format_validation_error(exc: ValidationError) -> str:
+    """One line naming each setting at fault: "invalid configuration: setting 'horizon': ...; ..."."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "config"
