@@ -40,6 +40,8 @@ SECRET_QUERY_NAMES = {"sig", "code", "pwd", "pass", "auth", "authorization"}
 
 
 def is_secret_name(name: str) -> bool:
+    """True when a storage option or environment variable of this name holds a credential (key, secret,
+    token, password...; `key_prefix` and `keep_alive` do not)."""
     low = str(name).lower()
     return low not in NOT_SECRET_NAMES and any(p in low for p in SECRET_NAME_PARTS)
 
@@ -70,6 +72,7 @@ def url_credentials(url: str) -> list[str]:
 
 
 def has_credentials(url: str | None) -> bool:
+    """True when `url` carries a credential (user-info or a credential query parameter)."""
     return bool(url) and bool(url_credentials(url))
 
 

@@ -80,7 +80,8 @@ def frequency_defaults(data: dict[str, Any]) -> dict[str, Any]:
             not all(_in_bounds(v) for v in data.get("extra_season_lengths") or ()):
         return data  # the field validators name the value out of bounds (no default computed from it)
     if data.get("window") is None and data.get("season_length") is not None and data.get("freq") is not None:
-        model = data.get("model") if isinstance(data.get("model"), Mapping) else {}
+        section = data.get("model")
+        model: Mapping[str, Any] = section if isinstance(section, Mapping) else {}
         data["window"] = default_window(data["season_length"], data.get("horizon", 24), data["freq"],
                                         model.get("chunk", "auto"), model.get("patch", "auto"),
                                         data.get("extra_season_lengths") or ())

@@ -309,6 +309,9 @@ class ForecastConfig(StrictSection):
         return validate_config(data)
 
     def require_resolved(self, what: str, needs_freq: bool = True) -> None:
+        """Raise ConfigError ("<what> needs the frequency...") unless the configuration is resolved (with
+        `needs_freq` False: unless its season length is known). How the layers below the boundary refuse an
+        unresolved configuration instead of resolving it again."""
         known = self.is_resolved if needs_freq else self.season_length is not None
         if not known:
             raise ConfigError(f"{what} needs the frequency: set freq, or resolve it from the data first "
@@ -322,14 +325,17 @@ class ForecastConfig(StrictSection):
 
     @property
     def validation_steps(self) -> int:
+        """Validation targets per series: training.validation_steps, or the horizon."""
         return self.training.validation_steps or self.horizon
 
     @property
     def backtest_step(self) -> int:
+        """Steps between consecutive backtest cutoffs: backtest.step, or the horizon."""
         return self.backtest.step or self.horizon
 
     @property
     def scratch_root(self) -> str:
+        """Where shard files go during a run (`scratch_url`, or <output_url>/_scratch)."""
         return self.layout().scratch()
 
     def location(self, url: str) -> Location:
