@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from lstm_core.config import ConfigError
-from lstm_core.errors import (ArtifactError, DataValidationError, LeaseLostError, RunLockedError,
-                              StorageError)
+from lstm_core.errors import ArtifactError, DataValidationError, LeaseLostError, RunLockedError, StorageError
 from lstm_core.storage import is_storage_failure
 
 ATTEMPTS = 5  # a call and four retries, as the storage tasks
@@ -43,7 +43,7 @@ def call_with_retries(fn: Callable[..., T], *args, attempts: int = ATTEMPTS, bas
     for attempt in range(1, attempts + 1):
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if attempt == attempts or not is_transient(exc):
                 raise
             delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())

@@ -34,7 +34,8 @@ def plan_shards(config: ForecastConfig, run_id: str) -> ShardPlan:
     logger.info("%d series (%d rows, about %.1f MiB to read)%s -> %d shard(s) of about %d series%s", plan.n_series,
                 plan.rows, plan.bytes / 2**20, groups,
                 plan.n_shards, round(plan.n_series / max(plan.n_shards, 1)),
-                f"; splitting the input under {redact_url(scratch)}" if plan.sharded else "; reading the input directly")
+                f"; splitting the input under {redact_url(scratch)}" if plan.sharded
+                else "; reading the input directly")
     return plan
 
 
