@@ -54,7 +54,7 @@ def _parse_value(raw: str) -> Any:
 def names_a_setting(dotted: str, model: type[BaseModel] | None = None) -> bool:
     """True when `dotted` (e.g. 'training.epochs', 'storage_options.key') is a setting of the configuration."""
     node: Any = model or ForecastConfig
-    for i, part in enumerate(dotted.split(".")):
+    for part in dotted.split("."):
         if not (isinstance(node, type) and issubclass(node, BaseModel)):
             return False
         field = node.model_fields.get(part)

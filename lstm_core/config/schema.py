@@ -101,10 +101,12 @@ class ForecastConfig(StrictSection):
     freq: str | None = Field(None, description="pandas frequency of the series; unset: inferred from the data")
     horizon: int = Field(24, ge=1, le=MAX_STEPS, description="steps to forecast (and the holdout length)")
     season_length: int | None = Field(
-        None, ge=1, le=MAX_STEPS, description="season in steps (default from freq); a list such as [24, 168] gives more seasons")
+        None, ge=1, le=MAX_STEPS,
+        description="season in steps (default from freq); a list such as [24, 168] gives more seasons")
     extra_season_lengths: list[int] = Field(
         default_factory=list, description="the further seasons of a season_length list, kept for the model")
-    window: int | None = Field(None, ge=2, le=MAX_WINDOW, description="input steps per window (input size); default: the smallest "
+    window: int | None = Field(None, ge=2, le=MAX_WINDOW,
+        description="input steps per window (input size); default: the smallest "
                                "multiple of the patch covering three horizons, the season and the frequency's "
                                "natural cycle (a week for hourly and daily data, a year for weekly, monthly, "
                                "quarterly data)")
@@ -143,7 +145,8 @@ class ForecastConfig(StrictSection):
     model_url: str | None = Field(
         None, description="use the saved model version at this URL (<store>/<model_key>/<version>)")
     max_model_bytes: int = Field(
-        2**30, ge=1024, le=2**40, description="a saved model member larger than this (archive or unpacked) is not loaded")
+        2**30, ge=1024, le=2**40,
+        description="a saved model member larger than this (archive or unpacked) is not loaded")
     seed: int = Field(42, description="same data, config and seed give the same forecasts")
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$",
                                description="name of the run's partition; re-running a run id replaces it")
@@ -153,15 +156,19 @@ class ForecastConfig(StrictSection):
     )
 
     # --- scale-out ------------------------------------------------------
-    shard_size: int = Field(5_000, ge=1, le=MAX_SERIES, description="series per shard; each shard is read and forecast alone")
-    shard_rows: int = Field(2_500_000, ge=1, le=10**10, description="rows per shard at most: long series, fewer per shard")
+    shard_size: int = Field(5_000, ge=1, le=MAX_SERIES,
+        description="series per shard; each shard is read and forecast alone")
+    shard_rows: int = Field(2_500_000, ge=1, le=10**10,
+        description="rows per shard at most: long series, fewer per shard")
     shard_bytes: int = Field(
         256 * 2**20, ge=1, le=2**40, description="bytes per shard at most, uncompressed, of the columns read (from the "
         "Parquet metadata): wide or hostile files are split into more shards, a series alone over it is refused")
     group_column: str | None = Field(None, min_length=1, description="column naming each series' model group")
-    workers: int | None = Field(None, ge=1, le=1_024, description="start a local Dask cluster of this many worker processes")
+    workers: int | None = Field(None, ge=1, le=1_024,
+        description="start a local Dask cluster of this many worker processes")
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster")
-    scratch_url: str | None = Field(None, description="where shard files go during a run (default <output_url>/_scratch)")
+    scratch_url: str | None = Field(None,
+        description="where shard files go during a run (default <output_url>/_scratch)")
 
     @field_validator("freq")
     @classmethod

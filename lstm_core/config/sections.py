@@ -44,7 +44,8 @@ class ModelConfig(StrictSection):
     deseasonalize: Literal["auto", "multiplicative", "additive", "off"] = Field(
         "auto", description="remove each series' seasonal profile (fitted on its history) before the network and "
         "restore it after: 'auto' where the seasonality is strong (seasonal strength >= 0.6; multiplicative for "
-        "series modelled as log, additive otherwise), 'multiplicative' (skips series with zeros or negatives), 'additive', 'off'")
+        "series modelled as log, additive otherwise), 'multiplicative' (skips series with zeros or negatives), "
+        "'additive', 'off'")
 
     @field_validator("units")
     @classmethod
@@ -79,7 +80,8 @@ class TrainingConfig(StrictSection):
     patience: int = Field(15, ge=1, le=100_000, description="early-stopping patience, in epochs")
     windows_per_series: int = Field(128, ge=1, le=1_000_000, description="random training windows per series per epoch")
     min_windows_per_epoch: int = Field(
-        32_768, ge=0, le=100_000_000, description="draw more windows per series when the panel is small, so an epoch has at least "
+        32_768, ge=0, le=100_000_000,
+        description="draw more windows per series when the panel is small, so an epoch has at least "
         "this many (never more than the panel's distinct windows); 0 = off")
     validation_steps: int | None = Field(None, ge=1, le=MAX_STEPS,
                                          description="validation targets per series (default: horizon)")
@@ -87,15 +89,18 @@ class TrainingConfig(StrictSection):
     ensemble_size: int = Field(1, ge=1, le=64, description="models trained with consecutive seeds and averaged")
     snapshots: int = Field(5, ge=1, le=64, description="weights of the best epochs kept and averaged as an ensemble")
     max_series: int | None = Field(
-        10_000, ge=1, le=MAX_SERIES, description="train each model on at most this many series (a stable hash sample); null = all"
+        10_000, ge=1, le=MAX_SERIES,
+        description="train each model on at most this many series (a stable hash sample); null = all"
     )
 
 
 class BacktestConfig(StrictSection):
     """The rolling-origin backtest: how many cutoffs, how far apart, and whether each refits."""
 
-    windows: int = Field(3, ge=1, le=1_000, description="rolling-origin backtest windows (cutoffs) at the end of each series")
-    step: int | None = Field(None, ge=1, le=MAX_STEPS, description="steps between consecutive cutoffs (default: horizon)")
+    windows: int = Field(3, ge=1, le=1_000,
+        description="rolling-origin backtest windows (cutoffs) at the end of each series")
+    step: int | None = Field(None, ge=1, le=MAX_STEPS,
+        description="steps between consecutive cutoffs (default: horizon)")
     refit: bool = Field(False, description="retrain for each window instead of once before the earliest cutoff")
 
 
@@ -104,8 +109,10 @@ class TuningConfig(StrictSection):
 
     study: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                        description="name of the tuning study (results under tuning/study=<name>/)")
-    trials: int | None = Field(20, ge=1, le=100_000, description="trials per tune call (null: until the minutes are spent)")
-    minutes: float | None = Field(None, gt=0, le=MAX_MINUTES, description="wall-clock budget of a tune call, in minutes")
+    trials: int | None = Field(20, ge=1, le=100_000,
+        description="trials per tune call (null: until the minutes are spent)")
+    minutes: float | None = Field(None, gt=0, le=MAX_MINUTES,
+        description="wall-clock budget of a tune call, in minutes")
     max_series: int | None = Field(
         500, ge=1, le=MAX_SERIES, description="tune on at most this many series (a stable hash sample); null = all")
     space: dict[str, Any] = Field(
