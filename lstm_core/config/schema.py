@@ -127,7 +127,7 @@ class ForecastConfig(StrictSection):
 
     # --- prediction intervals -------------------------------------------
     levels: list[int | float] = Field(
-        default_factory=lambda: [80, 95],
+        default_factory=lambda: list[int | float]([80, 95]),
         description="prediction interval levels in percent (columns yhat_lo_<level>, yhat_hi_<level>); [] = none")
     interval_method: Literal["conformal", "conformal_log"] = Field(
         "conformal", description="conformal intervals from backtest residuals in units of each series' naive "
@@ -328,7 +328,7 @@ class ForecastConfig(StrictSection):
     def season_lengths(self) -> tuple[int, ...]:
         """Every season in steps: season_length first (metrics and seasonal naive use it), then the others."""
         self.require_resolved("season_lengths", needs_freq=False)
-        return (int(self.season_length), *self.extra_season_lengths)
+        return (int(self.season_length or 0), *self.extra_season_lengths)  # set: require_resolved checked it
 
     @property
     def validation_steps(self) -> int:
@@ -389,7 +389,7 @@ class ForecastConfig(StrictSection):
         from lstm_core.covariates import resolve_calendar_features
 
         self.require_resolved("calendar features")
-        return resolve_calendar_features(self.calendar_features, self.freq)
+        return resolve_calendar_features(self.calendar_features, str(self.freq))
 
     def covariate_roles(self) -> dict[str, list[str]]:
         """Declared covariates by role, and the calendar features: what the network takes besides y."""
