@@ -44,11 +44,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from lstm_core.atomic import read_json, write_json
 from lstm_core.errors import ArtifactError
+from lstm_core.location import Location, is_storage_failure, join, storage_error
 from lstm_core.metrics import interval_columns, mase_scale
 from lstm_core.panel import Panel
 from lstm_core.secrets import scrub
-from lstm_core.storage import Location, is_storage_failure, join, read_json, storage_error, write_json
 
 METHODS = ("conformal", "conformal_log")
 PRIOR_WINDOWS = 3.0  # k of the per-series blend; see the module docstring

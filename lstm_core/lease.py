@@ -35,10 +35,11 @@ from typing import Any
 
 import fsspec
 
+from lstm_core.atomic import open_dir
 from lstm_core.errors import LeaseLostError, RunLockedError, StorageError
 from lstm_core.layout import LEASE, OutputLayout
+from lstm_core.location import is_local, storage_error
 from lstm_core.secrets import scrub
-from lstm_core.storage import is_local, open_dir, storage_error
 
 log = logging.getLogger("lstm_core.lease")
 

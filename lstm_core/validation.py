@@ -29,7 +29,7 @@ from lstm_core.frequency import (
     series_frequency,
     step_positions,
 )
-from lstm_core.storage import DEFAULT_MISSING
+from lstm_core.inputs import DEFAULT_MISSING
 from lstm_core.windows import min_train_length as min_train_length_of
 
 if TYPE_CHECKING:

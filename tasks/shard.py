@@ -18,7 +18,7 @@ from lstm_core.config import ForecastConfig
 from lstm_core.modelling import ModelRef, Prepared
 from lstm_core.outputs import RunWriter
 from lstm_core.records import ShardSummary
-from lstm_core.sharding import ShardSpec
+from lstm_core.shard_plan import ShardSpec
 from tasks.data import load_series, prepare_windows, validate_series
 from tasks.modelling import combine, evaluate, fit_statistical, forecast, open_model, train_or_load_model
 from tasks.outputs import score_realised, write_outputs

@@ -26,6 +26,8 @@ from lstm_core.config.sections import (
     TuningConfig,
 )
 from lstm_core.errors import ConfigError
+from lstm_core.inputs import DEFAULT_MISSING
+from lstm_core.location import Location
 from lstm_core.secrets import (
     has_credentials,
     redact,
@@ -33,7 +35,6 @@ from lstm_core.secrets import (
     with_environment_secrets,
     without_secrets,
 )
-from lstm_core.storage import DEFAULT_MISSING, Location
 
 if TYPE_CHECKING:
     from lstm_core.config.identity import ModelSpec, NetworkSettings, TrainingSettings
