@@ -200,8 +200,8 @@ MUTATIONS: list[Mutation] = [
     Mutation("R2", "a model older than max_model_age is retrained", "lstm_core/model_store.py",
              "if age > max_age:", "if age > 10 * max_age:",
              ("tests/lstm_core/test_core_model_store.py::test_too_old_model_is_retrained",)),
-    Mutation("R3", "the model key hashes the scaler", "lstm_core/config.py",
-             '            "scaler": self.scaler,\n', "",
+    Mutation("R3", "the model key hashes the scaler", "lstm_core/config/identity.py",
+             '        "scaler": config.scaler,\n', "",
              ("tests/lstm_core/test_core_config.py::"
               "test_model_key_changes_with_every_setting_that_changes_the_model",)),
     Mutation("R4", "retrain 'always' trains even when a model is saved", "lstm_core/model_store.py",

@@ -129,9 +129,12 @@ class Forecaster:
 
 
 def panel_of(result: ValidationResult, config: ForecastConfig) -> Panel:
-    """The Panel of validated series, with the known-ahead values of the horizon after each series' end."""
-    if not config.is_resolved:
-        config = config.resolved(result.freq)
+    """The Panel of validated series, with the known-ahead values of the horizon after each series' end.
+
+    `config` is resolved (its frequency known: `config.resolved(result.freq)` when the data named it);
+    ConfigError otherwise. The configuration is resolved once, where the frequency becomes known, not here.
+    """
+    config.require_resolved("panel_of")
     return Panel.from_frame(result.frame, config.freq, spec=CovariateSpec.from_config(config), future=result.future,
                             static=result.static, horizon=config.horizon)
 
@@ -145,10 +148,10 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     Hooks report progress: `on_epoch(epoch, logs)`, `on_batch(epoch, done, per_epoch)` and, in
     mode 'per_series', `on_series(done, total, series_id)` before each series' model. `callbacks`: further
     Keras callbacks for every member's training (e.g. tuning's pruning). Raises ValueError
-    when no series is long enough to train.
+    when no series is long enough to train, ConfigError when `config` is not resolved (resolve it once, where
+    the frequency becomes known: `config.resolved(panel.freq)`).
     """
-    if not config.is_resolved:
-        config = config.resolved(panel.freq)
+    config.require_resolved("training")
     need = min_train_length(config)  # the rule validation applies, without the holdout
     if panel.n_series and (panel.lengths < need).all():
         raise ValueError(f"no series is long enough to train: each needs {need} points before its holdout "
@@ -226,7 +229,7 @@ def _snapshot_members(model: keras.Model, result: TrainingResult) -> list[keras.
     return members
 
 
-def _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch=None,
+def _fit_per_series(panel: Panel, config: ForecastConfig, checkpoint_dir, on_epoch, time_budget_s, on_batch=None,
                     on_series=None, callbacks=()) -> Forecaster:
     each = {}
     global_cfg = config.model_copy(update={"mode": "global"})

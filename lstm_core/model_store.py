@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from lstm_core.secrets import scrub
 from lstm_core.storage import Location, is_storage_failure, join, read_json
 from lstm_core.training import model_inputs
 from lstm_core.windows import plan_windows, tail_windows, validation_span
+
+if TYPE_CHECKING:
+    from lstm_core.config import ForecastConfig
 
 log = logging.getLogger("lstm_core.model_store")
 
@@ -137,7 +141,7 @@ def decide(
 
 
 # --- choosing by configuration: pins, training settings, and saying what differs --------------------
-def decide_for(config, store: Location | str, train_panel: Panel | None, group: str | None = None,
+def decide_for(config: ForecastConfig, store: Location | str, train_panel: Panel | None, group: str | None = None,
                now: datetime | None = None) -> Decision:
     """The retrain decision for `config`: a pinned version (`model_version` / `model_url`) if set; else
     the policy over the versions under the model key, preferring those trained with the same training
@@ -237,7 +241,7 @@ def network_settings_of(meta: dict) -> dict | None:
         return None
 
 
-def no_model_message(config, store: Location | str, key: str, group: str | None = None, limit: int = 10) -> str:
+def no_model_message(config: ForecastConfig, store: Location | str, key: str, group: str | None = None, limit: int = 10) -> str:
     """Why 'never' finds nothing: the saved keys, each with the settings that differ from the request."""
     wanted = config.network_settings()
     lines = []
@@ -264,7 +268,7 @@ def split_model_url(url: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-def load_pinned(config, store: Location | str, train_panel: Panel | None) -> Decision:
+def load_pinned(config: ForecastConfig, store: Location | str, train_panel: Panel | None) -> Decision:
     """Load the version `model_url` or `model_version` names, whatever the retrain policy.
 
     Refused (ArtifactError) when it is missing or takes other inputs than the configuration gives.
