@@ -194,17 +194,17 @@ MUTATIONS: list[Mutation] = [
              (f"{CLI}::test_anything_else_is_exit_code_1_and_debug_keeps_the_traceback",)),
     # --- retrain decision ----------------------------------------------------------------------------
     Mutation("R1", "degradation_tolerance is the allowed relative rise of the validation loss",
-             "lstm_core/model_store.py", "current > recorded * (1 + tolerance)",
+             "lstm_core/retrain.py", "current > recorded * (1 + tolerance)",
              "current > recorded * (1 + 2 * tolerance)",
              ("tests/lstm_core/test_core_model_store.py::test_degradation_tolerance_is_the_allowed_relative_rise",)),
-    Mutation("R2", "a model older than max_model_age is retrained", "lstm_core/model_store.py",
+    Mutation("R2", "a model older than max_model_age is retrained", "lstm_core/retrain.py",
              "if age > max_age:", "if age > 10 * max_age:",
              ("tests/lstm_core/test_core_model_store.py::test_too_old_model_is_retrained",)),
     Mutation("R3", "the model key hashes the scaler", "lstm_core/config.py",
              '            "scaler": self.scaler,\n', "",
              ("tests/lstm_core/test_core_config.py::"
               "test_model_key_changes_with_every_setting_that_changes_the_model",)),
-    Mutation("R4", "retrain 'always' trains even when a model is saved", "lstm_core/model_store.py",
+    Mutation("R4", "retrain 'always' trains even when a model is saved", "lstm_core/retrain.py",
              'if policy == "always":', 'if policy == "always" and not list_versions(store, model_key):',
              ("tests/lstm_core/test_core_model_store.py::test_always_means_train_even_with_a_model",)),
     # --- landed with issue 14: tuning ----------------------------------------------------------------
