@@ -28,7 +28,7 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lstm_core import artifacts
@@ -100,7 +100,7 @@ def write_champion(store: Location | str, key: str, version: str, reason: str) -
     store = Location.of(store)
     if not store.fs.exists(join(store.path, key, version, "metadata.json")):
         raise ArtifactError(f"model version {version} is not in the model store {store.shown} under key {key}")
-    body: dict[str, Any] = {"version": version, "promoted_at": datetime.now(timezone.utc).isoformat(),
+    body: dict[str, Any] = {"version": version, "promoted_at": datetime.now(UTC).isoformat(),
                             "reason": reason}
     key_bytes = artifacts.signing_key()
     if key_bytes is not None:
@@ -142,7 +142,7 @@ def hold(store: Location | str, key: str, version: str, ttl: timedelta = HOLD_TT
     """Write a read-marker on `version` (it survives retention until it expires or its process dies).
     Returns the marker's path, for `release`."""
     store = Location.of(store)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     body = {**process_identity(), "version": version, "held_at": now.isoformat(),
             "expires_at": (now + ttl).isoformat()}
     path = join(store.path, key, HOLDS, f"{version}.{os.urandom(6).hex()}.json")
@@ -159,7 +159,7 @@ def release(store: Location | str, path: str) -> None:
 def held_versions(store: Location | str, key: str, now: datetime | None = None) -> set[str]:
     """Versions under `key` with a live hold. An unreadable marker counts as live (kept, never guessed)."""
     store = Location.of(store)
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     base = join(store.path, key, HOLDS)
     store.fs.invalidate_cache(base)
     try:
@@ -235,7 +235,7 @@ class ModelStore:
     location: Location
 
     @classmethod
-    def of(cls, config: ForecastConfig) -> "ModelStore":
+    def of(cls, config: ForecastConfig) -> ModelStore:
         """The model store of a (resolved) configuration: `<output_url>/models`."""
         return cls(config.location(config.layout().models()))
 
@@ -305,7 +305,7 @@ class ModelStore:
             return None
         return artifacts.load(inside, BACKTEST_MODEL, version, max_bytes=config.max_model_bytes).forecaster
 
-    def open(self, ref: "ModelRef", config: ForecastConfig, log=None) -> "ModelChoice":
+    def open(self, ref: ModelRef, config: ForecastConfig, log=None) -> ModelChoice:
         """The stored version `ref` names, with the intervals saved beside it: what its shards forecast with.
 
         Opened through the same checks as any saved model (allowlist, sizes, checksums, signature); raises
@@ -332,7 +332,7 @@ class ModelStore:
 
 
 # Versions opened in this process, newest last: (store URL, key, version, refit, size cap) -> (loaded, scorer).
-_OPENED: "OrderedDict[tuple, tuple[Any, Forecaster]]" = OrderedDict()
+_OPENED: OrderedDict[tuple, tuple[Any, Forecaster]] = OrderedDict()
 _OPENED_MAX = 4
 
 
@@ -366,7 +366,7 @@ class ModelRef:
     refit: bool = False  # the version keeps the model that scores the backtest apart (`BACKTEST_MODEL`)
 
     @classmethod
-    def of(cls, choice: ModelChoice) -> "ModelRef":
+    def of(cls, choice: ModelChoice) -> ModelRef:
         """The reference of a chosen model."""
         return cls(choice.model_key, choice.version, choice.group, int(choice.first_window),
                    choice.decision.as_dict(), dict(choice.forecaster.training or {}),

@@ -51,7 +51,7 @@ class TrainingProgress:
                        init=init)
 
 
-def train_full(store: ModelStore, spec: ModelSpec, data: "Prepared", decision: Decision, trainer: TrainingProgress,
+def train_full(store: ModelStore, spec: ModelSpec, data: Prepared, decision: Decision, trainer: TrainingProgress,
                log: Any, label: str) -> tuple[ModelChoice, Decision]:
     """A full training from fresh weights (before the earliest backtest cutoff; refit on all data too under
     `refit`), saved and (in the champion's role) promoted: the champion it replaces was missing, unusable, too
@@ -100,7 +100,7 @@ def loaded_choice(store: ModelStore, spec: ModelSpec, decision: Decision, log, l
                        intervals=saved_intervals(loaded, config, log), model_key=key)
 
 
-def warm_start(store: ModelStore, spec: ModelSpec, data: "Prepared", decision: Decision, trainer: TrainingProgress,
+def warm_start(store: ModelStore, spec: ModelSpec, data: Prepared, decision: Decision, trainer: TrainingProgress,
                log, label: str) -> tuple[ModelChoice, Decision]:
     """Fine-tune the champion on the newest training data, score both on the same newest backtest windows,
     and promote the challenger only when it does no worse (`promotion_tolerance`); else the champion serves."""
@@ -128,7 +128,7 @@ def warm_start(store: ModelStore, spec: ModelSpec, data: "Prepared", decision: D
     return save_trained(store, spec, data, made, challenger, challenger, chall, gate, log, label), made
 
 
-def save_trained(store: ModelStore, spec: ModelSpec, data: "Prepared", decision: Decision, forecaster: Forecaster,
+def save_trained(store: ModelStore, spec: ModelSpec, data: Prepared, decision: Decision, forecaster: Forecaster,
           final: Forecaster, score: float, gate: GateWindows, log, label: str) -> ModelChoice:
     """Save a model trained in this run (its decision, gate score and lineage in its metadata), make it the
     champion when its decision promotes it, apply retention, and hold it for the run."""

@@ -10,14 +10,23 @@ import json
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lstm_core import artifacts, engine
 from lstm_core.errors import StorageError
-from lstm_core.model_store import (CHAMPION_FILE, ModelStore, held_versions, hold, prune, read_champion, release,
-                                   write_champion)
+from lstm_core.model_store import (
+    CHAMPION_FILE,
+    ModelStore,
+    held_versions,
+    hold,
+    prune,
+    read_champion,
+    release,
+    write_champion,
+)
 from lstm_core.modelling import get_or_train, prepare_data
 from lstm_core.panel import Panel
 from lstm_core.records import Decision, Manifest
@@ -56,7 +65,7 @@ def first_night(tmp_path_factory):
 
 
 def test_the_first_model_is_trained_promoted_and_records_its_gate_score(first_night):
-    tmp, cfg, data, choice, decision = first_night
+    _, cfg, data, choice, decision = first_night
     assert decision.action == "train" and decision.promoted is True and decision.parent_version is None
     assert decision.warm_starts == 0 and decision.training_seconds > 0
     assert read_champion(ModelStore.of(cfg).location, cfg.model_key()) == choice.version
@@ -67,7 +76,7 @@ def test_the_first_model_is_trained_promoted_and_records_its_gate_score(first_ni
 
 
 def test_a_rerun_on_identical_data_neither_retrains_nor_adds_a_version(first_night):
-    tmp, cfg, data, first, _ = first_night
+    _, cfg, _, first, _ = first_night
     before = versions(cfg)
     # tolerance 0: like with like, the champion's score on the same data equals the one it recorded
     strict = cfg.model_copy(update={"degradation_tolerance": 0.0})
@@ -82,7 +91,7 @@ def test_a_rerun_on_identical_data_neither_retrains_nor_adds_a_version(first_nig
 def test_a_manual_run_with_other_training_settings_leaves_the_champion(first_night, tmp_path):
     import shutil
 
-    tmp, cfg, data, first, _ = first_night
+    tmp, cfg, _, first, _ = first_night
     shutil.copytree(tmp, tmp_path / "copy")
     manual, manual_data = night(tmp_path / "copy", 160, training={**BASE["training"], "learning_rate": 0.01})
     assert manual.model_key() == cfg.model_key()
@@ -114,7 +123,7 @@ def sabotaged(panel: Panel) -> Panel:
 def test_a_challenger_made_worse_on_purpose_is_rejected_and_the_champion_serves(first_night, tmp_path):
     import shutil
 
-    tmp, cfg, _, first, _ = first_night
+    tmp, _, _, first, _ = first_night
     shutil.copytree(tmp, tmp_path / "copy")
     # a day later: newer data; a long fine-tuning (warm_epochs is a budget, not a training setting)
     cfg2, data = night(tmp_path / "copy", 184, training={**BASE["training"], "warm_epochs": 20})
@@ -164,7 +173,7 @@ def test_warm_start_is_seeded_and_reproducible_on_cpu(first_night):
 def test_explicit_policies_warm_and_never(first_night, tmp_path):
     import shutil
 
-    tmp, cfg, data, first, _ = first_night
+    tmp, _, _, first, _ = first_night
     shutil.copytree(tmp, tmp_path / "copy")
     warm, same = night(tmp_path / "copy", 160, retrain="warm")
     _, decision = get_or_train(ModelStore.of(warm), warm.model_spec(), same)
@@ -204,11 +213,12 @@ def test_retention_keeps_champion_lineage_newest_and_held_versions(small, tmp_pa
     write_champion(str(tmp_path), key, vs[2], "test")
     marker = hold(str(tmp_path), key, vs[4])  # a run in this (live) process reads v4
     # a run whose process has ended left a marker on v3: it does not keep v3
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    gone = hold(str(tmp_path), key, vs[3])
-    body = json.loads(open(gone).read())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    gone = Path(hold(str(tmp_path), key, vs[3]))
+    body = json.loads(gone.read_text())
     body["pid"] = int(dead.stdout)
-    open(gone, "w").write(json.dumps(body))
+    gone.write_text(json.dumps(body))
     removed = prune(str(tmp_path), key, keep=2)
     left = artifacts.list_versions(str(tmp_path), key)
     assert set(left) == {vs[0], vs[1], vs[2], vs[4], vs[6], vs[7]}
@@ -226,7 +236,7 @@ def test_a_removal_that_fails_midway_never_leaves_a_version_that_looks_complete(
     key = cfg.model_key()
     vs = save_chain(tmp_path, cfg, forecaster, 3)
     write_champion(str(tmp_path), key, vs[2], "test")
-    import lstm_core.model_store as model_store
+    from lstm_core import model_store
 
     def fail(*args, **kwargs):  # injected: a storage failure mid-removal (not causable for real as root)
         raise StorageError("disk went away")
