@@ -9,8 +9,11 @@ Layout under `<output_url>/models/<model key>/`:
   gate (`lstm_core.modelling.get_or_train`) or `lstm-forecast promote <version>` (`promote`); read through
   `read_champion`, which refuses malformed content, an unsigned pointer with a key set, and a version that is
   not complete under the key (the version itself is then loaded through every check a model gets);
-- `.holds/<version>.<token>.json`: a read-marker a run writes before it reads a version (`hold`), naming
-  its process (`lease.process_identity`) and when it expires (`HOLD_TTL`).
+- `.holds/<version>.<token>.json`: a read-marker written before a version is read: by the run that chooses
+  it (`lstm_core.promotion`; a process keeps one marker per key, the newest it chose) and by each shard process
+  that opens it (`ModelStore.open`, once per process). It names its process (`lease.process_identity`) and
+  when it expires (`HOLD_TTL`); nothing renews it. Best effort: a store the run may only read gets none (a
+  warning says so).
 
 Retention (`prune`, after each saved version; setting `keep_versions`) keeps the champion, its lineage back to
 the last full training (each version's metadata names its `lineage.parent_version`), the newest
@@ -34,7 +37,7 @@ from typing import Any
 from lstm_core import artifacts
 from lstm_core.config import ForecastConfig, ModelSpec
 from lstm_core.engine import Forecaster
-from lstm_core.errors import ArtifactError
+from lstm_core.errors import ArtifactError, StorageError
 from lstm_core.intervals import INTERVALS_FILE, ConformalIntervals
 from lstm_core.lease import holder_is_dead, process_identity
 from lstm_core.panel import Panel
@@ -274,9 +277,14 @@ class ModelStore:
         """Point `key`'s champion at `version` (the gate's promotion)."""
         write_champion(self.location, key, version, reason)
 
-    def hold(self, key: str, version: str) -> str:
-        """A read-marker on `version` (`hold`)."""
-        return hold(self.location, key, version)
+    def hold(self, key: str, version: str) -> str | None:
+        """A read-marker on `version` (`hold`); None when it cannot be written (a store this run may only
+        read): retention is then not told, which a warning says."""
+        try:
+            return hold(self.location, key, version)
+        except StorageError as exc:
+            _log.warning("no read-marker on model %s/%s (retention elsewhere may remove it): %s", key, version, exc)
+            return None
 
     def prune(self, key: str, keep: int, log=None) -> list[str]:
         """Retention under `key` (`prune`)."""
@@ -316,6 +324,8 @@ class ModelStore:
         holding = self.holding(config)
         cached = (holding.url, ref.model_key, ref.version, ref.refit, config.max_model_bytes)
         if cached not in _OPENED:
+            if not config.model_url:  # a shard's process holds the version it forecasts with (once per process)
+                self.hold(ref.model_key, ref.version)
             loaded = artifacts.load(holding, ref.model_key, ref.version, max_bytes=config.max_model_bytes)
             scorer = self.backtest_model(ref.model_key, ref.version, config) if ref.refit else loaded.forecaster
             if scorer is None:

@@ -156,6 +156,8 @@ _HELD: dict[tuple[str, str], str] = {}
 
 def _hold(store: ModelStore, key: str, version: str) -> None:
     previous = _HELD.pop((store.url, key), None)
-    _HELD[(store.url, key)] = store.hold(key, version)
-    if previous is not None:
+    marker = store.hold(key, version)
+    if marker is not None:
+        _HELD[(store.url, key)] = marker
+    if previous is not None and previous != marker:
         release(store.location, previous)

@@ -211,7 +211,13 @@ def test_retention_keeps_champion_lineage_newest_and_held_versions(small, tmp_pa
     # v0 full, v1 <- v0, v2 <- v1 (the champion's lineage); v3..v7 others
     vs = save_chain(tmp_path, cfg, forecaster, 8, parents=[None, 0, 1, None, None, None, None, None])
     write_champion(str(tmp_path), key, vs[2], "test")
-    marker = hold(str(tmp_path), key, vs[4])  # a run in this (live) process reads v4
+    # a concurrent run (another live process) reads v4: it holds it until it ends
+    script = ("import sys; from lstm_core.model_store import hold; "
+              f"print(hold({str(tmp_path)!r}, {key!r}, {vs[4]!r}), flush=True); sys.stdin.read()")
+    reader = subprocess.Popen([sys.executable, "-c", script],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+    marker = reader.stdout.readline().strip()
+    assert marker.endswith(".json"), marker
     # a run whose process has ended left a marker on v3: it does not keep v3
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
@@ -224,8 +230,10 @@ def test_retention_keeps_champion_lineage_newest_and_held_versions(small, tmp_pa
     assert set(left) == {vs[0], vs[1], vs[2], vs[4], vs[6], vs[7]}
     assert set(removed) == {vs[3], vs[5]}
     assert not any((tmp_path / key / v).exists() for v in removed)
-    release(str(tmp_path), marker)
+    reader.stdin.close()  # the concurrent run ends: its marker no longer holds v4 (its process is gone)
+    reader.wait(timeout=60)
     assert vs[4] not in held_versions(str(tmp_path), key)
+    release(str(tmp_path), marker)  # (already cleaned up as stale: releasing twice is harmless)
     prune(str(tmp_path), key, keep=2)
     assert vs[4] not in artifacts.list_versions(str(tmp_path), key)
     assert read_champion(str(tmp_path), key) == vs[2]
