@@ -35,24 +35,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lstm_core import artifacts
+from lstm_core.atomic import read_json, remove_file, remove_tree, write_json
 from lstm_core.config import ForecastConfig, ModelSpec
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError, StorageError
 from lstm_core.intervals import INTERVALS_FILE, ConformalIntervals
 from lstm_core.lease import holder_is_dead, process_identity
+from lstm_core.location import Location, join
 from lstm_core.panel import Panel
 from lstm_core.records import Decision
 from lstm_core.retrain import decide_for, split_model_url
 from lstm_core.retries import call_with_retries
 from lstm_core.secrets import scrub
-from lstm_core.storage import (
-    Location,
-    join,
-    read_json,
-    remove_file,
-    remove_tree,
-    write_json,
-)
 
 _log = logging.getLogger("lstm_core.model_store")
 

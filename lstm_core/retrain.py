@@ -24,13 +24,14 @@ from typing import Any
 import numpy as np
 
 from lstm_core.artifacts import MAX_MODEL_BYTES, LoadedModel, list_versions, load
+from lstm_core.atomic import read_json
 from lstm_core.backtest import cutoff_drops
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError, ConfigError
+from lstm_core.location import Location, is_storage_failure, join
 from lstm_core.panel import Panel
 from lstm_core.records import Decision
 from lstm_core.secrets import scrub
-from lstm_core.storage import Location, is_storage_failure, join, read_json
 from lstm_core.training import model_inputs
 from lstm_core.windows import plan_windows, tail_windows, validation_span
 

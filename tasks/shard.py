@@ -19,7 +19,7 @@ from lstm_core.model_store import ModelRef
 from lstm_core.modelling import Prepared
 from lstm_core.outputs import RunWriter
 from lstm_core.records import ShardSummary
-from lstm_core.sharding import ShardSpec
+from lstm_core.shard_plan import ShardSpec
 from tasks.data import load_series, prepare_windows, validate_series
 from tasks.modelling import combine, evaluate, fit_statistical, forecast, open_model, train_or_load_model
 from tasks.outputs import score_realised, write_outputs
