@@ -134,11 +134,20 @@ class ForecastConfig(StrictSection):
         "conformal", description="conformal intervals from backtest residuals in units of each series' naive "
         "error ('conformal'), or relative (log-scale) residuals for positive series ('conformal_log')")
 
-    retrain: Literal["auto", "always", "never"] = Field("auto", description="train, or load the saved model")
+    retrain: Literal["auto", "always", "warm", "never"] = Field(
+        "auto", description="auto: load the champion, warm-start it on newer data (gated) or retrain it when too old "
+        "or degraded; always: full training; warm: warm-start the champion; never: load it")
     max_model_age: timedelta = Field(timedelta(days=7), description="older models are retrained under 'auto'")
     degradation_tolerance: float = Field(
-        0.5, ge=0, le=1_000, description="retrain when holdout error exceeds recorded validation error by this share"
+        0.5, ge=0, le=1_000, description="retrain when the champion's gate MASE on the newest windows exceeds the one "
+        "recorded when it was saved by this share"
     )
+    # issue 23: the promotion gate and retention (README "Retrain or load")
+    promotion_tolerance: float = Field(
+        0.0, ge=0, le=1_000, description="a warm-started challenger is promoted when its gate MASE is at most the "
+        "champion's x (1 + this)")
+    keep_versions: int = Field(5, ge=1, le=100_000, description="newest model versions kept per key (besides the "
+                                                                "champion and its lineage to the last full training)")
     refit: bool = Field(False, description="retrain on all data (no holdout) before the final forecast")
     model_version: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$",
@@ -245,8 +254,8 @@ class ForecastConfig(StrictSection):
                              "(known ahead), historic_covariates (observed only) or static_covariates")
         if self.model_version is not None and self.model_url is not None:
             raise ValueError("set either model_version or model_url, not both")
-        if (self.model_version or self.model_url) and self.retrain == "always":
-            raise ValueError("retrain 'always' contradicts a pinned model (model_version / model_url)")
+        if (self.model_version or self.model_url) and self.retrain in ("always", "warm"):
+            raise ValueError("retrain 'always' or 'warm' contradicts a pinned model (model_version / model_url)")
         if (self.model_version or self.model_url) and (self.group_column or self.mode == "per_series"):
             raise ValueError("a pinned model (model_version / model_url) is one model: not with group_column "
                              "or mode 'per_series'")

@@ -88,6 +88,8 @@ class TrainingConfig(StrictSection):
     max_train_minutes: float | None = Field(None, gt=0, le=MAX_MINUTES, description="wall-clock training budget")
     ensemble_size: int = Field(1, ge=1, le=64, description="models trained with consecutive seeds and averaged")
     snapshots: int = Field(5, ge=1, le=64, description="weights of the best epochs kept and averaged as an ensemble")
+    # issue 23: a warm start's budget (a budget, not a kind of training: left out of training_settings)
+    warm_epochs: int = Field(5, ge=1, le=100_000, description="epoch cap of a warm start (fine-tuning the champion)")
     max_series: int | None = Field(
         10_000, ge=1, le=MAX_SERIES,
         description="train each model on at most this many series (a stable hash sample); null = all"
