@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import Tick
+
+if TYPE_CHECKING:
+    from lstm_core.config import ForecastConfig
 
 ROLES = ("target", "historic", "future", "calendar", "static")
 KNOWN_AHEAD = ("future", "calendar", "static")
@@ -134,10 +137,13 @@ class CovariateSpec:
     calendar: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, config: Any) -> CovariateSpec:
-        """The covariates a configuration declares (historic, future, static) and its calendar features."""
+    def from_config(cls, config: ForecastConfig, freq: str | None = None) -> CovariateSpec:
+        """The covariates `config` declares, and its calendar features: those of `config`'s frequency (it must
+        be resolved), or of `freq` when given (validation, which learns the frequency from the data, uses
+        this rather than resolving the configuration itself)."""
+        calendar = config.calendar() if freq is None else resolve_calendar_features(config.calendar_features, freq)
         return cls(tuple(config.historic_covariates), tuple(config.future_covariates),
-                   tuple(config.static_covariates), tuple(config.calendar()))
+                   tuple(config.static_covariates), tuple(calendar))
 
     @property
     def columns(self) -> tuple[str, ...]:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import fsspec
 import pandas as pd
@@ -53,6 +53,9 @@ from lstm_core.realised import interval_levels, realised_schema
 from lstm_core.records import Manifest
 from lstm_core.secrets import scrub
 from lstm_core.statistical import CANDIDATES, STATISTICAL_MODELS
+
+if TYPE_CHECKING:
+    from lstm_core.config import ForecastConfig
 
 __all__ = ["FOLDERS", "MANIFEST", "OUTPUT_SCHEMA_VERSION", "TABLES", "OutputStore", "RunWriter", "committed_runs", "read_committed",
            "table_schema"]
@@ -262,7 +265,7 @@ class OutputStore:
     scratch_url: str | None = None
 
     @classmethod
-    def open(cls, config) -> "OutputStore":
+    def open(cls, config: ForecastConfig) -> "OutputStore":
         """The store of `config.output_url` (a ForecastConfig); scratch under `scratch_url` when set."""
         return cls(config.location(config.output_url), config.scratch_url)
 

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    model_serializer,
+)
 
 from lstm_core.metrics import MetricTotals
 
@@ -177,12 +184,59 @@ class PlanSummary(Record):
 
 
 class Decision(Record):
-    """A retrain decision: train a model, or load a saved one."""
+    """The retrain decision: train a model, warm-start the champion, or load a saved one; and why.
 
-    action: Literal["train", "load", "mixed"] = Field(
-        description="`train` or `load`; `mixed` at the top level when the groups' models decided differently")
+    The one decision type: `lstm_core.retrain` makes it, the model's metadata (`decision`) and the manifest
+    (`retrain`, per model and at the top) record it. The gate's fields (README "Retrain or load") are set only
+    where they apply: absent (not null) otherwise, so a manifest of a load keeps the shape it always had.
+    The loaded model rides along in memory (`loaded`), never in the JSON.
+    """
+
+    action: Literal["train", "warm", "load", "mixed"] = Field(
+        description="`train` (a full training), `warm` (the champion fine-tuned, then gated) or `load`; `mixed` "
+                    "at the top level when the groups' models decided differently")
     reason: str = Field(description="why, in words (per group, `group: reason; ...`, when `mixed`)")
     model_version: str | None = Field(None, description="the loaded model version; absent when trained")
+    champion_version: str | None = Field(None, description="the champion the decision started from (absent: none)")
+    champion_score: float | None = Field(None, description="the champion's gate score (mean MASE over the newest "
+                                                           "backtest windows); absent when it was not scored")
+    challenger_score: float | None = Field(None, description="the fine-tuned (or fully retrained) challenger's gate "
+                                                             "score on the same windows; absent without a challenger")
+    promoted: bool | None = Field(None, description="the model trained in this run became the champion (absent: "
+                                                    "nothing was trained, or a run with other training settings)")
+    parent_version: str | None = Field(None, description="the version a warm start began from (null: a full "
+                                                         "training)")
+    warm_starts: int | None = Field(None, description="warm starts since the last full training, this one included")
+    training_seconds: float | None = Field(None, description="seconds spent training in this run (0 for a load, "
+                                                             "the discarded challenger's when rejected)")
+
+    _loaded: Any = PrivateAttr(default=None)
+    _role: str = PrivateAttr(default="champion")
+
+    @property
+    def role(self) -> str:
+        """`champion` (the run follows the champion: may replace or gate it) or `own` (other training
+        settings, a pinned model, 'never': never changes it); in memory only."""
+        return self._role
+
+    def with_role(self, role: str) -> "Decision":
+        """This decision with `role` set; returns self."""
+        self._role = role
+        return self
+
+    @property
+    def loaded(self) -> Any:
+        """The `artifacts.LoadedModel` a `load` (or a warm start) read, or None."""
+        return self._loaded
+
+    def with_loaded(self, loaded: Any) -> "Decision":
+        """This decision holding `loaded` (in memory only); returns self."""
+        self._loaded = loaded
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON the manifest and the model's metadata record (the set fields only)."""
+        return self.model_dump(mode="json")
 
 
 class TrainingSummary(Record):

@@ -62,14 +62,16 @@ def _loss_plot(choice: ModelChoice, config: ForecastConfig, out: RunPlots) -> No
                   if config.mode == "per_series" else "the model carries no training history")
         out.notes["loss.png"] = f"no loss plot: {reason}"
         return
-    if choice.decision.action == "load":
+    decision = choice.decision
+    if decision.action == "load" or (decision.action == "warm" and not decision.promoted):  # the champion serves
         created = (choice.decision.loaded.metadata.get("created_at", "?") if choice.decision.loaded else "?")
         title = f"model {choice.version} (loaded, not trained in this run)"
         note = f"curves from the training that made this model ({created[:19]})"
         out.notes["loss.png"] = f"the model was loaded, so the curves are those of its training on {created[:19]}"
     else:
         stopped = ", ".join(str(m.get("stopped_by")) for m in members)
-        title = f"model {choice.version} trained in this run"
+        title = f"model {choice.version} trained in this run" + (
+            f" (warm start from {decision.parent_version})" if decision.action == "warm" else "")
         note = f"stopped by: {stopped}" + ("; the final model was then refit on all data" if config.refit else "")
     out.files["loss.png"] = plots.loss_curves(histories, title=title, loss_name=config.training.loss,
                                               best_epochs=[int(m.get("best_epoch", 0)) for m in members], note=note)
