@@ -135,3 +135,17 @@ def test_a_late_scheduled_slot_is_superseded_and_writes_nothing(tmp_path, monkey
     assert result["status"] == "superseded" and result["run_id"].startswith("sched-")
     assert result["superseded_by"] == (slot + pd.Timedelta(days=2)).isoformat()
     assert not out.exists() or not any(out.rglob("*"))
+
+
+def test_the_run_summary_gives_the_missed_slots_and_the_revision_percentiles():
+    from tasks.reporting import summary_markdown
+
+    manifest = {"run_id": "asof-x", "status": "succeeded", "as_of": "2024-03-07T02:00:00+00:00",
+                "schedule": {"skipped_slots": ["2024-03-05T02:00:00+00:00", "2024-03-06T02:00:00+00:00"],
+                             "skipped_count": 2},
+                "revisions": {"previous_run_id": "asof-w", "rows": 40, "p50": 0.1234, "p95": 0.98765}}
+    md = summary_markdown(manifest)
+    assert "as of `2024-03-07T02:00:00+00:00`" in md
+    assert "caught up on 2 missed slot(s): `2024-03-05T02:00:00+00:00`, `2024-03-06T02:00:00+00:00`" in md
+    assert "against run `asof-w` (40 points): |revision| median 0.1234, 95th percentile 0.9877" in md
+    assert "no revisions" in summary_markdown({**manifest, "revisions": {"p50": None}})
