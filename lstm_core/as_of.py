@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 __all__ = ["as_of_run_id", "as_utc", "parse_as_of", "read_filters"]
@@ -48,7 +48,7 @@ def parse_as_of(value: Any) -> datetime | None:
 
 def as_utc(moment: datetime) -> datetime:
     """`moment` as an aware UTC datetime; a naive one is taken as UTC (how runs and slots are ordered)."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def read_filters(filters: list[list[Any]] | None, as_of: datetime | None, time_column: str) -> list[Any] | None:
@@ -69,7 +69,7 @@ def as_of_run_id(as_of: datetime, settings: dict[str, Any]) -> str:
     """`asof-<YYYYmmddTHHMMSS>[Z]-<hash>`: the run id of a run as of `as_of` (`Z` when it has an offset, the
     instant in UTC), with the hash of its public settings except `as_of` and `run_id` (so the nights of one
     job share the hash and differ in the instant)."""
-    stamp = as_of.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ") if as_of.tzinfo is not None \
+    stamp = as_of.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ") if as_of.tzinfo is not None \
         else as_of.strftime("%Y%m%dT%H%M%S")
     rest = {k: v for k, v in settings.items() if k not in ("as_of", "run_id")}
     digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -93,6 +93,6 @@ def explain_text_time(exc: Exception, config: Any) -> Exception:
     if config.as_of is None or TEXT_TIME not in str(exc) or not isinstance(exc, DataValidationError):
         return exc
     return DataValidationError(
-        f"setting 'as_of': the time column is stored as text here, so rows after as_of cannot be left unread; "
-        f"store it as a timestamp or date (Parquet) to run as of an instant", source=getattr(exc, "source", None),
+        "setting 'as_of': the time column is stored as text here, so rows after as_of cannot be left unread; "
+        "store it as a timestamp or date (Parquet) to run as of an instant", source=getattr(exc, "source", None),
         column=config.time_column)

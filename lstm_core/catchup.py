@@ -18,15 +18,16 @@ from overlapping). So the flow decides, from its slot and the committed runs:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Sequence
+from typing import Any
 
 from lstm_core.as_of import as_utc
 from lstm_core.layout import OutputLayout
 from lstm_core.storage import Location, read_json
 
-__all__ = ["CatchUp", "CommittedRun", "MAX_LISTED", "committed_history", "decide", "run_moment"]
+__all__ = ["MAX_LISTED", "CatchUp", "CommittedRun", "committed_history", "decide", "run_moment"]
 
 MAX_LISTED = 1_000  # skipped slots listed in the manifest at most (`skipped_count` counts them all)
 
@@ -45,7 +46,7 @@ def _instant(value: Any) -> datetime | None:
     if not value:
         return None
     try:
-        return as_utc(datetime.fromisoformat(str(value).replace("Z", "+00:00")))
+        return as_utc(datetime.fromisoformat(str(value)))  # Python 3.11 reads a trailing Z
     except ValueError:
         return None
 
@@ -125,7 +126,8 @@ def decide(slot: datetime | None, clock: datetime, interval: timedelta | None, h
     if not earlier:
         return CatchUp(slot, interval)
     previous = max(earlier, key=lambda r: (r.slot, r.run_id))
+    start: datetime = previous.slot  # type: ignore[assignment]  # not None: filtered above
     limit = slot - interval / 2
-    count = max(0, -(-(limit - previous.slot) // interval) - 1)  # k = 1 .. count give previous + k*i < limit
-    listed = tuple(previous.slot + k * interval for k in range(1, min(count, MAX_LISTED) + 1))
-    return CatchUp(slot, interval, previous.slot, previous.run_id, listed, count)
+    count = max(0, -(-(limit - start) // interval) - 1)  # k = 1 .. count give start + k*i < limit
+    listed = tuple(start + k * interval for k in range(1, min(count, MAX_LISTED) + 1))
+    return CatchUp(slot, interval, start, previous.run_id, listed, count)

@@ -8,9 +8,9 @@ written nothing (lstm_core.catchup). The plan then gives the manifest's `schedul
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Sequence
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -62,7 +62,7 @@ def plan_night(output: Location, run_id: str, *, as_of: datetime | None, slot: d
     `slot`: the scheduled start Prefect gave the run (None for a manual run); `rerun`: `run_id` already
     committed once. The run's clock is `as_of` when set (a replay), else `now`.
     """
-    now = as_utc(now or datetime.now(timezone.utc))
+    now = as_utc(now or datetime.now(UTC))
     history = tuple(committed_history(output, exclude=run_id))
     own_slot = slot if slot is not None else as_of
     clock = as_utc(as_of) if as_of is not None else now
@@ -73,7 +73,7 @@ def plan_night(output: Location, run_id: str, *, as_of: datetime | None, slot: d
 
 def revisions_entry(previous_run_id: str | None, parts: Sequence[RevisionRows]) -> RevisionsEntry:
     """The manifest's `revisions` from the shards' parts (none: no previous run, or nothing to compare)."""
-    return RevisionsEntry(previous_run_id=previous_run_id, **revision_stats(list(parts)))
+    return RevisionsEntry.model_validate({"previous_run_id": previous_run_id, **revision_stats(list(parts))})
 
 
 def _realised_by_night(output: Location, runs: Sequence[CommittedRun]) -> dict[str, float]:
@@ -92,13 +92,13 @@ def _realised_by_night(output: Location, runs: Sequence[CommittedRun]) -> dict[s
                 with fs.open(path, "rb") as fh:
                     rows = pd.read_parquet(fh, columns=["series_id", "metric", "value", "model",
                                                         "forecast_run_id", "points"])
-            except Exception:  # noqa: BLE001 - a damaged earlier file leaves a gap in the plot, nothing more
+            except Exception:  # noqa: BLE001, S112 - a damaged earlier file leaves a gap in the plot, nothing more
                 continue
             rows = rows[rows["series_id"].isna() & (rows["metric"] == "mase") & (rows["model"] == "forecast")]
-            for rid, g in rows.groupby("forecast_run_id"):
-                points, value = int(g["points"].sum()), float(g["value"].mean())
+            for key, g in rows.groupby("forecast_run_id"):
+                rid, points, value = str(key), int(g["points"].sum()), float(g["value"].mean())
                 if rid not in best or points >= best[rid][0]:
-                    best[str(rid)] = (points, value)
+                    best[rid] = (points, value)
     return {rid: v for rid, (_, v) in best.items()}
 
 

@@ -17,8 +17,8 @@ so they are committed with the run or not at all. The manifest's `revisions` giv
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -85,8 +85,7 @@ def _like(ds: pd.Series, target: pd.Series) -> pd.Series:
         ds = ds.dt.tz_convert(tz)
     elif ds.dt.tz is not None:
         ds = ds.dt.tz_localize(None)
-    unit = getattr(target.dtype, "unit", "ns")
-    return ds.dt.as_unit(unit)
+    return ds.dt.as_unit(getattr(target.dtype, "unit", "ns"))  # type: ignore[arg-type]
 
 
 @dataclass
@@ -106,7 +105,7 @@ def revision_stats(parts: Sequence[RevisionRows]) -> dict[str, float | int | Non
     values = values[np.isfinite(values)]
     p50, p95 = (float(np.percentile(values, 50)), float(np.percentile(values, 95))) if len(values) else (None, None)
     return {"rows": int(sum(p.rows for p in parts)), "series": int(sum(p.series for p in parts)),
-            "scored": int(len(values)), "p50": p50, "p95": p95}
+            "scored": len(values), "p50": p50, "p95": p95}
 
 
 def previous_run(history: Sequence, moment) -> str | None:

@@ -13,7 +13,12 @@ from lstm_core.realised import earlier_predictions
 from lstm_core.revisions import RevisionRows, compute_revisions, naive_scale
 from lstm_core.sharding import ShardSpec
 from lstm_core.storage import is_storage_failure
-from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, is_transient, retry_transient
+from tasks.common import (
+    STORAGE_RETRIES,
+    STORAGE_RETRY_DELAYS,
+    is_transient,
+    retry_transient,
+)
 from tasks.modelling import Forecasts
 
 
@@ -36,7 +41,7 @@ def revise_forecast(writer: RunWriter, forecasts: Forecasts, prepared: Prepared,
     try:
         previous = earlier_predictions(writer.fs, writer.root, [previous_run_id], list(panel.series_ids),
                                        skipped=skipped)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if is_transient(exc) or is_storage_failure(exc):
             raise
         logger.error("revisions skipped: the predictions of run %s could not be read: %s: %s", previous_run_id,
@@ -45,11 +50,11 @@ def revise_forecast(writer: RunWriter, forecasts: Forecasts, prepared: Prepared,
     if skipped:
         logger.warning("revisions skipped: run %s's predictions cannot be read: %s", previous_run_id, skipped[0][1])
         return None
-    table = compute_revisions(forecasts.future, previous, naive_scale(panel, int(config.season_length)),
+    table = compute_revisions(forecasts.future, previous, naive_scale(panel, config.season_lengths[0]),
                               previous_run_id)
     interrupt.check()
     path = writer.write("revisions", table, shard.index)
     values = np.abs(table["revision"].to_numpy(np.float64))
     logger.info("%s: %d forecast points revised against run %s", shard.name, len(table), previous_run_id)
-    return RevisionRows(path=path, previous_run_id=previous_run_id, rows=int(len(table)),
+    return RevisionRows(path=path, previous_run_id=previous_run_id, rows=len(table),
                         series=int(table["series_id"].nunique()), abs_revisions=values[np.isfinite(values)])

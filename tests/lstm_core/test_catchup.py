@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -15,10 +15,9 @@ from lstm_core.catchup import CommittedRun, committed_history, decide
 from lstm_core.config import ConfigError, load_config
 from lstm_core.errors import DataValidationError
 from lstm_core.nightly import plan_night
-from lstm_core.revisions import compute_revisions, revision_stats, RevisionRows
+from lstm_core.revisions import RevisionRows, compute_revisions, revision_stats
 from lstm_core.storage import Location, read_series
 
-UTC = timezone.utc
 DAY = timedelta(days=1)
 
 
