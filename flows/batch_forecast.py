@@ -120,8 +120,7 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     logger = get_run_logger()
     secrets = secret_values(config.storage_options, config.urls())
     install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential: before any reading
-    config, applied = apply_tuned(config)  # tuned: latest -> the study's newest best settings (ConfigError if none)
-    tuned = None if applied is None else Tuned(**applied)
+    config, tuned = apply_tuned(config)  # tuned: latest -> the study's newest best settings (ConfigError if none)
     if tuned is not None:
         logger.info("tuned settings of study %r, trial %s (backtest MASE %.4f): %s", tuned.study, tuned.trial,
                     tuned.objective, tuned.settings)

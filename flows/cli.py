@@ -240,13 +240,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     tune, config = _checked_flow(args, "tune")
     with handing(config, args.config) as parameters:
         summary = tune(**parameters)
-    best = summary.get("best")
-    print(f"study {summary['study']}: {summary['trials']} trials ("
-          + ", ".join(f"{n} {s}" for s, n in summary["states"].items())
-          + f"), {len(summary['new_trials'])} new, stopped by the {summary['stopped_by']} budget")
+    best = summary.best
+    print(f"study {summary.study}: {summary.trials} trials ("
+          + ", ".join(f"{n} {s}" for s, n in summary.states.items())
+          + f"), {len(summary.new_trials)} new, stopped by the {summary.stopped_by} budget")
     if best:
-        print(f"best: trial {best['trial']}, pooled backtest MASE {best['objective']:.4f}: {best['params']}")
-        print(f"best settings: {summary['urls'].get('best_yaml')} (lstm-forecast run --config ..., or tuned: latest)")
+        print(f"best: trial {best.trial}, pooled backtest MASE {best.objective:.4f}: {best.params}")
+        print(f"best settings: {summary.urls.get('best_yaml')} (lstm-forecast run --config ..., or tuned: latest)")
     else:
         print("no trial completed yet: no best settings")
     return 0
