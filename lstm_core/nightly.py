@@ -22,7 +22,7 @@ from lstm_core.records import RevisionsEntry, ScheduleEntry
 from lstm_core.revisions import RevisionRows, previous_run, revision_stats
 from lstm_core.storage import Location
 
-__all__ = ["NightPlan", "health_plot", "plan_night"]
+__all__ = ["NightPlan", "health_plot", "plan_night", "realised_by_night", "revisions_entry"]
 
 PLOT_NIGHTS = 60  # nights shown in nightly.png (the newest)
 
@@ -76,7 +76,7 @@ def revisions_entry(previous_run_id: str | None, parts: Sequence[RevisionRows]) 
     return RevisionsEntry.model_validate({"previous_run_id": previous_run_id, **revision_stats(list(parts))})
 
 
-def _realised_by_night(output: Location, runs: Sequence[CommittedRun]) -> dict[str, float]:
+def realised_by_night(output: Location, runs: Sequence[CommittedRun]) -> dict[str, float]:
     """forecast_run_id -> the served forecast's realised MASE over all its series, as the newest scoring run
     measured it (the `realised/` overall rows; the points scored grow as actuals arrive)."""
     fs, layout = output.fs, OutputLayout(output.path)
@@ -94,7 +94,8 @@ def _realised_by_night(output: Location, runs: Sequence[CommittedRun]) -> dict[s
                                                         "forecast_run_id", "points"])
             except Exception:  # noqa: BLE001, S112 - a damaged earlier file leaves a gap in the plot, nothing more
                 continue
-            rows = rows[rows["series_id"].isna() & (rows["metric"] == "mase") & (rows["model"] == "forecast")]
+            # the forecast's own rows (labelled `lstm`), not seasonal naive's beside them
+            rows = rows[rows["series_id"].isna() & (rows["metric"] == "mase") & (rows["model"] != "seasonal_naive")]
             for key, g in rows.groupby("forecast_run_id"):
                 rid, points, value = str(key), int(g["points"].sum()), float(g["value"].mean())
                 if rid not in best or points >= best[rid][0]:
@@ -117,7 +118,7 @@ def health_plot(output: Location, history: Sequence[CommittedRun], run_id: str, 
     when = [r.moment for r in nights] + [moment]
     p50 = [((r.manifest.get("revisions") or {}).get("p50")) for r in nights] + [revisions.p50 if revisions else None]
     p95 = [((r.manifest.get("revisions") or {}).get("p95")) for r in nights] + [revisions.p95 if revisions else None]
-    realised = _realised_by_night(output, [*history, CommittedRun(run_id, None, moment)])
+    realised = realised_by_night(output, [*history, CommittedRun(run_id, None, moment)])
     mase = [realised.get(rid) for rid in labels]
     x = np.arange(len(labels))
     fig = Figure(figsize=(8.0, 4.6), layout="constrained")

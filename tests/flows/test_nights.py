@@ -116,6 +116,17 @@ def test_two_missed_slots_one_run_and_revisions_a_reader_can_recompute(tmp_path)
     assert schedule["slot"] == "2026-01-06T00:00:00+00:00" and schedule["interval"] == "PT6H"
     # 18 hours after the second run with a 12-hour horizon: no date in common, an empty table
     assert third["revisions"]["rows"] == 0 and third["revisions"]["p50"] is None
+    # nightly.png's accuracy line: each night's realised MASE over all series, as the newest scoring run has it
+    from lstm_core.catchup import committed_history
+    from lstm_core.nightly import realised_by_night
+    from lstm_core.storage import Location
+
+    realised = pd.read_parquet(out / "realised")
+    pooled = realised[realised["series_id"].isna() & (realised["metric"] == "mase") & (realised["model"] == "lstm")]
+    newest = pooled[pooled["run_id"] == third["run_id"]].set_index("forecast_run_id")["value"]
+    assert set(newest.index) == {first["run_id"], second["run_id"]}
+    assert realised_by_night(Location(str(out)), committed_history(Location(str(out)))) == pytest.approx(
+        newest.to_dict(), rel=1e-12)
 
 
 @pytest.mark.usefixtures("prefect_server")
