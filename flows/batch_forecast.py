@@ -34,7 +34,7 @@ from lstm_core.config import ForecastConfig, load_config, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
 from lstm_core.modelling import candidates_of
-from lstm_core.nightly import NightPlan, health_plot, plan_night, revisions_entry
+from lstm_core.nightly import NightPlan, night_outputs, plan_night
 from lstm_core.outputs import OUTPUT_SCHEMA_VERSION, OutputStore, RunWriter, new_run_id, slot_run_id
 from lstm_core.progress import Progress
 from lstm_core.records import (BacktestEntry, Counts, Decision, Execution, Frequency, Manifest, ManifestDraft,
@@ -136,11 +136,8 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     night = plan_night(store.location, run_id, as_of=config.as_of, slot=slot, interval=config.schedule_interval,
                        rerun=bool(previous and previous.get("status") == "succeeded"))
     if night.superseded:
-        reason = night.superseded_reason()
-        logger.warning("run %s superseded: %s; nothing written", run_id, reason)
-        return {"run_id": run_id, "status": "superseded", "reason": reason,
-                "scheduled_start": slot.isoformat() if slot else None,
-                "superseded_by": night.catch_up.superseded_by.isoformat()}
+        logger.warning("run %s superseded: %s; nothing written", run_id, night.superseded_reason())
+        return night.superseded_result(run_id)
     # One process per run id: refused here, before any work, if another live process holds it.
     try:
         lease = RunLease.acquire(writer.fs, writer.root, run_id, config.lease_ttl.total_seconds())
@@ -407,29 +404,16 @@ class _Run:
             manifest.outputs = Outputs(**self.store.partitions(rid, tables))
         plots = dict(self.plots.files) if self.plots is not None else {}
         if self.night is not None:  # revisions/ and the nightly health plot (lstm_core.nightly)
-            plots.update(self._night_outputs(manifest, single))
+            manifest.revisions, path, png = night_outputs(self.night, self.store, self.writer.run_id, self.revisions,
+                                                          single, self.logger)
+            if path is not None and manifest.outputs is not None:
+                manifest.outputs.revisions = path
+            plots.update(png)
         self.wall["total"] = round(time.perf_counter() - self.t0, 3)
         done = manifest.finish(status="succeeded",
                                timings_s={**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}},
                                finished_at=datetime.now(timezone.utc))
         return commit_run(self.writer, done, None if single else overall, plots or None, realised)
-
-    def _night_outputs(self, manifest: ManifestDraft, single: bool) -> dict[str, bytes]:
-        """Set the manifest's `revisions` (and `outputs.revisions`); the nightly health plot, if any."""
-        night = self.night
-        entry = revisions_entry(night.previous_run_id, self.revisions)
-        manifest.revisions = entry
-        if self.revisions and manifest.outputs is not None:
-            manifest.outputs.revisions = self.revisions[0].path if single else \
-                self.store.partitions(self.writer.run_id, ("revisions",))["revisions"]
-        try:
-            png = health_plot(self.store.location, night.history, self.writer.run_id, night.moment, entry)
-        except Exception as exc:  # noqa: BLE001 - a view of the past: never fails tonight's forecast
-            if is_storage_failure(exc):
-                raise
-            self.logger.error("nightly health plot skipped: %s: %s", type(exc).__name__, exc)
-            return {}
-        return {"nightly.png": png} if png is not None else {}
 
     def _backtest_entry(self, summaries: list[ShardSummary], choices: dict) -> BacktestEntry:
         """The manifest's `backtest`: its settings, cost and where the intervals came from."""

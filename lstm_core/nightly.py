@@ -11,6 +11,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -47,6 +48,13 @@ class NightPlan:
                 f"{c.superseded_by.isoformat()} is due, and its run forecasts the newest data and lists this slot "
                 f"as skipped" if c.slot and c.superseded_by else "superseded")
 
+    def superseded_result(self, run_id: str) -> dict[str, Any]:
+        """What the flow returns for a superseded run (it writes nothing)."""
+        c = self.catch_up
+        return {"run_id": run_id, "status": "superseded", "reason": self.superseded_reason(),
+                "scheduled_start": c.slot.isoformat() if c.slot else None,
+                "superseded_by": c.superseded_by.isoformat() if c.superseded_by else None}
+
     def schedule_entry(self) -> ScheduleEntry:
         """The manifest's `schedule`."""
         c = self.catch_up
@@ -74,6 +82,26 @@ def plan_night(output: Location, run_id: str, *, as_of: datetime | None, slot: d
 def revisions_entry(previous_run_id: str | None, parts: Sequence[RevisionRows]) -> RevisionsEntry:
     """The manifest's `revisions` from the shards' parts (none: no previous run, or nothing to compare)."""
     return RevisionsEntry.model_validate({"previous_run_id": previous_run_id, **revision_stats(list(parts))})
+
+
+def night_outputs(night: NightPlan, store: Any, run_id: str, parts: Sequence[RevisionRows], single: bool,
+                  logger: Any) -> tuple[RevisionsEntry, str | None, dict[str, bytes]]:
+    """At commit: the manifest's `revisions`, its `outputs.revisions` (the part file of a run of one shard, else
+    the partition; None when no shard compared) and `{"nightly.png": png}` (empty when there is no earlier night,
+    or the plot failed for a reason other than storage: a view of the past never fails tonight's run).
+    `store`: the run's lstm_core.outputs.OutputStore."""
+    from lstm_core.storage import is_storage_failure
+
+    entry = revisions_entry(night.previous_run_id, parts)
+    path = None if not parts else parts[0].path if single else store.partitions(run_id, ("revisions",))["revisions"]
+    try:
+        png = health_plot(store.location, night.history, run_id, night.moment, entry)
+    except Exception as exc:
+        if is_storage_failure(exc):
+            raise
+        logger.error("nightly health plot skipped: %s: %s", type(exc).__name__, exc)
+        return entry, path, {}
+    return entry, path, ({"nightly.png": png} if png is not None else {})
 
 
 def realised_by_night(output: Location, runs: Sequence[CommittedRun]) -> dict[str, float]:
