@@ -24,8 +24,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from lstm_core.as_of import as_utc
+from lstm_core.atomic import read_json
 from lstm_core.layout import OutputLayout
-from lstm_core.storage import Location, read_json
+from lstm_core.location import Location
 
 __all__ = ["MAX_LISTED", "CatchUp", "CommittedRun", "committed_history", "decide", "run_moment"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lstm_core.storage import join
+from lstm_core.location import join
 
 TABLES = ("predictions", "metrics", "quarantine", "backtest", "realised", "revisions")
 # The version of the tables' columns and types, recorded in each manifest (`output_schema_version`).

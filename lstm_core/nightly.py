@@ -19,9 +19,9 @@ import pandas as pd
 from lstm_core.as_of import as_utc
 from lstm_core.catchup import CatchUp, CommittedRun, committed_history, decide
 from lstm_core.layout import OutputLayout
+from lstm_core.location import Location
 from lstm_core.records import RevisionsEntry, ScheduleEntry
 from lstm_core.revisions import RevisionRows, previous_run, revision_stats
-from lstm_core.storage import Location
 
 __all__ = ["NightPlan", "health_plot", "plan_night", "realised_by_night", "revisions_entry"]
 
@@ -90,7 +90,7 @@ def night_outputs(night: NightPlan, store: Any, run_id: str, parts: Sequence[Rev
     the partition; None when no shard compared) and `{"nightly.png": png}` (empty when there is no earlier night,
     or the plot failed for a reason other than storage: a view of the past never fails tonight's run).
     `store`: the run's lstm_core.outputs.OutputStore."""
-    from lstm_core.storage import is_storage_failure
+    from lstm_core.location import is_storage_failure
 
     entry = revisions_entry(night.previous_run_id, parts)
     path = None if not parts else parts[0].path if single else store.partitions(run_id, ("revisions",))["revisions"]
@@ -120,7 +120,7 @@ def realised_by_night(output: Location, runs: Sequence[CommittedRun]) -> dict[st
                 with fs.open(path, "rb") as fh:
                     rows = pd.read_parquet(fh, columns=["series_id", "metric", "value", "model",
                                                         "forecast_run_id", "points"])
-            except Exception:  # noqa: BLE001, S112 - a damaged earlier file leaves a gap in the plot, nothing more
+            except Exception:  # noqa: BLE001 - a damaged earlier file leaves a gap in the plot, nothing more
                 continue
             # the forecast's own rows (labelled `lstm`), not seasonal naive's beside them
             rows = rows[rows["series_id"].isna() & (rows["metric"] == "mase") & (rows["model"] != "seasonal_naive")]

@@ -47,15 +47,15 @@ import fsspec
 import pandas as pd
 import pyarrow as pa
 
+from lstm_core.atomic import LinkRefused, put_bytes, read_json, remove_file, remove_tree, write_json, write_parquet
 from lstm_core.layout import FOLDERS, LEASE, MANIFEST, OUTPUT_SCHEMA_VERSION, TABLES, OutputLayout
+from lstm_core.location import Location, is_local, join
 from lstm_core.metrics import interval_columns
 from lstm_core.realised import interval_levels, realised_schema
 from lstm_core.records import Manifest
 from lstm_core.revisions import revisions_schema
 from lstm_core.secrets import scrub
 from lstm_core.statistical import CANDIDATES, STATISTICAL_MODELS
-from lstm_core.storage import (LinkRefused, Location, is_local, join, put_bytes, read_json, remove_file, remove_tree,
-                               write_json, write_parquet)
 
 __all__ = ["FOLDERS", "MANIFEST", "OUTPUT_SCHEMA_VERSION", "TABLES", "OutputStore", "RunWriter", "committed_runs", "read_committed",
            "table_schema"]
@@ -307,7 +307,7 @@ class OutputStore:
 
     def remove_scratch(self, run_id: str) -> None:
         """Remove the run's scratch folder (a sharded run's split input)."""
-        from lstm_core.sharding import remove_scratch
+        from lstm_core.shard_split import remove_scratch
 
         remove_scratch(self.location.with_url(self.url_layout.scratch()), run_id)
 

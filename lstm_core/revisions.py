@@ -85,7 +85,7 @@ def _like(ds: pd.Series, target: pd.Series) -> pd.Series:
         ds = ds.dt.tz_convert(tz)
     elif ds.dt.tz is not None:
         ds = ds.dt.tz_localize(None)
-    return ds.dt.as_unit(getattr(target.dtype, "unit", "ns"))  # type: ignore[arg-type]
+    return ds.dt.as_unit(getattr(target.dtype, "unit", "ns"))
 
 
 @dataclass

@@ -15,14 +15,22 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.frequencies import to_offset
+from pandas.tseries.offsets import Tick
 
 from lstm_core import timestamps
 from lstm_core.covariates import CovariateSpec, is_numeric_column
 from lstm_core.errors import DataValidationError
-from lstm_core.storage import DEFAULT_MISSING
+from lstm_core.frequency import (
+    FrequencyDisagreement,
+    dates_after,
+    infer_frequency,
+    is_fixed,
+    series_frequency,
+    step_positions,
+)
+from lstm_core.inputs import DEFAULT_MISSING
 from lstm_core.windows import min_train_length as min_train_length_of
-from lstm_core.frequency import FrequencyDisagreement, dates_after, infer_frequency, is_fixed, series_frequency, \
-    step_positions
 
 REQUIRED = ("series_id", "ds", "y")
 @dataclass(frozen=True)
@@ -259,7 +267,7 @@ def _validate(df: pd.DataFrame, freq: str | None, *, window: int | None, horizon
     constant = ~short & ~overflow & (ss == 0) & (n > 1)  # a single point is no constant series
     if keep_short:  # a constant history is no data fault either: the statistical fallback serves it
         constant = np.zeros_like(constant)
-    for i in np.flatnonzero(short | overflow | constant):
+    for i in np.flatnonzero(short | overflow | constant).tolist():
         sid = str(uniques[i])
         if short[i]:
             skip(sid, "y", "series has no valid observation")
@@ -436,7 +444,8 @@ def _static_values(frame: pd.DataFrame, future: pd.DataFrame | None, columns: li
         col = rows[c]
         missing = col.isna().to_numpy()
         for r in np.flatnonzero(missing)[:10_000]:
-            skip(str(rows["series_id"].iloc[r]), c, f"static covariate {c!r} is missing (row {int(rows['_row'].iloc[r])})")
+            skip(str(rows["series_id"].iloc[r]), c,
+                 f"static covariate {c!r} is missing (row {int(rows['_row'].iloc[r])})")
         key = col.astype(object).map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else
                                      (v.item() if hasattr(v, "item") else v))
         first = key.groupby(rows["series_id"].to_numpy(), sort=False).transform("first")
@@ -466,11 +475,13 @@ def _series_problems(frame: pd.DataFrame, covariates: list[str], skip) -> None:
     bad = ~np.isfinite(y)
     for r in np.flatnonzero(bad):
         kind = "NaN" if np.isnan(y[r]) else ("+inf" if y[r] > 0 else "-inf")
-        skip(str(sid.iloc[r]), "y", f"non-finite value {kind} at {frame['ds'].iloc[r]} (row {int(frame['_row'].iloc[r])})")
+        skip(str(sid.iloc[r]), "y",
+             f"non-finite value {kind} at {frame['ds'].iloc[r]} (row {int(frame['_row'].iloc[r])})")
     for c in covariates:
         vals = frame[c].to_numpy()
         for r in np.flatnonzero(~np.isfinite(vals)):
-            skip(str(sid.iloc[r]), c, f"non-finite covariate at {frame['ds'].iloc[r]} (row {int(frame['_row'].iloc[r])})")
+            skip(str(sid.iloc[r]), c,
+                 f"non-finite covariate at {frame['ds'].iloc[r]} (row {int(frame['_row'].iloc[r])})")
 
 
 def _appears(ds: pd.Series) -> str:
@@ -515,7 +526,8 @@ def _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip, skip
             "set freq to the data's frequency, or leave it unset to infer it",
             source=source, column="ds", series_id=str(uniques[i]), row=int(frame["_row"].iloc[r]))
     for r in np.flatnonzero(~on_grid):
-        skip(str(sid.iloc[r]), "ds", f"timestamp {frame['ds'].iloc[r]} is off frequency {freq!r} (row {int(frame['_row'].iloc[r])})")
+        skip(str(sid.iloc[r]), "ds",
+             f"timestamp {frame['ds'].iloc[r]} is off frequency {freq!r} (row {int(frame['_row'].iloc[r])})")
     for i in np.flatnonzero(coarse & ~off_series)[:10_000]:
         rows = np.flatnonzero(codes == i)
         skip(str(uniques[i]), "ds", f"timestamps follow {_appears(frame['ds'].iloc[rows])}, not frequency {freq!r} "
@@ -533,7 +545,8 @@ def _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip, skip
             raise DataValidationError(f"gap of {missing} missing steps before {at}", source=source, column="ds",
                                       series_id=s, row=int(frame["_row"].iloc[r + 1]))
         if gap_policy == "skip" or missing > max_gap:
-            skip(s, "ds", f"gap of {missing} missing steps before {at} (max_gap {max_gap if gap_policy == 'fill' else 0})")
+            allowed = max_gap if gap_policy == "fill" else 0
+            skip(s, "ds", f"gap of {missing} missing steps before {at} (max_gap {allowed})")
     if not (gap > 0).any():
         return frame
     return _fill(frame, freq, covariates)
@@ -553,9 +566,9 @@ def _fill(frame: pd.DataFrame, freq: str, covariates: list[str]) -> pd.DataFrame
     out_codes = np.repeat(np.arange(len(uniques)), lengths)
     local = glob_all - starts[out_codes]
     firsts = frame.groupby(codes, sort=False)["ds"].first()
-    if is_fixed(freq):
-        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
-        ds = pd.DatetimeIndex(firsts.to_numpy()[out_codes]) + step * local
+    offset = to_offset(freq)
+    if isinstance(offset, Tick):  # a fixed step (is_fixed): the k-th point is k steps after the first
+        ds = pd.DatetimeIndex(firsts.to_numpy()[out_codes]) + pd.Timedelta(offset) * local
     else:
         grid = pd.date_range(frame["ds"].min(), frame["ds"].max(), freq=freq)
         ds = grid[first_pos[out_codes] + local]

@@ -8,9 +8,10 @@ from prefect.cache_policies import NO_CACHE
 from lstm_core.as_of import explain_text_time, input_filters
 from lstm_core.config import ForecastConfig, redact_url
 from lstm_core.errors import DataValidationError, NoValidSeriesError
+from lstm_core.inputs import read_series
 from lstm_core.modelling import Prepared, prepare_data
-from lstm_core.sharding import ShardSpec, read_shard
-from lstm_core.storage import read_series
+from lstm_core.shard_plan import ShardSpec
+from lstm_core.shard_split import read_shard
 from lstm_core.validation import SkippedSeries, ValidationResult, validate_for
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 

@@ -19,7 +19,7 @@ from lstm_core.modelling import ModelRef, Prepared
 from lstm_core.outputs import RunWriter
 from lstm_core.records import ShardSummary
 from lstm_core.revisions import RevisionRows
-from lstm_core.sharding import ShardSpec
+from lstm_core.shard_plan import ShardSpec
 from tasks.data import load_series, prepare_windows, validate_series
 from tasks.modelling import combine, evaluate, fit_statistical, forecast, open_model, train_or_load_model
 from tasks.outputs import score_realised, write_outputs
@@ -98,8 +98,9 @@ def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, m
                    previous_run: str | None = None) -> ShardResult:
     """One shard: load_series -> validate_series -> prepare_windows -> [train_or_load_model] -> forecast ->
     fit_statistical -> combine -> evaluate -> [render_plots] -> score_realised -> revise_forecast ->
-    write_outputs, each a nested task run. `forecast` is the network's (backtest and future); `combine` serves every series of the shard,
-    those too short for the network included, from the network, the statistical models or a combination.
+    write_outputs, each a nested task run. `forecast` is the network's (backtest and future); `combine` serves
+    every series of the shard, those too short for the network included, from the network, the statistical
+    models or a combination.
 
     `model`: the group's model, trained beforehand; None when this shard's own data trains it (a group
     of one shard, or mode per_series). `single`: the run has this one shard (it writes the overall

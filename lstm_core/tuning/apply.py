@@ -21,7 +21,7 @@ from lstm_core.tuning.space import apply_settings, settings_of, tunable
 def read_best(config: ForecastConfig) -> BestRecord:
     """The study `tuning.study`'s best.json. Raises ConfigError when there is none yet (naming the study and
     its folder, credentials removed), or when it is not a best.json (naming the file and the field)."""
-    from lstm_core.storage import join
+    from lstm_core.location import join
 
     url = join(study_url(config), "best.json")
     try:
@@ -44,7 +44,7 @@ def apply_tuned(config: ForecastConfig) -> tuple[ForecastConfig, Tuned | None]:
     """
     if config.tuned == "off":
         return config, None
-    from lstm_core.storage import join
+    from lstm_core.location import join
 
     best = read_best(config)
     chosen: dict[str, JsonValue] = {}

@@ -23,7 +23,7 @@ def load_trials(config: ForecastConfig, study: str | None = None) -> list[Frozen
     from optuna.storages.journal import JournalFileBackend
     from optuna.trial import TrialState
 
-    from lstm_core.storage import join
+    from lstm_core.location import join
 
     name = study or config.tuning.study
     fs = study_fs(config)
@@ -54,7 +54,8 @@ def save_journal(study: optuna.Study, config: ForecastConfig) -> str:
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from lstm_core.storage import join, put_bytes
+    from lstm_core.atomic import put_bytes
+    from lstm_core.location import join
 
     url = join(study_url(config, study.study_name), "journal.log")
     with tempfile.TemporaryDirectory(prefix="lstm-tune-") as tmp:

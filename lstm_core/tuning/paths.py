@@ -20,6 +20,6 @@ def study_fs(config: ForecastConfig) -> fsspec.AbstractFileSystem:
 
 def write_root(config: ForecastConfig) -> str | None:
     """The `root` local writes are confined to (the output folder), or None on object storage."""
-    from lstm_core.storage import is_local
+    from lstm_core.location import is_local
 
     return config.output_url if is_local(study_fs(config)) else None

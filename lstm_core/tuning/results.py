@@ -128,7 +128,8 @@ def write_results(result: TuneResult, config: ForecastConfig) -> dict[str, str]:
     """Write trials.parquet, objective.png and, when a trial completed, best.yaml and best.json (written last,
     so a best.json always points at a best.yaml of its own trial). Returns the URLs written by name
     (`journal`, `trials`, `plot`, `best_yaml`, `best_json`), also set on `result.urls`."""
-    from lstm_core.storage import join, parquet_bytes, put_bytes, write_json
+    from lstm_core.atomic import parquet_bytes, put_bytes, write_json
+    from lstm_core.location import join
 
     fs, name = study_fs(config), result.study.study_name
     root = write_root(config)

@@ -27,7 +27,7 @@ TrialState = Literal["complete", "pruned", "fail"]
 def tuning_panel(panel: Panel, config: ForecastConfig) -> Panel:
     """The series a study tunes on: at most `tuning.max_series` of them (a stable hash sample, the same in every
     process and run), without their final window (the last `horizon` points)."""
-    from lstm_core.sharding import stable_hash
+    from lstm_core.shard_plan import stable_hash
 
     limit = config.tuning.max_series
     if limit is not None and panel.n_series > limit:

@@ -119,7 +119,7 @@ def test_two_missed_slots_one_run_and_revisions_a_reader_can_recompute(tmp_path)
     # nightly.png's accuracy line: each night's realised MASE over all series, as the newest scoring run has it
     from lstm_core.catchup import committed_history
     from lstm_core.nightly import realised_by_night
-    from lstm_core.storage import Location
+    from lstm_core.location import Location
 
     realised = pd.read_parquet(out / "realised")
     pooled = realised[realised["series_id"].isna() & (realised["metric"] == "mase") & (realised["model"] == "lstm")]

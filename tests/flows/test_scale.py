@@ -14,7 +14,7 @@ import pytest
 from flows.batch_forecast import batch_forecast
 from lstm_core.config import ConfigError, load_config
 from lstm_core.errors import DataValidationError
-from lstm_core.sharding import shard_of
+from lstm_core.shard_plan import shard_of
 from tests.conftest import make_frame
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

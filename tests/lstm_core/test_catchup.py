@@ -16,7 +16,8 @@ from lstm_core.config import ConfigError, load_config
 from lstm_core.errors import DataValidationError
 from lstm_core.nightly import plan_night
 from lstm_core.revisions import RevisionRows, compute_revisions, revision_stats
-from lstm_core.storage import Location, read_series
+from lstm_core.inputs import read_series
+from lstm_core.location import Location
 
 DAY = timedelta(days=1)
 
