@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one manual flow run", description="Run the batch-forecast flow once.")
     _common_flags(run, required=True)
+    run.add_argument("--as-of", dest="as_of", metavar="ISO_TIMESTAMP",
+                     help="run as the job would have run at this instant (e.g. 2024-03-07T02:00Z): only rows with "
+                     "time <= it are read; the run is named asof-<instant>-<hash> (a replay, or the backfill of a "
+                     "missed night)")
     serve = sub.add_parser(
         "serve", help="serve the flow as deployments 'scheduled' (cron) and 'manual' until stopped",
         description="Serve the batch-forecast flow from this process as two deployments: 'scheduled', run by "
@@ -125,7 +129,7 @@ def quiet_native_startup():
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Flags that were given, as nested settings (flags win over file and environment)."""
     out: dict[str, Any] = {}
-    for key in ("input_url", "output_url", "freq", "horizon", "season_length", "workers", "dask_address"):
+    for key in ("input_url", "output_url", "freq", "horizon", "season_length", "workers", "dask_address", "as_of"):
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
     if getattr(args, "max_train_minutes", None) is not None:
@@ -444,6 +448,9 @@ def quiet_console_tracebacks() -> None:
 
 
 def _report(manifest: dict[str, Any]) -> None:
+    if manifest.get("status") == "superseded":  # a late scheduled slot: the newer slot's run does the work
+        print(f"run {manifest['run_id']}: superseded; {manifest.get('reason')}; nothing written")
+        return
     counts = manifest.get("counts", {})
     metrics = manifest.get("overall_metrics", {})
     print(f"run {manifest['run_id']}: {manifest['status']}; model {manifest.get('model_version')} "
@@ -453,6 +460,13 @@ def _report(manifest: dict[str, Any]) -> None:
     by_model = counts.get("series_by_model") or {}
     if by_model:  # nothing silent: which model served how many series
         print("series per serving model: " + ", ".join(f"{k} {v}" for k, v in by_model.items()))
+    skipped = (manifest.get("schedule") or {}).get("skipped_slots") or []
+    if skipped:
+        print(f"caught up on {len(skipped)} missed slot(s): {', '.join(skipped)}")
+    revisions = manifest.get("revisions") or {}
+    if revisions.get("previous_run_id") and revisions.get("p50") is not None:
+        print(f"revisions against run {revisions['previous_run_id']}: |revision| median {revisions['p50']:.4g}, "
+              f"95th percentile {revisions['p95']:.4g} (naive-MAE units)")
     windows = (manifest.get("backtest") or {}).get("windows")
     for model, values in metrics.items():  # pooled over every backtest window, not the last one alone
         name = "lstm" if model == manifest.get("model_version") else model

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -344,7 +344,10 @@ class Outputs(Record):
     realised: str | None = Field(None, description="realised accuracy part file or partition (absent when none)")
     metrics_overall: str | None = Field(None, description="a sharded run's overall metric rows (`part-overall`)")
     realised_overall: str | None = Field(None, description="a sharded run's overall realised accuracy rows")
-    plots: dict[str, str] | None = Field(None, description="plot file name -> its path (runs of one shard)")
+    plots: dict[str, str] | None = Field(None, description="plot file name -> its path (runs of one shard; "
+                                        "`nightly.png` in every run that compares with an earlier one)")
+    revisions: str | None = Field(None, description="revisions part file or partition (absent when there is no "
+                                                    "previous committed run)")
 
 
 class Tuned(Record):
@@ -359,12 +362,40 @@ class Tuned(Record):
     settings: dict[str, Any] = Field(description="dotted setting name -> the value applied")
 
 
+class ScheduleEntry(Record):
+    """The run's place on the schedule (lstm_core.catchup)."""
+
+    slot: Timestamp | None = Field(description="the run's slot: its scheduled start, else its `as_of`; null for a "
+                                               "manual run of the newest data")
+    interval: timedelta | None = Field(description="the setting `schedule_interval` (ISO 8601 duration); null: "
+                                                   "no catch-up")
+    previous_slot: Timestamp | None = Field(description="the newest committed run's slot before this one")
+    previous_run_id: str | None = Field(description="that run's id")
+    skipped_slots: list[Timestamp] = Field(description="slots missed between the previous slot and this one (the "
+                                                       "first 1,000), oldest first: this run caught up on them")
+    skipped_count: int = Field(description="how many slots were missed (all of them)")
+
+
+class RevisionsEntry(Record):
+    """How far the forecast moved from the previous committed run's (lstm_core.revisions)."""
+
+    previous_run_id: str | None = Field(description="the run compared with: the newest committed run before this "
+                                                    "one (by as_of, else slot, else start); null: none")
+    rows: int = Field(description="(series, date) pairs both runs forecast")
+    series: int = Field(description="series with such a pair")
+    scored: int = Field(description="rows with a revision (the series' naive scale is positive)")
+    p50: float | None = Field(description="median |revision|, in units of each series' in-sample seasonal naive "
+                                          "MAE; null when no row")
+    p95: float | None = Field(description="95th percentile of |revision| (same units); null when no row")
+
+
 class ManifestDraft(Record):
     """What a run knows of its manifest while it runs; `finish` turns it into the `Manifest`."""
 
     run_id: str = Field(description="the run id: the partition `run=<run_id>` of every table")
-    run_id_source: Literal["configured", "schedule", "new"] = Field(
-        description="`configured` (`run_id`), `schedule` (the scheduled slot's id) or `new`")
+    run_id_source: Literal["configured", "schedule", "as_of", "new"] = Field(
+        description="`configured` (`run_id`), `schedule` (the scheduled slot's id), `as_of` (`asof-<instant>-<hash>`, "
+                    "a run with `as_of`) or `new`")
     scheduled_start: Timestamp | None = Field(description="the scheduled slot's start (null for a manual run)")
     input_url: str = Field(description="the input URL, credentials removed")
     output_url: str = Field(description="the output URL, credentials removed")
@@ -380,6 +411,11 @@ class ManifestDraft(Record):
                           "`model` a label (`lstm`, `seasonal_naive`) beside `model_version`; absent in manifests "
                           "written before it existed (version 1: nanosecond timestamps, the metrics' `window`, "
                           "the LSTM's metric rows labelled by its version)")
+    as_of: Timestamp | None = Field(None, description="the instant the run ran as of (setting `as_of`): it read "
+                                                    "only rows with time <= as_of; null: all rows")
+    schedule: ScheduleEntry | None = Field(None, description="the run's slot and the slots it caught up on")
+    revisions: RevisionsEntry | None = Field(None, description="how far the forecast moved from the previous "
+                                                               "committed run's (absent when the run failed)")
     execution: Execution | None = Field(None, description="where tasks ran (absent when the run failed before)")
     frequency: Frequency | None = Field(None, description="frequency and seasons (absent when the run failed before "
                                                           "planning)")

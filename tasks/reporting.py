@@ -31,6 +31,7 @@ PLOT_TITLES = {
     "forecast_intervals.png": "published forecast with its prediction intervals: best, median and worst series "
                               "by backtest MASE",
     "backtest.png": "backtest windows against the actuals: best, median and worst series by backtest MASE",
+    "nightly.png": "forecast health night by night: realised MASE and the size of each night's revisions",
 }
 MAX_SKIPPED_LISTED = 50
 
@@ -215,6 +216,24 @@ def _figure(value: str | float | None) -> str:
     return f"{value:.4g}" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
 
 
+def night_lines(manifest: dict[str, Any]) -> list[str]:
+    """The summary's night-after-night section: as_of, the slots caught up on, the revisions' p50 and p95."""
+    schedule, revisions = manifest.get("schedule") or {}, manifest.get("revisions") or {}
+    lines = ["## Night after night"]
+    if manifest.get("as_of"):
+        lines.append(f"- as of {md_code(manifest['as_of'])}: only rows up to it were read")
+    skipped = schedule.get("skipped_slots") or []
+    lines.append(f"- caught up on {schedule.get('skipped_count', len(skipped))} missed slot(s): "
+                 + ", ".join(md_code(s) for s in skipped) if skipped else "- no missed slot since the previous run")
+    if revisions.get("p50") is not None:
+        lines.append(f"- revisions against run {md_code(revisions.get('previous_run_id'))} "
+                     f"({revisions.get('rows')} points): |revision| median {revisions['p50']:.4g}, 95th percentile "
+                     f"{revisions['p95']:.4g} (in units of each series' seasonal naive MAE)")
+    else:
+        lines.append("- no revisions: no earlier committed run forecast the same dates")
+    return [*lines, ""]
+
+
 def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None = None) -> str:
     """The run in a page: decision and reason, counts, skipped series, where the outputs and plots are."""
     counts = manifest.get("counts", {})
@@ -249,6 +268,7 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
             vals = " | ".join(_figure(row[m]) for m in columns)
             lines.append(f"| {row['model']} | {vals} |")
         lines.append("")
+    lines += night_lines(manifest)
     skipped = manifest.get("skipped", [])
     lines.append(f"## Skipped series ({len(skipped)})")
     if skipped:

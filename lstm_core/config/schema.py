@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from pandas.tseries.frequencies import to_offset
@@ -160,6 +160,15 @@ class ForecastConfig(StrictSection):
     seed: int = Field(42, description="same data, config and seed give the same forecasts")
     run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.=-]{0,127}$",
                                description="name of the run's partition; re-running a run id replaces it")
+    # --- night after night (lstm_core.as_of, lstm_core.catchup) ------------
+    as_of: datetime | None = Field(
+        None, description="run as the job would have run at this instant (ISO 8601, e.g. 2024-03-07T02:00Z; without "
+        "an offset: the data's own clock): only rows with time <= as_of are read; names the run "
+        "(asof-<UTC instant>-<hash>) unless run_id is set")
+    schedule_interval: timedelta | None = Field(
+        timedelta(days=1), gt=timedelta(0), description="time between the deployment's scheduled slots (its cron: "
+        "'0 2 * * *' is 1 day): a scheduled run a whole interval late is superseded by the newer slot's run, which "
+        "lists the missed slots; null: every run runs and none are listed")
     lease_ttl: timedelta = Field(
         timedelta(minutes=5), gt=timedelta(0),
         description="a run's lease on its run id expires this long after its last heartbeat",
@@ -179,6 +188,13 @@ class ForecastConfig(StrictSection):
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster")
     scratch_url: str | None = Field(None,
         description="where shard files go during a run (default <output_url>/_scratch)")
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _iso_instant(cls, v: Any) -> Any:
+        from lstm_core.as_of import parse_as_of
+
+        return parse_as_of(v)
 
     @field_validator("freq")
     @classmethod

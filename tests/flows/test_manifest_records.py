@@ -59,7 +59,8 @@ def test_a_succeeded_run_s_manifest_validates_and_round_trips(tmp_path):
         "run_id", "run_id_source", "scheduled_start", "input_url", "output_url", "config", "started_at", "versions",
         "flow_run_id", "tuned", "execution", "frequency", "ignored_columns", "plan", "input_fingerprint",
         "model_version", "model_key", "retrain", "training", "models", "counts", "skipped", "overall_metrics",
-        "backtest", "shards", "outputs", "timings_s", "finished_at", "status", "output_schema_version", "serving"}
+        "backtest", "shards", "outputs", "timings_s", "finished_at", "status", "output_schema_version", "serving",
+        "as_of", "schedule", "revisions"}
 
 
 @pytest.mark.parametrize("shard_size", [5000, 1], ids=["one shard", "sharded"])

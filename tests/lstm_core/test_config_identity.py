@@ -16,18 +16,18 @@ import pytest
 from lstm_core.config import validate_config
 
 CASES = {
-    "hourly_defaults": ({"freq": "h"}, "6535bb20fe1d8489", "6535bb20fe1d8489", "a1851315f09a"),
+    "hourly_defaults": ({"freq": "h"}, "6535bb20fe1d8489", "6535bb20fe1d8489", "3378b691105c"),
     "weekly_tuned": ({"freq": "W", "horizon": 13, "season_length": [52, 4], "scaler": "standard",
                       "model": {"units": [32, 16], "chunk": 1, "dropout": 0.1},
                       "training": {"loss": "huber", "validation_steps": 5}, "seed": 7},
-                     "0bb57271b3762bff", "0bb57271b3762bff", "9cd1c193ba07"),
+                     "0bb57271b3762bff", "0bb57271b3762bff", "6252ad296819"),
     "grouped_covariates": ({"freq": "D", "horizon": 14, "group_column": "region", "future_covariates": ["promo"],
                             "historic_covariates": ["temp"], "static_covariates": ["store"],
                             "static_types": {"store": "categorical"}, "calendar_features": ["dayofweek"],
                             "output_url": "s3://bucket/out", "run_id": "r1",
                             "storage_options": {"key": "AKIA", "secret": "s3cr3t-value",
                                                 "endpoint_url": "http://localhost:9000"}},
-                           "8440287b6a1cac5a", "b0234f16305ff37f", "35ae13bd8671"),
+                           "8440287b6a1cac5a", "b0234f16305ff37f", "1571045667e4"),
 }
 
 

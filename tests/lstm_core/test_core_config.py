@@ -339,6 +339,9 @@ KEY_KEEPS = {  # setting -> another value; none may change the key (where and wh
     "keep_versions": 2,
     "training.warm_epochs": 2,
     "run_id": "nightly",
+    # issue 23: which data a run reads and which slots it stands for; the network is the same
+    "as_of": "2024-03-07T02:00:00",
+    "schedule_interval": 3600,
     # backtests and intervals score the model and widen its forecasts; the saved model is the same
     "backtest.windows": 5,
     "backtest.step": 6,
