@@ -68,7 +68,7 @@ class Mutation:
 
 MUTATIONS: list[Mutation] = [
     # --- from issue 17: survived the review, each now has its test ------------------------------
-    Mutation("M1", "training never sees the holdout (the last H points)", "lstm_core/modelling.py",
+    Mutation("M1", "training never sees the holdout (the last H points)", "lstm_core/promotion.py",
              "forecaster = trainer.fit(data.train_panel, config)", "forecaster = trainer.fit(data.panel, config)",
              (f"{HOLDOUT}::test_the_last_h_points_never_reach_training",)),
     Mutation("M2", "a re-run removes the old manifest before its partitions", "lstm_core/outputs.py",
@@ -195,19 +195,31 @@ MUTATIONS: list[Mutation] = [
              (f"{CLI}::test_anything_else_is_exit_code_1_and_debug_keeps_the_traceback",)),
     # --- retrain decision ----------------------------------------------------------------------------
     Mutation("R1", "degradation_tolerance is the allowed relative rise of the validation loss",
-             "lstm_core/model_store.py", "current > recorded * (1 + tolerance)",
+             "lstm_core/retrain.py", "current > recorded * (1 + tolerance)",
              "current > recorded * (1 + 2 * tolerance)",
              ("tests/lstm_core/test_core_model_store.py::test_degradation_tolerance_is_the_allowed_relative_rise",)),
-    Mutation("R2", "a model older than max_model_age is retrained", "lstm_core/model_store.py",
+    Mutation("R2", "a model older than max_model_age is retrained", "lstm_core/retrain.py",
              "if age > max_age:", "if age > 10 * max_age:",
              ("tests/lstm_core/test_core_model_store.py::test_too_old_model_is_retrained",)),
-    Mutation("R3", "the model key hashes the scaler", "lstm_core/config.py",
-             '            "scaler": self.scaler,\n', "",
+    Mutation("R3", "the model key hashes the scaler", "lstm_core/config/identity.py",
+             '        "scaler": config.scaler,\n', "",
              ("tests/lstm_core/test_core_config.py::"
               "test_model_key_changes_with_every_setting_that_changes_the_model",)),
-    Mutation("R4", "retrain 'always' trains even when a model is saved", "lstm_core/model_store.py",
+    Mutation("R4", "retrain 'always' trains even when a model is saved", "lstm_core/retrain.py",
              'if policy == "always":', 'if policy == "always" and not list_versions(store, model_key):',
              ("tests/lstm_core/test_core_model_store.py::test_always_means_train_even_with_a_model",)),
+    # --- landed with issue 23: the champion, the gate, retention ------------------------------------------
+    Mutation("N1", "a challenger is promoted only when it does no worse than the champion on the same windows",
+             "lstm_core/promotion.py", "chall <= champ * (1 + tol)", "chall <= champ * (1 + tol) + 1e9",
+             ("tests/lstm_core/test_champion.py::"
+              "test_a_challenger_made_worse_on_purpose_is_rejected_and_the_champion_serves",)),
+    Mutation("N2", "a re-run on identical data neither retrains nor adds a version", "lstm_core/retrain.py",
+             'fingerprint == loaded.metadata.get("data_fingerprint"))', "False)",
+             ("tests/lstm_core/test_champion.py::test_a_rerun_on_identical_data_neither_retrains_nor_adds_a_version",)),
+    Mutation("N3", "retention never removes the champion's lineage", "lstm_core/model_store.py",
+             "kept = set(versions[:keep]) | (set(lineage(store, key, champion)) if champion else set())",
+             "kept = set(versions[:keep]) | ({champion} if champion else set())",
+             ("tests/lstm_core/test_champion.py::test_retention_keeps_champion_lineage_newest_and_held_versions",)),
     # --- landed with issue 14: tuning ----------------------------------------------------------------
     Mutation("T1", "the final window (a run's holdout, a benchmark's test) never enters tuning",
              "lstm_core/tuning/trial.py",

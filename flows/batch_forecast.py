@@ -28,15 +28,18 @@ from flows.parameters import Overridable, RunSettings, deployment_settings, over
 from flows.runners import RunTaskRunner, run_task_runner
 from lstm_core import interrupt
 from lstm_core.artifacts import package_versions
+from lstm_core.as_of import as_of_run_id
 from lstm_core.config import ForecastConfig, load_config, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
 from lstm_core.layout import TABLES
 from lstm_core.manifest import SKIPPED_IN_SUMMARY, RunShape, assemble_manifest
+from lstm_core.nightly import NightPlan, night_outputs, plan_night
 from lstm_core.outputs import OUTPUT_SCHEMA_VERSION, OutputStore, RunWriter, new_run_id, slot_run_id
 from lstm_core.progress import Progress
 from lstm_core.records import (Counts, Execution, Frequency, Manifest, ManifestDraft, Outputs, PlanSummary,
                                ShardSummary, SkippedEntry, Tuned)
+from lstm_core.revisions import RevisionRows
 from lstm_core.secrets import install_log_scrubber, scrub, scrubbing, secret_values
 from lstm_core.sharding import ShardPlan
 from lstm_core.storage import is_storage_failure
@@ -102,11 +105,13 @@ def scheduled_slot() -> datetime | None:
 
 
 def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tuple[str, str]:
-    """(run id, where it came from): the configured one, the scheduled slot's, or a fresh one."""
+    """(run id, where it came from): the configured one, the scheduled slot's, the as_of instant's, or a fresh one."""
     if config.run_id:
         return config.run_id, "configured"
     if slot is not None:
         return slot_run_id(slot, config.config_hash()), "schedule"
+    if config.as_of is not None:  # a replay of the same instant with the same settings replaces its own outputs
+        return as_of_run_id(config.as_of, config.public_dict()), "as_of"
     return new_run_id(), "new"
 
 
@@ -124,6 +129,14 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     writer = store.writer(run_id)
     logger.info("run %s (%s): %s -> %s", run_id, f"scheduled slot {slot.isoformat()}" if slot else run_id_source,
                 redact_url(config.input_url), redact_url(config.output_url))
+    # Catch-up (lstm_core.catchup): a scheduled slot a whole interval late stops here, before its lease, writing
+    # nothing; the newer slot's run forecasts the newest data and lists it as skipped.
+    previous = writer.read_manifest()
+    night = plan_night(store.location, run_id, as_of=config.as_of, slot=slot, interval=config.schedule_interval,
+                       rerun=bool(previous and previous.get("status") == "succeeded"))
+    if night.superseded:
+        logger.warning("run %s superseded: %s; nothing written", run_id, night.superseded_reason())
+        return night.superseded_result(run_id)
     # One process per run id: refused here, before any work, if another live process holds it.
     try:
         lease = RunLease.acquire(writer.fs, writer.root, run_id, config.lease_ttl.total_seconds())
@@ -136,13 +149,14 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
         logger.warning("run %s: %s", run_id, lease.took_over)
     writer.lease = lease
     try:
-        return _run_leased(config, store, writer, logger, secrets, run_id_source, slot, tuned)
+        return _run_leased(config, store, writer, logger, secrets, run_id_source, slot, tuned, night)
     finally:
         lease.release()
 
 
 def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, logger, secrets: set[str],
-                run_id_source: str, slot: datetime | None, tuned: Tuned | None = None) -> dict[str, Any]:
+                run_id_source: str, slot: datetime | None, tuned: Tuned | None = None,
+                night: NightPlan | None = None) -> dict[str, Any]:
     run_id = writer.run_id
     started = datetime.now(timezone.utc)
     t_start = time.perf_counter()
@@ -158,7 +172,10 @@ def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, l
         flow_run_id=_flow_run_id(),
         tuned=tuned,  # which study's best settings this run used (tuned: latest), else null
         output_schema_version=OUTPUT_SCHEMA_VERSION,
+        as_of=config.as_of,
+        schedule=night.schedule_entry() if night is not None else None,
     ))
+    run.night = night
     try:
         # the CLI's Ctrl-C and SIGTERM handlers over the flow engine's own (which would leave the task threads
         # training on): every thread stops at its next safe point
@@ -202,6 +219,8 @@ class _Run:
         self.plots = None  # drawn for a run of one shard
         self.plot_notes: dict[str, str] = {"plots": "plots are drawn for runs of one shard; this run was sharded"}
         self.earlier_runs: list[str] = []  # committed runs whose predictions realised accuracy scores
+        self.night: NightPlan | None = None  # the run's place among the committed runs (catch-up, revisions)
+        self.revisions: list[RevisionRows] = []  # each shard's part of revisions/
         self.t0 = time.perf_counter()
 
     def _timed(self, name: str, t0: float) -> None:
@@ -249,7 +268,8 @@ class _Run:
         self.began = True
         shards = forecast_shard.map(plan.shards, config=unmapped(config), writer=unmapped(self.writer),
                                     model=[trained.get(spec.group) for spec in plan.shards],
-                                    single=unmapped(plan.n_shards == 1), earlier_runs=unmapped(self.earlier_runs))
+                                    single=unmapped(plan.n_shards == 1), earlier_runs=unmapped(self.earlier_runs),
+                                    previous_run=unmapped(self.night.previous_run_id if self.night else None))
         choices: dict[Any, Any] = {}
         for group, future in trained.items():  # a failed training raises its own error here
             result = future.result()
@@ -305,6 +325,8 @@ class _Run:
                 last = result.summary
                 summaries.append(last)
                 self._add_seconds(result.seconds)
+                if result.revisions is not None:
+                    self.revisions.append(result.revisions)
                 if result.plots is not None:
                     self.plots = result.plots
                     self.plot_notes = result.plots.notes
@@ -333,16 +355,24 @@ class _Run:
                                 self.store.partitions(self.writer.run_id, ("quarantine",)).get("quarantine"))
             raise error
         single = plan.n_shards == 1
-        self.wall["total"] = round(time.perf_counter() - self.t0, 3)
         assembled = assemble_manifest(
             self.manifest, summaries, choices, self.config,
             RunShape(shards=plan.n_shards, split=plan.sharded, in_flight=self.runner.capacity,
                      earlier_runs_scored=len(self.earlier_runs)),
-            partitions=None if single else self.store.partitions(self.writer.run_id, TABLES),
-            timings_s={**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}})
-        self.manifest = assembled.draft  # a commit that fails records the run as assembled
-        return commit_run(self.writer, assembled.manifest, assembled.overall_rows,
-                          self.plots.files if self.plots is not None else None, assembled.realised_rows)
+            partitions=None if single else self.store.partitions(self.writer.run_id, TABLES))
+        manifest = self.manifest = assembled.draft  # a commit that fails records the run as assembled
+        plots = dict(self.plots.files) if self.plots is not None else {}
+        if self.night is not None:  # revisions/ and the nightly health plot (lstm_core.nightly)
+            manifest.revisions, path, png = night_outputs(self.night, self.store, self.writer.run_id, self.revisions,
+                                                          single, self.logger)
+            if path is not None and manifest.outputs is not None:
+                manifest.outputs.revisions = path
+            plots.update(png)
+        self.wall["total"] = round(time.perf_counter() - self.t0, 3)
+        done = manifest.finish(status="succeeded",
+                               timings_s={**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}},
+                               finished_at=datetime.now(timezone.utc))
+        return commit_run(self.writer, done, assembled.overall_rows, plots or None, assembled.realised_rows)
 
 
 def _flow_run_id() -> str | None:

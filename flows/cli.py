@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one manual flow run", description="Run the batch-forecast flow once.")
     _common_flags(run, required=True)
+    run.add_argument("--as-of", dest="as_of", metavar="ISO_TIMESTAMP",
+                     help="run as the job would have run at this instant (e.g. 2024-03-07T02:00Z): only rows with "
+                     "time <= it are read; the run is named asof-<instant>-<hash> (a replay, or the backfill of a "
+                     "missed night)")
     serve = sub.add_parser(
         "serve", help="serve the flow as deployments 'scheduled' (cron) and 'manual' until stopped",
         description="Serve the batch-forecast flow from this process as two deployments: 'scheduled', run by "
@@ -99,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--minutes", type=float, metavar="M",
                       help="wall-clock budget of this tune, in minutes; the trial running then stops training and "
                       f"is scored (default: {tuning_defaults['minutes'] or 'none'})")
+    promote = sub.add_parser("promote", help="make a saved model version the champion its model key serves",
+                             description="Point the champion of the version's model key at VERSION (checked like "
+                                         "any model it loads): the schedule serves it from the next run.")
+    promote.add_argument("version", help="the model version (a folder under <output>/models/<key>/)")
+    promote.add_argument("--config", help="YAML configuration file (for the output URL and storage options)")
+    promote.add_argument("--output", dest="output_url", help="output URL whose models/ hold the version")
+    promote.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     demo = sub.add_parser("demo", help="run the flow on the bundled sample dataset (local, no server)",
                           description="Write a small sample dataset under ./data/demo and forecast it.")
     demo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
@@ -108,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Flags that were given, as nested settings (flags win over file and environment)."""
     out: dict[str, Any] = {}
-    for key in ("input_url", "output_url", "freq", "horizon", "season_length", "workers", "dask_address"):
+    for key in ("input_url", "output_url", "freq", "horizon", "season_length", "workers", "dask_address", "as_of"):
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
     if getattr(args, "max_train_minutes", None) is not None:
@@ -194,6 +205,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    """`lstm-forecast promote VERSION`: the one way besides the promotion gate to change a champion."""
+    config = _resolve(args.config, {"output_url": args.output_url} if args.output_url else {}, args.sets)
+    with quiet_native_startup():
+        from lstm_core.model_store import ModelStore, promote
+
+    key, previous = promote(ModelStore.of(config).location, args.version)
+    print(f"model {args.version} is the champion of key {key} (was {previous or 'none'})")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """`serve`: the two deployments, their parameters checked first, served until Ctrl-C or SIGTERM (0)."""
     from flows.serve import serve, serve_parameters
@@ -252,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from lstm_core.interrupt import handle_signals
 
-    command = {"run": cmd_run, "serve": cmd_serve, "tune": cmd_tune, "demo": cmd_demo}[args.command]
+    command = {"run": cmd_run, "serve": cmd_serve, "tune": cmd_tune, "demo": cmd_demo,
+               "promote": cmd_promote}[args.command]
     # run, tune and demo stop on the first Ctrl-C or SIGTERM within seconds (exit 130 or 143); serve keeps its
     # own handling (a clean stop, exit 0)
     stopping = handle_signals() if args.command != "serve" else contextlib.nullcontext()

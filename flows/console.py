@@ -110,7 +110,11 @@ def quiet_console_tracebacks() -> None:
 
 def report_run(manifest: dict[str, Any]) -> None:
     """Print a run's outcome from its manifest (as JSON): status, model and retrain decision, counts, series per
-    serving model, and each model's backtest metrics pooled over every window."""
+    serving model, the slots caught up on, the revisions against the previous run, and each model's backtest
+    metrics pooled over every window; a superseded scheduled slot says so and nothing else."""
+    if manifest.get("status") == "superseded":  # a late scheduled slot: the newer slot's run does the work
+        print(f"run {manifest['run_id']}: superseded; {manifest.get('reason')}; nothing written")
+        return
     counts = manifest.get("counts", {})
     metrics = manifest.get("overall_metrics", {})
     print(f"run {manifest['run_id']}: {manifest['status']}; model {manifest.get('model_version')} "
@@ -120,6 +124,13 @@ def report_run(manifest: dict[str, Any]) -> None:
     by_model = counts.get("series_by_model") or {}
     if by_model:  # nothing silent: which model served how many series
         print("series per serving model: " + ", ".join(f"{k} {v}" for k, v in by_model.items()))
+    skipped = (manifest.get("schedule") or {}).get("skipped_slots") or []
+    if skipped:
+        print(f"caught up on {len(skipped)} missed slot(s): {', '.join(skipped)}")
+    revisions = manifest.get("revisions") or {}
+    if revisions.get("previous_run_id") and revisions.get("p50") is not None:
+        print(f"revisions against run {revisions['previous_run_id']}: |revision| median {revisions['p50']:.4g}, "
+              f"95th percentile {revisions['p95']:.4g} (naive-MAE units)")
     windows = (manifest.get("backtest") or {}).get("windows")
     for model, values in metrics.items():  # pooled over every backtest window, not the last one alone
         name = "lstm" if model == manifest.get("model_version") else model

@@ -16,12 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import Tick
+
+if TYPE_CHECKING:
+    from lstm_core.config import ForecastConfig
 
 ROLES = ("target", "historic", "future", "calendar", "static")
 KNOWN_AHEAD = ("future", "calendar", "static")
@@ -134,9 +137,13 @@ class CovariateSpec:
     calendar: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, config: Any) -> CovariateSpec:
+    def from_config(cls, config: ForecastConfig, freq: str | None = None) -> CovariateSpec:
+        """The covariates `config` declares, and its calendar features: those of `config`'s frequency (it must
+        be resolved), or of `freq` when given (validation, which learns the frequency from the data, uses
+        this rather than resolving the configuration itself)."""
+        calendar = config.calendar() if freq is None else resolve_calendar_features(config.calendar_features, freq)
         return cls(tuple(config.historic_covariates), tuple(config.future_covariates),
-                   tuple(config.static_covariates), tuple(config.calendar()))
+                   tuple(config.static_covariates), tuple(calendar))
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -149,8 +156,17 @@ class CovariateSpec:
         return (*self.historic, *self.future)
 
     def as_dict(self) -> dict[str, list[str]]:
+        """The spec as JSON lists by role (the manifest's and model metadata's `covariates`)."""
         return {"historic": list(self.historic), "future": list(self.future), "calendar": list(self.calendar),
                 "static": list(self.static)}
+
+
+class StaticEncoderState(TypedDict, total=False):
+    """`StaticEncoder` as JSON (in a model version's metadata); a missing field is empty."""
+
+    columns: list[str]  # the static covariates, in input order
+    numeric: dict[str, list[float]]  # numeric column -> [mean, std]
+    categories: dict[str, list[str]]  # categorical column -> its vocabulary, sorted
 
 
 @dataclass(frozen=True)
@@ -210,12 +226,14 @@ class StaticEncoder:
                 parts.append((text[:, None] == np.array(vocab, dtype=object)[None, :]).astype(np.float64))
         return np.concatenate(parts, axis=1) if parts else np.zeros((len(static), 0))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"columns": list(self.columns), "numeric": {k: list(v) for k, v in self.numeric.items()},
-                "categories": {k: list(v) for k, v in self.categories.items()}}
+    def to_dict(self) -> StaticEncoderState:
+        """JSON-ready state (columns, numeric mean/std, category vocabularies), read back by `from_dict`."""
+        return StaticEncoderState(columns=list(self.columns), numeric={k: list(v) for k, v in self.numeric.items()},
+                                  categories={k: list(v) for k, v in self.categories.items()})
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> StaticEncoder:
+    def from_dict(cls, d: StaticEncoderState | None) -> StaticEncoder:
+        """The encoder `to_dict` wrote; None or an empty state is an encoder of no columns."""
         d = d or {}
         numeric = {k: (float(v[0]), float(v[1])) for k, v in d.get("numeric", {}).items()}
         return cls(tuple(d.get("columns", ())), numeric,
@@ -223,6 +241,7 @@ class StaticEncoder:
 
 
 def is_numeric_column(col: pd.Series) -> bool:
+    """True for a numeric column that is not boolean (booleans are categories)."""
     return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
 
 

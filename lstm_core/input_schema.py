@@ -194,7 +194,7 @@ def filter_expression(filters: list[list[Any]] | None, schema: pa.Schema, shown:
             t = schema.field(col).type
             if pa.types.is_dictionary(t):
                 t = t.value_type
-            if col == time_column and pa.types.is_string(t) and op in _RANGE_OPS:
+            if col == time_column and (pa.types.is_string(t) or pa.types.is_large_string(t)) and op in _RANGE_OPS:
                 raise DataValidationError(
                     f"setting 'filters': {[col, op, value]!r} compares the time column, which this input stores as "
                     "text (text order is not time order): filter on a partition or other column, or store the "

@@ -26,7 +26,7 @@ import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 
 from lstm_core.errors import StorageError
-from lstm_core.secrets import scrub, without_secrets
+from lstm_core.secrets import scrub, with_environment_secrets, without_secrets
 
 # botocore's own retries (standard mode: connection errors, 5xx, throttling, with jittered backoff)
 # handle storage hiccups first; s3fs retries a few more kinds on top (a body cut mid-read,
@@ -133,8 +133,6 @@ class Location:
 
 def _relocated(url: str, options: dict[str, Any]) -> Location:
     """A Location rebuilt in another process: its secret options from this process's environment."""
-    from lstm_core.config import with_environment_secrets  # noqa: PLC0415 - config imports this module
-
     return Location(url, with_environment_secrets(options))
 
 

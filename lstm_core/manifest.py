@@ -42,7 +42,7 @@ from lstm_core.records import (
 )
 
 if TYPE_CHECKING:
-    from lstm_core.modelling import ModelRef  # (not at run time: modelling loads TensorFlow)
+    from lstm_core.model_store import ModelRef  # (not at run time: model_store loads TensorFlow)
 
 SKIPPED_IN_SUMMARY = 1000  # skipped series listed per shard in the manifest (all are in quarantine/)
 

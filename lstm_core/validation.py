@@ -11,7 +11,7 @@ observed y (the rows whose y is empty); static ones must be constant per series.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +20,7 @@ from pandas.tseries.offsets import Tick
 
 from lstm_core import timestamps
 from lstm_core.covariates import CovariateSpec, is_numeric_column
-from lstm_core.errors import DataValidationError
+from lstm_core.errors import ConfigError, DataValidationError
 from lstm_core.frequency import (
     FrequencyDisagreement,
     dates_after,
@@ -31,6 +31,9 @@ from lstm_core.frequency import (
 )
 from lstm_core.inputs import DEFAULT_MISSING
 from lstm_core.windows import min_train_length as min_train_length_of
+
+if TYPE_CHECKING:
+    from lstm_core.config import ForecastConfig
 
 REQUIRED = ("series_id", "ds", "y")
 @dataclass(frozen=True)
@@ -49,11 +52,13 @@ class TextRules:
     static_types: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_config(cls, config: Any) -> TextRules:
+    def from_config(cls, config: ForecastConfig) -> TextRules:
+        """The text rules a configuration sets (missing_values, decimal, thousands, time_format, static_types)."""
         return cls(tuple(config.missing_values), config.decimal, config.thousands, config.time_format,
                    tuple(sorted(config.static_types.items())))
 
     def hint(self) -> str:
+        """One sentence naming how cells are read and the settings that change it (appended to a parse error)."""
         return ("read as missing: empty cells and " + ", ".join(repr(v) for v in self.missing_values if v)
                 + f" (setting missing_values); decimal mark {self.decimal!r} (setting decimal); "
                 + (f"thousands separator {self.thousands!r}" if self.thousands else
@@ -62,6 +67,8 @@ class TextRules:
 
 @dataclass(frozen=True)
 class SkippedSeries:
+    """A series left out of the run: its id, the input field at fault (the user's column name) and why."""
+
     series_id: str
     field: str
     reason: str
@@ -69,6 +76,8 @@ class SkippedSeries:
 
 @dataclass
 class ValidationResult:
+    """What validation keeps of an input: the clean frame, the skipped series with reasons, and what it found."""
+
     frame: pd.DataFrame  # clean rows, sorted by (series_id, ds), on a regular grid: series_id, ds, y, historic, future
     skipped: list[SkippedSeries] = field(default_factory=list)
     covariates: list[str] = field(default_factory=list)  # numeric covariate columns of `frame` (historic, future)
@@ -80,6 +89,7 @@ class ValidationResult:
     freq: str | None = None  # the frequency the series were checked against (given or inferred)
 
     def skipped_frame(self) -> pd.DataFrame:
+        """The skipped series as a frame of string columns `series_id`, `field`, `reason` (the quarantine table)."""
         return pd.DataFrame(
             {
                 "series_id": pd.Series([s.series_id for s in self.skipped], dtype="string"),
@@ -94,7 +104,7 @@ class ValidationResult:
 MIN_POINTS = 1
 
 
-def min_length(config: Any = None) -> int:
+def min_length(config: ForecastConfig | None = None) -> int:
     """The one minimum series length of a run: `MIN_POINTS` (1), whatever the window, chunk and horizon.
 
     Windows, validation and backtest cutoffs follow what each series allows (`windows.plan_windows`,
@@ -103,20 +113,23 @@ def min_length(config: Any = None) -> int:
     return MIN_POINTS
 
 
-def min_input(config: Any) -> int:
+def min_input(config: ForecastConfig) -> int:
     """Real points every training input holds at least: one patch (the LSTM's first step sees real values;
     the rest of a short series' window is front padding). Measured on M3 yearly: 1 point gave OWA 0.970,
     one patch 0.931 (window 12, LSTM alone, holdout of the training part)."""
+    if config.window is None:  # min(patch, None) would fail without saying why
+        raise ConfigError("the network's minimum input needs the window: resolve the configuration first "
+                          "(config.resolved(freq))")
     return int(min(config.patch_length, config.window))
 
 
-def min_train_length(config: Any) -> int:
+def min_train_length(config: ForecastConfig) -> int:
     """Points from which the network learns a series (`windows.min_train_length`): one chunk of targets after
     one patch of real input; the rest of its window is front padding. Shorter series go to the fallback."""
     return min_train_length_of(config.chunk_length, min_input(config))
 
 
-def network_reasons(lengths: np.ndarray, config: Any) -> list[str | None]:
+def network_reasons(lengths: np.ndarray, config: ForecastConfig) -> list[str | None]:
     """Per series of `lengths` points: None when the network learns and serves it, else why it is handed to
     the fallback (too few points for one training window)."""
     need = min_train_length(config)
@@ -125,15 +138,18 @@ def network_reasons(lengths: np.ndarray, config: Any) -> list[str | None]:
             f"a chunk of {config.chunk_length} targets); handed to the fallback" for n in np.asarray(lengths)]
 
 
-def length_rule(config: Any, horizon: bool = False) -> str:
+def length_rule(config: ForecastConfig, horizon: bool = False) -> str:
     """The network's minimum spelled out, for messages."""
     return f"input {min_input(config)} + chunk {config.chunk_length}"
 
 
-def validate_for(df: pd.DataFrame, config: Any, source: str | None = None, errors: str = "skip",
+def validate_for(df: pd.DataFrame, config: ForecastConfig, source: str | None = None, errors: str = "skip",
                  keep_short: bool = False) -> ValidationResult:
     """`validate` with everything taken from a configuration (its frequency may still be unset: inferred).
-    `keep_short`: see `validate` (the forecast path keeps them: every series gets a forecast)."""
+    `keep_short`: see `validate` (the forecast path keeps them: every series gets a forecast).
+
+    The configuration is not resolved here: with its frequency unset, the result's `freq` is the one
+    inferred, and the caller resolves the configuration once (`config.resolved(result.freq)`)."""
     spec = CovariateSpec.from_config(config) if config.is_resolved else None
     return validate(df, config.freq, window=config.window, horizon=config.horizon,
                     validation_steps=config.validation_steps, chunk=config.chunk_length if config.is_resolved else 1,
@@ -157,7 +173,7 @@ def validate(
     source: str | None = None,
     errors: str = "skip",
     covariates: CovariateSpec | None = None,
-    config: Any = None,
+    config: ForecastConfig | None = None,
     names: dict[str, str] | None = None,
     rules: TextRules | None = None,
     keep_short: bool = False,
@@ -192,7 +208,7 @@ def validate(
 
 def _validate(df: pd.DataFrame, freq: str | None, *, window: int | None, horizon: int, validation_steps: int | None,
               chunk: int, patch: int | None, gap_policy: str, max_gap: int, source: str | None, errors: str,
-              covariates: CovariateSpec | None, config: Any, rules: TextRules,
+              covariates: CovariateSpec | None, config: ForecastConfig | None, rules: TextRules,
               keep_short: bool = False) -> ValidationResult:
     if gap_policy not in ("fill", "skip", "error"):
         raise ValueError(f"gap_policy must be fill, skip or error, not {gap_policy!r}")
@@ -219,13 +235,15 @@ def _validate(df: pd.DataFrame, freq: str | None, *, window: int | None, horizon
         skipped.setdefault(sid, SkippedSeries(sid, fld, reason))
 
     parsed = timestamps.parse(df["ds"], series_id, source, skip, time_format=rules.time_format)
+    derivable = False
     if freq is None:
         freq = _infer(parsed, series_id, source)
         if config is not None and not config.is_resolved:
-            config = config.resolved(freq)
-            spec = covariates or CovariateSpec.from_config(config)
-            window = config.window
-    if window is None:
+            # the calendar features follow from the frequency just learned; the configuration itself is
+            # resolved once, by the caller, from the result's freq (nothing below needs its window)
+            spec = covariates or CovariateSpec.from_config(config, freq)
+            derivable = True  # the configuration derives its window from the frequency learned
+    if window is None and not derivable:
         raise ValueError("validate needs a window (or a configuration to derive it from)")
     frame = pd.DataFrame({"series_id": series_id, "ds": parsed.for_frequency(is_fixed(freq)), "y": y})
     for c in numeric:

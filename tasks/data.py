@@ -5,8 +5,9 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from lstm_core.as_of import explain_text_time, input_filters
 from lstm_core.config import ForecastConfig, redact_url
-from lstm_core.errors import NoValidSeriesError
+from lstm_core.errors import DataValidationError, NoValidSeriesError
 from lstm_core.inputs import read_series
 from lstm_core.modelling import Prepared, prepare_data
 from lstm_core.shard_plan import ShardSpec
@@ -25,13 +26,16 @@ def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.Da
         frame = read_shard(config.location(shard.url), config.column_names())
     else:
         source = config.input_url
-        filters = config.filters
+        filters = input_filters(config)  # with as_of, rows after it are never read
         if shard is not None and shard.series_ids is not None:
             filters = [*(filters or []), [config.id_column, "in", list(shard.series_ids)]]
         # Only the id, time, target and declared covariate columns are read (the group column names
         # the model and is read by the planner only).
-        frame = read_series(config.location(config.input_url), config.read_columns(), filters,
-                            **config.input_options())
+        try:
+            frame = read_series(config.location(config.input_url), config.read_columns(), filters,
+                                **config.input_options())
+        except DataValidationError as exc:
+            raise explain_text_time(exc, config) from None
     logger.info("%sread %d rows, %d series from %s", f"{shard.name}: " if shard is not None else "", len(frame),
                 frame["series_id"].nunique(), redact_url(source))
     return frame
@@ -39,6 +43,10 @@ def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.Da
 
 @task(name="validate_series", cache_policy=NO_CACHE)
 def validate_series(frame: pd.DataFrame, config: ForecastConfig) -> ValidationResult:
+    """Prefect task: validate the input frame for the run (`validate_for`, keeping short series for the fallback)
+    and log what was skipped. Raises DataValidationError (naming the file, column and series) on a dataset-level
+    problem: a missing column, no rows, a frequency it cannot infer.
+    """
     logger = get_run_logger()
     # series too short for the network (or constant) are kept: a statistical fallback serves them
     result = validate_for(frame, config, source=redact_url(config.input_url), keep_short=True)

@@ -31,12 +31,15 @@ PLOT_TITLES = {
     "forecast_intervals.png": "published forecast with its prediction intervals: best, median and worst series "
                               "by backtest MASE",
     "backtest.png": "backtest windows against the actuals: best, median and worst series by backtest MASE",
+    "nightly.png": "forecast health night by night: realised MASE and the size of each night's revisions",
 }
 MAX_SKIPPED_LISTED = 50
 
 
 @dataclass
 class RunPlots:
+    """A run's plots drawn in memory (file name -> PNG bytes), and a note for each left out or worth reading."""
+
     files: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG bytes
     notes: dict[str, str] = field(default_factory=dict)  # file name -> why it is missing or how to read it
 
@@ -60,14 +63,16 @@ def _loss_plot(choice: ModelChoice, config: ForecastConfig, out: RunPlots) -> No
                   if config.mode == "per_series" else "the model carries no training history")
         out.notes["loss.png"] = f"no loss plot: {reason}"
         return
-    if choice.decision.action == "load":
+    decision = choice.decision
+    if decision.action == "load" or (decision.action == "warm" and not decision.promoted):  # the champion serves
         created = (choice.decision.loaded.metadata.get("created_at", "?") if choice.decision.loaded else "?")
         title = f"model {choice.version} (loaded, not trained in this run)"
         note = f"curves from the training that made this model ({created[:19]})"
         out.notes["loss.png"] = f"the model was loaded, so the curves are those of its training on {created[:19]}"
     else:
         stopped = ", ".join(str(m.get("stopped_by")) for m in members)
-        title = f"model {choice.version} trained in this run"
+        title = f"model {choice.version} trained in this run" + (
+            f" (warm start from {decision.parent_version})" if decision.action == "warm" else "")
         note = f"stopped by: {stopped}" + ("; the final model was then refit on all data" if config.refit else "")
     out.files["loss.png"] = plots.loss_curves(histories, title=title, loss_name=config.training.loss,
                                               best_epochs=[int(m.get("best_epoch", 0)) for m in members], note=note)
@@ -166,10 +171,13 @@ def _columns(overall: dict[str, dict[str, float]]) -> list[str]:
     return [*METRICS, *extra]
 
 
-def metrics_table(overall: dict[str, dict[str, float]], model_version: str | None) -> list[dict[str, Any]]:
+def metrics_table(overall: dict[str, dict[str, float]],
+                  model_version: str | None) -> list[dict[str, str | float | None]]:
     """One row per model: its overall backtest metrics (mean over series and windows), with the
-    interval coverage and MSIS of the model that has intervals (None for the others)."""
-    rows = []
+    interval coverage and MSIS of the model that has intervals (None for the others).
+
+    Each row: `model` and `version` (text), then each metric column (a float, or None)."""
+    rows: list[dict[str, str | float | None]] = []
     columns = _columns(overall)
     for model, values in sorted(overall.items(), key=lambda kv: kv[0] != model_version):
         rows.append({"model": "lstm" if model == model_version else model, "version": model,
@@ -203,6 +211,29 @@ def md_code(value: Any, cell: bool = False) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def _figure(value: str | float | None) -> str:
+    """A metric in a table cell: 4 significant digits, `n/a` when there is none or it is not finite."""
+    return f"{value:.4g}" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
+
+
+def night_lines(manifest: dict[str, Any]) -> list[str]:
+    """The summary's night-after-night section: as_of, the slots caught up on, the revisions' p50 and p95."""
+    schedule, revisions = manifest.get("schedule") or {}, manifest.get("revisions") or {}
+    lines = ["## Night after night"]
+    if manifest.get("as_of"):
+        lines.append(f"- as of {md_code(manifest['as_of'])}: only rows up to it were read")
+    skipped = schedule.get("skipped_slots") or []
+    lines.append(f"- caught up on {schedule.get('skipped_count', len(skipped))} missed slot(s): "
+                 + ", ".join(md_code(s) for s in skipped) if skipped else "- no missed slot since the previous run")
+    if revisions.get("p50") is not None:
+        lines.append(f"- revisions against run {md_code(revisions.get('previous_run_id'))} "
+                     f"({revisions.get('rows')} points): |revision| median {revisions['p50']:.4g}, 95th percentile "
+                     f"{revisions['p95']:.4g} (in units of each series' seasonal naive MAE)")
+    else:
+        lines.append("- no revisions: no earlier committed run forecast the same dates")
+    return [*lines, ""]
+
+
 def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None = None) -> str:
     """The run in a page: decision and reason, counts, skipped series, where the outputs and plots are."""
     counts = manifest.get("counts", {})
@@ -234,10 +265,10 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
         lines += [f"## Backtest metrics (mean over series and {windows} window(s))",
                   "| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
         for row in metrics_table(overall, manifest.get("model_version")):
-            vals = " | ".join("n/a" if row[m] is None or not np.isfinite(row[m]) else f"{row[m]:.4g}"
-                              for m in columns)
+            vals = " | ".join(_figure(row[m]) for m in columns)
             lines.append(f"| {row['model']} | {vals} |")
         lines.append("")
+    lines += night_lines(manifest)
     skipped = manifest.get("skipped", [])
     lines.append(f"## Skipped series ({len(skipped)})")
     if skipped:
@@ -264,7 +295,7 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
     return "\n".join(lines) + "\n"
 
 
-def timings_table(timings: dict[str, float]) -> list[dict[str, Any]]:
+def timings_table(timings: dict[str, float]) -> list[dict[str, str | float | None]]:
     """The manifest's `timings_s` as rows `step, seconds, share`, in the manifest's order: each task's
     seconds (summed over its runs: every shard, every group), then the flow's own wall times (`wall_*`).
 
@@ -272,7 +303,7 @@ def timings_table(timings: dict[str, float]) -> list[dict[str, Any]]:
     Dask workers add up, so their shares may sum past 1. None when the run's wall time is missing or zero.
     """
     total = timings.get("wall_total")
-    rows = []
+    rows: list[dict[str, str | float | None]] = []
     for step, seconds in timings.items():
         seconds = float(seconds)
         share = round(seconds / total, 4) if total else None

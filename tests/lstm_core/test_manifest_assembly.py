@@ -15,7 +15,8 @@ import pytest
 from lstm_core.config import ForecastConfig
 from lstm_core.manifest import SKIPPED_IN_SUMMARY, RunShape, assemble_manifest
 from lstm_core.metrics import MetricTotals
-from lstm_core.modelling import ModelRef, candidates_of
+from lstm_core.model_store import ModelRef
+from lstm_core.modelling import candidates_of
 from lstm_core.records import Manifest, ManifestDraft, ShardSummary, ShardTotals, SkippedEntry
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -49,7 +49,7 @@ def _cluster_client(started_by: str, config):
 
 
 def _held() -> dict:
-    from lstm_core.config import _HELD_STORAGE_OPTIONS
+    from lstm_core.secrets import _HELD_STORAGE_OPTIONS
 
     return dict(_HELD_STORAGE_OPTIONS)
 

@@ -30,8 +30,8 @@ from lstm_core.intervals import (
     save_intervals,
 )
 from lstm_core.location import Location
-from lstm_core.model_store import decide, validation_loss
-from lstm_core.modelling import ModelStore
+from lstm_core.model_store import ModelStore
+from lstm_core.retrain import decide, validation_loss
 from lstm_core.records import TrainingSummary
 from tests.conftest import fast_config, make_frame, prepare
 
