@@ -181,7 +181,7 @@ def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, l
         # training on): every thread stops at its next safe point
         with interrupt.rearmed(), run_task_runner(config, logger) as runner:
             run.runner = runner
-            run.manifest.execution = Execution(**runner.description)
+            run.manifest.execution = runner.description
             committed = run.execute()
     except BaseException as exc:
         run.wall["total"] = round(time.perf_counter() - t_start, 3)

@@ -25,6 +25,7 @@ from typing import Any
 
 from lstm_core.config import ForecastConfig
 from lstm_core.interrupt import request_stop, sigint_blocked
+from lstm_core.records import Execution
 
 
 @dataclass
@@ -33,7 +34,7 @@ class DaskCluster:
 
     client: Any  # a `distributed.Client` of this process
     cluster: Any | None  # the `distributed.LocalCluster` this run started; None for `dask_address`
-    description: dict[str, Any]  # the manifest's `execution`: runner, address or cluster, workers, threads
+    description: Execution  # the manifest's `execution`: runner, address or cluster, workers, threads
     threads: int  # worker threads: tasks (trials, shards) that run at once
 
     def stop_tasks(self) -> None:
@@ -67,10 +68,10 @@ def dask_cluster(config: ForecastConfig, logger: logging.Logger | None = None,
             t0 = time.perf_counter()
             cluster = None
             if config.dask_address is not None:
-                description: dict[str, Any] = {"runner": "dask", "address": config.dask_address}
+                where = {"address": config.dask_address}
                 client = stack.enter_context(Client(config.dask_address, set_as_default=default_client))
             elif config.workers is not None:
-                description = {"runner": "dask", "cluster": "LocalCluster"}
+                where = {"cluster": "LocalCluster"}
                 cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(config.workers, config)))
                 client = stack.enter_context(Client(cluster, set_as_default=default_client))
             else:
@@ -86,7 +87,7 @@ def dask_cluster(config: ForecastConfig, logger: logging.Logger | None = None,
         info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
         workers = info.get("workers", {})
         threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
-        description.update({"workers": len(workers), "threads": threads})
+        description = Execution(runner="dask", workers=len(workers), threads=threads, **where)
         log.info("Dask %s: %d worker(s), %d thread(s), ready in %.1f s",
                  config.dask_address or "LocalCluster", len(workers), threads, time.perf_counter() - t0)
         ready = DaskCluster(client, cluster, description, threads)
