@@ -54,7 +54,7 @@ def _in_bounds(value: Any) -> bool:
     return value is None or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_STEPS)
 
 
-def frequency_defaults(data: dict[str, Any]) -> dict[str, Any]:
+def frequency_defaults(data: Mapping[str, object]) -> dict[str, object]:
     """Raw settings (before validation) with the defaults that follow from the frequency filled in: a
     season_length list split into season_length and extra_season_lengths, then season_length from freq, then
     window from freq, season and horizon (and the chunk and patch of the `model` section).

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
+from pydantic import JsonValue
+
 if TYPE_CHECKING:
     from lstm_core.config.schema import ForecastConfig
 
@@ -29,7 +31,7 @@ class NetworkSettings(TypedDict):
     target_transform: str
     mode: str
     # every ModelConfig field (a new one counts at once), with chunk and patch resolved to integers
-    model: dict[str, Any]
+    model: dict[str, JsonValue]
     covariates: dict[str, list[str]]  # role (historic, future, calendar, static) -> columns or features
     static_types: NotRequired[dict[str, str]]  # only when declared, so the keys of other models stay
     group: NotRequired[dict[str, str | None]]  # with group_column: {"column": ..., "value": ...} (ModelSpec)
