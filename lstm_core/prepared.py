@@ -69,6 +69,8 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
     that is an error (see `no_valid_series`).
     """
     log = log or _log
+    config.require_resolved("preparing the data")
+    window = int(config.window or 0)  # set: require_resolved checked it
     full = panel_of(validated, config)
     serves = network_serves(full, config)
     panel = full if serves.all() else full.select(serves)
@@ -76,9 +78,9 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
     first_window, train_panel = training_cutoff(panel, config)
     chunk = config.chunk_length
     span = validation_span(config.validation_steps, chunk)
-    plan = plan_windows(train_panel.lengths, config.window, chunk, span, min_input(config))
+    plan = plan_windows(train_panel.lengths, window, chunk, span, min_input(config))
     padded = train_panel.pad_rows(plan.pad)
-    lo, hi = target_bounds(padded, config.window, plan.holdout, chunk, plan.first_target)
+    lo, hi = target_bounds(padded, window, plan.holdout, chunk, plan.first_target)
     train_windows = int((hi - lo).clip(min=0).sum())
     val_windows = int(np.where(plan.holdout > 0, span // chunk, 0).sum())
     fallback = [SkippedSeries(str(sid), "y", reason or "constant history: handed to the fallback") for sid, reason, ok
@@ -89,7 +91,7 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
     log.info("%d series, %d features; %d training windows available (%d sampled per series per epoch), "
              "%d validation windows; training cutoff: backtest window %d of %d (%d series)", panel.n_series,
              panel.n_features, train_windows,
-             windows_per_series(padded, config.window, plan.holdout, chunk, config.training.windows_per_series,
+             windows_per_series(padded, window, plan.holdout, chunk, config.training.windows_per_series,
                                 config.training.min_windows_per_epoch, plan.first_target), val_windows, first_window,
              config.backtest.windows, train_panel.n_series)
     return Prepared(panel, train_panel, data_fingerprint(panel), train_windows, val_windows,
