@@ -22,6 +22,7 @@ from typing import Any
 from prefect import flow, get_run_logger, unmapped
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
+from pydantic import JsonValue
 
 from flows.handoff import handed_config
 from flows.parameters import Overridable, RunSettings, deployment_settings, overrides_list, settings_dict
@@ -31,14 +32,23 @@ from lstm_core.artifacts import package_versions
 from lstm_core.as_of import as_of_run_id
 from lstm_core.config import ForecastConfig, load_config, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
-from lstm_core.lease import RunLease
 from lstm_core.layout import TABLES
+from lstm_core.lease import RunLease
 from lstm_core.manifest import SKIPPED_IN_SUMMARY, RunShape, assemble_manifest
 from lstm_core.nightly import NightPlan, night_outputs, plan_night
 from lstm_core.outputs import OUTPUT_SCHEMA_VERSION, OutputStore, RunWriter, new_run_id, slot_run_id
 from lstm_core.progress import Progress
-from lstm_core.records import (Counts, Execution, Frequency, Manifest, ManifestDraft, Outputs, PlanSummary,
-                               ShardSummary, SkippedEntry, Tuned)
+from lstm_core.records import (
+    Counts,
+    Frequency,
+    Manifest,
+    ManifestDraft,
+    Outputs,
+    PlanSummary,
+    ShardSummary,
+    SkippedEntry,
+    Tuned,
+)
 from lstm_core.revisions import RevisionRows
 from lstm_core.secrets import install_log_scrubber, scrub, scrubbing, secret_values
 from lstm_core.sharding import ShardPlan
@@ -56,7 +66,7 @@ from tasks.sharding import plan_shards, split_shards
 @flow(name="batch-forecast", log_prints=True, validate_parameters=False, on_failure=[publish_failure],
       task_runner=RunTaskRunner())
 def batch_forecast(config_path: str | None = None, settings: RunSettings | None = None,
-                   allow_overrides: list[Overridable] | None = None) -> dict[str, Any]:
+                   allow_overrides: list[Overridable] | None = None) -> dict[str, JsonValue]:
     """Forecast every series at `input_url` and commit predictions and metrics to `output_url`.
 
     In a deployment run, `settings` are merged over the deployment's own `settings`, so a manual
@@ -115,7 +125,7 @@ def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tupl
     return new_run_id(), "new"
 
 
-def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
+def run_pipeline(config: ForecastConfig) -> dict[str, JsonValue]:
     logger = get_run_logger()
     secrets = secret_values(config.storage_options, config.urls())
     install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential: before any reading
@@ -156,7 +166,7 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
 
 def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, logger, secrets: set[str],
                 run_id_source: str, slot: datetime | None, tuned: Tuned | None = None,
-                night: NightPlan | None = None) -> dict[str, Any]:
+                night: NightPlan | None = None) -> dict[str, JsonValue]:
     run_id = writer.run_id
     started = datetime.now(timezone.utc)
     t_start = time.perf_counter()
