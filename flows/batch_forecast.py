@@ -44,7 +44,6 @@ from lstm_core.records import (
     Manifest,
     ManifestDraft,
     Outputs,
-    PlanSummary,
     ShardSummary,
     SkippedEntry,
     Tuned,
@@ -265,7 +264,7 @@ class _Run:
             plan = split_shards.submit(config=config, plan=plan).result()
             self._timed("split_shards", t0)
             self._add_seconds({"split_shards": self.wall["split_shards"]})
-        self.manifest.plan = PlanSummary(**plan.summary())
+        self.manifest.plan = plan.summary()
 
         t0 = time.perf_counter()
         trained = self._train_groups(plan)
