@@ -196,11 +196,11 @@ def local_cluster_kwargs(workers: int, config: ForecastConfig | None = None) -> 
     return kwargs
 
 
-def cluster_dask_config() -> dict[str, Any]:
+def cluster_dask_config() -> dict[str, str | list[str]]:
     """Dask settings for starting a run's local cluster: spawned workers (TensorFlow hangs in forked
     children) and, without a dashboard, HTTP routes limited to the health check (no cluster or task
     information served without login)."""
-    settings: dict[str, Any] = {"distributed.worker.multiprocessing-method": "spawn"}
+    settings: dict[str, str | list[str]] = {"distributed.worker.multiprocessing-method": "spawn"}
     if dashboard_address() is None:
         settings["distributed.scheduler.http.routes"] = ["distributed.http.health"]
         settings["distributed.worker.http.routes"] = ["distributed.http.health"]
@@ -217,7 +217,7 @@ def give_storage_options(client, config: ForecastConfig) -> None:
         return
 
     class StorageOptions(WorkerPlugin):
-        def __init__(self, options: dict[str, Any]) -> None:
+        def __init__(self, options: dict[str, object]) -> None:
             self.options = options
 
         def setup(self, worker) -> None:
