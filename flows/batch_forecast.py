@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.context import FlowRunContext
@@ -399,6 +399,20 @@ def _scrubbed(exc: BaseException, secrets: set[str]) -> BaseException:
     return LstmForecastError(f"{type(exc).__name__}: {clean.splitlines()[0] if clean else ''}")
 
 
+class _FailedFields(TypedDict, total=False):
+    """The fields a failed run's manifest adds to its draft (`ManifestDraft.finish`)."""
+
+    status: Literal["failed"]
+    error: str
+    timings_s: dict[str, float]
+    finished_at: datetime
+    reason: Literal["interrupted", "error"]
+    skipped: list[SkippedEntry]
+    skipped_truncated: bool
+    counts: Counts
+    outputs: Outputs
+
+
 def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: BaseException, logger,
                     began: bool, secrets: set[str]) -> None:
     """Leave a manifest that says the run failed and why; never one that says succeeded."""
@@ -413,9 +427,9 @@ def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: Ba
             # An earlier attempt of this run id committed and nothing of it was touched: keep it.
             logger.error("run %s failed before writing; the earlier committed attempt stays: %s", writer.run_id, reason)
             return
-        failed: dict[str, Any] = {"status": "failed", "error": reason, "timings_s": timings,
-                                  "finished_at": datetime.now(timezone.utc),
-                                  "reason": "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"}
+        failed: _FailedFields = {"status": "failed", "error": reason, "timings_s": timings,
+                                 "finished_at": datetime.now(timezone.utc),
+                                 "reason": "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"}
         if isinstance(exc, NoValidSeriesError):
             # Every series was skipped: say which and why, in the manifest and the quarantine table.
             failed["skipped"] = [SkippedEntry.of(s) for s in exc.skipped[:SKIPPED_IN_SUMMARY]]
