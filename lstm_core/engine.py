@@ -5,8 +5,9 @@ This is what a notebook user calls; the Prefect tasks wrap these functions.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -63,7 +64,7 @@ class Forecaster:
     scaler_kind: str
     training: dict[str, Any] = field(default_factory=dict)
     scaler: SeriesScaler | None = None  # fitted on the training part; kept for the record
-    per_series: dict[str, "Forecaster"] | None = None  # mode 'per_series'
+    per_series: dict[str, Forecaster] | None = None  # mode 'per_series'
     target_transform: str = "none"
     static_encoder: StaticEncoder | None = None  # the static covariates' encoding fitted on the training series
     season_length: int = 1
@@ -98,7 +99,10 @@ class Forecaster:
         adjusted = seasonal.remove(shaped)
         scaler = SeriesScaler.fit(adjusted, self.scaler_kind)
         scaled = scaler.transform(adjusted)
-        scaled = scaled.pad_rows(pad) if pad is not None else scaled.pad_front(self.window if pad_to is None else pad_to)
+        if pad is not None:
+            scaled = scaled.pad_rows(pad)
+        else:
+            scaled = scaled.pad_front(self.window if pad_to is None else pad_to)
         return ModelSpace(scaled, transform, seasonal, scaler)
 
     def forecast(self, panel: Panel, horizon: int, future_covariates: np.ndarray | None = None) -> np.ndarray:
@@ -298,7 +302,8 @@ def predictions_frame(panel: Panel, yhat: np.ndarray, freq: str) -> pd.DataFrame
     ds = dates_after(panel.last_ds, freq, h)
     return pd.DataFrame({
         "series_id": pd.Series(np.repeat(panel.series_ids, h), dtype="string"),
-        "ds": pd.Series(ds.reshape(-1)).astype(pd.Series(panel.last_ds).dtype) if s else pd.Series([], dtype="datetime64[ns]"),
+        "ds": (pd.Series(ds.reshape(-1)).astype(pd.Series(panel.last_ds).dtype) if s
+               else pd.Series([], dtype="datetime64[ns]")),
         "step": np.tile(np.arange(1, h + 1, dtype=np.int64), s),
         "yhat": yhat.reshape(-1).astype(np.float64),
         "cutoff": pd.Series(np.repeat(panel.last_ds, h)).astype(pd.Series(panel.last_ds).dtype),

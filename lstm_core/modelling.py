@@ -136,7 +136,7 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
     train_windows = int((hi - lo).clip(min=0).sum())
     val_windows = int(np.where(plan.holdout > 0, span // chunk, 0).sum())
     fallback = [SkippedSeries(str(sid), "y", reason or "constant history: handed to the fallback") for sid, reason, ok
-                in zip(full.series_ids, network_reasons(full.lengths, config), serves) if not ok]
+                in zip(full.series_ids, network_reasons(full.lengths, config), serves, strict=True) if not ok]
     if fallback:
         log.info("%d series are too short for the network to learn (fewer than %d points): handed to the "
                  "fallback", len(fallback), min_train_length(config))
@@ -393,7 +393,8 @@ def combine(forecasts: Forecasts | None, stat: StatisticalBacktest, choice: Mode
 
 class ServedBacktest(Backtest):
     """The backtest of every candidate side by side: `yhat` (the network, with its interval columns),
-    `seasonal_naive`, `autoets`, `autotheta`, `dynamic_theta`, `naive`, and `served` (with `served_lo_<L>`/`served_hi_<L>`).
+    `seasonal_naive`, `autoets`, `autotheta`, `dynamic_theta`, `naive`, and `served`
+    (with `served_lo_<L>`/`served_hi_<L>`).
     Each is scored on the rows where it has a forecast; coverage and MSIS for the network and the served."""
 
     def sums(self, model_name: str = "lstm") -> ErrorSums:
@@ -454,7 +455,8 @@ def score(forecasts: Forecasts, choice: ModelChoice | None, data: Prepared, conf
     for name in (version, "seasonal_naive", *STATISTICAL_MODELS, "naive", "served"):
         if not (pooled["model"] == name).any():
             continue
-        values = dict(zip(pooled.loc[pooled["model"] == name, "metric"], pooled.loc[pooled["model"] == name, "value"]))
+        rows = pooled[pooled["model"] == name]
+        values = dict(zip(rows["metric"], rows["value"], strict=True))
         log.info("backtest %s (%d windows): MAE %.4f sMAPE %.3f MASE %.4f%s",
                  "lstm" if name == version else name, bt.windows, values.get("mae", np.nan),
                  values.get("smape", np.nan), values.get("mase", np.nan),

@@ -6,8 +6,8 @@ pyplot's global state or needs a display; the caller decides where the bytes go.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -94,10 +94,10 @@ def holdout_examples(examples: Sequence[SeriesExample], *, title: str = "Forecas
     fig = Figure(figsize=(8.5, 2.7 * n), layout="constrained")
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     colors = [LSTM_COLOR, NAIVE_COLOR, "#2ca02c", "#9467bd"]
-    for ax, ex in zip(axes, examples):
+    for ax, ex in zip(axes, examples, strict=False):  # no examples still draws one (empty) panel
         ax.plot(ex.history_ds, ex.history_y, color="#999999", lw=1, label="history")
         ax.plot(ex.holdout_ds, ex.actual, color=ACTUAL_COLOR, lw=1.6, marker=".", ms=4, label="actual")
-        for (name, fc), color in zip(ex.forecasts.items(), colors):
+        for (name, fc), color in zip(ex.forecasts.items(), colors, strict=False):  # more colours than models
             ax.plot(ex.holdout_ds, fc, color=color, lw=1.4, ls="--" if name == "seasonal naive" else "-",
                     label=name)
         if len(ex.holdout_ds):
@@ -227,7 +227,7 @@ def forecast_intervals(examples: Sequence[IntervalExample], *,
     n = max(1, len(examples))
     fig = Figure(figsize=(8.5, 2.7 * n), layout="constrained")
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
-    for ax, ex in zip(axes, examples):
+    for ax, ex in zip(axes, examples, strict=False):  # no examples still draws one (empty) panel
         ax.plot(ex.history_ds, ex.history_y, color=ACTUAL_COLOR, lw=1, label="history")
         _draw_bands(ax, ex.ds, ex.bands, LSTM_COLOR)
         ax.plot(ex.ds, ex.yhat, color=LSTM_COLOR, lw=1.6, label="forecast")
@@ -245,7 +245,7 @@ def backtest_windows(examples: Sequence[BacktestExample], *,
     fig = Figure(figsize=(8.5, 2.7 * n), layout="constrained")
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     colors = [LSTM_COLOR, "#2ca02c", "#9467bd", "#d62728", "#8c564b", "#e377c2"]
-    for ax, ex in zip(axes, examples):
+    for ax, ex in zip(axes, examples, strict=False):  # no examples still draws one (empty) panel
         ax.plot(ex.ds, ex.y, color=ACTUAL_COLOR, lw=1.2, marker=".", ms=3, label="actual")
         labelled = False
         for i, win in enumerate(ex.windows):

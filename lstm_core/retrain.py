@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,7 @@ class GateWindows:
     step: int
 
     @classmethod
-    def of(cls, config: Any) -> "GateWindows":
+    def of(cls, config: Any) -> GateWindows:
         """The run's backtest windows (a resolved `ForecastConfig`)."""
         return cls(int(config.horizon), int(config.season_length), int(config.backtest.windows),
                    int(config.backtest_step))
@@ -182,11 +182,12 @@ def decide(
     if problems:
         # A newer version exists but is broken: retrain rather than silently serve an older model.
         return Decision(action="train", reason="newest saved model cannot be used: " + problems[0])
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     created = datetime.fromisoformat(loaded.metadata["created_at"])
     age = now - created
     if age > max_age:
-        return Decision(action="train", reason=f"model {version} is {_human(age)} old, older than max_model_age {_human(max_age)}")
+        return Decision(action="train",
+                        reason=f"model {version} is {_human(age)} old, older than max_model_age {_human(max_age)}")
     recorded_gate = loaded.metadata.get("gate") if isinstance(loaded.metadata.get("gate"), dict) else {}
     like = gate is not None and gate_panel is not None and _same_measure(recorded_gate, gate)
     try:
@@ -200,7 +201,7 @@ def decide(
             best = (loaded.metadata.get("training") or {}).get("best_val_loss")
             recorded = float("nan") if best is None else float(best)
             current = validation_loss(loaded.forecaster, train_panel, validation_steps, loss)
-    except Exception as exc:  # noqa: BLE001 - a network whose shapes or weights do not fit the data
+    except Exception as exc:  # a network whose shapes or weights do not fit the data
         if is_storage_failure(exc):
             raise
         log.warning("model %s cannot be used on this data: %s", version, exc)
@@ -453,9 +454,8 @@ def load_pinned(config, store: Location | str, train_panel: Panel | None) -> Dec
     saved = network_settings_of(loaded.metadata)
     if saved is not None:
         wanted = config.network_settings()
-        diff = [d for d in differences(saved, wanted) if d.split(":")[0] in ("window", "covariates.historic",
-                                                                                "covariates.future", "covariates.static",
-                                                                                "covariates.calendar")]
+        shaping = ("window", "covariates.historic", "covariates.future", "covariates.static", "covariates.calendar")
+        diff = [d for d in differences(saved, wanted) if d.split(":")[0] in shaping]
         if diff:
             raise ArtifactError(f"pinned model {loaded.url} takes other inputs than this configuration gives: "
                                 + "; ".join(diff))

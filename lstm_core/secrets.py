@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 from urllib.parse import unquote
 
 from lstm_core.errors import ConfigError, LstmForecastError
