@@ -179,7 +179,7 @@ class IntervalExample:
 
 @dataclass
 class BacktestWindow:
-    cutoff: object
+    cutoff: pd.Timestamp
     ds: np.ndarray
     yhat: np.ndarray
     bands: Bands = field(default_factory=dict)
@@ -255,8 +255,8 @@ def backtest_windows(examples: Sequence[BacktestExample], *,
                 shown = bool(np.isfinite(np.asarray(win.bands[top][0], dtype=float)).any())
                 _draw_bands(ax, win.ds, {top: win.bands[top]}, color, legend=shown and not labelled)
                 labelled = labelled or shown
-            ax.plot(win.ds, win.yhat, color=color, lw=1.4, label=f"cutoff {pd.Timestamp(win.cutoff):%Y-%m-%d %H:%M}")
-            ax.axvline(pd.Timestamp(win.cutoff), color=color, ls=":", lw=1)
+            ax.plot(win.ds, win.yhat, color=color, lw=1.4, label=f"cutoff {win.cutoff:%Y-%m-%d %H:%M}")
+            ax.axvline(win.cutoff, color=color, ls=":", lw=1)
         score = f"  (backtest MASE {ex.mase:.3g})" if ex.mase is not None and np.isfinite(ex.mase) else ""
         ax.set_title(f"{ex.label}: series {ex.series_id}{score}", fontsize=9)
     return _finish(fig, axes, examples, title, "no backtest windows to show")
@@ -315,8 +315,8 @@ def backtest_examples(frame: pd.DataFrame, history: pd.DataFrame, mase: pd.Serie
         hist = history[(history["series_id"] == sid) & (history["ds"] <= first)].sort_values("ds")
         hist = hist.tail(history_points or horizon)
         actual = pd.concat([hist[["ds", "y"]], rows[["ds", "y"]]]).drop_duplicates("ds").sort_values("ds")
-        windows = [BacktestWindow(cutoff, g["ds"].to_numpy(), g["yhat"].to_numpy(float), _bands_of(g))
-                   for cutoff, g in rows.groupby("cutoff", sort=True)]
+        windows = [BacktestWindow(pd.Timestamp(g["cutoff"].iloc[0]), g["ds"].to_numpy(), g["yhat"].to_numpy(float), _bands_of(g))
+                   for _, g in rows.groupby("cutoff", sort=True)]
         examples.append(BacktestExample(label, sid, actual["ds"].to_numpy(), actual["y"].to_numpy(float), windows,
                                         score))
     return examples

@@ -115,7 +115,8 @@ class BestSnapshots(keras.callbacks.Callback):
 
     def __init__(self, k: int) -> None:
         super().__init__()
-        self.k, self.kept = k, []
+        self.k = k
+        self.kept: list[tuple[int, float, list[np.ndarray]]] = []  # (epoch, validation loss, weights), best first
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         loss = float((logs or {}).get("val_loss", np.nan))
