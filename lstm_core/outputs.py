@@ -163,7 +163,7 @@ class RunWriter:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        if self.fs is None:
+        if self.fs is None and self.location is not None:  # __getstate__ drops fs only where a Location rebuilds it
             self.fs = self.location.fs
 
     @classmethod
@@ -227,6 +227,8 @@ class RunWriter:
             schema = realised_schema(_tz_of(df["cutoff"]))
         elif table == "revisions":
             schema = revisions_schema(_tz_of(df["ds"]))
+        if schema is None:
+            raise ValueError(f"no output table {table!r}: one of {', '.join(TABLES)}, quarantine")
         df = df.assign(run_id=self.run_id)[schema.names]
         path = self.part_path(table, part)
         write_parquet(self.fs, path, df, schema, root=self.root)

@@ -315,8 +315,8 @@ def backtest_examples(frame: pd.DataFrame, history: pd.DataFrame, mase: pd.Serie
         hist = history[(history["series_id"] == sid) & (history["ds"] <= first)].sort_values("ds")
         hist = hist.tail(history_points or horizon)
         actual = pd.concat([hist[["ds", "y"]], rows[["ds", "y"]]]).drop_duplicates("ds").sort_values("ds")
-        windows = [BacktestWindow(pd.Timestamp(g["cutoff"].iloc[0]), g["ds"].to_numpy(), g["yhat"].to_numpy(float), _bands_of(g))
-                   for _, g in rows.groupby("cutoff", sort=True)]
+        windows = [BacktestWindow(pd.Timestamp(g["cutoff"].iloc[0]), g["ds"].to_numpy(), g["yhat"].to_numpy(float),
+                                  _bands_of(g)) for _, g in rows.groupby("cutoff", sort=True)]
         examples.append(BacktestExample(label, sid, actual["ds"].to_numpy(), actual["y"].to_numpy(float), windows,
                                         score))
     return examples

@@ -17,6 +17,7 @@ unchanged data never look degraded (a version saved without it falls back to the
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -188,7 +189,8 @@ def decide(
     if age > max_age:
         return Decision(action="train",
                         reason=f"model {version} is {_human(age)} old, older than max_model_age {_human(max_age)}")
-    recorded_gate = loaded.metadata.get("gate") if isinstance(loaded.metadata.get("gate"), dict) else {}
+    gate_meta = loaded.metadata.get("gate")
+    recorded_gate: dict[str, Any] = gate_meta if isinstance(gate_meta, dict) else {}
     like = gate is not None and gate_panel is not None and _same_measure(recorded_gate, gate)
     try:
         champion_score = gate_score(loaded.forecaster, gate_panel, gate) \
@@ -197,6 +199,7 @@ def decide(
             measure, current = "gate MASE", champion_score
             recorded = float(recorded_gate["score"]) if recorded_gate.get("score") is not None else float("nan")
         else:  # a version saved before the gate score was recorded: its validation loss
+            assert train_panel is not None  # checked at the top: only 'never' (returned above) comes without data
             measure = f"validation {loss}"
             best = (loaded.metadata.get("training") or {}).get("best_val_loss")
             recorded = float("nan") if best is None else float(best)
@@ -276,7 +279,8 @@ def decide_for(config: Any, store: Location | str, train_panel: Panel | None, gr
         if config.retrain == "never":
             raise
         return Decision(action="train", reason=f"the champion pointer is refused: {exc}").with_role(CHAMPION)
-    same, other = [], []
+    same: list[tuple[str, dict | None]] = []  # (version, its saved training settings)
+    other: list[tuple[str, dict | None]] = []
     for version in versions:
         saved = _saved_training_settings(store, key, version)
         (same if saved == wanted else other).append((version, saved))
@@ -359,7 +363,7 @@ def _metadata(store: Location, key: str, version: str) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+def differences(saved: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str = "") -> list[str]:
     """'setting: saved X, requested Y' for each (nested, dotted) setting that differs."""
     out = []
     for k in sorted(set(saved) | set(wanted)):
@@ -390,7 +394,7 @@ def saved_models(store: Location | str) -> list[tuple[str, str, dict]]:
     return out
 
 
-def network_settings_of(meta: dict) -> dict | None:
+def network_settings_of(meta: dict) -> Mapping[str, Any] | None:
     """The network settings a saved model was made with (recorded, or derived from its saved config)."""
     if isinstance(meta.get("network_settings"), dict):
         return meta["network_settings"]

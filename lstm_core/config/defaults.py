@@ -15,8 +15,8 @@ from pandas.tseries.offsets import Tick
 
 from lstm_core.config.limits import MAX_STEPS
 
-__all__ = ["Resolved", "default_season_length", "default_window", "frequency_defaults", "natural_cycle", "resolve_chunk",
-           "resolve_patch"]
+__all__ = ["Resolved", "default_season_length", "default_window", "frequency_defaults", "natural_cycle",
+           "resolve_chunk", "resolve_patch"]
 
 
 class Resolved(NamedTuple):
