@@ -46,15 +46,16 @@ from pydantic import (
 )
 
 import lstm_core.model  # noqa: F401 - registers custom layers for safe-mode loading
+from lstm_core.atomic import put_bytes, write_json
 from lstm_core.config import ConfigError, ForecastConfig
 from lstm_core.covariates import StaticEncoder
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError
+from lstm_core.location import Location, join, storage_error
 from lstm_core.model_guard import UnsafeArchive, checked_copy
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
 from lstm_core.secrets import scrub
-from lstm_core.storage import Location, join, put_bytes, storage_error, write_json
 
 FORMAT_VERSION = 2  # 2: chunked, patched network with deseasonalisation
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "h5py", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
