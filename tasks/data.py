@@ -9,7 +9,7 @@ from lstm_core.as_of import explain_text_time, input_filters
 from lstm_core.config import ForecastConfig, redact_url
 from lstm_core.errors import DataValidationError, NoValidSeriesError
 from lstm_core.inputs import read_series
-from lstm_core.modelling import Prepared, prepare_data
+from lstm_core.prepared import Prepared, prepare_data
 from lstm_core.shard_plan import ShardSpec
 from lstm_core.shard_split import read_shard
 from lstm_core.validation import SkippedSeries, ValidationResult, validate_for
@@ -43,6 +43,10 @@ def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.Da
 
 @task(name="validate_series", cache_policy=NO_CACHE)
 def validate_series(frame: pd.DataFrame, config: ForecastConfig) -> ValidationResult:
+    """Prefect task: validate the input frame for the run (`validate_for`, keeping short series for the fallback)
+    and log what was skipped. Raises DataValidationError (naming the file, column and series) on a dataset-level
+    problem: a missing column, no rows, a frequency it cannot infer.
+    """
     logger = get_run_logger()
     # series too short for the network (or constant) are kept: a statistical fallback serves them
     result = validate_for(frame, config, source=redact_url(config.input_url), keep_short=True)
