@@ -69,14 +69,12 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
     that is an error (see `no_valid_series`).
     """
     log = log or _log
-    config.require_resolved("preparing the data")
-    window = int(config.window or 0)  # set: require_resolved checked it
+    window = config.resolved_values("preparing the data").window  # ConfigError unless resolved
     full = panel_of(validated, config)
     serves = network_serves(full, config)
     panel = full if serves.all() else full.select(serves)
     check_tuned_fits(config, panel)  # tuned: latest: a tuned window the data cannot use is refused, not clipped
     first_window, train_panel = training_cutoff(panel, config)
-    window = config.resolved_values("prepare_data").window  # resolved: panel_of checked it
     chunk = config.chunk_length
     span = validation_span(config.validation_steps, chunk)
     plan = plan_windows(train_panel.lengths, window, chunk, span, min_input(config))
