@@ -7,7 +7,7 @@ A configuration whose `freq` is set (given, or inferred from the data and applie
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
@@ -15,8 +15,17 @@ from pandas.tseries.offsets import Tick
 
 from lstm_core.config.limits import MAX_STEPS
 
-__all__ = ["default_season_length", "default_window", "frequency_defaults", "natural_cycle", "resolve_chunk",
-           "resolve_patch"]
+__all__ = ["Resolved", "default_season_length", "default_window", "frequency_defaults", "natural_cycle",
+           "resolve_chunk", "resolve_patch"]
+
+
+class Resolved(NamedTuple):
+    """What a resolved configuration knows (`ForecastConfig.resolved_values`): the pandas frequency, and the
+    season and the input size (window) in steps."""
+
+    freq: str
+    season_length: int
+    window: int
 
 
 def default_season_length(freq: str) -> int:
