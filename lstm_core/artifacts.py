@@ -29,7 +29,7 @@ import typing
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, TypedDict
 
 import keras
@@ -48,15 +48,16 @@ from pydantic import (
 )
 
 import lstm_core.model  # noqa: F401 - registers custom layers for safe-mode loading
+from lstm_core.atomic import put_bytes, write_json
 from lstm_core.config import ConfigError, ForecastConfig, NetworkSettings, TrainingSettings
 from lstm_core.covariates import StaticEncoder
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError
+from lstm_core.location import Location, join, storage_error
 from lstm_core.model_guard import UnsafeArchive, checked_copy
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
 from lstm_core.secrets import scrub
-from lstm_core.storage import Location, join, put_bytes, storage_error, write_json
 
 FORMAT_VERSION = 2  # 2: chunked, patched network with deseasonalisation
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "h5py", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
@@ -96,7 +97,7 @@ def data_fingerprint(panel: Panel) -> str:
 
 
 def new_version(now: datetime | None = None) -> str:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + os.urandom(3).hex()
 
 
@@ -164,7 +165,7 @@ class ModelMetadata(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _consistent(self) -> "ModelMetadata":
+    def _consistent(self) -> ModelMetadata:
         """Fields that must agree with each other (the network's own shapes are checked once loaded)."""
         if len(set(self.feature_names)) != len(self.feature_names):
             raise ValueError(f"feature_names {self.feature_names} repeat a name")
@@ -279,7 +280,7 @@ def save(forecaster: Forecaster, store: Location | str, model_key: str, *, confi
         "format_version": FORMAT_VERSION,
         "model_key": model_key,
         "version": version,
-        "created_at": datetime.now(timezone.utc).isoformat(),
+        "created_at": datetime.now(UTC).isoformat(),
         "members": len(forecaster.members),
         "window": forecaster.window,
         "feature_names": list(forecaster.feature_names),
@@ -361,7 +362,7 @@ def load(store: Location | str, model_key: str, version: str,
         raise ArtifactError(f"model {url}: metadata.json describes {meta['model_key']}/{meta['version']}, "
                             f"not the version stored here")
     created = datetime.fromisoformat(meta["created_at"])
-    if created > (now or datetime.now(timezone.utc)) + CLOCK_SKEW:
+    if created > (now or datetime.now(UTC)) + CLOCK_SKEW:
         raise ArtifactError(f"model {url}: metadata.json is corrupt: created_at {meta['created_at']} is in the future")
     saved_keras = str(meta["versions"].get("keras", ""))
     if saved_keras.split(".")[:1] != keras.__version__.split(".")[:1]:

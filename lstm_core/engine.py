@@ -5,8 +5,9 @@ This is what a notebook user calls; the Prefect tasks wrap these functions.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -63,7 +64,7 @@ class Forecaster:
     scaler_kind: str
     training: dict[str, Any] = field(default_factory=dict)
     scaler: SeriesScaler | None = None  # fitted on the training part; kept for the record
-    per_series: dict[str, "Forecaster"] | None = None  # mode 'per_series'
+    per_series: dict[str, Forecaster] | None = None  # mode 'per_series'
     target_transform: str = "none"
     static_encoder: StaticEncoder | None = None  # the static covariates' encoding fitted on the training series
     season_length: int = 1
@@ -98,7 +99,10 @@ class Forecaster:
         adjusted = seasonal.remove(shaped)
         scaler = SeriesScaler.fit(adjusted, self.scaler_kind)
         scaled = scaler.transform(adjusted)
-        scaled = scaled.pad_rows(pad) if pad is not None else scaled.pad_front(self.window if pad_to is None else pad_to)
+        if pad is not None:
+            scaled = scaled.pad_rows(pad)
+        else:
+            scaled = scaled.pad_front(self.window if pad_to is None else pad_to)
         return ModelSpace(scaled, transform, seasonal, scaler)
 
     def forecast(self, panel: Panel, horizon: int, future_covariates: np.ndarray | None = None) -> np.ndarray:
@@ -134,8 +138,8 @@ def panel_of(result: ValidationResult, config: ForecastConfig) -> Panel:
     `config` is resolved (its frequency known: `config.resolved(result.freq)` when the data named it);
     ConfigError otherwise. The configuration is resolved once, where the frequency becomes known, not here.
     """
-    config.require_resolved("panel_of")
-    return Panel.from_frame(result.frame, config.freq, spec=CovariateSpec.from_config(config), future=result.future,
+    freq = config.resolved_values("panel_of").freq
+    return Panel.from_frame(result.frame, freq, spec=CovariateSpec.from_config(config), future=result.future,
                             static=result.static, horizon=config.horizon)
 
 
@@ -158,7 +162,7 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     when no series is long enough to train, ConfigError when `config` is not resolved (resolve it once, where
     the frequency becomes known: `config.resolved(panel.freq)`).
     """
-    config.require_resolved("training")
+    _, season_length, window = config.resolved_values("training")
     need = min_train_length(config)  # the rule validation applies, without the holdout
     if panel.n_series and (panel.lengths < need).all():
         raise ValueError(f"no series is long enough to train: each needs {need} points before its holdout "
@@ -174,13 +178,13 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         config = config.model_copy(update={"training": config.training.model_copy(update={
             "epochs": config.training.warm_epochs, "patience": min(config.training.patience,
                                                                    config.training.warm_epochs)})})
-    shaper = Forecaster([], config.window, tuple(panel.feature_names), config.scaler,
+    shaper = Forecaster([], window, tuple(panel.feature_names), config.scaler,
                         target_transform=config.target_transform, static_encoder=panel.static_encoder,
-                        season_length=config.season_length, deseasonalize=config.model.deseasonalize, known=known)
+                        season_length=season_length, deseasonalize=config.model.deseasonalize, known=known)
     chunk, patch = config.chunk_length, config.patch_length
     # short series are padded so that every position with a real input point gives a training window; those
     # too short to spare validation points only train (windows.plan_windows)
-    plan = plan_windows(panel.lengths, config.window, chunk, validation_span(config.validation_steps, chunk),
+    plan = plan_windows(panel.lengths, window, chunk, validation_span(config.validation_steps, chunk),
                         min_input(config))
     space = shaper.model_space(panel, pad=plan.pad)
     members, results = [], []
@@ -196,12 +200,12 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
             model = keras.models.clone_model(start)
             model.set_weights(start.get_weights())
         else:
-            model = build_lstm(config.window, panel.n_features, config.model.units, chunk=chunk, patch=patch,
+            model = build_lstm(window, panel.n_features, config.model.units, chunk=chunk, patch=patch,
                                n_future=len(known), dropout=config.model.dropout,
                                bidirectional=config.model.bidirectional,
                                level_normalization=config.model.level_normalization, seed=seed)
         member_budget = None if budget is None else budget / n
-        result = train(model, space.panel, window=config.window, config=config.training,
+        result = train(model, space.panel, window=window, config=config.training,
                        validation_steps=config.validation_steps, seed=seed, chunk=chunk, known=known,
                        checkpoint_dir=checkpoint_dir, time_budget_s=member_budget, on_epoch=on_epoch,
                        on_batch=on_batch, callbacks=callbacks, plan=plan)
@@ -226,10 +230,10 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
     not_deseasonalized = [r for r in seasonal.reasons if r]
     if config.model.deseasonalize != "off" and not_deseasonalized:
         log.info("deseasonalised %d of %d series (season %d); the others: %s", int(seasonal.active.sum()),
-                 panel.n_series, config.season_length, _reason_counts(not_deseasonalized))
-    return Forecaster(members, config.window, tuple(panel.feature_names), config.scaler, summary, space.scaler,
+                 panel.n_series, season_length, _reason_counts(not_deseasonalized))
+    return Forecaster(members, window, tuple(panel.feature_names), config.scaler, summary, space.scaler,
                       target_transform=config.target_transform, static_encoder=panel.static_encoder,
-                      season_length=config.season_length, deseasonalize=config.model.deseasonalize, known=known)
+                      season_length=season_length, deseasonalize=config.model.deseasonalize, known=known)
 
 
 def _reason_counts(reasons: list[str]) -> str:
@@ -275,8 +279,8 @@ def _fit_per_series(panel: Panel, config: ForecastConfig, checkpoint_dir, on_epo
     summary = {"best_val_loss": float(np.mean(losses)), "series": int(panel.n_series),
                "seconds": float(sum(f.training["seconds"] for f in each.values())),
                "device": next(iter(each.values())).training["device"] if each else "CPU"}
-    return Forecaster([], config.window, tuple(panel.feature_names), config.scaler, summary, None, each,
-                      static_encoder=panel.static_encoder)
+    return Forecaster([], config.resolved_values("training").window, tuple(panel.feature_names), config.scaler,
+                      summary, None, each, static_encoder=panel.static_encoder)
 
 
 @dataclass
@@ -298,7 +302,8 @@ def predictions_frame(panel: Panel, yhat: np.ndarray, freq: str) -> pd.DataFrame
     ds = dates_after(panel.last_ds, freq, h)
     return pd.DataFrame({
         "series_id": pd.Series(np.repeat(panel.series_ids, h), dtype="string"),
-        "ds": pd.Series(ds.reshape(-1)).astype(pd.Series(panel.last_ds).dtype) if s else pd.Series([], dtype="datetime64[ns]"),
+        "ds": (pd.Series(ds.reshape(-1)).astype(pd.Series(panel.last_ds).dtype) if s
+               else pd.Series([], dtype="datetime64[ns]")),
         "step": np.tile(np.arange(1, h + 1, dtype=np.int64), s),
         "yhat": yhat.reshape(-1).astype(np.float64),
         "cutoff": pd.Series(np.repeat(panel.last_ds, h)).astype(pd.Series(panel.last_ds).dtype),

@@ -318,6 +318,8 @@ class ModelStore:
         per process (`_OPENED`), so its compiled forecast loop is traced once, not once per shard.
         """
         log = log or _log
+        if ref.model_key is None:  # mode per_series keeps its models in memory
+            raise ArtifactError(f"model {ref.version} was not stored (mode per_series): there is nothing to open")
         holding = self.holding(config)
         cached = (holding.url, ref.model_key, ref.version, ref.refit, config.max_model_bytes)
         if cached not in _OPENED:

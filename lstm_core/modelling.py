@@ -99,6 +99,8 @@ def get_or_train(store: ModelStore, spec: ModelSpec, data: Prepared | None, *, c
     log.info("%smodel decision: %s (%s)", label, decision.action, decision.reason)
     if decision.action == "load":
         return loaded_choice(store, spec, decision, log, label), decision
+    if data is None:  # only retrain 'never' or a pinned model come without data, and those load or raise
+        raise ValueError(f"{label}model decision {decision.action!r} needs training data; none was given")
     trainer = TrainingProgress(config.training.warm_epochs if decision.action == "warm" else config.training.epochs,
                                log)
     if decision.action == "warm":
@@ -175,7 +177,8 @@ def forecast(choice: ModelChoice, data: Prepared, config: ForecastConfig, *, sto
         with Progress() as line:
             line.update(f"forecast of {panel.n_series} series past their end", 0, 1)
             future = choice.final.forecast(panel, h)  # (S, H)
-    frame = predictions_frame(panel, future, config.freq).assign(model_version=choice.version)
+    freq = config.resolved_values("forecast").freq
+    frame = predictions_frame(panel, future, freq).assign(model_version=choice.version)
     if config.levels:
         bounds = intervals.predict(panel, future) if intervals is not None and panel.n_series else \
             {c: np.full(future.shape, np.nan) for lv in config.levels for c in interval_columns(lv)}
@@ -193,7 +196,7 @@ def statistical(data: Prepared, config: ForecastConfig, log=None) -> Statistical
     drops = cutoff_drops(config.backtest.windows, config.backtest_step, config.horizon)
     full = data.all_series
     fit = ~network_serves(full, config) | (full.lengths < long_history(config.horizon))
-    return statistical_backtest(full, horizon=config.horizon, season_length=config.season_length,
+    return statistical_backtest(full, horizon=config.horizon, season_length=config.season_lengths[0],
                                 drops=drops, models=STATISTICAL_MODELS, fit=fit, log=log or _log)
 
 
@@ -203,7 +206,7 @@ def candidates_of(config: ForecastConfig, network: bool = True) -> list[str]:
     """The candidates a series may be served: the network (when it runs), the statistical models and the
     naive ones (seasonal naive only where the season is above 1: at season 1 it is naive itself)."""
     return [*(("lstm",) if network else ()), *STATISTICAL_MODELS,
-            *(("seasonal_naive",) if config.season_length > 1 else ()), "naive"]
+            *(("seasonal_naive",) if config.season_lengths[0] > 1 else ()), "naive"]
 
 
 def combine(forecasts: Forecasts | None, stat: StatisticalBacktest, choice: ModelChoice | None, data: Prepared,
@@ -218,61 +221,64 @@ def combine(forecasts: Forecasts | None, stat: StatisticalBacktest, choice: Mode
     log = log or _log
     t0 = time.perf_counter()
     h, step = config.horizon, config.backtest_step
+    freq, season, _ = config.resolved_values("combine")
     full = data.all_series
     levels = tuple(float(v) for v in config.levels)
     lstm_cols = ["yhat", *(c for lv in levels for c in interval_columns(lv))]
-    network = forecasts is not None and data.panel.n_series > 0
+    net = forecasts if forecasts is not None and data.panel.n_series > 0 else None  # None: the network serves none
     rows = stat.frame.merge(stat.scales[["series_id", "cutoff", "interval_scale"]], on=["series_id", "cutoff"],
                             how="left", validate="many_to_one")
-    if network:
-        lstm = forecasts.backtest.frame[["series_id", "cutoff", "step", *lstm_cols]]
+    if net is not None:
+        lstm = net.backtest.frame[["series_id", "cutoff", "step", *lstm_cols]]
         rows = rows.merge(lstm.astype({"cutoff": rows["cutoff"].dtype}), on=["series_id", "cutoff", "step"],
                           how="left", validate="one_to_one")
     else:
         for c in lstm_cols:
             rows[c] = np.nan
     rows["lstm"] = rows["yhat"]
-    cands = candidates_of(config, network)
-    need = {"seasonal_naive": config.season_length}  # shorter than a season, it is no seasonal naive
+    cands = candidates_of(config, net is not None)
+    need = {"seasonal_naive": season}  # shorter than a season, it is no seasonal naive
     served = serve_backtest(rows, cands, horizon=h, step=step, min_history=need)
     rows = served.rows
     banded = None
     if levels:
         banded, bounds = served_intervals(rows, stat.scales, levels=levels, horizon=h, step=step,
-                                          season_length=config.season_length, method=config.interval_method,
+                                          season_length=season, method=config.interval_method,
                                           prior_windows=PRIOR_WINDOWS)
         rows = pd.concat([rows, bounds], axis=1)
     # the forecast past T
     future = dict(stat.future)
     lstm_future = np.full((full.n_series, h), np.nan)
-    if network:
+    pos = np.zeros(0, dtype=np.intp)
+    if net is not None:
         pos = pd.Index(full.series_ids.astype(str)).get_indexer(data.panel.series_ids.astype(str))
-        lstm_future[pos] = forecasts.future["yhat"].to_numpy(np.float64).reshape(data.panel.n_series, h)
+        lstm_future[pos] = net.future["yhat"].to_numpy(np.float64).reshape(data.panel.n_series, h)
     future["lstm"] = lstm_future
     values, labels = serve_future(rows, future, full.series_ids, full.lengths, cands, horizon=h, min_history=need)
     version = choice.version if choice is not None else None  # null: the network served no series
-    frame = predictions_frame(full, values, config.freq).assign(
+    frame = predictions_frame(full, values, freq).assign(
         model_version=version, model=pd.Series(np.repeat(np.asarray(labels, dtype=object), h), dtype="string"))
     for name in CANDIDATES:  # every candidate's own forecast beside the served one (NaN: not available)
         frame[f"yhat_{name}"] = future[name].reshape(-1).astype(np.float64)
     source = "none"
     if levels:
-        bounds = banded.predict(full, values) if banded is not None else {}
-        bounds = {c: bounds.get(c, np.full(values.shape, np.nan)) for lv in levels for c in interval_columns(lv)}
+        predicted = banded.predict(full, values) if banded is not None else {}
+        future_bounds = {c: predicted.get(c, np.full(values.shape, np.nan))
+                         for lv in levels for c in interval_columns(lv)}
         source = "run"
-        if network and forecasts.intervals_source != "none":
+        if net is not None and net.intervals_source != "none":
             # A series the network serves alone publishes the network's own conformal intervals: those saved
             # beside a loaded model version (read and checked with it: checksum, signature, shape), else this
             # run's. Every other series (statistical or combined) has the served forecast's banded intervals.
             alone = np.flatnonzero(np.asarray(labels, dtype=object) == "lstm")
             if len(alone):
-                for c in bounds:
+                for c in future_bounds:
                     own = np.full((full.n_series, h), np.nan)
-                    own[pos] = forecasts.future[c].to_numpy(np.float64).reshape(data.panel.n_series, h)
-                    bounds[c] = bounds[c].copy()
-                    bounds[c][alone] = own[alone]
-            source = forecasts.intervals_source  # `model` or `run`: where the network's intervals came from
-        frame = with_intervals(frame, bounds)
+                    own[pos] = net.future[c].to_numpy(np.float64).reshape(data.panel.n_series, h)
+                    future_bounds[c] = future_bounds[c].copy()
+                    future_bounds[c][alone] = own[alone]
+            source = net.intervals_source  # `model` or `run`: where the network's intervals came from
+        frame = with_intervals(frame, future_bounds)
     keep = ["series_id", "cutoff", "ds", "step", "y", "yhat", "seasonal_naive", *lstm_cols[1:],
             *STATISTICAL_MODELS, "naive", "served", "model",
             *(c.replace("yhat_", "served_") for lv in levels for c in interval_columns(lv)), "history"]
@@ -280,7 +286,7 @@ def combine(forecasts: Forecasts | None, stat: StatisticalBacktest, choice: Mode
     lstm_bt = forecasts.backtest if forecasts is not None else None
     backtest = ServedBacktest(out.reset_index(drop=True), stat.scales, lstm_bt.skipped if lstm_bt is not None else
                               pd.DataFrame(columns=["series_id", "window", "history", "reason"]), h,
-                              config.season_length, config.backtest.windows, step, levels,
+                              season, config.backtest.windows, step, levels,
                               lstm_bt.intervals if lstm_bt is not None else None)
     coverage = coverage_sums(rows, levels, h) if levels else pd.DataFrame()
     by_model = pd.Series(labels, dtype=object).value_counts().sort_index()
@@ -295,7 +301,8 @@ def combine(forecasts: Forecasts | None, stat: StatisticalBacktest, choice: Mode
 
 class ServedBacktest(Backtest):
     """The backtest of every candidate side by side: `yhat` (the network, with its interval columns),
-    `seasonal_naive`, `autoets`, `autotheta`, `dynamic_theta`, `naive`, and `served` (with `served_lo_<L>`/`served_hi_<L>`).
+    `seasonal_naive`, `autoets`, `autotheta`, `dynamic_theta`, `naive`, and `served`
+    (with `served_lo_<L>`/`served_hi_<L>`).
     Each is scored on the rows where it has a forecast; coverage and MSIS for the network and the served."""
 
     def sums(self, model_name: str = "lstm") -> ErrorSums:
@@ -350,13 +357,15 @@ def score(forecasts: Forecasts, choice: ModelChoice | None, data: Prepared, conf
     # LSTM as `lstm` beside its version; with no network model, `lstm` rows have no version)
     metrics = metrics_table(backtest_metrics(sums), {choice.version} if choice is not None else set())
     holdout = _holdout_of(bt, data, version, config)
-    latest = {int(w): c for w, c in bt.scales.groupby("window")["cutoff"].max().items()}
+    newest = bt.scales.groupby("window")["cutoff"].max()
+    latest = {int(w): c for w, c in zip(newest.index.tolist(), newest.tolist(), strict=True)}
     scored = Scored(holdout, metrics, sums.totals(()), sums.totals(("window",)), latest)
     pooled = scored.pooled.finalize()
     for name in (version, "seasonal_naive", *STATISTICAL_MODELS, "naive", "served"):
         if not (pooled["model"] == name).any():
             continue
-        values = dict(zip(pooled.loc[pooled["model"] == name, "metric"], pooled.loc[pooled["model"] == name, "value"]))
+        rows = pooled[pooled["model"] == name]
+        values = dict(zip(rows["metric"], rows["value"], strict=True))
         log.info("backtest %s (%d windows): MAE %.4f sMAPE %.3f MASE %.4f%s",
                  "lstm" if name == version else name, bt.windows, values.get("mae", np.nan),
                  values.get("smape", np.nan), values.get("mase", np.nan),

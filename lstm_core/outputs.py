@@ -39,9 +39,10 @@ a half-replaced run is never marked succeeded.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import pandas as pd
@@ -61,8 +62,8 @@ from lstm_core.statistical import CANDIDATES, STATISTICAL_MODELS
 if TYPE_CHECKING:
     from lstm_core.config import ForecastConfig
 
-__all__ = ["FOLDERS", "MANIFEST", "OUTPUT_SCHEMA_VERSION", "TABLES", "OutputStore", "RunWriter", "committed_runs", "read_committed",
-           "table_schema"]
+__all__ = ["FOLDERS", "MANIFEST", "OUTPUT_SCHEMA_VERSION", "TABLES", "OutputStore", "RunWriter", "committed_runs",
+           "read_committed", "table_schema"]
 
 
 TIME_UNIT = "us"  # Spark 3 refuses Parquet's nanosecond timestamps; microseconds every reader takes
@@ -126,7 +127,7 @@ QUARANTINE_SCHEMA = pa.schema([
 def new_run_id(now: datetime | None = None) -> str:
     import os
 
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(3).hex()
 
 
@@ -137,8 +138,8 @@ def slot_run_id(scheduled: datetime, config_hash: str) -> str:
     re-run slot replaces its own outputs instead of adding a second set of rows.
     """
     if scheduled.tzinfo is None:
-        scheduled = scheduled.replace(tzinfo=timezone.utc)
-    return "sched-" + scheduled.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + config_hash
+        scheduled = scheduled.replace(tzinfo=UTC)
+    return "sched-" + scheduled.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + config_hash
 
 
 @dataclass
@@ -163,11 +164,11 @@ class RunWriter:
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
-        if self.fs is None:
+        if self.fs is None and self.location is not None:  # __getstate__ drops fs only where a Location rebuilds it
             self.fs = self.location.fs
 
     @classmethod
-    def open(cls, output: Location | str, run_id: str) -> "RunWriter":
+    def open(cls, output: Location | str, run_id: str) -> RunWriter:
         """The writer of one run. Locally, refuses (LinkRefused) an output root whose folders are links."""
         output = Location.of(output)
         fs, root = output.fs, output.path
@@ -227,6 +228,8 @@ class RunWriter:
             schema = realised_schema(_tz_of(df["cutoff"]))
         elif table == "revisions":
             schema = revisions_schema(_tz_of(df["ds"]))
+        if schema is None:
+            raise ValueError(f"no output table {table!r}: one of {', '.join(TABLES)}, quarantine")
         df = df.assign(run_id=self.run_id)[schema.names]
         path = self.part_path(table, part)
         write_parquet(self.fs, path, df, schema, root=self.root)
@@ -272,7 +275,7 @@ class OutputStore:
     scratch_url: str | None = None
 
     @classmethod
-    def open(cls, config: ForecastConfig) -> "OutputStore":
+    def open(cls, config: ForecastConfig) -> OutputStore:
         """The store of `config.output_url` (a ForecastConfig); scratch under `scratch_url` when set."""
         return cls(config.location(config.output_url), config.scratch_url)
 

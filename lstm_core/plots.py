@@ -6,8 +6,8 @@ pyplot's global state or needs a display; the caller decides where the bytes go.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -94,10 +94,10 @@ def holdout_examples(examples: Sequence[SeriesExample], *, title: str = "Forecas
     fig = Figure(figsize=(8.5, 2.7 * n), layout="constrained")
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     colors = [LSTM_COLOR, NAIVE_COLOR, "#2ca02c", "#9467bd"]
-    for ax, ex in zip(axes, examples):
+    for ax, ex in zip(axes, examples, strict=False):  # no examples still draws one (empty) panel
         ax.plot(ex.history_ds, ex.history_y, color="#999999", lw=1, label="history")
         ax.plot(ex.holdout_ds, ex.actual, color=ACTUAL_COLOR, lw=1.6, marker=".", ms=4, label="actual")
-        for (name, fc), color in zip(ex.forecasts.items(), colors):
+        for (name, fc), color in zip(ex.forecasts.items(), colors, strict=False):  # more colours than models
             ax.plot(ex.holdout_ds, fc, color=color, lw=1.4, ls="--" if name == "seasonal naive" else "-",
                     label=name)
         if len(ex.holdout_ds):
@@ -179,7 +179,7 @@ class IntervalExample:
 
 @dataclass
 class BacktestWindow:
-    cutoff: object
+    cutoff: pd.Timestamp
     ds: np.ndarray
     yhat: np.ndarray
     bands: Bands = field(default_factory=dict)
@@ -227,7 +227,7 @@ def forecast_intervals(examples: Sequence[IntervalExample], *,
     n = max(1, len(examples))
     fig = Figure(figsize=(8.5, 2.7 * n), layout="constrained")
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
-    for ax, ex in zip(axes, examples):
+    for ax, ex in zip(axes, examples, strict=False):  # no examples still draws one (empty) panel
         ax.plot(ex.history_ds, ex.history_y, color=ACTUAL_COLOR, lw=1, label="history")
         _draw_bands(ax, ex.ds, ex.bands, LSTM_COLOR)
         ax.plot(ex.ds, ex.yhat, color=LSTM_COLOR, lw=1.6, label="forecast")
@@ -245,7 +245,7 @@ def backtest_windows(examples: Sequence[BacktestExample], *,
     fig = Figure(figsize=(8.5, 2.7 * n), layout="constrained")
     axes = fig.subplots(n, 1, squeeze=False)[:, 0]
     colors = [LSTM_COLOR, "#2ca02c", "#9467bd", "#d62728", "#8c564b", "#e377c2"]
-    for ax, ex in zip(axes, examples):
+    for ax, ex in zip(axes, examples, strict=False):  # no examples still draws one (empty) panel
         ax.plot(ex.ds, ex.y, color=ACTUAL_COLOR, lw=1.2, marker=".", ms=3, label="actual")
         labelled = False
         for i, win in enumerate(ex.windows):
@@ -255,8 +255,8 @@ def backtest_windows(examples: Sequence[BacktestExample], *,
                 shown = bool(np.isfinite(np.asarray(win.bands[top][0], dtype=float)).any())
                 _draw_bands(ax, win.ds, {top: win.bands[top]}, color, legend=shown and not labelled)
                 labelled = labelled or shown
-            ax.plot(win.ds, win.yhat, color=color, lw=1.4, label=f"cutoff {pd.Timestamp(win.cutoff):%Y-%m-%d %H:%M}")
-            ax.axvline(pd.Timestamp(win.cutoff), color=color, ls=":", lw=1)
+            ax.plot(win.ds, win.yhat, color=color, lw=1.4, label=f"cutoff {win.cutoff:%Y-%m-%d %H:%M}")
+            ax.axvline(win.cutoff, color=color, ls=":", lw=1)
         score = f"  (backtest MASE {ex.mase:.3g})" if ex.mase is not None and np.isfinite(ex.mase) else ""
         ax.set_title(f"{ex.label}: series {ex.series_id}{score}", fontsize=9)
     return _finish(fig, axes, examples, title, "no backtest windows to show")
@@ -315,8 +315,8 @@ def backtest_examples(frame: pd.DataFrame, history: pd.DataFrame, mase: pd.Serie
         hist = history[(history["series_id"] == sid) & (history["ds"] <= first)].sort_values("ds")
         hist = hist.tail(history_points or horizon)
         actual = pd.concat([hist[["ds", "y"]], rows[["ds", "y"]]]).drop_duplicates("ds").sort_values("ds")
-        windows = [BacktestWindow(cutoff, g["ds"].to_numpy(), g["yhat"].to_numpy(float), _bands_of(g))
-                   for cutoff, g in rows.groupby("cutoff", sort=True)]
+        windows = [BacktestWindow(pd.Timestamp(g["cutoff"].iloc[0]), g["ds"].to_numpy(), g["yhat"].to_numpy(float),
+                                  _bands_of(g)) for _, g in rows.groupby("cutoff", sort=True)]
         examples.append(BacktestExample(label, sid, actual["ds"].to_numpy(), actual["y"].to_numpy(float), windows,
                                         score))
     return examples

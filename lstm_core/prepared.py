@@ -69,8 +69,7 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
     that is an error (see `no_valid_series`).
     """
     log = log or _log
-    config.require_resolved("preparing the data")
-    window = int(config.window or 0)  # set: require_resolved checked it
+    window = config.resolved_values("preparing the data").window  # ConfigError unless resolved
     full = panel_of(validated, config)
     serves = network_serves(full, config)
     panel = full if serves.all() else full.select(serves)

@@ -13,7 +13,7 @@ The result is keyed by the earlier run (`forecast_run_id`) and its `cutoff`, rea
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -168,7 +168,7 @@ def earlier_predictions(fs, root: str, run_ids: Sequence[str], series_ids: Seque
     for rid in run_ids:
         try:
             frame = _run_predictions(fs, root, rid, series_ids)
-        except Exception as exc:  # noqa: BLE001 - sorted below: only a retry-able failure propagates
+        except Exception as exc:  # sorted below: only a retry-able failure propagates
             if _retryable(exc):
                 raise
             if skipped is not None:
@@ -236,7 +236,7 @@ def _run_predictions(fs, root: str, rid: str, series_ids: Sequence[str] | None) 
 
 def _retryable(exc: BaseException) -> bool:
     """A storage hiccup a retry may fix; not a folder, a missing or unreadable file, or bad bytes."""
-    from lstm_core.retries import is_transient  # noqa: PLC0415 - retries imports config, which is heavier
+    from lstm_core.retries import is_transient  # imported here: retries imports config, which is heavier
 
     if isinstance(exc, (IsADirectoryError, NotADirectoryError, FileNotFoundError, PermissionError,
                         UnicodeDecodeError, pa.ArrowException, ValueError, TypeError, KeyError)):
@@ -249,7 +249,7 @@ def _one_line(exc: BaseException) -> str:
     return text[:300] + ("..." if len(text) > 300 else "")
 
 
-def realised_overall(totals: "MetricTotals", points: pd.DataFrame) -> pd.DataFrame:
+def realised_overall(totals: MetricTotals, points: pd.DataFrame) -> pd.DataFrame:
     """The overall rows (series_id null) of the `realised/` table from totals grouped by
     (forecast_run_id, model_version, cutoff) and their points per model, pooled over shards."""
     group = ["forecast_run_id", "model_version", "cutoff"]

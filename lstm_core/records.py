@@ -58,7 +58,7 @@ class SkippedEntry(Record):
     reason: str = Field(description="why it was skipped, in words")
 
     @classmethod
-    def of(cls, skipped: Any) -> "SkippedEntry":
+    def of(cls, skipped: Any) -> SkippedEntry:
         """From a `lstm_core.validation.SkippedSeries` (or anything with those three attributes)."""
         return cls(series_id=str(skipped.series_id), field=skipped.field, reason=skipped.reason)
 
@@ -222,7 +222,7 @@ class Decision(Record):
         settings, a pinned model, 'never': never changes it); in memory only."""
         return self._role
 
-    def with_role(self, role: str) -> "Decision":
+    def with_role(self, role: str) -> Decision:
         """This decision with `role` set; returns self."""
         self._role = role
         return self
@@ -232,7 +232,7 @@ class Decision(Record):
         """The `artifacts.LoadedModel` a `load` (or a warm start) read, or None."""
         return self._loaded
 
-    def with_loaded(self, loaded: Any) -> "Decision":
+    def with_loaded(self, loaded: Any) -> Decision:
         """This decision holding `loaded` (in memory only); returns self."""
         self._loaded = loaded
         return self
@@ -438,7 +438,8 @@ class ManifestDraft(Record):
     skipped_truncated: bool | None = Field(None, description="true when `skipped` does not list every skipped "
                                                              "series; absent otherwise")
     overall_metrics: dict[str, dict[str, float]] | None = Field(
-        None, description="model (the LSTM's version, `seasonal_naive`, `autoets`, `autotheta`, `dynamic_theta`, `naive`, `served`) "
+        None, description="model (the LSTM's version, `seasonal_naive`, `autoets`, `autotheta`, `dynamic_theta`, "
+                          "`naive`, `served`) "
                           "-> metric -> value, pooled over every series and backtest window where the model has a "
                           "forecast: `mae`, `rmse`, `smape` (percent), `mase`, and for the LSTM and `served` "
                           "`coverage_<L>` (fraction) and `msis_<L>` per level")
@@ -448,7 +449,7 @@ class ManifestDraft(Record):
     shards: ShardsEntry | None = Field(None, description="the shards and what each read")
     outputs: Outputs | None = Field(None, description="where the outputs are")
 
-    def finish(self, **fields: Any) -> "Manifest":
+    def finish(self, **fields: Any) -> Manifest:
         """The manifest: this draft's set fields, updated with `fields` (`status` at least)."""
         return Manifest(**({name: getattr(self, name) for name in self.model_fields_set} | fields))
 

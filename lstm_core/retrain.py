@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypedDict
 
 import numpy as np
@@ -64,7 +64,7 @@ class GateWindows:
     step: int
 
     @classmethod
-    def of(cls, config: Any) -> "GateWindows":
+    def of(cls, config: Any) -> GateWindows:
         """The run's backtest windows (a resolved `ForecastConfig`)."""
         return cls(int(config.horizon), int(config.season_length), int(config.backtest.windows),
                    int(config.backtest_step))
@@ -194,12 +194,14 @@ def decide(
     if problems:
         # A newer version exists but is broken: retrain rather than silently serve an older model.
         return Decision(action="train", reason="newest saved model cannot be used: " + problems[0])
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     created = datetime.fromisoformat(loaded.metadata["created_at"])
     age = now - created
     if age > max_age:
-        return Decision(action="train", reason=f"model {version} is {_human(age)} old, older than max_model_age {_human(max_age)}")
-    recorded_gate = loaded.metadata.get("gate") if isinstance(loaded.metadata.get("gate"), dict) else {}
+        return Decision(action="train",
+                        reason=f"model {version} is {_human(age)} old, older than max_model_age {_human(max_age)}")
+    gate_meta = loaded.metadata.get("gate")
+    recorded_gate: dict[str, Any] = gate_meta if isinstance(gate_meta, dict) else {}
     like = gate is not None and gate_panel is not None and _same_measure(recorded_gate, gate)
     try:
         champion_score = gate_score(loaded.forecaster, gate_panel, gate) \
@@ -208,11 +210,12 @@ def decide(
             measure, current = "gate MASE", champion_score
             recorded = float(recorded_gate["score"]) if recorded_gate.get("score") is not None else float("nan")
         else:  # a version saved before the gate score was recorded: its validation loss
+            assert train_panel is not None  # checked at the top: only 'never' (returned above) comes without data
             measure = f"validation {loss}"
             best = (loaded.metadata.get("training") or {}).get("best_val_loss")
             recorded = float("nan") if best is None else float(best)
             current = validation_loss(loaded.forecaster, train_panel, validation_steps, loss)
-    except Exception as exc:  # noqa: BLE001 - a network whose shapes or weights do not fit the data
+    except Exception as exc:  # a network whose shapes or weights do not fit the data
         if is_storage_failure(exc):
             raise
         log.warning("model %s cannot be used on this data: %s", version, exc)
@@ -287,7 +290,8 @@ def decide_for(config: Any, store: Location | str, train_panel: Panel | None, gr
         if config.retrain == "never":
             raise
         return Decision(action="train", reason=f"the champion pointer is refused: {exc}").with_role(CHAMPION)
-    same, other = [], []
+    same: list[tuple[str, dict | None]] = []  # (version, its saved training settings)
+    other: list[tuple[str, dict | None]] = []
     for version in versions:
         saved = _saved_training_settings(store, key, version)
         (same if saved == wanted else other).append((version, saved))
@@ -370,7 +374,7 @@ def _metadata(store: Location, key: str, version: str) -> dict | None:
     return meta if isinstance(meta, dict) else None
 
 
-def differences(saved: dict, wanted: dict, prefix: str = "") -> list[str]:
+def differences(saved: Mapping[str, Any], wanted: Mapping[str, Any], prefix: str = "") -> list[str]:
     """'setting: saved X, requested Y' for each (nested, dotted) setting that differs."""
     out = []
     for k in sorted(set(saved) | set(wanted)):
@@ -401,7 +405,7 @@ def saved_models(store: Location | str) -> list[tuple[str, str, dict]]:
     return out
 
 
-def network_settings_of(meta: dict) -> dict | None:
+def network_settings_of(meta: dict) -> Mapping[str, Any] | None:
     """The network settings a saved model was made with (recorded, or derived from its saved config)."""
     if isinstance(meta.get("network_settings"), dict):
         return meta["network_settings"]
@@ -465,9 +469,8 @@ def load_pinned(config, store: Location | str, train_panel: Panel | None) -> Dec
     saved = network_settings_of(loaded.metadata)
     if saved is not None:
         wanted = config.network_settings()
-        diff = [d for d in differences(saved, wanted) if d.split(":")[0] in ("window", "covariates.historic",
-                                                                                "covariates.future", "covariates.static",
-                                                                                "covariates.calendar")]
+        shaping = ("window", "covariates.historic", "covariates.future", "covariates.static", "covariates.calendar")
+        diff = [d for d in differences(saved, wanted) if d.split(":")[0] in shaping]
         if diff:
             raise ArtifactError(f"pinned model {loaded.url} takes other inputs than this configuration gives: "
                                 + "; ".join(diff))

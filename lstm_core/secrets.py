@@ -14,8 +14,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
 from urllib.parse import unquote
 
 from lstm_core.errors import ConfigError, LstmForecastError
@@ -54,7 +55,7 @@ def is_secret_query_name(name: str) -> bool:
 
 def url_userinfo(url: str) -> list[str]:
     """Credentials embedded in a URL (`scheme://user:password@host/...`): ['user', 'password']."""
-    out = []
+    out: list[str] = []
     for m in _URL_USERINFO.finditer(url or ""):
         user, _, password = m.group("userinfo").partition(":")
         out.extend(v for v in (user, password) if v)
@@ -73,7 +74,7 @@ def url_credentials(url: str) -> list[str]:
 
 def has_credentials(url: str | None) -> bool:
     """True when `url` carries a credential (user-info or a credential query parameter)."""
-    return bool(url) and bool(url_credentials(url))
+    return url is not None and bool(url_credentials(url))
 
 
 def _walk(options: Any, into: set[str]) -> None:

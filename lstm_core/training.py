@@ -5,9 +5,10 @@ import logging
 import math
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypedDict
+from typing import Any, TypedDict
 
 import keras
 import numpy as np
@@ -17,7 +18,7 @@ from lstm_core import interrupt
 from lstm_core.config import TrainingConfig
 from lstm_core.model import cudnn_eligible, forward_flops
 from lstm_core.panel import Panel
-from lstm_core.windows import Windows, WindowPlan, sample_windows, tail_windows, validation_span, windows_per_series
+from lstm_core.windows import WindowPlan, Windows, sample_windows, tail_windows, validation_span, windows_per_series
 
 log = logging.getLogger("lstm_core.training")
 
@@ -64,7 +65,7 @@ def device_info() -> DeviceInfo:
     for g in gpus:
         try:
             names.append(tf.config.experimental.get_device_details(g).get("device_name", g.name))
-        except Exception:  # details are best effort; the device itself is what matters
+        except Exception:  # noqa: BLE001 - details are best effort (TF raises several kinds); the device is what matters
             names.append(g.name)
     return {"device": f"GPU ({', '.join(names)})", "gpus": names}
 
@@ -122,7 +123,8 @@ class BestSnapshots(keras.callbacks.Callback):
 
     def __init__(self, k: int) -> None:
         super().__init__()
-        self.k, self.kept = k, []
+        self.k = k
+        self.kept: list[tuple[int, float, list[np.ndarray]]] = []  # (epoch, validation loss, weights), best first
 
     def on_epoch_end(self, epoch, logs=None) -> None:
         loss = float((logs or {}).get("val_loss", np.nan))

@@ -7,7 +7,7 @@ A configuration whose `freq` is set (given, or inferred from the data and applie
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
@@ -15,8 +15,17 @@ from pandas.tseries.offsets import Tick
 
 from lstm_core.config.limits import MAX_STEPS
 
-__all__ = ["default_season_length", "default_window", "frequency_defaults", "natural_cycle", "resolve_chunk",
-           "resolve_patch"]
+__all__ = ["Resolved", "default_season_length", "default_window", "frequency_defaults", "natural_cycle",
+           "resolve_chunk", "resolve_patch"]
+
+
+class Resolved(NamedTuple):
+    """What a resolved configuration knows (`ForecastConfig.resolved_values`): the pandas frequency, and the
+    season and the input size (window) in steps."""
+
+    freq: str
+    season_length: int
+    window: int
 
 
 def default_season_length(freq: str) -> int:
@@ -71,13 +80,15 @@ def frequency_defaults(data: Mapping[str, object]) -> dict[str, object]:
         if data.get("extra_season_lengths"):
             raise ValueError("give further seasons either as a season_length list or as extra_season_lengths")
         data["season_length"], data["extra_season_lengths"] = season[0], list(season[1:])
-    if data.get("season_length") is None and data.get("freq") is not None:
+    freq = data.get("freq")
+    if data.get("season_length") is None and isinstance(freq, str):  # another type: the freq validator names it
         try:
-            data["season_length"] = default_season_length(data["freq"])
+            data["season_length"] = default_season_length(freq)
         except (ValueError, TypeError):
             pass  # the freq validator names the bad value
+    extra = data.get("extra_season_lengths") or ()
     if not all(_in_bounds(data.get(k)) for k in ("horizon", "season_length")) or \
-            not all(_in_bounds(v) for v in data.get("extra_season_lengths") or ()):
+            not all(_in_bounds(v) for v in (extra if isinstance(extra, (list, tuple)) else [extra])):
         return data  # the field validators name the value out of bounds (no default computed from it)
     if data.get("window") is None and data.get("season_length") is not None and data.get("freq") is not None:
         section = data.get("model")

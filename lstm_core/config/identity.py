@@ -93,7 +93,7 @@ def model_spec(config: ForecastConfig, group: str | None = None) -> ModelSpec:
     fields = network_settings(config)
     if config.group_column is not None:
         fields["group"] = {"column": config.group_column, "value": group}
-    return ModelSpec(json.dumps(fields, sort_keys=True, default=str), group, config)
+    return ModelSpec(json.dumps(fields, sort_keys=True, default=str), group, config=config)
 
 
 def config_hash(config: ForecastConfig) -> str:
@@ -114,7 +114,8 @@ class ModelSpec:
 
     network: str  # canonical JSON (sorted keys) of `ForecastConfig.network_settings()` and the group
     group: str | None = None
-    config: ForecastConfig | None = field(default=None, compare=False, repr=False)
+    # keyword-only: required (every spec carries its configuration) yet after the defaulted group
+    config: ForecastConfig = field(kw_only=True, compare=False, repr=False)
 
     @property
     def key(self) -> str:

@@ -16,7 +16,7 @@ from pandas.tseries.frequencies import to_offset
 from pydantic import Field, JsonValue, ValidationError, field_validator, model_validator
 
 from lstm_core.config import identity
-from lstm_core.config.defaults import frequency_defaults, resolve_chunk, resolve_patch
+from lstm_core.config.defaults import Resolved, frequency_defaults, resolve_chunk, resolve_patch
 from lstm_core.config.limits import DASK_ADDRESS, MAX_SERIES, MAX_STEPS, MAX_WINDOW
 from lstm_core.config.sections import (
     BacktestConfig,
@@ -349,6 +349,12 @@ class ForecastConfig(StrictSection):
         if not known:
             raise ConfigError(f"{what} needs the frequency: set freq, or resolve it from the data first "
                               "(ForecastConfig.resolved(lstm_core.frequency.infer_frequency(frame)))")
+
+    def resolved_values(self, what: str) -> Resolved:
+        """`(freq, season_length, window)` typed as set, for the layers below the boundary; ConfigError (naming
+        `what`, as `require_resolved`) when the configuration is not resolved."""
+        self.require_resolved(what)
+        return Resolved(str(self.freq), int(self.season_length or 0), int(self.window or 0))  # set: checked above
 
     @property
     def season_lengths(self) -> tuple[int, ...]:
