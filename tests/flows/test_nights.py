@@ -58,6 +58,62 @@ def test_a_spike_after_as_of_changes_nothing(tmp_path):
     pd.testing.assert_frame_equal(a[["series_id", "ds", "yhat"]], b[["series_id", "ds", "yhat"]])
 
 
+DAILY = ["--freq", "D", "--horizon", "7", "--season", "7", "--set", "window=14", "--set", "model.units=[8]",
+         "--set", "training.epochs=2", "--set", "backtest.windows=1", "--set", "training.max_series=null"]
+
+
+def run_daily(data: Path, out: Path, *flags: str) -> dict:
+    done = run_cli("run", "--input", str(data), "--output", str(out), *DAILY, *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(s for s in done.stdout.splitlines() if s.startswith("run "))
+    return manifest_of(out, line.split()[1].rstrip(":"))
+
+
+def predictions(out: Path, run_id: str) -> pd.DataFrame:
+    table = pd.read_parquet(out / "predictions" / f"run={run_id}")
+    return table.sort_values(["series_id", "ds"]).reset_index(drop=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, fmt, flags", [("daily.csv", "%Y-%m-%d", ()),
+                                              ("daily-dm.csv", "%d/%m/%Y", ("--set", "time_format=%d/%m/%Y")),
+                                              ("strings.parquet", "%Y-%m-%d", ())])
+def test_a_spike_after_as_of_changes_nothing_on_a_text_time_column(tmp_path, name, fmt, flags):
+    """A CSV (ISO dates, or dates in a declared time_format) and a Parquet file with string dates: a run as of a
+    day forecasts what a run on the file cut at that day does, whatever follows it (a spike, a NaN, a new
+    series); sharded (`shard_size=1`), it reads the same rows and forecasts the same with the same model."""
+    frame = make_frame(n_series=3, length=60, freq="D", season=7, start="2023-01-02")
+    as_of = pd.Timestamp("2023-02-20")
+    cut = frame[frame["ds"] <= as_of]
+    planted = frame.copy()
+    planted.loc[frame["ds"] > as_of, "y"] *= 1000.0
+    planted = pd.concat([planted, pd.DataFrame({"series_id": ["s00", "new"], "ds": [frame["ds"].max()] * 2,
+                                                "y": [np.nan, 5.0]})], ignore_index=True)
+
+    def save(data: pd.DataFrame, path: Path) -> Path:
+        data = data.assign(ds=data["ds"].dt.strftime(fmt)).astype({"series_id": "string"})
+        data.to_csv(path, index=False) if path.suffix == ".csv" else data.to_parquet(path, index=False)
+        return path
+
+    planted_path, cut_path = save(planted, tmp_path / name), save(cut, tmp_path / f"cut-{name}")
+    out = tmp_path / "replay"
+    replay = run_daily(planted_path, out, "--as-of", "2023-02-20", *flags)
+    truth = run_daily(cut_path, tmp_path / "truth", *flags)
+    assert replay["as_of"] == "2023-02-20T00:00:00" and replay["run_id_source"] == "as_of"
+    assert replay["counts"]["rows_read"] == len(cut) and replay["counts"]["series_read"] == 3
+    a, b = predictions(out, replay["run_id"]), predictions(tmp_path / "truth", truth["run_id"])
+    assert len(a) == 3 * 7 and pd.to_datetime(a["ds"]).min() > as_of
+    pd.testing.assert_frame_equal(a[["series_id", "ds", "yhat"]], b[["series_id", "ds", "yhat"]])
+    if name == "daily.csv":  # sharded: the planner and splitter see the same rows, the model forecasts the same
+        sharded = run_daily(planted_path, out, "--as-of", "2023-02-20", "--set", "shard_size=1",
+                            "--set", "retrain=never", *flags)
+        assert sharded["shards"]["split"] and sharded["shards"]["count"] >= 2
+        assert sharded["counts"]["rows_read"] == len(cut)
+        assert sharded["model_version"] == replay["model_version"]
+        c = predictions(out, sharded["run_id"])
+        pd.testing.assert_frame_equal(c[["series_id", "ds", "yhat_lstm"]], a[["series_id", "ds", "yhat_lstm"]])
+
+
 def reader_revisions(data: pd.DataFrame, out: Path, run_id: str, previous: str, as_of: pd.Timestamp,
                      season: int = 24) -> pd.DataFrame:
     """What a reader computes from the published files: both runs' predictions, and each series' in-sample
