@@ -108,7 +108,7 @@ def _kept(values: list[Any], first: dict[Any, tuple[str, int]], as_of: datetime,
         ids = pd.Series([str(i) for i in group], dtype=object)  # each value its own "series": errors name it
         outside: set[int] = set()
         try:
-            parsed = timestamps.parse(col, ids, shown, lambda sid, *_: outside.add(int(sid)),
+            parsed = timestamps.parse(col, ids, shown, lambda sid, *_, seen=outside: seen.add(int(sid)),
                                       time_format=time_format, column=column)
         except DataValidationError as exc:
             if exc.series_id is None:

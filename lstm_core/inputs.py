@@ -323,9 +323,10 @@ def scan_input(source: Location | str, columns: list[str] | None,
 
     `columns`, `filters`, `input_format`, `names`, `numeric`, `static`, `delimiter`, `as_of`, `time_format`:
     as `read_series` takes them (with `as_of` on a text time column, the id and time columns are read once
-    here to find the values on or before it). `group_column` (input name) must exist; it is left out of `InputScan.columns` (a caller
-    reads it on purpose). Raises DataValidationError naming a missing column or an unreadable file, and
-    StorageError when storage cannot be reached.
+    here to find the values on or before it). `group_column` (input name) must exist; it is left out of
+    `InputScan.columns` (a caller reads it on purpose). Raises DataValidationError naming a missing column,
+    an unreadable file or a time value the as_of cut cannot place, and StorageError when storage cannot be
+    reached.
     """
     names = {**{c: c for c in REQUIRED}, **(names or {})}
     required = [names[c] for c in REQUIRED]

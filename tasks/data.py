@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core.config import ForecastConfig, redact_url
-from lstm_core.errors import DataValidationError, NoValidSeriesError
+from lstm_core.errors import NoValidSeriesError
 from lstm_core.inputs import read_series
 from lstm_core.modelling import Prepared, prepare_data
 from lstm_core.shard_plan import ShardSpec

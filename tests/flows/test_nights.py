@@ -75,43 +75,42 @@ def predictions(out: Path, run_id: str) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, fmt, flags", [("daily.csv", "%Y-%m-%d", ()),
-                                              ("daily-dm.csv", "%d/%m/%Y", ("--set", "time_format=%d/%m/%Y")),
-                                              ("strings.parquet", "%Y-%m-%d", ())])
-def test_a_spike_after_as_of_changes_nothing_on_a_text_time_column(tmp_path, name, fmt, flags):
-    """A CSV (ISO dates, or dates in a declared time_format) and a Parquet file with string dates: a run as of a
-    day forecasts what a run on the file cut at that day does, whatever follows it (a spike, a NaN, a new
-    series); sharded (`shard_size=1`), it reads the same rows and forecasts the same with the same model."""
+def test_a_spike_after_as_of_changes_nothing_on_a_text_time_column(tmp_path):
+    """A CSV with ISO dates (2023-01-02), a CSV with dates in a declared time_format (%d/%m/%Y) and a Parquet
+    file with string dates: a run as of a day forecasts what a run on the file cut at that day does, whatever
+    follows it (a spike, a NaN, a new series); sharded (`shard_size=1`), the planner and the splitter see the
+    same rows and the same model forecasts the same."""
     frame = make_frame(n_series=3, length=60, freq="D", season=7, start="2023-01-02")
     as_of = pd.Timestamp("2023-02-20")
     cut = frame[frame["ds"] <= as_of]
+    cut.to_parquet(tmp_path / "cut.parquet", index=False)
+    truth = run_daily(tmp_path / "cut.parquet", tmp_path / "truth")
+    b = predictions(tmp_path / "truth", truth["run_id"])
     planted = frame.copy()
     planted.loc[frame["ds"] > as_of, "y"] *= 1000.0
     planted = pd.concat([planted, pd.DataFrame({"series_id": ["s00", "new"], "ds": [frame["ds"].max()] * 2,
                                                 "y": [np.nan, 5.0]})], ignore_index=True)
-
-    def save(data: pd.DataFrame, path: Path) -> Path:
-        data = data.assign(ds=data["ds"].dt.strftime(fmt)).astype({"series_id": "string"})
-        data.to_csv(path, index=False) if path.suffix == ".csv" else data.to_parquet(path, index=False)
-        return path
-
-    planted_path, cut_path = save(planted, tmp_path / name), save(cut, tmp_path / f"cut-{name}")
-    out = tmp_path / "replay"
-    replay = run_daily(planted_path, out, "--as-of", "2023-02-20", *flags)
-    truth = run_daily(cut_path, tmp_path / "truth", *flags)
-    assert replay["as_of"] == "2023-02-20T00:00:00" and replay["run_id_source"] == "as_of"
-    assert replay["counts"]["rows_read"] == len(cut) and replay["counts"]["series_read"] == 3
-    a, b = predictions(out, replay["run_id"]), predictions(tmp_path / "truth", truth["run_id"])
-    assert len(a) == 3 * 7 and pd.to_datetime(a["ds"]).min() > as_of
-    pd.testing.assert_frame_equal(a[["series_id", "ds", "yhat"]], b[["series_id", "ds", "yhat"]])
-    if name == "daily.csv":  # sharded: the planner and splitter see the same rows, the model forecasts the same
-        sharded = run_daily(planted_path, out, "--as-of", "2023-02-20", "--set", "shard_size=1",
-                            "--set", "retrain=never", *flags)
-        assert sharded["shards"]["split"] and sharded["shards"]["count"] >= 2
-        assert sharded["counts"]["rows_read"] == len(cut)
-        assert sharded["model_version"] == replay["model_version"]
-        c = predictions(out, sharded["run_id"])
-        pd.testing.assert_frame_equal(c[["series_id", "ds", "yhat_lstm"]], a[["series_id", "ds", "yhat_lstm"]])
+    for name, fmt, flags in [("daily.csv", "%Y-%m-%d", ()),
+                             ("daily-dm.csv", "%d/%m/%Y", ("--set", "time_format=%d/%m/%Y")),
+                             ("strings.parquet", "%Y-%m-%d", ())]:
+        path = tmp_path / name
+        text = planted.assign(ds=planted["ds"].dt.strftime(fmt)).astype({"series_id": "string"})
+        text.to_csv(path, index=False) if path.suffix == ".csv" else text.to_parquet(path, index=False)
+        out = tmp_path / f"replay-{name}"
+        replay = run_daily(path, out, "--as-of", "2023-02-20", *flags)
+        assert replay["as_of"] == "2023-02-20T00:00:00" and replay["run_id_source"] == "as_of"
+        assert replay["counts"]["rows_read"] == len(cut) and replay["counts"]["series_read"] == 3, name
+        a = predictions(out, replay["run_id"])
+        assert len(a) == 3 * 7 and pd.to_datetime(a["ds"]).min() > as_of
+        pd.testing.assert_frame_equal(a[["series_id", "ds", "yhat"]], b[["series_id", "ds", "yhat"]], obj=name)
+        if name == "daily.csv":  # sharded, with the model the unsharded replay saved
+            sharded = run_daily(path, out, "--as-of", "2023-02-20", "--set", "shard_size=1",
+                                "--set", "retrain=never")
+            assert sharded["shards"]["split"] and sharded["shards"]["count"] >= 2
+            assert sharded["counts"]["rows_read"] == len(cut)
+            assert sharded["model_version"] == replay["model_version"]
+            c = predictions(out, sharded["run_id"])
+            pd.testing.assert_frame_equal(c[["series_id", "ds", "yhat_lstm"]], a[["series_id", "ds", "yhat_lstm"]])
 
 
 def reader_revisions(data: pd.DataFrame, out: Path, run_id: str, previous: str, as_of: pd.Timestamp,
@@ -174,8 +173,8 @@ def test_two_missed_slots_one_run_and_revisions_a_reader_can_recompute(tmp_path)
     assert third["revisions"]["rows"] == 0 and third["revisions"]["p50"] is None
     # nightly.png's accuracy line: each night's realised MASE over all series, as the newest scoring run has it
     from lstm_core.catchup import committed_history
-    from lstm_core.nightly import realised_by_night
     from lstm_core.location import Location
+    from lstm_core.nightly import realised_by_night
 
     realised = pd.read_parquet(out / "realised")
     pooled = realised[realised["series_id"].isna() & (realised["metric"] == "mase") & (realised["model"] == "lstm")]

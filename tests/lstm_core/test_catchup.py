@@ -14,10 +14,10 @@ from lstm_core.as_of import as_of_run_id, parse_as_of, read_filters
 from lstm_core.catchup import CommittedRun, committed_history, decide
 from lstm_core.config import ConfigError, load_config
 from lstm_core.errors import DataValidationError
-from lstm_core.nightly import plan_night
-from lstm_core.revisions import RevisionRows, compute_revisions, revision_stats
 from lstm_core.inputs import read_series
 from lstm_core.location import Location
+from lstm_core.nightly import plan_night
+from lstm_core.revisions import RevisionRows, compute_revisions, revision_stats
 
 DAY = timedelta(days=1)
 
