@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 from lstm_core.config import ForecastConfig, redact_url
 from lstm_core.errors import NoValidSeriesError
 from lstm_core.inputs import read_series
-from lstm_core.modelling import Prepared, prepare_data
+from lstm_core.prepared import Prepared, prepare_data
 from lstm_core.shard_plan import ShardSpec
 from lstm_core.shard_split import read_shard
 from lstm_core.validation import SkippedSeries, ValidationResult, validate_for
