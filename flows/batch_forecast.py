@@ -16,9 +16,10 @@ shard (up to `shard_size` series) trains inside its shard, exactly as an unshard
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger, unmapped
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
@@ -31,14 +32,24 @@ from lstm_core.artifacts import package_versions
 from lstm_core.as_of import as_of_run_id
 from lstm_core.config import ForecastConfig, load_config, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
-from lstm_core.lease import RunLease
 from lstm_core.layout import TABLES
+from lstm_core.lease import RunLease
 from lstm_core.manifest import SKIPPED_IN_SUMMARY, RunShape, assemble_manifest
 from lstm_core.nightly import NightPlan, night_outputs, plan_night
 from lstm_core.outputs import OUTPUT_SCHEMA_VERSION, OutputStore, RunWriter, new_run_id, slot_run_id
 from lstm_core.progress import Progress
-from lstm_core.records import (Counts, Execution, Frequency, Manifest, ManifestDraft, Outputs, PlanSummary,
-                               ShardSummary, SkippedEntry, Tuned)
+from lstm_core.records import (
+    Counts,
+    Execution,
+    Frequency,
+    Manifest,
+    ManifestDraft,
+    Outputs,
+    PlanSummary,
+    ShardSummary,
+    SkippedEntry,
+    Tuned,
+)
 from lstm_core.revisions import RevisionRows
 from lstm_core.secrets import install_log_scrubber, scrub, scrubbing, secret_values
 from lstm_core.sharding import ShardPlan
@@ -54,8 +65,9 @@ from tasks.sharding import plan_shards, split_shards
 # Parameters are checked in the body (settings_dict), so a bad setting fails the run as a ConfigError naming it,
 # exactly as a bad setting in the file does; their types still make the parameter schema (the UI's form).
 @flow(name="batch-forecast", log_prints=True, validate_parameters=False, on_failure=[publish_failure],
-      task_runner=RunTaskRunner())
-def batch_forecast(config_path: str | None = None, settings: RunSettings | None = None,
+      task_runner=RunTaskRunner())  # type: ignore[arg-type]  # a TaskRunner whose futures are the real runner's
+def batch_forecast(config_path: str | None = None,
+                   settings: RunSettings | None = None,  # type: ignore[valid-type]  # a model built at import
                    allow_overrides: list[Overridable] | None = None) -> dict[str, Any]:
     """Forecast every series at `input_url` and commit predictions and metrics to `output_url`.
 
@@ -140,7 +152,7 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     # One process per run id: refused here, before any work, if another live process holds it.
     try:
         lease = RunLease.acquire(writer.fs, writer.root, run_id, config.lease_ttl.total_seconds())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         safe = _scrubbed(exc, secrets)
         if safe is exc:
             raise
@@ -158,7 +170,7 @@ def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, l
                 run_id_source: str, slot: datetime | None, tuned: Tuned | None = None,
                 night: NightPlan | None = None) -> dict[str, Any]:
     run_id = writer.run_id
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t_start = time.perf_counter()
     run = _Run(config, store, writer, logger, ManifestDraft(
         run_id=run_id,
@@ -211,7 +223,7 @@ class _Run:
     def __init__(self, config: ForecastConfig, store: OutputStore, writer: RunWriter, logger,
                  manifest: ManifestDraft) -> None:
         self.config, self.store, self.writer, self.logger = config, store, writer, logger
-        self.runner = None
+        self.runner: Any = None  # the started task runner (`run_task_runner`): it has `capacity`
         self.manifest = manifest  # what the manifest says so far; a failure records it as it stands
         self.wall: dict[str, float] = {}
         self.seconds: dict[str, float] = {}  # per step (task name), summed over groups and shards
@@ -244,7 +256,7 @@ class _Run:
         self._timed("plan_shards", t0)
         self._add_seconds({"plan_shards": self.wall["plan_shards"]})
         if not config.is_resolved:  # the frequency was inferred from the data: defaults follow from it
-            config = self.config = config.resolved(plan.freq)
+            config = self.config = config.resolved(str(plan.freq))  # the plan infers one when none is set
         self.manifest.config = config.public_dict()
         self.manifest.frequency = Frequency(freq=config.freq, source="inferred" if plan.freq else "configured",
                                             season_lengths=list(config.season_lengths))
@@ -285,7 +297,7 @@ class _Run:
         for a reason other than storage (realised accuracy is a view of the past, not tonight's forecast)."""
         try:
             runs = self.store.committed_runs()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if is_storage_failure(exc):
                 raise
             self.logger.error("realised accuracy skipped: the earlier runs could not be listed: %s: %s",
@@ -371,7 +383,7 @@ class _Run:
         self.wall["total"] = round(time.perf_counter() - self.t0, 3)
         done = manifest.finish(status="succeeded",
                                timings_s={**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}},
-                               finished_at=datetime.now(timezone.utc))
+                               finished_at=datetime.now(UTC))
         return commit_run(self.writer, done, assembled.overall_rows, plots or None, assembled.realised_rows)
 
 
@@ -405,7 +417,7 @@ def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: Ba
             logger.error("run %s failed before writing; the earlier committed attempt stays: %s", writer.run_id, reason)
             return
         failed: dict[str, Any] = {"status": "failed", "error": reason, "timings_s": timings,
-                                  "finished_at": datetime.now(timezone.utc),
+                                  "finished_at": datetime.now(UTC),
                                   "reason": "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"}
         if isinstance(exc, NoValidSeriesError):
             # Every series was skipped: say which and why, in the manifest and the quarantine table.
@@ -420,7 +432,7 @@ def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: Ba
                 from lstm_core.validation import ValidationResult
 
                 failed["outputs"] = Outputs(quarantine=writer.write(
-                    "quarantine", ValidationResult(None, exc.skipped).skipped_frame(), 0))
+                    "quarantine", ValidationResult(pd.DataFrame(), exc.skipped).skipped_frame(), 0))
         writer.commit(manifest.finish(**failed))
     except Exception as write_exc:  # noqa: BLE001 - storage may be what failed
         logger.error("could not record the failure in the manifest: %s", scrub(str(write_exc), secrets))
