@@ -253,7 +253,7 @@ def backtest_from_config(panel: Panel, config: ForecastConfig, forecast_fn: Fore
 def training_cutoff(panel: Panel, config: ForecastConfig) -> tuple[int, Panel]:
     """(first window, training panel) of a run: the model that scores the backtest is trained on each series
     up to the earliest cutoff before which it has the points the network learns from
-    (`validation.min_train_length`: a patch of input and a chunk of targets); series with no such cutoff
+    (`length_rules.min_train_length`: a patch of input and a chunk of targets); series with no such cutoff
     are left out of training. The first window is the earliest of those cutoffs.
 
     A series is scored by the backtest from the window whose cutoff ends its training part on (that is the
@@ -266,7 +266,7 @@ def training_cutoff(panel: Panel, config: ForecastConfig) -> tuple[int, Panel]:
     without its last H points. A panel where no series reaches any cutoff gets the last window's split of
     every series.
     """
-    from lstm_core.validation import min_train_length
+    from lstm_core.length_rules import min_train_length
 
     drops = cutoff_drops(config.backtest.windows, config.backtest_step, config.horizon)
     need = min_train_length(config)

@@ -43,6 +43,7 @@ from lstm_core.intervals import (
     PRIOR_WINDOWS,
     with_intervals,
 )
+from lstm_core.length_rules import min_input, min_train_length, network_reasons
 from lstm_core.metrics import ErrorSums, MetricTotals, interval_columns
 from lstm_core.model_store import (
     ModelChoice,
@@ -61,13 +62,7 @@ from lstm_core.statistical import (
     statistical_backtest,
 )
 from lstm_core.tuning import check_tuned_fits
-from lstm_core.validation import (
-    SkippedSeries,
-    ValidationResult,
-    min_input,
-    min_train_length,
-    network_reasons,
-)
+from lstm_core.validation import SkippedSeries, ValidationResult
 from lstm_core.windows import (
     plan_windows,
     target_bounds,
@@ -152,12 +147,10 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
 
 
 def network_serves(panel: Panel, config: ForecastConfig) -> np.ndarray:
-    """(S,) bool: the series the network learns and forecasts: those `validation.network_reasons` keeps (at
+    """(S,) bool: the series the network learns and forecasts: those `length_rules.network_reasons` keeps (at
     least `min_train_length(config)` points) that are not constant. The others are served by the statistical
     fallback (`lstm_core.combination`); a lower network minimum serves more, with nothing to change here.
     """
-    from lstm_core.validation import network_reasons
-
     if panel.n_series == 0:
         return np.zeros(0, dtype=bool)
     y = panel.y
