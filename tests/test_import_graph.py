@@ -148,4 +148,4 @@ def test_only_the_entry_point_imports_the_cli():
 def test_no_product_module_is_over_500_lines(package):
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / package).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 500}
-    assert long == {} or package == "lstm_core", long  # lstm_core's long modules are split by the other steps
+    assert long == {}, long
