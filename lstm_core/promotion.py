@@ -23,7 +23,7 @@ from lstm_core.records import Decision
 from lstm_core.retrain import CHAMPION, GateWindows, gate_score
 
 if TYPE_CHECKING:
-    from lstm_core.modelling import Prepared
+    from lstm_core.prepared import Prepared
 
 _log = logging.getLogger("lstm_core.modelling")
 

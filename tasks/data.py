@@ -9,7 +9,7 @@ from lstm_core.as_of import explain_text_time, input_filters
 from lstm_core.config import ForecastConfig, redact_url
 from lstm_core.errors import DataValidationError, NoValidSeriesError
 from lstm_core.inputs import read_series
-from lstm_core.modelling import Prepared, prepare_data
+from lstm_core.prepared import Prepared, prepare_data
 from lstm_core.shard_plan import ShardSpec
 from lstm_core.shard_split import read_shard
 from lstm_core.validation import SkippedSeries, ValidationResult, validate_for

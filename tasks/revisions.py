@@ -8,8 +8,8 @@ from prefect.cache_policies import NO_CACHE
 from lstm_core import interrupt
 from lstm_core.config import ForecastConfig
 from lstm_core.location import is_storage_failure
-from lstm_core.modelling import Prepared
 from lstm_core.outputs import RunWriter
+from lstm_core.prepared import Prepared
 from lstm_core.realised import earlier_predictions
 from lstm_core.revisions import RevisionRows, compute_revisions, naive_scale
 from lstm_core.shard_plan import ShardSpec

@@ -16,8 +16,8 @@ from prefect.cache_policies import NO_CACHE
 
 from lstm_core.config import ForecastConfig
 from lstm_core.model_store import ModelRef
-from lstm_core.modelling import Prepared
 from lstm_core.outputs import RunWriter
+from lstm_core.prepared import Prepared
 from lstm_core.records import ShardSummary
 from lstm_core.revisions import RevisionRows
 from lstm_core.shard_plan import ShardSpec
