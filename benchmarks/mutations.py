@@ -166,7 +166,7 @@ MUTATIONS: list[Mutation] = [
              "return horizon + step * (windows - 1", "return step * (windows - 1",
              ("tests/lstm_core/test_backtest.py::"
               "test_a_spike_after_a_cutoff_never_reaches_that_window_or_earlier_ones",)),
-    Mutation("B2", "split-conformal upper rank ceil((n + 1)(1 - a/2))", "lstm_core/intervals.py",
+    Mutation("B2", "split-conformal upper rank ceil((n + 1)(1 - a/2))", "lstm_core/interval_calibration.py",
              "math.ceil((n + 1) * (1 - a / 2) - 1e-9)", "math.ceil(n * (1 - a / 2) - 1e-9)",
              ("tests/lstm_core/test_intervals.py::test_split_conformal_ranks_and_borrowing_from_neighbouring_steps",)),
     # --- issue 13 in the nightly run: backtest, intervals, realised accuracy -------------------------------
