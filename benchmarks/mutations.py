@@ -166,7 +166,7 @@ MUTATIONS: list[Mutation] = [
              "return horizon + step * (windows - 1", "return step * (windows - 1",
              ("tests/lstm_core/test_backtest.py::"
               "test_a_spike_after_a_cutoff_never_reaches_that_window_or_earlier_ones",)),
-    Mutation("B2", "split-conformal upper rank ceil((n + 1)(1 - a/2))", "lstm_core/intervals.py",
+    Mutation("B2", "split-conformal upper rank ceil((n + 1)(1 - a/2))", "lstm_core/interval_calibration.py",
              "math.ceil((n + 1) * (1 - a / 2) - 1e-9)", "math.ceil(n * (1 - a / 2) - 1e-9)",
              ("tests/lstm_core/test_intervals.py::test_split_conformal_ranks_and_borrowing_from_neighbouring_steps",)),
     # --- issue 13 in the nightly run: backtest, intervals, realised accuracy -------------------------------
@@ -175,8 +175,8 @@ MUTATIONS: list[Mutation] = [
              "return int(first[ok].min()), sub.drop_last(int(drops[-1]))",
              (f"{BACKTEST}::test_backtest_windows_never_see_data_after_their_cutoff",)),
     Mutation("W2", "realised accuracy is scaled by the season of the history before each cutoff", "tasks/outputs.py",
-             "history_frame(prepared.panel), season_length=config.season_length)",
-             "history_frame(prepared.panel), season_length=1)",
+             'season_length=config.resolved_values("realised accuracy").season_length)',
+             "season_length=1)",
              (f"{BACKTEST}::test_realised_accuracy_equals_the_scorer_on_the_later_actuals",)),
     Mutation("W3", "a loaded model's saved intervals are reused", "lstm_core/modelling.py",
              "if intervals_fit(choice.intervals, config):", "if False:",

@@ -16,9 +16,10 @@ shard (up to `shard_size` series) trains inside its shard, exactly as an unshard
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict
 
+import pandas as pd
 from prefect import flow, get_run_logger, unmapped
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
@@ -63,8 +64,9 @@ from tasks.sharding import plan_shards, split_shards
 # Parameters are checked in the body (settings_dict), so a bad setting fails the run as a ConfigError naming it,
 # exactly as a bad setting in the file does; their types still make the parameter schema (the UI's form).
 @flow(name="batch-forecast", log_prints=True, validate_parameters=False, on_failure=[publish_failure],
-      task_runner=RunTaskRunner())
-def batch_forecast(config_path: str | None = None, settings: RunSettings | None = None,
+      task_runner=RunTaskRunner())  # type: ignore[arg-type]  # a TaskRunner whose futures are the real runner's
+def batch_forecast(config_path: str | None = None,
+                   settings: RunSettings | None = None,  # type: ignore[valid-type]  # a model built at import
                    allow_overrides: list[Overridable] | None = None) -> dict[str, JsonValue]:
     """Forecast every series at `input_url` and commit predictions and metrics to `output_url`.
 
@@ -149,7 +151,7 @@ def run_pipeline(config: ForecastConfig) -> dict[str, JsonValue]:
     # One process per run id: refused here, before any work, if another live process holds it.
     try:
         lease = RunLease.acquire(writer.fs, writer.root, run_id, config.lease_ttl.total_seconds())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         safe = _scrubbed(exc, secrets)
         if safe is exc:
             raise
@@ -167,7 +169,7 @@ def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, l
                 run_id_source: str, slot: datetime | None, tuned: Tuned | None = None,
                 night: NightPlan | None = None) -> dict[str, JsonValue]:
     run_id = writer.run_id
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     t_start = time.perf_counter()
     run = _Run(config, store, writer, logger, ManifestDraft(
         run_id=run_id,
@@ -220,7 +222,7 @@ class _Run:
     def __init__(self, config: ForecastConfig, store: OutputStore, writer: RunWriter, logger,
                  manifest: ManifestDraft) -> None:
         self.config, self.store, self.writer, self.logger = config, store, writer, logger
-        self.runner = None
+        self.runner: Any = None  # the started task runner (`run_task_runner`): it has `capacity`
         self.manifest = manifest  # what the manifest says so far; a failure records it as it stands
         self.wall: dict[str, float] = {}
         self.seconds: dict[str, float] = {}  # per step (task name), summed over groups and shards
@@ -253,7 +255,7 @@ class _Run:
         self._timed("plan_shards", t0)
         self._add_seconds({"plan_shards": self.wall["plan_shards"]})
         if not config.is_resolved:  # the frequency was inferred from the data: defaults follow from it
-            config = self.config = config.resolved(plan.freq)
+            config = self.config = config.resolved(str(plan.freq))  # the plan infers one when none is set
         self.manifest.config = config.public_dict()
         self.manifest.frequency = Frequency(freq=config.freq, source="inferred" if plan.freq else "configured",
                                             season_lengths=list(config.season_lengths))
@@ -294,7 +296,7 @@ class _Run:
         for a reason other than storage (realised accuracy is a view of the past, not tonight's forecast)."""
         try:
             runs = self.store.committed_runs()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if is_storage_failure(exc):
                 raise
             self.logger.error("realised accuracy skipped: the earlier runs could not be listed: %s: %s",
@@ -380,7 +382,7 @@ class _Run:
         self.wall["total"] = round(time.perf_counter() - self.t0, 3)
         done = manifest.finish(status="succeeded",
                                timings_s={**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}},
-                               finished_at=datetime.now(timezone.utc))
+                               finished_at=datetime.now(UTC))
         return commit_run(self.writer, done, assembled.overall_rows, plots or None, assembled.realised_rows)
 
 
@@ -428,7 +430,7 @@ def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: Ba
             logger.error("run %s failed before writing; the earlier committed attempt stays: %s", writer.run_id, reason)
             return
         failed: _FailedFields = {"status": "failed", "error": reason, "timings_s": timings,
-                                 "finished_at": datetime.now(timezone.utc),
+                                 "finished_at": datetime.now(UTC),
                                  "reason": "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"}
         if isinstance(exc, NoValidSeriesError):
             # Every series was skipped: say which and why, in the manifest and the quarantine table.
@@ -443,7 +445,7 @@ def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: Ba
                 from lstm_core.validation import ValidationResult
 
                 failed["outputs"] = Outputs(quarantine=writer.write(
-                    "quarantine", ValidationResult(None, exc.skipped).skipped_frame(), 0))
+                    "quarantine", ValidationResult(pd.DataFrame(), exc.skipped).skipped_frame(), 0))
         writer.commit(manifest.finish(**failed))
     except Exception as write_exc:  # noqa: BLE001 - storage may be what failed
         logger.error("could not record the failure in the manifest: %s", scrub(str(write_exc), secrets))

@@ -174,6 +174,7 @@ def _checked_flow(args: argparse.Namespace, flow_name: str):
     started (when no PREFECT_API_URL is set)."""
     config = _resolve(args.config, settings_from_args(args), args.sets)
     check_input(config)
+    flow: Any  # the batch flow or the tune flow (they return different records)
     with quiet_native_startup():
         if flow_name == "tune":
             from flows.tune import tune as flow

@@ -77,8 +77,9 @@ def run_task_runner(config: ForecastConfig, logger: logging.Logger | None = None
             yield started
         return
     if runner is not None:
-        runner.description = Execution(runner=runner.name)
-        runner.capacity = 1
+        # a runner handed in with `with_options` gets the two fields ours has
+        runner.description = Execution(runner=runner.name)  # type: ignore[attr-defined]
+        runner.capacity = 1  # type: ignore[attr-defined]
     yield runner
 
 
@@ -102,8 +103,9 @@ def _real_runner(config: ForecastConfig, logger: logging.Logger | None = None
     """(runner, description, capacity) as the configuration asks, started for the `with` block: a thread of
     one, or prefect-dask's runner on the run's Dask cluster (`flows.cluster.dask_cluster`)."""
     if config.workers is None and config.dask_address is None:
-        with ThreadPoolTaskRunner(max_workers=1) as runner:
-            yield runner, Execution(runner="in-process"), 1
+        thread: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=1)
+        with thread:
+            yield thread, Execution(runner="in-process"), 1
         return
 
     from prefect.settings import PREFECT_API_URL, temporary_settings

@@ -7,8 +7,9 @@ infra/prefect.yaml), beside the nightly batch-forecast ones.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 from prefect import flow, get_run_logger
 
@@ -25,7 +26,8 @@ from tasks.tuning import publish_tuning, run_study
 
 
 @flow(name="tune", log_prints=True, validate_parameters=False)
-def tune(config_path: str | None = None, settings: RunSettings | None = None,
+def tune(config_path: str | None = None,
+         settings: RunSettings | None = None,  # type: ignore[valid-type]  # a model built at import (parameters.py)
          allow_overrides: list[Overridable] | None = None) -> TuneSummary:
     """Run (or resume) the tuning study `tuning.study` on `input_url` within `tuning.trials` / `tuning.minutes`.
 
@@ -72,7 +74,7 @@ def _run_tuning(config: ForecastConfig) -> TuneSummary:
     if validated.frame.empty:
         raise no_valid_series(validated.skipped, config)
     if not config.is_resolved:
-        config = config.resolved(validated.freq)
+        config = config.resolved(str(validated.freq))  # validation infers one when none is set
     panel = panel_of(validated, config)
     del validated
     logger.info("tuning study %r on %d series (at most %s), budget %s trials / %s minutes", config.tuning.study,

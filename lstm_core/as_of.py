@@ -1,11 +1,14 @@
 """Running the job as of an instant (`as_of`): only the rows it would have seen then are read.
 
-`as_of` is an ISO 8601 timestamp. The readers AND the term `[time_column, "<=", as_of]` into the configured
-`filters` (`read_filters`), so pyarrow drops later rows while reading, before any validation: a value after
-`as_of` is never parsed, validated, trained on, backtested or forecast from. The literal is converted to the
-time column's own type as every filter value is (`storage.filter_expression`): an `as_of` without an offset
-is read on the data's clock (naive data: as written; zoned data: in their zone), one with an offset is
-compared as that instant; a date column keeps the rows of days up to and including the date of `as_of`.
+`as_of` is an ISO 8601 timestamp. On a timestamp or date time column the readers (`lstm_core.inputs`) AND the
+term `[time_column, "<=", as_of]` into the configured `filters` (`read_filters`), so pyarrow drops later rows
+while reading, before any validation: a value after `as_of` is never parsed, validated, trained on, backtested
+or forecast from. The literal is converted to the time column's own type as every filter value is
+(`input_schema.filter_expression`): an `as_of` without an offset is read on the data's clock (naive data: as
+written; zoned data: in their zone), one with an offset is compared as that instant; a date column keeps the
+rows of days up to and including the date of `as_of`. A time column stored as text (CSV, Parquet strings) or
+numbers is cut right after its values are parsed as validation parses them, by the same rules
+(`lstm_core.as_of_text`).
 
 A run with `as_of` (and no `run_id`) is named `asof-<instant>-<config hash>` (`as_of_run_id`): replaying the
 same instant with the same settings replaces its own outputs, as a scheduled slot does, and the manifest
@@ -75,25 +78,3 @@ def as_of_run_id(as_of: datetime, settings: Mapping[str, object]) -> str:
     rest = {k: v for k, v in settings.items() if k not in ("as_of", "run_id")}
     digest = hashlib.sha256(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"asof-{stamp}-{digest}"
-
-
-def input_filters(config: Any) -> list[Any] | None:
-    """The filters every reader of the input applies for `config` (a ForecastConfig): its `filters` and,
-    with `as_of`, the time column bounded by it (see `read_filters`)."""
-    return read_filters(config.filters, config.as_of, config.time_column)
-
-
-TEXT_TIME = "compares the time column, which this input stores as text"
-
-
-def explain_text_time(exc: Exception, config: Any) -> Exception:
-    """A clearer error for `as_of` on a time column stored as text (CSV, or Parquet strings), where the rows
-    cannot be bounded while reading (text order is not time order): DataValidationError naming `as_of`."""
-    from lstm_core.errors import DataValidationError
-
-    if config.as_of is None or TEXT_TIME not in str(exc) or not isinstance(exc, DataValidationError):
-        return exc
-    return DataValidationError(
-        "setting 'as_of': the time column is stored as text here, so rows after as_of cannot be left unread; "
-        "store it as a timestamp or date (Parquet) to run as of an instant", source=getattr(exc, "source", None),
-        column=config.time_column)

@@ -15,8 +15,8 @@ window's forecast sees nothing after its cutoff; later windows only give the mod
 The result is utilsforecast's cross-validation layout, one row per series, cutoff and step:
 `series_id, cutoff, ds, step, y, yhat, seasonal_naive` plus `yhat_lo_<L>, yhat_hi_<L>` per level, where
 each window's intervals are calibrated only on the earlier windows whose actuals precede its cutoff
-(`intervals.held_out_bounds`; the earliest window has none: NaN), and the conformal intervals fitted on
-all windows, for the published forecast.
+(`interval_calibration.held_out_bounds`; the earliest window has none: NaN), and the conformal intervals
+fitted on all windows, for the published forecast.
 """
 from __future__ import annotations
 
@@ -29,14 +29,8 @@ import pandas as pd
 from lstm_core import interrupt
 from lstm_core.config import ForecastConfig
 from lstm_core.frequency import dates_after
-from lstm_core.intervals import (
-    PRIOR_WINDOWS,
-    ConformalIntervals,
-    fit_conformal,
-    held_out_bounds,
-    naive_scales,
-    score_table,
-)
+from lstm_core.interval_calibration import fit_conformal, held_out_bounds, score_table
+from lstm_core.intervals import PRIOR_WINDOWS, ConformalIntervals, naive_scales
 from lstm_core.metrics import ErrorSums, interval_columns, mase_scale, seasonal_naive
 from lstm_core.panel import Panel
 
@@ -259,7 +253,7 @@ def backtest_from_config(panel: Panel, config: ForecastConfig, forecast_fn: Fore
 def training_cutoff(panel: Panel, config: ForecastConfig) -> tuple[int, Panel]:
     """(first window, training panel) of a run: the model that scores the backtest is trained on each series
     up to the earliest cutoff before which it has the points the network learns from
-    (`validation.min_train_length`: a patch of input and a chunk of targets); series with no such cutoff
+    (`length_rules.min_train_length`: a patch of input and a chunk of targets); series with no such cutoff
     are left out of training. The first window is the earliest of those cutoffs.
 
     A series is scored by the backtest from the window whose cutoff ends its training part on (that is the
@@ -272,7 +266,7 @@ def training_cutoff(panel: Panel, config: ForecastConfig) -> tuple[int, Panel]:
     without its last H points. A panel where no series reaches any cutoff gets the last window's split of
     every series.
     """
-    from lstm_core.validation import min_train_length
+    from lstm_core.length_rules import min_train_length
 
     drops = cutoff_drops(config.backtest.windows, config.backtest_step, config.horizon)
     need = min_train_length(config)

@@ -18,6 +18,7 @@ from overlapping). So the flow decides, from its slot and the committed runs:
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,7 +27,7 @@ from typing import Any
 from lstm_core.as_of import as_utc
 from lstm_core.atomic import read_json
 from lstm_core.layout import OutputLayout
-from lstm_core.location import Location
+from lstm_core.location import Location, is_local
 
 __all__ = ["MAX_LISTED", "CatchUp", "CommittedRun", "committed_history", "decide", "run_moment"]
 
@@ -76,6 +77,8 @@ def committed_history(output: Location, exclude: str | None = None) -> list[Comm
         rid = entry.rstrip("/").rsplit("/", 1)[-1]
         if rid == exclude:
             continue
+        if is_local(fs) and os.path.islink(layout.manifest(rid)):
+            continue  # a planted link is no committed run (as `outputs.committed_runs` judges)
         try:
             manifest = read_json(fs, layout.manifest(rid))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):

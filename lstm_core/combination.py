@@ -43,7 +43,8 @@ from typing import TypedDict
 import numpy as np
 import pandas as pd
 
-from lstm_core.intervals import ConformalIntervals, fit_conformal, held_out_bounds, min_scores, score_table
+from lstm_core.interval_calibration import fit_conformal, held_out_bounds, min_scores, score_table
+from lstm_core.intervals import ConformalIntervals
 from lstm_core.metrics import interval_columns, level_label
 from lstm_core.panel import Panel
 from lstm_core.statistical import CANDIDATES, STATISTICAL_MODELS

@@ -18,12 +18,13 @@ from lstm_core.config import ForecastConfig
 from lstm_core.covariates import CovariateSpec, StaticEncoder
 from lstm_core.forecasting import recursive_forecast
 from lstm_core.frequency import dates_after
+from lstm_core.length_rules import length_rule, min_input, min_train_length
 from lstm_core.model import build_lstm, model_geometry
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler, TargetTransform
 from lstm_core.seasonality import SeasonalIndices
 from lstm_core.training import BatchHook, EpochHook, TrainingResult, train
-from lstm_core.validation import ValidationResult, length_rule, min_input, min_train_length
+from lstm_core.validation import ValidationResult
 from lstm_core.windows import plan_windows, validation_span
 
 log = logging.getLogger("lstm_core.engine")

@@ -44,6 +44,9 @@ class NoValidSeriesError(LstmForecastError):
 
     def __init__(self, message: str, skipped: list | None = None) -> None:
         self.skipped = list(skipped or [])
+        # set by a sharded run whose shards already wrote the quarantine table, and where it is
+        self.quarantine_written = False
+        self.quarantine: str | None = None
         super().__init__(message)
 
 

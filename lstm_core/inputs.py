@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, NamedTuple
 
 import fsspec
@@ -23,6 +24,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.dataset as pads
 
+from lstm_core.as_of import read_filters
+from lstm_core.as_of_text import is_typed_time, text_cut
 from lstm_core.errors import DataValidationError
 from lstm_core.input_schema import (
     READ_ERRORS,
@@ -191,6 +194,8 @@ def read_series(
     numeric: list[str] | tuple[str, ...] = (),
     static: list[str] | tuple[str, ...] = (),
     delimiter: str = ",",
+    as_of: datetime | None = None,
+    time_format: str | None = None,
 ) -> pd.DataFrame:
     """Read a long-format dataset (Parquet or CSV; file or hive-partitioned folder) into a frame.
 
@@ -199,7 +204,8 @@ def read_series(
     comes back with the standard names. `numeric`: columns read as float64 from Parquet (the target
     always is); from CSV every declared column (`static` ones too) is read as text, split on `delimiter`.
     `filters` literals are converted to their column's type (an ISO string for a timestamp column),
-    or refused naming `filters`.
+    or refused naming `filters`. `as_of`: only rows with time <= as_of are read (`as_of_filter`; `time_format`
+    says how a text time column is written).
     A `ds` written as the pandas index comes back as a column. Bad data raises DataValidationError
     naming the file and column; failures to reach storage raise StorageError (transient unless
     permissions are at fault), which callers may retry.
@@ -209,7 +215,8 @@ def read_series(
     numeric = [names["y"], *numeric]
     dataset, fs, path, shown, hide = open_dataset(source, input_format, column_types(names, numeric, static),
                                                   delimiter)
-    expr = filter_expression(filters, dataset.schema, shown, names["ds"])
+    expr = filter_expression(_typed_as_of(filters, dataset.schema, as_of, names["ds"]), dataset.schema, shown,
+                             names["ds"])
     try:
         fragments = list(dataset.get_fragments(filter=expr)) if expr is not None else list(dataset.get_fragments())
     except Exception as exc:  # noqa: BLE001 - a filter naming an unknown field, for instance
@@ -229,12 +236,37 @@ def read_series(
         dataset = pads.dataset(path, filesystem=fs, format=dataset.format, partitioning=dataset.partitioning or "hive",
                                exclude_invalid_files=False, schema=unified)
     try:
+        expr = as_of_filter(dataset, expr, names, as_of, time_format, shown)
         table = dataset.to_table(columns=wanted, filter=expr)
+    except DataValidationError:  # a time value the as_of cut cannot place: already names its row
+        raise
     except Exception as exc:  # noqa: BLE001
         if is_storage_failure(exc):
             raise storage_error(f"input {shown}: read failed", exc, hide) from None
         raise explain_read_failure(shown, fs, list(dataset.files), wanted, exc) from None
     return to_frame(table, names)
+
+
+def _typed_as_of(filters: list[list[Any]] | None, schema: pa.Schema, as_of: datetime | None,
+                 time_column: str) -> list[Any] | None:
+    """`filters` with `[time_column, "<=", as_of]` ANDed in when the time column is a timestamp or date
+    (pyarrow drops later rows while reading); unchanged otherwise (`as_of_filter` cuts text columns)."""
+    typed = time_column in schema.names and is_typed_time(schema.field(time_column).type)
+    return read_filters(filters, as_of if typed else None, time_column)
+
+
+def as_of_filter(dataset: pads.Dataset, expression: pads.Expression | None, names: dict[str, str],
+                 as_of: datetime | None, time_format: str | None, shown: str) -> pads.Expression | None:
+    """`expression` with the rows after `as_of` left out when the time column is not a timestamp or date
+    (text, or numbers with a `time_format`): their values are parsed as validation parses them and only
+    those on or before `as_of` kept (`lstm_core.as_of_text`). Unchanged without `as_of`, or for a typed
+    time column (its bound is already in `expression`). Raises DataValidationError naming the row of a
+    time value that cannot be parsed."""
+    ds = names["ds"]
+    if as_of is None or ds not in dataset.schema.names or is_typed_time(dataset.schema.field(ds).type):
+        return expression
+    cut = text_cut(dataset, expression, names["series_id"], ds, as_of, time_format, shown)
+    return cut if expression is None else expression & cut
 
 
 def to_frame(table: pa.Table, names: dict[str, str] | None = None) -> pd.DataFrame:
@@ -285,13 +317,16 @@ class InputScan:
 def scan_input(source: Location | str, columns: list[str] | None,
                filters: list[list[Any]] | None, group_column: str | None, *, input_format: str = "auto",
                names: dict[str, str] | None = None, numeric: list[str] | tuple[str, ...] = (),
-               static: list[str] | tuple[str, ...] = (), delimiter: str = ",") -> InputScan:
+               static: list[str] | tuple[str, ...] = (), delimiter: str = ",", as_of: datetime | None = None,
+               time_format: str | None = None) -> InputScan:
     """The same dataset, columns, types and checks as `read_series`, without reading the rows.
 
-    `columns`, `filters`, `input_format`, `names`, `numeric`, `static`, `delimiter`: as `read_series`
-    takes them. `group_column` (input name) must exist; it is left out of `InputScan.columns` (a caller
-    reads it on purpose). Raises DataValidationError naming a missing column or an unreadable file, and
-    StorageError when storage cannot be reached.
+    `columns`, `filters`, `input_format`, `names`, `numeric`, `static`, `delimiter`, `as_of`, `time_format`:
+    as `read_series` takes them (with `as_of` on a text time column, the id and time columns are read once
+    here to find the values on or before it). `group_column` (input name) must exist; it is left out of
+    `InputScan.columns` (a caller reads it on purpose). Raises DataValidationError naming a missing column,
+    an unreadable file or a time value the as_of cut cannot place, and StorageError when storage cannot be
+    reached.
     """
     names = {**{c: c for c in REQUIRED}, **(names or {})}
     required = [names[c] for c in REQUIRED]
@@ -321,7 +356,12 @@ def scan_input(source: Location | str, columns: list[str] | None,
     if unified is not None:
         dataset = pads.dataset(path, filesystem=fs, format=dataset.format, partitioning=dataset.partitioning or "hive",
                                exclude_invalid_files=False, schema=unified)
-    expr = filter_expression(filters, dataset.schema, url, names["ds"])
+    expr = filter_expression(_typed_as_of(filters, dataset.schema, as_of, names["ds"]), dataset.schema, url,
+                             names["ds"])
+    try:
+        expr = as_of_filter(dataset, expr, names, as_of, time_format, url)
+    except READ_ERRORS as exc:
+        raise explain_read_failure(url, fs, files, [names["series_id"], names["ds"]], exc) from None
     return InputScan(dataset, files, fs, url, wanted, expr, names, ignored)
 
 

@@ -6,9 +6,9 @@ Layout under `<output_url>/models/<model key>/`:
 - `champion.json`: the champion pointer `{"version", "promoted_at", "reason"}` (HMAC-signed like a model's
   metadata when `LSTM_FORECAST_MODEL_SIGNING_KEY` is set). Written whole (temp + rename locally, one PUT on
   object stores), so a reader sees the old pointer or the new one. It changes only through the promotion
-  gate (`lstm_core.modelling.get_or_train`) or `lstm-forecast promote <version>` (`promote`); read through
-  `read_champion`, which refuses malformed content, an unsigned pointer with a key set, and a version that is
-  not complete under the key (the version itself is then loaded through every check a model gets);
+  gate (`lstm_core.modelling.get_or_train`) or `lstm-forecast promote <version>` (`promote`); read and written
+  by `lstm_core.champion` (`read_champion` refuses malformed content, an unsigned pointer with a key set, and a
+  version that is not complete under the key; the version itself is then loaded through every check a model gets);
 - `.holds/<version>.<token>.json`: a read-marker written before a version is read: by the run that chooses
   it (`lstm_core.promotion`; a process keeps one marker per key, the newest it chose) and by each shard process
   that opens it (`ModelStore.open`, once per process). It names its process (`lease.process_identity`) and
@@ -25,7 +25,6 @@ that began loading a version in the instant between the hold check and the remov
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from pydantic import JsonValue
 
 from lstm_core import artifacts
 from lstm_core.atomic import read_json, remove_file, remove_tree, write_json
+from lstm_core.champion import read_champion, write_champion
 from lstm_core.config import ForecastConfig, ModelSpec
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError, StorageError
@@ -49,64 +49,14 @@ from lstm_core.panel import Panel
 from lstm_core.records import Decision
 from lstm_core.retrain import decide_for, split_model_url
 from lstm_core.retries import call_with_retries
-from lstm_core.secrets import scrub
 
 _log = logging.getLogger("lstm_core.model_store")
 
-CHAMPION_FILE = "champion.json"
 HOLDS = ".holds"
 HOLD_TTL = timedelta(hours=12)  # a run longer than this renews nothing: a later prune may remove its version
-MAX_POINTER_BYTES = 64 * 1024
 # Under `refit`, the model that scored the backtest (trained before the earliest cutoff) is kept inside the
 # version of the final one, at `<version>/backtest/<version>/`: below a version, so never a candidate to load.
 BACKTEST_MODEL = "backtest"
-
-
-# --- the champion pointer ------------------------------------------------------------------------------
-def read_champion(store: Location | str, key: str) -> str | None:
-    """The champion version under `key`, or None when no pointer is written.
-
-    Raises ArtifactError when the pointer is malformed, unsigned or wrongly signed (with a signing key), or
-    names a version that is not complete under the key.
-    """
-    store = Location.of(store)
-    path = join(store.path, key, CHAMPION_FILE)
-    url = scrub(f"{store.url.rstrip('/')}/{key}/{CHAMPION_FILE}")
-    try:
-        if (store.fs.size(path) or 0) > MAX_POINTER_BYTES:
-            raise ArtifactError(f"champion pointer {url} is larger than {MAX_POINTER_BYTES:,} bytes")
-        body = json.loads(store.fs.cat_file(path))
-    except FileNotFoundError:
-        return None
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ArtifactError(f"champion pointer {url} is corrupt: {type(exc).__name__}: {exc}") from None
-    version = body.get("version") if isinstance(body, dict) else None
-    if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
-        raise ArtifactError(f"champion pointer {url} is corrupt: field 'version' must name a version folder")
-    key_bytes = artifacts.signing_key()
-    if key_bytes is not None:
-        signature = body.get("signature")
-        expected = artifacts.sign(body, key_bytes)
-        if not isinstance(signature, dict) or not hmac.compare_digest(str(signature.get("value", "")),
-                                                                      expected["value"]):
-            raise ArtifactError(f"champion pointer {url}: missing or wrong signature")
-    if not store.fs.exists(join(store.path, key, version, "metadata.json")):
-        raise ArtifactError(f"champion pointer {url} names version {version}, which is not complete under the key")
-    return version
-
-
-def write_champion(store: Location | str, key: str, version: str, reason: str) -> None:
-    """Point the champion of `key` at `version` (complete under the key, else ArtifactError); written whole."""
-    store = Location.of(store)
-    if not store.fs.exists(join(store.path, key, version, "metadata.json")):
-        raise ArtifactError(f"model version {version} is not in the model store {store.shown} under key {key}")
-    body: dict[str, str | dict[str, str]] = {"version": version, "promoted_at": datetime.now(UTC).isoformat(),
-                            "reason": reason}
-    key_bytes = artifacts.signing_key()
-    if key_bytes is not None:
-        body["signature"] = artifacts.sign(body, key_bytes)
-    call_with_retries(write_json, store.fs, join(store.path, key, CHAMPION_FILE), body, root=store.path,
-                      what="writing the champion pointer")
 
 
 def promote(store: Location | str, version: str, key: str | None = None) -> tuple[str, str | None]:

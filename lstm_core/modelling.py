@@ -41,6 +41,7 @@ from lstm_core.intervals import (
     PRIOR_WINDOWS,
     with_intervals,
 )
+from lstm_core.length_rules import min_train_length
 from lstm_core.metrics import ErrorSums, MetricTotals, interval_columns
 from lstm_core.model_store import (
     ModelChoice,
@@ -57,9 +58,6 @@ from lstm_core.statistical import (
     StatisticalBacktest,
     long_history,
     statistical_backtest,
-)
-from lstm_core.validation import (
-    min_train_length,
 )
 
 # The path's face: `prepare_data` and `Prepared` live in `lstm_core.prepared` (read by promotion too).

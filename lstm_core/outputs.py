@@ -255,11 +255,15 @@ class RunWriter:
         return self.manifest_path
 
     def read_manifest(self) -> dict[str, JsonValue] | None:
-        """This run's manifest as written (JSON), or None before it is committed."""
-        try:
-            return read_json(self.fs, self.manifest_path)
-        except FileNotFoundError:
+        """The manifest this run id committed before (a re-run replaces it), or None: absent, not a JSON
+        object, or, locally, a link (a planted `manifest.json` is replaced when the run commits, never read)."""
+        if is_local(self.fs) and os.path.islink(self.manifest_path):
             return None
+        try:
+            manifest = read_json(self.fs, self.manifest_path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
+            return None
+        return manifest if isinstance(manifest, dict) else None
 
 
 @dataclass
@@ -340,6 +344,8 @@ def committed_runs(output: Location | str, storage_options: dict | None = None) 
     ok = []
     for e in entries:
         rid = e.rstrip("/").rsplit("/", 1)[-1]
+        if is_local(fs) and os.path.islink(layout.manifest(rid)):
+            continue  # a planted link is no committed run (a run replaces it, never reads through it)
         try:
             manifest = read_json(fs, layout.manifest(rid))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):

@@ -17,9 +17,10 @@ from lstm_core.artifacts import data_fingerprint
 from lstm_core.backtest import training_cutoff
 from lstm_core.config import ForecastConfig
 from lstm_core.engine import panel_of
+from lstm_core.length_rules import min_input, min_train_length, network_reasons
 from lstm_core.panel import Panel
 from lstm_core.tuning import check_tuned_fits
-from lstm_core.validation import SkippedSeries, ValidationResult, min_input, min_train_length, network_reasons
+from lstm_core.validation import SkippedSeries, ValidationResult
 from lstm_core.windows import plan_windows, target_bounds, validation_span, windows_per_series
 
 _log = logging.getLogger("lstm_core.modelling")
@@ -99,12 +100,10 @@ def prepare_data(validated: ValidationResult, config: ForecastConfig, log=None) 
 
 
 def network_serves(panel: Panel, config: ForecastConfig) -> np.ndarray:
-    """(S,) bool: the series the network learns and forecasts: those `validation.network_reasons` keeps (at
+    """(S,) bool: the series the network learns and forecasts: those `length_rules.network_reasons` keeps (at
     least `min_train_length(config)` points) that are not constant. The others are served by the statistical
     fallback (`lstm_core.combination`); a lower network minimum serves more, with nothing to change here.
     """
-    from lstm_core.validation import network_reasons
-
     if panel.n_series == 0:
         return np.zeros(0, dtype=bool)
     y = panel.y

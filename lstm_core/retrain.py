@@ -2,7 +2,7 @@
 
 `decide` applies a policy to the versions under one model key (load the newest usable one, or say why it
 must be retrained); `decide_for` applies a configuration: a pinned version, else the champion under the key
-(`lstm_core.model_store`: its `champion.json`), else, in a store written before champions existed, the
+(`lstm_core.champion`: its `champion.json`), else, in a store written before champions existed, the
 newest version trained with the same training settings. Under `retrain: auto` a usable champion that is
 current and not degraded is loaded when the data are unchanged since it was trained (same fingerprint) and
 warm-started (`action: warm`) when they are newer; `lstm_core.modelling.get_or_train` then fine-tunes it
@@ -27,6 +27,7 @@ import numpy as np
 from lstm_core.artifacts import MAX_MODEL_BYTES, LoadedModel, list_versions, load
 from lstm_core.atomic import read_json
 from lstm_core.backtest import cutoff_drops
+from lstm_core.champion import read_champion
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError, ConfigError
 from lstm_core.location import Location, is_storage_failure, join
@@ -266,8 +267,6 @@ def decide_for(config: Any, store: Location | str, train_panel: Panel | None, gr
     `train_panel`: the data the validation-loss check reads (the newest before the holdout); `gate_panel`:
     the newest data, holdout included, the gate scores on.
     """
-    from lstm_core.model_store import read_champion
-
     store = Location.of(store)
     if config.model_url or config.model_version:
         return load_pinned(config, store, train_panel)

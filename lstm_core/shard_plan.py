@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -194,6 +195,7 @@ def plan_shards(
     delimiter: str = ",",
     infer_freq: bool = False,
     time_format: str | None = None,
+    as_of: datetime | None = None,
 ) -> ShardPlan:
     """List the series (reading only the id and group columns) and assign them to shards.
 
@@ -204,12 +206,14 @@ def plan_shards(
     DataValidationError. `scratch` is the run's scratch folder, used only when the input
     needs more than one shard. `names` maps series_id, ds and y to the input's column names;
     `infer_freq`: also read the timestamps of a sample of series and infer their frequency (written
-    as `time_format` declares). `static`, `delimiter`: as `inputs.read_series` takes them.
+    as `time_format` declares). `static`, `delimiter`, `as_of`: as `inputs.read_series` takes them (rows
+    after `as_of` are never counted, sampled or planned).
     """
     source = Location.of(source)
     url = source.shown
     src = scan_input(source, columns, filters, group_column, input_format=input_format,
-                     names=names, numeric=numeric, static=static, delimiter=delimiter)
+                     names=names, numeric=numeric, static=static, delimiter=delimiter, as_of=as_of,
+                     time_format=time_format)
     keys = [src.names["series_id"], *([group_column] if group_column else [])]
     row_bytes = RowBytes(src, [*src.columns, *([group_column] if group_column else [])])
     # Before any row is decoded: a key column whose values are huge (no statistics bound them) is refused

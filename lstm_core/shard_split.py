@@ -11,6 +11,7 @@ Split from `lstm_core/sharding.py` (issue 24 step 4); `lstm_core.shard_plan` mak
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 import fsspec
@@ -94,19 +95,21 @@ def split_shards(source: Location | str, plan: ShardPlan, *,
                  filters: list[list[Any]] | None = None, columns: list[str] | None = None,
                  input_format: str = "auto", names: dict[str, str] | None = None,
                  numeric: list[str] | tuple[str, ...] = (), static: list[str] | tuple[str, ...] = (),
-                 delimiter: str = ",") -> ShardPlan:
+                 delimiter: str = ",", as_of: datetime | None = None, time_format: str | None = None) -> ShardPlan:
     """Write each shard's rows (and each group's training sample) to its scratch file in one pass.
 
     The scratch files are reached with `source`'s storage options. Returns the plan with the rows
     written per shard. Memory: one input batch plus at most
     `SCRATCH_BUFFER_BYTES` of compressed rows waiting to be written, whatever the input's size.
+    `as_of`, `time_format`: as `inputs.read_series` takes them (the rows the plan counted, no later one).
     """
     if plan.scratch is None:  # not sharded: the single shard reads the input itself
         return plan
     source = Location.of(source)
     url = source.shown
     src = scan_input(source, columns, filters, plan.group_column, input_format=input_format,
-                     names=names, numeric=numeric, static=static, delimiter=delimiter)
+                     names=names, numeric=numeric, static=static, delimiter=delimiter, as_of=as_of,
+                     time_format=time_format)
     scratch = source.with_url(plan.scratch)
     fs = scratch.fs
     read = [*plan.columns, *([plan.group_column] if plan.group_column else [])]

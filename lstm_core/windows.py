@@ -32,7 +32,7 @@ def validation_span(steps: int, chunk: int) -> int:
 
 def min_train_length(chunk: int = 1, min_input: int = 1) -> int:
     """Real points from which the network learns a series: one chunk of targets after `min_input` real
-    input points (the run's patch: `validation.min_input`). Shorter series have no training window."""
+    input points (the run's patch: `length_rules.min_input`). Shorter series have no training window."""
     return min_input + chunk
 
 

@@ -12,8 +12,7 @@ from lstm_core.location import is_storage_failure
 from lstm_core.manifest import SKIPPED_IN_SUMMARY
 from lstm_core.outputs import RunWriter
 from lstm_core.realised import earlier_predictions, realised_metrics, realised_sums
-from lstm_core.records import (Manifest, Outputs, RealisedScores, RealisedTotals, ShardSummary, ShardTotals,
-                               SkippedEntry)
+from lstm_core.records import Manifest, Outputs, RealisedScores, RealisedTotals, ShardSummary, ShardTotals, SkippedEntry
 from lstm_core.shard_plan import ShardSpec
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, is_transient, retry_transient
 from tasks.data import Prepared
@@ -103,7 +102,7 @@ def score_realised(writer: RunWriter, prepared: Prepared, config: ForecastConfig
     try:
         predictions = earlier_predictions(writer.fs, writer.root, earlier_runs, list(prepared.panel.series_ids),
                                           skipped=skipped)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if is_transient(exc) or is_storage_failure(exc):
             raise  # storage hiccup: the task retries
         # An earlier run's files this job cannot read (another writer, a damaged file) must not fail
@@ -115,7 +114,8 @@ def score_realised(writer: RunWriter, prepared: Prepared, config: ForecastConfig
         logger.warning("realised accuracy: earlier run %s skipped, its predictions cannot be read: %s", rid, reason)
     if predictions.empty:
         return None
-    sums = realised_sums(predictions, history_frame(prepared.panel), season_length=config.season_length)
+    sums = realised_sums(predictions, history_frame(prepared.panel),
+                         season_length=config.resolved_values("realised accuracy").season_length)
     table = realised_metrics(sums)
     if table.empty:
         return None

@@ -117,18 +117,10 @@ def test_the_graph_reader_sees_lazy_relative_and_from_imports(tmp_path):
     assert "flows.cli" not in _imported("flows.m", mod, known)  # an annotation's import never runs
 
 
-# Known loop in the engine, from the nightly work merged alongside (issue 23), not this step's to break: the
-# retrain decision reads the champion from the model store inside a function (lstm_core/retrain.py ->
-# lstm_core/model_store.py), while the store imports the decision. Delete the entry when the champion's reader
-# moves (e.g. into retrain or a leaf module); any other loop fails this test.
-KNOWN_BACK_EDGES = {("lstm_core.retrain", "lstm_core.model_store")}
-
-
 def test_no_import_loops_in_lstm_core_tasks_and_flows():
     edges, _ = _graph()
     # a package's __init__ is imported by each of its modules (Python loads it first): not a loop to break
-    edges = {m: {n for n in targets if not _is_package_init(n) and (m, n) not in KNOWN_BACK_EDGES}
-             for m, targets in edges.items()}
+    edges = {m: {n for n in targets if not _is_package_init(n)} for m, targets in edges.items()}
     assert _cycles(edges) == []
 
 
@@ -156,4 +148,4 @@ def test_only_the_entry_point_imports_the_cli():
 def test_no_product_module_is_over_500_lines(package):
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / package).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 500}
-    assert long == {} or package == "lstm_core", long  # lstm_core's long modules are split by the other steps
+    assert long == {}, long

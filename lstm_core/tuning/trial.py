@@ -91,7 +91,7 @@ class TrialOutcome:
 def min_history(config: ForecastConfig) -> int:
     """Points a series needs before a backtest cutoff to be scored, the same in every trial (so every trial is
     judged on the same series and windows, whatever its window): the configuration's own minimum."""
-    from lstm_core.validation import min_train_length
+    from lstm_core.length_rules import min_train_length
 
     return max(1, min_train_length(config))
 

@@ -58,6 +58,61 @@ def test_a_spike_after_as_of_changes_nothing(tmp_path):
     pd.testing.assert_frame_equal(a[["series_id", "ds", "yhat"]], b[["series_id", "ds", "yhat"]])
 
 
+DAILY = ["--freq", "D", "--horizon", "7", "--season", "7", "--set", "window=14", "--set", "model.units=[8]",
+         "--set", "training.epochs=2", "--set", "backtest.windows=1", "--set", "training.max_series=null"]
+
+
+def run_daily(data: Path, out: Path, *flags: str) -> dict:
+    done = run_cli("run", "--input", str(data), "--output", str(out), *DAILY, *flags)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(s for s in done.stdout.splitlines() if s.startswith("run "))
+    return manifest_of(out, line.split()[1].rstrip(":"))
+
+
+def predictions(out: Path, run_id: str) -> pd.DataFrame:
+    table = pd.read_parquet(out / "predictions" / f"run={run_id}")
+    return table.sort_values(["series_id", "ds"]).reset_index(drop=True)
+
+
+@pytest.mark.slow
+def test_a_spike_after_as_of_changes_nothing_on_a_text_time_column(tmp_path):
+    """A CSV with ISO dates (2023-01-02), a CSV with dates in a declared time_format (%d/%m/%Y) and a Parquet
+    file with string dates: a run as of a day forecasts what a run on the file cut at that day does, whatever
+    follows it (a spike, a NaN, a new series); sharded (`shard_size=1`), the planner and the splitter see the
+    same rows and the same model forecasts the same."""
+    frame = make_frame(n_series=3, length=60, freq="D", season=7, start="2023-01-02")
+    as_of = pd.Timestamp("2023-02-20")
+    cut = frame[frame["ds"] <= as_of]
+    cut.to_parquet(tmp_path / "cut.parquet", index=False)
+    truth = run_daily(tmp_path / "cut.parquet", tmp_path / "truth")
+    b = predictions(tmp_path / "truth", truth["run_id"])
+    planted = frame.copy()
+    planted.loc[frame["ds"] > as_of, "y"] *= 1000.0
+    planted = pd.concat([planted, pd.DataFrame({"series_id": ["s00", "new"], "ds": [frame["ds"].max()] * 2,
+                                                "y": [np.nan, 5.0]})], ignore_index=True)
+    for name, fmt, flags in [("daily.csv", "%Y-%m-%d", ()),
+                             ("daily-dm.csv", "%d/%m/%Y", ("--set", "time_format=%d/%m/%Y")),
+                             ("strings.parquet", "%Y-%m-%d", ())]:
+        path = tmp_path / name
+        text = planted.assign(ds=planted["ds"].dt.strftime(fmt)).astype({"series_id": "string"})
+        text.to_csv(path, index=False) if path.suffix == ".csv" else text.to_parquet(path, index=False)
+        out = tmp_path / f"replay-{name}"
+        replay = run_daily(path, out, "--as-of", "2023-02-20", *flags)
+        assert replay["as_of"] == "2023-02-20T00:00:00" and replay["run_id_source"] == "as_of"
+        assert replay["counts"]["rows_read"] == len(cut) and replay["counts"]["series_read"] == 3, name
+        a = predictions(out, replay["run_id"])
+        assert len(a) == 3 * 7 and pd.to_datetime(a["ds"]).min() > as_of
+        pd.testing.assert_frame_equal(a[["series_id", "ds", "yhat"]], b[["series_id", "ds", "yhat"]], obj=name)
+        if name == "daily.csv":  # sharded, with the model the unsharded replay saved
+            sharded = run_daily(path, out, "--as-of", "2023-02-20", "--set", "shard_size=1",
+                                "--set", "retrain=never")
+            assert sharded["shards"]["split"] and sharded["shards"]["count"] >= 2
+            assert sharded["counts"]["rows_read"] == len(cut)
+            assert sharded["model_version"] == replay["model_version"]
+            c = predictions(out, sharded["run_id"])
+            pd.testing.assert_frame_equal(c[["series_id", "ds", "yhat_lstm"]], a[["series_id", "ds", "yhat_lstm"]])
+
+
 def reader_revisions(data: pd.DataFrame, out: Path, run_id: str, previous: str, as_of: pd.Timestamp,
                      season: int = 24) -> pd.DataFrame:
     """What a reader computes from the published files: both runs' predictions, and each series' in-sample
@@ -118,8 +173,8 @@ def test_two_missed_slots_one_run_and_revisions_a_reader_can_recompute(tmp_path)
     assert third["revisions"]["rows"] == 0 and third["revisions"]["p50"] is None
     # nightly.png's accuracy line: each night's realised MASE over all series, as the newest scoring run has it
     from lstm_core.catchup import committed_history
-    from lstm_core.nightly import realised_by_night
     from lstm_core.location import Location
+    from lstm_core.nightly import realised_by_night
 
     realised = pd.read_parquet(out / "realised")
     pooled = realised[realised["series_id"].isna() & (realised["metric"] == "mase") & (realised["model"] == "lstm")]

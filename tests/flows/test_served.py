@@ -27,9 +27,9 @@ SHORT = {"p1": 1, "p2": 2, "p5": 5, "p10": 10, "p20": 20}
 
 
 def _network_min() -> int:
-    """Points from which the network learns a series under SETTINGS (`validation.min_train_length`)."""
+    """Points from which the network learns a series under SETTINGS (`length_rules.min_train_length`)."""
     from lstm_core.config import ForecastConfig
-    from lstm_core.validation import min_train_length
+    from lstm_core.length_rules import min_train_length
 
     return min_train_length(ForecastConfig(input_url="x.parquet", output_url="out", **SETTINGS))
 

@@ -10,14 +10,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lstm_core import timestamps
 from lstm_core.as_of import as_of_run_id, parse_as_of, read_filters
 from lstm_core.catchup import CommittedRun, committed_history, decide
 from lstm_core.config import ConfigError, load_config
 from lstm_core.errors import DataValidationError
-from lstm_core.nightly import plan_night
-from lstm_core.revisions import RevisionRows, compute_revisions, revision_stats
 from lstm_core.inputs import read_series
 from lstm_core.location import Location
+from lstm_core.nightly import plan_night
+from lstm_core.revisions import RevisionRows, compute_revisions, revision_stats
 
 DAY = timedelta(days=1)
 
@@ -85,16 +86,119 @@ def test_rows_after_as_of_are_never_read(tmp_path, tz):
     assert len(out) == 35 and out["ds"].max() == limit and out["y"].max() == 34
 
 
-def test_as_of_on_a_text_time_column_is_refused_naming_as_of(tmp_path):
-    from lstm_core.as_of import explain_text_time
+# --- as_of on a time column stored as text (CSV, Parquet strings) or numbers ---------------------------------
 
-    path = tmp_path / "in.parquet"
-    pd.DataFrame({"series_id": ["a"], "ds": ["2024-03-01"], "y": [1.0]}).to_parquet(path, index=False)
-    config = load_config(overrides={"as_of": "2024-03-01"})
+def text_frame(fmt: str, n: int = 12) -> pd.DataFrame:
+    """Two daily series from 2023-01-02, dates written with `fmt`, plus a new series after 2023-01-08."""
+    days = pd.date_range("2023-01-02", periods=n, freq="D")
+    rows = [pd.DataFrame({"series_id": sid, "ds": days.strftime(fmt), "y": np.arange(n) + 10.0 * k})
+            for k, sid in enumerate(["a", "b"])]
+    return pd.concat([*rows, pd.DataFrame({"series_id": ["new"], "ds": [days[-1].strftime(fmt)], "y": [1.0]})],
+                     ignore_index=True)
+
+
+def write(frame: pd.DataFrame, path) -> Location:
+    frame.to_csv(path, index=False) if str(path).endswith(".csv") else frame.to_parquet(path, index=False)
+    return Location(str(path))
+
+
+@pytest.mark.parametrize("name, fmt, time_format", [("in.csv", "%Y-%m-%d", None), ("dm.csv", "%d/%m/%Y", "%d/%m/%Y"),
+                                                    ("dm.csv", "%d/%m/%Y", None),  # the one order that reads all
+                                                    ("strings.parquet", "%Y-%m-%d", None),
+                                                    ("digits.csv", "%Y%m%d", "%Y%m%d")])
+def test_as_of_on_a_text_time_column_reads_what_the_cut_file_holds(tmp_path, name, fmt, time_format):
+    """Rows after as_of are dropped right after their times are parsed: a spike, a row that would fail
+    validation (NaN, a duplicate) and a new series after it never arrive; the rows equal the file cut at as_of."""
+    frame = text_frame(fmt)
+    on_clock = pd.to_datetime(frame["ds"], format=fmt)
+    cut = frame[on_clock <= pd.Timestamp("2023-01-08")]
+    planted = frame.copy()
+    planted.loc[on_clock > pd.Timestamp("2023-01-08"), "y"] = 1e9
+    planted = pd.concat([planted, pd.DataFrame({"series_id": ["a"], "ds": [frame["ds"].iloc[11]], "y": [np.nan]})])
+    for as_of in ("2023-01-08", "2023-01-08T23:59", "2023-01-08T23:00:00+00:00"):
+        got = read_series(write(planted, tmp_path / name), as_of=parse_as_of(as_of), time_format=time_format)
+        want = read_series(write(cut, tmp_path / f"cut-{name}"), time_format=time_format)
+        pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+        assert set(got["series_id"]) == {"a", "b"} and len(got) == 14
+
+
+@settings(max_examples=25, deadline=None)
+@given(days=st.lists(st.integers(0, 60), min_size=1, max_size=30),
+       hours=st.integers(0, 24 * 60), fmt=st.sampled_from(["%Y-%m-%d", "%d.%m.%Y", "%Y-%m-%d %H:%M", "%m/%d/%Y"]),
+       declared=st.booleans())
+def test_as_of_on_text_keeps_exactly_the_rows_on_or_before_it(tmp_path_factory, days, hours, fmt, declared):
+    """Rows in any order, dates in any of several forms, declared or found: the cut keeps the rows whose time
+    (as pandas reads them with the form) is on or before as_of, and no other."""
+    stamps = pd.Timestamp("2023-01-13") + pd.to_timedelta(days, unit="D") + pd.to_timedelta(
+        [7 * d % 24 if "%H" in fmt else 0 for d in days], unit="h")
+    frame = pd.DataFrame({"series_id": [f"s{d % 3}" for d in days], "ds": stamps.strftime(fmt),
+                          "y": np.arange(len(days), dtype=float)})
+    path = tmp_path_factory.mktemp("prop") / "in.csv"
+    as_of = pd.Timestamp("2023-01-13") + pd.Timedelta(hours=hours)
+    time_format = fmt if declared else None
+    try:  # a column validation cannot read (an order no value settles: 01.02.2023 alone) is refused alike
+        timestamps.parse(frame["ds"], frame["series_id"], None, lambda *_: None, time_format=time_format)
+    except DataValidationError:
+        with pytest.raises(DataValidationError, match="ambiguous"):
+            read_series(write(frame, path), as_of=as_of.to_pydatetime(), time_format=time_format)
+        return
+    got = read_series(write(frame, path), as_of=as_of.to_pydatetime(), time_format=time_format)
+    assert sorted(got["y"].astype(float)) == sorted(frame.loc[stamps <= as_of, "y"])
+
+
+def test_as_of_on_epoch_integers_reads_what_the_cut_file_holds(tmp_path):
+    seconds = 1672617600 + 3600 * np.arange(10)  # 2023-01-02T00:00Z, hourly
+    frame = pd.DataFrame({"series_id": "a", "ds": seconds, "y": np.arange(10.0)})
+    got = read_series(write(frame, tmp_path / "e.parquet"), as_of=parse_as_of("2023-01-02T04:00Z"),
+                      time_format="epoch_s")
+    assert got["y"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_as_of_on_text_with_offsets_uses_the_data_clock_or_the_instant(tmp_path):
+    """Without an offset, as_of is on each value's own wall clock; with one, the instant is compared."""
+    ds = ["2024-03-01T00:00+01:00", "2024-03-01T01:00+01:00", "2024-03-01T02:00+01:00", "2024-03-01T03:00+01:00"]
+    path = write(pd.DataFrame({"series_id": "a", "ds": ds, "y": [0.0, 1.0, 2.0, 3.0]}), tmp_path / "o.csv")
+    assert read_series(path, as_of=parse_as_of("2024-03-01T01:00"))["y"].astype(float).tolist() == [0.0, 1.0]
+    assert read_series(path, as_of=parse_as_of("2024-03-01T01:00Z"))["y"].astype(float).tolist() == [0.0, 1.0, 2.0]
+
+
+def test_a_placeholder_date_after_as_of_is_dropped_with_its_row(tmp_path):
+    """9999-12-31 (no nanosecond timestamp holds it) lies after every as_of: its series stays whole."""
+    frame = pd.concat([text_frame("%Y-%m-%d"), pd.DataFrame({"series_id": ["a"], "ds": ["9999-12-31"],
+                                                               "y": [0.0]})], ignore_index=True)
+    got = read_series(write(frame, tmp_path / "p.csv"), as_of=parse_as_of("2023-01-08"))
+    assert len(got) == 14 and "9999-12-31" not in set(got["ds"])
+
+
+@pytest.mark.parametrize("bad", ["garbage", None])
+def test_a_time_value_that_cannot_be_parsed_is_refused_even_after_as_of(tmp_path, bad):
+    """Its time is unknown, so it cannot be placed on either side of as_of: the error names file, series, row."""
+    frame = text_frame("%Y-%m-%d")
+    frame.loc[11, "ds"] = bad  # series 'a', after as_of
     with pytest.raises(DataValidationError) as info:
-        read_series(Location(str(path)), filters=read_filters(None, config.as_of, "ds"))
-    explained = explain_text_time(info.value, config)
-    assert "setting 'as_of'" in str(explained) and "'ds'" in str(explained)
+        read_series(write(frame, tmp_path / "bad.csv"), as_of=parse_as_of("2023-01-08"))
+    assert info.value.column == "ds" and info.value.series_id == "a" and info.value.row == 11
+    assert "bad.csv" in str(info.value)
+
+
+def test_a_sharded_read_of_a_text_time_column_holds_the_unsharded_rows(tmp_path):
+    """The planner counts and the splitter writes exactly the rows the unsharded reader returns."""
+    from lstm_core.shard_plan import plan_shards
+    from lstm_core.shard_split import read_shard, split_shards
+
+    frame = pd.concat([text_frame("%d/%m/%Y").assign(series_id=lambda f, k=k: f["series_id"] + str(k))
+                       for k in range(4)], ignore_index=True)
+    path = write(frame, tmp_path / "panel.csv")
+    as_of = parse_as_of("2023-01-08")
+    whole = read_series(path, as_of=as_of, time_format="%d/%m/%Y")
+    plan = plan_shards(path, shard_size=3, scratch=str(tmp_path / "scratch"), infer_freq=True,
+                       time_format="%d/%m/%Y", as_of=as_of)
+    assert plan.sharded and plan.rows == len(whole) == 8 * 7 and plan.n_series == 8 and plan.freq == "D"
+    split = split_shards(path, plan, as_of=as_of, time_format="%d/%m/%Y")
+    parts = pd.concat([read_shard(s.url) for s in split.shards], ignore_index=True)
+    key = ["series_id", "ds"]
+    pd.testing.assert_frame_equal(parts.sort_values(key).reset_index(drop=True),
+                                  whole.sort_values(key).reset_index(drop=True))
 
 
 def test_as_of_run_ids_name_the_instant_and_share_the_settings_hash():

@@ -16,17 +16,9 @@ import numpy as np
 import pytest
 
 from lstm_core import artifacts, engine
+from lstm_core.champion import CHAMPION_FILE, read_champion, write_champion
 from lstm_core.errors import StorageError
-from lstm_core.model_store import (
-    CHAMPION_FILE,
-    ModelStore,
-    held_versions,
-    hold,
-    prune,
-    read_champion,
-    release,
-    write_champion,
-)
+from lstm_core.model_store import ModelStore, held_versions, hold, prune, release
 from lstm_core.modelling import get_or_train, prepare_data
 from lstm_core.panel import Panel
 from lstm_core.records import Decision, Manifest

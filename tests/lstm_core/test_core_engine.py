@@ -152,7 +152,7 @@ def test_per_series_mode_trains_one_model_per_series():
 def test_training_relies_on_the_same_minimum_length_as_validation():
     """Validation keeps any series with a valid point (issue 22); the network learns from series of a patch of
     input and a chunk of targets, and fit refuses a panel where no series has that many."""
-    from lstm_core.validation import min_length, min_train_length
+    from lstm_core.length_rules import min_length, min_train_length
 
     cfg = fast_config()
     assert min_length(cfg) == 1

@@ -7,7 +7,8 @@ import pytest
 
 from lstm_core.covariates import CovariateSpec
 from lstm_core.errors import DataValidationError
-from lstm_core.validation import min_length, validate
+from lstm_core.length_rules import min_length
+from lstm_core.validation import validate
 from tests.conftest import fast_config, make_frame
 
 W, H = 24, 12  # need W + H + validation steps (H) + 1 = 49 points per series

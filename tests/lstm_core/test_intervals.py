@@ -11,8 +11,9 @@ import pytest
 
 from lstm_core.backtest import backtest
 from lstm_core.errors import ArtifactError
-from lstm_core.intervals import (ConformalIntervals, enforce_order, fit_conformal, held_out_bounds, load_intervals,
-                                 min_scores, naive_scales, save_intervals, with_intervals)
+from lstm_core.interval_calibration import fit_conformal, held_out_bounds, min_scores
+from lstm_core.intervals import (ConformalIntervals, enforce_order, load_intervals, naive_scales, save_intervals,
+                                 with_intervals)
 from lstm_core.metrics import seasonal_naive
 from lstm_core.panel import Panel
 

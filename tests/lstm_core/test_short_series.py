@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 
 from lstm_core import engine
 from lstm_core.backtest import backtest_from_config, training_cutoff
+from lstm_core.length_rules import min_input, min_train_length
 from lstm_core.modelling import prepare_data
-from lstm_core.validation import min_input, min_train_length, validate_for
+from lstm_core.validation import validate_for
 from lstm_core.windows import plan_windows, sample_windows, tail_windows, target_bounds, validation_span
 from tests.conftest import fast_config
 

@@ -240,9 +240,12 @@ def test_hostile_series_ids_never_reach_a_path_and_come_back_unchanged(series_le
         assert rel == "in/series.parquet" or rel.removeprefix("out/") in allowed or \
             rel.startswith("out/models/"), key
         assert "etc" not in rel and "\u202e" not in rel and "ü" not in rel, key
-    models = [k for k in keys if "/models/" in k]
-    assert models and all(re.fullmatch(r"member-\d+\.keras|scaler\.json|metadata\.json|intervals\.json", k.rsplit("/", 1)[-1])
-                          for k in models)
+    # under models/<key>/: the versions' files, the champion pointer and the read-markers (issue 23)
+    models = [k.split("/models/", 1)[1] for k in keys if "/models/" in k]
+    version = r"[0-9]{8}T[0-9]{12}Z-[0-9a-f]{6}"
+    assert models and all(re.fullmatch(rf"[0-9a-f]{{16}}/(champion\.json|\.holds/{version}\.[0-9a-f]{{12}}\.json|"
+                                       rf"{version}/(member-\d+\.keras|scaler\.json|metadata\.json|intervals\.json))", k)
+                          for k in models), models
 
 
 # --- configuration ------------------------------------------------------------------------------

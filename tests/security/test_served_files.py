@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from lstm_core import artifacts
 from lstm_core.engine import fit
 from lstm_core.errors import ArtifactError
+from lstm_core.interval_calibration import fit_conformal
 from lstm_core.intervals import (
     ConformalIntervals,
-    fit_conformal,
     naive_scales,
     save_intervals,
 )
