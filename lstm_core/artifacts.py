@@ -27,10 +27,9 @@ import os
 import tempfile
 import typing
 import zipfile
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Literal
 
 import keras
 import numpy as np
@@ -38,7 +37,6 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    JsonValue,
     StrictBool,
     StrictInt,
     StrictStr,
@@ -49,7 +47,8 @@ from pydantic import (
 
 import lstm_core.model  # noqa: F401 - registers custom layers for safe-mode loading
 from lstm_core.atomic import put_bytes, write_json
-from lstm_core.config import ConfigError, ForecastConfig, NetworkSettings, TrainingSettings
+from lstm_core.config import ConfigError, ForecastConfig
+from lstm_core.config.identity import RecordedSettings
 from lstm_core.covariates import StaticEncoder
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError
@@ -213,17 +212,17 @@ def signing_key(environ: typing.Mapping[str, str] | None = None) -> bytes | None
     return value.encode()
 
 
-def _canonical(metadata: Mapping[str, object]) -> bytes:
+def _canonical(metadata: typing.Mapping[str, object]) -> bytes:
     body = {k: v for k, v in metadata.items() if k != "signature"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def sign(metadata: Mapping[str, object], key: bytes) -> dict[str, str]:
+def sign(metadata: typing.Mapping[str, object], key: bytes) -> dict[str, str]:
     """HMAC-SHA256 over the metadata (every file's sha256 included), as stored under `signature`."""
     return {"algorithm": "hmac-sha256", "value": hmac.new(key, _canonical(metadata), hashlib.sha256).hexdigest()}
 
 
-def _verify(metadata: Mapping[str, object], key: bytes, url: str) -> None:
+def _verify(metadata: typing.Mapping[str, object], key: bytes, url: str) -> None:
     signature = metadata.get("signature")
     if not isinstance(signature, dict) or not signature:
         raise ArtifactError(f"model {url}: not signed, and {SIGNING_KEY_ENV} is set: unsigned models are not loaded")
@@ -253,8 +252,8 @@ class LoadedModel:
     intervals: Any = None  # the checked `intervals.ConformalIntervals` saved beside it, or None
 
 
-def save(forecaster: Forecaster, store: Location | str, model_key: str, *, config: dict[str, JsonValue],
-         fingerprint: str, version: str | None = None, extra: Mapping[str, object] | None = None) -> str:
+def save(forecaster: Forecaster, store: Location | str, model_key: str, *, config: typing.Mapping[str, object],
+         fingerprint: str, version: str | None = None, extra: typing.Mapping[str, object] | None = None) -> str:
     """Save a forecaster as a new version under `store/model_key`; returns the version."""
     if forecaster.per_series is not None:
         raise ArtifactError("per-series models are not saved to the model store (train them each run)")
@@ -305,14 +304,7 @@ def save(forecaster: Forecaster, store: Location | str, model_key: str, *, confi
     return version
 
 
-class RecordedSettings(TypedDict):
-    """The settings a saved version records beside its config, so a store can be searched by them."""
-
-    network_settings: NetworkSettings
-    training_settings: TrainingSettings
-
-
-def _settings_of(config: Mapping[str, object]) -> RecordedSettings | None:
+def _settings_of(config: typing.Mapping[str, object]) -> RecordedSettings | None:
     """The network and training settings of a saved config, recorded so a store can be searched by them."""
     from lstm_core.config import validate_config
 

@@ -51,6 +51,14 @@ class TrainingSettings(TypedDict):
     seed: int
 
 
+class RecordedSettings(TypedDict):
+    """The settings a saved model version records beside its config (`metadata.json`), so a store can be
+    searched by them."""
+
+    network_settings: NetworkSettings
+    training_settings: TrainingSettings
+
+
 def network_settings(config: ForecastConfig) -> NetworkSettings:
     """The settings that define the network and what its inputs mean; they make up the model key.
 
