@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import pandas as pd
 from prefect import flow, get_run_logger, unmapped
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
+from pydantic import JsonValue
 
 from flows.handoff import handed_config
 from flows.parameters import Overridable, RunSettings, deployment_settings, overrides_list, settings_dict
@@ -40,12 +41,10 @@ from lstm_core.outputs import OUTPUT_SCHEMA_VERSION, OutputStore, RunWriter, new
 from lstm_core.progress import Progress
 from lstm_core.records import (
     Counts,
-    Execution,
     Frequency,
     Manifest,
     ManifestDraft,
     Outputs,
-    PlanSummary,
     ShardSummary,
     SkippedEntry,
     Tuned,
@@ -68,7 +67,7 @@ from tasks.sharding import plan_shards, split_shards
       task_runner=RunTaskRunner())  # type: ignore[arg-type]  # a TaskRunner whose futures are the real runner's
 def batch_forecast(config_path: str | None = None,
                    settings: RunSettings | None = None,  # type: ignore[valid-type]  # a model built at import
-                   allow_overrides: list[Overridable] | None = None) -> dict[str, Any]:
+                   allow_overrides: list[Overridable] | None = None) -> dict[str, JsonValue]:
     """Forecast every series at `input_url` and commit predictions and metrics to `output_url`.
 
     In a deployment run, `settings` are merged over the deployment's own `settings`, so a manual
@@ -127,7 +126,7 @@ def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tupl
     return new_run_id(), "new"
 
 
-def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
+def run_pipeline(config: ForecastConfig) -> dict[str, JsonValue]:
     logger = get_run_logger()
     secrets = secret_values(config.storage_options, config.urls())
     install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential: before any reading
@@ -168,7 +167,7 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
 
 def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, logger, secrets: set[str],
                 run_id_source: str, slot: datetime | None, tuned: Tuned | None = None,
-                night: NightPlan | None = None) -> dict[str, Any]:
+                night: NightPlan | None = None) -> dict[str, JsonValue]:
     run_id = writer.run_id
     started = datetime.now(UTC)
     t_start = time.perf_counter()
@@ -193,7 +192,7 @@ def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, l
         # training on): every thread stops at its next safe point
         with interrupt.rearmed(), run_task_runner(config, logger) as runner:
             run.runner = runner
-            run.manifest.execution = Execution(**runner.description)
+            run.manifest.execution = runner.description
             committed = run.execute()
     except BaseException as exc:
         run.wall["total"] = round(time.perf_counter() - t_start, 3)
@@ -267,7 +266,7 @@ class _Run:
             plan = split_shards.submit(config=config, plan=plan).result()
             self._timed("split_shards", t0)
             self._add_seconds({"split_shards": self.wall["split_shards"]})
-        self.manifest.plan = PlanSummary(**plan.summary())
+        self.manifest.plan = plan.summary()
 
         t0 = time.perf_counter()
         trained = self._train_groups(plan)
@@ -402,6 +401,20 @@ def _scrubbed(exc: BaseException, secrets: set[str]) -> BaseException:
     return LstmForecastError(f"{type(exc).__name__}: {clean.splitlines()[0] if clean else ''}")
 
 
+class _FailedFields(TypedDict, total=False):
+    """The fields a failed run's manifest adds to its draft (`ManifestDraft.finish`)."""
+
+    status: Literal["failed"]
+    error: str
+    timings_s: dict[str, float]
+    finished_at: datetime
+    reason: Literal["interrupted", "error"]
+    skipped: list[SkippedEntry]
+    skipped_truncated: bool
+    counts: Counts
+    outputs: Outputs
+
+
 def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: BaseException, logger,
                     began: bool, secrets: set[str]) -> None:
     """Leave a manifest that says the run failed and why; never one that says succeeded."""
@@ -416,9 +429,9 @@ def _record_failure(writer: RunWriter, manifest: ManifestDraft, timings, exc: Ba
             # An earlier attempt of this run id committed and nothing of it was touched: keep it.
             logger.error("run %s failed before writing; the earlier committed attempt stays: %s", writer.run_id, reason)
             return
-        failed: dict[str, Any] = {"status": "failed", "error": reason, "timings_s": timings,
-                                  "finished_at": datetime.now(UTC),
-                                  "reason": "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"}
+        failed: _FailedFields = {"status": "failed", "error": reason, "timings_s": timings,
+                                 "finished_at": datetime.now(UTC),
+                                 "reason": "interrupted" if isinstance(exc, KeyboardInterrupt) else "error"}
         if isinstance(exc, NoValidSeriesError):
             # Every series was skipped: say which and why, in the manifest and the quarantine table.
             failed["skipped"] = [SkippedEntry.of(s) for s in exc.skipped[:SKIPPED_IN_SUMMARY]]

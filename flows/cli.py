@@ -12,6 +12,7 @@ import importlib.metadata
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -116,9 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
+def settings_from_args(args: argparse.Namespace) -> dict[str, object]:
     """Flags that were given, as nested settings (flags win over file and environment)."""
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for key in ("input_url", "output_url", "freq", "horizon", "season_length", "workers", "dask_address", "as_of"):
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
@@ -133,7 +134,7 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 _SECRETS: set[str] = set()  # credential values seen by this process, scrubbed from what it prints
 
 
-def _resolve(config_path: str | None, settings: dict[str, Any], sets: list[str]):
+def _resolve(config_path: str | None, settings: Mapping[str, object], sets: list[str]):
     """The configuration, built and validated once: defaults <- file <- environment <- flags <- --set.
 
     The flow called in this process runs with this object (flows/handoff.py); its credentials never go

@@ -25,6 +25,7 @@ from typing import Any
 
 from lstm_core.config import ForecastConfig
 from lstm_core.interrupt import request_stop, sigint_blocked
+from lstm_core.records import Execution
 
 
 @dataclass
@@ -33,7 +34,7 @@ class DaskCluster:
 
     client: Any  # a `distributed.Client` of this process
     cluster: Any | None  # the `distributed.LocalCluster` this run started; None for `dask_address`
-    description: dict[str, Any]  # the manifest's `execution`: runner, address or cluster, workers, threads
+    description: Execution  # the manifest's `execution`: runner, address or cluster, workers, threads
     threads: int  # worker threads: tasks (trials, shards) that run at once
 
     def stop_tasks(self) -> None:
@@ -67,10 +68,10 @@ def dask_cluster(config: ForecastConfig, logger: logging.Logger | None = None,
             t0 = time.perf_counter()
             cluster = None
             if config.dask_address is not None:
-                description: dict[str, Any] = {"runner": "dask", "address": config.dask_address}
+                where = {"address": config.dask_address}
                 client = stack.enter_context(Client(config.dask_address, set_as_default=default_client))
             elif config.workers is not None:
-                description = {"runner": "dask", "cluster": "LocalCluster"}
+                where = {"cluster": "LocalCluster"}
                 cluster = stack.enter_context(LocalCluster(**local_cluster_kwargs(config.workers, config)))
                 client = stack.enter_context(Client(cluster, set_as_default=default_client))
             else:
@@ -86,7 +87,7 @@ def dask_cluster(config: ForecastConfig, logger: logging.Logger | None = None,
         info = client.scheduler_info(n_workers=-1) if _takes_n_workers(client) else client.scheduler_info()
         workers = info.get("workers", {})
         threads = sum(int(w.get("nthreads", 1)) for w in workers.values()) or 1
-        description.update({"workers": len(workers), "threads": threads})
+        description = Execution(runner="dask", workers=len(workers), threads=threads, **where)
         log.info("Dask %s: %d worker(s), %d thread(s), ready in %.1f s",
                  config.dask_address or "LocalCluster", len(workers), threads, time.perf_counter() - t0)
         ready = DaskCluster(client, cluster, description, threads)
@@ -195,11 +196,11 @@ def local_cluster_kwargs(workers: int, config: ForecastConfig | None = None) -> 
     return kwargs
 
 
-def cluster_dask_config() -> dict[str, Any]:
+def cluster_dask_config() -> dict[str, str | list[str]]:
     """Dask settings for starting a run's local cluster: spawned workers (TensorFlow hangs in forked
     children) and, without a dashboard, HTTP routes limited to the health check (no cluster or task
     information served without login)."""
-    settings: dict[str, Any] = {"distributed.worker.multiprocessing-method": "spawn"}
+    settings: dict[str, str | list[str]] = {"distributed.worker.multiprocessing-method": "spawn"}
     if dashboard_address() is None:
         settings["distributed.scheduler.http.routes"] = ["distributed.http.health"]
         settings["distributed.worker.http.routes"] = ["distributed.http.health"]
@@ -216,7 +217,7 @@ def give_storage_options(client, config: ForecastConfig) -> None:
         return
 
     class StorageOptions(WorkerPlugin):
-        def __init__(self, options: dict[str, Any]) -> None:
+        def __init__(self, options: dict[str, object]) -> None:
             self.options = options
 
         def setup(self, worker) -> None:

@@ -17,6 +17,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from pydantic import JsonValue
+
 from flows.parameters import settings_dict
 from lstm_core.config import ForecastConfig
 from lstm_core.secrets import has_credentials
@@ -26,7 +28,7 @@ class FlowParameters(TypedDict):
     """The parameters a run's flow is called with (and the Prefect server records)."""
 
     config_path: str | None  # the config file the caller read, recorded (the flow does not re-read it)
-    settings: dict[str, Any]  # `public_settings`: JSON values of the settings the run set, nested by section
+    settings: dict[str, JsonValue]  # `public_settings`: JSON values of the settings the run set, nested by section
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class _Handed:
 _HANDED: ContextVar[_Handed | None] = ContextVar("lstm_forecast_handed_config", default=None)
 
 
-def public_settings(config: ForecastConfig) -> dict[str, Any]:
+def public_settings(config: ForecastConfig) -> dict[str, JsonValue]:
     """The settings of `config` that may become flow parameters (the Prefect server stores those).
 
     Every setting the file, the environment or the flags set (`exclude_unset`, so a flag that sets a value

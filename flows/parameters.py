@@ -15,7 +15,16 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+)
 from pydantic.json_schema import JsonDict
 
 from lstm_core.config import ConfigError, ForecastConfig, format_validation_error, merge_settings
@@ -94,7 +103,7 @@ RunSettings.__doc__ = ("Settings of this run, over the deployment's and the conf
                        "to keep theirs). Secrets never go here: parameters are stored by the Prefect server.")
 
 
-def settings_dict(settings: Any) -> dict[str, Any]:
+def settings_dict(settings: Any) -> dict[str, JsonValue]:
     """The settings a run passed, checked against RunSettings, as nested plain values (only those it set;
     None means 'not set here'). A bad one raises ConfigError naming the setting, as the configuration does."""
     if settings is None:
@@ -129,7 +138,7 @@ def current_deployment():
 
 
 def deployment_settings(flow_name: str, config_path: str | None, given: Mapping[str, Any],
-                        allow_overrides: Any) -> dict[str, Any]:
+                        allow_overrides: Any) -> dict[str, JsonValue]:
     """The settings of this run: in a deployment run, the deployment's `settings` with the run's (`given`)
     merged over them, after refusing (ConfigError, naming it) a run that changes a setting the deployment
     fixes (`check_overrides`); outside deployments, `given` itself.

@@ -25,6 +25,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from flows.cluster import dask_cluster
 from lstm_core.config import ForecastConfig
 from lstm_core.interrupt import sigint_blocked
+from lstm_core.records import Execution
 
 
 class RunTaskRunner(TaskRunner):
@@ -40,7 +41,7 @@ class RunTaskRunner(TaskRunner):
     def __init__(self) -> None:
         super().__init__()
         self._inner: TaskRunner | None = None
-        self.description: dict[str, Any] = {"runner": "in-process"}
+        self.description = Execution(runner="in-process")
         self.capacity = 1  # tasks that run at once: the cluster's worker threads
 
     def duplicate(self) -> RunTaskRunner:
@@ -77,7 +78,7 @@ def run_task_runner(config: ForecastConfig, logger: logging.Logger | None = None
         return
     if runner is not None:
         # a runner handed in with `with_options` gets the two fields ours has
-        runner.description = {"runner": runner.name}  # type: ignore[attr-defined]
+        runner.description = Execution(runner=runner.name)  # type: ignore[attr-defined]
         runner.capacity = 1  # type: ignore[attr-defined]
     yield runner
 
@@ -98,13 +99,13 @@ def shared_api_url() -> str:
 
 @contextmanager
 def _real_runner(config: ForecastConfig, logger: logging.Logger | None = None
-                 ) -> Iterator[tuple[TaskRunner, dict[str, Any], int]]:
+                 ) -> Iterator[tuple[TaskRunner, Execution, int]]:
     """(runner, description, capacity) as the configuration asks, started for the `with` block: a thread of
     one, or prefect-dask's runner on the run's Dask cluster (`flows.cluster.dask_cluster`)."""
     if config.workers is None and config.dask_address is None:
         thread: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=1)
         with thread:
-            yield thread, {"runner": "in-process"}, 1
+            yield thread, Execution(runner="in-process"), 1
         return
 
     from prefect.settings import PREFECT_API_URL, temporary_settings

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flows.console import quiet_console_tracebacks, quiet_native_startup
@@ -18,8 +19,16 @@ from flows.console import quiet_console_tracebacks, quiet_native_startup
 SERVE_TAGS = ["lstm-forecast", "batch-forecast"]
 
 
-def serve_parameters(config_path: str | None, flags: dict[str, Any], sets: list[str],
-                     allow_overrides: list[str]) -> dict[str, Any]:
+class ServeParameters(TypedDict):
+    """The deployments' parameters: keywords of the batch-forecast flow (`flows.batch_forecast.batch_forecast`)."""
+
+    config_path: str | None  # the config file's absolute path
+    settings: dict[str, object]  # nested settings from the flags and `--set`, checked against RunSettings
+    allow_overrides: list[str]  # protected settings a run may change
+
+
+def serve_parameters(config_path: str | None, flags: Mapping[str, object], sets: list[str],
+                     allow_overrides: list[str]) -> ServeParameters:
     """The deployments' parameters: the config file's absolute path and the flags, checked now.
 
     `flags`: the settings the flags gave (nested, as `flows.cli.settings_from_args` makes them); `sets`: the
@@ -47,17 +56,18 @@ def serve_parameters(config_path: str | None, flags: dict[str, Any], sets: list[
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc).replace("invalid configuration", "invalid parameter")) from None
     for name in config.url_settings():
-        if has_credentials(settings.get(name)):
+        value = settings.get(name)
+        if isinstance(value, str) and has_credentials(value):
             raise ConfigError(f"setting {name!r}: its URL carries credentials, and deployment parameters are "
                               f"stored by the Prefect server: put the URL in the config file or the environment")
     unknown = [name for name in allow_overrides if name not in PROTECTED]
     if unknown:
         raise ConfigError(f"--allow-override {unknown[0]!r}: not a protected setting (one of {', '.join(PROTECTED)}); "
                           f"other settings may be changed by any run")
-    return {"config_path": config_path, "settings": settings, "allow_overrides": list(allow_overrides)}
+    return ServeParameters(config_path=config_path, settings=settings, allow_overrides=list(allow_overrides))
 
 
-def build_deployments(cron: str, timezone: str, parameters: dict[str, Any]) -> tuple[Any, Any]:
+def build_deployments(cron: str, timezone: str, parameters: ServeParameters) -> tuple[Any, Any]:
     """`batch-forecast/scheduled` (cron) and `batch-forecast/manual` (no schedule), one run at a time each.
 
     Raises ConfigError for a time zone that is not an IANA one or a cron expression Prefect refuses.
@@ -84,15 +94,16 @@ def build_deployments(cron: str, timezone: str, parameters: dict[str, Any]) -> t
     with quiet_native_startup():  # imports TensorFlow: after the cheap checks
         from flows.batch_forecast import batch_forecast
 
-    common: dict[str, Any] = {"parameters": parameters, "version": version, "concurrency_limit": limit}
     scheduled = batch_forecast.to_deployment(
         "scheduled", schedules=[schedule], tags=[*SERVE_TAGS, "scheduled"],
         description=f"Nightly batch forecast on cron {cron!r} ({timezone}); each slot writes run "
-                    "sched-<UTC slot>-<config hash>, so a re-run slot replaces its own outputs.", **common)
+                    "sched-<UTC slot>-<config hash>, so a re-run slot replaces its own outputs.",
+        parameters=dict(parameters), version=version, concurrency_limit=limit)
     manual = batch_forecast.to_deployment(
         "manual", tags=[*SERVE_TAGS, "manual"],
         description="Batch forecast on demand. Pass only what changes: settings are merged over these defaults; "
-                    "settings.run_id names (or replaces) a run.", **common)
+                    "settings.run_id names (or replaces) a run.",
+        parameters=dict(parameters), version=version, concurrency_limit=limit)
     return scheduled, manual
 
 
@@ -108,7 +119,7 @@ def next_run(cron: str, timezone: str, after: datetime | None = None) -> str:
     return dates[0].astimezone(ZoneInfo(timezone)).isoformat()
 
 
-def serve(parameters: dict[str, Any], cron: str, timezone: str) -> None:
+def serve(parameters: ServeParameters, cron: str, timezone: str) -> None:
     """Serve the two deployments with `parameters` (`serve_parameters`) from this process until Ctrl-C or
     SIGTERM, after saying when the schedule fires next (and that a temporary local API lives only as long
     as this process, when PREFECT_API_URL is not set)."""

@@ -48,6 +48,7 @@ from pydantic import (
 import lstm_core.model  # noqa: F401 - registers custom layers for safe-mode loading
 from lstm_core.atomic import put_bytes, write_json
 from lstm_core.config import ConfigError, ForecastConfig
+from lstm_core.config.identity import RecordedSettings
 from lstm_core.covariates import StaticEncoder
 from lstm_core.engine import Forecaster
 from lstm_core.errors import ArtifactError
@@ -146,13 +147,13 @@ class ModelMetadata(BaseModel):
     season_length: StrictInt = Field(1, ge=1, le=MAX_SEASON_LENGTH)
     deseasonalize: Literal["auto", "multiplicative", "additive", "off"] = "off"
     known: list[StrictInt] = Field(default_factory=list)  # feature columns known ahead (model inputs)
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, object] = Field(default_factory=dict)  # the saved run's public configuration
     data_fingerprint: StrictStr = ""
     training: _TrainingRecord = Field(default_factory=_TrainingRecord)
     versions: dict[str, StrictStr]
     sha256: dict[str, Sha256] = Field(default_factory=dict)
     group: StrictStr | None = None
-    static_encoder: dict[str, Any] | None = None
+    static_encoder: dict[str, object] | None = None  # `StaticEncoderState`, checked by StaticEncoder.from_dict
     signature: dict[str, StrictStr] | None = None
 
     @field_validator("created_at")
@@ -211,17 +212,17 @@ def signing_key(environ: typing.Mapping[str, str] | None = None) -> bytes | None
     return value.encode()
 
 
-def _canonical(metadata: dict[str, Any]) -> bytes:
+def _canonical(metadata: typing.Mapping[str, object]) -> bytes:
     body = {k: v for k, v in metadata.items() if k != "signature"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def sign(metadata: dict[str, Any], key: bytes) -> dict[str, str]:
+def sign(metadata: typing.Mapping[str, object], key: bytes) -> dict[str, str]:
     """HMAC-SHA256 over the metadata (every file's sha256 included), as stored under `signature`."""
     return {"algorithm": "hmac-sha256", "value": hmac.new(key, _canonical(metadata), hashlib.sha256).hexdigest()}
 
 
-def _verify(metadata: dict[str, Any], key: bytes, url: str) -> None:
+def _verify(metadata: typing.Mapping[str, object], key: bytes, url: str) -> None:
     signature = metadata.get("signature")
     if not isinstance(signature, dict) or not signature:
         raise ArtifactError(f"model {url}: not signed, and {SIGNING_KEY_ENV} is set: unsigned models are not loaded")
@@ -251,8 +252,8 @@ class LoadedModel:
     intervals: Any = None  # the checked `intervals.ConformalIntervals` saved beside it, or None
 
 
-def save(forecaster: Forecaster, store: Location | str, model_key: str, *, config: dict[str, Any],
-         fingerprint: str, version: str | None = None, extra: dict[str, Any] | None = None) -> str:
+def save(forecaster: Forecaster, store: Location | str, model_key: str, *, config: typing.Mapping[str, object],
+         fingerprint: str, version: str | None = None, extra: typing.Mapping[str, object] | None = None) -> str:
     """Save a forecaster as a new version under `store/model_key`; returns the version."""
     if forecaster.per_series is not None:
         raise ArtifactError("per-series models are not saved to the model store (train them each run)")
@@ -289,7 +290,7 @@ def save(forecaster: Forecaster, store: Location | str, model_key: str, *, confi
         "deseasonalize": forecaster.deseasonalize,
         "known": list(forecaster.known),
         "config": config,
-        **_settings_of(config),
+        **(_settings_of(config) or {}),
         "data_fingerprint": fingerprint,
         "training": forecaster.training,
         "versions": package_versions(),
@@ -303,15 +304,15 @@ def save(forecaster: Forecaster, store: Location | str, model_key: str, *, confi
     return version
 
 
-def _settings_of(config: dict[str, Any]) -> dict[str, Any]:
+def _settings_of(config: typing.Mapping[str, object]) -> RecordedSettings | None:
     """The network and training settings of a saved config, recorded so a store can be searched by them."""
     from lstm_core.config import validate_config
 
     try:
         cfg = validate_config(config)
-        return {"network_settings": cfg.network_settings(), "training_settings": cfg.training_settings()}
+        return RecordedSettings(network_settings=cfg.network_settings(), training_settings=cfg.training_settings())
     except Exception:  # noqa: BLE001 - a partial config (tests, notebooks): nothing to record
-        return {}
+        return None
 
 
 def list_versions(store: Location | str, model_key: str) -> list[str]:

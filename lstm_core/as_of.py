@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -68,7 +69,7 @@ def read_filters(filters: list[list[Any]] | None, as_of: datetime | None, time_c
     return [*filters, term]
 
 
-def as_of_run_id(as_of: datetime, settings: dict[str, Any]) -> str:
+def as_of_run_id(as_of: datetime, settings: Mapping[str, object]) -> str:
     """`asof-<YYYYmmddTHHMMSS>[Z]-<hash>`: the run id of a run as of `as_of` (`Z` when it has an offset, the
     instant in UTC), with the hash of its public settings except `as_of` and `run_id` (so the nights of one
     job share the hash and differ in the instant)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hmac
 import json
 from datetime import UTC, datetime
-from typing import Any
 
 from lstm_core import artifacts
 from lstm_core.atomic import write_json
@@ -59,8 +58,8 @@ def write_champion(store: Location | str, key: str, version: str, reason: str) -
     store = Location.of(store)
     if not store.fs.exists(join(store.path, key, version, "metadata.json")):
         raise ArtifactError(f"model version {version} is not in the model store {store.shown} under key {key}")
-    body: dict[str, Any] = {"version": version, "promoted_at": datetime.now(UTC).isoformat(),
-                            "reason": reason}
+    body: dict[str, str | dict[str, str]] = {"version": version, "promoted_at": datetime.now(UTC).isoformat(),
+                                              "reason": reason}
     key_bytes = artifacts.signing_key()
     if key_bytes is not None:
         body["signature"] = artifacts.sign(body, key_bytes)

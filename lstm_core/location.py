@@ -16,10 +16,9 @@ Local paths, s3:// (AWS, MinIO, R2) and any other fsspec URL are reached the sam
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -36,7 +35,13 @@ S3_RETRIES = {"mode": "standard", "total_max_attempts": 5}  # 1 try + 4 retries
 PERMANENT_ERROR_NAMES = {"ParamValidationError", "InvalidBucketName", "NoCredentialsError", "PartialCredentialsError"}
 
 
-def resolve_options(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+def _section(options: Mapping[str, object], name: str) -> dict[str, object]:
+    """A copy of the keyword section `name` of storage options (`client_kwargs`, `config_kwargs`); {} when unset."""
+    value = options.get(name)
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def resolve_options(url: str, storage_options: Mapping[str, object] | None = None) -> dict[str, object]:
     """Storage options for `url`; for s3:// an endpoint may come from AWS_ENDPOINT_URL(_S3).
 
     Retries are configured unless the options (or AWS_RETRY_MODE / AWS_MAX_ATTEMPTS) say otherwise.
@@ -44,7 +49,7 @@ def resolve_options(url: str, storage_options: dict[str, Any] | None = None) -> 
     opts = dict(storage_options or {})
     if url.startswith(("s3://", "s3a://")):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        client_kwargs = dict(opts.get("client_kwargs") or {})
+        client_kwargs = _section(opts, "client_kwargs")
         if endpoint and "endpoint_url" not in opts and "endpoint_url" not in client_kwargs:
             opts["endpoint_url"] = endpoint
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
@@ -52,7 +57,7 @@ def resolve_options(url: str, storage_options: dict[str, Any] | None = None) -> 
             client_kwargs["region_name"] = region
         if client_kwargs:
             opts["client_kwargs"] = client_kwargs
-        config_kwargs = dict(opts.get("config_kwargs") or {})
+        config_kwargs = _section(opts, "config_kwargs")
         env_retries = os.environ.get("AWS_RETRY_MODE") or os.environ.get("AWS_MAX_ATTEMPTS")
         if "retries" not in config_kwargs and not env_retries:
             config_kwargs["retries"] = dict(S3_RETRIES)
@@ -60,7 +65,8 @@ def resolve_options(url: str, storage_options: dict[str, Any] | None = None) -> 
     return opts
 
 
-def filesystem(url: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+def filesystem(url: str, storage_options: Mapping[str, object] | None = None
+               ) -> tuple[fsspec.AbstractFileSystem, str]:
     """fsspec's filesystem for `url` (options resolved by `resolve_options`) and the path on it, without a
     trailing '/'. Code that reads or writes takes a `Location` instead; this is what a Location calls."""
     fs, path = fsspec.core.url_to_fs(url, **resolve_options(url, storage_options))
@@ -84,10 +90,10 @@ class Location:
     """
 
     url: str
-    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    options: Mapping[str, object] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, where: str | Location, storage_options: Mapping[str, Any] | None = None) -> Location:
+    def of(cls, where: str | Location, storage_options: Mapping[str, object] | None = None) -> Location:
         """`where` as a Location: a URL gets `storage_options` (none by default); a Location is kept."""
         return where if isinstance(where, Location) else cls(str(where), dict(storage_options or {}))
 
@@ -124,14 +130,14 @@ class Location:
     def __hash__(self) -> int:
         return hash(self.url)
 
-    def __reduce__(self) -> tuple[Any, tuple[str, dict[str, Any]]]:
+    def __reduce__(self) -> tuple[Callable[[str, Mapping[str, object]], Location], tuple[str, dict[str, object]]]:
         return (_relocated, (self.url, without_secrets(dict(self.options))))
 
     def __str__(self) -> str:
         return self.shown
 
 
-def _relocated(url: str, options: dict[str, Any]) -> Location:
+def _relocated(url: str, options: Mapping[str, object]) -> Location:
     """A Location rebuilt in another process: its secret options from this process's environment."""
     return Location(url, with_environment_secrets(options))
 

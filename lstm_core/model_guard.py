@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import JsonValue
 
 CONFIG_ENTRY = "config.json"
 WEIGHTS_ENTRY = "model.weights.h5"
@@ -149,7 +150,7 @@ class CheckedArchive:
     """The entries of an archive that passed the checks, as read (name -> bytes, archive order)."""
 
     entries: dict[str, bytes]
-    config: dict[str, Any]
+    config: dict[str, JsonValue]  # config.json as parsed (a Keras model config: plain JSON)
 
 
 def canonical_name(name: str) -> str:
@@ -201,7 +202,7 @@ def read_archive(source: str | bytes, max_bytes: int) -> CheckedArchive:
     return CheckedArchive(entries, _checked_config(entries[CONFIG_ENTRY]))
 
 
-def _checked_config(raw: bytes) -> dict[str, Any]:
+def _checked_config(raw: bytes) -> dict[str, JsonValue]:
     vocab = builder_vocabulary()
     try:
         config = json.loads(raw)

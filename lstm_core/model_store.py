@@ -29,9 +29,12 @@ import json
 import logging
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from pydantic import JsonValue
 
 from lstm_core import artifacts
 from lstm_core.atomic import read_json, remove_file, remove_tree, write_json
@@ -199,7 +202,7 @@ class ModelStore:
                           gate_panel=gate_panel)
 
     def save(self, forecaster: Forecaster, spec: ModelSpec, fingerprint: str, version: str,
-             backtest: Forecaster | None = None, extra: dict[str, Any] | None = None) -> None:
+             backtest: Forecaster | None = None, extra: Mapping[str, object] | None = None) -> None:
         """Write a version (retried in place on storage hiccups: the training is never repeated).
         `backtest`: under refit, the model that scores the backtest, written first (inside the version,
         which is complete only once its own metadata is written last). `extra`: further metadata fields
@@ -317,8 +320,8 @@ class ModelRef:
     version: str
     group: str | None
     first_window: int
-    decision: dict[str, Any]  # `Decision.as_dict()`: action, reason, the gate's scores and lineage
-    training: dict[str, Any]  # the training summary the version was saved with
+    decision: dict[str, JsonValue]  # `Decision.as_dict()`: action, reason, the gate's scores and lineage
+    training: dict[str, JsonValue]  # the training summary the version was saved with
     refit: bool = False  # the version keeps the model that scores the backtest apart (`BACKTEST_MODEL`)
 
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import JsonValue
 
 from lstm_core.as_of import as_utc
 from lstm_core.catchup import CatchUp, CommittedRun, committed_history, decide
@@ -48,7 +49,7 @@ class NightPlan:
                 f"{c.superseded_by.isoformat()} is due, and its run forecasts the newest data and lists this slot "
                 f"as skipped" if c.slot and c.superseded_by else "superseded")
 
-    def superseded_result(self, run_id: str) -> dict[str, Any]:
+    def superseded_result(self, run_id: str) -> dict[str, JsonValue]:
         """What the flow returns for a superseded run (it writes nothing)."""
         c = self.catch_up
         return {"run_id": run_id, "status": "superseded", "reason": self.superseded_reason(),

@@ -39,7 +39,7 @@ a half-replaced run is never marked succeeded.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import pandas as pd
 import pyarrow as pa
+from pydantic import JsonValue
 
 from lstm_core.atomic import LinkRefused, put_bytes, read_json, remove_file, remove_tree, write_json, write_parquet
 from lstm_core.layout import FOLDERS, LEASE, MANIFEST, OUTPUT_SCHEMA_VERSION, TABLES, OutputLayout
@@ -151,7 +152,7 @@ class RunWriter:
     lease: Any = None  # a lstm_core.lease.RunLease; checked before clearing and before committing
     location: Location | None = None  # set by `open`: lets a copy rebuild its filesystem without pickled credentials
 
-    def __getstate__(self) -> dict[str, Any]:
+    def __getstate__(self) -> dict[str, object]:
         # Shard tasks on Dask workers get a copy without the lease (it holds a heartbeat thread):
         # the flow's process owns the lease and checks it before clearing and before committing.
         # Nor the filesystem, which would pickle its credentials: the copy rebuilds it from its Location
@@ -161,7 +162,7 @@ class RunWriter:
             state["fs"] = None
         return state
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         if self.fs is None and self.location is not None:  # __getstate__ drops fs only where a Location rebuilds it
             self.fs = self.location.fs
@@ -240,7 +241,7 @@ class RunWriter:
         put_bytes(self.fs, path, data, root=self.root)
         return path
 
-    def commit(self, manifest: Manifest | dict[str, Any]) -> str:
+    def commit(self, manifest: Manifest | Mapping[str, object]) -> str:
         """Write the manifest (`runs/<run_id>/manifest.json`, one whole file), stamped with this run id;
         returns its path. A `Manifest` is written as its JSON form (`model_dump(mode="json")`: exactly the
         fields it has set); a plain dict as it is (a marker written by hand, as tests do).
@@ -253,7 +254,7 @@ class RunWriter:
         write_json(self.fs, self.manifest_path, {**record, "run_id": self.run_id}, root=self.root)
         return self.manifest_path
 
-    def read_manifest(self) -> dict[str, Any] | None:
+    def read_manifest(self) -> dict[str, JsonValue] | None:
         """The manifest this run id committed before (a re-run replaces it), or None: absent, not a JSON
         object, or, locally, a link (a planted `manifest.json` is replaced when the run commits, never read)."""
         if is_local(self.fs) and os.path.islink(self.manifest_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     PlainSerializer,
     PrivateAttr,
     model_serializer,
@@ -130,8 +132,9 @@ class ShardSummary(ShardEntry):
     totals: ShardTotals = Field(description="the sums behind its pooled and per-window metrics")
     realised: RealisedTotals | None = Field(description="its realised accuracy of earlier runs; null when none")
     outputs: dict[str, str] = Field(description="table -> the part file it wrote")
-    coverage: list[dict[str, Any]] = Field(default_factory=list, description="served interval hits per history "
-                                           "band (`combination.coverage_sums` rows): they add over shards")
+    coverage: list[dict[str, str | int | float]] = Field(
+        default_factory=list, description="served interval hits per history band (`combination.coverage_sums` rows: "
+        "band, series_windows, points, hits_<L>, n_<L>): they add over shards")
     statistical_seconds: float = Field(0.0, description="seconds fitting the statistical models and combining")
 
     def entry(self) -> ShardEntry:
@@ -234,7 +237,7 @@ class Decision(Record):
         self._loaded = loaded
         return self
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, JsonValue]:
         """The JSON the manifest and the model's metadata record (the set fields only)."""
         return self.model_dump(mode="json")
 
@@ -359,7 +362,7 @@ class Tuned(Record):
     metric: str | None = Field(description="the objective's metric")
     written_at: str | None = Field(description="when the study's best settings were written (ISO 8601, UTC)")
     best_yaml: str = Field(description="the study's `best.yaml`")
-    settings: dict[str, Any] = Field(description="dotted setting name -> the value applied")
+    settings: Mapping[str, object] = Field(description="dotted setting name -> the value applied")
 
 
 class ScheduleEntry(Record):
@@ -399,7 +402,7 @@ class ManifestDraft(Record):
     scheduled_start: Timestamp | None = Field(description="the scheduled slot's start (null for a manual run)")
     input_url: str = Field(description="the input URL, credentials removed")
     output_url: str = Field(description="the output URL, credentials removed")
-    config: dict[str, Any] = Field(description="the resolved configuration without secrets (the settings of the "
+    config: Mapping[str, object] = Field(description="the resolved configuration without secrets (the settings of the "
                                                "README's configuration table)")
     started_at: Timestamp = Field(description="when the run started (UTC)")
     versions: dict[str, str] = Field(description="package -> installed version")

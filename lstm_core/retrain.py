@@ -20,7 +20,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 
@@ -44,6 +44,16 @@ CHAMPION = "champion"  # the run follows the champion: a full training replaces 
 OWN = "own"  # other training settings than the champion's: the run trains and serves its own, never promotes
 
 
+class GateMeasure(TypedDict):
+    """How a gate score was measured (`GateWindows.as_dict`): comparable only under the same measure."""
+
+    metric: Literal["mase"]
+    horizon: int
+    season_length: int
+    windows: int
+    step: int
+
+
 @dataclass(frozen=True)
 class GateWindows:
     """Where the gate scores: `windows` cutoffs `step` apart, each followed by `horizon` points; MASE scaled by
@@ -60,7 +70,8 @@ class GateWindows:
         return cls(int(config.horizon), int(config.season_length), int(config.backtest.windows),
                    int(config.backtest_step))
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> GateMeasure:
+        """The measure as a version's metadata records it under `gate` (beside its `score`)."""
         return {"metric": "mase", "horizon": self.horizon, "season_length": self.season_length,
                 "windows": self.windows, "step": self.step}
 
@@ -221,7 +232,7 @@ def decide(
                  f"{_num(current)} is within {tolerance:.0%} of recorded {_num(recorded)}", loaded, **scored)
 
 
-def _same_measure(recorded: dict[str, Any], gate: GateWindows) -> bool:
+def _same_measure(recorded: Mapping[str, object], gate: GateWindows) -> bool:
     """The version recorded its gate score with the measure `gate` takes now (same windows' geometry)."""
     want = gate.as_dict()
     return recorded.get("score") is not None and all(recorded.get(k) == v for k, v in want.items())

@@ -234,17 +234,18 @@ def redact_url(url: str) -> str:
 # Storage options (credentials included) handed to this process in memory: a LocalCluster's workers get the
 # run's from the flow through a worker plugin over the cluster's TLS connections (flows/runners.py), never
 # through their environment, which their child processes would inherit.
-_HELD_STORAGE_OPTIONS: dict[str, Any] = {}
+_HELD_STORAGE_OPTIONS: dict[str, object] = {}
 
 
-def hold_storage_options(options: Mapping[str, Any]) -> None:
+def hold_storage_options(options: Mapping[str, object]) -> None:
     """Keep `options` in this process's memory: every configuration or Location unpickled here from now on
     gets them back (merged over what travelled), as from LSTM_FORECAST_STORAGE_OPTIONS."""
     _HELD_STORAGE_OPTIONS.clear()
     _HELD_STORAGE_OPTIONS.update(dict(options))
 
 
-def with_environment_secrets(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def with_environment_secrets(options: Mapping[str, object], environ: Mapping[str, str] | None = None
+                             ) -> dict[str, object]:
     """`options` with the storage options of this process merged over them: those of its environment
     (LSTM_FORECAST_STORAGE_OPTIONS, JSON: the workers of an existing cluster set it themselves), then those
     held in memory (`hold_storage_options`: a LocalCluster's workers). How a worker gets the credentials a

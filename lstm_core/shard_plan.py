@@ -32,6 +32,7 @@ from lstm_core.errors import DataValidationError
 from lstm_core.input_size import MAX_ID_BYTES, RowBytes
 from lstm_core.inputs import BATCH_ROWS, InputScan, decoded, scan_input, to_frame
 from lstm_core.location import Location, join
+from lstm_core.records import PlanGroup, PlanSummary
 
 SHARD_KEY = "lstm-fc-shard-01"  # 16-byte SipHash keys: shard assignment and training sample are independent
 TRAIN_KEY = "lstm-fc-train-01"
@@ -120,16 +121,14 @@ class ShardPlan:
         """The plan of group `name` (None without a group column); StopIteration when there is none."""
         return next(g for g in self.groups if g.name == name)
 
-    def summary(self) -> dict[str, Any]:
-        """The plan in a few numbers for logs and the manifest: series, rows, bytes, shards, groups."""
-        return {
-            "series": self.n_series, "rows": self.rows, "bytes": self.bytes, "shard_size": self.shard_size,
-            "shards": self.n_shards,
-            "split": self.sharded, "group_column": self.group_column,
-            "groups": [{"group": g.name, "series": g.n_series, "shards": len(g.shards), "train_series": g.sample_size,
-                        "train_data": "shard" if g.train is None else ("scratch" if g.train.url else "input")}
-                       for g in self.groups],
-        }
+    def summary(self) -> PlanSummary:
+        """The plan in a few numbers, as the manifest's `plan` records it: series, rows, bytes, shards, groups."""
+        return PlanSummary(
+            series=self.n_series, rows=self.rows, bytes=self.bytes, shard_size=self.shard_size, shards=self.n_shards,
+            split=self.sharded, group_column=self.group_column,
+            groups=[PlanGroup(group=g.name, series=g.n_series, shards=len(g.shards), train_series=g.sample_size,
+                              train_data="shard" if g.train is None else ("scratch" if g.train.url else "input"))
+                    for g in self.groups])
 
 
 def _count(table: pa.Table, keys: list[str]) -> pa.Table:

@@ -8,10 +8,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import keras
 import numpy as np
+from pydantic import JsonValue
 
 from lstm_core import interrupt
 from lstm_core.config import TrainingConfig
@@ -38,7 +39,7 @@ class TrainingResult:
     samples_per_epoch: int
     samples_per_second: float = 0.0  # training samples through forward + backward per wall-clock second
     gflops: float = 0.0  # effective GFLOP/s of those passes (3 x the forward matrix products)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, JsonValue] = field(default_factory=dict)  # further JSON fields of the summary (none yet)
     snapshots: list[tuple[int, float, list]] = field(default_factory=list, repr=False)  # (epoch, val_loss, weights)
 
     def summary(self) -> dict[str, Any]:
@@ -46,7 +47,14 @@ class TrainingResult:
         return out | {"history": self.history, "snapshot_epochs": [e for e, _, _ in self.snapshots]}
 
 
-def device_info() -> dict[str, Any]:
+class DeviceInfo(TypedDict):
+    """The accelerator training runs on, as `device_info` finds it."""
+
+    device: str  # `CPU` or `GPU (<names>)`, as the training summary records it
+    gpus: list[str]  # the GPUs' names; [] on CPU
+
+
+def device_info() -> DeviceInfo:
     """The accelerator training will use: GPU name(s), or CPU."""
     import tensorflow as tf
 

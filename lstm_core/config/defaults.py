@@ -63,7 +63,7 @@ def _in_bounds(value: Any) -> bool:
     return value is None or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_STEPS)
 
 
-def frequency_defaults(data: dict[str, Any]) -> dict[str, Any]:
+def frequency_defaults(data: Mapping[str, object]) -> dict[str, object]:
     """Raw settings (before validation) with the defaults that follow from the frequency filled in: a
     season_length list split into season_length and extra_season_lengths, then season_length from freq, then
     window from freq, season and horizon (and the chunk and patch of the `model` section).
@@ -80,13 +80,15 @@ def frequency_defaults(data: dict[str, Any]) -> dict[str, Any]:
         if data.get("extra_season_lengths"):
             raise ValueError("give further seasons either as a season_length list or as extra_season_lengths")
         data["season_length"], data["extra_season_lengths"] = season[0], list(season[1:])
-    if data.get("season_length") is None and data.get("freq") is not None:
+    freq = data.get("freq")
+    if data.get("season_length") is None and isinstance(freq, str):  # another type: the freq validator names it
         try:
-            data["season_length"] = default_season_length(data["freq"])
+            data["season_length"] = default_season_length(freq)
         except (ValueError, TypeError):
             pass  # the freq validator names the bad value
+    extra = data.get("extra_season_lengths") or ()
     if not all(_in_bounds(data.get(k)) for k in ("horizon", "season_length")) or \
-            not all(_in_bounds(v) for v in data.get("extra_season_lengths") or ()):
+            not all(_in_bounds(v) for v in (extra if isinstance(extra, (list, tuple)) else [extra])):
         return data  # the field validators name the value out of bounds (no default computed from it)
     if data.get("window") is None and data.get("season_length") is not None and data.get("freq") is not None:
         section = data.get("model")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, NotRequired, TypedDict
+
+from pydantic import JsonValue
 
 if TYPE_CHECKING:
     from lstm_core.config.schema import ForecastConfig
@@ -29,7 +31,7 @@ class NetworkSettings(TypedDict):
     target_transform: str
     mode: str
     # every ModelConfig field (a new one counts at once), with chunk and patch resolved to integers
-    model: dict[str, Any]
+    model: dict[str, JsonValue]
     covariates: dict[str, list[str]]  # role (historic, future, calendar, static) -> columns or features
     static_types: NotRequired[dict[str, str]]  # only when declared, so the keys of other models stay
     group: NotRequired[dict[str, str | None]]  # with group_column: {"column": ..., "value": ...} (ModelSpec)
@@ -47,6 +49,14 @@ class TrainingSettings(TypedDict):
     snapshots: int
     validation_steps: int | None
     seed: int
+
+
+class RecordedSettings(TypedDict):
+    """The settings a saved model version records beside its config (`metadata.json`), so a store can be
+    searched by them."""
+
+    network_settings: NetworkSettings
+    training_settings: TrainingSettings
 
 
 def network_settings(config: ForecastConfig) -> NetworkSettings:

@@ -33,17 +33,18 @@ NOT_SETTINGS = {"LSTM_FORECAST_DEBUG", "LSTM_FORECAST_PROGRESS", "LSTM_FORECAST_
 log = logging.getLogger("lstm_core.config")
 
 
-def _set_dotted(target: dict[str, Any], dotted: str, value: Any) -> None:
+def _set_dotted(target: dict[str, object], dotted: str, value: object) -> None:
     parts = dotted.split(".")
     node = target
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+        section = node.setdefault(part, {})
+        if not isinstance(section, dict):
             raise ConfigError(f"setting {dotted!r}: {part!r} is not a section")
+        node = section
     node[parts[-1]] = value
 
 
-def _parse_value(raw: str) -> Any:
+def _parse_value(raw: str) -> object:
     # YAML scalars give ints, floats, bools, null and lists ("[32, 32]") for free.
     try:
         return yaml.safe_load(raw)
@@ -66,7 +67,7 @@ def names_a_setting(dotted: str, model: type[BaseModel] | None = None) -> bool:
     return True
 
 
-def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, object]:
     """LSTM_FORECAST_HORIZON=13, LSTM_FORECAST_TRAINING__EPOCHS=5 -> nested dict.
 
     Only variables that name a setting are read. Others with the prefix are ignored with a debug
@@ -74,7 +75,7 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     lstm-forecast), and the project's own switches (NOT_SETTINGS) are not settings.
     """
     environ = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
+    out: dict[str, object] = {}
     for key, raw in environ.items():
         if key in NOT_SETTINGS or not key.startswith(ENV_PREFIX) or len(key) == len(ENV_PREFIX):
             continue
@@ -94,12 +95,12 @@ def env_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 
 def load_config(
     path: str | Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, object] | None = None,
     sets: list[str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> ForecastConfig:
     """Build and validate the configuration: defaults <- YAML <- environment <- overrides <- --set."""
-    data: dict[str, Any] = {}
+    data: dict[str, object] = {}  # raw settings, untyped until validate_config
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -135,11 +136,11 @@ TUNED_FILE_SECTIONS = ("model.", "training.")
 TUNED_FILE_EXCLUDED = ("training.max_series", "training.max_train_minutes")  # a run's budgets, not its model
 
 
-def check_tuning_result(settings: Mapping[str, Any], where: str) -> None:
+def check_tuning_result(settings: Mapping[str, object], where: str) -> None:
     """Refuse (ConfigError naming the setting) a tuning result (`best.yaml`) that holds anything but tuned and
     data settings: never a URL, storage options, Dask, the model store or a run id."""
-    def leaves(node: Mapping[str, Any], prefix: str = "") -> list[str]:
-        out = []
+    def leaves(node: Mapping[str, object], prefix: str = "") -> list[str]:
+        out: list[str] = []
         for key, value in node.items():
             dotted = f"{prefix}{key}"
             out.extend(leaves(value, dotted + ".") if isinstance(value, Mapping) and value else [dotted])
@@ -155,14 +156,14 @@ def check_tuning_result(settings: Mapping[str, Any], where: str) -> None:
                               f"storage and Dask come from the run's own flags, file and environment")
 
 
-def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+def parse_sets(sets: list[str] | None) -> dict[str, object]:
     """`--set key=value` items (dotted keys for sections) as nested settings.
 
     A secret-named storage option is refused (ConfigError naming the key, never quoting the value): a command
     line is visible to every local user (`ps`) and kept in shell history; credentials belong in the environment
     or the config file. (A URL setting carrying credentials, as `--input` may, is redacted everywhere instead.)
     """
-    data: dict[str, Any] = {}
+    data: dict[str, object] = {}
     for item in sets or []:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
@@ -172,7 +173,7 @@ def parse_sets(sets: list[str] | None) -> dict[str, Any]:
             raise ConfigError(f"--set {key.strip()}: a credential on the command line is visible to every local "
                               f"user (ps) and kept in shell history; put it in the environment (AWS_*, "
                               f"LSTM_FORECAST_STORAGE_OPTIONS) or the config file's storage_options")
-        flat: dict[str, Any] = {}
+        flat: dict[str, object] = {}
         _set_dotted(flat, key.strip(), _parse_value(raw))
         data = merge_settings(data, flat)
     return data

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from pandas.tseries.frequencies import to_offset
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, JsonValue, ValidationError, field_validator, model_validator
 
 from lstm_core.config import identity
 from lstm_core.config.defaults import Resolved, frequency_defaults, resolve_chunk, resolve_patch
@@ -60,7 +60,7 @@ class ForecastConfig(StrictSection):
     input_url: str = Field("data/demo/series.parquet",
                            description="Parquet file or hive-partitioned folder, any fsspec URL")
     output_url: str = Field("data/demo/output", description="where predictions, metrics, manifests and models go")
-    storage_options: dict[str, Any] = Field(
+    storage_options: dict[str, object] = Field(
         default_factory=dict, description="fsspec options (endpoint_url, client_kwargs...); credentials only in the "
         "config file or the environment, never in flow parameters or a form (the Prefect server stores those)")
     input_format: Literal["auto", "parquet", "csv"] = Field(
@@ -462,7 +462,7 @@ class ForecastConfig(StrictSection):
         """The values of the URL settings that are set."""
         return [v for v in (getattr(self, name) for name in self.url_settings()) if v]
 
-    def public_dict(self) -> dict[str, Any]:
+    def public_dict(self) -> dict[str, JsonValue]:
         """The resolved configuration with secrets removed (for manifests, logs, artifacts).
 
         Storage options lose their secret-named values; every URL setting loses its user-info and

@@ -117,7 +117,7 @@ class TuningConfig(StrictSection):
         description="wall-clock budget of a tune call, in minutes")
     max_series: int | None = Field(
         500, ge=1, le=MAX_SERIES, description="tune on at most this many series (a stable hash sample); null = all")
-    space: dict[str, Any] = Field(
+    space: dict[str, object] = Field(
         default_factory=dict, description="search space over the defaults (lstm_core.tuning.default_space): "
         "setting -> {low, high[, log, step]} or {choices: [...]} or a list of choices or one value; null drops it")
     pruning: bool = Field(True, description="stop unpromising trials early from their epoch validation losses")

@@ -8,7 +8,7 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -85,7 +85,7 @@ def best_settings(trial: FrozenTrial, config: ForecastConfig) -> Settings:
     and the data settings it was tuned for (frequency, horizon, seasons, covariates...)."""
     tuned = settings_of(trial.params, config)
     cfg = apply_settings(config, tuned)
-    out: dict[str, Any] = {k: v for k, v in cfg.model_dump(mode="json").items() if k in DATA_SETTINGS}
+    out: Settings = {k: v for k, v in cfg.model_dump(mode="json").items() if k in DATA_SETTINGS}
     out = merge_settings(out, tuned)
     out["window"] = int(cast(int, cfg.window))  # resolved: set
     out = merge_settings(out, {"model": {"chunk": int(cfg.chunk_length)}})

@@ -171,22 +171,32 @@ def settings_of(params: Mapping[str, JsonValue], config: ForecastConfig | None =
     `model.units` and `model.layers` become one list of units (layers x units); the one given alone takes
     the other from `config` (or 64 units, 1 layer without one).
     """
-    flat: dict[str, Any] = dict(params)
+    flat: dict[str, JsonValue] = dict(params)
     layers = flat.pop(LAYERS, None)
     if layers is not None or "model.units" in flat:
         units = flat.pop("model.units", None)
         if units is None:
             units = (config.model.units[0] if config is not None else 64)
-        n = int(layers) if layers is not None else (len(config.model.units) if config is not None else 1)
-        flat["model.units"] = [int(units)] * max(1, n)
-    nested: dict[str, Any] = {}
+        n = _count(layers) if layers is not None else (len(config.model.units) if config is not None else 1)
+        flat["model.units"] = [_count(units)] * max(1, n)
+    nested: Settings = {}
     for dotted, value in flat.items():
         node = nested
         *sections, leaf = dotted.split(".")
         for s in sections:
-            node = node.setdefault(s, {})
+            section = node.setdefault(s, {})
+            if not isinstance(section, dict):
+                raise ValueError(f"tuned setting {dotted!r}: {s!r} is a value, not a section")
+            node = section
         node[leaf] = value
     return nested
+
+
+def _count(value: JsonValue) -> int:
+    """A tuned layer or unit count as an int (trials draw them as ints; a study's JSON may hold floats)."""
+    if isinstance(value, (int, float, str)):
+        return int(value)
+    raise ValueError(f"a count of layers or units, not {value!r}")
 
 
 def apply_settings(config: ForecastConfig, settings: Mapping[str, JsonValue]) -> ForecastConfig:

@@ -39,7 +39,7 @@ def _cluster_client(started_by: str, config):
         from flows.runners import _real_runner
 
         with _real_runner(config) as (runner, description, _):
-            assert description["workers"] == 1
+            assert description.workers == 1
             yield runner.client
     else:
         from flows.tune import study_client

@@ -50,7 +50,7 @@ def test_a_file_over_the_budget_is_split_and_each_shard_reads_within_it(tmp_path
     whole = plan_shards(path, shard_size=5000, scratch=scratch)
     assert whole.n_shards == 1 and not whole.sharded  # under the default budget: read directly
     plan = plan_shards(path, shard_size=5000, shard_bytes=budget, scratch=scratch)
-    assert plan.n_shards >= 4 and plan.sharded and plan.summary()["bytes"] > 15_000_000
+    assert plan.n_shards >= 4 and plan.sharded and plan.summary().bytes > 15_000_000
     done = split_shards(path, plan)
     series = set()
     for spec in done.shards:
