@@ -18,7 +18,6 @@ disagree with each other or with the network) are an ArtifactError naming the fi
 from __future__ import annotations
 
 import hashlib
-import hmac
 import importlib.metadata
 import io
 import json
@@ -47,7 +46,7 @@ from pydantic import (
 
 import lstm_core.model  # noqa: F401 - registers custom layers for safe-mode loading
 from lstm_core.atomic import put_bytes, write_json
-from lstm_core.config import ConfigError, ForecastConfig
+from lstm_core.config import ForecastConfig
 from lstm_core.config.identity import RecordedSettings
 from lstm_core.covariates import StaticEncoder
 from lstm_core.engine import Forecaster
@@ -57,11 +56,10 @@ from lstm_core.model_guard import UnsafeArchive, checked_copy
 from lstm_core.panel import Panel
 from lstm_core.scaling import SeriesScaler
 from lstm_core.secrets import scrub
+from lstm_core.signing import SIGNING_KEY_ENV, sign, signing_key, verify
 
 FORMAT_VERSION = 2  # 2: chunked, patched network with deseasonalisation
 PACKAGES = ("tensorflow", "tensorflow-cpu", "keras", "h5py", "numpy", "pandas", "pyarrow", "prefect", "lstm-forecast")
-SIGNING_KEY_ENV = "LSTM_FORECAST_MODEL_SIGNING_KEY"
-MIN_SIGNING_KEY_LENGTH = 32
 MAX_MODEL_BYTES = 2**30  # default cap on one member archive (setting max_model_bytes)
 MAX_METADATA_BYTES = 16 * 2**20
 _log = logging.getLogger("lstm_core.artifacts")
@@ -188,7 +186,7 @@ def parse_metadata(raw: bytes, url: str, key: bytes | None = None) -> dict[str, 
     if not isinstance(data, dict):
         raise ArtifactError(f"model {url}: metadata.json is corrupt: not an object")
     if key is not None:
-        _verify(data, key, url)
+        verify(data, key, url)
     if data.get("format_version") != FORMAT_VERSION:  # before the shape: another format may differ
         raise ArtifactError(f"model {url}: artifact format {data.get('format_version')!r} is not supported "
                             f"(expected {FORMAT_VERSION})")
@@ -199,38 +197,6 @@ def parse_metadata(raw: bytes, url: str, key: bytes | None = None) -> dict[str, 
         where = ".".join(str(p) for p in err["loc"]) or "metadata"
         raise ArtifactError(f"model {url}: metadata.json is corrupt: field {where!r}: {err['msg']}") from None
     return checked
-
-
-# --- signing ----------------------------------------------------------------------
-def signing_key(environ: typing.Mapping[str, str] | None = None) -> bytes | None:
-    """The HMAC key from LSTM_FORECAST_MODEL_SIGNING_KEY, or None when it is not set."""
-    value = (os.environ if environ is None else environ).get(SIGNING_KEY_ENV)
-    if not value:
-        return None
-    if len(value) < MIN_SIGNING_KEY_LENGTH:
-        raise ConfigError(f"{SIGNING_KEY_ENV} is shorter than {MIN_SIGNING_KEY_LENGTH} characters")
-    return value.encode()
-
-
-def _canonical(metadata: typing.Mapping[str, object]) -> bytes:
-    body = {k: v for k, v in metadata.items() if k != "signature"}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), default=str).encode()
-
-
-def sign(metadata: typing.Mapping[str, object], key: bytes) -> dict[str, str]:
-    """HMAC-SHA256 over the metadata (every file's sha256 included), as stored under `signature`."""
-    return {"algorithm": "hmac-sha256", "value": hmac.new(key, _canonical(metadata), hashlib.sha256).hexdigest()}
-
-
-def _verify(metadata: typing.Mapping[str, object], key: bytes, url: str) -> None:
-    signature = metadata.get("signature")
-    if not isinstance(signature, dict) or not signature:
-        raise ArtifactError(f"model {url}: not signed, and {SIGNING_KEY_ENV} is set: unsigned models are not loaded")
-    expected = sign(metadata, key)
-    if signature.get("algorithm") != expected["algorithm"] or \
-            not hmac.compare_digest(str(signature.get("value", "")), expected["value"]):
-        raise ArtifactError(f"model {url}: its signature does not match: the artifact was changed after it was "
-                            f"saved, or signed with another key")
 
 
 def _sha256_ok(name: str, data: bytes, checksums: dict[str, str], url: str, signed: bool) -> None:

@@ -10,12 +10,12 @@ import hmac
 import json
 from datetime import UTC, datetime
 
-from lstm_core import artifacts
 from lstm_core.atomic import write_json
 from lstm_core.errors import ArtifactError
 from lstm_core.location import Location, join
 from lstm_core.retries import call_with_retries
 from lstm_core.secrets import scrub
+from lstm_core.signing import sign, signing_key
 
 CHAMPION_FILE = "champion.json"
 MAX_POINTER_BYTES = 64 * 1024
@@ -41,10 +41,10 @@ def read_champion(store: Location | str, key: str) -> str | None:
     version = body.get("version") if isinstance(body, dict) else None
     if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
         raise ArtifactError(f"champion pointer {url} is corrupt: field 'version' must name a version folder")
-    key_bytes = artifacts.signing_key()
+    key_bytes = signing_key()
     if key_bytes is not None:
         signature = body.get("signature")
-        expected = artifacts.sign(body, key_bytes)
+        expected = sign(body, key_bytes)
         if not isinstance(signature, dict) or not hmac.compare_digest(str(signature.get("value", "")),
                                                                       expected["value"]):
             raise ArtifactError(f"champion pointer {url}: missing or wrong signature")
@@ -60,8 +60,8 @@ def write_champion(store: Location | str, key: str, version: str, reason: str) -
         raise ArtifactError(f"model version {version} is not in the model store {store.shown} under key {key}")
     body: dict[str, str | dict[str, str]] = {"version": version, "promoted_at": datetime.now(UTC).isoformat(),
                                               "reason": reason}
-    key_bytes = artifacts.signing_key()
+    key_bytes = signing_key()
     if key_bytes is not None:
-        body["signature"] = artifacts.sign(body, key_bytes)
+        body["signature"] = sign(body, key_bytes)
     call_with_retries(write_json, store.fs, join(store.path, key, CHAMPION_FILE), body, root=store.path,
                       what="writing the champion pointer")
