@@ -29,15 +29,18 @@ from flows.parameters import Overridable, RunSettings, deployment_settings, over
 from flows.runners import RunTaskRunner, run_task_runner
 from lstm_core import interrupt
 from lstm_core.artifacts import package_versions
+from lstm_core.as_of import as_of_run_id
 from lstm_core.config import ForecastConfig, load_config, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
 from lstm_core.modelling import candidates_of
+from lstm_core.nightly import NightPlan, night_outputs, plan_night
 from lstm_core.outputs import OUTPUT_SCHEMA_VERSION, OutputStore, RunWriter, new_run_id, slot_run_id
 from lstm_core.progress import Progress
 from lstm_core.records import (BacktestEntry, Counts, Decision, Execution, Frequency, Manifest, ManifestDraft,
                                ModelEntry, Outputs, PlanSummary, ShardsEntry, ShardSummary, SkippedEntry,
                                TrainingSummary, Tuned)
+from lstm_core.revisions import RevisionRows
 from lstm_core.secrets import install_log_scrubber, scrub, scrubbing, secret_values
 from lstm_core.sharding import ShardPlan
 from lstm_core.storage import is_storage_failure
@@ -103,11 +106,13 @@ def scheduled_slot() -> datetime | None:
 
 
 def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tuple[str, str]:
-    """(run id, where it came from): the configured one, the scheduled slot's, or a fresh one."""
+    """(run id, where it came from): the configured one, the scheduled slot's, the as_of instant's, or a fresh one."""
     if config.run_id:
         return config.run_id, "configured"
     if slot is not None:
         return slot_run_id(slot, config.config_hash()), "schedule"
+    if config.as_of is not None:  # a replay of the same instant with the same settings replaces its own outputs
+        return as_of_run_id(config.as_of, config.public_dict()), "as_of"
     return new_run_id(), "new"
 
 
@@ -115,8 +120,7 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     logger = get_run_logger()
     secrets = secret_values(config.storage_options, config.urls())
     install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential: before any reading
-    config, applied = apply_tuned(config)  # tuned: latest -> the study's newest best settings (ConfigError if none)
-    tuned = None if applied is None else Tuned(**applied)
+    config, tuned = apply_tuned(config)  # tuned: latest -> the study's newest best settings (ConfigError if none)
     if tuned is not None:
         logger.info("tuned settings of study %r, trial %s (backtest MASE %.4f): %s", tuned.study, tuned.trial,
                     tuned.objective, tuned.settings)
@@ -126,6 +130,14 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
     writer = store.writer(run_id)
     logger.info("run %s (%s): %s -> %s", run_id, f"scheduled slot {slot.isoformat()}" if slot else run_id_source,
                 redact_url(config.input_url), redact_url(config.output_url))
+    # Catch-up (lstm_core.catchup): a scheduled slot a whole interval late stops here, before its lease, writing
+    # nothing; the newer slot's run forecasts the newest data and lists it as skipped.
+    previous = writer.read_manifest()
+    night = plan_night(store.location, run_id, as_of=config.as_of, slot=slot, interval=config.schedule_interval,
+                       rerun=bool(previous and previous.get("status") == "succeeded"))
+    if night.superseded:
+        logger.warning("run %s superseded: %s; nothing written", run_id, night.superseded_reason())
+        return night.superseded_result(run_id)
     # One process per run id: refused here, before any work, if another live process holds it.
     try:
         lease = RunLease.acquire(writer.fs, writer.root, run_id, config.lease_ttl.total_seconds())
@@ -138,13 +150,14 @@ def run_pipeline(config: ForecastConfig) -> dict[str, Any]:
         logger.warning("run %s: %s", run_id, lease.took_over)
     writer.lease = lease
     try:
-        return _run_leased(config, store, writer, logger, secrets, run_id_source, slot, tuned)
+        return _run_leased(config, store, writer, logger, secrets, run_id_source, slot, tuned, night)
     finally:
         lease.release()
 
 
 def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, logger, secrets: set[str],
-                run_id_source: str, slot: datetime | None, tuned: Tuned | None = None) -> dict[str, Any]:
+                run_id_source: str, slot: datetime | None, tuned: Tuned | None = None,
+                night: NightPlan | None = None) -> dict[str, Any]:
     run_id = writer.run_id
     started = datetime.now(timezone.utc)
     t_start = time.perf_counter()
@@ -160,7 +173,10 @@ def _run_leased(config: ForecastConfig, store: OutputStore, writer: RunWriter, l
         flow_run_id=_flow_run_id(),
         tuned=tuned,  # which study's best settings this run used (tuned: latest), else null
         output_schema_version=OUTPUT_SCHEMA_VERSION,
+        as_of=config.as_of,
+        schedule=night.schedule_entry() if night is not None else None,
     ))
+    run.night = night
     try:
         # the CLI's Ctrl-C and SIGTERM handlers over the flow engine's own (which would leave the task threads
         # training on): every thread stops at its next safe point
@@ -204,6 +220,8 @@ class _Run:
         self.plots = None  # drawn for a run of one shard
         self.plot_notes: dict[str, str] = {"plots": "plots are drawn for runs of one shard; this run was sharded"}
         self.earlier_runs: list[str] = []  # committed runs whose predictions realised accuracy scores
+        self.night: NightPlan | None = None  # the run's place among the committed runs (catch-up, revisions)
+        self.revisions: list[RevisionRows] = []  # each shard's part of revisions/
         self.t0 = time.perf_counter()
 
     def _timed(self, name: str, t0: float) -> None:
@@ -251,7 +269,8 @@ class _Run:
         self.began = True
         shards = forecast_shard.map(plan.shards, config=unmapped(config), writer=unmapped(self.writer),
                                     model=[trained.get(spec.group) for spec in plan.shards],
-                                    single=unmapped(plan.n_shards == 1), earlier_runs=unmapped(self.earlier_runs))
+                                    single=unmapped(plan.n_shards == 1), earlier_runs=unmapped(self.earlier_runs),
+                                    previous_run=unmapped(self.night.previous_run_id if self.night else None))
         choices: dict[Any, Any] = {}
         for group, future in trained.items():  # a failed training raises its own error here
             result = future.result()
@@ -307,6 +326,8 @@ class _Run:
                 last = result.summary
                 summaries.append(last)
                 self._add_seconds(result.seconds)
+                if result.revisions is not None:
+                    self.revisions.append(result.revisions)
                 if result.plots is not None:
                     self.plots = result.plots
                     self.plot_notes = result.plots.notes
@@ -381,12 +402,18 @@ class _Run:
             rid = self.writer.run_id
             tables = ("predictions", "metrics", "quarantine", "backtest", *(("realised",) if realised is not None else ()))
             manifest.outputs = Outputs(**self.store.partitions(rid, tables))
+        plots = dict(self.plots.files) if self.plots is not None else {}
+        if self.night is not None:  # revisions/ and the nightly health plot (lstm_core.nightly)
+            manifest.revisions, path, png = night_outputs(self.night, self.store, self.writer.run_id, self.revisions,
+                                                          single, self.logger)
+            if path is not None and manifest.outputs is not None:
+                manifest.outputs.revisions = path
+            plots.update(png)
         self.wall["total"] = round(time.perf_counter() - self.t0, 3)
         done = manifest.finish(status="succeeded",
                                timings_s={**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}},
                                finished_at=datetime.now(timezone.utc))
-        return commit_run(self.writer, done, None if single else overall,
-                          self.plots.files if self.plots is not None else None, realised)
+        return commit_run(self.writer, done, None if single else overall, plots or None, realised)
 
     def _backtest_entry(self, summaries: list[ShardSummary], choices: dict) -> BacktestEntry:
         """The manifest's `backtest`: its settings, cost and where the intervals came from."""

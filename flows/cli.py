@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one manual flow run", description="Run the batch-forecast flow once.")
     _common_flags(run, required=True)
+    run.add_argument("--as-of", dest="as_of", metavar="ISO_TIMESTAMP",
+                     help="run as the job would have run at this instant (e.g. 2024-03-07T02:00Z): only rows with "
+                     "time <= it are read; the run is named asof-<instant>-<hash> (a replay, or the backfill of a "
+                     "missed night)")
     serve = sub.add_parser(
         "serve", help="serve the flow as deployments 'scheduled' (cron) and 'manual' until stopped",
         description="Serve the batch-forecast flow from this process as two deployments: 'scheduled', run by "
@@ -84,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--minutes", type=float, metavar="M",
                       help="wall-clock budget of this tune, in minutes; the trial running then stops training and "
                       f"is scored (default: {tuning_defaults['minutes'] or 'none'})")
+    promote = sub.add_parser("promote", help="make a saved model version the champion its model key serves",
+                             description="Point the champion of the version's model key at VERSION (checked like "
+                                         "any model it loads): the schedule serves it from the next run.")
+    promote.add_argument("version", help="the model version (a folder under <output>/models/<key>/)")
+    promote.add_argument("--config", help="YAML configuration file (for the output URL and storage options)")
+    promote.add_argument("--output", dest="output_url", help="output URL whose models/ hold the version")
+    promote.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     demo = sub.add_parser("demo", help="run the flow on the bundled sample dataset (local, no server)",
                           description="Write a small sample dataset under ./data/demo and forecast it.")
     demo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
@@ -118,7 +129,7 @@ def quiet_native_startup():
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """Flags that were given, as nested settings (flags win over file and environment)."""
     out: dict[str, Any] = {}
-    for key in ("input_url", "output_url", "freq", "horizon", "season_length", "workers", "dask_address"):
+    for key in ("input_url", "output_url", "freq", "horizon", "season_length", "workers", "dask_address", "as_of"):
         if getattr(args, key, None) is not None:
             out[key] = getattr(args, key)
     if getattr(args, "max_train_minutes", None) is not None:
@@ -236,15 +247,26 @@ def cmd_tune(args: argparse.Namespace) -> int:
     tune, config = _checked_flow(args, "tune")
     with handing(config, args.config) as parameters:
         summary = tune(**parameters)
-    best = summary.get("best")
-    print(f"study {summary['study']}: {summary['trials']} trials ("
-          + ", ".join(f"{n} {s}" for s, n in summary["states"].items())
-          + f"), {len(summary['new_trials'])} new, stopped by the {summary['stopped_by']} budget")
+    best = summary.best
+    print(f"study {summary.study}: {summary.trials} trials ("
+          + ", ".join(f"{n} {s}" for s, n in summary.states.items())
+          + f"), {len(summary.new_trials)} new, stopped by the {summary.stopped_by} budget")
     if best:
-        print(f"best: trial {best['trial']}, pooled backtest MASE {best['objective']:.4f}: {best['params']}")
-        print(f"best settings: {summary['urls'].get('best_yaml')} (lstm-forecast run --config ..., or tuned: latest)")
+        print(f"best: trial {best.trial}, pooled backtest MASE {best.objective:.4f}: {best.params}")
+        print(f"best settings: {summary.urls.get('best_yaml')} (lstm-forecast run --config ..., or tuned: latest)")
     else:
         print("no trial completed yet: no best settings")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    """`lstm-forecast promote VERSION`: the one way besides the promotion gate to change a champion."""
+    config = _resolve(args.config, {"output_url": args.output_url} if args.output_url else {}, args.sets)
+    with quiet_native_startup():
+        from lstm_core.model_store import ModelStore, promote
+
+    key, previous = promote(ModelStore.of(config).location, args.version)
+    print(f"model {args.version} is the champion of key {key} (was {previous or 'none'})")
     return 0
 
 
@@ -426,6 +448,9 @@ def quiet_console_tracebacks() -> None:
 
 
 def _report(manifest: dict[str, Any]) -> None:
+    if manifest.get("status") == "superseded":  # a late scheduled slot: the newer slot's run does the work
+        print(f"run {manifest['run_id']}: superseded; {manifest.get('reason')}; nothing written")
+        return
     counts = manifest.get("counts", {})
     metrics = manifest.get("overall_metrics", {})
     print(f"run {manifest['run_id']}: {manifest['status']}; model {manifest.get('model_version')} "
@@ -435,6 +460,13 @@ def _report(manifest: dict[str, Any]) -> None:
     by_model = counts.get("series_by_model") or {}
     if by_model:  # nothing silent: which model served how many series
         print("series per serving model: " + ", ".join(f"{k} {v}" for k, v in by_model.items()))
+    skipped = (manifest.get("schedule") or {}).get("skipped_slots") or []
+    if skipped:
+        print(f"caught up on {len(skipped)} missed slot(s): {', '.join(skipped)}")
+    revisions = manifest.get("revisions") or {}
+    if revisions.get("previous_run_id") and revisions.get("p50") is not None:
+        print(f"revisions against run {revisions['previous_run_id']}: |revision| median {revisions['p50']:.4g}, "
+              f"95th percentile {revisions['p95']:.4g} (naive-MAE units)")
     windows = (manifest.get("backtest") or {}).get("windows")
     for model, values in metrics.items():  # pooled over every backtest window, not the last one alone
         name = "lstm" if model == manifest.get("model_version") else model
@@ -498,7 +530,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from lstm_core.interrupt import handle_signals
 
-    command = {"run": cmd_run, "serve": cmd_serve, "tune": cmd_tune, "demo": cmd_demo}[args.command]
+    command = {"run": cmd_run, "serve": cmd_serve, "tune": cmd_tune, "demo": cmd_demo,
+               "promote": cmd_promote}[args.command]
     # run, tune and demo stop on the first Ctrl-C or SIGTERM within seconds (exit 130 or 143); serve keeps its
     # own handling (a clean stop, exit 0)
     stopping = handle_signals() if args.command != "serve" else contextlib.nullcontext()

@@ -36,7 +36,8 @@ def write_demo_dataset(path: str | Path) -> Path:
 
 def seed(url: str) -> str:
     """Write the demo dataset to any fsspec URL (s3://bucket/series/demo.parquet...) unless it is there."""
-    from lstm_core.storage import filesystem, write_parquet
+    from lstm_core.atomic import write_parquet
+    from lstm_core.location import filesystem
 
     fs, path = filesystem(url)
     if fs.exists(path):

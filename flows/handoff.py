@@ -11,10 +11,11 @@ configuration: it builds its own from `config_path` (re-read at every run) and i
 """
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from flows.parameters import settings_dict
 from lstm_core.config import ForecastConfig

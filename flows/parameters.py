@@ -12,17 +12,19 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Mapping, Optional
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator
-from typing_extensions import Annotated
+from pydantic.json_schema import JsonDict
 
 from lstm_core.config import ConfigError, ForecastConfig, format_validation_error, merge_settings
 from lstm_core.secrets import SECRET_NAME_PARTS, SECRET_QUERY_NAMES, has_credentials, is_secret_name
 
 # What a deployment fixes unless it opts in, setting by setting.
 PROTECTED: tuple[str, ...] = ("config_path", *ForecastConfig.url_settings(), "dask_address", "storage_options")
-Overridable = Literal[PROTECTED]  # type: ignore[valid-type]
+# a Literal of the names computed above: a valid type at run time (pydantic checks it), not to mypy
+Overridable = Literal[PROTECTED]  # type: ignore[valid-type]  # built from a runtime tuple
 
 
 def _any_case(word: str) -> str:
@@ -35,8 +37,8 @@ _QUERY_WORDS = "|".join(_any_case(w) for w in (*SECRET_NAME_PARTS, *sorted(SECRE
 # What the Prefect UI's form (and a server enforcing the deployment's parameter schema) refuses before a run is
 # created, so a secret typed into the form is never stored: secret-named storage options, and URLs carrying
 # user-info or a credential query parameter. The flow refuses the same again (settings_dict), whoever skipped it.
-NO_SECRET_KEYS = {"propertyNames": {"not": {"pattern": f"({_SECRET_WORDS})"}}}
-NO_URL_CREDENTIALS = {"not": {"pattern": f"(^[A-Za-z][A-Za-z0-9+.-]*://[^/@\\s]+@)|([?&;][^=&#]*({_QUERY_WORDS})[^=&#]*=)"}}
+NO_SECRET_KEYS: JsonDict = {"propertyNames": {"not": {"pattern": f"({_SECRET_WORDS})"}}}
+NO_URL_CREDENTIALS: JsonDict = {"not": {"pattern": f"(^[A-Za-z][A-Za-z0-9+.-]*://[^/@\\s]+@)|([?&;][^=&#]*({_QUERY_WORDS})[^=&#]*=)"}}
 _FORM_DESCRIPTIONS = {
     "storage_options": "fsspec options without credentials (endpoint_url, client_kwargs...): the Prefect server "
                        "stores every parameter, so keys, secrets and tokens are refused here; they belong in the "
@@ -50,14 +52,14 @@ def _optional(model: type[BaseModel], name: str, validators: dict | None = None)
     constraints that keep credentials out of the form (`NO_SECRET_KEYS`, `NO_URL_CREDENTIALS`)."""
     fields: dict[str, Any] = {}
     for field_name, info in model.model_fields.items():
-        annotation = info.annotation
+        annotation: Any = info.annotation  # a type form built at run time (a model, Annotated, Literal...)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             annotation = _optional(annotation, annotation.__name__.replace("Config", "Settings"))
         elif info.metadata:
             annotation = Annotated[annotation, *info.metadata]
-        extra = NO_SECRET_KEYS if field_name == "storage_options" else \
+        extra: JsonDict | None = NO_SECRET_KEYS if field_name == "storage_options" else \
             NO_URL_CREDENTIALS if model is ForecastConfig and field_name.endswith("_url") else None
-        fields[field_name] = (Optional[annotation], Field(None, description=_FORM_DESCRIPTIONS.get(
+        fields[field_name] = (annotation | None, Field(None, description=_FORM_DESCRIPTIONS.get(
             field_name, info.description), json_schema_extra=extra))
     return create_model(name, __config__=ConfigDict(extra="forbid"), __doc__=model.__doc__,
                         __validators__=validators or {}, **fields)
@@ -107,7 +109,7 @@ def settings_dict(settings: Any) -> dict[str, Any]:
 def overrides_list(allow_overrides: Any) -> list[str]:
     """`allow_overrides` checked: a list of protected settings' names (ConfigError otherwise)."""
     try:
-        return list(TypeAdapter(Optional[list[Overridable]]).validate_python(allow_overrides) or [])
+        return list(TypeAdapter(list[Overridable] | None).validate_python(allow_overrides) or [])
     except ValidationError as exc:
         raise ConfigError(f"parameter 'allow_overrides': each item must be one of {', '.join(PROTECTED)}; "
                           f"{exc.errors()[0]['msg']}") from None

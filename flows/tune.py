@@ -18,13 +18,14 @@ from lstm_core import interrupt
 from lstm_core.config import ForecastConfig, load_config
 from lstm_core.engine import panel_of
 from lstm_core.secrets import scrubbing, secret_values
+from lstm_core.tuning.records import TuneSummary
 from tasks.data import load_series, no_valid_series, validate_series
 from tasks.tuning import publish_tuning, run_study
 
 
 @flow(name="tune", log_prints=True, validate_parameters=False)
 def tune(config_path: str | None = None, settings: RunSettings | None = None,
-         allow_overrides: list[Overridable] | None = None) -> dict[str, Any]:
+         allow_overrides: list[Overridable] | None = None) -> TuneSummary:
     """Run (or resume) the tuning study `tuning.study` on `input_url` within `tuning.trials` / `tuning.minutes`.
 
     The same parameter contract as batch-forecast: in a deployment run, `settings` are merged over the
@@ -38,6 +39,8 @@ def tune(config_path: str | None = None, settings: RunSettings | None = None,
         settings: settings over the file's; `tuning.study`, `tuning.trials` and `tuning.minutes` set the study
             and its budget.
         allow_overrides: the protected settings a run of this deployment may change. Set by the deployment.
+
+    Returns the summary of this call (`lstm_core.tuning.TuneSummary`).
     """
     # Credentials are scrubbed from every log line and from the run's failure, from the first line on.
     with scrubbing() as scrubber:
@@ -52,14 +55,15 @@ def tune(config_path: str | None = None, settings: RunSettings | None = None,
         return run_tuning(config)
 
 
-def run_tuning(config: ForecastConfig) -> dict[str, Any]:
+def run_tuning(config: ForecastConfig) -> TuneSummary:
+    """The tune flow's body for a checked configuration: the study run, its artifacts published."""
     # the CLI's Ctrl-C and SIGTERM handlers over the flow engine's SIGTERM bridge: a trial stops at its next
     # batch and the command exits 130 or 143 (lstm_core.interrupt), as a run does
     with interrupt.rearmed():
         return _run_tuning(config)
 
 
-def _run_tuning(config: ForecastConfig) -> dict[str, Any]:
+def _run_tuning(config: ForecastConfig) -> TuneSummary:
     logger = get_run_logger()
     frame = load_series(config=config)
     validated = validate_series(frame=frame, config=config)
@@ -73,12 +77,12 @@ def _run_tuning(config: ForecastConfig) -> dict[str, Any]:
     logger.info("tuning study %r on %d series (at most %s), budget %s trials / %s minutes", config.tuning.study,
                 panel.n_series, config.tuning.max_series, config.tuning.trials, config.tuning.minutes)
     with study_client(config, logger) as client:
-        summary = run_study(panel=panel, config=config, client=client)
+        summary, table = run_study(panel=panel, config=config, client=client)
     try:
-        publish_tuning(summary)
+        publish_tuning(summary, table)
     except Exception as exc:  # noqa: BLE001 - the results are written; the UI view of them is best effort
         logger.error("tuning results written, but the Prefect artifacts could not be published: %s", exc)
-    return {k: v for k, v in summary.items() if k != "table"}
+    return summary
 
 
 @contextmanager

@@ -17,8 +17,8 @@ all windows, for the published forecast.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Callable, Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,14 @@ import pandas as pd
 from lstm_core import interrupt
 from lstm_core.config import ForecastConfig
 from lstm_core.frequency import dates_after
-from lstm_core.intervals import (PRIOR_WINDOWS, ConformalIntervals, fit_conformal, held_out_bounds, naive_scales,
-                                 score_table)
+from lstm_core.intervals import (
+    PRIOR_WINDOWS,
+    ConformalIntervals,
+    fit_conformal,
+    held_out_bounds,
+    naive_scales,
+    score_table,
+)
 from lstm_core.metrics import ErrorSums, interval_columns, mase_scale, seasonal_naive
 from lstm_core.panel import Panel
 
@@ -106,7 +112,7 @@ def backtest_metrics(sums: ErrorSums) -> pd.DataFrame:
     # Coverage and MSIS exist only for the model with intervals; keep NaN point metrics as the
     # metrics table always has (a series without a finite MASE still has its row).
     out = out[out["value"].notna() | out["metric"].isin(("mae", "rmse", "smape", "mase"))]
-    cutoff_dtype = wide["cutoff"].dtype if len(wide) else "datetime64[ns]"
+    cutoff_dtype = wide["cutoff"].dtype if len(wide) else np.dtype("datetime64[ns]")
     frame = pd.DataFrame({
         "series_id": out["series_id"].astype("string"),
         "metric": out["metric"].astype("string"),
@@ -135,7 +141,7 @@ def metrics_table(metrics: pd.DataFrame, lstm_versions: Collection[str]) -> pd.D
     is_lstm = model.isin(versions).fillna(False).to_numpy(bool)
     out = metrics.rename(columns={"window": "backtest_window"})
     return out.assign(model=model.where(~is_lstm, LSTM),
-                      model_version=model.where(is_lstm, pd.NA).astype("string")).reset_index(drop=True)
+                      model_version=model.where(is_lstm).astype("string")).reset_index(drop=True)  # <NA> elsewhere
 
 
 def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: int, season_length: int,
@@ -190,7 +196,9 @@ def backtest(panel: Panel, forecast_fn: ForecastFn | None = None, *, horizon: in
         window_values = sub.drop_last(int(drops[w]) - horizon).last_values(horizon)  # (S, H, F)
         known = panel.known_index  # future, calendar and static columns; historic ones are not known ahead
         future = window_values[:, :, known] if known.size else None
-        fn = fit_fn(history) if refit else forecast_fn
+        fn = fit_fn(history) if refit and fit_fn is not None else forecast_fn  # refit implies fit_fn (above)
+        if fn is None:  # cannot happen: forecast_fn was given or trained on the first window with a series
+            raise ValueError(f"no model to forecast window {w}")
         yhat = np.asarray(fn(history, horizon, future), dtype=np.float64)
         if yhat.shape != (history.n_series, horizon):
             raise ValueError(f"the forecast of window {w} has shape {yhat.shape}, expected "
@@ -232,10 +240,15 @@ def backtest_from_config(panel: Panel, config: ForecastConfig, forecast_fn: Fore
                          fit_fn: FitFn | None = None, min_history: int | None = None,
                          first_window: int = 0, on_window: WindowHook | None = None) -> Backtest:
     """`backtest` with the configuration's horizon, season, `backtest` section, `levels` and
-    `interval_method`; `min_history` defaults to the model's input size (`window`)."""
+    `interval_method`; `min_history` defaults to the model's input size (`window`).
+
+    Raises ValueError for a configuration not yet resolved (`season_length` or `window` unset: freq unknown)."""
+    min_history = config.window if min_history is None else min_history
+    if config.season_length is None or min_history is None:
+        raise ValueError("backtest_from_config needs a resolved configuration (season_length and window set)")
     return backtest(panel, forecast_fn, horizon=config.horizon, season_length=config.season_length,
                     windows=config.backtest.windows, step=config.backtest_step, fit_fn=fit_fn,
-                    refit=config.backtest.refit, min_history=config.window if min_history is None else min_history,
+                    refit=config.backtest.refit, min_history=min_history,
                     levels=config.levels, interval_method=config.interval_method, first_window=first_window,
                     on_window=on_window)
 

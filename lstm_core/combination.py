@@ -35,8 +35,10 @@ are mostly noise: the band's pool carries most of the weight.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from itertools import pairwise
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -58,7 +60,7 @@ def history_band(points: np.ndarray | Sequence[int], horizon: int) -> np.ndarray
     """
     n = np.asarray(points, dtype=np.int64)
     edges = [1, 3, max(4, 2 * horizon), max(5, 4 * horizon), max(6, 8 * horizon)]
-    labels = [f"{lo}-{hi - 1}" for lo, hi in zip(edges[:-1], edges[1:])] + [f"{edges[-1]}+"]
+    labels = [f"{lo}-{hi - 1}" for lo, hi in pairwise(edges)] + [f"{edges[-1]}+"]
     idx = np.clip(np.searchsorted(edges, n, side="right") - 1, 0, len(labels) - 1)
     return np.asarray(labels, dtype=object)[idx]
 
@@ -74,7 +76,12 @@ def window_errors(rows: pd.DataFrame, candidates: Sequence[str], scale: str = "i
                           "history": rows["history"].to_numpy(), **parts})
     # a mean over steps that is NaN when any step is NaN (skipna=False)
     return frame.groupby(keys, sort=False).agg(
-        {"history": "first", **{c: (lambda v: v.mean(skipna=False)) for c in candidates}}).reset_index()
+        {"history": "first", **{c: _mean_or_nan for c in candidates}}).reset_index()
+
+
+def _mean_or_nan(values: pd.Series) -> float:
+    """The mean, NaN when any value is NaN (a window with a missing step has no error)."""
+    return float(values.mean(skipna=False))
 
 
 def choose(fit: pd.DataFrame, targets: pd.DataFrame, candidates: Sequence[str], horizon: int, *,
@@ -130,7 +137,7 @@ def label(chosen: tuple[str, ...]) -> str:
 def _mean_of(values: dict[str, np.ndarray], chosen: list[tuple[str, ...]], rows_of: list[np.ndarray],
              n_rows: int) -> np.ndarray:
     out = np.full(n_rows, np.nan)
-    for sel, rows in zip(chosen, rows_of):
+    for sel, rows in zip(chosen, rows_of, strict=True):
         if sel:
             out[rows] = np.mean([values[c][rows] for c in sel], axis=0)
     return out
@@ -179,7 +186,7 @@ def serve_backtest(rows: pd.DataFrame, candidates: Sequence[str], *, horizon: in
         rows_of = [inside[index[s]] for s in targets["series_id"]]
         part = _mean_of(values, chosen, rows_of, len(rows))
         served[inside] = part[inside]
-        for sel, r in zip(chosen, rows_of):
+        for sel, r in zip(chosen, rows_of, strict=True):
             labels[r] = label(sel)
         selections[int(w)] = pd.DataFrame({"series_id": targets["series_id"], "model": [label(c) for c in chosen]})
     return ServedBacktest(rows.assign(served=served, model=pd.Series(labels, dtype="string")), selections)
@@ -244,7 +251,8 @@ def served_intervals(rows: pd.DataFrame, scales: pd.DataFrame, *, levels: Sequen
     base = rows.loc[ok, ["series_id", "cutoff", "step", "y", "served", "history"]].rename(columns={"served": "yhat"})
     table = score_table(base, scales)
     table["band"] = history_band(base["history"].to_numpy(), horizon)
-    kw = dict(levels=levels, horizon=horizon, season_length=season_length, method=method, prior_windows=prior_windows)
+    kw = _ConformalSettings(levels=levels, horizon=horizon, season_length=season_length, method=method,
+                            prior_windows=prior_windows)
     need = min_scores(max(levels))
     pooled = None
     bounds = pd.DataFrame(np.nan, index=table.index, columns=[c for lv in levels for c in interval_columns(lv)])
@@ -273,6 +281,16 @@ def served_intervals(rows: pd.DataFrame, scales: pd.DataFrame, *, levels: Sequen
                        columns=[c.replace("yhat_", "served_") for lv in levels for c in interval_columns(lv)])
     out.loc[rows.index[ok], :] = bounds.to_numpy()
     return BandedIntervals(horizon, by_band, pooled, tuple(float(v) for v in levels)), out
+
+
+class _ConformalSettings(TypedDict):
+    """The keyword arguments `fit_conformal` and `held_out_bounds` share."""
+
+    levels: Sequence[float]
+    horizon: int
+    season_length: int
+    method: str
+    prior_windows: float
 
 
 def _random_walk_bounds(panel: Panel, yhat: np.ndarray, levels: Sequence[float]) -> dict[str, np.ndarray]:

@@ -14,13 +14,17 @@ Future, calendar and static columns are the *known-ahead* inputs.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from pandas.tseries.frequencies import to_offset
 from pandas.tseries.offsets import Tick
+
+if TYPE_CHECKING:
+    from lstm_core.config import ForecastConfig
 
 ROLES = ("target", "historic", "future", "calendar", "static")
 KNOWN_AHEAD = ("future", "calendar", "static")
@@ -57,9 +61,8 @@ def suited_calendar_features(freq: str) -> tuple[str, ...]:
     """The calendar features that vary, and repeat, at this frequency (a cycle longer than one step)."""
     offset = to_offset(freq)
     kind = frequency_kind(freq)
-    if kind == "subdaily":
-        step = pd.Timedelta(offset)
-        minute = ("minute",) if step < pd.Timedelta(hours=1) else ()
+    if kind == "subdaily":  # a fixed step (Tick) shorter than a day
+        minute = ("minute",) if isinstance(offset, Tick) and pd.Timedelta(offset) < pd.Timedelta(hours=1) else ()
         return (*minute, "hour", "dayofweek")
     if kind == "daily":
         return ("dayofweek", "dayofmonth", "month")
@@ -98,6 +101,8 @@ def calendar_values(ds: Any, features: Sequence[str]) -> np.ndarray:
     """
     idx = pd.DatetimeIndex(np.asarray(ds).ravel() if not isinstance(ds, pd.DatetimeIndex) else ds)
     cols = []
+    pos: np.ndarray
+    period: float | np.ndarray  # one cycle's length in `pos` units, per row where it varies (month lengths)
     for f in features:
         if f == "minute":
             pos, period = idx.minute.to_numpy(), 60.0
@@ -132,9 +137,13 @@ class CovariateSpec:
     calendar: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, config: Any) -> "CovariateSpec":
+    def from_config(cls, config: ForecastConfig, freq: str | None = None) -> CovariateSpec:
+        """The covariates `config` declares, and its calendar features: those of `config`'s frequency (it must
+        be resolved), or of `freq` when given (validation, which learns the frequency from the data, uses
+        this rather than resolving the configuration itself)."""
+        calendar = config.calendar() if freq is None else resolve_calendar_features(config.calendar_features, freq)
         return cls(tuple(config.historic_covariates), tuple(config.future_covariates),
-                   tuple(config.static_covariates), tuple(config.calendar()))
+                   tuple(config.static_covariates), tuple(calendar))
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -165,7 +174,7 @@ class StaticEncoder:
     categories: dict[str, tuple[str, ...]] = field(default_factory=dict)  # column -> sorted vocabulary
 
     @classmethod
-    def fit(cls, static: pd.DataFrame) -> "StaticEncoder":
+    def fit(cls, static: pd.DataFrame) -> StaticEncoder:
         """`static`: one row per training series, one column per static covariate."""
         numeric, categories = {}, {}
         for c in static.columns:
@@ -213,9 +222,10 @@ class StaticEncoder:
                 "categories": {k: list(v) for k, v in self.categories.items()}}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> "StaticEncoder":
+    def from_dict(cls, d: dict[str, Any] | None) -> StaticEncoder:
         d = d or {}
-        return cls(tuple(d.get("columns", ())), {k: (float(v[0]), float(v[1])) for k, v in d.get("numeric", {}).items()},
+        numeric = {k: (float(v[0]), float(v[1])) for k, v in d.get("numeric", {}).items()}
+        return cls(tuple(d.get("columns", ())), numeric,
                    {k: tuple(str(x) for x in v) for k, v in d.get("categories", {}).items()})
 
 

@@ -129,9 +129,12 @@ class Forecaster:
 
 
 def panel_of(result: ValidationResult, config: ForecastConfig) -> Panel:
-    """The Panel of validated series, with the known-ahead values of the horizon after each series' end."""
-    if not config.is_resolved:
-        config = config.resolved(result.freq)
+    """The Panel of validated series, with the known-ahead values of the horizon after each series' end.
+
+    `config` is resolved (its frequency known: `config.resolved(result.freq)` when the data named it);
+    ConfigError otherwise. The configuration is resolved once, where the frequency becomes known, not here.
+    """
+    config.require_resolved("panel_of")
     return Panel.from_frame(result.frame, config.freq, spec=CovariateSpec.from_config(config), future=result.future,
                             static=result.static, horizon=config.horizon)
 
@@ -139,16 +142,23 @@ def panel_of(result: ValidationResult, config: ForecastConfig) -> Panel:
 def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = None,
         on_epoch: EpochHook | None = None, time_budget_s: float | None = None,
         on_batch: BatchHook | None = None, on_series: SeriesHook | None = None,
-        callbacks: Sequence[keras.callbacks.Callback] = ()) -> Forecaster:
+        callbacks: Sequence[keras.callbacks.Callback] = (), init: Forecaster | None = None) -> Forecaster:
     """Train on every point of `panel` (pass `panel.drop_last(H)` to keep a holdout).
+
+    `init`: a warm start. Each ensemble member starts from the weights of `init`'s member trained with the
+    same seed (its best epoch) instead of fresh ones, and trains for at most `training.warm_epochs` epochs
+    with early stopping on the newest validation points; inputs are shaped as `init` shapes them (its
+    window, features, static vocabulary, scaler kind). The optimiser starts afresh (Adam, the configured
+    learning rate): saved models keep no optimiser state. Seeded like a full training, so it is reproducible
+    on CPU.
 
     Hooks report progress: `on_epoch(epoch, logs)`, `on_batch(epoch, done, per_epoch)` and, in
     mode 'per_series', `on_series(done, total, series_id)` before each series' model. `callbacks`: further
     Keras callbacks for every member's training (e.g. tuning's pruning). Raises ValueError
-    when no series is long enough to train.
+    when no series is long enough to train, ConfigError when `config` is not resolved (resolve it once, where
+    the frequency becomes known: `config.resolved(panel.freq)`).
     """
-    if not config.is_resolved:
-        config = config.resolved(panel.freq)
+    config.require_resolved("training")
     need = min_train_length(config)  # the rule validation applies, without the holdout
     if panel.n_series and (panel.lengths < need).all():
         raise ValueError(f"no series is long enough to train: each needs {need} points before its holdout "
@@ -157,6 +167,13 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         return _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch, on_series,
                                callbacks)
     known = tuple(int(c) for c in panel.known_index)
+    starts: list[keras.Model] = []
+    if init is not None:
+        panel = init.adapt(panel)  # its static vocabulary: the inputs the champion's network takes
+        starts = _seed_members(init)
+        config = config.model_copy(update={"training": config.training.model_copy(update={
+            "epochs": config.training.warm_epochs, "patience": min(config.training.patience,
+                                                                   config.training.warm_epochs)})})
     shaper = Forecaster([], config.window, tuple(panel.feature_names), config.scaler,
                         target_transform=config.target_transform, static_encoder=panel.static_encoder,
                         season_length=config.season_length, deseasonalize=config.model.deseasonalize, known=known)
@@ -174,10 +191,15 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         interrupt.check()  # between ensemble members too (each member's batches check on their own)
         seed = config.seed + i
         keras.utils.set_random_seed(seed)
-        model = build_lstm(config.window, panel.n_features, config.model.units, chunk=chunk, patch=patch,
-                           n_future=len(known), dropout=config.model.dropout,
-                           bidirectional=config.model.bidirectional,
-                           level_normalization=config.model.level_normalization, seed=seed)
+        if starts:  # a warm start: a copy of the champion's member of this seed (the last one for extra seeds)
+            start = starts[min(i, len(starts) - 1)]
+            model = keras.models.clone_model(start)
+            model.set_weights(start.get_weights())
+        else:
+            model = build_lstm(config.window, panel.n_features, config.model.units, chunk=chunk, patch=patch,
+                               n_future=len(known), dropout=config.model.dropout,
+                               bidirectional=config.model.bidirectional,
+                               level_normalization=config.model.level_normalization, seed=seed)
         member_budget = None if budget is None else budget / n
         result = train(model, space.panel, window=config.window, config=config.training,
                        validation_steps=config.validation_steps, seed=seed, chunk=chunk, known=known,
@@ -199,6 +221,7 @@ def fit(panel: Panel, config: ForecastConfig, *, checkpoint_dir: str | None = No
         "deseasonalized_series": int(seasonal.active.sum()),
         "samples_per_second": float(np.mean([r.samples_per_second for r in results])),
         "gflops": float(np.mean([r.gflops for r in results])),
+        **({"warm_start": True} if init is not None else {}),
     }
     not_deseasonalized = [r for r in seasonal.reasons if r]
     if config.model.deseasonalize != "off" and not_deseasonalized:
@@ -216,6 +239,18 @@ def _reason_counts(reasons: list[str]) -> str:
     return "; ".join(f"{n} x {r}" for r, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
+def _seed_members(init: Forecaster) -> list[keras.Model]:
+    """The member of each seed of a trained ensemble (its best epoch): members are stored seed by seed, each
+    seed's best first and then its other snapshots (`_snapshot_members`), as its training record counts."""
+    firsts, at = [], 0
+    for record in (init.training or {}).get("members") or [{}]:
+        if at >= len(init.members):
+            break
+        firsts.append(init.members[at])
+        at += max(1, len(record.get("snapshot_epochs") or [None]))
+    return firsts or init.members[:1]
+
+
 def _snapshot_members(model: keras.Model, result: TrainingResult) -> list[keras.Model]:
     """The trained model (best weights) plus copies holding the other best epochs' weights."""
     members = [model]
@@ -226,7 +261,7 @@ def _snapshot_members(model: keras.Model, result: TrainingResult) -> list[keras.
     return members
 
 
-def _fit_per_series(panel, config, checkpoint_dir, on_epoch, time_budget_s, on_batch=None,
+def _fit_per_series(panel: Panel, config: ForecastConfig, checkpoint_dir, on_epoch, time_budget_s, on_batch=None,
                     on_series=None, callbacks=()) -> Forecaster:
     each = {}
     global_cfg = config.model_copy(update={"mode": "global"})

@@ -16,7 +16,7 @@ from lstm_core import interrupt
 from lstm_core.model import model_geometry
 
 # Compiled loops per ensemble (keyed by its first member), so repeated calls do not trace again.
-_LOOPS: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
+_LOOPS: weakref.WeakKeyDictionary[keras.Model, dict] = weakref.WeakKeyDictionary()
 
 
 def _compiled_loop(members: list[keras.Model], horizon: int, known: tuple[int, ...]):
@@ -82,8 +82,9 @@ def recursive_forecast(
     windows = np.asarray(windows, dtype=np.float32)
     s, length, f = windows.shape
     geo = model_geometry(members[0])
-    if (length, f) != (geo["input_size"], geo["n_features"]):
-        raise ValueError(f"windows of shape {(length, f)} do not fit the model's {(geo['input_size'], geo['n_features'])}")
+    expected = (geo["input_size"], geo["n_features"])
+    if (length, f) != expected:
+        raise ValueError(f"windows of shape {(length, f)} do not fit the model's {expected}")
     if known is None:
         known = tuple(range(1, f)) if future is not None else ()
     known = tuple(int(c) for c in known)
@@ -119,18 +120,21 @@ def stepwise_forecast(model: keras.Model, windows: np.ndarray, horizon: int, fut
     f = window.shape[2]
     known = tuple(range(1, f)) if known is None and future is not None else tuple(known or ())
     steps = -(-horizon // chunk)
+    known_ahead: np.ndarray | None = None  # (S, steps x chunk, K) when there are known-ahead columns
     if known:
-        future = np.asarray(future, dtype=np.float32)
+        known_ahead = np.asarray(future, dtype=np.float32)
         pad = steps * chunk - horizon
-        future = np.concatenate([future, np.repeat(future[:, -1:], pad, axis=1)], axis=1) if pad else future
+        if pad:
+            known_ahead = np.concatenate([known_ahead, np.repeat(known_ahead[:, -1:], pad, axis=1)], axis=1)
     out = []
     for j in range(steps):
-        ahead = future[:, j * chunk:(j + 1) * chunk] if known else None
+        ahead = None if known_ahead is None else known_ahead[:, j * chunk:(j + 1) * chunk]
         yhat = model.predict([window, ahead] if n_future else window, verbose=0).astype(np.float32)
         out.append(yhat)
         rows = np.repeat(window[:, -1:, :], chunk, axis=1)
         rows[:, :, 0] = yhat
-        for i, c in enumerate(known):
-            rows[:, :, c] = ahead[:, :, i]
+        if ahead is not None:
+            for i, c in enumerate(known):
+                rows[:, :, c] = ahead[:, :, i]
         window = np.concatenate([window, rows], axis=1)[:, -window.shape[1]:]
     return np.concatenate(out, axis=1)[:, :horizon]

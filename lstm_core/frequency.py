@@ -128,7 +128,7 @@ class FrequencyDisagreement(ValueError):
         super().__init__(f"series disagree on the frequency ({listed}); set freq to the one meant")
 
 
-def infer_frequency(groups: "list[tuple[str, pd.Series]] | pd.DataFrame", limit: int = INFER_SERIES) -> str | None:
+def infer_frequency(groups: list[tuple[str, pd.Series]] | pd.DataFrame, limit: int = INFER_SERIES) -> str | None:
     """The one frequency the series follow, from up to `limit` series; None when none can tell.
 
     `groups` is a frame with series_id and ds columns (ds already parsed), or (series id, timestamps)

@@ -37,17 +37,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from lstm_core.atomic import read_json, write_json
 from lstm_core.errors import ArtifactError
+from lstm_core.location import Location, is_storage_failure, join, storage_error
 from lstm_core.metrics import interval_columns, mase_scale
 from lstm_core.panel import Panel
 from lstm_core.secrets import scrub
-from lstm_core.storage import Location, is_storage_failure, join, read_json, storage_error, write_json
 
 METHODS = ("conformal", "conformal_log")
 PRIOR_WINDOWS = 3.0  # k of the per-series blend; see the module docstring
@@ -271,7 +273,7 @@ class ConformalIntervals:
         }
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ConformalIntervals":
+    def from_dict(cls, data: Any) -> ConformalIntervals:
         """Inverse of `to_dict`. Any other shape raises ValueError naming the field (never another type):
         numbers finite and of their type (no booleans, no strings), levels ascending inside (0, 100),
         horizon and season length positive and bounded, quantiles of shape (levels, 2, horizon) with each
@@ -454,7 +456,7 @@ def _series_factors(series: np.ndarray, window: np.ndarray, steps: np.ndarray, s
     # The factor a calibration score is divided by comes from the series' other windows only.
     loo = (total[series_of_pair] - per_window + prior) / (count[series_of_pair] - 1 + prior)
     row_factor = loo[pair_of_row]
-    return row_factor, {str(k): float(v) for k, v in zip(s_ids, full)}
+    return row_factor, {str(k): float(v) for k, v in zip(s_ids, full, strict=True)}
 
 
 def held_out_bounds(table: pd.DataFrame, *, levels: Sequence[float], horizon: int, step: int, season_length: int,
@@ -537,7 +539,7 @@ def load_intervals(store: Location | str, model_key: str, version: str) -> Confo
         return None
     except (ValueError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{url} is corrupt: {exc}") from None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any other failure: storage or a corrupt file, told apart here
         if is_storage_failure(exc):
             raise storage_error(f"cannot read {url}", exc) from None
         raise ArtifactError(f"{url} is corrupt: {exc}") from None

@@ -2,7 +2,7 @@
 
 Under the output URL (see lstm_core.outputs for what each file holds):
 
-    <table>/run=<run_id>/part-<k>.parquet   predictions, metrics, quarantine, backtest, realised
+    <table>/run=<run_id>/part-<k>.parquet   predictions, metrics, quarantine, backtest, realised, revisions
     runs/<run_id>/manifest.json             the commit marker, written last
     runs/<run_id>/lease.json                held while a process runs the run id
     runs/<run_id>/<name>                    the run's own files (plots/*.png)
@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lstm_core.storage import join
+from lstm_core.location import join
 
-TABLES = ("predictions", "metrics", "quarantine", "backtest", "realised")
+TABLES = ("predictions", "metrics", "quarantine", "backtest", "realised", "revisions")
 # The version of the tables' columns and types, recorded in each manifest (`output_schema_version`).
 # 1 (manifests without the field): nanosecond timestamps, the metrics' `window`, the LSTM's metric rows
 # labelled by its version. 2: microsecond timestamps, `backtest_window`, `model` a label (`lstm`,

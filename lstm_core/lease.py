@@ -30,15 +30,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import fsspec
 
+from lstm_core.atomic import open_dir
 from lstm_core.errors import LeaseLostError, RunLockedError, StorageError
 from lstm_core.layout import LEASE, OutputLayout
+from lstm_core.location import is_local, storage_error
 from lstm_core.secrets import scrub
-from lstm_core.storage import is_local, open_dir, storage_error
 
 log = logging.getLogger("lstm_core.lease")
 
@@ -50,7 +51,7 @@ def _now() -> float:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def _read_text(path: str) -> str | None:
@@ -130,7 +131,7 @@ class RunLease:
     # --- acquiring -------------------------------------------------------
     @classmethod
     def acquire(cls, fs: fsspec.AbstractFileSystem, root: str, run_id: str, ttl: float,
-                heartbeat: bool = True) -> "RunLease":
+                heartbeat: bool = True) -> RunLease:
         lease = cls(fs, OutputLayout(root).lease(run_id), run_id, float(ttl))
         if is_local(fs):
             lease._acquire_local(root)
@@ -215,10 +216,11 @@ class RunLease:
         protocol = self.fs.protocol
         return bool(set(protocol if isinstance(protocol, (tuple, list)) else [protocol]) & {"s3", "s3a"})
 
-    def _put(self, **condition: str) -> bool:
+    def _put(self, **condition: str | None) -> bool:
         """Conditional PUT of our body; False when the condition failed.
 
-        Stores without conditional writes (not S3) get check-then-write: best effort, racy.
+        Stores without conditional writes (not S3) get check-then-write: best effort, racy. Only they may
+        see an `IfMatch` of None (a store that gives no ETag); they do not read it.
         """
         try:
             if not self._conditional:
@@ -264,7 +266,7 @@ class RunLease:
                                  f"(another process keeps taking it)")
         except (RunLockedError, StorageError):
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - whatever the store raised: a StorageError naming the lease
             raise storage_error(f"run {self.run_id}: cannot take lease {scrub(self.path)}", exc) from None
 
     def _stale_reason(self, body: dict[str, Any]) -> str | None:
@@ -359,7 +361,7 @@ class RunLease:
             log.warning("run %s: could not release lease (it expires after %.0f s): %s", self.run_id, self.ttl,
                         scrub(str(exc)))
 
-    def __enter__(self) -> "RunLease":
+    def __enter__(self) -> RunLease:
         return self
 
     def __exit__(self, *exc) -> None:

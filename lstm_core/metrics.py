@@ -7,8 +7,8 @@ from long rows as sums that merge across shards, backtest windows and runs.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -141,7 +141,7 @@ class ErrorSums:
     @classmethod
     def from_rows(cls, rows: pd.DataFrame, *, forecasts: Mapping[str, str], y: str = "y", scale: str = "scale",
                   keys: Sequence[str] = ("series_id", "cutoff"), interval_model: str | None = None,
-                  levels: Sequence[float] = ()) -> "ErrorSums":
+                  levels: Sequence[float] = ()) -> ErrorSums:
         """Sum the errors of long rows (one row per forecast point).
 
         `forecasts` maps a model name to the column of `rows` holding its point forecast, e.g.
@@ -203,7 +203,7 @@ class ErrorSums:
     def _sum_columns(self) -> list[str]:
         return [*POINT_SUMS, *(c for lv in self.levels for c in _level_sums(lv))]
 
-    def _collapse(self) -> "ErrorSums":
+    def _collapse(self) -> ErrorSums:
         """One row per key and model (sorted), the sums of duplicates added up."""
         group = [*self.keys, "model"]
         inverse, first = _group(self.frame, group)
@@ -214,7 +214,7 @@ class ErrorSums:
             out[col] = summed.astype(np.int64) if values.dtype.kind in "iu" else summed
         return ErrorSums(out, self.keys, self.levels)
 
-    def merge(self, *others: "ErrorSums") -> "ErrorSums":
+    def merge(self, *others: ErrorSums) -> ErrorSums:
         """The sums of this and `others` together (same keys and levels; a key present in both adds up)."""
         for o in others:
             if o.keys != self.keys or o.levels != self.levels:
@@ -260,7 +260,7 @@ class ErrorSums:
             out[name] = np.where(bad, np.nan, v).astype(np.float64)
         return out
 
-    def totals(self, by: Sequence[str] = ()) -> "MetricTotals":
+    def totals(self, by: Sequence[str] = ()) -> MetricTotals:
         """Pooled totals over the keys, grouped by the columns `by` (a subset of the keys) and model.
 
         Each metric's pooled value is a ratio of sums, so totals merge across shards by addition:
@@ -297,12 +297,12 @@ class MetricTotals:
     frame: pd.DataFrame
     by: tuple[str, ...]
 
-    def _collapse(self) -> "MetricTotals":
+    def _collapse(self) -> MetricTotals:
         group = [*self.by, "model", "metric"]
         out = self.frame.groupby(group, sort=True, dropna=False, observed=True)[["total", "count"]].sum().reset_index()
         return MetricTotals(out, self.by)
 
-    def merge(self, *others: "MetricTotals") -> "MetricTotals":
+    def merge(self, *others: MetricTotals) -> MetricTotals:
         for o in others:
             if o.by != self.by:
                 raise ValueError(f"cannot merge totals grouped by {o.by} into totals grouped by {self.by}")

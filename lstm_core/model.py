@@ -145,14 +145,14 @@ def forward_flops(model: keras.Model) -> int:
 
 def cudnn_eligible(model: keras.Model) -> bool:
     """True when every LSTM layer meets the cuDNN kernel's conditions."""
-    lstms = [l for l in _walk(model) if isinstance(l, layers.LSTM)]
+    lstms = [layer for layer in _walk(model) if isinstance(layer, layers.LSTM)]
     return bool(lstms) and all(
-        l.activation.__name__ == "tanh"
-        and l.recurrent_activation.__name__ == "sigmoid"
-        and l.recurrent_dropout == 0
-        and not l.unroll
-        and l.use_bias
-        for l in lstms
+        lstm.activation.__name__ == "tanh"
+        and lstm.recurrent_activation.__name__ == "sigmoid"
+        and lstm.recurrent_dropout == 0
+        and not lstm.unroll
+        and lstm.use_bias
+        for lstm in lstms
     )
 
 

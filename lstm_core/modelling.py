@@ -12,35 +12,68 @@ Every function takes an optional `log` (a `logging.Logger` or adapter) so a task
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from lstm_core import artifacts
 from lstm_core.artifacts import data_fingerprint
-from lstm_core.backtest import (KEYS, Backtest, WindowHook, backtest_from_config, backtest_metrics, cutoff_drops,
-                                metrics_table, training_cutoff)
-from lstm_core.combination import coverage_sums, serve_backtest, serve_future, served_intervals
+from lstm_core.backtest import (
+    KEYS,
+    Backtest,
+    WindowHook,
+    backtest_from_config,
+    backtest_metrics,
+    cutoff_drops,
+    metrics_table,
+    training_cutoff,
+)
+from lstm_core.combination import (
+    coverage_sums,
+    serve_backtest,
+    serve_future,
+    served_intervals,
+)
 from lstm_core.config import ForecastConfig, ModelSpec
-from lstm_core.engine import Evaluation, Forecaster, fit, panel_of, predictions_frame
-from lstm_core.errors import ArtifactError
-from lstm_core.intervals import INTERVALS_FILE, PRIOR_WINDOWS, ConformalIntervals, with_intervals
+from lstm_core.engine import Evaluation, fit, panel_of, predictions_frame
+from lstm_core.intervals import (
+    PRIOR_WINDOWS,
+    with_intervals,
+)
 from lstm_core.metrics import ErrorSums, MetricTotals, interval_columns
-from lstm_core.model_store import Decision, decide_for, split_model_url
+from lstm_core.model_store import (
+    ModelChoice,
+    ModelStore,
+    intervals_fit,
+)
 from lstm_core.panel import Panel
 from lstm_core.progress import Progress
-from lstm_core.retries import call_with_retries
-from lstm_core.statistical import CANDIDATES, STATISTICAL_MODELS, StatisticalBacktest, long_history, statistical_backtest
-from lstm_core.storage import Location
+from lstm_core.promotion import TrainingProgress, loaded_choice, train_full, warm_start
+from lstm_core.records import Decision
+from lstm_core.statistical import (
+    CANDIDATES,
+    STATISTICAL_MODELS,
+    StatisticalBacktest,
+    long_history,
+    statistical_backtest,
+)
 from lstm_core.tuning import check_tuned_fits
-from lstm_core.validation import SkippedSeries, ValidationResult, min_input, min_train_length, network_reasons
-from lstm_core.windows import plan_windows, target_bounds, validation_span, windows_per_series
+from lstm_core.validation import (
+    SkippedSeries,
+    ValidationResult,
+    min_input,
+    min_train_length,
+    network_reasons,
+)
+from lstm_core.windows import (
+    plan_windows,
+    target_bounds,
+    validation_span,
+    windows_per_series,
+)
 
 _log = logging.getLogger("lstm_core.modelling")
 
@@ -134,192 +167,18 @@ def network_serves(panel: Panel, config: ForecastConfig) -> np.ndarray:
     return learns & np.where(panel.lengths > 0, varies, False)
 
 
-# --- the model store ----------------------------------------------------------------------------------
-# Under `refit`, the model that scored the backtest (trained before the earliest cutoff) is kept inside the
-# version of the final one, at `<version>/backtest/<version>/`: below a version, so never a candidate to load.
-BACKTEST_MODEL = "backtest"
-
-
-@dataclass(frozen=True)
-class ModelStore:
-    """Where models are kept: `<url>/<model key>/<version>/` (weights, metadata, saved intervals; under
-    `refit`, the model that scored the backtest in `backtest/<version>/`).
-
-    Opened once per run (`ModelStore.of(config)`); it owns its `Location` (URL and filesystem), so
-    callers pass the store, not URLs and options.
-    """
-
-    location: Location
-
-    @classmethod
-    def of(cls, config: ForecastConfig) -> "ModelStore":
-        return cls(config.location(config.layout().models()))
-
-    @property
-    def url(self) -> str:
-        return self.location.url
-
-    def decide(self, spec: ModelSpec, newest: Panel | None) -> Decision:
-        """Load or train, and why (`lstm_core.model_store.decide_for`): `newest` is the data a saved
-        model is checked against (None under retrain 'never' or a pinned model)."""
-        return decide_for(spec.config, self.location, newest, spec.group)
-
-    def save(self, forecaster: Forecaster, spec: ModelSpec, fingerprint: str, version: str,
-             backtest: Forecaster | None = None) -> None:
-        """Write a version (retried in place on storage hiccups: the training is never repeated).
-        `backtest`: under refit, the model that scores the backtest, written first (inside the version,
-        which is complete only once its own metadata is written last)."""
-        config = spec.config
-        extra = {"group": spec.group} if config.group_column is not None else None
-        if backtest is not None:
-            call_with_retries(artifacts.save, backtest, self.location.child(spec.key, version), BACKTEST_MODEL,
-                              config=config.public_dict(), fingerprint=fingerprint, version=version, extra=extra,
-                              what="saving the backtest model")
-        call_with_retries(artifacts.save, forecaster, self.location, spec.key, config=config.public_dict(),
-                          fingerprint=fingerprint, version=version, extra=extra, what="saving the model")
-
-    def save_intervals(self, intervals: ConformalIntervals, key: str, version: str, log=None) -> None:
-        """Save `intervals.json` beside a version, its sha256 recorded in the version's (signed) metadata,
-        so a loaded version serves only checked intervals. A version whose metadata cannot be extended
-        (signed, and no key now) keeps none: later runs calibrate their own (a warning says why)."""
-        data = json.dumps(intervals.to_dict(), indent=2, sort_keys=True, allow_nan=False).encode()
-        try:
-            call_with_retries(artifacts.add_file, self.location, key, version, INTERVALS_FILE, data,
-                              what="saving the intervals")
-        except ArtifactError as exc:
-            (log or _log).warning("the intervals are not saved beside the model: %s", exc)
-
-    def holding(self, config: ForecastConfig) -> Location:
-        """The store `config`'s versions live in: this one, or the one a `model_url` pins."""
-        return self.location.with_url(split_model_url(config.model_url)[0]) if config.model_url else self.location
-
-    def backtest_model(self, key: str, version: str, config: ForecastConfig) -> Forecaster | None:
-        """The model kept inside a refit version, trained before its earliest cutoff: what scores backtests
-        with that version (None when the version was not refit). Raises ArtifactError when it cannot be used."""
-        inside = self.holding(config).child(key, version)
-        if not inside.fs.exists(inside.child(BACKTEST_MODEL, version, "metadata.json").path):
-            return None
-        return artifacts.load(inside, BACKTEST_MODEL, version, max_bytes=config.max_model_bytes).forecaster
-
-    def open(self, ref: ModelRef, config: ForecastConfig, log=None) -> "ModelChoice":
-        """The stored version `ref` names, with the intervals saved beside it: what its shards forecast with.
-
-        Opened through the same checks as any saved model (allowlist, sizes, checksums, signature); raises
-        ArtifactError when it cannot be used. The shards of a run open the same version: it is opened once
-        per process (`_OPENED`), so its compiled forecast loop is traced once, not once per shard.
-        """
-        log = log or _log
-        holding = self.holding(config)
-        cached = (holding.url, ref.model_key, ref.version, ref.refit, config.max_model_bytes)
-        if cached not in _OPENED:
-            loaded = artifacts.load(holding, ref.model_key, ref.version, max_bytes=config.max_model_bytes)
-            scorer = self.backtest_model(ref.model_key, ref.version, config) if ref.refit else loaded.forecaster
-            if scorer is None:
-                raise ArtifactError(f"model {loaded.url} was refit but keeps no {BACKTEST_MODEL}/ model inside it")
-            _OPENED[cached] = (loaded, scorer)
-            while len(_OPENED) > _OPENED_MAX:
-                _OPENED.popitem(last=False)
-        _OPENED.move_to_end(cached)
-        loaded, scorer = _OPENED[cached]
-        decision = Decision(ref.decision["action"], ref.decision["reason"], loaded)
-        return ModelChoice(scorer, loaded.forecaster, decision, ref.version, ref.group,
-                           first_window=ref.first_window, intervals=_saved_intervals(self, loaded, config, log),
-                           model_key=ref.model_key)
-
-
-# Versions opened in this process, newest last: (store URL, key, version, refit, size cap) -> (loaded, scorer).
-_OPENED: "OrderedDict[tuple, tuple[Any, Forecaster]]" = OrderedDict()
-_OPENED_MAX = 4
-
-
 # --- get or train ------------------------------------------------------------------------------------
-@dataclass
-class ModelChoice:
-    """The model a run forecasts with, where it came from, and the intervals that go with it."""
-
-    forecaster: Forecaster  # scores the backtest (trained on the data before its earliest cutoff)
-    final: Forecaster  # forecasts past T (the same model unless refit)
-    decision: Decision
-    version: str
-    group: str | None = None
-    first_window: int = 0  # backtest windows before it precede the end of the training data: skipped
-    intervals: ConformalIntervals | None = None  # saved beside the model version (None: calibrate in the run)
-    model_key: str | None = None  # where the version is stored (None: not stored, mode per_series)
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model by reference: what crosses from a group's training to its shards and to the manifest.
-
-    Small and picklable (no Keras objects): the shards open the stored version themselves.
-    """
-
-    model_key: str | None  # None: not stored (mode per_series)
-    version: str
-    group: str | None
-    first_window: int
-    decision: dict[str, Any]  # `Decision.as_dict()`: action, reason (and the loaded version)
-    training: dict[str, Any]  # the training summary the version was saved with
-    refit: bool = False  # the version keeps the model that scores the backtest apart (`BACKTEST_MODEL`)
-
-    @classmethod
-    def of(cls, choice: "ModelChoice") -> "ModelRef":
-        return cls(choice.model_key, choice.version, choice.group, int(choice.first_window),
-                   choice.decision.as_dict(), dict(choice.forecaster.training or {}),
-                   refit=choice.forecaster is not choice.final)
-
-
-def intervals_fit(intervals: ConformalIntervals | None, config: ForecastConfig) -> bool:
-    """Saved intervals fit this run: same levels and method, calibrated for at least the horizon."""
-    return (intervals is not None and tuple(intervals.levels) == tuple(float(v) for v in config.levels)
-            and intervals.method == config.interval_method and intervals.horizon >= config.horizon)
-
-
-def _saved_intervals(store: ModelStore, loaded, config: ForecastConfig, log) -> ConformalIntervals | None:
-    """The conformal quantiles saved beside a loaded model version, when they fit this run."""
-    if not config.levels:
-        return None
-    version = split_model_url(loaded.url)[2]
-    saved = loaded.intervals  # read and checked with the version (checksum, signature, shape)
-    if saved is None:
-        log.info("model %s has no saved intervals: they are calibrated on this run's backtest", version)
-    elif not intervals_fit(saved, config):
-        log.info("model %s's saved intervals (levels %s, %s, %d steps) do not fit this run: recalibrated",
-                 version, list(saved.levels), saved.method, saved.horizon)
-        return None
-    return saved
-
-
-class _TrainingProgress:
-    """Feeds the engine's epoch, batch and series hooks to the log and a terminal progress line."""
-
-    def __init__(self, epochs: int, log) -> None:
-        self.epochs, self.series, self.log = epochs, "", log
-        self.line = Progress()
-
-    def on_epoch(self, epoch: int, logs: dict) -> None:
-        self.log.info("epoch %d/%d loss=%.4f val_loss=%.4f", epoch, self.epochs, logs.get("loss", float("nan")),
-                      logs.get("val_loss", float("nan")))
-
-    def on_series(self, done: int, total: int, series_id: str) -> None:
-        self.series = f"series {done + 1}/{total} {series_id} "
-
-    def on_batch(self, epoch: int, done: int, per_epoch: int) -> None:
-        self.line.update(f"{self.series}epoch {epoch}/{self.epochs}", done, per_epoch, "batches")
-
-    def fit(self, panel: Panel, config: ForecastConfig) -> Forecaster:
-        with self.line:
-            return fit(panel, config, on_epoch=self.on_epoch, on_batch=self.on_batch, on_series=self.on_series)
-
-
 def get_or_train(store: ModelStore, spec: ModelSpec, data: Prepared | None, *, calibrate: bool = False,
                  log=None) -> tuple[ModelChoice, Decision]:
-    """The model of `spec`: a saved version when the retrain policy keeps it, else one trained and saved.
+    """The model of `spec`: the champion (or a pinned version) when the retrain policy keeps it, the champion
+    fine-tuned and gated (`warm`), or one trained in full; what is trained is saved (README "Retrain or load").
 
     `data` is the training data (a bounded sample of the group's series under sharding). Under retrain
     'never' or a pinned model it may be None: the model key fixes the inputs. A model trained here learns
-    from the data before the earliest backtest cutoff (`data.train_panel`); the retrain check scores a saved
-    model on the newest data before the holdout. `calibrate`: also backtest the trained model on `data` and
+    from the data before the earliest backtest cutoff (`data.train_panel`), a warm start too (from the
+    champion's weights); champion and challenger are scored on the same newest backtest windows of
+    `data.panel` (`retrain.gate_score`) and the challenger replaces the champion only when its score is at most
+    the champion's x (1 + `promotion_tolerance`). `calibrate`: also backtest a model trained here on `data` and
     save the conformal intervals beside its version. A loaded model brings the intervals saved beside it.
 
     Returns (the choice, its decision). Raises ArtifactError when retrain is 'never' (or a model is pinned)
@@ -329,47 +188,27 @@ def get_or_train(store: ModelStore, spec: ModelSpec, data: Prepared | None, *, c
     config = spec.config
     label = f"group {spec.group!r}: " if config.group_column is not None else ""
     if config.mode == "per_series":
-        decision = Decision("train", "mode 'per_series' trains one model per series on every run")
+        decision = Decision(action="train", reason="mode 'per_series' trains one model per series on every run")
     else:
         newest = data.panel.drop_upto(config.horizon) if data is not None and data.panel.n_series else \
             (data.train_panel if data is not None else None)
-        decision = store.decide(spec, newest)
+        decision = store.decide(spec, newest, fingerprint=data.fingerprint if data is not None else None,
+                                gate_panel=data.panel if data is not None and data.panel.n_series else None)
     log.info("%smodel decision: %s (%s)", label, decision.action, decision.reason)
     if decision.action == "load":
-        loaded = decision.loaded
-        version, key = loaded.metadata["version"], loaded.metadata.get("model_key") or spec.key
-        # A refit version has seen every backtest window: they are scored by the model kept inside it.
-        scorer = store.backtest_model(key, version, config) if config.mode != "per_series" else None
-        if scorer is not None:
-            log.info("%smodel %s was refit on all data: its backtest is scored by the model kept inside it, "
-                     "trained before its earliest cutoff", label, version)
-        choice = ModelChoice(scorer or loaded.forecaster, loaded.forecaster, decision, version, spec.group,
-                             intervals=_saved_intervals(store, loaded, config, log), model_key=key)
-        return choice, decision
-
-    trainer = _TrainingProgress(config.training.epochs, log)
-    forecaster = trainer.fit(data.train_panel, config)
-    log.info("trained on %s (cuDNN eligible: %s) in %.1f s, best validation loss %.4f",
-             forecaster.training["device"], forecaster.training.get("cudnn"), forecaster.training["seconds"],
-             forecaster.training["best_val_loss"])
-    final = forecaster
-    if config.refit:
-        log.info("refitting on all data before the final forecast")
-        final = trainer.fit(data.panel, config)
-    if config.mode == "per_series":
-        choice = ModelChoice(forecaster, final, decision, f"per-series-{data.fingerprint[:12]}", spec.group,
-                             first_window=data.first_window)
-        return choice, decision
-    version = artifacts.new_version()  # fixed across retries: a retry rewrites the same objects
-    store.save(final, spec, data.fingerprint, version, backtest=forecaster if final is not forecaster else None)
-    log.info("%ssaved model %s/%s/%s", label, "models", spec.key, version)
-    choice = ModelChoice(forecaster, final, decision, version, spec.group, first_window=data.first_window,
-                         model_key=spec.key)
-    if calibrate and config.levels:
+        return loaded_choice(store, spec, decision, log, label), decision
+    trainer = TrainingProgress(config.training.warm_epochs if decision.action == "warm" else config.training.epochs,
+                               log)
+    if decision.action == "warm":
+        choice, decision = warm_start(store, spec, data, decision, trainer, log, label)
+    else:
+        choice, decision = train_full(store, spec, data, decision, trainer, log, label)
+    if calibrate and config.levels and choice.model_key is not None and \
+            (decision.action == "train" or decision.promoted):  # a version made in this run
         bt = run_backtest(choice, data, config)
         if bt.intervals is not None:
             choice.intervals = bt.intervals
-            store.save_intervals(bt.intervals, spec.key, version, log=log)
+            store.save_intervals(bt.intervals, spec.key, choice.version, log=log)
             log.info("%scalibrated intervals on the training sample's backtest (%d rows)", label, len(bt.frame))
     return choice, decision
 
@@ -423,7 +262,8 @@ def forecast(choice: ModelChoice, data: Prepared, config: ForecastConfig, *, sto
             intervals, source = choice.intervals, "model"
         elif bt.intervals is not None:
             intervals, source = bt.intervals, "run"
-            if store is not None and choice.model_key is not None and choice.decision.action == "train":
+            made_here = choice.decision.action == "train" or bool(choice.decision.promoted)
+            if store is not None and choice.model_key is not None and made_here:
                 store.save_intervals(intervals, choice.model_key, choice.version, log=log)
     if panel.n_series == 0:  # a shard whose series were all skipped
         future = np.zeros((0, h))

@@ -17,6 +17,8 @@ carrying a `run_id` column so a single file stands on its own:
                                             intervals, history
     realised/run=<id>/part-<k>.parquet      series_id, metric, value, model, forecast_run_id, cutoff, points, run_id,
                                             model_version
+    revisions/run=<id>/part-<k>.parquet     series_id, ds, yhat_previous, yhat, revision, scale, previous_run_id,
+                                            run_id (lstm_core.revisions)
 
 Every timestamp is written in microseconds (`timestamp[us]`, what Spark 3, DuckDB, polars and pandas all
 read), and no column is named by a reserved word of DuckDB or Spark SQL: version `OUTPUT_SCHEMA_VERSION`
@@ -39,20 +41,24 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import fsspec
 import pandas as pd
 import pyarrow as pa
 
+from lstm_core.atomic import LinkRefused, put_bytes, read_json, remove_file, remove_tree, write_json, write_parquet
 from lstm_core.layout import FOLDERS, LEASE, MANIFEST, OUTPUT_SCHEMA_VERSION, TABLES, OutputLayout
+from lstm_core.location import Location, is_local, join
 from lstm_core.metrics import interval_columns
 from lstm_core.realised import interval_levels, realised_schema
 from lstm_core.records import Manifest
+from lstm_core.revisions import revisions_schema
 from lstm_core.secrets import scrub
 from lstm_core.statistical import CANDIDATES, STATISTICAL_MODELS
-from lstm_core.storage import (LinkRefused, Location, is_local, join, put_bytes, read_json, remove_file, remove_tree,
-                               write_json, write_parquet)
+
+if TYPE_CHECKING:
+    from lstm_core.config import ForecastConfig
 
 __all__ = ["FOLDERS", "MANIFEST", "OUTPUT_SCHEMA_VERSION", "TABLES", "OutputStore", "RunWriter", "committed_runs", "read_committed",
            "table_schema"]
@@ -218,6 +224,8 @@ class RunWriter:
             schema = metrics_schema(_tz_of(df["cutoff"]))
         elif table == "realised":
             schema = realised_schema(_tz_of(df["cutoff"]))
+        elif table == "revisions":
+            schema = revisions_schema(_tz_of(df["ds"]))
         df = df.assign(run_id=self.run_id)[schema.names]
         path = self.part_path(table, part)
         write_parquet(self.fs, path, df, schema, root=self.root)
@@ -262,7 +270,7 @@ class OutputStore:
     scratch_url: str | None = None
 
     @classmethod
-    def open(cls, config) -> "OutputStore":
+    def open(cls, config: ForecastConfig) -> "OutputStore":
         """The store of `config.output_url` (a ForecastConfig); scratch under `scratch_url` when set."""
         return cls(config.location(config.output_url), config.scratch_url)
 
@@ -302,7 +310,7 @@ class OutputStore:
 
     def remove_scratch(self, run_id: str) -> None:
         """Remove the run's scratch folder (a sharded run's split input)."""
-        from lstm_core.sharding import remove_scratch
+        from lstm_core.shard_split import remove_scratch
 
         remove_scratch(self.location.with_url(self.url_layout.scratch()), run_id)
 

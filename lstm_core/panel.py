@@ -40,7 +40,7 @@ class Panel:
     def from_frame(cls, frame: pd.DataFrame, freq: str, covariates: list[str] | tuple[str, ...] = (), *,
                    spec: CovariateSpec | None = None, future: pd.DataFrame | None = None,
                    static: pd.DataFrame | None = None, horizon: int = 0,
-                   encoder: StaticEncoder | None = None) -> "Panel":
+                   encoder: StaticEncoder | None = None) -> Panel:
         """`frame` must be validated: sorted by (series_id, ds), regular, finite.
 
         `covariates` (historic columns) is the short form of `spec`. `future`: the future covariates'
@@ -50,6 +50,7 @@ class Panel:
         spec = spec or CovariateSpec(historic=tuple(covariates))
         numeric = [*spec.historic, *spec.future]
         cal = calendar_names(spec.calendar)
+        enc: StaticEncoder | None
         if len(frame) == 0:
             enc = encoder or StaticEncoder(tuple(spec.static))
             names = ("y", *numeric, *cal, *(enc.names if spec.static else ()))
@@ -66,7 +67,8 @@ class Panel:
         if spec.calendar:
             parts.append(calendar_values(frame["ds"], spec.calendar))
         last_ds = frame["ds"].iloc[offsets[1:] - 1].to_numpy()
-        static_rows, enc, enc_values = None, None, None
+        static_rows: pd.DataFrame | None = None
+        enc = None
         if spec.static:
             if static is None:
                 raise ValueError(f"static covariates {list(spec.static)} declared but no static values given")
@@ -123,7 +125,7 @@ class Panel:
         n_future = sum(r == "future" for r in self.roles)
         if n_future:
             if future_values is None or future_values.shape[1] == 0:
-                missing = [n for n, r in zip(self.feature_names, self.roles) if r == "future"]
+                missing = [n for n, r in zip(self.feature_names, self.roles, strict=True) if r == "future"]
                 raise ValueError(f"future covariates {missing} have no values after the series' end: give "
                                  "them as rows with y empty for each step of the horizon")
             have = min(steps, future_values.shape[1])
@@ -153,7 +155,7 @@ class Panel:
         return self._known_steps(steps, fut)
 
     # --- views ----------------------------------------------------------------
-    def drop_last(self, k: int) -> "Panel":
+    def drop_last(self, k: int) -> Panel:
         """The panel without each series' last `k` points (the training part before a holdout).
 
         The known-ahead values of the dropped points become the start of `future`: the holdout is
@@ -182,7 +184,7 @@ class Panel:
         idx = self.offsets[1:, None] - np.arange(k, 0, -1)[None, :]
         return self.values[idx]
 
-    def pad_front(self, length: int) -> "Panel":
+    def pad_front(self, length: int) -> Panel:
         """Each series shorter than `length` points with its first row repeated before its start.
 
         A short series then still fills a window: the network sees a flat history before the first
@@ -191,7 +193,7 @@ class Panel:
         """
         return self.pad_rows(np.maximum(int(length) - self.lengths, 0))
 
-    def pad_rows(self, pad: np.ndarray) -> "Panel":
+    def pad_rows(self, pad: np.ndarray) -> Panel:
         """Each series with `pad` (S,) copies of its first row before its start (see `pad_front`)."""
         pad = np.asarray(pad, dtype=np.int64)
         if not pad.any():
@@ -203,12 +205,12 @@ class Panel:
         source = np.repeat(self.offsets[:-1], lengths) + np.maximum(local - np.repeat(pad, lengths), 0)
         return replace(self, offsets=offsets, values=self.values[source])
 
-    def drop_upto(self, k: int) -> "Panel":
+    def drop_upto(self, k: int) -> Panel:
         """Each series without its last `k` points, keeping at least its first point (a series of `k` points
         or fewer keeps one): for checks and plots over a panel that may hold very short series."""
         return self.drop_each(np.minimum(int(k), np.maximum(self.lengths - 1, 0))) if self.n_series else self
 
-    def drop_each(self, drops: np.ndarray) -> "Panel":
+    def drop_each(self, drops: np.ndarray) -> Panel:
         """Each series without its own last `drops[i]` points (`drop_last` with a count per series).
 
         Known-ahead values of the dropped points start `future` as in `drop_last`, trimmed to the shortest
@@ -225,18 +227,19 @@ class Panel:
         starts = np.concatenate([p.offsets[:-1] + sum(len(q.values) for _, q in parts[:k])
                                  for k, (_, p) in enumerate(parts)])[order]
         values = np.concatenate([p.values for _, p in parts])
-        rows = np.concatenate([np.arange(a, a + n) for a, n in zip(starts, lengths)]) if len(lengths) else \
-            np.zeros(0, dtype=np.int64)
+        rows = np.concatenate([np.arange(a, a + n) for a, n in zip(starts, lengths, strict=True)]) \
+            if len(lengths) else np.zeros(0, dtype=np.int64)
         future = None
-        if all(p.future is not None for _, p in parts):
-            steps = min(p.future.shape[1] for _, p in parts)
-            future = np.concatenate([p.future[:, :steps] for _, p in parts])[order]
+        futures = [p.future for _, p in parts if p.future is not None]
+        if len(futures) == len(parts):
+            steps = min(f.shape[1] for f in futures)
+            future = np.concatenate([f[:, :steps] for f in futures])[order]
         static = None if self.static is None else self.static
         return replace(self, offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
                        values=values[rows], last_ds=np.concatenate([p.last_ds for _, p in parts])[order],
                        future=future, static=static)
 
-    def select(self, mask: np.ndarray) -> "Panel":
+    def select(self, mask: np.ndarray) -> Panel:
         """Keep the series where `mask` is true."""
         mask = np.asarray(mask, dtype=bool)
         lengths = self.lengths[mask]
@@ -246,7 +249,7 @@ class Panel:
                        last_ds=self.last_ds[mask], future=None if self.future is None else self.future[mask],
                        static=None if self.static is None else self.static.iloc[np.flatnonzero(mask)])
 
-    def encode_static(self, encoder: StaticEncoder | None) -> "Panel":
+    def encode_static(self, encoder: StaticEncoder | None) -> Panel:
         """The panel with its static columns encoded by `encoder` (a model's vocabulary); unseen
         categories become all zeros. Unchanged when there are no static covariates or it is the same."""
         if encoder is None or self.static is None or encoder == self.static_encoder:

@@ -49,7 +49,7 @@ def progress_enabled(stream: TextIO | None = None) -> bool:
 class _ClearBeforeLog(logging.Filter):
     """Wipe the progress bars before a console log record prints, so the two never share a line."""
 
-    def __init__(self, display: "_Display") -> None:
+    def __init__(self, display: _Display) -> None:
         super().__init__()
         self.display = display
 
@@ -159,14 +159,15 @@ class Progress:
             return
         display = self._display = self._display or self._join()
         with display.lock:
-            new_bar = label != self._label
-            if new_bar:
-                if self.task is not None:
-                    display.rich.remove_task(self.task)
+            task = self.task
+            new_bar = task is None or label != self._label  # no bar yet, or another step's
+            if task is not None and not new_bar:
+                display.rich.update(task, total=total, completed=done, detail=detail)
+            else:
+                if task is not None:
+                    display.rich.remove_task(task)
                 self.task = display.rich.add_task(label, total=total, completed=done, detail=detail)
                 self._label = label
-            else:
-                display.rich.update(self.task, total=total, completed=done, detail=detail)
             recent = time.monotonic() - display.last_draw < self.min_interval
             if force or new_bar or done == total or not display.lines or not recent:
                 display.draw()
@@ -195,7 +196,7 @@ class Progress:
                 del _DISPLAYS[id(self.stream)]
                 display.detach()
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc) -> None:

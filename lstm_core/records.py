@@ -11,12 +11,19 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    model_serializer,
+)
 
 from lstm_core.metrics import MetricTotals
 
@@ -177,12 +184,59 @@ class PlanSummary(Record):
 
 
 class Decision(Record):
-    """A retrain decision: train a model, or load a saved one."""
+    """The retrain decision: train a model, warm-start the champion, or load a saved one; and why.
 
-    action: Literal["train", "load", "mixed"] = Field(
-        description="`train` or `load`; `mixed` at the top level when the groups' models decided differently")
+    The one decision type: `lstm_core.retrain` makes it, the model's metadata (`decision`) and the manifest
+    (`retrain`, per model and at the top) record it. The gate's fields (README "Retrain or load") are set only
+    where they apply: absent (not null) otherwise, so a manifest of a load keeps the shape it always had.
+    The loaded model rides along in memory (`loaded`), never in the JSON.
+    """
+
+    action: Literal["train", "warm", "load", "mixed"] = Field(
+        description="`train` (a full training), `warm` (the champion fine-tuned, then gated) or `load`; `mixed` "
+                    "at the top level when the groups' models decided differently")
     reason: str = Field(description="why, in words (per group, `group: reason; ...`, when `mixed`)")
     model_version: str | None = Field(None, description="the loaded model version; absent when trained")
+    champion_version: str | None = Field(None, description="the champion the decision started from (absent: none)")
+    champion_score: float | None = Field(None, description="the champion's gate score (mean MASE over the newest "
+                                                           "backtest windows); absent when it was not scored")
+    challenger_score: float | None = Field(None, description="the fine-tuned (or fully retrained) challenger's gate "
+                                                             "score on the same windows; absent without a challenger")
+    promoted: bool | None = Field(None, description="the model trained in this run became the champion (absent: "
+                                                    "nothing was trained, or a run with other training settings)")
+    parent_version: str | None = Field(None, description="the version a warm start began from (null: a full "
+                                                         "training)")
+    warm_starts: int | None = Field(None, description="warm starts since the last full training, this one included")
+    training_seconds: float | None = Field(None, description="seconds spent training in this run (0 for a load, "
+                                                             "the discarded challenger's when rejected)")
+
+    _loaded: Any = PrivateAttr(default=None)
+    _role: str = PrivateAttr(default="champion")
+
+    @property
+    def role(self) -> str:
+        """`champion` (the run follows the champion: may replace or gate it) or `own` (other training
+        settings, a pinned model, 'never': never changes it); in memory only."""
+        return self._role
+
+    def with_role(self, role: str) -> "Decision":
+        """This decision with `role` set; returns self."""
+        self._role = role
+        return self
+
+    @property
+    def loaded(self) -> Any:
+        """The `artifacts.LoadedModel` a `load` (or a warm start) read, or None."""
+        return self._loaded
+
+    def with_loaded(self, loaded: Any) -> "Decision":
+        """This decision holding `loaded` (in memory only); returns self."""
+        self._loaded = loaded
+        return self
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON the manifest and the model's metadata record (the set fields only)."""
+        return self.model_dump(mode="json")
 
 
 class TrainingSummary(Record):
@@ -290,7 +344,10 @@ class Outputs(Record):
     realised: str | None = Field(None, description="realised accuracy part file or partition (absent when none)")
     metrics_overall: str | None = Field(None, description="a sharded run's overall metric rows (`part-overall`)")
     realised_overall: str | None = Field(None, description="a sharded run's overall realised accuracy rows")
-    plots: dict[str, str] | None = Field(None, description="plot file name -> its path (runs of one shard)")
+    plots: dict[str, str] | None = Field(None, description="plot file name -> its path (runs of one shard; "
+                                        "`nightly.png` in every run that compares with an earlier one)")
+    revisions: str | None = Field(None, description="revisions part file or partition (absent when there is no "
+                                                    "previous committed run)")
 
 
 class Tuned(Record):
@@ -305,12 +362,40 @@ class Tuned(Record):
     settings: dict[str, Any] = Field(description="dotted setting name -> the value applied")
 
 
+class ScheduleEntry(Record):
+    """The run's place on the schedule (lstm_core.catchup)."""
+
+    slot: Timestamp | None = Field(description="the run's slot: its scheduled start, else its `as_of`; null for a "
+                                               "manual run of the newest data")
+    interval: timedelta | None = Field(description="the setting `schedule_interval` (ISO 8601 duration); null: "
+                                                   "no catch-up")
+    previous_slot: Timestamp | None = Field(description="the newest committed run's slot before this one")
+    previous_run_id: str | None = Field(description="that run's id")
+    skipped_slots: list[Timestamp] = Field(description="slots missed between the previous slot and this one (the "
+                                                       "first 1,000), oldest first: this run caught up on them")
+    skipped_count: int = Field(description="how many slots were missed (all of them)")
+
+
+class RevisionsEntry(Record):
+    """How far the forecast moved from the previous committed run's (lstm_core.revisions)."""
+
+    previous_run_id: str | None = Field(description="the run compared with: the newest committed run before this "
+                                                    "one (by as_of, else slot, else start); null: none")
+    rows: int = Field(description="(series, date) pairs both runs forecast")
+    series: int = Field(description="series with such a pair")
+    scored: int = Field(description="rows with a revision (the series' naive scale is positive)")
+    p50: float | None = Field(description="median |revision|, in units of each series' in-sample seasonal naive "
+                                          "MAE; null when no row")
+    p95: float | None = Field(description="95th percentile of |revision| (same units); null when no row")
+
+
 class ManifestDraft(Record):
     """What a run knows of its manifest while it runs; `finish` turns it into the `Manifest`."""
 
     run_id: str = Field(description="the run id: the partition `run=<run_id>` of every table")
-    run_id_source: Literal["configured", "schedule", "new"] = Field(
-        description="`configured` (`run_id`), `schedule` (the scheduled slot's id) or `new`")
+    run_id_source: Literal["configured", "schedule", "as_of", "new"] = Field(
+        description="`configured` (`run_id`), `schedule` (the scheduled slot's id), `as_of` (`asof-<instant>-<hash>`, "
+                    "a run with `as_of`) or `new`")
     scheduled_start: Timestamp | None = Field(description="the scheduled slot's start (null for a manual run)")
     input_url: str = Field(description="the input URL, credentials removed")
     output_url: str = Field(description="the output URL, credentials removed")
@@ -326,6 +411,11 @@ class ManifestDraft(Record):
                           "`model` a label (`lstm`, `seasonal_naive`) beside `model_version`; absent in manifests "
                           "written before it existed (version 1: nanosecond timestamps, the metrics' `window`, "
                           "the LSTM's metric rows labelled by its version)")
+    as_of: Timestamp | None = Field(None, description="the instant the run ran as of (setting `as_of`): it read "
+                                                    "only rows with time <= as_of; null: all rows")
+    schedule: ScheduleEntry | None = Field(None, description="the run's slot and the slots it caught up on")
+    revisions: RevisionsEntry | None = Field(None, description="how far the forecast moved from the previous "
+                                                               "committed run's (absent when the run failed)")
     execution: Execution | None = Field(None, description="where tasks ran (absent when the run failed before)")
     frequency: Frequency | None = Field(None, description="frequency and seasons (absent when the run failed before "
                                                           "planning)")

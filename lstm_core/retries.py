@@ -1,7 +1,7 @@
 """Retry only what a retry can fix: storage hiccups, never bad input.
 
 Three layers, innermost first: botocore retries each S3 request (standard mode, see
-lstm_core.storage.S3_RETRIES), s3fs retries a few more kinds of failure, and the Prefect
+lstm_core.location.S3_RETRIES), s3fs retries a few more kinds of failure, and the Prefect
 storage tasks retry what is still failing with exponential backoff (tasks/common.py). Bad input,
 a refused or lost lease and permission errors are never retried: they fail the same way again.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 import logging
 import random
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from lstm_core.config import ConfigError
-from lstm_core.errors import (ArtifactError, DataValidationError, LeaseLostError, RunLockedError,
-                              StorageError)
-from lstm_core.storage import is_storage_failure
+from lstm_core.errors import ArtifactError, DataValidationError, LeaseLostError, RunLockedError, StorageError
+from lstm_core.location import is_storage_failure
 
 ATTEMPTS = 5  # a call and four retries, as the storage tasks
 PERMANENT = (DataValidationError, ConfigError, ArtifactError, LeaseLostError, RunLockedError, PermissionError)
@@ -43,7 +43,7 @@ def call_with_retries(fn: Callable[..., T], *args, attempts: int = ATTEMPTS, bas
     for attempt in range(1, attempts + 1):
         try:
             return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if attempt == attempts or not is_transient(exc):
                 raise
             delay = base_delay * 2 ** (attempt - 1) * (0.5 + random.random())

@@ -26,7 +26,7 @@ class SeriesScaler:
     scale: np.ndarray  # (S, F)
 
     @classmethod
-    def fit(cls, panel: Panel, kind: str = "standard") -> "SeriesScaler":
+    def fit(cls, panel: Panel, kind: str = "standard") -> SeriesScaler:
         if kind not in KINDS:
             raise ValueError(f"scaler must be one of {KINDS}, not {kind!r}")
         codes, v, n = panel.codes(), panel.values, panel.lengths[:, None]
@@ -90,7 +90,7 @@ class SeriesScaler:
                 "loc": self.loc.tolist(), "scale": self.scale.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SeriesScaler":
+    def from_dict(cls, d: dict[str, Any]) -> SeriesScaler:
         return cls(d["kind"], np.array(d["series_ids"], dtype=object),
                    np.asarray(d["loc"], dtype=np.float64).reshape(len(d["series_ids"]), -1),
                    np.asarray(d["scale"], dtype=np.float64).reshape(len(d["series_ids"]), -1))
@@ -115,7 +115,7 @@ class TargetTransform:
     log_mask: np.ndarray  # (S,) True where the series is modelled as log(y)
 
     @classmethod
-    def fit(cls, panel: Panel, kind: str = "auto") -> "TargetTransform":
+    def fit(cls, panel: Panel, kind: str = "auto") -> TargetTransform:
         if kind not in ("auto", "log", "none"):
             raise ValueError(f"target_transform must be auto, log or none, not {kind!r}")
         if kind == "none" or panel.n_series == 0:

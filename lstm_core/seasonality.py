@@ -80,7 +80,7 @@ class SeasonalIndices:
 
     @classmethod
     def fit(cls, panel: Panel, season_length: int, mode: str = "auto",
-            log_mask: np.ndarray | None = None) -> "SeasonalIndices":
+            log_mask: np.ndarray | None = None) -> SeasonalIndices:
         """Fit on `panel` (model space: target already log-transformed where `log_mask`).
 
         `mode`: 'auto' (every series whose seasonality is strong), 'multiplicative' (only log-modelled

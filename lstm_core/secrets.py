@@ -1,13 +1,16 @@
-"""Keep credentials out of everything a run prints or writes.
+"""Keep credentials out of everything a run prints or writes, and give a process the ones it may use.
 
-`redact` (config) removes secrets from the structures we write on purpose (manifest,
-model metadata). This module is the second line: it collects the secret *values* a
-run knows about (storage options, credentials embedded in URLs, the standard
-credential variables of the environment) and scrubs them from free text such as
-exception messages and log records, where a library may have quoted them.
+`redact` removes secrets from the structures we write on purpose (manifest, model metadata). The
+second line: the secret *values* a run knows about (storage options, credentials embedded in URLs, the
+standard credential variables of the environment) are collected and scrubbed from free text such as
+exception messages and log records, where a library may have quoted them. Storage options travel to
+other processes without their secrets (`without_secrets`); the receiving process takes them from its
+own memory or environment (`hold_storage_options`, `with_environment_secrets`). Below storage and the
+configuration: imports only the leaf modules `errors` and `merging`.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -15,7 +18,12 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import unquote
 
+from lstm_core.errors import ConfigError, LstmForecastError
+from lstm_core.merging import merge_settings
+
 MASK = "***"
+# Storage options (JSON) the workers of an existing Dask cluster set for themselves: never sent with a task.
+STORAGE_OPTIONS_VARIABLE = "LSTM_FORECAST_STORAGE_OPTIONS"
 # Names whose values are credentials: storage option keys and environment variables.
 SECRET_NAME_PARTS = ("secret", "token", "password", "passwd", "key", "credential", "session", "signature")
 NOT_SECRET_NAMES = {"key_prefix", "keep_alive"}
@@ -32,6 +40,8 @@ SECRET_QUERY_NAMES = {"sig", "code", "pwd", "pass", "auth", "authorization"}
 
 
 def is_secret_name(name: str) -> bool:
+    """True when a storage option or environment variable of this name holds a credential (key, secret,
+    token, password...; `key_prefix` and `keep_alive` do not)."""
     low = str(name).lower()
     return low not in NOT_SECRET_NAMES and any(p in low for p in SECRET_NAME_PARTS)
 
@@ -62,6 +72,7 @@ def url_credentials(url: str) -> list[str]:
 
 
 def has_credentials(url: str | None) -> bool:
+    """True when `url` carries a credential (user-info or a credential query parameter)."""
     return bool(url) and bool(url_credentials(url))
 
 
@@ -164,8 +175,6 @@ def scrubbed_exception(exc: BaseException, values: Iterable[str] = ()) -> BaseEx
     """`exc` itself when its message carries no credential; otherwise a copy of the same type (ConfigError
     stays a ConfigError: the CLI's exit code follows the type) whose message is scrubbed, or, for a type
     that cannot be rebuilt from a message, an LstmForecastError naming the type."""
-    from lstm_core.errors import LstmForecastError  # noqa: PLC0415 - errors is tiny, but keep this module leaf
-
     text = str(exc)
     clean = scrub(text, values)
     if clean == text:
@@ -199,3 +208,55 @@ def scrubbing(values: Iterable[str] = ()) -> Iterator[ScrubFilter]:
         if safe is exc:
             raise
         raise safe from None
+
+
+def redact(options: Any) -> Any:
+    """Replace values whose key looks secret with '***' and credentials inside URLs, recursively."""
+    if isinstance(options, Mapping):
+        return {
+            k: (MASK if is_secret_name(k) and not isinstance(v, Mapping) else redact(v))
+            for k, v in options.items()
+        }
+    if isinstance(options, list):
+        return [redact(v) for v in options]
+    if isinstance(options, str):
+        return redact_url(options)
+    return options
+
+
+def redact_url(url: str) -> str:
+    """Drop credentials embedded in a URL: user-info (`scheme://user:pass@host/...`, with or without the
+    scheme) and credential query parameters (`X-Amz-Signature`, `X-Amz-Credential`, `sig`, `token`...)."""
+    return scrub(url) if isinstance(url, str) else url
+
+
+# Storage options (credentials included) handed to this process in memory: a LocalCluster's workers get the
+# run's from the flow through a worker plugin over the cluster's TLS connections (flows/runners.py), never
+# through their environment, which their child processes would inherit.
+_HELD_STORAGE_OPTIONS: dict[str, Any] = {}
+
+
+def hold_storage_options(options: Mapping[str, Any]) -> None:
+    """Keep `options` in this process's memory: every configuration or Location unpickled here from now on
+    gets them back (merged over what travelled), as from LSTM_FORECAST_STORAGE_OPTIONS."""
+    _HELD_STORAGE_OPTIONS.clear()
+    _HELD_STORAGE_OPTIONS.update(dict(options))
+
+
+def with_environment_secrets(options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """`options` with the storage options of this process merged over them: those of its environment
+    (LSTM_FORECAST_STORAGE_OPTIONS, JSON: the workers of an existing cluster set it themselves), then those
+    held in memory (`hold_storage_options`: a LocalCluster's workers). How a worker gets the credentials a
+    pickled configuration left behind."""
+    raw = (os.environ if environ is None else environ).get(STORAGE_OPTIONS_VARIABLE)
+    merged = dict(options)
+    if raw:
+        try:
+            extra = json.loads(raw)
+        except ValueError:
+            raise ConfigError(f"{STORAGE_OPTIONS_VARIABLE} is not JSON") from None
+        if isinstance(extra, Mapping):
+            merged = merge_settings(merged, extra)
+    if _HELD_STORAGE_OPTIONS and environ is None:
+        merged = merge_settings(merged, _HELD_STORAGE_OPTIONS)
+    return merged

@@ -11,13 +11,14 @@ turns all of them into nanosecond timestamps once:
 - `zone`: None (naive input), a zone name every reader resolves ('UTC', 'Europe/Paris'), or 'offsets'
   (strings with UTC offsets, and columns in a fixed-offset zone such as +05:30, which has no name).
 
-Text is read without guessing (`read_text`): ISO-8601 dates, months (`2023-01`) and date-times (with
-`T` or a space, with or without `Z` or an offset; an offset is only ever read after a time of day, so
-the `-02` of `2023-01-02` stays the day), quarters (`2023Q1`, its first day), ISO weeks (`2023-W01`, its Monday), years (`2023`), `YYYYMMDD`, and dates
-in other orders (`DD.MM.YYYY`, `MM/DD/YYYY`, `YYYY/MM/DD`...) when only one order reads every value
-of the column. Several orders that read the values differently are refused, naming the row and the
-`time_format` setting. `time_format` declares the form: a strftime pattern (`%d.%m.%Y`), or
-`epoch_s` / `epoch_ms` for integers counting seconds or milliseconds since 1970-01-01 UTC.
+Text is read without guessing (`read_text`): ISO-8601 dates, months (`2023-01`) and date-times (with `T`
+or a space, with or without `Z` or an offset; an offset is only ever read after a time of day, so the
+`-02` of `2023-01-02` stays the day), quarters (`2023Q1`, its first day), ISO weeks (`2023-W01`, its
+Monday), years (`2023`), `YYYYMMDD`, and dates in other orders (`DD.MM.YYYY`, `MM/DD/YYYY`,
+`YYYY/MM/DD`...) when only one order reads every value of the column. Several orders that read the
+values differently are refused, naming the row and the `time_format` setting. `time_format` declares the
+form: a strftime pattern (`%d.%m.%Y`), or `epoch_s` / `epoch_ms` for integers counting seconds or
+milliseconds since 1970-01-01 UTC.
 
 A value nanoseconds cannot hold (the `9999-12-31` placeholder some systems write for "open ended")
 puts only its series aside, naming the field and row; the other series go on.
@@ -26,9 +27,10 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Callable
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -46,11 +48,12 @@ WEEK_RE = re.compile(r"^(\d{4})-?W(\d{2})(?:-?([1-7]))?$")  # ISO weeks: 2023-W0
 DATE_ORDERS = ("%Y/%m/%d", "%Y.%m.%d", "%Y%m%d", "%d.%m.%Y", "%m.%d.%Y", "%d/%m/%Y", "%m/%d/%Y", "%d-%m-%Y",
                "%m-%d-%Y")
 _TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?$")
-EPOCH_UNITS = {"epoch_s": "s", "epoch_ms": "ms"}
+EPOCH_UNITS: dict[str, Literal["s", "ms"]] = {"epoch_s": "s", "epoch_ms": "ms"}
 # What datetime64[ns] holds, to the day (1677-09-21 00:12 .. 2262-04-11 23:47).
 NS_MIN, NS_MAX = pd.Timestamp("1677-09-22"), pd.Timestamp("2262-04-11")
 Skip = Callable[[str, str, str], None]
-RESOLVE = "set time_format to the pattern the file uses (e.g. %d.%m.%Y, %m/%d/%Y; epoch_s or epoch_ms for epoch integers)"
+RESOLVE = ("set time_format to the pattern the file uses (e.g. %d.%m.%Y, %m/%d/%Y; "
+           "epoch_s or epoch_ms for epoch integers)")
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Timestamps:
         if fixed:
             return self.instants.dt.tz_localize("UTC")
         if self.zone == "offsets":
+            assert self.wall is not None, "read_text keeps the wall clock of offsets"
             return self.wall
         return self.instants.dt.tz_localize("UTC").dt.tz_convert(self.zone)
 
@@ -124,7 +128,7 @@ def parse(col: pd.Series, series_id: pd.Series, source: str | None, skip: Skip, 
     raise DataValidationError(f"must be a timestamp, got {col.dtype}{hint}", source=source, column=column)
 
 
-def _from_epoch(col: pd.Series, series_id: pd.Series, source: str | None, unit: str, column: str,
+def _from_epoch(col: pd.Series, series_id: pd.Series, source: str | None, unit: Literal["s", "ms"], column: str,
                 skip: Skip) -> Timestamps:
     """Integers (or their text) counting `unit` since 1970-01-01 UTC: naive UTC timestamps."""
     _check_nulls(col.isna().to_numpy(), series_id, source, column)
@@ -212,7 +216,7 @@ def _from_strings(col: pd.Series, series_id: pd.Series, source: str | None, skip
         codes, uniques = pd.factorize(series_id)
         with_off = np.bincount(codes, weights=has_offset, minlength=len(uniques))
         total = np.bincount(codes, minlength=len(uniques))
-        for i in np.flatnonzero((with_off > 0) & (with_off < total)):
+        for i in np.flatnonzero((with_off > 0) & (with_off < total)).tolist():
             skip(str(uniques[i]), column, "timestamps mix values with and without a UTC offset (row "
                  f"{int(np.flatnonzero((codes == i) & ~has_offset)[0])} has none)")
         if (with_off == total).any() and (with_off == 0).any():
@@ -276,8 +280,9 @@ def read_text(text: pd.Series, series_id: pd.Series, source: str | None, column:
     week = text.str.extract(WEEK_RE)
     if week[[0, 1]].notna().all().all():
         try:
-            return pd.Series(pd.to_datetime([datetime.fromisocalendar(int(y), int(w), int(d) if isinstance(d, str) else 1)
-                                             for y, w, d in week.itertuples(index=False)]))
+            days = [datetime.fromisocalendar(int(y), int(w), int(d) if isinstance(d, str) else 1)
+                    for y, w, d in week.itertuples(index=False)]
+            return pd.Series(pd.to_datetime(days))
         except ValueError:
             pass  # week 53 of a year without one: named below
     # Other date orders: the date part (before a space or T), then an optional time of day.
@@ -296,11 +301,12 @@ def read_text(text: pd.Series, series_id: pd.Series, source: str | None, column:
     for other in forms[1:]:
         differs = (readings[other] != first).to_numpy()
         if differs.any():
-            value = first.index[int(np.argmax(differs))]
+            at = int(np.argmax(differs))
+            value = first.index[at]
             r = int(np.flatnonzero((dates == value).to_numpy())[0])
             raise DataValidationError(
-                f"ambiguous date {text.iloc[r]!r}: it reads as {forms[0]} ({first.iloc[int(np.argmax(differs))].date()}) "
-                f"and as {other} ({readings[other].iloc[int(np.argmax(differs))].date()}); {RESOLVE}",
+                f"ambiguous date {text.iloc[r]!r}: it reads as {forms[0]} ({first.iloc[at].date()}) "
+                f"and as {other} ({readings[other].iloc[at].date()}); {RESOLVE}",
                 source=source, column=column, series_id=str(series_id.iloc[r]), row=r)
     day = pd.Series(first.reindex(dates.to_numpy()).to_numpy())
     has_time = times.notna().to_numpy()

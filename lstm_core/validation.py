@@ -11,18 +11,29 @@ observed y (the rows whose y is empty); static ones must be constant per series.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.frequencies import to_offset
+from pandas.tseries.offsets import Tick
 
 from lstm_core import timestamps
 from lstm_core.covariates import CovariateSpec, is_numeric_column
-from lstm_core.errors import DataValidationError
-from lstm_core.storage import DEFAULT_MISSING
+from lstm_core.errors import ConfigError, DataValidationError
+from lstm_core.frequency import (
+    FrequencyDisagreement,
+    dates_after,
+    infer_frequency,
+    is_fixed,
+    series_frequency,
+    step_positions,
+)
+from lstm_core.inputs import DEFAULT_MISSING
 from lstm_core.windows import min_train_length as min_train_length_of
-from lstm_core.frequency import FrequencyDisagreement, dates_after, infer_frequency, is_fixed, series_frequency, \
-    step_positions
+
+if TYPE_CHECKING:
+    from lstm_core.config import ForecastConfig
 
 REQUIRED = ("series_id", "ds", "y")
 @dataclass(frozen=True)
@@ -41,7 +52,7 @@ class TextRules:
     static_types: tuple[tuple[str, str], ...] = ()
 
     @classmethod
-    def from_config(cls, config: Any) -> TextRules:
+    def from_config(cls, config: ForecastConfig) -> TextRules:
         return cls(tuple(config.missing_values), config.decimal, config.thousands, config.time_format,
                    tuple(sorted(config.static_types.items())))
 
@@ -86,7 +97,7 @@ class ValidationResult:
 MIN_POINTS = 1
 
 
-def min_length(config: Any = None) -> int:
+def min_length(config: ForecastConfig | None = None) -> int:
     """The one minimum series length of a run: `MIN_POINTS` (1), whatever the window, chunk and horizon.
 
     Windows, validation and backtest cutoffs follow what each series allows (`windows.plan_windows`,
@@ -95,20 +106,23 @@ def min_length(config: Any = None) -> int:
     return MIN_POINTS
 
 
-def min_input(config: Any) -> int:
+def min_input(config: ForecastConfig) -> int:
     """Real points every training input holds at least: one patch (the LSTM's first step sees real values;
     the rest of a short series' window is front padding). Measured on M3 yearly: 1 point gave OWA 0.970,
     one patch 0.931 (window 12, LSTM alone, holdout of the training part)."""
+    if config.window is None:  # min(patch, None) would fail without saying why
+        raise ConfigError("the network's minimum input needs the window: resolve the configuration first "
+                          "(config.resolved(freq))")
     return int(min(config.patch_length, config.window))
 
 
-def min_train_length(config: Any) -> int:
+def min_train_length(config: ForecastConfig) -> int:
     """Points from which the network learns a series (`windows.min_train_length`): one chunk of targets after
     one patch of real input; the rest of its window is front padding. Shorter series go to the fallback."""
     return min_train_length_of(config.chunk_length, min_input(config))
 
 
-def network_reasons(lengths: np.ndarray, config: Any) -> list[str | None]:
+def network_reasons(lengths: np.ndarray, config: ForecastConfig) -> list[str | None]:
     """Per series of `lengths` points: None when the network learns and serves it, else why it is handed to
     the fallback (too few points for one training window)."""
     need = min_train_length(config)
@@ -117,15 +131,18 @@ def network_reasons(lengths: np.ndarray, config: Any) -> list[str | None]:
             f"a chunk of {config.chunk_length} targets); handed to the fallback" for n in np.asarray(lengths)]
 
 
-def length_rule(config: Any, horizon: bool = False) -> str:
+def length_rule(config: ForecastConfig, horizon: bool = False) -> str:
     """The network's minimum spelled out, for messages."""
     return f"input {min_input(config)} + chunk {config.chunk_length}"
 
 
-def validate_for(df: pd.DataFrame, config: Any, source: str | None = None, errors: str = "skip",
+def validate_for(df: pd.DataFrame, config: ForecastConfig, source: str | None = None, errors: str = "skip",
                  keep_short: bool = False) -> ValidationResult:
     """`validate` with everything taken from a configuration (its frequency may still be unset: inferred).
-    `keep_short`: see `validate` (the forecast path keeps them: every series gets a forecast)."""
+    `keep_short`: see `validate` (the forecast path keeps them: every series gets a forecast).
+
+    The configuration is not resolved here: with its frequency unset, the result's `freq` is the one
+    inferred, and the caller resolves the configuration once (`config.resolved(result.freq)`)."""
     spec = CovariateSpec.from_config(config) if config.is_resolved else None
     return validate(df, config.freq, window=config.window, horizon=config.horizon,
                     validation_steps=config.validation_steps, chunk=config.chunk_length if config.is_resolved else 1,
@@ -149,7 +166,7 @@ def validate(
     source: str | None = None,
     errors: str = "skip",
     covariates: CovariateSpec | None = None,
-    config: Any = None,
+    config: ForecastConfig | None = None,
     names: dict[str, str] | None = None,
     rules: TextRules | None = None,
     keep_short: bool = False,
@@ -184,7 +201,7 @@ def validate(
 
 def _validate(df: pd.DataFrame, freq: str | None, *, window: int | None, horizon: int, validation_steps: int | None,
               chunk: int, patch: int | None, gap_policy: str, max_gap: int, source: str | None, errors: str,
-              covariates: CovariateSpec | None, config: Any, rules: TextRules,
+              covariates: CovariateSpec | None, config: ForecastConfig | None, rules: TextRules,
               keep_short: bool = False) -> ValidationResult:
     if gap_policy not in ("fill", "skip", "error"):
         raise ValueError(f"gap_policy must be fill, skip or error, not {gap_policy!r}")
@@ -211,13 +228,15 @@ def _validate(df: pd.DataFrame, freq: str | None, *, window: int | None, horizon
         skipped.setdefault(sid, SkippedSeries(sid, fld, reason))
 
     parsed = timestamps.parse(df["ds"], series_id, source, skip, time_format=rules.time_format)
+    derivable = False
     if freq is None:
         freq = _infer(parsed, series_id, source)
         if config is not None and not config.is_resolved:
-            config = config.resolved(freq)
-            spec = covariates or CovariateSpec.from_config(config)
-            window = config.window
-    if window is None:
+            # the calendar features follow from the frequency just learned; the configuration itself is
+            # resolved once, by the caller, from the result's freq (nothing below needs its window)
+            spec = covariates or CovariateSpec.from_config(config, freq)
+            derivable = True  # the configuration derives its window from the frequency learned
+    if window is None and not derivable:
         raise ValueError("validate needs a window (or a configuration to derive it from)")
     frame = pd.DataFrame({"series_id": series_id, "ds": parsed.for_frequency(is_fixed(freq)), "y": y})
     for c in numeric:
@@ -259,7 +278,7 @@ def _validate(df: pd.DataFrame, freq: str | None, *, window: int | None, horizon
     constant = ~short & ~overflow & (ss == 0) & (n > 1)  # a single point is no constant series
     if keep_short:  # a constant history is no data fault either: the statistical fallback serves it
         constant = np.zeros_like(constant)
-    for i in np.flatnonzero(short | overflow | constant):
+    for i in np.flatnonzero(short | overflow | constant).tolist():
         sid = str(uniques[i])
         if short[i]:
             skip(sid, "y", "series has no valid observation")
@@ -436,7 +455,8 @@ def _static_values(frame: pd.DataFrame, future: pd.DataFrame | None, columns: li
         col = rows[c]
         missing = col.isna().to_numpy()
         for r in np.flatnonzero(missing)[:10_000]:
-            skip(str(rows["series_id"].iloc[r]), c, f"static covariate {c!r} is missing (row {int(rows['_row'].iloc[r])})")
+            skip(str(rows["series_id"].iloc[r]), c,
+                 f"static covariate {c!r} is missing (row {int(rows['_row'].iloc[r])})")
         key = col.astype(object).map(lambda v: None if v is None or (isinstance(v, float) and np.isnan(v)) else
                                      (v.item() if hasattr(v, "item") else v))
         first = key.groupby(rows["series_id"].to_numpy(), sort=False).transform("first")
@@ -466,11 +486,13 @@ def _series_problems(frame: pd.DataFrame, covariates: list[str], skip) -> None:
     bad = ~np.isfinite(y)
     for r in np.flatnonzero(bad):
         kind = "NaN" if np.isnan(y[r]) else ("+inf" if y[r] > 0 else "-inf")
-        skip(str(sid.iloc[r]), "y", f"non-finite value {kind} at {frame['ds'].iloc[r]} (row {int(frame['_row'].iloc[r])})")
+        skip(str(sid.iloc[r]), "y",
+             f"non-finite value {kind} at {frame['ds'].iloc[r]} (row {int(frame['_row'].iloc[r])})")
     for c in covariates:
         vals = frame[c].to_numpy()
         for r in np.flatnonzero(~np.isfinite(vals)):
-            skip(str(sid.iloc[r]), c, f"non-finite covariate at {frame['ds'].iloc[r]} (row {int(frame['_row'].iloc[r])})")
+            skip(str(sid.iloc[r]), c,
+                 f"non-finite covariate at {frame['ds'].iloc[r]} (row {int(frame['_row'].iloc[r])})")
 
 
 def _appears(ds: pd.Series) -> str:
@@ -515,7 +537,8 @@ def _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip, skip
             "set freq to the data's frequency, or leave it unset to infer it",
             source=source, column="ds", series_id=str(uniques[i]), row=int(frame["_row"].iloc[r]))
     for r in np.flatnonzero(~on_grid):
-        skip(str(sid.iloc[r]), "ds", f"timestamp {frame['ds'].iloc[r]} is off frequency {freq!r} (row {int(frame['_row'].iloc[r])})")
+        skip(str(sid.iloc[r]), "ds",
+             f"timestamp {frame['ds'].iloc[r]} is off frequency {freq!r} (row {int(frame['_row'].iloc[r])})")
     for i in np.flatnonzero(coarse & ~off_series)[:10_000]:
         rows = np.flatnonzero(codes == i)
         skip(str(uniques[i]), "ds", f"timestamps follow {_appears(frame['ds'].iloc[rows])}, not frequency {freq!r} "
@@ -533,7 +556,8 @@ def _regularise(frame, freq, gap_policy, max_gap, covariates, source, skip, skip
             raise DataValidationError(f"gap of {missing} missing steps before {at}", source=source, column="ds",
                                       series_id=s, row=int(frame["_row"].iloc[r + 1]))
         if gap_policy == "skip" or missing > max_gap:
-            skip(s, "ds", f"gap of {missing} missing steps before {at} (max_gap {max_gap if gap_policy == 'fill' else 0})")
+            allowed = max_gap if gap_policy == "fill" else 0
+            skip(s, "ds", f"gap of {missing} missing steps before {at} (max_gap {allowed})")
     if not (gap > 0).any():
         return frame
     return _fill(frame, freq, covariates)
@@ -553,9 +577,9 @@ def _fill(frame: pd.DataFrame, freq: str, covariates: list[str]) -> pd.DataFrame
     out_codes = np.repeat(np.arange(len(uniques)), lengths)
     local = glob_all - starts[out_codes]
     firsts = frame.groupby(codes, sort=False)["ds"].first()
-    if is_fixed(freq):
-        step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq))
-        ds = pd.DatetimeIndex(firsts.to_numpy()[out_codes]) + step * local
+    offset = to_offset(freq)
+    if isinstance(offset, Tick):  # a fixed step (is_fixed): the k-th point is k steps after the first
+        ds = pd.DatetimeIndex(firsts.to_numpy()[out_codes]) + pd.Timedelta(offset) * local
     else:
         grid = pd.date_range(frame["ds"].min(), frame["ds"].max(), freq=freq)
         ds = grid[first_pos[out_codes] + local]

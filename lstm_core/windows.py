@@ -47,7 +47,7 @@ class WindowPlan(NamedTuple):
     first_target: np.ndarray
     holdout: np.ndarray
 
-    def select(self, mask: np.ndarray) -> "WindowPlan":
+    def select(self, mask: np.ndarray) -> WindowPlan:
         return WindowPlan(self.pad[mask], self.first_target[mask], self.holdout[mask])
 
 

@@ -20,6 +20,6 @@ def retry_transient(task, task_run, state) -> bool:
     """Retry storage hiccups (connection errors, 5xx); never bad input, which fails the same way again."""
     try:
         state.result()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - the task's failure, of any type, sorted by is_transient
         return is_transient(exc)
     return False

@@ -5,11 +5,13 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from lstm_core.as_of import explain_text_time, input_filters
 from lstm_core.config import ForecastConfig, redact_url
-from lstm_core.errors import NoValidSeriesError
+from lstm_core.errors import DataValidationError, NoValidSeriesError
+from lstm_core.inputs import read_series
 from lstm_core.modelling import Prepared, prepare_data
-from lstm_core.sharding import ShardSpec, read_shard
-from lstm_core.storage import read_series
+from lstm_core.shard_plan import ShardSpec
+from lstm_core.shard_split import read_shard
 from lstm_core.validation import SkippedSeries, ValidationResult, validate_for
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 
@@ -24,13 +26,16 @@ def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.Da
         frame = read_shard(config.location(shard.url), config.column_names())
     else:
         source = config.input_url
-        filters = config.filters
+        filters = input_filters(config)  # with as_of, rows after it are never read
         if shard is not None and shard.series_ids is not None:
             filters = [*(filters or []), [config.id_column, "in", list(shard.series_ids)]]
         # Only the id, time, target and declared covariate columns are read (the group column names
         # the model and is read by the planner only).
-        frame = read_series(config.location(config.input_url), config.read_columns(), filters,
-                            **config.input_options())
+        try:
+            frame = read_series(config.location(config.input_url), config.read_columns(), filters,
+                                **config.input_options())
+        except DataValidationError as exc:
+            raise explain_text_time(exc, config) from None
     logger.info("%sread %d rows, %d series from %s", f"{shard.name}: " if shard is not None else "", len(frame),
                 frame["series_id"].nunique(), redact_url(source))
     return frame

@@ -6,7 +6,8 @@ from prefect.cache_policies import NO_CACHE
 
 from lstm_core import modelling
 from lstm_core.config import ForecastConfig
-from lstm_core.modelling import Forecasts, ModelChoice, ModelRef, ModelStore, Prepared, Scored, run_backtest
+from lstm_core.model_store import ModelChoice, ModelRef, ModelStore
+from lstm_core.modelling import Forecasts, Prepared, Scored, run_backtest
 from lstm_core.statistical import StatisticalBacktest
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, retry_transient
 

@@ -10,12 +10,12 @@ from prefect.cache_policies import NO_CACHE
 from lstm_core import interrupt
 from lstm_core.backtest import history_frame, metrics_table
 from lstm_core.config import ForecastConfig
+from lstm_core.location import is_storage_failure
 from lstm_core.outputs import RunWriter
 from lstm_core.realised import earlier_predictions, realised_metrics, realised_overall, realised_sums
 from lstm_core.records import (BandCoverage, Manifest, Outputs, RealisedScores, RealisedTotals, Serving,
                                ShardSummary, ShardTotals, SkippedEntry)
-from lstm_core.sharding import ShardSpec
-from lstm_core.storage import is_storage_failure
+from lstm_core.shard_plan import ShardSpec
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, is_transient, retry_transient
 from tasks.data import Prepared
 from tasks.modelling import Forecasts, Scored

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,8 +12,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core import plots
-from lstm_core.config import ForecastConfig
 from lstm_core.backtest import history_frame
+from lstm_core.config import ForecastConfig
 from lstm_core.frequency import dates_after
 from lstm_core.layout import TABLES, OutputLayout
 from lstm_core.metrics import METRICS
@@ -32,6 +31,7 @@ PLOT_TITLES = {
     "forecast_intervals.png": "published forecast with its prediction intervals: best, median and worst series "
                               "by backtest MASE",
     "backtest.png": "backtest windows against the actuals: best, median and worst series by backtest MASE",
+    "nightly.png": "forecast health night by night: realised MASE and the size of each night's revisions",
 }
 MAX_SKIPPED_LISTED = 50
 
@@ -48,7 +48,7 @@ def _series_mase(evaluation: Scored, model: str, window: int | None = None) -> n
     m = evaluation.metrics
     rows = m[(m["model"] == model) & (m["metric"] == "mase") & m["series_id"].notna()]
     rows = rows[rows["backtest_window"].isna()] if window is None else rows[rows["backtest_window"] == window]
-    by_id = dict(zip(rows["series_id"].astype(str), rows["value"].astype(float)))
+    by_id = dict(zip(rows["series_id"].astype(str), rows["value"].astype(float), strict=True))
     return np.array([by_id.get(str(s), np.nan) for s in evaluation.series_ids], dtype=float)
 
 
@@ -61,21 +61,33 @@ def _loss_plot(choice: ModelChoice, config: ForecastConfig, out: RunPlots) -> No
                   if config.mode == "per_series" else "the model carries no training history")
         out.notes["loss.png"] = f"no loss plot: {reason}"
         return
-    if choice.decision.action == "load":
+    decision = choice.decision
+    if decision.action == "load" or (decision.action == "warm" and not decision.promoted):  # the champion serves
         created = (choice.decision.loaded.metadata.get("created_at", "?") if choice.decision.loaded else "?")
         title = f"model {choice.version} (loaded, not trained in this run)"
         note = f"curves from the training that made this model ({created[:19]})"
         out.notes["loss.png"] = f"the model was loaded, so the curves are those of its training on {created[:19]}"
     else:
         stopped = ", ".join(str(m.get("stopped_by")) for m in members)
-        title = f"model {choice.version} trained in this run"
+        title = f"model {choice.version} trained in this run" + (
+            f" (warm start from {decision.parent_version})" if decision.action == "warm" else "")
         note = f"stopped by: {stopped}" + ("; the final model was then refit on all data" if config.refit else "")
     out.files["loss.png"] = plots.loss_curves(histories, title=title, loss_name=config.training.loss,
                                               best_epochs=[int(m.get("best_epoch", 0)) for m in members], note=note)
 
 
+def _resolved(config: ForecastConfig) -> tuple[str, int, int]:
+    """(freq, window, season_length) of the run's configuration; ValueError (the plot is left out with the
+    reason) if it was not resolved, which a run always does before it trains."""
+    freq, window, season_length = config.freq, config.window, config.season_length
+    if freq is None or window is None or season_length is None:
+        raise ValueError("the configuration is not resolved (freq, window or season_length unset)")
+    return freq, window, season_length
+
+
 def _holdout_plot(choice: ModelChoice, scored: Scored, prepared: Prepared, config: ForecastConfig,
                   out: RunPlots) -> None:
+    freq, window, season_length = _resolved(config)
     last = config.backtest.windows - 1  # the last backtest window is the holdout
     lstm_mase = _series_mase(scored, "lstm", last)
     naive_mase = _series_mase(scored, "seasonal_naive", last)
@@ -83,13 +95,13 @@ def _holdout_plot(choice: ModelChoice, scored: Scored, prepared: Prepared, confi
     picks = plots.pick_examples(lstm_mase)
     h = config.horizon
     history = prepared.panel.drop_upto(h)  # a series of H points or fewer keeps its first
-    holdout_ds = dates_after(history.last_ds, config.freq, h)
-    context = max(config.window, 2 * config.season_length, 2 * h)
+    holdout_ds = dates_after(history.last_ds, freq, h)
+    context = max(window, 2 * season_length, 2 * h)
     examples = []
     for label, i in picks.items():
         start, end = history.offsets[i], history.offsets[i + 1]
         k = int(min(context, end - start))
-        ds = pd.date_range(end=pd.Timestamp(history.last_ds[i]), periods=k, freq=config.freq)
+        ds = pd.date_range(end=pd.Timestamp(history.last_ds[i]), periods=k, freq=freq)
         examples.append(plots.SeriesExample(
             label=label, series_id=str(history.series_ids[i]), history_ds=ds.to_numpy(),
             history_y=history.values[end - k:end, 0], holdout_ds=pd.DatetimeIndex(holdout_ds[i]).to_numpy(),
@@ -117,7 +129,7 @@ def _interval_plots(choice: ModelChoice, scored: Scored, forecasts: Forecasts, p
     history = history_frame(prepared.panel)
     history = history.assign(series_id=history["series_id"].astype(str))
     predictions = forecasts.future.assign(series_id=forecasts.future["series_id"].astype(str))
-    context = max(2 * config.season_length, 3 * config.horizon)
+    context = max(2 * _resolved(config)[2], 3 * config.horizon)
     out.files["forecast_intervals.png"] = plots.forecast_intervals(
         plots.interval_examples(history, predictions, mase, history_points=context))
     frame = forecasts.backtest.frame
@@ -194,6 +206,24 @@ def md_code(value: Any, cell: bool = False) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
+def night_lines(manifest: dict[str, Any]) -> list[str]:
+    """The summary's night-after-night section: as_of, the slots caught up on, the revisions' p50 and p95."""
+    schedule, revisions = manifest.get("schedule") or {}, manifest.get("revisions") or {}
+    lines = ["## Night after night"]
+    if manifest.get("as_of"):
+        lines.append(f"- as of {md_code(manifest['as_of'])}: only rows up to it were read")
+    skipped = schedule.get("skipped_slots") or []
+    lines.append(f"- caught up on {schedule.get('skipped_count', len(skipped))} missed slot(s): "
+                 + ", ".join(md_code(s) for s in skipped) if skipped else "- no missed slot since the previous run")
+    if revisions.get("p50") is not None:
+        lines.append(f"- revisions against run {md_code(revisions.get('previous_run_id'))} "
+                     f"({revisions.get('rows')} points): |revision| median {revisions['p50']:.4g}, 95th percentile "
+                     f"{revisions['p95']:.4g} (in units of each series' seasonal naive MAE)")
+    else:
+        lines.append("- no revisions: no earlier committed run forecast the same dates")
+    return [*lines, ""]
+
+
 def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None = None) -> str:
     """The run in a page: decision and reason, counts, skipped series, where the outputs and plots are."""
     counts = manifest.get("counts", {})
@@ -204,7 +234,8 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
     lines = [
         f"# Run {md_code(manifest['run_id'])}: {md_text(manifest.get('status'))}",
         "",
-        f"Input {md_code(manifest.get('input_url'))} (fingerprint {md_code(str(manifest.get('input_fingerprint'))[:16])}), "
+        f"Input {md_code(manifest.get('input_url'))} "
+        f"(fingerprint {md_code(str(manifest.get('input_fingerprint'))[:16])}), "
         f"output {md_code(manifest.get('output_url'))}.",
         "",
         "## Model",
@@ -228,12 +259,14 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
                               for m in columns)
             lines.append(f"| {row['model']} | {vals} |")
         lines.append("")
+    lines += night_lines(manifest)
     skipped = manifest.get("skipped", [])
     lines.append(f"## Skipped series ({len(skipped)})")
     if skipped:
         lines += ["| series | field | reason |", "|---|---|---|"]
         for s in skipped[:MAX_SKIPPED_LISTED]:
-            lines.append(f"| {md_code(s.get('series_id'), cell=True)} | {md_text(s.get('field'))} | {md_text(s.get('reason', ''))} |")
+            lines.append(f"| {md_code(s.get('series_id'), cell=True)} | {md_text(s.get('field'))} "
+                         f"| {md_text(s.get('reason', ''))} |")
         if len(skipped) > MAX_SKIPPED_LISTED:
             lines.append(f"\n... and {len(skipped) - MAX_SKIPPED_LISTED} more: all are in the quarantine table.")
     else:
@@ -277,7 +310,8 @@ def publish_artifacts(manifest: dict[str, Any], plot_notes: dict[str, str]) -> d
     run_id = manifest["run_id"]
     table = metrics_table(manifest.get("overall_metrics", {}), manifest.get("model_version"))
     table_id = create_table_artifact(table, key=METRICS_KEY,
-                                     description=f"Pooled backtest metrics of run {run_id}: LSTM (with interval coverage and MSIS) and seasonal naive")
+                                     description=f"Pooled backtest metrics of run {run_id}: LSTM (with interval "
+                                                 "coverage and MSIS) and seasonal naive")
     timings_id = create_table_artifact(timings_table(manifest.get("timings_s") or {}), key=TIMINGS_KEY,
                                        description=f"Seconds per step of run {run_id} and their share of its wall "
                                                    "time (tasks summed over shards; on Dask they overlap)")

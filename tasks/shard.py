@@ -15,14 +15,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core.config import ForecastConfig
-from lstm_core.modelling import ModelRef, Prepared
+from lstm_core.model_store import ModelRef
+from lstm_core.modelling import Prepared
 from lstm_core.outputs import RunWriter
 from lstm_core.records import ShardSummary
-from lstm_core.sharding import ShardSpec
+from lstm_core.revisions import RevisionRows
+from lstm_core.shard_plan import ShardSpec
 from tasks.data import load_series, prepare_windows, validate_series
 from tasks.modelling import combine, evaluate, fit_statistical, forecast, open_model, train_or_load_model
 from tasks.outputs import score_realised, write_outputs
 from tasks.reporting import RunPlots, render_plots
+from tasks.revisions import revise_forecast
 
 
 class _Steps:
@@ -87,19 +90,23 @@ class ShardResult:
     trained: ModelRef | None = None
     plots: RunPlots | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    revisions: RevisionRows | None = None  # its part of revisions/ (None: no previous run was compared)
 
 
 @task(name="forecast_shard", cache_policy=NO_CACHE)
 def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, model: Trained | None = None,
-                   single: bool = False, earlier_runs: list[str] | None = None) -> ShardResult:
+                   single: bool = False, earlier_runs: list[str] | None = None,
+                   previous_run: str | None = None) -> ShardResult:
     """One shard: load_series -> validate_series -> prepare_windows -> [train_or_load_model] -> forecast ->
-    fit_statistical -> combine -> evaluate -> [render_plots] -> score_realised -> write_outputs, each a nested
-    task run. `forecast` is the network's (backtest and future); `combine` serves every series of the shard,
-    those too short for the network included, from the network, the statistical models or a combination.
+    fit_statistical -> combine -> evaluate -> [render_plots] -> score_realised -> revise_forecast ->
+    write_outputs, each a nested task run. `forecast` is the network's (backtest and future); `combine` serves
+    every series of the shard, those too short for the network included, from the network, the statistical
+    models or a combination.
 
     `model`: the group's model, trained beforehand; None when this shard's own data trains it (a group
     of one shard, or mode per_series). `single`: the run has this one shard (it writes the overall
     metric rows, draws the plots and saves intervals calibrated here beside a model trained here).
+    `previous_run`: the committed run whose forecast this one is compared with (revisions/); None: none.
     """
     steps = _Steps()
     prepared = steps.prepared(spec, config, allow_empty=not single and model is not None)
@@ -124,6 +131,8 @@ def forecast_shard(spec: ShardSpec, config: ForecastConfig, writer: RunWriter, m
                       forecasts=forecasts)
     realised = steps(score_realised, writer=writer, prepared=prepared, config=config,
                      earlier_runs=list(earlier_runs or []))
+    revised = steps(revise_forecast, writer=writer, forecasts=forecasts, prepared=prepared, config=config,
+                    shard=spec, previous_run_id=previous_run)
     summary = steps(write_outputs, writer=writer, forecasts=forecasts, evaluation=evaluation, prepared=prepared,
                     shard=spec, overall_rows=single, realised=realised)
-    return ShardResult(summary, trained, plots, steps.seconds)
+    return ShardResult(summary, trained, plots, steps.seconds, revised)

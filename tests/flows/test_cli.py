@@ -116,7 +116,7 @@ def test_a_known_failure_is_exit_code_2_with_one_line(tmp_path, api):
 
 def test_a_run_id_already_running_is_exit_code_3_with_one_line(tmp_path, api):
     from lstm_core.lease import RunLease
-    from lstm_core.storage import filesystem
+    from lstm_core.location import filesystem
 
     data = tmp_path / "series.parquet"
     make_frame(n_series=2, length=100).to_parquet(data, index=False)

@@ -46,6 +46,11 @@ def test_a_succeeded_run_s_manifest_validates_and_round_trips(tmp_path):
     assert [s.series_id for s in m.skipped] == ["empty"] and m.skipped[0].field == "y"
     assert m.shards.count == 1 and m.shards.items[0].series_read == 5 and m.shards.items[0].intervals == "run"
     assert m.models[0].model_version == m.model_version and m.retrain.action == "train"
+    # the gate's fields the nightly benchmark reads (issue 23), per model and at the top with one model
+    gate = json.loads(text)["models"][0]["retrain"]
+    assert gate["promoted"] is True and gate["parent_version"] is None and gate["warm_starts"] == 0
+    assert gate["challenger_score"] > 0 and gate["training_seconds"] > 0 and "champion_score" not in gate
+    assert json.loads(text)["retrain"] == gate
     assert {m.model_version, "seasonal_naive"} <= set(m.overall_metrics)  # and the statistical models (issue 22)
     assert m.outputs.predictions.endswith("predictions/run=ok/part-0.parquet") and "loss.png" in m.outputs.plots
     assert m.frequency.source == "configured" and m.plan.series == 5 and m.execution.runner == "in-process"
@@ -54,7 +59,8 @@ def test_a_succeeded_run_s_manifest_validates_and_round_trips(tmp_path):
         "run_id", "run_id_source", "scheduled_start", "input_url", "output_url", "config", "started_at", "versions",
         "flow_run_id", "tuned", "execution", "frequency", "ignored_columns", "plan", "input_fingerprint",
         "model_version", "model_key", "retrain", "training", "models", "counts", "skipped", "overall_metrics",
-        "backtest", "shards", "outputs", "timings_s", "finished_at", "status", "output_schema_version", "serving"}
+        "backtest", "shards", "outputs", "timings_s", "finished_at", "status", "output_schema_version", "serving",
+        "as_of", "schedule", "revisions"}
 
 
 @pytest.mark.parametrize("shard_size", [5000, 1], ids=["one shard", "sharded"])

@@ -22,8 +22,8 @@ import pytest
 from flows.batch_forecast import batch_forecast
 from lstm_core.lease import RunLease
 from lstm_core.outputs import RunWriter, read_committed
-from lstm_core.sharding import shard_of
-from lstm_core.storage import filesystem
+from lstm_core.location import filesystem
+from lstm_core.shard_plan import shard_of
 from tests.conftest import make_frame
 
 pytestmark = pytest.mark.usefixtures("prefect_server")

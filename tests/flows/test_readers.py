@@ -90,7 +90,8 @@ def test_every_table_has_microsecond_timestamps_and_no_reserved_column_name(comm
                 assert "NANOS" not in logical.upper() and "nanoseconds" not in logical.lower(), (path, logical)
                 if logical.startswith("Timestamp"):
                     assert "microseconds" in logical.lower() or "MICROS" in logical.upper(), (path, logical)
-    assert seen == {"predictions", "metrics", "backtest", "realised"}  # the tables that hold timestamps
+    # the tables that hold timestamps (revisions: `late` compared with `early`)
+    assert seen == {"predictions", "metrics", "backtest", "realised", "revisions"}
     # the partition column readers add
     assert "run" not in reserved
     manifest = json.loads((out / "runs" / "late" / "manifest.json").read_text())

@@ -14,7 +14,7 @@ import pytest
 from flows.batch_forecast import batch_forecast
 from lstm_core.config import ConfigError, load_config
 from lstm_core.errors import DataValidationError
-from lstm_core.sharding import shard_of
+from lstm_core.shard_plan import shard_of
 from tests.conftest import make_frame
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
@@ -164,7 +164,8 @@ def test_refit_shards_open_the_refit_model_and_score_the_backtest_with_the_one_b
     backtest, is kept inside it. The backtest rows the shards wrote are that model's, not the refit one's."""
     from dataclasses import replace
 
-    from lstm_core.modelling import BACKTEST_MODEL, ModelRef, ModelStore, prepare_data, run_backtest
+    from lstm_core.model_store import BACKTEST_MODEL, ModelRef, ModelStore
+    from lstm_core.modelling import prepare_data, run_backtest
     from lstm_core.validation import validate_for
 
     frame, input_url = _dataset(tmp_path, n_series=10)

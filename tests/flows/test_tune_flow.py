@@ -58,14 +58,15 @@ def test_tune_flow_writes_results_and_the_nightly_run_uses_them(tmp_path):
     out = tmp_path / "out"
     base = {**FAST, "input_url": str(tmp_path / "in.parquet"), "output_url": str(out)}
     summary = tune(settings={**base, "tuning": {"study": "nightly", "trials": 2, "space": SPACE}})
-    assert summary["trials"] == 2 and summary["new_trials"] == [0, 1] and summary["stopped_by"] == "trials"
+    assert summary.trials == 2 and summary.new_trials == [0, 1] and summary.stopped_by == "trials"
     study = out / "tuning" / "study=nightly"
     trials = pd.read_parquet(study / "trials.parquet")
     assert list(trials["number"]) == [0, 1] and set(trials["state"]) <= {"complete", "pruned", "fail"}
     assert {"objective", "state", "seconds", "window", "model.units"} <= set(trials.columns)
     assert (study / "objective.png").read_bytes()[:4] == b"\x89PNG"
-    best = summary["best"]
-    assert best["objective"] == trials["objective"].min()
+    best = summary.best
+    assert best is not None and best.objective == trials["objective"].min()
+    assert summary.urls["best_yaml"] == str(study / "best.yaml") and sum(summary.states.values()) == 2
     with get_client(sync_client=True) as client:
         key = ArtifactFilterKey(any_=[artifact_key("nightly")])
         arts = client.read_artifacts(artifact_filter=ArtifactFilter(key=key))
@@ -76,9 +77,9 @@ def test_tune_flow_writes_results_and_the_nightly_run_uses_them(tmp_path):
     # The nightly run with tuned: latest takes the study's best settings and says so in its manifest.
     manifest = batch_forecast(settings={**base, "tuned": "latest", "tuning": {"study": "nightly"}})
     assert manifest["status"] == "succeeded"
-    assert manifest["tuned"]["study"] == "nightly" and manifest["tuned"]["trial"] == best["trial"]
-    assert manifest["config"]["window"] == best["params"]["window"]
-    assert manifest["config"]["model"]["units"] == [best["params"]["model.units"]]
+    assert manifest["tuned"]["study"] == "nightly" and manifest["tuned"]["trial"] == best.trial
+    assert manifest["config"]["window"] == best.params["window"]
+    assert manifest["config"]["model"]["units"] == [best.params["model.units"]]
     from lstm_core.config import load_config
     from lstm_core.tuning import apply_tuned
 
@@ -88,7 +89,7 @@ def test_tune_flow_writes_results_and_the_nightly_run_uses_them(tmp_path):
     assert plain["tuned"] is None
 
     # best.yaml is a configuration file the run accepts as it is
-    assert yaml.safe_load((study / "best.yaml").read_text())["window"] == best["params"]["window"]
+    assert yaml.safe_load((study / "best.yaml").read_text())["window"] == best.params["window"]
 
 
 @pytest.mark.slow

@@ -179,6 +179,8 @@ def test_model_key_tracks_what_makes_models_interchangeable():
     # training settings are recorded beside the key (retrain 'auto' retrains when they change)
     assert base.training_settings() != validate_config({"freq": "h", "seed": 1}).training_settings()
     assert base.training_settings() == validate_config({"freq": "h", "training": {"epochs": 9}}).training_settings()
+    # a warm start's epoch cap is a budget (issue 23): a model fine-tuned for longer is not trained otherwise
+    assert base.training_settings() == validate_config({"freq": "h", "training": {"warm_epochs": 9}}).training_settings()
 
 
 @pytest.mark.parametrize("freq, season", [("h", 24), ("D", 7), ("W-MON", 52), ("W", 52), ("MS", 12), ("ME", 12),
@@ -332,7 +334,14 @@ KEY_KEEPS = {  # setting -> another value; none may change the key (where and wh
     "retrain": "always",
     "max_model_age": 60,
     "degradation_tolerance": 0.1,
+    # issue 23: the gate, retention and a warm start's budget choose and keep models; they make none different
+    "promotion_tolerance": 0.05,
+    "keep_versions": 2,
+    "training.warm_epochs": 2,
     "run_id": "nightly",
+    # issue 23: which data a run reads and which slots it stands for; the network is the same
+    "as_of": "2024-03-07T02:00:00",
+    "schedule_interval": 3600,
     # backtests and intervals score the model and widen its forecasts; the saved model is the same
     "backtest.windows": 5,
     "backtest.step": 6,

@@ -9,7 +9,7 @@ import pytest
 from lstm_core import artifacts, engine
 from lstm_core.config import validate_config
 from lstm_core.errors import ArtifactError
-from lstm_core.model_store import decide, decide_for, validation_loss
+from lstm_core.retrain import decide, decide_for, validation_loss
 from lstm_core.panel import Panel
 from tests.conftest import fast_config, make_frame, prepare
 

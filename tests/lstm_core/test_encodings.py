@@ -18,7 +18,7 @@ import pytest
 from lstm_core.config import validate_config
 from lstm_core.errors import DataValidationError
 from lstm_core.frequency import dates_after
-from lstm_core.storage import check_input, read_series
+from lstm_core.inputs import check_input, read_series
 from lstm_core.validation import ValidationResult, validate_for
 
 H = 7
@@ -344,7 +344,8 @@ def test_compressed_csv_of_every_codec_and_text_that_is_not_utf8(tmp_path):
 def test_a_sharded_read_takes_the_same_declared_settings(tmp_path):
     """Split into shards (as a run over more than shard_size series reads), a `;` CSV with decimal commas,
     day-first dates, postcodes and numeric-looking ids validates to the same frame as read whole."""
-    from lstm_core.sharding import plan_shards, read_shard, split_shards
+    from lstm_core.shard_plan import plan_shards
+    from lstm_core.shard_split import read_shard, split_shards
 
     data = daily_sales(n=4, length=30).assign(store=lambda f: "0" + f["store"])
     data["postcode"] = data["store"].map({"0000": "01067", "0001": "D-10115", "0002": "80331", "0003": "00100"})

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from lstm_core.config import validate_config
 from lstm_core.frequency import dates_after, is_fixed
-from lstm_core.storage import read_series
+from lstm_core.inputs import read_series
 from lstm_core.validation import validate_for
 
 FREQS = ("h", "D", "W-SUN", "W-WED", "MS", "ME", "QS-JAN", "QE-DEC", "YS-JAN", "YE-DEC")

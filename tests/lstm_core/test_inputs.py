@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from lstm_core.errors import DataValidationError
-from lstm_core.sharding import plan_shards, read_shard, split_shards
-from lstm_core.storage import check_input, read_series
+from lstm_core.inputs import check_input, read_series
+from lstm_core.shard_plan import plan_shards
+from lstm_core.shard_split import read_shard, split_shards
 from lstm_core.validation import validate
 from tests.conftest import make_frame
 

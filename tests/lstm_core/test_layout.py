@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from lstm_core.layout import OutputLayout
-from lstm_core.modelling import ModelStore
+from lstm_core.model_store import ModelStore
 from lstm_core.outputs import OutputStore, committed_runs
 from lstm_core.tuning import study_url
 from tests.conftest import fast_config

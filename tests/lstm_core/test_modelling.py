@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lstm_core.config import ModelSpec
-from lstm_core.modelling import ModelStore, forecast, get_or_train, prepare_data, score
+from lstm_core.model_store import ModelStore
+from lstm_core.modelling import forecast, get_or_train, prepare_data, score
 from lstm_core.validation import validate_for
 from tests.conftest import fast_config, make_frame
 
@@ -95,7 +96,7 @@ def test_retrain_never_without_a_model_names_the_key(tmp_path):
 def test_a_refit_model_travels_by_reference_with_the_model_that_scores_its_backtest(tmp_path):
     """Under refit the stored version is the model refit on all data; the one trained before the earliest
     cutoff (it scores the backtest) is kept inside that version, so a shard opening the reference gets both."""
-    from lstm_core.modelling import BACKTEST_MODEL, ModelRef
+    from lstm_core.model_store import BACKTEST_MODEL, ModelRef
 
     cfg = fast_config(output_url=str(tmp_path), retrain="auto", refit=True)
     data = prepare_data(validate_for(make_frame(n_series=4, length=160), cfg), cfg)
@@ -133,7 +134,7 @@ def test_shards_of_a_process_share_one_opened_version_so_the_forecast_loop_is_tr
     TensorFlow warned of frequent retracing. The version is opened once per process."""
     import logging
 
-    from lstm_core.modelling import ModelRef
+    from lstm_core.model_store import ModelRef
 
     cfg, data, store, _, (first, _), _ = run
     ref = ModelRef.of(first)

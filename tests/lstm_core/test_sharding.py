@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 
 from lstm_core.errors import DataValidationError
-from lstm_core.sharding import plan_shards, read_shard, remove_scratch, shard_of, split_shards, stable_hash
-from lstm_core.storage import read_series
+from lstm_core.inputs import read_series
+from lstm_core.shard_plan import plan_shards, shard_of, stable_hash
+from lstm_core.shard_split import read_shard, remove_scratch, split_shards
 from tests.conftest import make_frame
 
 
@@ -27,7 +28,7 @@ def _input(tmp_path, n_series=30, groups=False, **kw):
 def test_stable_hash_is_the_same_in_another_process():
     ids = ["s00", "shop-17/sku-9", "ü-1", ""]
     here = stable_hash(ids).tolist()
-    code = "from lstm_core.sharding import stable_hash; print(stable_hash(%r).tolist())" % (ids,)
+    code = "from lstm_core.shard_plan import stable_hash; print(stable_hash(%r).tolist())" % (ids,)
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()
     assert str(here) == there

@@ -8,8 +8,8 @@ import pytest
 import s3fs
 
 from lstm_core.errors import DataValidationError
+from lstm_core.inputs import read_series
 from lstm_core.outputs import RunWriter, committed_runs, read_committed
-from lstm_core.storage import read_series
 from tests.conftest import make_frame
 
 

@@ -5,6 +5,7 @@ best.yaml as a configuration, resuming, the search space, and the tuned-window r
 """
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -64,6 +65,18 @@ def test_three_trial_study_in_process_gives_valid_results(tmp_path, panel):
     assert first.params["window"] == cfg.window and first.params["training.loss"] == cfg.training.loss
     for name in ("journal", "trials", "plot", "best_yaml", "best_json"):
         assert (tmp_path / "out" / "tuning" / "study=default" / result.urls[name].rsplit("/", 1)[1]).exists()
+    # the files' contract: trials.parquet's columns (`window` by that name), best.json's keys, best.yaml = its settings
+    assert list(stored.columns[:11]) == ["study", "number", "state", "objective", "seconds", "started_at",
+                                         "finished_at", "pruned_epoch", "stopped_by", "seasonal_naive_mase", "error"]
+    assert set(stored.columns[11:]) == set(tuning.search_space(cfg)) and "window" in stored.columns
+    best_json = json.load(open(result.urls["best_json"]))
+    assert list(best_json) == ["metric", "objective", "series", "settings", "study", "trial", "trials", "tuned",
+                               "written_at"]  # written with sorted keys
+    assert (best_json["study"], best_json["trial"], best_json["trials"], best_json["series"]) == \
+        ("default", result.best.number, 3, 6)
+    assert best_json["metric"] == "pooled backtest MASE" and best_json["objective"] == result.best.value
+    assert best_json["tuned"] == sorted({"window", *result.best.params})
+    assert yaml.safe_load(open(result.urls["best_yaml"])) == best_json["settings"]
     assert open(result.urls["plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
@@ -225,7 +238,8 @@ def test_tuned_latest_applies_the_newest_best_settings_and_refuses_a_window_the_
     run_cfg = fast_config(output_url=cfg.output_url, tuned="latest", input_url="elsewhere.parquet")
     tuned, record = tuning.apply_tuned(run_cfg)
     best = result.best
-    assert record["trial"] == best.number and record["study"] == "default"
+    assert record is not None and record.trial == best.number and record.study == "default"
+    assert record.objective == best.value and record.settings["window"] == best.params["window"]
     assert tuned.window == best.params["window"] and tuned.model.units == [best.params["model.units"]]
     assert tuned.input_url == "elsewhere.parquet" and tuned.output_url == cfg.output_url  # the run's own
     assert tuned.model_key() != run_cfg.model_key()
@@ -238,8 +252,6 @@ def test_tuned_latest_applies_the_newest_best_settings_and_refuses_a_window_the_
 
 def test_a_best_json_naming_a_setting_outside_the_model_is_refused(tmp_path, panel):
     # best.json lives in storage: whoever can write there must not redirect a run's inputs or outputs through it
-    import json
-
     cfg = tiny_config(tmp_path)
     result = tuning.tune(panel, cfg, trials=1)
     path = result.urls["best_json"]

@@ -12,7 +12,7 @@ import time
 
 from lstm_core.errors import RunLockedError
 from lstm_core.lease import RunLease
-from lstm_core.storage import filesystem
+from lstm_core.location import filesystem
 
 
 def main(out: str, endpoint: str, trials: int) -> None:

@@ -109,7 +109,7 @@ def test_dataset_level_problem_stops_the_run_before_anything_is_written(case, s3
 
 def test_compatible_partition_types_are_unified(s3_bucket, s3_endpoint):
     """int64 in one partition and float64 in another is not a disagreement: both read as float64."""
-    from lstm_core.storage import read_series
+    from lstm_core.inputs import read_series
 
     fs = direct_fs(s3_endpoint)
     ints = _good().iloc[:60].assign(y=lambda f: f["y"].round().astype("int64"))

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from lstm_core.storage import filesystem, read_json, write_json
+from lstm_core.atomic import read_json, write_json
+from lstm_core.location import filesystem
 from tests.faultproxy import FaultProxy, Rule
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from lstm_core.errors import LeaseLostError, RunLockedError
 from lstm_core.lease import RunLease
+from lstm_core.location import filesystem
 from lstm_core.outputs import RunWriter
-from lstm_core.storage import filesystem
 from tests.faultproxy import Rule
 from tests.reliability.conftest import ROOT, direct_fs
 
@@ -63,7 +63,8 @@ def test_a_stale_lease_is_taken_over_and_its_old_holder_cannot_commit(store):
 def test_lease_of_a_dead_process_on_this_machine_is_taken_over_at_once(store):
     fs, root = store
     code = ("import sys; sys.path.insert(0, sys.argv[1]); from lstm_core.lease import RunLease; "
-            "from lstm_core.storage import filesystem; fs, root = filesystem(sys.argv[2], {'endpoint_url': sys.argv[3]}); "
+            "from lstm_core.location import filesystem; "
+            "fs, root = filesystem(sys.argv[2], {'endpoint_url': sys.argv[3]}); "
             "RunLease.acquire(fs, root, 'r1', ttl=3600, heartbeat=False)")  # exits without releasing
     subprocess.run([sys.executable, "-c", code, str(ROOT), f"s3://{root}", fs.endpoint_url], check=True, timeout=120)
     held = json.loads(fs.cat_file(f"{root}/runs/r1/lease.json"))
@@ -84,7 +85,7 @@ def test_a_lost_reply_to_the_conditional_create_is_recognised(s3_bucket, make_pr
 def test_local_lease_is_a_lock_the_kernel_frees_when_its_holder_dies(tmp_path):
     fs, root = filesystem(str(tmp_path / "out"))
     code = ("import sys, time; sys.path.insert(0, sys.argv[1]); from lstm_core.lease import RunLease; "
-            "from lstm_core.storage import filesystem; fs, root = filesystem(sys.argv[2]); "
+            "from lstm_core.location import filesystem; fs, root = filesystem(sys.argv[2]); "
             "RunLease.acquire(fs, root, 'r1', ttl=60); print('held', flush=True); time.sleep(600)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(ROOT), str(tmp_path / "out")], stdout=subprocess.PIPE,
                               text=True)

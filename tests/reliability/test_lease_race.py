@@ -16,7 +16,7 @@ import time
 import pytest
 
 from lstm_core.lease import RunLease
-from lstm_core.storage import filesystem
+from lstm_core.location import filesystem
 from tests.reliability.conftest import ROOT, direct_fs
 
 RACERS = 4

@@ -17,7 +17,7 @@ import pytest
 
 from lstm_core import artifacts
 from lstm_core.engine import fit
-from lstm_core.model_store import decide
+from lstm_core.retrain import decide
 from tests.conftest import fast_config, make_frame, prepare
 from tests.reliability.conftest import FAST, direct_fs, put_frame
 

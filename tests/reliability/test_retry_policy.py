@@ -8,7 +8,7 @@ import pytest
 
 from lstm_core.config import ConfigError
 from lstm_core.errors import ArtifactError, DataValidationError, LeaseLostError, RunLockedError, StorageError
-from lstm_core.storage import storage_error
+from lstm_core.location import storage_error
 from tasks.common import call_with_retries, is_transient
 
 
@@ -67,7 +67,8 @@ def test_call_with_retries_retries_transient_failures_only():
 ], ids=["default", "storage_options retries", "AWS_MAX_ATTEMPTS"])
 def test_botocore_tries_each_s3_request_five_times_unless_told_otherwise(storage, env, tries, s3_bucket, make_proxy,
                                                                           monkeypatch):
-    from lstm_core.storage import filesystem, write_json
+    from lstm_core.atomic import write_json
+    from lstm_core.location import filesystem
     from tests.faultproxy import Rule
 
     for k, v in env.items():

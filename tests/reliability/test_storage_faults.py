@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 
 import flows.batch_forecast as bf
-from lstm_core import sharding
+from lstm_core import shard_plan
 from lstm_core.errors import StorageError
+from lstm_core.inputs import read_series
+from lstm_core.location import Location
 from lstm_core.outputs import read_committed
-from lstm_core.storage import Location, read_series
 from tests.conftest import make_frame
 from tests.faultproxy import Rule
 from tests.reliability.conftest import FAST, H, direct_fs, keys_under, put_frame, read_parquet
@@ -139,7 +140,7 @@ def test_denied_listing_is_a_storage_error_when_planning_shards_as_when_reading(
     url = f"{s3_bucket}/in"
     source = Location(url, {"endpoint_url": proxy.url})
     with pytest.raises(StorageError) as planned:
-        sharding.plan_shards(source, columns=None, filters=None, shard_size=2, shard_rows=10**6,
+        shard_plan.plan_shards(source, columns=None, filters=None, shard_size=2, shard_rows=10**6,
                              group_column=None, max_train_series=None, scratch=f"{s3_bucket}/scratch")
     with pytest.raises(StorageError) as read:
         read_series(source)

@@ -31,7 +31,7 @@ from lstm_core.model_guard import (
     check_archive,
     checked_copy,
 )
-from lstm_core.model_store import decide
+from lstm_core.retrain import decide
 from tests.conftest import fast_config, make_frame, prepare
 from tests.security.gadgets import (
     entries_of,

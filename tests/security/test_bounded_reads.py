@@ -19,8 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from lstm_core.errors import DataValidationError
-from lstm_core.sharding import plan_shards, read_shard, split_shards
-from lstm_core.storage import MAX_ID_BYTES, parquet_longest_values, parquet_read_bytes
+from lstm_core.input_size import MAX_ID_BYTES, parquet_longest_values, parquet_read_bytes
+from lstm_core.shard_plan import plan_shards
+from lstm_core.shard_split import read_shard, split_shards
 
 MiB = 2**20
 

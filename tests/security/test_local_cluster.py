@@ -25,7 +25,7 @@ def _no_env_secret() -> dict:
 
 
 def _held() -> dict:
-    from lstm_core.config import _HELD_STORAGE_OPTIONS
+    from lstm_core.secrets import _HELD_STORAGE_OPTIONS
 
     return dict(_HELD_STORAGE_OPTIONS)
 

@@ -24,7 +24,7 @@ from lstm_core import artifacts
 from lstm_core.engine import fit
 from lstm_core.model import build_lstm
 from lstm_core.model_guard import builder_vocabulary, check_archive, serialized_objects
-from lstm_core.model_store import decide
+from lstm_core.retrain import decide
 from tests.conftest import fast_config, make_frame, prepare
 
 ROOT = Path(__file__).resolve().parents[2]

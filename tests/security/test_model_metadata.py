@@ -18,7 +18,7 @@ from lstm_core import artifacts
 from lstm_core.config import ConfigError
 from lstm_core.engine import fit
 from lstm_core.errors import ArtifactError
-from lstm_core.model_store import decide
+from lstm_core.retrain import decide
 from tests.conftest import fast_config, make_frame, prepare
 
 KEY = "k3y-for-tests-" + "x" * 30

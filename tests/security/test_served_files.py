@@ -29,10 +29,10 @@ from lstm_core.intervals import (
     naive_scales,
     save_intervals,
 )
-from lstm_core.model_store import decide, validation_loss
-from lstm_core.modelling import ModelStore
+from lstm_core.location import Location
+from lstm_core.model_store import ModelStore
+from lstm_core.retrain import decide, validation_loss
 from lstm_core.records import TrainingSummary
-from lstm_core.storage import Location
 from tests.conftest import fast_config, make_frame, prepare
 
 KEY = "a-signing-key-for-the-tests-" + "k" * 20

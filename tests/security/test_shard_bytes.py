@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from lstm_core.errors import DataValidationError
-from lstm_core.sharding import plan_shards, read_shard, split_shards
+from lstm_core.shard_plan import plan_shards
+from lstm_core.shard_split import read_shard, split_shards
 from lstm_core.config import validate_config
-from lstm_core.storage import parquet_read_bytes
+from lstm_core.input_size import parquet_read_bytes
 
 BLOB = "x" * 1000  # one long value, repeated: dictionary-encoded, a few KB on disk
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from lstm_core.atomic import LinkRefused, put_bytes
 from lstm_core.config import validate_config
 from lstm_core.errors import RunLockedError
 from lstm_core.lease import RunLease
+from lstm_core.location import filesystem
 from lstm_core.outputs import RunWriter, slot_run_id
-from lstm_core.storage import LinkRefused, filesystem, put_bytes
 from tests.conftest import make_frame
 from tests.reliability.conftest import FAST
 
