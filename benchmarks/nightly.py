@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     owa: dict[str, dict[int, float]] = {"warm": {}, "full": {}, "frozen": {}}
     train_s: dict[str, dict[int, float]] = {"warm": {}, "full": {}, "frozen": {}}
+    step_s: dict[str, dict[int, float]] = {"warm": {}, "full": {}, "frozen": {}}
+    skipped: list[str] = []
     gate: list[dict] = []
     revisions: list[dict] = []
     runs_after_outage = 0
@@ -141,40 +143,41 @@ def main(argv: list[str] | None = None) -> int:
             extra = {"full": ["--set", "retrain=always"],
                      "frozen": [] if night == 1 else ["--set", "retrain=never"]}.get(way, [])
             before = set(committed(out)) if out.exists() else set()
-            if way == "warm" and night == MISSED[-1] + 1:
-                # After the outage the scheduler starts the missed slots late, beside this night's run, in
-                # slot order; each is the job as scheduled for its slot, run now.
-                late = [ends[n - 1] for n in MISSED]
-                for slot in late:
-                    finish(run_night(data, out, slot, ["--set", f"scheduled_at={slot.isoformat()}",
-                                                               "--set", f"now={as_of.isoformat()}"]),
-                           f"{way} late slot {slot}")
-                # (placeholder: replaced by the catch-up contract once merged)
             finish(run_night(data, out, as_of, extra), f"{way} night {night}")
             m = newest_run(out, before)
             if way == "warm" and night == MISSED[-1] + 1:
                 runs_after_outage = len(set(committed(out)) - before)
-            t = timings(m).get("train_or_load_model", float("nan"))
-            train_s[way][night] = t
-            owa[way][night] = score_night(frame, as_of, predictions(out, m["run_id"]), work, f"{way}-{night}")
             d = decision_of(m)
+            # seconds trained in this run (a warm start's fine-tuning; a full training), and the whole step
+            t = float(d.get("training_seconds") or 0.0)
+            step = timings(m).get("train_or_load_model", float("nan"))
+            train_s[way][night] = t
+            step_s[way][night] = step
+            if way == "warm" and night == MISSED[-1] + 1:
+                skipped = list((m.get("schedule") or {}).get("skipped_slots") or [])
+            owa[way][night] = score_night(frame, as_of, predictions(out, m["run_id"]), work, f"{way}-{night}")
             if way == "warm":
-                gate.append({"night": night, **d})
+                gate.append({"night": night, "tolerance": float(m["config"].get("promotion_tolerance", 0.0)), **d})
                 rev = m.get("revisions") or {}
                 if rev:
                     revisions.append({"night": night, **rev})
             rows.append({"way": way, "night": night, "as_of": as_of.isoformat(), "owa": owa[way][night],
-                         "train_s": t, "action": d.get("action", "")})
-            print(f"{way:6} night {night:2} as_of {as_of}  OWA {owa[way][night]:.3f}  train {t:6.1f} s  "
-                  f"{d.get('action', '')}", file=sys.stderr, flush=True)
+                         "train_s": t, "step_s": step, "action": d.get("action", ""),
+                         "promoted": d.get("promoted")})
+            print(f"{way:6} night {night:2} as_of {as_of}  OWA {owa[way][night]:.3f}  trained {t:6.1f} s  "
+                  f"step {step:6.1f} s  {d.get('action', '')} {d.get('champion_score', '')} "
+                  f"{d.get('challenger_score', '')} promoted={d.get('promoted')}", file=sys.stderr, flush=True)
 
     common = sorted(set(owa["warm"]) & set(owa["full"]) & set(owa["frozen"]))
     mean = {w: float(np.mean([owa[w][n] for n in common])) for w in owa}
-    warm_nights = [train_s["warm"][g["night"]] for g in gate if g.get("action") in ("warm", "load")]
-    promotions = [g for g in gate if g.get("promoted")]
+    # a warm-start night: every warm-replay night after the first (a fine-tuning, or a load when data are unchanged)
+    warm_nights = [train_s["warm"][g["night"]] for g in gate if g["night"] > 1]
+    warm_steps = [step_s["warm"][g["night"]] for g in gate if g["night"] > 1]
+    # the gate decides warm starts only: a first (full) training is champion without a challenger to beat
+    promotions = [g for g in gate if g.get("action") == "warm" and g.get("promoted")]
     rejections = [g for g in gate if g.get("action") == "warm" and not g.get("promoted")]
     bad = [g for g in promotions
-           if g.get("challenger_score", np.inf) > g.get("champion_score", -np.inf) * (1 + g.get("tolerance", 0.0))]
+           if not (g["challenger_score"] <= g["champion_score"] * (1 + g.get("tolerance", 0.0)))]
     rev50 = [r.get("p50") for r in revisions if r.get("p50") is not None]
     rev95 = [r.get("p95") for r in revisions if r.get("p95") is not None]
     result = {
@@ -186,14 +189,23 @@ def main(argv: list[str] | None = None) -> int:
         "revision_p50": float(np.median(rev50)) if rev50 else None,
         "revision_p95": float(np.median(rev95)) if rev95 else None,
         "nights": a.nights, "missed": list(MISSED), "scored_nights": common,
+        "skipped_slots": skipped, "expected_skipped": [ends[n - 1].isoformat() for n in MISSED],
+        "warm_step_s_median": median(warm_steps) if warm_steps else None,
+        "full_step_s_median": median(step_s["full"].values()),
+        "actions": {w: [r["action"] for r in rows if r["way"] == w] for w in ("warm", "full", "frozen")},
         "seconds": round(time.perf_counter() - t0, 1), "load": f"before: {load_before}; after: {machine_load()}",
     }
     print(f"\nM4 hourly, {frame['series_id'].nunique()} series, {a.nights} nights (H {H}, 24 h apart), "
           f"scored on nights {common}")
-    print(f"{'way':8}{'mean OWA':>10}{'median train s':>16}")
+    print(f"{'way':8}{'mean OWA':>10}{'median trained s':>18}{'median step s':>15}")
     for w in ("warm", "full", "frozen"):
-        med = median(train_s[w].values()) if w != "warm" else result["warm_train_s_median"]
-        print(f"{w:8}{mean[w]:>10.3f}{(med if med is not None else float('nan')):>16.1f}")
+        if w == "warm":
+            med, stp = result["warm_train_s_median"], result["warm_step_s_median"]
+        else:
+            med, stp = median(train_s[w].values()), median(step_s[w].values())
+        print(f"{w:8}{mean[w]:>10.3f}{(med if med is not None else float('nan')):>18.1f}"
+              f"{(stp if stp is not None else float('nan')):>15.1f}")
+    print(f"after the outage: one run for night {MISSED[-1] + 1}, its manifest names skipped slots {skipped}")
     print(f"promotions {len(promotions)}, rejections {len(rejections)}, bad promotions {len(bad)}, "
           f"runs after the outage {runs_after_outage}; revision p50 {result['revision_p50']}, "
           f"p95 {result['revision_p95']}; {result['seconds']} s; {result['load']}")
