@@ -6,7 +6,7 @@
     forecast_shard.map(shards, model=<its group's future>): load_series -> validate_series -> prepare_windows
         -> [train_or_load_model] -> forecast (backtest windows and the future, with intervals) -> evaluate
         -> [render_plots] -> score_realised -> write_outputs
-    commit_run (overall metrics, plots, then the manifest) -> publish_artifacts
+    commit_run (overall metrics, plots, then the manifest: lstm_core.manifest.assemble_manifest) -> publish_artifacts
 
 The steps of a group or a shard are nested task runs of its `train_group` / `forecast_shard` task, so
 each is visible in the Prefect UI and a step's own exception is what the flow raises. A dataset of one
@@ -15,7 +15,6 @@ shard (up to `shard_size` series) trains inside its shard, exactly as an unshard
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -33,20 +32,20 @@ from lstm_core.as_of import as_of_run_id
 from lstm_core.config import ForecastConfig, load_config, redact_url
 from lstm_core.errors import LeaseLostError, LstmForecastError, NoValidSeriesError
 from lstm_core.lease import RunLease
-from lstm_core.modelling import candidates_of
+from lstm_core.layout import TABLES
+from lstm_core.manifest import SKIPPED_IN_SUMMARY, RunShape, assemble_manifest
 from lstm_core.nightly import NightPlan, night_outputs, plan_night
 from lstm_core.outputs import OUTPUT_SCHEMA_VERSION, OutputStore, RunWriter, new_run_id, slot_run_id
 from lstm_core.progress import Progress
-from lstm_core.records import (BacktestEntry, Counts, Decision, Execution, Frequency, Manifest, ManifestDraft,
-                               ModelEntry, Outputs, PlanSummary, ShardsEntry, ShardSummary, SkippedEntry,
-                               TrainingSummary, Tuned)
+from lstm_core.records import (Counts, Execution, Frequency, Manifest, ManifestDraft, Outputs, PlanSummary,
+                               ShardSummary, SkippedEntry, Tuned)
 from lstm_core.revisions import RevisionRows
 from lstm_core.secrets import install_log_scrubber, scrub, scrubbing, secret_values
 from lstm_core.sharding import ShardPlan
 from lstm_core.storage import is_storage_failure
 from lstm_core.tuning import apply_tuned
 from tasks.data import no_valid_series
-from tasks.outputs import SKIPPED_IN_SUMMARY, commit_run, overall_metrics, realised_overall_rows, serving_entry
+from tasks.outputs import commit_run
 from tasks.reporting import publish_artifacts, publish_failure
 from tasks.shard import forecast_shard, train_group
 from tasks.sharding import plan_shards, split_shards
@@ -342,66 +341,26 @@ class _Run:
 
     # --- commit ---------------------------------------------------------------
     def _commit(self, plan: ShardPlan, summaries: list[ShardSummary], choices: dict) -> Manifest:
-        config, manifest = self.config, self.manifest
+        """The manifest assembled from the shards' summaries and the models (lstm_core.manifest), then the
+        commit: the overall rows of a sharded run and the plots, then the manifest, last."""
         summaries.sort(key=lambda s: s.shard)
-        forecast_total = sum(s.series_forecast for s in summaries)
-        skipped = [s for summary in summaries for s in summary.skipped]
-        if forecast_total == 0:
+        if sum(s.series_forecast for s in summaries) == 0:
             from lstm_core.validation import SkippedSeries
 
-            error = no_valid_series([SkippedSeries(**s.model_dump()) for s in skipped], config)
+            skipped = [s for summary in summaries for s in summary.skipped]
+            error = no_valid_series([SkippedSeries(**s.model_dump()) for s in skipped], self.config)
             error.quarantine_written = True  # each shard wrote its part of the quarantine table
             # The failed manifest points at that table (nothing else: no forecast was committed).
             error.quarantine = (summaries[0].outputs.get("quarantine") if plan.n_shards == 1 else
                                 self.store.partitions(self.writer.run_id, ("quarantine",)).get("quarantine"))
             raise error
         single = plan.n_shards == 1
-        overall = overall_metrics(summaries, {c.version for c in choices.values() if c is not None})
-        realised = None if single else realised_overall_rows(summaries)
-        counts = Counts(
-            series_read=sum(s.series_read for s in summaries),
-            rows_read=sum(s.rows_read for s in summaries),
-            series_forecast=forecast_total,
-            series_skipped=sum(s.series_skipped for s in summaries),
-            prediction_rows=sum(s.prediction_rows for s in summaries),
-            points_filled=sum(s.points_filled for s in summaries),
-        )
-        serving = serving_entry(summaries, [float(v) for v in config.levels], candidates_of(config))
-        counts.series_by_model = serving.series_by_model
-        manifest.serving = serving
-        fingerprints = [s.fingerprint for s in summaries]
-        models = [self._model_entry(key, choice) for key, choice in sorted(choices.items(), key=lambda kv: str(kv[0]))]
-        one = models[0] if len(models) == 1 else None
-        if not models:  # no series was long enough for the network: every series was served by the fallback
-            manifest.retrain = Decision(action="train", reason="no series is long enough for the network: every "
-                                        "series is served by the statistical fallback")
-        manifest.input_fingerprint = fingerprints[0] if single else \
-            hashlib.sha256("".join(fingerprints).encode()).hexdigest()[:32]
-        manifest.model_version = one.model_version if one else None
-        manifest.model_key = one.model_key if one else None
-        if models:
-            manifest.retrain = one.retrain if one else _retrain_summary(models)
-        manifest.training = one.training if one else None
-        manifest.models = models
-        manifest.counts = counts
-        manifest.skipped = skipped[:SKIPPED_IN_SUMMARY]
-        # over all backtest windows (the per-window rows are in the metrics table)
-        # keyed as before (output schema 1): the LSTM by its model version, a baseline by its name
-        runs = overall[overall["backtest_window"].isna()]
-        key = runs["model_version"].astype(object).where(runs["model_version"].notna(), runs["model"].astype(object))
-        manifest.overall_metrics = {model: dict(zip(g["metric"], g["value"].astype(float)))
-                                    for model, g in runs.groupby(key, sort=False)}
-        manifest.backtest = self._backtest_entry(summaries, choices)
-        manifest.shards = ShardsEntry(count=plan.n_shards, shard_size=config.shard_size, split=plan.sharded,
-                                      in_flight=self.runner.capacity, items=[s.entry() for s in summaries])
-        if len(skipped) > SKIPPED_IN_SUMMARY or counts.series_skipped > len(skipped):
-            manifest.skipped_truncated = True  # the quarantine table lists every one
-        if single:
-            manifest.outputs = Outputs(**summaries[0].outputs)
-        else:
-            rid = self.writer.run_id
-            tables = ("predictions", "metrics", "quarantine", "backtest", *(("realised",) if realised is not None else ()))
-            manifest.outputs = Outputs(**self.store.partitions(rid, tables))
+        assembled = assemble_manifest(
+            self.manifest, summaries, choices, self.config,
+            RunShape(shards=plan.n_shards, split=plan.sharded, in_flight=self.runner.capacity,
+                     earlier_runs_scored=len(self.earlier_runs)),
+            partitions=None if single else self.store.partitions(self.writer.run_id, TABLES))
+        manifest = self.manifest = assembled.draft  # a commit that fails records the run as assembled
         plots = dict(self.plots.files) if self.plots is not None else {}
         if self.night is not None:  # revisions/ and the nightly health plot (lstm_core.nightly)
             manifest.revisions, path, png = night_outputs(self.night, self.store, self.writer.run_id, self.revisions,
@@ -413,58 +372,13 @@ class _Run:
         done = manifest.finish(status="succeeded",
                                timings_s={**self.timings(), **{f"wall_{k}": v for k, v in self.wall.items()}},
                                finished_at=datetime.now(timezone.utc))
-        return commit_run(self.writer, done, None if single else overall, plots or None, realised)
-
-    def _backtest_entry(self, summaries: list[ShardSummary], choices: dict) -> BacktestEntry:
-        """The manifest's `backtest`: its settings, cost and where the intervals came from."""
-        config = self.config
-        seconds = sum(s.backtest_seconds for s in summaries)
-        sources = sorted({s.intervals for s in summaries})
-        return BacktestEntry(
-            windows=config.backtest.windows, step=config.backtest_step, refit=config.backtest.refit,
-            first_window=max((int(c.first_window) for c in choices.values()), default=0),
-            rows=sum(s.backtest_rows for s in summaries),
-            skipped_windows=sum(s.backtest_skipped_windows for s in summaries),
-            seconds=round(seconds, 3),
-            levels=[float(v) for v in config.levels], interval_method=config.interval_method,
-            # "model": saved beside the model version; "run": calibrated on this run's backtest
-            intervals=sources[0] if len(sources) == 1 else "mixed",
-            earlier_runs_scored=len(self.earlier_runs),
-        )
-
-    def _model_entry(self, key, ref) -> ModelEntry:
-        per_series = self.config.mode == "per_series"
-        return ModelEntry(
-            group=None if per_series else key,
-            **({"shard": key} if per_series else {}),
-            # a pinned model may come from another key: the ref names the one it was saved under
-            model_key=None if per_series else ref.model_key,
-            model_version=ref.version,
-            retrain=Decision(**ref.decision),
-            training=_training_summary(ref.training),
-        )
+        return commit_run(self.writer, done, assembled.overall_rows, plots or None, assembled.realised_rows)
 
 
 def _flow_run_id() -> str | None:
     from prefect.runtime import flow_run
 
     return str(flow_run.id) if flow_run.id else None
-
-
-def _retrain_summary(models: list[ModelEntry]) -> Decision:
-    actions = {m.retrain.action for m in models}
-    # (per-series entries have group None: their reasons read "None: ...", as manifests always had them)
-    return Decision(action=actions.pop() if len(actions) == 1 else "mixed",
-                    reason="; ".join(f"{m.group}: {m.retrain.reason}" for m in models))
-
-
-def _training_summary(training: dict[str, Any]) -> TrainingSummary:
-    t = training or {}
-    return TrainingSummary(
-        **{k: t.get(k) for k in ("device", "cudnn", "seconds", "best_val_loss", "series")},
-        epochs=[m.get("epochs_run") for m in t.get("members", [])],
-        stopped_by=[m.get("stopped_by") for m in t.get("members", [])],
-    )
 
 
 def _scrubbed(exc: BaseException, secrets: set[str]) -> BaseException:

@@ -1,4 +1,9 @@
-"""`lstm-forecast`: run the batch flow by hand, serve it as scheduled and manual deployments, tune it, or the demo."""
+"""`lstm-forecast`: run the batch flow by hand, serve it as scheduled and manual deployments, tune it, or the demo.
+
+The parser, the commands and the exit-code map (`main`: 0 done, 1 anything else, 2 bad configuration or input
+and known failures, 3 the run id already running, 75 storage unreachable, 130/143 stopped). What the process
+prints is in flows/console.py, the deployments served in flows/serve.py.
+"""
 from __future__ import annotations
 
 import argparse
@@ -9,14 +14,22 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import flows  # noqa: F401 - sets logging and analytics environment before Prefect loads
+from flows.console import (
+    RunNameFormatter,
+    ephemeral_api_failure,
+    exit_now,
+    quiet_console_tracebacks,
+    quiet_native_startup,
+    report_run,
+    report_tune,
+    start_temporary_api,
+)
 
 DEMO_DIR = Path("data/demo")
 EXIT_TEMPFAIL = 75  # sysexits.h EX_TEMPFAIL: storage could not be reached; retry later
 DEFAULT_CRON = "0 2 * * *"
-SERVE_TAGS = ["lstm-forecast", "batch-forecast"]
 
 
 def _default(name: str) -> Any:
@@ -49,8 +62,10 @@ def _common_flags(p: argparse.ArgumentParser, required: bool) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `lstm-forecast` parser: `run`, `serve`, `tune` and `demo`, each with its flags and help."""
     parser = argparse.ArgumentParser(prog="lstm-forecast", description="Batch LSTM forecasting of many series.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('lstm-forecast')}")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {importlib.metadata.version('lstm-forecast')}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one manual flow run", description="Run the batch-forecast flow once.")
     _common_flags(run, required=True)
@@ -99,31 +114,6 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Write a small sample dataset under ./data/demo and forecast it.")
     demo.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     return parser
-
-
-@contextlib.contextmanager
-def quiet_native_startup():
-    """Silence what TensorFlow's native code prints to file descriptor 2 while it loads.
-
-    TF_CPP_MIN_LOG_LEVEL does not reach the lines written before absl logging is initialised ("All log
-    messages before absl::InitializeLog() ...", the oneDNN notice); they would open every run's console log.
-    Python errors raised by the import still propagate; LSTM_FORECAST_DEBUG=1 keeps the lines.
-    """
-    if os.environ.get("LSTM_FORECAST_DEBUG"):
-        yield
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                import tensorflow  # noqa: F401 - loaded here, once, with its start-up lines discarded
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)
-    yield
 
 
 def settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,69 +183,25 @@ def _checked_flow(args: argparse.Namespace, flow_name: str):
     return flow, config
 
 
-def start_temporary_api() -> None:
-    """Without PREFECT_API_URL, start the temporary local Prefect API now, with SIGINT blocked in it.
-
-    Prefect would start it on the flow's first call, in this terminal's process group: a Ctrl-C (which the
-    terminal sends to the whole group) then stopped the API at once while the run went on, and every later
-    call to it failed (`ConnectError`) or waited (the event drain at exit). Started here it is the same
-    server the flow's client uses (one per process), it ignores the terminal's Ctrl-C, and this process
-    stops it in order when it exits (Prefect's own exit hook: SIGTERM, then up to 5 s)."""
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        return
-    from prefect.server.api.server import SubprocessASGIServer
-
-    from lstm_core.interrupt import sigint_blocked
-
-    with sigint_blocked():
-        SubprocessASGIServer().start()  # registers its stop as an exit hook
-    import atexit
-
-    atexit.register(drain_prefect_workers)  # registered after it, so it runs before it: while the API is up
-
-
-DRAIN_SECONDS = 3.0
-
-
-def drain_prefect_workers(timeout: float = DRAIN_SECONDS) -> None:
-    """Send what Prefect's background workers still hold (log lines, events) to the API, waiting at most
-    `timeout` seconds for each kind. Called at exit before the temporary API stops: afterwards the logging
-    module's own shutdown found the API gone and waited 5 s, and the event drain retried for minutes."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        with contextlib.suppress(Exception):  # a drain that fails must not hide the run's own outcome
-            worker.drain_all(timeout=timeout)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
+    """`run`: one batch-forecast flow run with the checked configuration, then its summary; 0 when committed."""
     from flows.handoff import handing
 
     batch_forecast, config = _checked_flow(args, "batch-forecast")
     with handing(config, args.config) as parameters:  # the flow runs with this configuration, as checked
         manifest = batch_forecast(**parameters)
-    _report(manifest)
+    report_run(manifest)
     return 0
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    """`tune`: run or resume the tuning study with the checked configuration, then its summary."""
     from flows.handoff import handing
 
     tune, config = _checked_flow(args, "tune")
     with handing(config, args.config) as parameters:
         summary = tune(**parameters)
-    best = summary.best
-    print(f"study {summary.study}: {summary.trials} trials ("
-          + ", ".join(f"{n} {s}" for s, n in summary.states.items())
-          + f"), {len(summary.new_trials)} new, stopped by the {summary.stopped_by} budget")
-    if best:
-        print(f"best: trial {best.trial}, pooled backtest MASE {best.objective:.4f}: {best.params}")
-        print(f"best settings: {summary.urls.get('best_yaml')} (lstm-forecast run --config ..., or tuned: latest)")
-    else:
-        print("no trial completed yet: no best settings")
+    report_tune(summary)
     return 0
 
 
@@ -270,135 +216,17 @@ def cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve_parameters(args: argparse.Namespace) -> dict[str, Any]:
-    """The deployments' parameters: the config file's absolute path and the flags, checked now."""
-    from lstm_core.config import ConfigError, load_config, merge_settings, parse_sets
-
-    config_path = str(Path(args.config).resolve()) if args.config else None
-    settings = merge_settings(settings_from_args(args), parse_sets(args.sets))
-    config = load_config(config_path, overrides=settings)
-    if config.run_id:
-        raise ConfigError("setting 'run_id': not allowed when serving: scheduled runs derive theirs from the "
-                          "slot, manual ones get a fresh one unless the run passes settings={\"run_id\": ...}")
-    from pydantic import ValidationError
-
-    from flows.parameters import PROTECTED, RunSettings
-    from lstm_core.config import format_validation_error
-    from lstm_core.secrets import has_credentials
-
-    # The deployments' parameters are stored by the Prefect server: no secret may be one.
-    try:
-        RunSettings.model_validate(settings)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc).replace("invalid configuration", "invalid parameter")) from None
-    for name in config.url_settings():
-        if has_credentials(settings.get(name)):
-            raise ConfigError(f"setting {name!r}: its URL carries credentials, and deployment parameters are "
-                              f"stored by the Prefect server: put the URL in the config file or the environment")
-    unknown = [name for name in args.allow_overrides if name not in PROTECTED]
-    if unknown:
-        raise ConfigError(f"--allow-override {unknown[0]!r}: not a protected setting (one of {', '.join(PROTECTED)}); "
-                          f"other settings may be changed by any run")
-    return {"config_path": config_path, "settings": settings, "allow_overrides": list(args.allow_overrides)}
-
-
-def build_deployments(args: argparse.Namespace, parameters: dict[str, Any]):
-    """`batch-forecast/scheduled` (cron) and `batch-forecast/manual` (no schedule), one run at a time each."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-    from prefect.schedules import Cron
-    from pydantic import ValidationError
-
-    from lstm_core.config import ConfigError
-
-    try:
-        ZoneInfo(args.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"--timezone {args.timezone!r}: not an IANA time zone (e.g. UTC, Europe/Paris)") from None
-    try:
-        schedule = Cron(args.cron, timezone=args.timezone)
-    except (ValidationError, ValueError) as exc:
-        detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        raise ConfigError(f"--cron {args.cron!r}: {detail}") from None
-    # ENQUEUE: a run that arrives while another of the same deployment is running waits for it, so a
-    # slow night or a re-run slot delays the next run instead of dropping it or writing beside it.
-    limit = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
-    version = importlib.metadata.version("lstm-forecast")
-    with quiet_native_startup():  # imports TensorFlow: after the cheap checks
-        from flows.batch_forecast import batch_forecast
-
-    common = {"parameters": parameters, "version": version, "concurrency_limit": limit}
-    scheduled = batch_forecast.to_deployment(
-        "scheduled", schedules=[schedule], tags=[*SERVE_TAGS, "scheduled"],
-        description=f"Nightly batch forecast on cron {args.cron!r} ({args.timezone}); each slot writes run "
-                    "sched-<UTC slot>-<config hash>, so a re-run slot replaces its own outputs.", **common)
-    manual = batch_forecast.to_deployment(
-        "manual", tags=[*SERVE_TAGS, "manual"],
-        description="Batch forecast on demand. Pass only what changes: settings are merged over these defaults; "
-                    "settings.run_id names (or replaces) a run.", **common)
-    return scheduled, manual
-
-
-def next_run(cron: str, timezone: str, after=None) -> str:
-    """The next time the cron schedule fires after `after` (default now), ISO 8601 in its time zone,
-    as the Prefect server schedules it (daylight-saving switches included)."""
-    import asyncio
-    from datetime import datetime, timedelta
-
-    from prefect.server.schemas.schedules import CronSchedule
-
-    start = (after or datetime.now(ZoneInfo(timezone))) + timedelta(seconds=1)  # strictly after
-    dates = asyncio.run(CronSchedule(cron=cron, timezone=timezone).get_dates(n=1, start=start))
-    return dates[0].astimezone(ZoneInfo(timezone)).isoformat()
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    parameters = serve_parameters(args)
-    deployments = build_deployments(args, parameters)
-    from prefect.settings import PREFECT_API_URL
+    """`serve`: the two deployments, their parameters checked first, served until Ctrl-C or SIGTERM (0)."""
+    from flows.serve import serve, serve_parameters
 
-    if not PREFECT_API_URL.value():
-        print("lstm-forecast: note: PREFECT_API_URL is not set; serving against a temporary local API that "
-              "stops with this process: the schedule and its run history live only as long as it does",
-              file=sys.stderr)
-    print(f"lstm-forecast: next scheduled run {next_run(args.cron, args.timezone)} ({args.cron!r}, {args.timezone})",
-          file=sys.stderr)
-    quiet_console_tracebacks()
-    serve_until_stopped(deployments)
+    parameters = serve_parameters(args.config, settings_from_args(args), args.sets, args.allow_overrides)
+    serve(parameters, args.cron, args.timezone)
     return 0
 
 
-def serve_until_stopped(deployments) -> None:
-    """`prefect.serve` with a SIGTERM that stops cleanly.
-
-    Prefect's runner answers SIGTERM by calling its synchronous `stop()` from inside its own event loop,
-    which leaves the `astop` coroutine never awaited (a RuntimeWarning on every shutdown by a process
-    manager). Raising `TerminationSignal` instead unwinds `runner.start()` like Ctrl-C does: the loop
-    cancels the runner's tasks and the temporary API, if any, stops.
-    """
-    import asyncio
-    import signal
-
-    from prefect.exceptions import TerminationSignal
-    from prefect.runner import Runner
-
-    class _Runner(Runner):
-        def handle_sigterm(self, *args: Any, **kwargs: Any) -> None:
-            raise TerminationSignal(signal.SIGTERM)
-
-    # limit=1: this process runs one flow run at a time, across both deployments.
-    runner = _Runner(pause_on_shutdown=False, limit=1)
-    for deployment in deployments:
-        runner.add_deployment(deployment)
-    names = ", ".join(f"'batch-forecast/{d.name}'" for d in deployments)
-    print(f"lstm-forecast: serving {names}; stop with Ctrl-C or SIGTERM", file=sys.stderr)
-    try:
-        asyncio.run(runner.start())
-    except (KeyboardInterrupt, TerminationSignal) as exc:
-        reason = "SIGTERM" if isinstance(exc, TerminationSignal) else "interrupt"
-        print(f"lstm-forecast: serve stopped ({reason})", file=sys.stderr)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
+    """`demo`: write the bundled sample dataset under ./data/demo and forecast it."""
     from flows.demo_data import write_demo_dataset
 
     data = write_demo_dataset(DEMO_DIR / "series.parquet")
@@ -416,103 +244,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo dataset: {data} (24 hourly series, 4 weeks)")
     with handing(config) as parameters:
         manifest = batch_forecast(**parameters)
-    _report(manifest)
+    report_run(manifest)
     out = DEMO_DIR / "output"
-    print(f"outputs under {out}/: predictions/, metrics/, quarantine/, runs/{manifest['run_id']}/manifest.json, models/")
+    print(f"outputs under {out}/: predictions/, metrics/, quarantine/, runs/{manifest['run_id']}/manifest.json, "
+          "models/")
     python = os.path.relpath(sys.executable) if sys.executable else "python"  # the environment it ran in
     print(f"read the committed runs with: {python} -c \"from lstm_core.outputs import read_committed; "
           f"print(read_committed('{out}', 'predictions'))\"")
     return 0
 
 
-class _NoTraceback(logging.Filter):
-    """Console shows the one-line reason; full tracebacks stay in the Prefect API logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info or record.exc_text:
-            record.exc_info, record.exc_text = None, None
-        if isinstance(record.msg, str) and "Traceback (most recent call last)" in record.msg:
-            record.msg = record.msg.split("Traceback (most recent call last)")[0].rstrip()
-        return True
-
-
-def quiet_console_tracebacks() -> None:
-    if os.environ.get("LSTM_FORECAST_DEBUG"):
-        return
-    seen = set()
-    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs", "prefect.engine"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler) and id(handler) not in seen:
-                seen.add(id(handler))
-                handler.addFilter(_NoTraceback())
-
-
-def _report(manifest: dict[str, Any]) -> None:
-    if manifest.get("status") == "superseded":  # a late scheduled slot: the newer slot's run does the work
-        print(f"run {manifest['run_id']}: superseded; {manifest.get('reason')}; nothing written")
-        return
-    counts = manifest.get("counts", {})
-    metrics = manifest.get("overall_metrics", {})
-    print(f"run {manifest['run_id']}: {manifest['status']}; model {manifest.get('model_version')} "
-          f"({manifest.get('retrain', {}).get('action')}: {manifest.get('retrain', {}).get('reason')})")
-    print(f"series forecast {counts.get('series_forecast')}, skipped {counts.get('series_skipped')}; "
-          f"prediction rows {counts.get('prediction_rows')}")
-    by_model = counts.get("series_by_model") or {}
-    if by_model:  # nothing silent: which model served how many series
-        print("series per serving model: " + ", ".join(f"{k} {v}" for k, v in by_model.items()))
-    skipped = (manifest.get("schedule") or {}).get("skipped_slots") or []
-    if skipped:
-        print(f"caught up on {len(skipped)} missed slot(s): {', '.join(skipped)}")
-    revisions = manifest.get("revisions") or {}
-    if revisions.get("previous_run_id") and revisions.get("p50") is not None:
-        print(f"revisions against run {revisions['previous_run_id']}: |revision| median {revisions['p50']:.4g}, "
-              f"95th percentile {revisions['p95']:.4g} (naive-MAE units)")
-    windows = (manifest.get("backtest") or {}).get("windows")
-    for model, values in metrics.items():  # pooled over every backtest window, not the last one alone
-        name = "lstm" if model == manifest.get("model_version") else model
-        print(f"  backtest ({windows} windows) {name:>15}: "
-              + ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items())))
-
-
-class RunNameFormatter(logging.Formatter):
-    """`LEVEL logger: message`, with the Prefect task or flow run's name when the record has one, so a
-    console line says which task finished (`Task run 'forecast-79a' - Finished in state Completed()`)."""
-
-    def __init__(self) -> None:
-        super().__init__("%(levelname)s %(name)s: %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        for attr, kind in (("task_run_name", "Task run"), ("flow_run_name", "Flow run")):
-            name = getattr(record, attr, None)
-            if name:
-                prefix = f"{record.levelname} {record.name}: "
-                return line.replace(prefix, f"{prefix}{kind} {name!r} - ", 1)
-        return line
-
-
-def ephemeral_api_failure() -> str:
-    """The one line for a temporary Prefect API that did not come up."""
-    waited = os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "?")
-    return (f"the temporary local Prefect API did not start within {waited} s "
-            "(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS); the machine may be overloaded: raise that "
-            "setting, or start a server and set PREFECT_API_URL")
-
-
-def _exit_now(code: int) -> None:
-    """End the process with `code` after the exit hooks (Prefect's: the event drain and the temporary API's
-    ordered stop) and flushing the console, skipping the interpreter's teardown, where TensorFlow's native
-    destructors take 5 to 7 s after an interrupted training (measured; a stopped run must exit within 10 s)."""
-    import atexit
-
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(code)
-
-
 def main(argv: list[str] | None = None) -> int:
+    """The console script: parse `argv`, run the command, and map its outcome to the exit code (module doc);
+    a failure prints one line, `lstm-forecast: error: <reason>`, with credentials scrubbed."""
     args = build_parser().parse_args(argv)
     from lstm_core.config import ConfigError
     from lstm_core.errors import LstmForecastError, RunLockedError, StorageError
@@ -552,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
               f"reason 'interrupted')", file=sys.stderr)
         code = getattr(exc, "exit_code", 130)
         if argv is None:  # the console script: leave within seconds, as promised
-            _exit_now(code)
+            exit_now(code)
         return code
     except Exception as exc:  # noqa: BLE001 - one line, no traceback, for any other failure
         if "ephemeral Prefect API server" in str(exc):

@@ -28,6 +28,7 @@ def make_series(n_series: int = 24, length: int = 24 * 28, freq: str = "h", seas
 
 
 def write_demo_dataset(path: str | Path) -> Path:
+    """Write the demo dataset (`make_series()`) to the local Parquet file `path`, creating its folder; returns it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     make_series().to_parquet(path, index=False)

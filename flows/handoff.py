@@ -15,17 +15,24 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from flows.parameters import settings_dict
 from lstm_core.config import ForecastConfig
 from lstm_core.secrets import has_credentials
 
 
+class FlowParameters(TypedDict):
+    """The parameters a run's flow is called with (and the Prefect server records)."""
+
+    config_path: str | None  # the config file the caller read, recorded (the flow does not re-read it)
+    settings: dict[str, Any]  # `public_settings`: JSON values of the settings the run set, nested by section
+
+
 @dataclass(frozen=True)
 class _Handed:
     config: ForecastConfig
-    parameters: dict[str, Any]  # what the flow is called with: {"config_path": ..., "settings": ...}
+    parameters: FlowParameters
 
 
 _HANDED: ContextVar[_Handed | None] = ContextVar("lstm_forecast_handed_config", default=None)
@@ -45,14 +52,14 @@ def public_settings(config: ForecastConfig) -> dict[str, Any]:
     return settings
 
 
-def run_parameters(config: ForecastConfig, config_path: str | None) -> dict[str, Any]:
+def run_parameters(config: ForecastConfig, config_path: str | None) -> FlowParameters:
     """The flow's parameters for a run of `config`: `config_path` (recorded, not re-read) and its public
     settings."""
-    return {"config_path": config_path, "settings": public_settings(config)}
+    return FlowParameters(config_path=config_path, settings=public_settings(config))
 
 
 @contextmanager
-def handing(config: ForecastConfig, config_path: str | None = None) -> Iterator[dict[str, Any]]:
+def handing(config: ForecastConfig, config_path: str | None = None) -> Iterator[FlowParameters]:
     """Hand `config` to the flow called in this `with` block; yields the parameters to call it with.
 
     >>> with handing(config, args.config) as parameters:

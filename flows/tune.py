@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 from prefect import flow, get_run_logger
 
+from flows.cluster import dask_cluster
 from flows.handoff import handed_config
 from flows.parameters import Overridable, RunSettings, deployment_settings, overrides_list, settings_dict
 from lstm_core import interrupt
@@ -87,26 +88,11 @@ def _run_tuning(config: ForecastConfig) -> TuneSummary:
 
 @contextmanager
 def study_client(config: ForecastConfig, logger=None) -> Iterator[Any]:
-    """None (trials in this process), or a Dask client: a LocalCluster of `workers` processes (spawned, one
-    thread each, TensorFlow's threads split between them) or the cluster at `dask_address`."""
+    """None (trials in this process), or the Dask client of the run's cluster (`flows.cluster.dask_cluster`,
+    the batch flow's recipe): a LocalCluster of `workers` processes (spawned, one thread each, TensorFlow's
+    threads split between them) or the cluster at `dask_address`."""
     if config.workers is None and config.dask_address is None:
         yield None
         return
-    import dask
-    from distributed import Client, LocalCluster
-
-    from flows.runners import (cluster_dask_config, give_storage_options, local_cluster_kwargs, quiet_dask_logs,
-                               quiet_workers)
-
-    quiet_dask_logs()
-    if config.dask_address is not None:
-        with Client(config.dask_address) as client:
-            yield client
-        return
-    with dask.config.set(cluster_dask_config()):
-        # TLS, loopback, no dashboard: the same local cluster as the batch flow's (flows/runners.py)
-        with LocalCluster(**local_cluster_kwargs(config.workers, config)) as cluster, Client(cluster) as client:
-            client.wait_for_workers(config.workers, timeout=600)
-            quiet_workers(client)
-            give_storage_options(client, config)
-            yield client
+    with dask_cluster(config, logger, default_client=True) as cluster:  # the trial pool needs the default client
+        yield cluster.client

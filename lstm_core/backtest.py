@@ -1,5 +1,8 @@
 """Rolling-origin backtests: forecast several windows at the end of each series' history.
 
+Rolling-origin evaluation as reviewed by Tashman 2000 (IJF 16(4)): several forecast origins, each
+forecast scored only on data after its origin.
+
 Window w (0 = the earliest of `windows`) cuts each series `drop_w = H + step * (windows - 1 - w)` points
 before its end: the history is what precedes that cutoff, the window is the H points after it. So the
 last window (step H or not) is exactly today's holdout, and windows are `step` points apart. A series

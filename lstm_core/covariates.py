@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -156,8 +156,17 @@ class CovariateSpec:
         return (*self.historic, *self.future)
 
     def as_dict(self) -> dict[str, list[str]]:
+        """The spec as JSON lists by role (the manifest's and model metadata's `covariates`)."""
         return {"historic": list(self.historic), "future": list(self.future), "calendar": list(self.calendar),
                 "static": list(self.static)}
+
+
+class StaticEncoderState(TypedDict, total=False):
+    """`StaticEncoder` as JSON (in a model version's metadata); a missing field is empty."""
+
+    columns: list[str]  # the static covariates, in input order
+    numeric: dict[str, list[float]]  # numeric column -> [mean, std]
+    categories: dict[str, list[str]]  # categorical column -> its vocabulary, sorted
 
 
 @dataclass(frozen=True)
@@ -217,12 +226,14 @@ class StaticEncoder:
                 parts.append((text[:, None] == np.array(vocab, dtype=object)[None, :]).astype(np.float64))
         return np.concatenate(parts, axis=1) if parts else np.zeros((len(static), 0))
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"columns": list(self.columns), "numeric": {k: list(v) for k, v in self.numeric.items()},
-                "categories": {k: list(v) for k, v in self.categories.items()}}
+    def to_dict(self) -> StaticEncoderState:
+        """JSON-ready state (columns, numeric mean/std, category vocabularies), read back by `from_dict`."""
+        return StaticEncoderState(columns=list(self.columns), numeric={k: list(v) for k, v in self.numeric.items()},
+                                  categories={k: list(v) for k, v in self.categories.items()})
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any] | None) -> StaticEncoder:
+    def from_dict(cls, d: StaticEncoderState | None) -> StaticEncoder:
+        """The encoder `to_dict` wrote; None or an empty state is an encoder of no columns."""
         d = d or {}
         numeric = {k: (float(v[0]), float(v[1])) for k, v in d.get("numeric", {}).items()}
         return cls(tuple(d.get("columns", ())), numeric,
@@ -230,6 +241,7 @@ class StaticEncoder:
 
 
 def is_numeric_column(col: pd.Series) -> bool:
+    """True for a numeric column that is not boolean (booleans are categories)."""
     return pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)
 
 

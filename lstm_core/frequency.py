@@ -14,6 +14,7 @@ from pandas.tseries.offsets import Tick
 
 
 def is_fixed(freq: str) -> bool:
+    """True for a fixed-length step (hours, minutes, seconds), False for a calendar one (days, months...)."""
     return isinstance(to_offset(freq), Tick)
 
 

@@ -1,5 +1,10 @@
 """Conformal prediction intervals from rolling-origin backtest residuals.
 
+Split (inductive) conformal prediction: Vovk, Gammerman & Shafer 2005 (Algorithmic Learning in a Random
+World); Lei, G'Sell, Rinaldo, Tibshirani & Wasserman 2018 (JASA 113(523)). One calibration set of scores per
+forecast step, as Stankeviciute, Alaa & van der Schaar 2021 (Conformal time-series forecasting, NeurIPS) do
+for multi-step forecasts.
+
 How an interval is made (method 'conformal'):
 
 1. Each backtest residual y - yhat is divided by its series' naive-error scale: the in-sample MASE
@@ -39,7 +44,7 @@ import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -184,6 +189,20 @@ def enforce_order(yhat: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> tup
     return lower, upper
 
 
+class IntervalsState(TypedDict):
+    """`ConformalIntervals` as JSON (`intervals.json` of a model version), as `to_dict` writes it."""
+
+    format_version: int  # FORMAT_VERSION
+    levels: list[float]  # ascending, inside (0, 100)
+    method: str  # one of METHODS
+    horizon: int
+    season_length: int
+    prior_windows: float | None  # None: infinity (no prior)
+    quantiles: dict[str, list[list[list[float]]]]  # kind -> (levels, 2, horizon)
+    calibration_points: dict[str, list[int]]  # kind -> (horizon,)
+    series_factor: dict[str, dict[str, float]]  # kind -> series id -> width factor
+
+
 @dataclass
 class ConformalIntervals:
     """Fitted conformal quantiles: what turns a point forecast into intervals at each level.
@@ -203,6 +222,7 @@ class ConformalIntervals:
     prior_windows: float = PRIOR_WINDOWS
 
     def columns(self) -> list[str]:
+        """The interval column names of every level, in level order: ['yhat_lo_80', 'yhat_hi_80', ...]."""
         return [c for lv in self.levels for c in interval_columns(lv)]
 
     def predict(self, history: Panel, yhat: np.ndarray) -> dict[str, np.ndarray]:
@@ -258,7 +278,7 @@ class ConformalIntervals:
         return enforce_order(yhat, lower, upper)
 
     # --- serialisation --------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> IntervalsState:
         """JSON-ready: plain lists and floats (the prior's infinity as null)."""
         return {
             "format_version": FORMAT_VERSION,

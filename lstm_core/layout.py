@@ -46,18 +46,23 @@ class OutputLayout:
         return join(self.root, table, f"run={run_id}")
 
     def part(self, table: str, run_id: str, part: int | str = 0) -> str:
+        """`<table>/run=<run_id>/part-<part>.parquet`: one part file of a run's table."""
         return join(self.partition(table, run_id), f"part-{part}.parquet")
 
     def runs(self) -> str:
+        """`runs/`: the folder of every run's manifest and files."""
         return join(self.root, "runs")
 
     def run_dir(self, run_id: str) -> str:
+        """`runs/<run_id>`: one run's folder."""
         return join(self.root, "runs", run_id)
 
     def manifest(self, run_id: str) -> str:
+        """`runs/<run_id>/manifest.json`: the run's commit marker."""
         return join(self.run_dir(run_id), MANIFEST)
 
     def lease(self, run_id: str) -> str:
+        """`runs/<run_id>/lease.json`: who holds the run id (lstm_core.lease)."""
         return join(self.run_dir(run_id), LEASE)
 
     def run_file(self, run_id: str, name: str) -> str:
@@ -67,13 +72,17 @@ class OutputLayout:
         return join(self.run_dir(run_id), name)
 
     def models(self) -> str:
+        """`models/`: the model store."""
         return join(self.root, "models")
 
     def study(self, name: str) -> str:
+        """`tuning/study=<name>`: a tuning study's results."""
         return join(self.root, "tuning", f"study={name}")
 
     def scratch(self) -> str:
+        """The scratch root: `scratch_root` if set, else `<root>/_scratch`."""
         return self.scratch_root or join(self.root, "_scratch")
 
     def run_scratch(self, run_id: str) -> str:
+        """A run's own scratch folder, `run=<run_id>` under the scratch root."""
         return run_scratch(self.scratch(), run_id)

@@ -31,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypedDict
 
 import fsspec
 
@@ -44,6 +44,34 @@ from lstm_core.secrets import scrub
 log = logging.getLogger("lstm_core.lease")
 
 MAX_TTL = 86400.0
+
+
+class ProcessIdentity(TypedDict):
+    """A process, as a lease names its holder: enough to tell from the same machine whether it still runs."""
+
+    host: str
+    boot_id: str | None  # /proc/sys/kernel/random/boot_id; None where there is no /proc
+    pid_namespace: int | None  # inode of /proc/self/ns/pid
+    pid: int
+    pid_started: str | None  # clock ticks since boot (/proc/<pid>/stat field 22): tells pid reuse apart
+
+
+class LeaseBody(TypedDict, total=False):
+    """`lease.json` as read back: the holder's `ProcessIdentity` fields and these. Written whole by `RunLease`, but
+    read from a store another process (or a person) may have written, so any field may be missing or of another
+    type: readers check each value they use."""
+
+    host: str
+    boot_id: str | None
+    pid_namespace: int | None
+    pid: int
+    pid_started: str | None
+    run_id: str
+    token: str  # the holder's own random token
+    acquired_at: str  # ISO 8601, UTC
+    renewed_at: str  # ISO 8601, UTC
+    renewed_at_epoch: float  # seconds since the epoch
+    ttl_s: float
 
 
 def _now() -> float:
@@ -73,7 +101,7 @@ def _proc_start(pid: int) -> str | None:
     return fields[19]
 
 
-def process_identity() -> dict[str, Any]:
+def process_identity() -> ProcessIdentity:
     """Who holds a lease: enough to tell, from the same machine, whether that process still runs."""
     pid = os.getpid()
     pidns = None
@@ -81,11 +109,11 @@ def process_identity() -> dict[str, Any]:
         pidns = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         pass
-    return {"host": socket.gethostname(), "boot_id": _read_text("/proc/sys/kernel/random/boot_id"),
-            "pid_namespace": pidns, "pid": pid, "pid_started": _proc_start(pid)}
+    return ProcessIdentity(host=socket.gethostname(), boot_id=_read_text("/proc/sys/kernel/random/boot_id"),
+                           pid_namespace=pidns, pid=pid, pid_started=_proc_start(pid))
 
 
-def holder_is_dead(holder: dict[str, Any]) -> bool:
+def holder_is_dead(holder: LeaseBody) -> bool:
     """True only when the holder certainly ran on this machine (same boot, same pid namespace) and is gone."""
     me = process_identity()
     if not me["boot_id"] or me["pid_namespace"] is None:
@@ -106,7 +134,7 @@ def _precondition_failed(exc: OSError) -> bool:
     return exc.errno == errno.EINVAL or "precondition" in text or "412" in text
 
 
-def _describe(body: dict[str, Any]) -> str:
+def _describe(body: LeaseBody) -> str:
     return (f"held by {body.get('host')} pid {body.get('pid')} since {body.get('acquired_at')}, "
             f"renewed {body.get('renewed_at')}")
 
@@ -132,6 +160,10 @@ class RunLease:
     @classmethod
     def acquire(cls, fs: fsspec.AbstractFileSystem, root: str, run_id: str, ttl: float,
                 heartbeat: bool = True) -> RunLease:
+        """Take the lease of `run_id` under the output root `root`, valid `ttl` seconds unless renewed (a background
+        thread renews it every ttl / 4 on object stores when `heartbeat`). Raises RunLockedError when a live run
+        holds it, StorageError (naming the lease) when the store fails, LinkRefused when the run folder is a link.
+        """
         lease = cls(fs, OutputLayout(root).lease(run_id), run_id, float(ttl))
         if is_local(fs):
             lease._acquire_local(root)
@@ -150,7 +182,7 @@ class RunLease:
             "ttl_s": self.ttl,
         }, indent=2).encode()
 
-    def _refused(self, body: dict[str, Any]) -> RunLockedError:
+    def _refused(self, body: LeaseBody) -> RunLockedError:
         return RunLockedError(
             f"run {self.run_id} is already running ({_describe(body)}; lease {scrub(self.path)}); "
             f"refusing to start it twice. Wait for it, or use another run_id")
@@ -198,7 +230,7 @@ class RunLease:
         finally:
             fcntl.flock(dfd, fcntl.LOCK_UN)
 
-    def _read_store(self) -> tuple[dict[str, Any] | None, str | None]:
+    def _read_store(self) -> tuple[LeaseBody | None, str | None]:
         """The current lease body and its ETag; (None, None) when there is none."""
         self.fs.invalidate_cache(self.path)
         try:
@@ -269,7 +301,7 @@ class RunLease:
         except Exception as exc:  # noqa: BLE001 - whatever the store raised: a StorageError naming the lease
             raise storage_error(f"run {self.run_id}: cannot take lease {scrub(self.path)}", exc) from None
 
-    def _stale_reason(self, body: dict[str, Any]) -> str | None:
+    def _stale_reason(self, body: LeaseBody) -> str | None:
         renewed, ttl = body.get("renewed_at_epoch"), body.get("ttl_s") or self.ttl
         if not isinstance(renewed, (int, float)) or not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
             return "the lease is unreadable"
@@ -313,7 +345,7 @@ class RunLease:
             if not body or body.get("token") != self.token:
                 self._lose(body)
 
-    def _lose(self, body: dict[str, Any] | None) -> None:
+    def _lose(self, body: LeaseBody | None) -> None:
         who = _describe(body) if body else "deleted"
         self._lost = (f"run {self.run_id} lost its lease {scrub(self.path)} (now {who}); "
                       f"another process took the run over, so this one stops without committing")
@@ -332,6 +364,7 @@ class RunLease:
 
     @property
     def lost(self) -> bool:
+        """True once this process found that another one took its lease over."""
         return self._lost is not None
 
     # --- releasing -------------------------------------------------------

@@ -42,6 +42,13 @@ def mase_scale(panel: Panel, season_length: int) -> np.ndarray:
 
 
 def per_series(actual: np.ndarray, forecast: np.ndarray, scale: np.ndarray) -> dict[str, np.ndarray]:
+    """Point accuracy of each series: {'mae', 'rmse', 'smape', 'mase'} -> (S,) arrays, in the units of y
+    (sMAPE in percent, 0..200; MASE unitless).
+
+    `actual`, `forecast`: (S, H); `scale`: (S,) MASE denominators (`mase_scale`). MASE is Hyndman & Koehler
+    (2006, IJF 22(4)); sMAPE as in the M4 competition (Makridakis, Spiliotis & Assimakopoulos 2020), 0 where
+    actual and forecast are both 0. A series whose scale is 0 or NaN gets a NaN MASE.
+    """
     err = actual - forecast
     denom = np.abs(actual) + np.abs(forecast)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -96,7 +103,9 @@ def interval_columns(level: float) -> tuple[str, str]:
 def interval_score(y: np.ndarray, lo: np.ndarray, hi: np.ndarray, level: float) -> np.ndarray:
     """Winkler/Gneiting interval score of each point (M4's MSIS numerator), in the units of y.
 
-    (hi - lo) + 2/a (lo - y) 1{y < lo} + 2/a (y - hi) 1{y > hi}, with a = 1 - level/100.
+    (hi - lo) + 2/a (lo - y) 1{y < lo} + 2/a (y - hi) 1{y > hi}, with a = 1 - level/100 (Winkler 1972, JASA
+    67(337); Gneiting & Raftery 2007, JASA 102(477)). MSIS divides its mean by the MASE scale (M4: Makridakis,
+    Spiliotis & Assimakopoulos 2020, IJF 36(1)).
     """
     a = 1.0 - float(level) / 100.0
     y, lo, hi = (np.asarray(v, dtype=np.float64) for v in (y, lo, hi))
@@ -226,6 +235,7 @@ class ErrorSums:
         return ErrorSums(pd.concat(frames, ignore_index=True), self.keys, self.levels)._collapse()
 
     def metric_names(self) -> list[str]:
+        """The point metrics, then `coverage_<level>` and `msis_<level>` for each interval level."""
         names = list(METRICS)
         for level in self.levels:
             names += [f"coverage_{level_label(level)}", f"msis_{level_label(level)}"]
@@ -303,6 +313,7 @@ class MetricTotals:
         return MetricTotals(out, self.by)
 
     def merge(self, *others: MetricTotals) -> MetricTotals:
+        """These totals and `others` summed per group; ValueError when they are grouped by different keys."""
         for o in others:
             if o.by != self.by:
                 raise ValueError(f"cannot merge totals grouped by {o.by} into totals grouped by {self.by}")

@@ -33,6 +33,7 @@ class LevelNorm(layers.Layer):
         self.normalize = bool(normalize)
 
     def call(self, x):
+        """Keras forward pass: (batch, window, F) -> (window with y minus the level of its last `span` steps, level)."""
         level = ops.mean(x[:, -self.span:, :1], axis=1)  # (batch, 1)
         if not self.normalize:
             return x, ops.zeros_like(level)
@@ -40,9 +41,11 @@ class LevelNorm(layers.Layer):
         return ops.concatenate([target, x[:, :, 1:]], axis=-1), level
 
     def compute_output_shape(self, input_shape):
+        """Keras shape inference: the input's shape and (batch, 1)."""
         return input_shape, (input_shape[0], 1)
 
     def get_config(self):
+        """Keras serialization: the base config with `span` and `normalize`."""
         return {**super().get_config(), "span": self.span, "normalize": self.normalize}
 
 
@@ -51,10 +54,12 @@ class AddLevel(layers.Layer):
     """(residual (batch, chunk), level (batch, 1)) -> residual + level."""
 
     def call(self, inputs):
+        """Keras forward pass: residual (batch, chunk) plus level (batch, 1), broadcast."""
         residual, level = inputs
         return residual + level
 
     def compute_output_shape(self, input_shapes):
+        """Keras shape inference: the residual's shape."""
         return input_shapes[0]
 
 
@@ -71,7 +76,8 @@ def build_lstm(
     level_normalization: bool = True,
     seed: int | None = None,
 ) -> keras.Model:
-    """Stacked LSTM over patches of the window (all layers but the last return sequences), Dense head.
+    """Stacked LSTM (Hochreiter & Schmidhuber 1997, Neural Computation 9(8)) over patches of the window (all layers
+    but the last return sequences), Dense head.
 
     Inputs `window` (batch, input_size, n_features) and, if `n_future`, `future` (batch, chunk,
     n_future); output (batch, chunk). Defaults keep TensorFlow's cuDNN kernel eligible on a GPU

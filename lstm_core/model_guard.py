@@ -60,6 +60,8 @@ class UnsafeArchive(ValueError):
 
 @dataclass(frozen=True)
 class Vocabulary:
+    """What the model builder's saved models hold: top-level and inner class triples, and archive entry names."""
+
     top: frozenset[Triple]  # the model's own class
     inner: frozenset[Triple]  # layers, initializers, dtype policies, tensors... below it
     entries: frozenset[str]  # file names inside a saved archive

@@ -18,6 +18,10 @@ from lstm_core.frequency import dates_after
 
 @dataclass(frozen=True)
 class Panel:
+    """Many series in one array: rows of all series back to back (sorted by id, then time), `offsets` marking
+    where each starts, plus the known-ahead values for the steps after each series' end.
+    """
+
     series_ids: np.ndarray  # (S,) str, sorted
     offsets: np.ndarray  # (S + 1,) int64
     values: np.ndarray  # (N, F) float64; column 0 is y
@@ -92,18 +96,22 @@ class Panel:
     # --- shape --------------------------------------------------------------
     @property
     def n_series(self) -> int:
+        """S, the number of series."""
         return len(self.series_ids)
 
     @property
     def n_features(self) -> int:
+        """F, the number of columns (target first)."""
         return self.values.shape[1]
 
     @property
     def lengths(self) -> np.ndarray:
+        """(S,) number of points of each series."""
         return np.diff(self.offsets)
 
     @property
     def y(self) -> np.ndarray:
+        """(N,) the target column of all rows."""
         return self.values[:, 0]
 
     @property

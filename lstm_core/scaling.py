@@ -6,13 +6,22 @@ tutorial's MinMaxScaler did); callers pass the training panel to `fit`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
 from lstm_core.panel import Panel
 
 KINDS = ("standard", "minmax", "naive")
+
+
+class ScalerState(TypedDict):
+    """`SeriesScaler` as JSON (the model version's `scaler.json`)."""
+
+    kind: str  # one of KINDS
+    series_ids: list[str]  # (S,)
+    loc: list[list[float]]  # (S, F)
+    scale: list[list[float]]  # (S, F)
 
 
 @dataclass(frozen=True)
@@ -27,6 +36,10 @@ class SeriesScaler:
 
     @classmethod
     def fit(cls, panel: Panel, kind: str = "standard") -> SeriesScaler:
+        """Per-series, per-column loc and scale of `panel` for `kind` ('standard': mean/std, 'minmax': min/range,
+        'naive': mean/mean absolute one-step difference); a zero or non-finite scale becomes 1. ValueError for an
+        unknown kind.
+        """
         if kind not in KINDS:
             raise ValueError(f"scaler must be one of {KINDS}, not {kind!r}")
         codes, v, n = panel.codes(), panel.values, panel.lengths[:, None]
@@ -67,6 +80,7 @@ class SeriesScaler:
         return pos
 
     def transform(self, panel: Panel) -> Panel:
+        """`panel` with every column scaled as (value - loc) / scale of its series; KeyError for a series not fitted."""
         from dataclasses import replace
 
         rows = self._rows(panel)[panel.codes()]
@@ -85,12 +99,14 @@ class SeriesScaler:
             raise KeyError("scaler was not fitted on some of these series")
         return pos
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "series_ids": [str(s) for s in self.series_ids],
-                "loc": self.loc.tolist(), "scale": self.scale.tolist()}
+    def to_dict(self) -> ScalerState:
+        """JSON-ready state (plain lists), read back by `from_dict`."""
+        return ScalerState(kind=self.kind, series_ids=[str(s) for s in self.series_ids],
+                           loc=self.loc.tolist(), scale=self.scale.tolist())
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> SeriesScaler:
+    def from_dict(cls, d: ScalerState) -> SeriesScaler:
+        """The scaler `to_dict` wrote (loc and scale reshaped to (S, F)); KeyError when a field is missing."""
         return cls(d["kind"], np.array(d["series_ids"], dtype=object),
                    np.asarray(d["loc"], dtype=np.float64).reshape(len(d["series_ids"]), -1),
                    np.asarray(d["scale"], dtype=np.float64).reshape(len(d["series_ids"]), -1))
@@ -116,6 +132,9 @@ class TargetTransform:
 
     @classmethod
     def fit(cls, panel: Panel, kind: str = "auto") -> TargetTransform:
+        """Which series to model as log(y): 'auto' those whose history is all positive, 'log' all (DataValidationError
+        naming a series with a value <= 0), 'none' none; ValueError for another kind.
+        """
         if kind not in ("auto", "log", "none"):
             raise ValueError(f"target_transform must be auto, log or none, not {kind!r}")
         if kind == "none" or panel.n_series == 0:
@@ -131,6 +150,7 @@ class TargetTransform:
         return cls(kind, positive)
 
     def apply(self, panel: Panel) -> Panel:
+        """`panel` with y replaced by log(y) for the series modelled on a log scale (other columns unchanged)."""
         if not self.log_mask.any():
             return panel
         from dataclasses import replace

@@ -58,6 +58,8 @@ RESOLVE = ("set time_format to the pattern the file uses (e.g. %d.%m.%Y, %m/%d/%
 
 @dataclass
 class Timestamps:
+    """Parsed timestamps of an input: UTC instants, the wall clock when a zone or offsets were given, and the zone."""
+
     instants: pd.Series  # datetime64[ns], naive: UTC when a zone or offset was given
     wall: pd.Series | None  # datetime64[ns] naive wall clock; None when the input was naive
     zone: str | None  # None, a zone name, or "offsets"

@@ -53,10 +53,12 @@ class TextRules:
 
     @classmethod
     def from_config(cls, config: ForecastConfig) -> TextRules:
+        """The text rules a configuration sets (missing_values, decimal, thousands, time_format, static_types)."""
         return cls(tuple(config.missing_values), config.decimal, config.thousands, config.time_format,
                    tuple(sorted(config.static_types.items())))
 
     def hint(self) -> str:
+        """One sentence naming how cells are read and the settings that change it (appended to a parse error)."""
         return ("read as missing: empty cells and " + ", ".join(repr(v) for v in self.missing_values if v)
                 + f" (setting missing_values); decimal mark {self.decimal!r} (setting decimal); "
                 + (f"thousands separator {self.thousands!r}" if self.thousands else
@@ -65,6 +67,8 @@ class TextRules:
 
 @dataclass(frozen=True)
 class SkippedSeries:
+    """A series left out of the run: its id, the input field at fault (the user's column name) and why."""
+
     series_id: str
     field: str
     reason: str
@@ -72,6 +76,8 @@ class SkippedSeries:
 
 @dataclass
 class ValidationResult:
+    """What validation keeps of an input: the clean frame, the skipped series with reasons, and what it found."""
+
     frame: pd.DataFrame  # clean rows, sorted by (series_id, ds), on a regular grid: series_id, ds, y, historic, future
     skipped: list[SkippedSeries] = field(default_factory=list)
     covariates: list[str] = field(default_factory=list)  # numeric covariate columns of `frame` (historic, future)
@@ -83,6 +89,7 @@ class ValidationResult:
     freq: str | None = None  # the frequency the series were checked against (given or inferred)
 
     def skipped_frame(self) -> pd.DataFrame:
+        """The skipped series as a frame of string columns `series_id`, `field`, `reason` (the quarantine table)."""
         return pd.DataFrame(
             {
                 "series_id": pd.Series([s.series_id for s in self.skipped], dtype="string"),

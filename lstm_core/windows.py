@@ -18,6 +18,8 @@ from lstm_core.panel import Panel
 
 
 class Windows(NamedTuple):
+    """Training samples cut from a panel: inputs, targets and the known-ahead covariates over the targets."""
+
     x: np.ndarray  # (samples, window, features) inputs
     y: np.ndarray  # (samples, chunk) targets: the next `chunk` values of feature 0
     future: np.ndarray | None  # (samples, chunk, K) known-ahead covariates over the targets, or None
@@ -48,6 +50,7 @@ class WindowPlan(NamedTuple):
     holdout: np.ndarray
 
     def select(self, mask: np.ndarray) -> WindowPlan:
+        """The plan of the series where `mask` (S,) is True."""
         return WindowPlan(self.pad[mask], self.first_target[mask], self.holdout[mask])
 
 

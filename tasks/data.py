@@ -43,6 +43,10 @@ def load_series(config: ForecastConfig, shard: ShardSpec | None = None) -> pd.Da
 
 @task(name="validate_series", cache_policy=NO_CACHE)
 def validate_series(frame: pd.DataFrame, config: ForecastConfig) -> ValidationResult:
+    """Prefect task: validate the input frame for the run (`validate_for`, keeping short series for the fallback)
+    and log what was skipped. Raises DataValidationError (naming the file, column and series) on a dataset-level
+    problem: a missing column, no rows, a frequency it cannot infer.
+    """
     logger = get_run_logger()
     # series too short for the network (or constant) are kept: a statistical fallback serves them
     result = validate_for(frame, config, source=redact_url(config.input_url), keep_short=True)

@@ -1,26 +1,23 @@
 """The tasks that write a run's outputs: each shard's part files, then the commit with the manifest."""
 from __future__ import annotations
 
-from typing import Any, Collection
-
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from lstm_core import interrupt
-from lstm_core.backtest import history_frame, metrics_table
+from lstm_core.backtest import history_frame
 from lstm_core.config import ForecastConfig
 from lstm_core.location import is_storage_failure
+from lstm_core.manifest import SKIPPED_IN_SUMMARY
 from lstm_core.outputs import RunWriter
-from lstm_core.realised import earlier_predictions, realised_metrics, realised_overall, realised_sums
-from lstm_core.records import (BandCoverage, Manifest, Outputs, RealisedScores, RealisedTotals, Serving,
-                               ShardSummary, ShardTotals, SkippedEntry)
+from lstm_core.realised import earlier_predictions, realised_metrics, realised_sums
+from lstm_core.records import (Manifest, Outputs, RealisedScores, RealisedTotals, ShardSummary, ShardTotals,
+                               SkippedEntry)
 from lstm_core.shard_plan import ShardSpec
 from tasks.common import STORAGE_RETRIES, STORAGE_RETRY_DELAYS, is_transient, retry_transient
 from tasks.data import Prepared
 from tasks.modelling import Forecasts, Scored
-
-SKIPPED_IN_SUMMARY = 1000  # skipped series listed per shard in the manifest (all are in quarantine/)
 
 
 @task(name="write_outputs", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,
@@ -90,77 +87,6 @@ def shard_summary(shard: ShardSpec, forecasts: Forecasts, evaluation: Scored, pr
         coverage=[] if forecasts.coverage is None else forecasts.coverage.to_dict("records"),
         statistical_seconds=float(forecasts.statistical_seconds),
     )
-
-
-
-def serving_entry(summaries: list[ShardSummary], levels: list[float], candidates: list[str]) -> Serving:
-    """The manifest's `serving`: series per model and the served intervals' coverage per history band,
-    summed over shards."""
-    from lstm_core.metrics import level_label
-
-    by_model: dict[str, int] = {}
-    for s in summaries:
-        for k, v in s.series_by_model.items():
-            by_model[k] = by_model.get(k, 0) + int(v)
-    rows = [r for s in summaries for r in s.coverage]
-    bands = []
-    if rows:
-        frame = pd.DataFrame(rows).groupby("band", sort=False).sum(numeric_only=True)
-        order = sorted(frame.index, key=lambda b: int(str(b).split("-")[0].rstrip("+")))
-        for band in order:
-            r = frame.loc[band]
-            labels = [level_label(lv) for lv in levels]
-            n = {lb: int(r.get(f"n_{lb}", 0)) for lb in labels}
-            bands.append(BandCoverage(
-                band=str(band), series_windows=int(r["series_windows"]), points=int(r["points"]),
-                coverage={lb: (round(float(r[f"hits_{lb}"]) / n[lb], 4) if n[lb] else None) for lb in labels},
-                scored_points=n))
-    return Serving(rule=SERVING_RULE, candidates=candidates, series_by_model=dict(sorted(by_model.items())),
-                   statistical_seconds=round(sum(s.statistical_seconds for s in summaries), 3),
-                   coverage_by_history=bands)
-
-
-SERVING_RULE = ("per series, the equal-weight mean of the candidates whose backtest error (mean |y - f| over the "
-                "naive-error scale), shrunk toward the pool of series of the same history band, is within 10% of "
-                "the best; chosen on backtest windows only; AutoETS and AutoTheta are fitted to series shorter "
-                "than 8 horizons and to those the network cannot serve; series of 1-2 points get the naive ones")
-
-
-def overall_metrics(summaries: list[ShardSummary], lstm_versions: Collection[str]) -> pd.DataFrame:
-    """Rows of the metrics table over all series (series_id null) pooled over all shards, as unsharded:
-    per backtest window (`backtest_window`, `cutoff` its latest cutoff) and over all windows (both null).
-    `lstm_versions`: the LSTM model versions the shards used (their rows get `model` `lstm`)."""
-    pooled = [s.totals.pooled for s in summaries]
-    windows = [s.totals.window for s in summaries]
-    overall = pooled[0].merge(*pooled[1:]).finalize()
-    per_window = windows[0].merge(*windows[1:]).finalize()
-    cutoffs: dict[int, Any] = {}
-    for s in summaries:
-        for w, c in s.totals.window_cutoffs.items():
-            cutoffs[w] = c if w not in cutoffs or pd.isna(cutoffs[w]) or c > cutoffs[w] else cutoffs[w]
-    cutoff_values = [cutoffs.get(int(w)) for w in per_window["window"]] if len(per_window) else []
-    tz = next((getattr(pd.Timestamp(c), "tz", None) for c in cutoffs.values() if c is not None), None)
-    dtype = pd.DatetimeTZDtype("ns", tz) if tz is not None else "datetime64[ns]"
-    frame = pd.concat([
-        pd.DataFrame({"series_id": None, "metric": per_window["metric"], "value": per_window["value"],
-                      "model": per_window["model"], "cutoff": pd.Series(cutoff_values, dtype=dtype),
-                      "window": per_window["window"].astype("Int64")}),
-        pd.DataFrame({"series_id": None, "metric": overall["metric"], "value": overall["value"],
-                      "model": overall["model"], "cutoff": pd.Series([pd.NaT] * len(overall), dtype=dtype),
-                      "window": pd.Series([pd.NA] * len(overall), dtype="Int64")}),
-    ], ignore_index=True)
-    frame = frame[frame["value"].notna() | frame["metric"].isin(("mae", "rmse", "smape", "mase"))]
-    frame = frame.astype({"series_id": "string", "metric": "string", "value": "float64", "model": "string"})
-    return metrics_table(frame.reset_index(drop=True), lstm_versions)
-
-
-def realised_overall_rows(summaries: list[ShardSummary]) -> pd.DataFrame | None:
-    """The overall rows of the realised table pooled over shards; None when no shard scored any."""
-    parts = [s.realised for s in summaries if s.realised is not None]
-    if not parts:
-        return None
-    totals = parts[0].totals.merge(*(p.totals for p in parts[1:]))
-    return realised_overall(totals, pd.concat([p.points for p in parts], ignore_index=True))
 
 
 @task(name="score_realised", retries=STORAGE_RETRIES, retry_delay_seconds=STORAGE_RETRY_DELAYS,

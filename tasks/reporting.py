@@ -38,6 +38,8 @@ MAX_SKIPPED_LISTED = 50
 
 @dataclass
 class RunPlots:
+    """A run's plots drawn in memory (file name -> PNG bytes), and a note for each left out or worth reading."""
+
     files: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG bytes
     notes: dict[str, str] = field(default_factory=dict)  # file name -> why it is missing or how to read it
 
@@ -169,10 +171,13 @@ def _columns(overall: dict[str, dict[str, float]]) -> list[str]:
     return [*METRICS, *extra]
 
 
-def metrics_table(overall: dict[str, dict[str, float]], model_version: str | None) -> list[dict[str, Any]]:
+def metrics_table(overall: dict[str, dict[str, float]],
+                  model_version: str | None) -> list[dict[str, str | float | None]]:
     """One row per model: its overall backtest metrics (mean over series and windows), with the
-    interval coverage and MSIS of the model that has intervals (None for the others)."""
-    rows = []
+    interval coverage and MSIS of the model that has intervals (None for the others).
+
+    Each row: `model` and `version` (text), then each metric column (a float, or None)."""
+    rows: list[dict[str, str | float | None]] = []
     columns = _columns(overall)
     for model, values in sorted(overall.items(), key=lambda kv: kv[0] != model_version):
         rows.append({"model": "lstm" if model == model_version else model, "version": model,
@@ -204,6 +209,11 @@ def md_code(value: Any, cell: bool = False) -> str:
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
     return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _figure(value: str | float | None) -> str:
+    """A metric in a table cell: 4 significant digits, `n/a` when there is none or it is not finite."""
+    return f"{value:.4g}" if isinstance(value, (int, float)) and np.isfinite(value) else "n/a"
 
 
 def night_lines(manifest: dict[str, Any]) -> list[str]:
@@ -255,8 +265,7 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
         lines += [f"## Backtest metrics (mean over series and {windows} window(s))",
                   "| model | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
         for row in metrics_table(overall, manifest.get("model_version")):
-            vals = " | ".join("n/a" if row[m] is None or not np.isfinite(row[m]) else f"{row[m]:.4g}"
-                              for m in columns)
+            vals = " | ".join(_figure(row[m]) for m in columns)
             lines.append(f"| {row['model']} | {vals} |")
         lines.append("")
     lines += night_lines(manifest)
@@ -286,7 +295,7 @@ def summary_markdown(manifest: dict[str, Any], plot_notes: dict[str, str] | None
     return "\n".join(lines) + "\n"
 
 
-def timings_table(timings: dict[str, float]) -> list[dict[str, Any]]:
+def timings_table(timings: dict[str, float]) -> list[dict[str, str | float | None]]:
     """The manifest's `timings_s` as rows `step, seconds, share`, in the manifest's order: each task's
     seconds (summed over its runs: every shard, every group), then the flow's own wall times (`wall_*`).
 
@@ -294,7 +303,7 @@ def timings_table(timings: dict[str, float]) -> list[dict[str, Any]]:
     Dask workers add up, so their shares may sum past 1. None when the run's wall time is missing or zero.
     """
     total = timings.get("wall_total")
-    rows = []
+    rows: list[dict[str, str | float | None]] = []
     for step, seconds in timings.items():
         seconds = float(seconds)
         share = round(seconds / total, 4) if total else None

@@ -8,7 +8,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Under pytest-xdist (`-n auto`, pyproject's addopts) the workers share the cores: each worker's TensorFlow and
-# BLAS get its share of them, as flows.runners.worker_env does for Dask workers, or N workers each running N
+# BLAS get its share of them, as flows.cluster.worker_env does for Dask workers, or N workers each running N
 # threads oversubscribe the machine and every step waits on the others. Set before anything imports
 # TensorFlow; the CLI subprocesses a test starts inherit it.
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -303,6 +303,6 @@ def test_run_shows_training_progress_on_a_terminal(tmp_path):
 def test_serve_says_when_the_schedule_fires_next(after, cron, tz, expected):
     from datetime import datetime
 
-    from flows.cli import next_run
+    from flows.serve import next_run
 
     assert next_run(cron, tz, datetime.fromisoformat(after)) == expected

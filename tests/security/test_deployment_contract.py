@@ -117,24 +117,25 @@ def test_a_deployment_opts_in_per_setting():
         check_overrides("batch-forecast/manual", fixed, {**given, "settings": {"output_url": "s3://x/y"}})
 
 
-def _serve_args(*flags: str):
-    from flows.cli import build_parser
+def _serve_parameters(*flags: str) -> dict:
+    """The deployments' parameters `lstm-forecast serve` builds from these flags (as cmd_serve does)."""
+    from flows.cli import build_parser, settings_from_args
+    from flows.serve import serve_parameters
 
-    return build_parser().parse_args(["serve", "--input", "s3://lake/in", "--output", "s3://lake/out", *flags])
+    args = build_parser().parse_args(["serve", "--input", "s3://lake/in", "--output", "s3://lake/out", *flags])
+    return serve_parameters(args.config, settings_from_args(args), args.sets, args.allow_overrides)
 
 
 def test_serve_puts_the_opt_ins_in_the_deployment_parameters_and_refuses_secrets():
-    from flows.cli import serve_parameters
-
-    params = serve_parameters(_serve_args("--allow-override", "input_url"))
+    params = _serve_parameters("--allow-override", "input_url")
     assert params["allow_overrides"] == ["input_url"] and params["settings"]["output_url"] == "s3://lake/out"
     with pytest.raises(ConfigError, match="--allow-override 'horizon': not a protected setting"):
-        serve_parameters(_serve_args("--allow-override", "horizon"))
+        _serve_parameters("--allow-override", "horizon")
     with pytest.raises(ConfigError, match="--set storage_options.secret: a credential on the command line") as err:
-        serve_parameters(_serve_args("--set", "storage_options.secret=s3cr3t-value"))
+        _serve_parameters("--set", "storage_options.secret=s3cr3t-value")
     assert "s3cr3t-value" not in str(err.value)
     with pytest.raises(ConfigError, match="setting 'input_url': .*its URL carries credentials"):
-        serve_parameters(_serve_args("--input", "https://h/in.parquet?X-Amz-Signature=abc"))
+        _serve_parameters("--input", "https://h/in.parquet?X-Amz-Signature=abc")
 
 
 # --- nothing secret pickled -------------------------------------------------------------------------
@@ -161,7 +162,7 @@ def test_configuration_and_writer_pickle_without_credentials(s3_bucket, s3_endpo
 
 def test_a_local_cluster_gets_no_credential_in_its_workers_environment():
     # (they reach the workers in memory, over the cluster's TLS: tests/security/test_local_cluster.py)
-    from flows.runners import worker_env
+    from flows.cluster import worker_env
 
     config = validate_config({"workers": 2, "storage_options": {"key": "k-123456789", "secret": "s-123456789"}})
     env = worker_env(2, config)

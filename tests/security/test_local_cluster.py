@@ -1,12 +1,14 @@
 """`--workers`: the local Dask cluster a run starts is closed to everyone else (issue 26, finding 5).
 
-The real cluster the product starts (flows/runners.py, as a run with `workers: 1` starts it): TLS with a
-certificate made for it, every listener on 127.0.0.1, no dashboard; a client without the certificate (any
-other local user who finds the port) cannot connect, over TLS or plain TCP; and the run's credentials are
-not in the workers' environment, which their child processes inherit: the workers hold them in memory.
+The real cluster the product starts (flows/cluster.py, as a run or a tune with `workers: 1` starts it, one
+recipe for both): TLS with a certificate made for it, every listener on 127.0.0.1, no dashboard; a client
+without the certificate (any other local user who finds the port) cannot connect, over TLS or plain TCP; the
+run's credentials are not in the workers' environment, which their child processes inherit: the workers hold
+them in memory; and the workers ignore the terminal's Ctrl-C (the flow's process stops them in order).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 
@@ -22,6 +24,28 @@ def _no_env_secret() -> dict:
     import os as _os
 
     return {k: v for k, v in _os.environ.items() if k.startswith(("LSTM_FORECAST_", "AWS_"))}
+
+
+def _sigint_ignored() -> bool:
+    import signal
+
+    return signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+@contextlib.contextmanager
+def _cluster_client(started_by: str, config):
+    """The client of the local cluster a batch run (its task runner) or a tune (its study client) starts."""
+    if started_by == "run":
+        from flows.runners import _real_runner
+
+        with _real_runner(config) as (runner, description, _):
+            assert description["workers"] == 1
+            yield runner.client
+    else:
+        from flows.tune import study_client
+
+        with study_client(config) as client:
+            yield client
 
 
 def _held() -> dict:
@@ -53,18 +77,15 @@ def _listening_ports(pid: int) -> set[tuple[str, int]]:
     return out
 
 
-def test_the_local_cluster_is_tls_on_loopback_without_a_dashboard(monkeypatch):
+@pytest.mark.parametrize("started_by", ["run", "tune"])
+def test_the_local_cluster_is_tls_on_loopback_without_a_dashboard(monkeypatch, started_by):
     from distributed import Client
-
-    from flows.runners import _real_runner
 
     monkeypatch.delenv("LSTM_FORECAST_DASK_DASHBOARD", raising=False)
     monkeypatch.delenv("LSTM_FORECAST_STORAGE_OPTIONS", raising=False)
     secret = f"worker-secret-{uuid.uuid4().hex}"
     config = validate_config({"workers": 1, "storage_options": {"key": "AKIAWORKER123", "secret": secret}})
-    with _real_runner(config) as (runner, description, _):
-        client = runner.client
-        assert description["workers"] == 1
+    with _cluster_client(started_by, config) as client:
         address = client.scheduler.address
         info = client.scheduler_info()
         assert address.startswith("tls://127.0.0.1:"), address
@@ -97,10 +118,11 @@ def test_the_local_cluster_is_tls_on_loopback_without_a_dashboard(monkeypatch):
         assert all(h.get("secret") == secret for h in held.values())
         with open(f"/proc/{pids[1]}/environ", "rb") as fh:
             assert secret.encode() not in fh.read()
+        assert all(client.run(_sigint_ignored).values())  # a terminal's Ctrl-C does not kill them
 
 
 def test_a_dashboard_only_when_asked_and_on_loopback(monkeypatch):
-    from flows.runners import dashboard_address, local_cluster_kwargs
+    from flows.cluster import dashboard_address, local_cluster_kwargs
 
     monkeypatch.delenv("LSTM_FORECAST_DASK_DASHBOARD", raising=False)
     kwargs = local_cluster_kwargs(2, validate_config({"workers": 2}))
