@@ -51,8 +51,13 @@ def parse_as_of(value: Any) -> datetime | None:
 
 
 def as_utc(moment: datetime) -> datetime:
-    """`moment` as an aware UTC datetime; a naive one is taken as UTC (how runs and slots are ordered)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    """`moment` as a plain aware UTC `datetime`; a naive one is taken as UTC (how runs and slots are ordered).
+
+    Always the standard library's type: Prefect hands a scheduled start as a pendulum `DateTime`, whose
+    comparisons with a standard `datetime` raise TypeError (naive and aware) even when both are aware."""
+    aware = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return datetime(aware.year, aware.month, aware.day, aware.hour, aware.minute, aware.second, aware.microsecond,
+                    tzinfo=UTC)
 
 
 def read_filters(filters: list[list[Any]] | None, as_of: datetime | None, time_column: str) -> list[Any] | None:

@@ -289,3 +289,22 @@ def test_revisions_are_scaled_by_the_series_naive_error():
     assert stats["p50"] == pytest.approx(0.75) and stats["p95"] == pytest.approx(0.5 + 0.95 * 0.5)
     assert stats["scored"] == 2 and stats["rows"] == 4
     assert revision_stats([])["p50"] is None
+
+
+def test_a_scheduled_start_as_prefect_gives_it_orders_against_the_clock():
+    """Prefect gives a scheduled run's slot as a pendulum DateTime (its FlowRun.expected_start_time); compared
+    with a standard datetime it raised TypeError (naive and aware) and every scheduled run failed."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from prefect.client.schemas.objects import FlowRun
+
+    from lstm_core.as_of import as_utc
+    from lstm_core.catchup import decide
+
+    slot = FlowRun(flow_id=uuid.uuid4(), expected_start_time="2026-03-01T02:00:00Z").expected_start_time
+    assert type(as_utc(slot)) is datetime and as_utc(slot) == datetime(2026, 3, 1, 2, tzinfo=UTC)
+    late = decide(slot, datetime(2026, 3, 3, 2, 30, tzinfo=UTC), timedelta(days=1), (), scheduled=True)
+    assert late.superseded_by == datetime(2026, 3, 3, 2, tzinfo=UTC)
+    on_time = decide(slot, datetime(2026, 3, 1, 2, 1, tzinfo=UTC), timedelta(days=1), (), scheduled=True)
+    assert not on_time.superseded
