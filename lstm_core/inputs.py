@@ -251,7 +251,12 @@ def _typed_as_of(filters: list[list[Any]] | None, schema: pa.Schema, as_of: date
                  time_column: str) -> list[Any] | None:
     """`filters` with `[time_column, "<=", as_of]` ANDed in when the time column is a timestamp or date
     (pyarrow drops later rows while reading); unchanged otherwise (`as_of_filter` cuts text columns)."""
-    typed = time_column in schema.names and is_typed_time(schema.field(time_column).type)
+    if as_of is None:  # nothing to cut (and the schema is not read: a file that is not UTF-8 fails later, named)
+        return filters
+    try:
+        typed = time_column in schema.names and is_typed_time(schema.field(time_column).type)
+    except UnicodeDecodeError:  # column names that are not UTF-8: the read below refuses the file, named
+        return filters
     return read_filters(filters, as_of if typed else None, time_column)
 
 
