@@ -127,6 +127,7 @@ def resolve_run_id(config: ForecastConfig, slot: datetime | None = None) -> tupl
 
 
 def run_pipeline(config: ForecastConfig) -> dict[str, JsonValue]:
+    """The run inside the flow: load, plan, train or load, forecast each shard, commit; returns the manifest as JSON."""
     logger = get_run_logger()
     secrets = secret_values(config.storage_options, config.urls())
     install_log_scrubber(secrets)  # console and Prefect API logs never carry a credential: before any reading

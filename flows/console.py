@@ -146,6 +146,7 @@ class RunNameFormatter(logging.Formatter):
         super().__init__("%(levelname)s %(name)s: %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
+        """The record's line with Prefect's run names dropped (the terminal shows one run)."""
         line = super().format(record)
         for attr, kind in (("task_run_name", "Task run"), ("flow_run_name", "Flow run")):
             name = getattr(record, attr, None)

@@ -45,6 +45,7 @@ class RunTaskRunner(TaskRunner):
         self.capacity = 1  # tasks that run at once: the cluster's worker threads
 
     def duplicate(self) -> RunTaskRunner:
+        """A fresh, unstarted runner (Prefect copies a flow's runner for each run)."""
         return type(self)()
 
     @contextmanager
@@ -58,6 +59,7 @@ class RunTaskRunner(TaskRunner):
                 self._inner = None
 
     def submit(self, task, parameters, wait_for=None, dependencies=None):
+        """Submit `task` to the started runner; RuntimeError when `started` has not been entered."""
         if self._inner is None:
             raise RuntimeError("the run's task runner is not started: use `with runner.started(config):`")
         return self._inner.submit(task, parameters, wait_for, dependencies)

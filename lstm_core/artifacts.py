@@ -94,6 +94,7 @@ def data_fingerprint(panel: Panel) -> str:
 
 
 def new_version(now: datetime | None = None) -> str:
+    """A version name that sorts by time: `YYYYmmddTHHMMSSffffffZ-<6 hex>` (UTC, random suffix)."""
     now = now or datetime.now(UTC)
     return now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + os.urandom(3).hex()
 
@@ -212,6 +213,7 @@ def _sha256_ok(name: str, data: bytes, checksums: dict[str, str], url: str, sign
 
 @dataclass
 class LoadedModel:
+    """A saved version loaded through every check: the forecaster, its metadata, where it came from, its intervals."""
     forecaster: Forecaster
     metadata: dict[str, Any]
     url: str

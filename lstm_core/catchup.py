@@ -105,6 +105,7 @@ class CatchUp:
 
     @property
     def superseded(self) -> bool:
+        """A newer slot is due: this run writes nothing."""
         return self.superseded_by is not None
 
 

@@ -74,6 +74,7 @@ class Forecaster:
 
     @property
     def chunk(self) -> int:
+        """Steps each recursive call forecasts (the network's output length; 1 with no members)."""
         return model_geometry(self.members[0])["chunk"] if self.members else 1
 
     @property
@@ -286,12 +287,14 @@ def _fit_per_series(panel: Panel, config: ForecastConfig, checkpoint_dir, on_epo
 
 @dataclass
 class Evaluation:
+    """The holdout scored: actuals and forecasts per series (S, H), and the metrics table."""
     series_ids: np.ndarray
     actual: np.ndarray  # (S, H)
     forecasts: dict[str, np.ndarray]  # model name -> (S, H)
     metrics: pd.DataFrame
 
     def overall(self, model: str, metric: str) -> float:
+        """The pooled value of `metric` for `model` (the row with no series id); NaN when absent."""
         m = self.metrics
         row = m[(m["model"] == model) & (m["metric"] == metric) & m["series_id"].isna()]
         return float(row["value"].iloc[0])

@@ -191,6 +191,7 @@ class ModelStore:
 
     @property
     def url(self) -> str:
+        """The store's URL (no credentials)."""
         return self.location.url
 
     def decide(self, spec: ModelSpec, newest: Panel | None, *, fingerprint: str | None = None,

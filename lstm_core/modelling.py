@@ -134,6 +134,7 @@ def run_backtest(choice: ModelChoice, data: Prepared, config: ForecastConfig,
 
 @dataclass
 class Forecasts:
+    """What `forecast` returns: the backtest of every window and the future predictions."""
     backtest: Backtest  # every window's forecasts (the last one is the holdout), with held-out intervals
     future: pd.DataFrame  # predictions past T, long format, with the interval columns of `config.levels`
     intervals_source: str = "none"  # "model" (saved beside it), "run" (this shard's backtest) or "none"
@@ -304,6 +305,7 @@ class ServedBacktest(Backtest):
     Each is scored on the rows where it has a forecast; coverage and MSIS for the network and the served."""
 
     def sums(self, model_name: str = "lstm") -> ErrorSums:
+        """Mergeable error totals of `model_name` over every window, scaled by each series' MASE scale."""
         rows = self.frame.merge(self.scales[["series_id", "cutoff", "window", "mase_scale"]],
                                 on=["series_id", "cutoff"], how="left")
         bounds = [c for lv in self.levels for c in interval_columns(lv)]
@@ -340,6 +342,7 @@ class Scored:
 
     @property
     def series_ids(self) -> np.ndarray:
+        """Ids of the series scored, in the holdout's order."""
         return self.holdout.series_ids
 
 

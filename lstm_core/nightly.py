@@ -40,6 +40,7 @@ class NightPlan:
 
     @property
     def superseded(self) -> bool:
+        """The catch-up decision says a newer slot does this run's work."""
         return self.catch_up.superseded
 
     def superseded_reason(self) -> str:

@@ -125,6 +125,7 @@ QUARANTINE_SCHEMA = pa.schema([
 
 
 def new_run_id(now: datetime | None = None) -> str:
+    """A fresh run id that sorts by time: `YYYYmmddTHHMMSSZ-<6 hex>` (UTC)."""
     import os
 
     now = now or datetime.now(UTC)
@@ -181,13 +182,16 @@ class RunWriter:
 
     @property
     def layout(self) -> OutputLayout:
+        """The output contract's paths under this writer's root."""
         return OutputLayout(self.root)
 
     def part_path(self, table: str, part: int | str = 0) -> str:
+        """Path of part `part` of `table` in this run's partition."""
         return self.layout.part(table, self.run_id, part)
 
     @property
     def manifest_path(self) -> str:
+        """Path of this run's `manifest.json`."""
         return self.layout.manifest(self.run_id)
 
     def begin(self) -> None:
@@ -285,10 +289,12 @@ class OutputStore:
 
     @property
     def url(self) -> str:
+        """The output URL (no credentials)."""
         return self.location.url
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
+        """The filesystem that reaches the output URL."""
         return self.location.fs
 
     @property
@@ -311,6 +317,7 @@ class OutputStore:
         return RunWriter.open(self.location, run_id)
 
     def committed_runs(self) -> list[str]:
+        """Run ids whose manifest says succeeded (see the module's `committed_runs`)."""
         return committed_runs(self.location)
 
     def partitions(self, run_id: str, tables: Sequence[str]) -> dict[str, str]:

@@ -179,6 +179,7 @@ class IntervalExample:
 
 @dataclass
 class BacktestWindow:
+    """One backtest window to draw: its cutoff, dates, actuals and forecasts."""
     cutoff: pd.Timestamp
     ds: np.ndarray
     yhat: np.ndarray

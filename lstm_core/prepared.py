@@ -55,9 +55,11 @@ class Prepared:
 
     @property
     def series_read(self) -> int:
+        """Series the input held: every valid one plus those validation skipped."""
         return int(self.all_series.n_series) + len(self.skipped)
 
     def skipped_frame(self) -> pd.DataFrame:
+        """The skipped series as the quarantine table (`series_id`, `field`, `reason`)."""
         return ValidationResult(pd.DataFrame(), self.skipped).skipped_frame()
 
 

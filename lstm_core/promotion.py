@@ -36,16 +36,20 @@ class TrainingProgress:
         self.line = Progress()
 
     def on_epoch(self, epoch: int, logs: dict) -> None:
+        """Log one epoch's training and validation loss."""
         self.log.info("epoch %d/%d loss=%.4f val_loss=%.4f", epoch, self.epochs, logs.get("loss", float("nan")),
                       logs.get("val_loss", float("nan")))
 
     def on_series(self, done: int, total: int, series_id: str) -> None:
+        """Note which series (mode per_series) the progress line is on."""
         self.series = f"series {done + 1}/{total} {series_id} "
 
     def on_batch(self, epoch: int, done: int, per_epoch: int) -> None:
+        """Move the terminal progress line by one batch."""
         self.line.update(f"{self.series}epoch {epoch}/{self.epochs}", done, per_epoch, "batches")
 
     def fit(self, panel: Panel, config: ForecastConfig, init: Forecaster | None = None) -> Forecaster:
+        """Train on `panel` (from `init`'s weights for a warm start) with the progress line shown."""
         with self.line:
             return fit(panel, config, on_epoch=self.on_epoch, on_batch=self.on_batch, on_series=self.on_series,
                        init=init)

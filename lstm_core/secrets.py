@@ -142,6 +142,7 @@ class ScrubFilter(logging.Filter):
         self.values: set[str] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Replace every secret in the record's message and arguments; always keeps the record."""
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 - a broken record is not ours to fix

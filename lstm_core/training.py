@@ -28,6 +28,7 @@ BatchHook = Callable[[int, int, int], None]  # (epoch, batches done, batches per
 
 @dataclass
 class TrainingResult:
+    """What a training gives back: the loss history, the best epoch and the snapshot weights."""
     history: dict[str, list[float]]
     best_epoch: int  # 1-based
     best_val_loss: float
@@ -43,6 +44,7 @@ class TrainingResult:
     snapshots: list[tuple[int, float, list]] = field(default_factory=list, repr=False)  # (epoch, val_loss, weights)
 
     def summary(self) -> dict[str, Any]:
+        """The result as plain values for the metadata and manifest (snapshot weights left out)."""
         out = {k: v for k, v in self.__dict__.items() if k not in ("history", "snapshots")}
         return out | {"history": self.history, "snapshot_epochs": [e for e, _, _ in self.snapshots]}
 
@@ -127,6 +129,7 @@ class BestSnapshots(keras.callbacks.Callback):
         self.kept: list[tuple[int, float, list[np.ndarray]]] = []  # (epoch, validation loss, weights), best first
 
     def on_epoch_end(self, epoch, logs=None) -> None:
+        """Keras hook: called after each epoch."""
         loss = float((logs or {}).get("val_loss", np.nan))
         if not np.isfinite(loss):
             return
@@ -144,9 +147,11 @@ class TimeBudget(keras.callbacks.Callback):
         self.seconds, self.triggered, self.start = seconds, False, 0.0
 
     def on_train_begin(self, logs=None) -> None:
+        """Keras hook: called when training starts."""
         self.start = time.monotonic()
 
     def on_train_batch_end(self, batch, logs=None) -> None:
+        """Keras hook: called after each training batch."""
         if self.seconds is not None and time.monotonic() - self.start > self.seconds:
             self.triggered = True
             self.model.stop_training = True
@@ -157,9 +162,11 @@ class StopOnRequest(keras.callbacks.Callback):
     SIGTERM: lstm_core.interrupt), so a run stops within a batch instead of training on to its last epoch."""
 
     def on_train_batch_end(self, batch, logs=None) -> None:
+        """Keras hook: called after each training batch."""
         interrupt.check()
 
     def on_test_batch_end(self, batch, logs=None) -> None:
+        """Keras hook: called after each validation batch."""
         interrupt.check()
 
 
@@ -171,28 +178,34 @@ class Pace(keras.callbacks.Callback):
         self.batch_size, self.samples, self.seconds, self._t = batch_size, 0, 0.0, 0.0
 
     def on_train_batch_begin(self, batch, logs=None) -> None:
+        """Keras hook: called before each training batch."""
         self._t = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None) -> None:
+        """Keras hook: called after each training batch."""
         self.seconds += time.perf_counter() - self._t
         self.samples += self.batch_size
 
 
 class EpochLog(keras.callbacks.Callback):
+    """Passes each epoch's losses and each batch to the caller's hooks."""
     def __init__(self, epochs: int, hook: EpochHook | None, batch_hook: BatchHook | None = None) -> None:
         super().__init__()
         self.epochs, self.hook, self.batch_hook, self.t0 = epochs, hook, batch_hook, 0.0
         self.epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None) -> None:
+        """Keras hook: called before each epoch."""
         self.t0 = time.monotonic()
         self.epoch = epoch + 1
 
     def on_train_batch_end(self, batch, logs=None) -> None:
+        """Keras hook: called after each training batch."""
         if self.batch_hook:
             self.batch_hook(self.epoch, batch + 1, int(self.params.get("steps") or 0))
 
     def on_epoch_end(self, epoch, logs=None) -> None:
+        """Keras hook: called after each epoch."""
         logs = {k: float(v) for k, v in (logs or {}).items()}
         log.info("epoch %d/%d loss=%.4f val_loss=%.4f (%.1f s)", epoch + 1, self.epochs, logs.get("loss", float("nan")),
                  logs.get("val_loss", float("nan")), time.monotonic() - self.t0)
@@ -201,6 +214,7 @@ class EpochLog(keras.callbacks.Callback):
 
 
 def make_loss(name: str):
+    """The Keras loss named by the `training.loss` setting (mse, mae or huber)."""
     return {"mse": "mse", "mae": "mae", "huber": keras.losses.Huber()}[name]
 
 
