@@ -149,3 +149,23 @@ def test_no_product_module_is_over_500_lines(package):
     long = {str(p.relative_to(ROOT)): n for p in (ROOT / package).rglob("*.py")
             if (n := len(p.read_text().splitlines())) > 500}
     assert long == {}, long
+
+
+def _public_callables(path: Path) -> list[ast.AST]:
+    """Module-level functions and classes, and the methods of public classes, whose names are public."""
+    found: list[ast.AST] = []
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+            found.append(node)
+            if isinstance(node, ast.ClassDef):
+                found += [b for b in node.body if isinstance(b, (ast.FunctionDef, ast.AsyncFunctionDef))
+                          and not b.name.startswith("_")]
+    return found
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_public_product_callable_has_a_docstring(package):
+    """Issue 24: a newcomer reads each public function, class and method's contract where it is defined."""
+    bare = [f"{p.relative_to(ROOT)}:{node.lineno} {node.name}" for p in sorted((ROOT / package).rglob("*.py"))
+            for node in _public_callables(p) if not ast.get_docstring(node)]
+    assert bare == [], bare
