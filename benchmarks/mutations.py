@@ -28,7 +28,8 @@ Keep snippets short (a line or two) so they survive refactors nearby; when code 
 mutation says so and its snippet is updated here. When another issue adds a behaviour (covariate
 roles, backtests, intervals, tuned settings, a model allowlist), its mutant joins the list.
 Not part of `make test` (CI runs its stale check, tests/test_readme_map.py). Measured (issue 24): 47 mutations,
-a 3.3-minute baseline then about a minute each, about 50 minutes on a shared 2-core machine (load 3.5 to 5).
+33.4 minutes with the baseline (3.3) on a shared 2-core machine (load 3.5 to 6): 46 killed, S2 (then masked) since
+retargeted and killed.
 """
 from __future__ import annotations
 
