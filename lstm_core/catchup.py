@@ -29,7 +29,7 @@ from lstm_core.atomic import read_json
 from lstm_core.layout import OutputLayout
 from lstm_core.location import Location, is_local
 
-__all__ = ["MAX_LISTED", "CatchUp", "CommittedRun", "committed_history", "decide", "run_moment"]
+__all__ = ["MAX_LISTED", "CatchUp", "CommittedRun", "committed_history", "committed_manifests", "decide", "run_moment"]
 
 MAX_LISTED = 1_000  # skipped slots listed in the manifest at most (`skipped_count` counts them all)
 
@@ -61,10 +61,11 @@ def run_moment(manifest: dict[str, Any]) -> tuple[datetime | None, datetime | No
     return slot, as_of or slot or _instant(manifest.get("started_at"))
 
 
-def committed_history(output: Location, exclude: str | None = None) -> list[CommittedRun]:
-    """Every committed run under `output` (manifest status `succeeded`) but `exclude`, oldest moment first.
+def committed_manifests(output: Location) -> list[tuple[str, dict[str, object]]]:
+    """(run id, manifest) of every committed run under `output` (manifest status `succeeded`), in listing order.
 
-    A manifest that cannot be read as JSON is not a committed run (as `outputs.committed_runs` judges)."""
+    A manifest that is absent, not a JSON object, or (locally) a link is no committed run: a run replaces a
+    planted link, never reads through it. The one reader of committed runs (`outputs.committed_runs` too)."""
     fs, layout = output.fs, OutputLayout(output.path)
     base = layout.runs()
     fs.invalidate_cache(base)
@@ -72,18 +73,25 @@ def committed_history(output: Location, exclude: str | None = None) -> list[Comm
         entries = fs.ls(base, detail=False)
     except FileNotFoundError:
         return []
-    runs = []
+    found = []
     for entry in entries:
         rid = entry.rstrip("/").rsplit("/", 1)[-1]
-        if rid == exclude:
-            continue
         if is_local(fs) and os.path.islink(layout.manifest(rid)):
-            continue  # a planted link is no committed run (as `outputs.committed_runs` judges)
+            continue
         try:
             manifest = read_json(fs, layout.manifest(rid))
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):  # ValueError: not JSON
             continue
-        if not isinstance(manifest, dict) or manifest.get("status") != "succeeded":
+        if isinstance(manifest, dict) and manifest.get("status") == "succeeded":
+            found.append((rid, manifest))
+    return found
+
+
+def committed_history(output: Location, exclude: str | None = None) -> list[CommittedRun]:
+    """Every committed run under `output` (`committed_manifests`) but `exclude`, oldest moment first."""
+    runs = []
+    for rid, manifest in committed_manifests(output):
+        if rid == exclude:
             continue
         slot, moment = run_moment(manifest)
         if moment is not None:

@@ -338,30 +338,10 @@ def _tz_of(column: pd.Series) -> str | None:
 
 def committed_runs(output: Location | str, storage_options: dict | None = None) -> list[str]:
     """Run ids whose manifest says succeeded: the runs a reader may trust. `output`: the output root
-    (a URL, reached with the fsspec `storage_options`, or a Location)."""
-    output = Location.of(output, storage_options)
-    fs, root = output.fs, output.path
-    layout = OutputLayout(root)
-    base = layout.runs()
-    fs.invalidate_cache(base)
-    try:
-        entries = fs.ls(base, detail=False)
-    except FileNotFoundError:
-        return []
-    ok = []
-    for e in entries:
-        rid = e.rstrip("/").rsplit("/", 1)[-1]
-        if is_local(fs) and os.path.islink(layout.manifest(rid)):
-            continue  # a planted link is no committed run (a run replaces it, never reads through it)
-        try:
-            manifest = read_json(fs, layout.manifest(rid))
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            continue
-        except ValueError:  # not JSON (a damaged or planted file): not a run anyone may trust
-            continue
-        if isinstance(manifest, dict) and manifest.get("status") == "succeeded":
-            ok.append(rid)
-    return sorted(ok)
+    (a URL, reached with the fsspec `storage_options`, or a Location). See `catchup.committed_manifests`."""
+    from lstm_core.catchup import committed_manifests
+
+    return sorted(rid for rid, _ in committed_manifests(Location.of(output, storage_options)))
 
 
 def read_committed(output: Location | str, table: str, storage_options: dict | None = None) -> pd.DataFrame:
